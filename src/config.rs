@@ -1,0 +1,225 @@
+//! Configuration: command line and environment (clap), validated once at startup.
+//!
+//! Every setting has an environment variable (DESIGN.md §4 names are fixed) and a `--flag`;
+//! `waba-migrator <command> --help` lists them all with their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use url::Url;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "waba-migrator",
+    version,
+    about = "Migrates WhatsApp Business phone numbers from another provider into 360dialog.",
+    long_about = "Migrates WhatsApp Business phone numbers from another provider into 360dialog: \
+                  prechecks, the verification code, registration, template copy and the \
+                  360dialog API key, as one durable job per number in PostgreSQL."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and (unless --no-workers) the background workers.
+    Serve(ServeArgs),
+    /// Run only the background workers (scale them separately from the API).
+    Worker(ServeArgs),
+    /// Apply the database schema migrations and exit.
+    Migrate(DbArgs),
+    /// Run the upstream simulator (Meta Graph API, 360dialog Partner and Messaging APIs).
+    Sandbox(SandboxArgs),
+    /// Print the OpenAPI document (YAML) to stdout.
+    Openapi,
+    /// Exit 0 if GET URL answers 2xx (container health checks; no curl needed).
+    Healthcheck {
+        /// e.g. http://127.0.0.1:8080/healthz
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL. Unset: `serve` starts a private PostgreSQL under DATA_DIR.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Where the embedded PostgreSQL (and its generated encryption key) live.
+    #[arg(long, env = "DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+    /// Maximum database connections of this process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+    /// Do not run background workers in this process (API only).
+    #[arg(long, env = "NO_WORKERS", default_value_t = false)]
+    pub no_workers: bool,
+    /// Apply schema migrations at startup (always on with the embedded database).
+    #[arg(long, env = "RUN_MIGRATIONS", default_value_t = false)]
+    pub run_migrations: bool,
+
+    /// Meta Graph API base URL.
+    #[arg(
+        long,
+        env = "META_GRAPH_URL",
+        default_value = "https://graph.facebook.com"
+    )]
+    pub meta_graph_url: Url,
+    /// Graph API version used in paths.
+    #[arg(long, env = "META_GRAPH_VERSION", default_value = "v23.0")]
+    pub meta_graph_version: String,
+    /// System-user access token for the Graph API. Unset: run against the built-in sandbox.
+    #[arg(long, env = "META_ACCESS_TOKEN", hide_env_values = true)]
+    pub meta_access_token: Option<SecretString>,
+    /// 360dialog Partner API base URL.
+    #[arg(
+        long,
+        env = "D360_HUB_URL",
+        default_value = "https://hub.360dialog.io/api/v2"
+    )]
+    pub d360_hub_url: Url,
+    /// 360dialog Messaging API base URL.
+    #[arg(
+        long,
+        env = "D360_WABA_URL",
+        default_value = "https://waba-v2.360dialog.io"
+    )]
+    pub d360_waba_url: Url,
+    /// Admin bearer key (sees and manages every partner). Required outside sandbox mode.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<SecretString>,
+    /// 32 random bytes, standard base64: seals PINs, keys and secrets at rest.
+    /// Generated under DATA_DIR when the embedded database is used.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
+
+    /// Migrations advanced concurrently by this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    pub worker_concurrency: usize,
+    /// Lease of a claimed migration; another replica resumes it this long after a crash.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 60.0)]
+    pub lease_seconds: f64,
+    /// Polling fallback when no NOTIFY arrives.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Time a stopping worker gives in-flight steps before releasing their leases.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20.0)]
+    pub shutdown_grace_seconds: f64,
+    /// Attempts of one step before a transient upstream error fails the migration.
+    #[arg(long, env = "MAX_STEP_ATTEMPTS", default_value_t = 10)]
+    pub max_step_attempts: i32,
+    /// First retry delay (doubles per attempt, with jitter).
+    #[arg(long, env = "RETRY_BASE_MS", default_value_t = 2000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    #[arg(long, env = "RETRY_CAP_SECONDS", default_value_t = 300)]
+    pub retry_cap_seconds: u64,
+    /// How long `awaiting_otp` waits for the code before failing with otp_expired.
+    #[arg(long, env = "OTP_TTL_SECONDS", default_value_t = 86_400)]
+    pub otp_ttl_seconds: u64,
+    /// Minimum time between two verification codes.
+    #[arg(long, env = "OTP_RESEND_COOLDOWN_SECONDS", default_value_t = 60)]
+    pub otp_resend_cooldown_seconds: u64,
+    /// Wrong codes accepted per migration.
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub otp_max_attempts: i32,
+    /// How long `awaiting_channel` waits for a running channel with key permission.
+    #[arg(long, env = "CHANNEL_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub channel_timeout_seconds: u64,
+    /// First delay between channel polls (doubles up to a minute).
+    #[arg(long, env = "CHANNEL_POLL_MS", default_value_t = 2000)]
+    pub channel_poll_ms: u64,
+    /// Timeout of one upstream HTTP request.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub upstream_timeout_seconds: f64,
+
+    #[command(flatten)]
+    pub sandbox: SandboxFaultArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SandboxFaultArgs {
+    /// Sandbox: probability that an upstream request fails (0.0–1.0).
+    #[arg(long, env = "SANDBOX_FAULT_RATE", default_value_t = 0.0)]
+    pub sandbox_fault_rate: f64,
+    /// Sandbox: fault kinds drawn from (comma-separated: server_error, rate_limited, timeout,
+    /// connection_reset, lost_response). Default: all.
+    #[arg(long, env = "SANDBOX_FAULT_KINDS", value_delimiter = ',')]
+    pub sandbox_fault_kinds: Vec<String>,
+    /// Sandbox: latency added to every upstream request, in milliseconds.
+    #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
+    pub sandbox_latency_ms: u64,
+    /// Sandbox: delay between registration and the 360dialog channel running, in ms.
+    #[arg(long, env = "SANDBOX_CHANNEL_DELAY_MS", default_value_t = 1000)]
+    pub sandbox_channel_delay_ms: u64,
+    /// Tell a standalone sandbox (at META_GRAPH_URL) about each new migration's number.
+    #[arg(long, env = "SANDBOX_SEED_NUMBERS", default_value_t = false)]
+    pub sandbox_seed_numbers: bool,
+    /// Sandbox: seed for reproducible random faults.
+    #[arg(long, env = "SANDBOX_SEED")]
+    pub sandbox_seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Address the sandbox listens on.
+    #[arg(long, env = "SANDBOX_BIND", default_value = "127.0.0.1:8090")]
+    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub faults: SandboxFaultArgs,
+}
+
+impl ServeArgs {
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.sandbox.sandbox_fault_rate) {
+            return Err("SANDBOX_FAULT_RATE must be between 0 and 1".into());
+        }
+        if self.lease_seconds < 1.0 {
+            return Err("LEASE_SECONDS must be at least 1".into());
+        }
+        if self.worker_concurrency == 0 {
+            return Err("WORKER_CONCURRENCY must be at least 1".into());
+        }
+        if self.otp_max_attempts < 1 {
+            return Err("OTP_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.max_step_attempts < 1 {
+            return Err("MAX_STEP_ATTEMPTS must be at least 1".into());
+        }
+        if !self.meta_graph_version.starts_with('v') {
+            return Err("META_GRAPH_VERSION must look like v23.0".into());
+        }
+        for (name, url) in [
+            ("META_GRAPH_URL", &self.meta_graph_url),
+            ("D360_HUB_URL", &self.d360_hub_url),
+            ("D360_WABA_URL", &self.d360_waba_url),
+        ] {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!("{name} must be an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sandbox_mode(&self) -> bool {
+        self.meta_access_token.is_none()
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs_f64(self.lease_seconds)
+    }
+}

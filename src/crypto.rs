@@ -1,0 +1,189 @@
+//! Secrets at rest and API-key hashing.
+//!
+//! PINs, submitted codes, generated 360dialog keys, partners' 360dialog Partner API keys and
+//! webhook secrets are sealed with AES-256-GCM under `ENCRYPTION_KEY` (32 random bytes,
+//! standard base64). Each value gets a fresh random 96-bit nonce, stored in front of the
+//! ciphertext, and is bound to where it lives by the associated data (e.g. `migration:<id>:pin`),
+//! so a ciphertext copied to another row or column does not decrypt.
+//!
+//! Our own API keys are random 256-bit tokens; only their SHA-256 is stored (a slow password
+//! hash buys nothing for high-entropy tokens and would cost every request).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error(
+        "ENCRYPTION_KEY must be 32 bytes encoded as standard base64 (e.g. `openssl rand -base64 32`)"
+    )]
+    BadKey,
+    #[error("a stored secret could not be decrypted (wrong ENCRYPTION_KEY or tampered data)")]
+    Decrypt,
+}
+
+/// AES-256-GCM sealing of secrets at rest.
+#[derive(Clone)]
+pub struct Cipher {
+    aead: Aes256Gcm,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher([redacted])")
+    }
+}
+
+impl Cipher {
+    /// From the `ENCRYPTION_KEY` setting.
+    pub fn from_base64(key: &SecretString) -> Result<Self, CryptoError> {
+        let bytes = STANDARD
+            .decode(key.expose_secret().trim())
+            .map_err(|_| CryptoError::BadKey)?;
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKey);
+        }
+        Ok(Self {
+            aead: Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?,
+        })
+    }
+
+    /// A new random key in the `ENCRYPTION_KEY` format.
+    pub fn generate_key() -> SecretString {
+        let mut k = [0u8; 32];
+        rand::rng().fill_bytes(&mut k);
+        SecretString::from(STANDARD.encode(k))
+    }
+
+    pub fn seal(&self, plaintext: &str, aad: &str) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let ct = self
+            .aead
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for in-memory inputs");
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    pub fn open(&self, sealed: &[u8], aad: &str) -> Result<SecretString, CryptoError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let pt = self
+            .aead
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Decrypt)?;
+        String::from_utf8(pt)
+            .map(SecretString::from)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+/// SHA-256 of an API key, as stored.
+pub fn hash_api_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// SHA-256 of arbitrary bytes (idempotency request fingerprints).
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// Constant-time comparison of two byte strings.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new API key of ours: `wm_<prefix>_<secret>`, where the 8-character prefix is stored in
+/// clear to identify the key in listings and logs. Returns (key, prefix).
+pub fn generate_api_key() -> (SecretString, String) {
+    let mut id = [0u8; 6];
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut id);
+    rand::rng().fill_bytes(&mut secret);
+    let prefix = format!("wm_{}", URL_SAFE_NO_PAD.encode(id));
+    let key = format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(secret));
+    (SecretString::from(key), prefix)
+}
+
+/// A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes.
+pub fn generate_webhook_secret() -> SecretString {
+    let mut k = [0u8; 32];
+    rand::rng().fill_bytes(&mut k);
+    SecretString::from(format!("whsec_{}", STANDARD.encode(k)))
+}
+
+/// A random 6-digit two-step verification PIN.
+pub fn generate_pin() -> SecretString {
+    let n = rand::random_range(0..1_000_000u32);
+    SecretString::from(format!("{n:06}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        let c = Cipher::from_base64(&Cipher::generate_key()).unwrap();
+        let sealed = c.seal("123456", "migration:1:pin");
+        assert!(!sealed.windows(6).any(|w| w == b"123456"));
+        assert_eq!(
+            c.open(&sealed, "migration:1:pin").unwrap().expose_secret(),
+            "123456"
+        );
+        assert!(c.open(&sealed, "migration:2:pin").is_err());
+        let other = Cipher::from_base64(&Cipher::generate_key()).unwrap();
+        assert!(other.open(&sealed, "migration:1:pin").is_err());
+        // Fresh nonce each time.
+        assert_ne!(sealed, c.seal("123456", "migration:1:pin"));
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        assert!(Cipher::from_base64(&SecretString::from("short")).is_err());
+        assert!(Cipher::from_base64(&SecretString::from(STANDARD.encode([0u8; 16]))).is_err());
+    }
+
+    #[test]
+    fn api_keys_have_visible_prefix() {
+        let (key, prefix) = generate_api_key();
+        assert!(key.expose_secret().starts_with(&format!("{prefix}_")));
+        assert!(key.expose_secret().len() > 50);
+        assert_eq!(hash_api_key(key.expose_secret()).len(), 32);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert_eq!(generate_pin().expose_secret().len(), 6);
+        assert!(
+            generate_webhook_secret()
+                .expose_secret()
+                .starts_with("whsec_")
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! The append-only audit trail of a migration.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub migration_id: Uuid,
+    pub seq: i32,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event to append with the transition that caused it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub data: Value,
+}
+
+#[tracing::instrument(skip_all, fields(migration.id = %migration_id, seq))]
+pub async fn insert(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    seq: i32,
+    event: &NewEvent,
+) -> Result<(), super::Error> {
+    sqlx::query(
+        "INSERT INTO migration_events (migration_id, seq, type, from_state, to_state, data)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(migration_id)
+    .bind(seq)
+    .bind(event.kind)
+    .bind(&event.from_state)
+    .bind(&event.to_state)
+    .bind(&event.data)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(migration.id = %migration_id))]
+pub async fn list(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<Vec<EventRow>, super::Error> {
+    Ok(sqlx::query_as::<_, EventRow>(
+        "SELECT id, migration_id, seq, type, from_state, to_state, data, created_at
+         FROM migration_events WHERE migration_id = $1 ORDER BY seq",
+    )
+    .bind(migration_id)
+    .fetch_all(ex)
+    .await?)
+}

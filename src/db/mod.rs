@@ -1,0 +1,84 @@
+//! Postgres access. All SQL lives in this module's submodules as small functions taking an
+//! executor (pool or transaction), so callers choose the transaction boundaries.
+//!
+//! Queries are runtime-checked (`sqlx::query_as` + `FromRow`) rather than `query!` macros: the
+//! schema is young, several statements are genuinely dynamic (list filters, transition patches),
+//! and every statement is exercised against a real PostgreSQL by the integration tests.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, migrate::Migrator};
+
+pub mod events;
+pub mod idempotency;
+pub mod migrations;
+pub mod partners;
+
+/// The schema, embedded at compile time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Channel notified when a migration becomes runnable now.
+pub const JOBS_CHANNEL: &str = "waba_migrator_jobs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    /// A unique or check constraint refused the write; carries the constraint name.
+    #[error("constraint `{0}` violated")]
+    Constraint(String),
+    #[error(transparent)]
+    Sqlx(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => Error::NotFound,
+            sqlx::Error::Database(ref db) => match db.constraint() {
+                Some(c) => Error::Constraint(c.to_owned()),
+                None => Error::Sqlx(e),
+            },
+            e => Error::Sqlx(e),
+        }
+    }
+}
+
+impl Error {
+    /// True when the database could not be reached (pool timeout, I/O, closed pool).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        )
+    }
+}
+
+/// Connects a pool with sane timeouts: a request never hangs on an unreachable database.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("waba-migrator");
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// Applies pending schema migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether the database answers and every embedded migration is applied.
+pub async fn schema_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version)))
+}

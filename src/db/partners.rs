@@ -1,0 +1,156 @@
+//! Tenants and their API keys (hashes only).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use super::Error;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PartnerRow {
+    pub id: Uuid,
+    pub name: String,
+    pub d360_partner_id: String,
+    pub d360_api_key_enc: Vec<u8>,
+    pub callback_url: Option<String>,
+    pub webhook_secret_enc: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const PARTNER_COLUMNS: &str = "id, name, d360_partner_id, d360_api_key_enc, callback_url, \
+                               webhook_secret_enc, created_at, updated_at";
+
+#[tracing::instrument(skip_all, fields(partner.id = %p.id))]
+pub async fn insert(ex: impl PgExecutor<'_>, p: &PartnerRow) -> Result<PartnerRow, Error> {
+    Ok(sqlx::query_as::<_, PartnerRow>(&format!(
+        "INSERT INTO partners (id, name, d360_partner_id, d360_api_key_enc, callback_url, webhook_secret_enc)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PARTNER_COLUMNS}"
+    ))
+    .bind(p.id)
+    .bind(&p.name)
+    .bind(&p.d360_partner_id)
+    .bind(&p.d360_api_key_enc)
+    .bind(&p.callback_url)
+    .bind(&p.webhook_secret_enc)
+    .fetch_one(ex)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(partner.id = %id))]
+pub async fn get(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error> {
+    Ok(sqlx::query_as::<_, PartnerRow>(&format!(
+        "SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Newest first, keyset-paginated by id (UUIDv7).
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    ex: impl PgExecutor<'_>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<PartnerRow>, Error> {
+    Ok(sqlx::query_as::<_, PartnerRow>(&format!(
+        "SELECT {PARTNER_COLUMNS} FROM partners
+         WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
+    ))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(partner.id = %partner_id))]
+pub async fn set_webhook_secret(
+    ex: impl PgExecutor<'_>,
+    partner_id: Uuid,
+    secret_enc: &[u8],
+) -> Result<(), Error> {
+    let r = sqlx::query("UPDATE partners SET webhook_secret_enc = $2 WHERE id = $1")
+        .bind(partner_id)
+        .bind(secret_enc)
+        .execute(ex)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.prefix = %prefix))]
+pub async fn insert_api_key(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    partner_id: Uuid,
+    prefix: &str,
+    key_hash: &[u8],
+) -> Result<ApiKeyRow, Error> {
+    Ok(sqlx::query_as::<_, ApiKeyRow>(
+        "INSERT INTO partner_api_keys (id, partner_id, prefix, key_hash) VALUES ($1, $2, $3, $4)
+         RETURNING id, partner_id, prefix, created_at, revoked_at",
+    )
+    .bind(id)
+    .bind(partner_id)
+    .bind(prefix)
+    .bind(key_hash)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Revokes a key; effective for the very next request (lookups exclude revoked keys).
+#[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.id = %key_id))]
+pub async fn revoke_api_key(
+    ex: impl PgExecutor<'_>,
+    partner_id: Uuid,
+    key_id: Uuid,
+) -> Result<ApiKeyRow, Error> {
+    Ok(sqlx::query_as::<_, ApiKeyRow>(
+        "UPDATE partner_api_keys SET revoked_at = COALESCE(revoked_at, now())
+         WHERE id = $1 AND partner_id = $2
+         RETURNING id, partner_id, prefix, created_at, revoked_at",
+    )
+    .bind(key_id)
+    .bind(partner_id)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// The partner owning an active key with this hash.
+#[tracing::instrument(skip_all)]
+pub async fn partner_for_key_hash(
+    ex: impl PgExecutor<'_>,
+    key_hash: &[u8],
+) -> Result<Option<Uuid>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT partner_id FROM partner_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(key_hash)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// The oldest partner with this exact name (used for the sandbox development partner).
+pub async fn find_by_name(
+    ex: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<PartnerRow>, Error> {
+    Ok(sqlx::query_as::<_, PartnerRow>(&format!(
+        "SELECT {PARTNER_COLUMNS} FROM partners WHERE name = $1 ORDER BY id LIMIT 1"
+    ))
+    .bind(name)
+    .fetch_optional(ex)
+    .await?)
+}

@@ -1,0 +1,353 @@
+//! Our stable error codes (`error.code` of a migration) and the error object a failed
+//! migration carries: which step, why, who must act and whether `retry` can help.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::MigrationState;
+use crate::clients::UpstreamError;
+
+/// Who must act to get a migration moving again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    /// The business that owns the number.
+    Client,
+    /// The provider the number is leaving.
+    SourceBsp,
+    /// The 360dialog partner calling this API.
+    Partner,
+    /// Meta (or 360dialog) support.
+    Meta,
+    /// Nobody: informational, or the service retries by itself.
+    None,
+}
+
+/// Stable machine codes. New codes may be added; existing ones never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    TwoFactorEnabled,
+    AddDirectlyNotMigration,
+    DisplayNameNotApproved,
+    AlreadyInDestination,
+    BusinessMismatch,
+    BusinessNotVerified,
+    SourceWabaNotApproved,
+    DestinationWabaNotApproved,
+    DestinationNoPaymentMethod,
+    DestinationNoSubscribedApp,
+    NumberNotFoundOnSource,
+    BrazilNinthDigitMismatch,
+    WhatsappIssuedNumber,
+    NumberOnBusinessApp,
+    OtpInvalid,
+    OtpExpired,
+    OtpRateLimited,
+    OtpNotEligible,
+    RegisterLimitReached,
+    PinMismatch,
+    TemplateLimitReached,
+    ChannelTimeout,
+    ApiKeyPermissionMissing,
+    ApiKeyRejected,
+    UpstreamAuth,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    PrecheckFailed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        // Keep in sync with serde's snake_case names (checked by a unit test).
+        match self {
+            Self::TwoFactorEnabled => "two_factor_enabled",
+            Self::AddDirectlyNotMigration => "add_directly_not_migration",
+            Self::DisplayNameNotApproved => "display_name_not_approved",
+            Self::AlreadyInDestination => "already_in_destination",
+            Self::BusinessMismatch => "business_mismatch",
+            Self::BusinessNotVerified => "business_not_verified",
+            Self::SourceWabaNotApproved => "source_waba_not_approved",
+            Self::DestinationWabaNotApproved => "destination_waba_not_approved",
+            Self::DestinationNoPaymentMethod => "destination_no_payment_method",
+            Self::DestinationNoSubscribedApp => "destination_no_subscribed_app",
+            Self::NumberNotFoundOnSource => "number_not_found_on_source",
+            Self::BrazilNinthDigitMismatch => "brazil_ninth_digit_mismatch",
+            Self::WhatsappIssuedNumber => "whatsapp_issued_number",
+            Self::NumberOnBusinessApp => "number_on_business_app",
+            Self::OtpInvalid => "otp_invalid",
+            Self::OtpExpired => "otp_expired",
+            Self::OtpRateLimited => "otp_rate_limited",
+            Self::OtpNotEligible => "otp_not_eligible",
+            Self::RegisterLimitReached => "register_limit_reached",
+            Self::PinMismatch => "pin_mismatch",
+            Self::TemplateLimitReached => "template_limit_reached",
+            Self::ChannelTimeout => "channel_timeout",
+            Self::ApiKeyPermissionMissing => "api_key_permission_missing",
+            Self::ApiKeyRejected => "api_key_rejected",
+            Self::UpstreamAuth => "upstream_auth",
+            Self::UpstreamRejected => "upstream_rejected",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::PrecheckFailed => "precheck_failed",
+        }
+    }
+
+    /// Default human text: (message, remediation, actor, retryable).
+    pub fn describe(self) -> (&'static str, &'static str, Actor, bool) {
+        use Actor::*;
+        match self {
+            Self::TwoFactorEnabled => (
+                "Two-factor authentication not yet disabled on this number.",
+                "The client (or the current provider) must turn off two-step verification in WhatsApp Manager → Phone numbers → Settings, confirm the e-mail Meta sends, then retry.",
+                Client,
+                true,
+            ),
+            Self::AddDirectlyNotMigration => (
+                "This phone number is eligible to be added directly and does not need to be migrated.",
+                "Do not migrate this number: add it as a new number through 360dialog's Embedded Signup (Client Hub → add number).",
+                Partner,
+                false,
+            ),
+            Self::DisplayNameNotApproved => (
+                "The display name (Register Name) must be present and approved, with no pending name change.",
+                "Wait until Meta approves the display name at the current provider, then retry.",
+                SourceBsp,
+                true,
+            ),
+            Self::AlreadyInDestination => (
+                "The phone number has already been moved to the destination WhatsApp Business Account.",
+                "Nothing to do: the migration continues from the number's current state.",
+                None,
+                false,
+            ),
+            Self::BusinessMismatch => (
+                "The source and destination WhatsApp Business Accounts need to represent the same business.",
+                "Use the Meta Business ID that owns the number today (check Business Manager or the old provider's dashboard) and create the migration again.",
+                Partner,
+                false,
+            ),
+            Self::BusinessNotVerified => (
+                "The client's Meta business portfolio is not verified.",
+                "The client must complete Meta Business Verification in Business Settings → Security Center, then retry.",
+                Client,
+                true,
+            ),
+            Self::SourceWabaNotApproved => (
+                "The source WhatsApp Business Account is not approved.",
+                "The source WABA must be approved (and its messaging-on-behalf request accepted) at the current provider before migrating.",
+                SourceBsp,
+                true,
+            ),
+            Self::DestinationWabaNotApproved => (
+                "The destination WhatsApp Business Account is not approved.",
+                "Get the destination WABA approved by Meta, then retry.",
+                Partner,
+                true,
+            ),
+            Self::DestinationNoPaymentMethod => (
+                "The destination WhatsApp Business Account has no payment method.",
+                "Share a credit line or attach a payment method to the destination WABA, then retry.",
+                Partner,
+                true,
+            ),
+            Self::DestinationNoSubscribedApp => (
+                "No app is subscribed to webhooks on the destination WhatsApp Business Account.",
+                "Subscribe your app with POST /{destination-waba-id}/subscribed_apps, then retry.",
+                Partner,
+                true,
+            ),
+            Self::NumberNotFoundOnSource => (
+                "The phone number is not registered on the source WhatsApp Business Account as given.",
+                "Check the number and the source WABA id with the current provider and create the migration again.",
+                Partner,
+                false,
+            ),
+            Self::BrazilNinthDigitMismatch => (
+                "This Brazilian number is registered in a different form (with or without the mobile 9).",
+                "Create the migration again with the number exactly as registered today (see the precheck message for the form).",
+                Partner,
+                false,
+            ),
+            Self::WhatsappIssuedNumber => (
+                "Phone numbers issued by WhatsApp (test numbers) cannot be migrated.",
+                "Use a real business phone number.",
+                Partner,
+                false,
+            ),
+            Self::NumberOnBusinessApp => (
+                "The number is in use on the WhatsApp Business app, which this migration cannot move.",
+                "Onboard it through coexistence onboarding, or delete the app account first.",
+                Client,
+                false,
+            ),
+            Self::OtpInvalid => (
+                "The verification code was not accepted.",
+                "Ask the client for the latest 6-digit code and submit it again, or request a new code.",
+                Client,
+                true,
+            ),
+            Self::OtpExpired => (
+                "No verification code was submitted in time.",
+                "Retry the migration to request a new code, then submit it promptly.",
+                Partner,
+                true,
+            ),
+            Self::OtpRateLimited => (
+                "Meta refused to send another code: too many requests for this number.",
+                "Wait (usually an hour or more) before requesting a new code.",
+                Client,
+                true,
+            ),
+            Self::OtpNotEligible => (
+                "Meta says this number is not eligible to receive or verify a code because it is not being migrated.",
+                "Check that the migration was initiated on the right destination WABA; register the number normally if it is not a migration.",
+                Partner,
+                true,
+            ),
+            Self::RegisterLimitReached => (
+                "The number was registered or deregistered more than 10 times in 72 hours and is blocked.",
+                "Wait 72 hours, then retry. Do not register the number elsewhere meanwhile.",
+                Client,
+                true,
+            ),
+            Self::PinMismatch => (
+                "Meta rejected the two-step verification PIN.",
+                "Two-step verification is still enabled: have it disabled in WhatsApp Manager, then retry.",
+                Client,
+                true,
+            ),
+            Self::TemplateLimitReached => (
+                "The destination WhatsApp Business Account reached its message template limit.",
+                "Delete unused templates in the destination WABA, then re-create the missing ones.",
+                Partner,
+                false,
+            ),
+            Self::ChannelTimeout => (
+                "360dialog did not show the number as a running channel in time.",
+                "Check the channel in the 360dialog Partner Hub, then retry the migration.",
+                Partner,
+                true,
+            ),
+            Self::ApiKeyPermissionMissing => (
+                "The partner has no permission to generate an API key for this channel.",
+                "The client must grant the permission (Integrated Onboarding permission screen or Client Hub → profile → Partner), then retry.",
+                Client,
+                true,
+            ),
+            Self::ApiKeyRejected => (
+                "The generated 360dialog API key is no longer accepted (another key was generated since).",
+                "Generate a new key in the Partner Hub if it was not you; contact support if this persists.",
+                Partner,
+                false,
+            ),
+            Self::UpstreamAuth => (
+                "An upstream API rejected our credentials.",
+                "Check META_ACCESS_TOKEN (its permissions and expiry) and the partner's 360dialog API key, then retry.",
+                Partner,
+                true,
+            ),
+            Self::UpstreamRejected => (
+                "An upstream API rejected the request.",
+                "Read `upstream.message`; fix what it names, then retry.",
+                Partner,
+                true,
+            ),
+            Self::UpstreamUnavailable => (
+                "Something went wrong when trying to migrate your phone number; upstream kept failing.",
+                "Retry after some time. If it does not work, contact support with the upstream trace id.",
+                Meta,
+                true,
+            ),
+            Self::PrecheckFailed => (
+                "One or more prechecks failed.",
+                "See precheck.checks for what failed and who must act, then retry.",
+                Partner,
+                true,
+            ),
+        }
+    }
+}
+
+/// The `error` object of a migration (and of precheck failures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub remediation: String,
+    pub actor: Actor,
+    /// The state whose step failed.
+    pub step: Option<MigrationState>,
+    /// Whether `POST /v1/migrations/{id}/retry` can help once the remediation is done.
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamError>,
+}
+
+impl MigrationError {
+    pub fn new(code: ErrorCode, step: MigrationState) -> Self {
+        let (message, remediation, actor, retryable) = code.describe();
+        Self {
+            code,
+            message: message.to_owned(),
+            remediation: remediation.to_owned(),
+            actor,
+            step: Some(step),
+            retryable,
+            upstream: None,
+        }
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    pub fn with_upstream(mut self, upstream: Option<UpstreamError>) -> Self {
+        self.upstream = upstream;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_serde() {
+        let all = [
+            ErrorCode::TwoFactorEnabled,
+            ErrorCode::AddDirectlyNotMigration,
+            ErrorCode::DisplayNameNotApproved,
+            ErrorCode::AlreadyInDestination,
+            ErrorCode::BusinessMismatch,
+            ErrorCode::BusinessNotVerified,
+            ErrorCode::SourceWabaNotApproved,
+            ErrorCode::DestinationWabaNotApproved,
+            ErrorCode::DestinationNoPaymentMethod,
+            ErrorCode::DestinationNoSubscribedApp,
+            ErrorCode::NumberNotFoundOnSource,
+            ErrorCode::BrazilNinthDigitMismatch,
+            ErrorCode::WhatsappIssuedNumber,
+            ErrorCode::NumberOnBusinessApp,
+            ErrorCode::OtpInvalid,
+            ErrorCode::OtpExpired,
+            ErrorCode::OtpRateLimited,
+            ErrorCode::OtpNotEligible,
+            ErrorCode::RegisterLimitReached,
+            ErrorCode::PinMismatch,
+            ErrorCode::TemplateLimitReached,
+            ErrorCode::ChannelTimeout,
+            ErrorCode::ApiKeyPermissionMissing,
+            ErrorCode::ApiKeyRejected,
+            ErrorCode::UpstreamAuth,
+            ErrorCode::UpstreamRejected,
+            ErrorCode::UpstreamUnavailable,
+            ErrorCode::PrecheckFailed,
+        ];
+        for c in all {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+            let (msg, rem, _, _) = c.describe();
+            assert!(!msg.is_empty() && !rem.is_empty());
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The pure transition rules: given where a migration is and how its step went, where it goes
+//! next and when. No I/O: the worker executes steps and persists what [`decide`] returns.
+
+use std::time::Duration;
+
+use super::{ErrorCode, Flow, MigrationError, MigrationState};
+
+/// How one execution of a step ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// The step finished. `skip_to` overrides the usual successor when upstream state shows
+    /// later steps are already done (e.g. the number is already registered).
+    Done { skip_to: Option<MigrationState> },
+    /// Nothing to do yet (channel not running, OTP deadline not reached): look again after
+    /// `after`. `waiting_for` says what is missing, used if the wait times out.
+    NotYet {
+        after: Duration,
+        waiting_for: Option<MigrationError>,
+    },
+    /// A transient upstream failure: retry with backoff.
+    Transient {
+        error: MigrationError,
+        retry_after: Option<Duration>,
+    },
+    /// A permanent failure: the migration fails with this error.
+    Failed(MigrationError),
+    /// Meta rejected the submitted verification code.
+    OtpRejected(MigrationError),
+}
+
+/// What to persist.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Transition to `to`, runnable at once.
+    Advance { to: MigrationState },
+    /// Stay; run the same step again after `delay`. `counts_attempt` is false for polls.
+    Retry {
+        delay: Duration,
+        error: Option<MigrationError>,
+        counts_attempt: bool,
+    },
+    /// Back to `awaiting_otp` with one attempt less.
+    OtpRejected { error: MigrationError },
+    /// Terminal `failed`.
+    Fail(MigrationError),
+}
+
+/// Retry and timeout knobs, from configuration.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First retry delay; doubles per attempt.
+    pub base: Duration,
+    /// Longest computed backoff.
+    pub cap: Duration,
+    /// Longest `Retry-After` we honour.
+    pub max_retry_after: Duration,
+    /// Attempts of one step (including the first) before a transient error fails the migration.
+    pub max_attempts: i32,
+    /// How long `awaiting_channel` waits for a running channel with API-key permission.
+    pub channel_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+            max_retry_after: Duration::from_secs(3600),
+            max_attempts: 10,
+            channel_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Capped exponential backoff with "equal jitter": half fixed, half random, so retries of
+    /// many migrations spread out but never retry immediately. `jitter` is in `[0, 1)`.
+    pub fn backoff(&self, attempt: i32, jitter: f64) -> Duration {
+        let exp = attempt.clamp(1, 30) - 1;
+        let raw = self.base.saturating_mul(1u32 << exp.min(20));
+        let capped = raw.min(self.cap);
+        let half = capped / 2;
+        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// What `decide` needs to know about the migration.
+#[derive(Debug, Clone, Copy)]
+pub struct StepContext {
+    pub state: MigrationState,
+    pub flow: Flow,
+    /// Attempts of this step so far, including the one that just ended (>= 1).
+    pub attempt: i32,
+    pub otp_attempts_left: i32,
+    /// Time spent in this state so far.
+    pub waited: Duration,
+}
+
+/// The usual next state after `state` succeeds.
+pub fn successor(state: MigrationState, flow: Flow) -> MigrationState {
+    use MigrationState::*;
+    match (state, flow) {
+        (Queued, _) => Prechecking,
+        (Prechecking, Flow::Otp) => Initiating,
+        (Prechecking, Flow::EmbeddedSignup) => CopyingTemplates,
+        (Initiating, _) => RequestingOtp,
+        (RequestingOtp, _) => AwaitingOtp,
+        (AwaitingOtp, _) => VerifyingOtp,
+        (VerifyingOtp, _) => Registering,
+        (Registering, _) => CopyingTemplates,
+        (CopyingTemplates, _) => AwaitingChannel,
+        (AwaitingChannel, _) => GeneratingApiKey,
+        (GeneratingApiKey, _) => Completed,
+        (s @ (Completed | Failed | Cancelled), _) => s,
+    }
+}
+
+/// Where `retry` resumes a migration that failed in `step`. A code cannot be verified again
+/// once it expired or was rejected, so OTP failures resume by requesting a new code.
+pub fn retry_target(step: MigrationState) -> MigrationState {
+    use MigrationState::*;
+    match step {
+        Queued => Prechecking,
+        AwaitingOtp | VerifyingOtp => RequestingOtp,
+        s => s,
+    }
+}
+
+/// Decide what happens after a step ran. Pure: `jitter` is the only randomness, passed in.
+pub fn decide(
+    ctx: StepContext,
+    outcome: StepOutcome,
+    policy: &RetryPolicy,
+    jitter: f64,
+) -> Decision {
+    match outcome {
+        StepOutcome::Done { skip_to } => Decision::Advance {
+            to: skip_to.unwrap_or_else(|| successor(ctx.state, ctx.flow)),
+        },
+        StepOutcome::NotYet { after, waiting_for } => {
+            if ctx.state == MigrationState::AwaitingChannel && ctx.waited >= policy.channel_timeout
+            {
+                let error = waiting_for
+                    .unwrap_or_else(|| MigrationError::new(ErrorCode::ChannelTimeout, ctx.state));
+                return Decision::Fail(error);
+            }
+            Decision::Retry {
+                delay: after,
+                error: None,
+                counts_attempt: false,
+            }
+        }
+        StepOutcome::Transient { error, retry_after } => {
+            if ctx.attempt >= policy.max_attempts {
+                let mut error = error;
+                error.retryable = true;
+                return Decision::Fail(error);
+            }
+            let backoff = policy.backoff(ctx.attempt, jitter);
+            let delay = match retry_after {
+                Some(ra) => backoff.max(ra.min(policy.max_retry_after)),
+                None => backoff,
+            };
+            Decision::Retry {
+                delay,
+                error: Some(error),
+                counts_attempt: true,
+            }
+        }
+        StepOutcome::Failed(error) => Decision::Fail(error),
+        StepOutcome::OtpRejected(error) => {
+            if ctx.otp_attempts_left <= 1 {
+                let mut error = error;
+                error.retryable = true;
+                Decision::Fail(error)
+            } else {
+                Decision::OtpRejected { error }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MigrationState::*;
+
+    fn ctx(state: MigrationState, attempt: i32) -> StepContext {
+        StepContext {
+            state,
+            flow: Flow::Otp,
+            attempt,
+            otp_attempts_left: 5,
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn err(code: ErrorCode, step: MigrationState) -> MigrationError {
+        MigrationError::new(code, step)
+    }
+
+    #[test]
+    fn otp_flow_visits_every_state_in_order() {
+        let mut s = Queued;
+        let mut path = vec![s];
+        while s != Completed {
+            s = successor(s, Flow::Otp);
+            path.push(s);
+        }
+        assert_eq!(
+            path,
+            [
+                Queued,
+                Prechecking,
+                Initiating,
+                RequestingOtp,
+                AwaitingOtp,
+                VerifyingOtp,
+                Registering,
+                CopyingTemplates,
+                AwaitingChannel,
+                GeneratingApiKey,
+                Completed
+            ]
+        );
+    }
+
+    #[test]
+    fn embedded_signup_skips_otp_steps() {
+        assert_eq!(
+            successor(Prechecking, Flow::EmbeddedSignup),
+            CopyingTemplates
+        );
+        assert_eq!(successor(Failed, Flow::Otp), Failed);
+    }
+
+    #[test]
+    fn done_advances_or_skips() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            decide(
+                ctx(Initiating, 1),
+                StepOutcome::Done { skip_to: None },
+                &p,
+                0.5
+            ),
+            Decision::Advance { to: RequestingOtp }
+        );
+        assert_eq!(
+            decide(
+                ctx(Prechecking, 1),
+                StepOutcome::Done {
+                    skip_to: Some(CopyingTemplates)
+                },
+                &p,
+                0.5
+            ),
+            Decision::Advance {
+                to: CopyingTemplates
+            }
+        );
+    }
+
+    #[test]
+    fn transient_retries_with_capped_backoff_then_fails() {
+        let p = RetryPolicy::default();
+        let e = err(ErrorCode::UpstreamUnavailable, Registering);
+        let d = decide(
+            ctx(Registering, 1),
+            StepOutcome::Transient {
+                error: e.clone(),
+                retry_after: None,
+            },
+            &p,
+            0.0,
+        );
+        assert_eq!(
+            d,
+            Decision::Retry {
+                delay: Duration::from_secs(1),
+                error: Some(e.clone()),
+                counts_attempt: true
+            }
+        );
+        // Retry-After wins when longer than the backoff.
+        match decide(
+            ctx(Registering, 1),
+            StepOutcome::Transient {
+                error: e.clone(),
+                retry_after: Some(Duration::from_secs(30)),
+            },
+            &p,
+            0.0,
+        ) {
+            Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(30)),
+            other => panic!("{other:?}"),
+        }
+        // ... but is capped.
+        match decide(
+            ctx(Registering, 1),
+            StepOutcome::Transient {
+                error: e.clone(),
+                retry_after: Some(Duration::from_secs(86_400)),
+            },
+            &p,
+            0.0,
+        ) {
+            Decision::Retry { delay, .. } => assert_eq!(delay, p.max_retry_after),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide(
+                ctx(Registering, p.max_attempts),
+                StepOutcome::Transient {
+                    error: e,
+                    retry_after: None
+                },
+                &p,
+                0.0
+            ),
+            Decision::Fail(MigrationError {
+                retryable: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_and_jittered() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(p.backoff(2, 0.0), Duration::from_secs(2));
+        assert_eq!(p.backoff(3, 0.999).as_secs(), 7);
+        assert_eq!(p.backoff(30, 0.0), p.cap / 2);
+        assert!(p.backoff(30, 0.99) <= p.cap);
+    }
+
+    #[test]
+    fn channel_wait_polls_then_times_out_with_the_reason() {
+        let p = RetryPolicy::default();
+        let waiting = err(ErrorCode::ApiKeyPermissionMissing, AwaitingChannel);
+        let d = decide(
+            ctx(AwaitingChannel, 3),
+            StepOutcome::NotYet {
+                after: Duration::from_secs(5),
+                waiting_for: Some(waiting.clone()),
+            },
+            &p,
+            0.3,
+        );
+        assert_eq!(
+            d,
+            Decision::Retry {
+                delay: Duration::from_secs(5),
+                error: None,
+                counts_attempt: false
+            }
+        );
+        let mut late = ctx(AwaitingChannel, 3);
+        late.waited = p.channel_timeout;
+        assert_eq!(
+            decide(
+                late,
+                StepOutcome::NotYet {
+                    after: Duration::from_secs(5),
+                    waiting_for: Some(waiting.clone())
+                },
+                &p,
+                0.3
+            ),
+            Decision::Fail(waiting)
+        );
+        match decide(
+            late,
+            StepOutcome::NotYet {
+                after: Duration::from_secs(5),
+                waiting_for: None,
+            },
+            &p,
+            0.3,
+        ) {
+            Decision::Fail(e) => assert_eq!(e.code, ErrorCode::ChannelTimeout),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_code_returns_to_awaiting_until_attempts_run_out() {
+        let p = RetryPolicy::default();
+        let e = err(ErrorCode::OtpInvalid, VerifyingOtp);
+        assert_eq!(
+            decide(
+                ctx(VerifyingOtp, 1),
+                StepOutcome::OtpRejected(e.clone()),
+                &p,
+                0.0
+            ),
+            Decision::OtpRejected { error: e.clone() }
+        );
+        let mut last = ctx(VerifyingOtp, 1);
+        last.otp_attempts_left = 1;
+        assert!(matches!(
+            decide(last, StepOutcome::OtpRejected(e), &p, 0.0),
+            Decision::Fail(MigrationError {
+                code: ErrorCode::OtpInvalid,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn permanent_failure_fails() {
+        let p = RetryPolicy::default();
+        let e = err(ErrorCode::TwoFactorEnabled, Initiating);
+        assert_eq!(
+            decide(ctx(Initiating, 1), StepOutcome::Failed(e.clone()), &p, 0.0),
+            Decision::Fail(e)
+        );
+    }
+
+    #[test]
+    fn retry_resumes_otp_failures_with_a_new_code() {
+        assert_eq!(retry_target(AwaitingOtp), RequestingOtp);
+        assert_eq!(retry_target(VerifyingOtp), RequestingOtp);
+        assert_eq!(retry_target(Registering), Registering);
+        assert_eq!(retry_target(Queued), Prechecking);
+    }
+}

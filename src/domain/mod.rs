@@ -1,0 +1,11 @@
+//! The migration domain: states, the pure transition rules, error codes and validated values.
+//! Nothing here does I/O or knows about HTTP, SQL or upstream clients.
+
+pub mod error;
+pub mod machine;
+pub mod state;
+pub mod values;
+
+pub use error::{Actor, ErrorCode, MigrationError};
+pub use machine::{Decision, RetryPolicy, StepOutcome};
+pub use state::{Flow, MigrationState, OtpMethod};

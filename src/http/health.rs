@@ -1,0 +1,57 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::db;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` / `schema_outdated`.
+    pub status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database answers and its schema is current.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready", body = Health),
+    ))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    let check = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        db::schema_current(&state.pool),
+    )
+    .await;
+    let (code, status) = match check {
+        Ok(Ok(true)) => (StatusCode::OK, "ok"),
+        Ok(Ok(false)) => (StatusCode::SERVICE_UNAVAILABLE, "schema_outdated"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    (
+        code,
+        axum::Json(Health {
+            status: status.into(),
+        }),
+    )
+}

@@ -1,0 +1,1110 @@
+//! `/v1/migrations…` and `/v1/prechecks`: DTOs, handlers and their OpenAPI docs.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{AppJson, AppQuery, Caller, IdPath};
+use super::problem::{ApiError, FieldError, Problem};
+use crate::app::AppState;
+use crate::crypto;
+use crate::db::{self, events::NewEvent, idempotency, migrations as store};
+use crate::domain::machine::retry_target;
+use crate::domain::values::{self, E164};
+use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod};
+use crate::precheck::{self, PrecheckReport};
+use crate::worker::steps::{self, TemplatesReport};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_migration, list_migrations))
+        .routes(routes!(get_migration))
+        .routes(routes!(list_events))
+        .routes(routes!(submit_otp))
+        .routes(routes!(resend_otp))
+        .routes(routes!(cancel_migration))
+        .routes(routes!(retry_migration))
+        .routes(routes!(get_api_key))
+        .routes(routes!(run_precheck))
+}
+
+/// Body of `POST /v1/migrations`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMigration {
+    /// E.164, e.g. `+5511987654321`.
+    #[schema(example = "+5511987654321")]
+    pub phone_number: String,
+    /// Meta id of the WABA the number is on today.
+    #[schema(example = "102290129340398")]
+    pub source_waba_id: String,
+    /// Meta id of the 360dialog-served WABA it moves to.
+    #[schema(example = "104996122399160")]
+    pub destination_waba_id: String,
+    /// Meta Business (portfolio) id that owns both WABAs.
+    #[schema(example = "180505742745347")]
+    pub meta_business_id: String,
+    #[serde(default)]
+    pub otp_method: Option<OtpMethod>,
+    /// `language_REGION`, default `en_US`.
+    #[serde(default)]
+    pub otp_language: Option<String>,
+    /// 6-digit two-step verification PIN to set at registration; generated if absent.
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// Webhook URL for this migration; the partner default otherwise.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Up to 20 keys of your own data, returned as given.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub flow: Option<Flow>,
+    /// 360dialog channel id from the onboarding redirect (`embedded_signup` only).
+    #[serde(default)]
+    pub channel_id: Option<String>,
+}
+
+/// The OTP sub-object.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OtpOut {
+    pub method: OtpMethod,
+    pub language: String,
+    pub requested_at: Option<DateTime<Utc>>,
+    /// A resend is refused (429) before this time.
+    pub resend_available_at: Option<DateTime<Utc>>,
+    /// Wrong codes still accepted before the migration fails with `otp_invalid`.
+    pub attempts_left: i32,
+    /// The migration fails with `otp_expired` if no valid code arrives by then.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// API key status (never the key itself; fetch it from `/api_key`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKeyStatus {
+    /// `pending`, `generated` (stored, not yet verified) or `verified`.
+    pub status: String,
+    pub generated_at: Option<DateTime<Utc>>,
+}
+
+/// A migration.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Migration {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub state: MigrationState,
+    pub flow: Flow,
+    pub phone_number: String,
+    pub source_waba_id: String,
+    pub destination_waba_id: String,
+    pub meta_business_id: String,
+    pub phone_number_id: Option<String>,
+    pub channel_id: Option<String>,
+    pub otp: OtpOut,
+    pub precheck: Option<PrecheckReport>,
+    pub templates: Option<TemplatesReport>,
+    pub api_key: ApiKeyStatus,
+    /// Why the migration failed (or, in `awaiting_otp`, why the last code was refused).
+    pub error: Option<MigrationError>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub callback_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<&store::MigrationRow> for Migration {
+    fn from(r: &store::MigrationRow) -> Self {
+        Migration {
+            id: r.id,
+            partner_id: r.partner_id,
+            state: r.state(),
+            flow: Flow::parse(&r.flow).unwrap_or_default(),
+            phone_number: r.phone_number.clone(),
+            source_waba_id: r.source_waba_id.clone(),
+            destination_waba_id: r.destination_waba_id.clone(),
+            meta_business_id: r.meta_business_id.clone(),
+            phone_number_id: r.phone_number_id.clone(),
+            channel_id: r.channel_id.clone(),
+            otp: OtpOut {
+                method: OtpMethod::parse(&r.otp_method).unwrap_or_default(),
+                language: r.otp_language.clone(),
+                requested_at: r.otp_requested_at,
+                resend_available_at: r.otp_resend_available_at,
+                attempts_left: r.otp_attempts_left,
+                expires_at: r.otp_expires_at,
+            },
+            precheck: r
+                .precheck
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
+            templates: r
+                .templates
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
+            api_key: ApiKeyStatus {
+                status: if r.api_key_verified_at.is_some() {
+                    "verified"
+                } else if r.api_key_enc.is_some() {
+                    "generated"
+                } else {
+                    "pending"
+                }
+                .into(),
+                generated_at: r.api_key_generated_at,
+            },
+            error: r.error.clone().and_then(|v| serde_json::from_value(v).ok()),
+            metadata: r.metadata.clone(),
+            callback_url: r.callback_url.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+struct Validated {
+    phone: E164,
+    source: String,
+    destination: String,
+    business: String,
+    otp_method: OtpMethod,
+    otp_language: String,
+    pin: Option<String>,
+    callback_url: Option<String>,
+    metadata: Value,
+    flow: Flow,
+    channel_id: Option<String>,
+}
+
+fn push(errors: &mut Vec<FieldError>, pointer: &str, r: Result<String, String>) -> String {
+    match r {
+        Ok(v) => v,
+        Err(message) => {
+            errors.push(FieldError {
+                pointer: pointer.into(),
+                message,
+            });
+            String::new()
+        }
+    }
+}
+
+fn validate_callback(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+        return Err("must be an absolute http(s) URL".into());
+    }
+    Ok(url.to_owned())
+}
+
+fn validate(body: &CreateMigration) -> Result<Validated, ApiError> {
+    let mut errors = Vec::new();
+    let phone = match E164::parse(&body.phone_number) {
+        Ok(p) => Some(p),
+        Err(message) => {
+            errors.push(FieldError {
+                pointer: "/phone_number".into(),
+                message,
+            });
+            None
+        }
+    };
+    let source = push(
+        &mut errors,
+        "/source_waba_id",
+        values::parse_meta_id(&body.source_waba_id),
+    );
+    let destination = push(
+        &mut errors,
+        "/destination_waba_id",
+        values::parse_meta_id(&body.destination_waba_id),
+    );
+    let business = push(
+        &mut errors,
+        "/meta_business_id",
+        values::parse_meta_id(&body.meta_business_id),
+    );
+    if !source.is_empty() && source == destination {
+        errors.push(FieldError {
+            pointer: "/destination_waba_id".into(),
+            message: "must differ from source_waba_id".into(),
+        });
+    }
+    let otp_language = push(
+        &mut errors,
+        "/otp_language",
+        values::parse_language(body.otp_language.as_deref().unwrap_or("en_US")),
+    );
+    let pin = body
+        .pin
+        .as_deref()
+        .map(|p| push(&mut errors, "/pin", values::parse_six_digits(p)));
+    let callback_url = body
+        .callback_url
+        .as_deref()
+        .map(|u| push(&mut errors, "/callback_url", validate_callback(u)));
+    let metadata = body.metadata.clone().unwrap_or_else(|| json!({}));
+    match &metadata {
+        Value::Object(m) if m.len() > 20 => errors.push(FieldError {
+            pointer: "/metadata".into(),
+            message: "at most 20 keys".into(),
+        }),
+        Value::Object(_) if metadata.to_string().len() > 4096 => errors.push(FieldError {
+            pointer: "/metadata".into(),
+            message: "at most 4 KiB of JSON".into(),
+        }),
+        Value::Object(_) => {}
+        _ => errors.push(FieldError {
+            pointer: "/metadata".into(),
+            message: "must be a JSON object".into(),
+        }),
+    }
+    let flow = body.flow.unwrap_or_default();
+    let channel_id = match (flow, body.channel_id.as_deref()) {
+        (Flow::EmbeddedSignup, Some(c)) if !c.trim().is_empty() && c.len() <= 64 => {
+            Some(c.trim().to_owned())
+        }
+        (Flow::EmbeddedSignup, _) => {
+            errors.push(FieldError {
+                pointer: "/channel_id".into(),
+                message: "required for flow embedded_signup (from the onboarding redirect)".into(),
+            });
+            None
+        }
+        (Flow::Otp, Some(_)) => {
+            errors.push(FieldError {
+                pointer: "/channel_id".into(),
+                message: "only allowed with flow embedded_signup".into(),
+            });
+            None
+        }
+        (Flow::Otp, None) => None,
+    };
+    match phone {
+        Some(phone) if errors.is_empty() => Ok(Validated {
+            phone,
+            source,
+            destination,
+            business,
+            otp_method: body.otp_method.unwrap_or_default(),
+            otp_language,
+            pin,
+            callback_url,
+            metadata,
+            flow,
+            channel_id,
+        }),
+        _ => Err(ApiError::validation(errors)),
+    }
+}
+
+/// Sorts object keys so equal JSON bodies hash equally whatever their key order.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: std::collections::BTreeMap<_, _> =
+                m.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+            json!(sorted)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        v => v.clone(),
+    }
+}
+
+fn partner_of(caller: Caller) -> Result<Uuid, ApiError> {
+    match caller {
+        Caller::Partner(p) => Ok(p),
+        Caller::Admin => Err(ApiError::forbidden(
+            "Migrations belong to a partner: use a partner API key (POST /v1/partners/{id}/api_keys).",
+        )),
+    }
+}
+
+fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
+    let mut e = ApiError::conflict(
+        "migration_already_active",
+        "This phone number already has an active migration; cancel it or wait for it to finish.",
+    );
+    if let Some((id, owner)) = existing
+        && caller.scope().is_none_or(|p| p == owner)
+    {
+        e = e.with_extra(json!({ "migration_id": id }));
+    }
+    e
+}
+
+/// Create a migration.
+///
+/// Starts one durable job for the number. Honours `Idempotency-Key`: the same key with the same
+/// body returns the original response; with a different body, 422.
+#[utoipa::path(
+    post, path = "/v1/migrations", tag = "migrations",
+    request_body = CreateMigration,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).")),
+    responses(
+        (status = 201, description = "Created", body = Migration),
+        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_migration(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    AppJson(body): AppJson<CreateMigration>,
+) -> Result<Response, ApiError> {
+    let partner_id = partner_of(caller)?;
+    let v = validate(&body)?;
+    let idem_key = match headers.get("idempotency-key") {
+        Some(h) => {
+            let k = h
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "/headers/Idempotency-Key",
+                        "must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Some(k.to_owned())
+        }
+        None => None,
+    };
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(key) = &idem_key {
+        let fingerprint = crypto::sha256(canonical(&json!(body)).to_string().as_bytes());
+        match idempotency::begin(&mut tx, partner_id, key, &fingerprint).await? {
+            idempotency::Begin::New => {}
+            idempotency::Begin::Replay { status, body } => {
+                tx.rollback().await?;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let mut res = (status, axum::Json(body)).into_response();
+                res.headers_mut().insert(
+                    "idempotent-replayed",
+                    "true".parse().expect("static header"),
+                );
+                return Ok(res);
+            }
+            idempotency::Begin::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request body.",
+                ));
+            }
+        }
+    }
+
+    let id = Uuid::now_v7();
+    let pin = v
+        .pin
+        .clone()
+        .unwrap_or_else(|| crypto::generate_pin().expose_secret().to_owned());
+    let new = store::NewMigration {
+        id,
+        partner_id,
+        flow: v.flow.as_str().into(),
+        phone_number: v.phone.as_str().into(),
+        source_waba_id: v.source,
+        destination_waba_id: v.destination,
+        meta_business_id: v.business,
+        channel_id: v.channel_id,
+        otp_method: v.otp_method.as_str().into(),
+        otp_language: v.otp_language,
+        otp_attempts_left: state.otp.max_attempts,
+        pin_enc: state.cipher.seal(&pin, &steps::pin_aad(id)),
+        metadata: v.metadata,
+        callback_url: v.callback_url,
+    };
+    let row = match store::insert(&mut tx, &new).await {
+        Ok(r) => r,
+        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+            drop(tx);
+            let existing = store::active_for_number(&state.pool, v.phone.as_str()).await?;
+            return Err(active_conflict(existing, caller));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let out = json!(Migration::from(&row));
+    if let Some(key) = &idem_key {
+        idempotency::finish(&mut tx, partner_id, key, 201, &out).await?;
+    }
+    tx.commit().await?;
+    if let Some(seeder) = &state.sandbox_seeder {
+        seeder
+            .seed(
+                &row.phone_number,
+                &row.source_waba_id,
+                &row.destination_waba_id,
+                &row.meta_business_id,
+            )
+            .await;
+    }
+    tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only migrations in this state.
+    pub state: Option<MigrationState>,
+    /// Only this number (E.164).
+    pub phone_number: Option<String>,
+    /// Created strictly after (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created strictly before (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Admin only: one partner's migrations.
+    pub partner_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationPage {
+    pub data: Vec<Migration>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List migrations, newest first.
+#[utoipa::path(
+    get, path = "/v1/migrations", tag = "migrations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of migrations", body = MigrationPage),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_migrations(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<axum::Json<MigrationPage>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::field("/limit", "must be between 1 and 100"));
+    }
+    let before_id = match &q.cursor {
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| Uuid::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::field("/cursor", "not a cursor from this API"))?,
+        ),
+        None => None,
+    };
+    let phone_number = match &q.phone_number {
+        Some(p) => Some(
+            E164::parse(p)
+                .map_err(|m| ApiError::field("/phone_number", m))?
+                .as_str()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let partner_id = match (caller, q.partner_id) {
+        (Caller::Partner(p), None) => Some(p),
+        (Caller::Partner(p), Some(asked)) if asked == p => Some(p),
+        (Caller::Partner(_), Some(_)) => {
+            return Err(ApiError::forbidden(
+                "partner_id filters are for the admin key",
+            ));
+        }
+        (Caller::Admin, p) => p,
+    };
+    let filter = store::ListFilter {
+        partner_id,
+        state: q.state.map(|s| s.as_str().to_owned()),
+        phone_number,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        before_id,
+        limit,
+    };
+    let mut rows = store::list(&state.pool, &filter).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))
+    } else {
+        None
+    };
+    Ok(axum::Json(MigrationPage {
+        data: rows.iter().map(Migration::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Get one migration.
+#[utoipa::path(
+    get, path = "/v1/migrations/{id}", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "The migration", body = Migration),
+        (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_migration(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Migration>, ApiError> {
+    let row = fetch(&state, caller, id).await?;
+    Ok(axum::Json(Migration::from(&row)))
+}
+
+async fn fetch(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    match store::get(&state.pool, id, caller.scope()).await {
+        Ok(r) => Ok(r),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("migration")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An audit-trail entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Event {
+    pub seq: i32,
+    /// `migration.created`, `migration.state_changed`, `migration.step_retry_scheduled`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<Event>,
+}
+
+/// A migration's audit trail, oldest first.
+#[utoipa::path(
+    get, path = "/v1/migrations/{id}/events", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "Events", body = EventList),
+        (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<EventList>, ApiError> {
+    fetch(&state, caller, id).await?;
+    let rows = db::events::list(&state.pool, id).await?;
+    Ok(axum::Json(EventList {
+        data: rows
+            .into_iter()
+            .map(|e| Event {
+                seq: e.seq,
+                kind: e.kind,
+                from_state: e.from_state,
+                to_state: e.to_state,
+                data: e.data,
+                created_at: e.created_at,
+            })
+            .collect(),
+    }))
+}
+
+fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> ApiError {
+    ApiError::conflict(
+        "invalid_state",
+        format!(
+            "Cannot {action} a migration in state `{}`; allowed in: {allowed}.",
+            row.state
+        ),
+    )
+    .with_extra(json!({ "state": row.state }))
+}
+
+/// Applies a guarded transition from an API call, with its event.
+async fn transition(
+    state: &AppState,
+    row: &store::MigrationRow,
+    guard: store::Guard,
+    patch: store::Patch,
+    lease: store::Lease,
+    event: NewEvent,
+) -> Result<Option<store::MigrationRow>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let updated = store::update(&mut tx, row.id, &guard, &patch, lease, Some(event)).await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitOtp {
+    /// The 6-digit code the client received.
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+/// Submit the verification code.
+///
+/// Accepted in `awaiting_otp`; the job moves to `verifying_otp`. A wrong code brings it back to
+/// `awaiting_otp` with `otp.attempts_left` reduced (no new code is requested).
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/otp", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    request_body = SubmitOtp,
+    responses(
+        (status = 202, description = "Accepted for verification", body = Migration),
+        (status = 409, description = "Not awaiting a code (`invalid_state`) or the code expired (`otp_expired`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not 6 digits", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn submit_otp(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppJson(body): AppJson<SubmitOtp>,
+) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
+    let code =
+        values::parse_six_digits(body.code.trim()).map_err(|m| ApiError::field("/code", m))?;
+    let row = fetch(&state, caller, id).await?;
+    if row.state() != MigrationState::AwaitingOtp {
+        return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
+    }
+    if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::conflict(
+            "otp_expired",
+            "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
+        ));
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::VerifyingOtp),
+        otp_code_enc: Some(Some(state.cipher.seal(&code, &steps::otp_code_aad(id)))),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        error: Some(None),
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::AwaitingOtp]),
+        otp_unexpired: true,
+        ..Default::default()
+    };
+    let event = NewEvent {
+        kind: "migration.state_changed",
+        from_state: Some("awaiting_otp".into()),
+        to_state: Some("verifying_otp".into()),
+        data: json!({ "otp": "submitted" }),
+    };
+    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
+        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
+        None => {
+            let now = fetch(&state, caller, id).await?;
+            Err(wrong_state(&now, "submit a code to", "awaiting_otp"))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendOtp {
+    /// Default: the migration's current method.
+    #[serde(default)]
+    pub method: Option<OtpMethod>,
+}
+
+/// Request a new verification code (SMS or voice).
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/otp/resend", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    request_body = ResendOtp,
+    responses(
+        (status = 202, description = "A new code will be requested", body = Migration),
+        (status = 409, description = "Not awaiting a code", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Inside the resend cooldown (`otp_resend_too_soon`); see `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn resend_otp(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppJson(body): AppJson<ResendOtp>,
+) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
+    let row = fetch(&state, caller, id).await?;
+    if row.state() != MigrationState::AwaitingOtp {
+        return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
+    }
+    if let Some(at) = row.otp_resend_available_at {
+        let wait = (at - Utc::now()).num_milliseconds();
+        if wait > 0 {
+            let secs = (wait as u64).div_ceil(1000);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "otp_resend_too_soon",
+                format!("A code was sent recently; you can request another in {secs} s."),
+            )
+            .with_retry_after(secs)
+            .with_extra(json!({ "resend_available_at": at })));
+        }
+    }
+    let method = body
+        .method
+        .unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
+    let mut memo = row.step_memo.clone();
+    if let Some(o) = memo.as_object_mut() {
+        o.remove("request_code");
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::RequestingOtp),
+        otp_method: Some(method.as_str().into()),
+        step_memo: Some(memo),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::AwaitingOtp]),
+        ..Default::default()
+    };
+    let event = NewEvent {
+        kind: "migration.state_changed",
+        from_state: Some("awaiting_otp".into()),
+        to_state: Some("requesting_otp".into()),
+        data: json!({ "otp": "resend_requested", "method": method }),
+    };
+    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
+        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
+        None => {
+            let now = fetch(&state, caller, id).await?;
+            Err(wrong_state(&now, "resend a code for", "awaiting_otp"))
+        }
+    }
+}
+
+/// Cancel a migration that has not finished.
+///
+/// Upstream changes already made (e.g. a registered number) are not undone.
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/cancel", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Migration),
+        (status = 409, description = "Already completed, failed or cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_migration(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Migration>, ApiError> {
+    let row = fetch(&state, caller, id).await?;
+    let active: Vec<MigrationState> = MigrationState::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal())
+        .collect();
+    if row.state().is_terminal() {
+        return Err(wrong_state(&row, "cancel", "any non-terminal state"));
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::Cancelled),
+        otp_code_enc: Some(None),
+        completed_now: false,
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(active),
+        ..Default::default()
+    };
+    let event = NewEvent {
+        kind: "migration.state_changed",
+        from_state: Some(row.state.clone()),
+        to_state: Some("cancelled".into()),
+        data: json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+    };
+    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
+        Some(r) => Ok(axum::Json(Migration::from(&r))),
+        None => {
+            let now = fetch(&state, caller, id).await?;
+            Err(wrong_state(&now, "cancel", "any non-terminal state"))
+        }
+    }
+}
+
+/// Resume a failed migration from the step that failed.
+///
+/// OTP failures resume by requesting a new code.
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/retry", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 202, description = "Resumed", body = Migration),
+        (status = 409, description = "Not failed (`invalid_state`), or another migration of the number is active (`migration_already_active`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn retry_migration(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
+    let row = fetch(&state, caller, id).await?;
+    if row.state() != MigrationState::Failed {
+        return Err(wrong_state(&row, "retry", "failed"));
+    }
+    let failed_step = row
+        .failed_step
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MigrationState::Prechecking);
+    let target = retry_target(failed_step);
+    let mut memo = row.step_memo.clone();
+    if let Some(o) = memo.as_object_mut() {
+        // A retry that requests a code must really request one; polls start over.
+        if target == MigrationState::RequestingOtp {
+            o.remove("request_code");
+        }
+        o.remove("channel_polls");
+    }
+    let mut patch = store::Patch {
+        state: Some(target),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        error: Some(None),
+        failed_step: Some(None),
+        step_memo: Some(memo),
+        ..Default::default()
+    };
+    if target == MigrationState::RequestingOtp {
+        patch.otp_attempts_left = Some(state.otp.max_attempts);
+        patch.otp_expires_at = Some(None);
+        patch.otp_code_enc = Some(None);
+    }
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::Failed]),
+        ..Default::default()
+    };
+    let event = NewEvent {
+        kind: "migration.state_changed",
+        from_state: Some("failed".into()),
+        to_state: Some(target.as_str().into()),
+        data: json!({ "retry_of": failed_step }),
+    };
+    let mut tx = state.pool.begin().await?;
+    let updated = match store::update(
+        &mut tx,
+        id,
+        &guard,
+        &patch,
+        store::Lease::Release,
+        Some(event),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+            drop(tx);
+            let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
+            return Err(active_conflict(existing, caller));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tx.commit().await?;
+    match updated {
+        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
+        None => {
+            let now = fetch(&state, caller, id).await?;
+            Err(wrong_state(&now, "retry", "failed"))
+        }
+    }
+}
+
+/// The generated 360dialog API key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyOut {
+    /// Send as `D360-API-KEY` to the Messaging API. Generating another key revokes this one.
+    pub api_key: String,
+    /// Messaging API host for this key.
+    pub address: String,
+    pub channel_id: Option<String>,
+}
+
+/// Fetch the channel's 360dialog API key (after `completed`).
+#[utoipa::path(
+    get, path = "/v1/migrations/{id}/api_key", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "The key", body = ApiKeyOut),
+        (status = 409, description = "Not available yet (`api_key_not_ready`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let row = fetch(&state, caller, id).await?;
+    let (MigrationState::Completed, Some(enc)) = (row.state(), &row.api_key_enc) else {
+        return Err(ApiError::conflict(
+            "api_key_not_ready",
+            format!(
+                "The API key is available once the migration is completed (now `{}`).",
+                row.state
+            ),
+        ));
+    };
+    let key = state
+        .cipher
+        .open(enc, &steps::api_key_aad(id))
+        .map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await?;
+    store::update(
+        &mut conn,
+        id,
+        &store::Guard::default(),
+        &store::Patch::default(),
+        store::Lease::Keep,
+        Some(NewEvent {
+            kind: "migration.api_key_retrieved",
+            from_state: None,
+            to_state: None,
+            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+        }),
+    )
+    .await?;
+    let body = ApiKeyOut {
+        api_key: key.expose_secret().to_owned(),
+        address: row
+            .api_key_address
+            .clone()
+            .unwrap_or_else(|| state.d360_waba_url.clone()),
+        channel_id: row.channel_id.clone(),
+    };
+    let mut res = axum::Json(body).into_response();
+    res.headers_mut()
+        .insert("cache-control", "no-store".parse().expect("static header"));
+    Ok(res)
+}
+
+/// Body of `POST /v1/prechecks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrecheckRequest {
+    #[schema(example = "+5511987654321")]
+    pub phone_number: String,
+    pub source_waba_id: String,
+    pub destination_waba_id: String,
+    pub meta_business_id: String,
+    #[serde(default)]
+    pub flow: Option<Flow>,
+}
+
+/// Dry-run the prechecks without creating a migration.
+#[utoipa::path(
+    post, path = "/v1/prechecks", tag = "migrations",
+    request_body = PrecheckRequest,
+    responses(
+        (status = 200, description = "The report (its `status` says pass, warn or fail)", body = PrecheckReport),
+        (status = 502, description = "An upstream API failed (`upstream_error`, with `upstream`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn run_precheck(
+    State(state): State<AppState>,
+    _caller: Caller,
+    AppJson(body): AppJson<PrecheckRequest>,
+) -> Result<axum::Json<PrecheckReport>, ApiError> {
+    let as_create = CreateMigration {
+        phone_number: body.phone_number,
+        source_waba_id: body.source_waba_id,
+        destination_waba_id: body.destination_waba_id,
+        meta_business_id: body.meta_business_id,
+        otp_method: None,
+        otp_language: None,
+        pin: None,
+        callback_url: None,
+        metadata: None,
+        flow: Some(Flow::Otp),
+        channel_id: None,
+    };
+    let v = validate(&as_create)?;
+    let flow = body.flow.unwrap_or_default();
+    if let Some(seeder) = &state.sandbox_seeder {
+        seeder
+            .seed(v.phone.as_str(), &v.source, &v.destination, &v.business)
+            .await;
+    }
+    let input = precheck::gather(state.meta.as_ref(), &v.source, &v.destination)
+        .await
+        .map_err(|e| {
+            let mut err = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("Reading the WhatsApp accounts failed: {e}"),
+            );
+            if let Some(u) = e.upstream() {
+                err = err.with_extra(json!({ "upstream": u }));
+            }
+            err
+        })?;
+    Ok(axum::Json(precheck::evaluate(
+        flow,
+        &v.phone,
+        &v.business,
+        &input,
+    )))
+}

@@ -1,0 +1,151 @@
+//! The HTTP API: routes, middleware and the OpenAPI document.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+pub mod extract;
+pub mod health;
+pub mod migrations;
+pub mod partners;
+pub mod problem;
+
+use problem::{ApiError, REQUEST_ID};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "waba-migrator",
+        description = "Migrates a client's WhatsApp Business phone number from another provider into 360dialog: prechecks, the verification code, registration, template copy and the 360dialog API key, as one durable job per number.\n\nErrors are RFC 9457 `application/problem+json` with a stable `code`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "migrations", description = "Migration jobs"),
+        (name = "partners", description = "Tenants and their keys (admin)"),
+        (name = "ops", description = "Health and documents"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A partner API key, or the admin key (ADMIN_API_KEY)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(migrations::router())
+        .merge(partners::router())
+        .merge(health::router())
+}
+
+/// The OpenAPI document generated from the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// `openapi.yaml` as committed.
+pub fn openapi_yaml() -> String {
+    openapi().to_yaml().expect("OpenAPI document serializes")
+}
+
+static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Accepts a sane `x-request-id` or makes one, exposes it to handlers (problem bodies) and
+/// returns it on the response.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID_HEADER.clone(), v);
+    }
+    let mut res = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID_HEADER.clone(), v);
+    }
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "No such route. See /openapi.yaml.",
+    )
+}
+
+async fn openapi_yaml_handler() -> Response {
+    ([("content-type", "application/yaml")], openapi_yaml()).into_response()
+}
+
+async fn openapi_json_handler() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}
+
+/// The full router with middleware.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        .route("/openapi.yaml", get(openapi_yaml_handler))
+        .route("/openapi.json", get(openapi_json_handler))
+        .fallback(not_found)
+        .with_state(state)
+        // Enforced by the body extractors, so an oversized body is a problem+json 413.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let path = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str)
+                .unwrap_or("unmatched");
+            let request_id = req
+                .headers()
+                .get(&REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "http",
+                method = %req.method(),
+                path,
+                request_id,
+            )
+        }))
+        .layer(middleware::from_fn(request_id))
+}

@@ -1,0 +1,390 @@
+//! `/v1/partners…`: tenants and their API keys (admin).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{AppJson, AppQuery, Caller, IdPath};
+use super::problem::{ApiError, FieldError, Problem};
+use crate::app::AppState;
+use crate::crypto;
+use crate::db::{self, partners as store};
+use crate::worker::steps::partner_key_aad;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_partner, list_partners))
+        .routes(routes!(get_partner))
+        .routes(routes!(create_api_key))
+        .routes(routes!(revoke_api_key))
+        .routes(routes!(rotate_webhook_secret))
+}
+
+/// AAD of a partner's webhook secret.
+pub fn webhook_secret_aad(partner_id: Uuid) -> String {
+    format!("partner:{partner_id}:webhook_secret")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePartner {
+    #[schema(example = "Acme Messaging")]
+    pub name: String,
+    /// 360dialog partner id (ends in `PA`).
+    #[schema(example = "examplePA")]
+    pub d360_partner_id: String,
+    /// The partner's 360dialog Partner API key (sent as `X-API-Key`); stored encrypted.
+    pub d360_api_key: String,
+    /// Default webhook URL for this partner's migrations.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Partner {
+    pub id: Uuid,
+    pub name: String,
+    pub d360_partner_id: String,
+    pub callback_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&store::PartnerRow> for Partner {
+    fn from(p: &store::PartnerRow) -> Self {
+        Partner {
+            id: p.id,
+            name: p.name.clone(),
+            d360_partner_id: p.d360_partner_id.clone(),
+            callback_url: p.callback_url.clone(),
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartnerCreated {
+    pub partner: Partner,
+    /// Our API key for this partner. Shown once: only its hash is stored.
+    pub api_key: String,
+    /// Standard Webhooks signing secret (`whsec_…`).
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub id: Uuid,
+    /// Shown once.
+    pub api_key: String,
+    /// Visible part, to recognise the key later.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecret {
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartnerPage {
+    pub data: Vec<Partner>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PartnerListQuery {
+    /// 1–100, default 20.
+    pub limit: Option<i64>,
+    pub cursor: Option<Uuid>,
+}
+
+fn validate(body: &CreatePartner) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    let mut check = |ok: bool, pointer: &str, message: &str| {
+        if !ok {
+            errors.push(FieldError {
+                pointer: pointer.into(),
+                message: message.into(),
+            });
+        }
+    };
+    check(
+        !body.name.trim().is_empty() && body.name.len() <= 200,
+        "/name",
+        "1 to 200 characters",
+    );
+    check(
+        !body.d360_partner_id.trim().is_empty()
+            && body.d360_partner_id.len() <= 64
+            && body
+                .d360_partner_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric()),
+        "/d360_partner_id",
+        "the 360dialog partner id: letters and digits, e.g. examplePA",
+    );
+    check(
+        !body.d360_api_key.trim().is_empty() && body.d360_api_key.len() <= 512,
+        "/d360_api_key",
+        "the partner's 360dialog API key",
+    );
+    if let Some(u) = &body.callback_url {
+        check(
+            url::Url::parse(u)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false),
+            "/callback_url",
+            "must be an absolute http(s) URL",
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Create a partner (tenant); returns its first API key and webhook secret, shown once.
+#[utoipa::path(
+    post, path = "/v1/partners", tag = "partners",
+    request_body = CreatePartner,
+    responses(
+        (status = 201, description = "Created", body = PartnerCreated),
+        (status = 403, description = "Not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_partner(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<CreatePartner>,
+) -> Result<(StatusCode, axum::Json<PartnerCreated>), ApiError> {
+    caller.require_admin()?;
+    validate(&body)?;
+    let created = create_partner_with_key(&state, &body).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a partner and its first key in one transaction (also used for the sandbox's
+/// development partner).
+pub async fn create_partner_with_key(
+    state: &AppState,
+    body: &CreatePartner,
+) -> Result<PartnerCreated, ApiError> {
+    let id = Uuid::now_v7();
+    let secret = crypto::generate_webhook_secret();
+    let row = store::PartnerRow {
+        id,
+        name: body.name.trim().to_owned(),
+        d360_partner_id: body.d360_partner_id.clone(),
+        d360_api_key_enc: state
+            .cipher
+            .seal(body.d360_api_key.trim(), &partner_key_aad(id)),
+        callback_url: body.callback_url.clone(),
+        webhook_secret_enc: state
+            .cipher
+            .seal(secret.expose_secret(), &webhook_secret_aad(id)),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    let (key, prefix) = crypto::generate_api_key();
+    let mut tx = state.pool.begin().await?;
+    let partner = store::insert(&mut *tx, &row).await?;
+    let key_row = store::insert_api_key(
+        &mut *tx,
+        Uuid::now_v7(),
+        id,
+        &prefix,
+        &crypto::hash_api_key(key.expose_secret()),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(partner.id = %id, key.prefix = %key_row.prefix, "partner created");
+    Ok(PartnerCreated {
+        partner: Partner::from(&partner),
+        api_key: key.expose_secret().to_owned(),
+        webhook_secret: secret.expose_secret().to_owned(),
+    })
+}
+
+/// List partners, newest first.
+#[utoipa::path(
+    get, path = "/v1/partners", tag = "partners",
+    params(PartnerListQuery),
+    responses(
+        (status = 200, description = "A page of partners", body = PartnerPage),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_partners(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<PartnerListQuery>,
+) -> Result<axum::Json<PartnerPage>, ApiError> {
+    caller.require_admin()?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::field("/limit", "must be between 1 and 100"));
+    }
+    let mut rows = store::list(&state.pool, q.cursor, limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(axum::Json(PartnerPage {
+        data: rows.iter().map(Partner::from).collect(),
+        next_cursor,
+    }))
+}
+
+async fn visible_partner(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::PartnerRow, ApiError> {
+    if let Caller::Partner(p) = caller
+        && p != id
+    {
+        return Err(ApiError::not_found("partner"));
+    }
+    match store::get(&state.pool, id).await {
+        Ok(p) => Ok(p),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("partner")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Get a partner (the admin, or the partner itself).
+#[utoipa::path(
+    get, path = "/v1/partners/{id}", tag = "partners",
+    params(("id" = Uuid, Path, description = "Partner id")),
+    responses(
+        (status = 200, description = "The partner", body = Partner),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_partner(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Partner>, ApiError> {
+    let p = visible_partner(&state, caller, id).await?;
+    Ok(axum::Json(Partner::from(&p)))
+}
+
+/// Issue another API key for a partner (shown once).
+#[utoipa::path(
+    post, path = "/v1/partners/{id}/api_keys", tag = "partners",
+    params(("id" = Uuid, Path, description = "Partner id")),
+    responses(
+        (status = 201, description = "Created", body = ApiKeyCreated),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<(StatusCode, axum::Json<ApiKeyCreated>), ApiError> {
+    caller.require_admin()?;
+    visible_partner(&state, caller, id).await?;
+    let (key, prefix) = crypto::generate_api_key();
+    let row = store::insert_api_key(
+        &state.pool,
+        Uuid::now_v7(),
+        id,
+        &prefix,
+        &crypto::hash_api_key(key.expose_secret()),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ApiKeyCreated {
+            id: row.id,
+            api_key: key.expose_secret().to_owned(),
+            prefix: row.prefix,
+            created_at: row.created_at,
+        }),
+    ))
+}
+
+/// Revoke a partner API key; effective immediately.
+#[utoipa::path(
+    delete, path = "/v1/partners/{id}/api_keys/{key_id}", tag = "partners",
+    params(
+        ("id" = Uuid, Path, description = "Partner id"),
+        ("key_id" = Uuid, Path, description = "Key id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath((id, key_id)): IdPath<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    match store::revoke_api_key(&state.pool, id, key_id).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("API key")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rotate the partner's webhook signing secret; returns the new one (shown once).
+#[utoipa::path(
+    post, path = "/v1/partners/{id}/webhook_secret/rotate", tag = "partners",
+    params(("id" = Uuid, Path, description = "Partner id")),
+    responses(
+        (status = 200, description = "The new secret", body = WebhookSecret),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<WebhookSecret>, ApiError> {
+    caller.require_admin()?;
+    visible_partner(&state, caller, id).await?;
+    let secret = crypto::generate_webhook_secret();
+    store::set_webhook_secret(
+        &state.pool,
+        id,
+        &state
+            .cipher
+            .seal(secret.expose_secret(), &webhook_secret_aad(id)),
+    )
+    .await?;
+    Ok(axum::Json(WebhookSecret {
+        webhook_secret: secret.expose_secret().to_owned(),
+    }))
+}

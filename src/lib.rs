@@ -1,0 +1,29 @@
+//! waba-migrator: migrates WhatsApp Business phone numbers from another provider into
+//! 360dialog, one durable job per number in PostgreSQL.
+//!
+//! Layout: [`http`] (axum API) and [`worker`] (lease-based background steps) use [`domain`]
+//! (pure states and rules), [`db`] (SQL) and [`clients`] (Meta Graph API, 360dialog).
+//! [`sandbox`] simulates the upstreams; [`embedded_pg`] runs a private PostgreSQL for
+//! `serve` without `DATABASE_URL`.
+//!
+//! Error policy: each layer has its own `thiserror` type (`db::Error`, `clients::Error`,
+//! domain `MigrationError`), converted at the boundary into `http::problem::ApiError`
+//! (problem+json, opaque 5xx bodies, cause logged once). `anyhow` only in `main`, the CLI and
+//! the worker's top-level loop.
+
+pub mod app;
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod embedded_pg;
+pub mod http;
+pub mod precheck;
+pub mod sandbox;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+
+pub use app::{App, AppState, Settings, Upstreams};

@@ -1,0 +1,658 @@
+//! The precheck report (DESIGN.md §2): read-only checks run before anything changes upstream,
+//! by the `prechecking` step and by the synchronous `POST /v1/prechecks` dry run.
+//!
+//! [`gather`] reads what the checks need from the Graph API (in parallel); [`evaluate`] is pure
+//! and unit-tested.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::clients::{self, MetaApi, PhoneNumber, SubscribedApp, Template, Waba};
+use crate::domain::values::{E164, brazil_alternate_form, digits_only};
+use crate::domain::{Actor, ErrorCode, Flow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One check of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Check {
+    /// Stable id, e.g. `destination_payment_method`.
+    pub id: String,
+    pub status: CheckStatus,
+    pub message: String,
+    /// What to do about it, in words a non-engineer can act on.
+    pub remediation: String,
+    /// Who must act.
+    pub actor: Actor,
+    /// Our error code when the check fails or warns about a known condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+/// What the source looked like before the migration, kept to show what was preserved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourceSnapshot {
+    pub display_name: Option<String>,
+    pub quality_rating: Option<String>,
+    pub messaging_limit_tier: Option<String>,
+    pub is_official_business_account: Option<bool>,
+}
+
+/// `precheck` of a migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PrecheckReport {
+    /// `fail` if any check failed, else `warn` if any warned, else `pass`.
+    pub status: CheckStatus,
+    pub checks: Vec<Check>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSnapshot>,
+    /// The number's node in the destination WABA when it is already there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_phone_number_id: Option<String>,
+    /// True when the destination already shows the number verified and connected.
+    #[serde(default)]
+    pub destination_registered: bool,
+    #[serde(default)]
+    pub destination_verified: bool,
+}
+
+impl PrecheckReport {
+    /// The first failing check's code.
+    pub fn failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| c.status == CheckStatus::Fail)
+    }
+}
+
+/// Everything the checks look at.
+#[derive(Debug, Clone)]
+pub struct PrecheckInput {
+    pub source: Waba,
+    pub destination: Waba,
+    pub source_numbers: Vec<PhoneNumber>,
+    pub destination_numbers: Vec<PhoneNumber>,
+    pub destination_apps: Vec<SubscribedApp>,
+    pub source_templates: Vec<Template>,
+}
+
+/// Reads the inputs with six parallel Graph GETs.
+pub async fn gather(
+    meta: &dyn MetaApi,
+    source_waba_id: &str,
+    destination_waba_id: &str,
+) -> Result<PrecheckInput, clients::Error> {
+    let (source, destination, source_numbers, destination_numbers, destination_apps, templates) = tokio::try_join!(
+        meta.get_waba(source_waba_id),
+        meta.get_waba(destination_waba_id),
+        meta.list_phone_numbers(source_waba_id),
+        meta.list_phone_numbers(destination_waba_id),
+        meta.list_subscribed_apps(destination_waba_id),
+        meta.list_templates(source_waba_id),
+    )?;
+    Ok(PrecheckInput {
+        source,
+        destination,
+        source_numbers,
+        destination_numbers,
+        destination_apps,
+        source_templates: templates,
+    })
+}
+
+/// Whether a template is copied by Meta's template migration.
+pub fn template_eligible(t: &Template) -> bool {
+    t.status.eq_ignore_ascii_case("APPROVED")
+        && t.quality_score
+            .as_deref()
+            .is_none_or(|q| q.eq_ignore_ascii_case("GREEN") || q.eq_ignore_ascii_case("UNKNOWN"))
+}
+
+fn find<'a>(numbers: &'a [PhoneNumber], e164: &str) -> Option<&'a PhoneNumber> {
+    let want = digits_only(e164);
+    numbers.iter().find(|n| {
+        n.display_phone_number
+            .as_deref()
+            .is_some_and(|d| digits_only(d) == want)
+    })
+}
+
+struct Builder(Vec<Check>);
+
+impl Builder {
+    fn push(
+        &mut self,
+        id: &str,
+        status: CheckStatus,
+        message: impl Into<String>,
+        remediation: impl Into<String>,
+        actor: Actor,
+        code: Option<ErrorCode>,
+    ) {
+        self.0.push(Check {
+            id: id.into(),
+            status,
+            message: message.into(),
+            remediation: remediation.into(),
+            actor,
+            code,
+        });
+    }
+    fn pass(&mut self, id: &str, message: impl Into<String>) {
+        self.push(id, CheckStatus::Pass, message, "", Actor::None, None);
+    }
+    fn code(&mut self, id: &str, status: CheckStatus, code: ErrorCode, message: impl Into<String>) {
+        let (_, remediation, actor, _) = code.describe();
+        self.push(id, status, message, remediation, actor, Some(code));
+    }
+}
+
+/// Evaluates every check. Pure.
+pub fn evaluate(
+    flow: Flow,
+    phone: &E164,
+    meta_business_id: &str,
+    input: &PrecheckInput,
+) -> PrecheckReport {
+    use CheckStatus::*;
+    let mut b = Builder(Vec::new());
+    let src = &input.source;
+    let dst = &input.destination;
+
+    match src.business_verification_status.as_deref() {
+        Some("verified") => b.pass(
+            "business_verified",
+            "The client's business portfolio is verified.",
+        ),
+        other => b.code(
+            "business_verified",
+            Fail,
+            ErrorCode::BusinessNotVerified,
+            format!(
+                "Business verification status is `{}`; it must be `verified`.",
+                other.unwrap_or("unknown")
+            ),
+        ),
+    }
+
+    let approved = |w: &Waba| {
+        w.account_review_status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
+    };
+    if flow == Flow::Otp {
+        if approved(src) {
+            b.pass("source_waba_approved", "The source WABA is approved.");
+        } else {
+            b.code(
+                "source_waba_approved",
+                Fail,
+                ErrorCode::SourceWabaNotApproved,
+                format!(
+                    "The source WABA review status is `{}`.",
+                    src.account_review_status.as_deref().unwrap_or("unknown")
+                ),
+            );
+        }
+    }
+    if approved(dst) {
+        b.pass(
+            "destination_waba_approved",
+            "The destination WABA is approved.",
+        );
+    } else {
+        b.code(
+            "destination_waba_approved",
+            Fail,
+            ErrorCode::DestinationWabaNotApproved,
+            format!(
+                "The destination WABA review status is `{}`.",
+                dst.account_review_status.as_deref().unwrap_or("unknown")
+            ),
+        );
+    }
+
+    let src_owner = src.owner_business_info.as_ref().map(|o| o.id.as_str());
+    let dst_owner = dst.owner_business_info.as_ref().map(|o| o.id.as_str());
+    if flow == Flow::EmbeddedSignup {
+        if dst_owner == Some(meta_business_id) {
+            b.pass(
+                "same_business",
+                "The destination WABA belongs to the given Meta business.",
+            );
+        } else {
+            b.code(
+                "same_business",
+                Fail,
+                ErrorCode::BusinessMismatch,
+                format!(
+                    "The destination WABA belongs to business {}, not {meta_business_id}.",
+                    dst_owner.unwrap_or("unknown")
+                ),
+            );
+        }
+    } else if src_owner.is_some() && src_owner == dst_owner && src_owner == Some(meta_business_id) {
+        b.pass(
+            "same_business",
+            "Source and destination WABAs belong to the same business as given.",
+        );
+    } else {
+        b.code(
+            "same_business",
+            Fail,
+            ErrorCode::BusinessMismatch,
+            format!(
+                "The source WABA belongs to business {}, the destination to {}, and the request names {meta_business_id}; all three must be the same.",
+                src_owner.unwrap_or("unknown"),
+                dst_owner.unwrap_or("unknown")
+            ),
+        );
+    }
+
+    if dst
+        .primary_funding_id
+        .as_deref()
+        .is_some_and(|f| !f.is_empty())
+    {
+        b.pass(
+            "destination_payment_method",
+            "The destination WABA has a payment method.",
+        );
+    } else {
+        b.code(
+            "destination_payment_method",
+            Fail,
+            ErrorCode::DestinationNoPaymentMethod,
+            "The destination WABA has no payment method (no primary_funding_id).",
+        );
+    }
+
+    if input.destination_apps.is_empty() {
+        b.code(
+            "destination_subscribed_app",
+            Fail,
+            ErrorCode::DestinationNoSubscribedApp,
+            "No app is subscribed to the destination WABA's webhooks.",
+        );
+    } else {
+        b.pass(
+            "destination_subscribed_app",
+            "An app is subscribed to the destination WABA.",
+        );
+    }
+
+    let in_dst = find(&input.destination_numbers, phone.as_str());
+    let on_src = find(&input.source_numbers, phone.as_str());
+    let node = on_src.or(in_dst);
+
+    match (on_src, in_dst, flow) {
+        (Some(_), _, _) => b.pass(
+            "number_on_source",
+            format!("{phone} is registered on the source WABA."),
+        ),
+        (None, Some(_), _) => b.pass(
+            "number_on_source",
+            format!("{phone} is already on the destination WABA."),
+        ),
+        (None, None, Flow::EmbeddedSignup) => b.push(
+            "number_on_source",
+            Warn,
+            format!("{phone} is not listed on either WABA yet."),
+            "If Embedded Signup just finished, wait a few minutes; otherwise check the number.",
+            Actor::Partner,
+            None,
+        ),
+        (None, None, Flow::Otp) => {
+            let alternate = brazil_alternate_form(phone.as_str())
+                .filter(|alt| find(&input.source_numbers, alt).is_some());
+            match alternate {
+                Some(alt) => b.code(
+                    "number_on_source",
+                    Fail,
+                    ErrorCode::BrazilNinthDigitMismatch,
+                    format!(
+                        "{phone} is not on the source WABA, but {alt} is: the number is registered {} the mobile 9. Create the migration with {alt}.",
+                        if alt.len() > phone.as_str().len() { "with" } else { "without" }
+                    ),
+                ),
+                None => b.code(
+                    "number_on_source",
+                    Fail,
+                    ErrorCode::NumberNotFoundOnSource,
+                    format!("{phone} is not registered on source WABA {}.", src.id),
+                ),
+            }
+        }
+    }
+
+    if let Some(n) = node {
+        let name_ok = n
+            .name_status
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case("APPROVED"));
+        let change_pending = n.new_name_status.as_deref().is_some_and(|s| {
+            s.eq_ignore_ascii_case("PENDING_REVIEW") || s.eq_ignore_ascii_case("PENDING")
+        });
+        if !name_ok {
+            b.code(
+                "display_name_approved",
+                Fail,
+                ErrorCode::DisplayNameNotApproved,
+                format!(
+                    "The display name status is `{}`; it must be APPROVED.",
+                    n.name_status.as_deref().unwrap_or("unknown")
+                ),
+            );
+        } else if change_pending {
+            b.code(
+                "display_name_approved",
+                Fail,
+                ErrorCode::DisplayNameNotApproved,
+                "A display-name change is pending review; migration is blocked until it is decided.",
+            );
+        } else {
+            b.pass(
+                "display_name_approved",
+                format!(
+                    "Display name {} is approved.",
+                    n.verified_name.as_deref().unwrap_or("(unnamed)")
+                ),
+            );
+        }
+        if n.account_mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("SANDBOX"))
+        {
+            b.code(
+                "not_whatsapp_issued",
+                Fail,
+                ErrorCode::WhatsappIssuedNumber,
+                "This is a test number issued by WhatsApp.",
+            );
+        } else {
+            b.pass("not_whatsapp_issued", "Not a WhatsApp-issued test number.");
+        }
+        if n.is_on_biz_app == Some(true) {
+            b.code(
+                "not_on_business_app",
+                Fail,
+                ErrorCode::NumberOnBusinessApp,
+                "The number is in use on the WhatsApp Business app.",
+            );
+        } else {
+            b.pass(
+                "not_on_business_app",
+                "The number is not on the WhatsApp Business app.",
+            );
+        }
+    }
+
+    let mut destination_registered = false;
+    let mut destination_verified = false;
+    match in_dst {
+        Some(n) => {
+            destination_verified = n
+                .code_verification_status
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED"));
+            destination_registered = destination_verified
+                && n.status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED"));
+            if flow == Flow::EmbeddedSignup {
+                b.pass(
+                    "not_in_destination",
+                    "The number is in the destination WABA, as Embedded Signup leaves it.",
+                );
+            } else {
+                b.code(
+                    "not_in_destination",
+                    Warn,
+                    ErrorCode::AlreadyInDestination,
+                    "The number is already in the destination WABA: steps already done are skipped.",
+                );
+            }
+        }
+        None => b.pass(
+            "not_in_destination",
+            "The number is not yet in the destination WABA.",
+        ),
+    }
+
+    if flow == Flow::Otp {
+        b.push(
+            "two_factor_disabled",
+            Warn,
+            "Two-step verification cannot be read through the API.",
+            "Make sure the client (or the current provider) has turned off two-step verification in WhatsApp Manager before the migration starts; otherwise it fails with two_factor_enabled.",
+            Actor::Client,
+            None,
+        );
+    }
+
+    let total = input.source_templates.len();
+    let eligible = input
+        .source_templates
+        .iter()
+        .filter(|t| template_eligible(t))
+        .count();
+    let message = format!(
+        "{eligible} of {total} source templates are eligible (APPROVED with GREEN or UNKNOWN quality); the rest stay behind."
+    );
+    if eligible == total {
+        b.pass("templates_eligible", message);
+    } else {
+        b.push(
+            "templates_eligible",
+            Warn,
+            message,
+            "Re-create ineligible templates in the destination WABA after the migration if they are still needed.",
+            Actor::Partner,
+            None,
+        );
+    }
+
+    let status = if b.0.iter().any(|c| c.status == Fail) {
+        Fail
+    } else if b.0.iter().any(|c| c.status == Warn) {
+        Warn
+    } else {
+        Pass
+    };
+    PrecheckReport {
+        status,
+        checks: b.0,
+        source: on_src.map(|n| SourceSnapshot {
+            display_name: n.verified_name.clone(),
+            quality_rating: n.quality_rating.clone(),
+            messaging_limit_tier: n.messaging_limit_tier.clone(),
+            is_official_business_account: n.is_official_business_account,
+        }),
+        destination_phone_number_id: in_dst.map(|n| n.id.clone()),
+        destination_registered,
+        destination_verified,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::BusinessInfo;
+
+    fn waba(id: &str, owner: &str) -> Waba {
+        Waba {
+            id: id.into(),
+            account_review_status: Some("APPROVED".into()),
+            business_verification_status: Some("verified".into()),
+            owner_business_info: Some(BusinessInfo {
+                id: owner.into(),
+                name: None,
+            }),
+            primary_funding_id: Some("77".into()),
+            ..Default::default()
+        }
+    }
+
+    fn number(id: &str, display: &str) -> PhoneNumber {
+        PhoneNumber {
+            id: id.into(),
+            display_phone_number: Some(display.into()),
+            verified_name: Some("Acme".into()),
+            name_status: Some("APPROVED".into()),
+            quality_rating: Some("GREEN".into()),
+            ..Default::default()
+        }
+    }
+
+    fn input() -> PrecheckInput {
+        PrecheckInput {
+            source: waba("1", "900"),
+            destination: waba("2", "900"),
+            source_numbers: vec![number("11", "+55 11 98765-4321")],
+            destination_numbers: vec![],
+            destination_apps: vec![SubscribedApp::default()],
+            source_templates: vec![
+                Template {
+                    id: "t1".into(),
+                    name: "a".into(),
+                    language: "en_US".into(),
+                    status: "APPROVED".into(),
+                    quality_score: Some("GREEN".into()),
+                    ..Default::default()
+                },
+                Template {
+                    id: "t2".into(),
+                    name: "b".into(),
+                    language: "en_US".into(),
+                    status: "REJECTED".into(),
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    fn phone() -> E164 {
+        E164::parse("+5511987654321").unwrap()
+    }
+
+    fn check<'a>(r: &'a PrecheckReport, id: &str) -> &'a Check {
+        r.checks.iter().find(|c| c.id == id).unwrap()
+    }
+
+    #[test]
+    fn happy_input_passes_with_warnings_only() {
+        let r = evaluate(Flow::Otp, &phone(), "900", &input());
+        assert_eq!(r.status, CheckStatus::Warn, "{r:#?}");
+        assert!(r.failure().is_none());
+        assert_eq!(check(&r, "two_factor_disabled").status, CheckStatus::Warn);
+        assert_eq!(check(&r, "templates_eligible").status, CheckStatus::Warn);
+        assert!(
+            check(&r, "templates_eligible")
+                .message
+                .starts_with("1 of 2")
+        );
+        assert_eq!(
+            r.source.as_ref().unwrap().display_name.as_deref(),
+            Some("Acme")
+        );
+    }
+
+    #[test]
+    fn business_mismatch_fails() {
+        let mut i = input();
+        i.source.owner_business_info = Some(BusinessInfo {
+            id: "901".into(),
+            name: None,
+        });
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert_eq!(r.failure().unwrap().code, Some(ErrorCode::BusinessMismatch));
+        // Also when the request names another business.
+        let r = evaluate(Flow::Otp, &phone(), "555", &input());
+        assert_eq!(r.failure().unwrap().code, Some(ErrorCode::BusinessMismatch));
+    }
+
+    #[test]
+    fn brazil_ninth_digit_names_the_registered_form() {
+        let mut i = input();
+        i.source_numbers = vec![number("11", "+55 11 8765-4321")];
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let f = r.failure().unwrap();
+        assert_eq!(f.code, Some(ErrorCode::BrazilNinthDigitMismatch));
+        assert!(f.message.contains("+551187654321"), "{}", f.message);
+        assert!(f.message.contains("without"));
+    }
+
+    #[test]
+    fn missing_number_payment_and_apps_fail() {
+        let mut i = input();
+        i.source_numbers.clear();
+        i.destination.primary_funding_id = None;
+        i.destination_apps.clear();
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let failed: Vec<_> = r
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.code.unwrap())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ErrorCode::DestinationNoPaymentMethod,
+                ErrorCode::DestinationNoSubscribedApp,
+                ErrorCode::NumberNotFoundOnSource
+            ]
+        );
+    }
+
+    #[test]
+    fn already_in_destination_is_a_warning_with_its_state() {
+        let mut i = input();
+        let mut n = number("22", "+5511987654321");
+        n.code_verification_status = Some("VERIFIED".into());
+        n.status = Some("CONNECTED".into());
+        i.destination_numbers = vec![n];
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert!(r.failure().is_none());
+        assert_eq!(
+            check(&r, "not_in_destination").code,
+            Some(ErrorCode::AlreadyInDestination)
+        );
+        assert_eq!(r.destination_phone_number_id.as_deref(), Some("22"));
+        assert!(r.destination_registered);
+    }
+
+    #[test]
+    fn display_name_test_number_and_app_numbers_fail() {
+        let mut i = input();
+        i.source_numbers[0].name_status = Some("PENDING_REVIEW".into());
+        i.source_numbers[0].account_mode = Some("SANDBOX".into());
+        i.source_numbers[0].is_on_biz_app = Some(true);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        for (id, code) in [
+            ("display_name_approved", ErrorCode::DisplayNameNotApproved),
+            ("not_whatsapp_issued", ErrorCode::WhatsappIssuedNumber),
+            ("not_on_business_app", ErrorCode::NumberOnBusinessApp),
+        ] {
+            assert_eq!(check(&r, id).status, CheckStatus::Fail);
+            assert_eq!(check(&r, id).code, Some(code));
+        }
+    }
+
+    #[test]
+    fn eligibility_rule() {
+        let t = |status: &str, q: Option<&str>| Template {
+            status: status.into(),
+            quality_score: q.map(Into::into),
+            ..Default::default()
+        };
+        assert!(template_eligible(&t("APPROVED", Some("GREEN"))));
+        assert!(template_eligible(&t("APPROVED", Some("UNKNOWN"))));
+        assert!(!template_eligible(&t("APPROVED", Some("RED"))));
+        assert!(!template_eligible(&t("PENDING", Some("GREEN"))));
+    }
+}

@@ -1,0 +1,121 @@
+//! `/_sandbox` control endpoints: counters, reset, faults, channel inspection, number seeding and
+//! the scenario table. No auth, no latency, never faulted, not counted.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::faults::FaultsRequest;
+use super::state::NumberSeed;
+use super::{SCENARIOS, Sandbox, scenarios};
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": message.into()})),
+    )
+        .into_response()
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+/// `GET /_sandbox/counters`.
+pub(crate) async fn all_counters(State(sandbox): State<Sandbox>) -> Json<Value> {
+    Json(sandbox.counters())
+}
+
+/// `GET /_sandbox/counters/{e164}` (with `+`, `%2B` or digits only): `{"register": {…}, …}`.
+pub(crate) async fn number_counters(
+    State(sandbox): State<Sandbox>,
+    Path(phone): Path<String>,
+) -> Response {
+    match scenarios::normalize_e164(&phone) {
+        Some(number) => Json(sandbox.lock().counters.number_json(&number)).into_response(),
+        None => bad_request(format!("not an E.164 phone number: {phone:?}")),
+    }
+}
+
+/// `POST /_sandbox/reset`: clears state and counters, restores the configured faults.
+pub(crate) async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
+    sandbox.reset();
+    Json(json!({"reset": true}))
+}
+
+/// `GET /_sandbox/faults`.
+pub(crate) async fn get_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
+    Json(sandbox.lock().faults.to_json())
+}
+
+/// `POST /_sandbox/faults` `{"rules": [...], "random": {...}}`: appends rules, replaces the
+/// random settings; all or nothing.
+pub(crate) async fn add_faults(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let request: FaultsRequest = match parse_json(&body) {
+        Ok(request) => request,
+        Err(message) => return bad_request(message),
+    };
+    let mut inner = sandbox.lock();
+    match inner.faults.apply(request) {
+        Ok(()) => Json(inner.faults.to_json()).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `DELETE /_sandbox/faults`: no rules, no random faults.
+pub(crate) async fn clear_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
+    let mut inner = sandbox.lock();
+    inner.faults.clear();
+    Json(inner.faults.to_json())
+}
+
+/// `GET /_sandbox/channels/{channel_id}`.
+pub(crate) async fn channel(
+    State(sandbox): State<Sandbox>,
+    Path(channel_id): Path<String>,
+) -> Response {
+    let inner = sandbox.lock();
+    match inner.world.channels.get(&channel_id) {
+        Some(c) => Json(json!({
+            "id": c.id,
+            "status": c.status(),
+            "phone_number": c.e164,
+            "client_id": c.client_id,
+            "current_key_id": c.current_key.as_ref().map(|k| k.id.clone()),
+            "keys_issued": c.keys_issued,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no channel {channel_id:?}")})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /_sandbox/numbers` `{"phone_number","source_waba_id","destination_waba_id"?,"business_id"?}`.
+pub(crate) async fn add_number(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let seed: NumberSeed = match parse_json(&body) {
+        Ok(seed) => seed,
+        Err(message) => return bad_request(message),
+    };
+    match sandbox.add_number(&seed) {
+        Ok(listed) => (StatusCode::CREATED, Json(listed)).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `GET /_sandbox/scenarios`: the scenario table.
+pub(crate) async fn scenarios() -> Json<Value> {
+    let rows: Vec<Value> = SCENARIOS
+        .iter()
+        .map(|(last_four, code, description)| {
+            json!({"last_four": last_four, "code": code, "description": description})
+        })
+        .collect();
+    Json(json!({ "scenarios": rows }))
+}

@@ -1,0 +1,320 @@
+//! # Upstream sandbox
+//!
+//! A stateful, in-memory simulator of exactly the upstream endpoints the service calls: the Meta
+//! Graph API (WhatsApp Business Management + Cloud API registration), the 360dialog Partner API
+//! (Hub) and the 360dialog Messaging API. One HTTP server serves all three, so the service can be
+//! pointed at it with
+//!
+//! ```text
+//! META_GRAPH_URL=http://host:port        (any `v<major>.<minor>` version segment)
+//! D360_HUB_URL=http://host:port/api/v2
+//! D360_WABA_URL=http://host:port
+//! ```
+//!
+//! ## What it simulates
+//!
+//! * **Meta Graph** (`Authorization: Bearer <anything>` or an `access_token` parameter, else
+//!   HTTP 401 / code 190): `GET /{v}/{waba-id}`, `GET /{v}/{phone-number-id}`,
+//!   `GET /{v}/{waba-id}/phone_numbers|subscribed_apps|message_templates` (cursor paging),
+//!   `POST /{v}/{dest-waba-id}/phone_numbers` (start a migration), `POST /{v}/{phone-id}/request_code`,
+//!   `…/verify_code`, `…/register` and `POST /{v}/{dest-waba-id}/migrate_message_templates`.
+//!   Parameters are read from the JSON body, a form-encoded body or the query string. Errors use
+//!   the Graph error object (`message`, `type`, `code`, `error_subcode`, `fbtrace_id`,
+//!   `is_transient`, `error_data`, …).
+//! * **360dialog Partner API** under `/api/v2` (`X-API-Key`, any non-empty value; a legacy
+//!   `Authorization: Bearer` is accepted too): channel listing with `filters`,
+//!   `shared_client_numbers` and API-key generation (revokes earlier keys; one per
+//!   [`SandboxConfig::api_key_rate_window`] per channel).
+//! * **360dialog Messaging API**: `GET /health_status` with `D360-API-KEY`.
+//! * **Control** under `/_sandbox` (no auth, never faulted, no latency, not counted):
+//!   `GET /counters`, `GET /counters/{e164}`, `POST /reset`, `GET|POST|DELETE /faults`,
+//!   `GET /channels/{id}`, `POST /numbers` (seeding, below) and `GET /scenarios`.
+//!
+//! Simplifications: Graph `fields` is ignored (full objects are returned); every 360dialog
+//! partner id sees every channel; each destination WABA gets one 360dialog client.
+//!
+//! ## Lenient world
+//!
+//! Any business, WABA and partner id is accepted and created on first use: WABAs are approved,
+//! owned by [`SANDBOX_BUSINESS_ID`], verified, have a payment method and one subscribed app.
+//! Any E.164 number whose country code is known is a happy-path number (the national part is not
+//! checked against numbering plans, so `+1 555…` numbers work): display name approved, OTP
+//! [`SANDBOX_OTP_CODE`], a 6-digit PIN accepted at registration.
+//!
+//! **Seeding.** The Graph API never tells the sandbox which number a precheck is about (the
+//! service lists a source WABA's numbers before it ever names the number), so a number is listed
+//! on a source WABA only once it has been *added* there, with `POST /_sandbox/numbers`
+//! `{"phone_number","source_waba_id","destination_waba_id"?,"business_id"?}` or
+//! [`Sandbox::add_number`]. Adding a number also gives its source WABA the default templates
+//! (3 APPROVED+GREEN, 1 APPROVED+UNKNOWN, 1 APPROVED+RED). Starting a migration of a number that
+//! was never added is accepted anyway (lenient); a WABA named as `source_waba_id` of a template
+//! migration also gets the default templates.
+//!
+//! Phone-number ids minted by the sandbox are 16 digits starting with `1090`; an unknown id of
+//! that shape is answered with Graph error 100/33 ("does not exist"), any other unknown id on
+//! `GET /{v}/{id}` is taken to be a WABA and created.
+//!
+//! ## Flow
+//!
+//! `POST /{dest}/phone_numbers` creates the number in the destination (`NOT_VERIFIED`,
+//! `PENDING`); `request_code` then `verify_code` (`123456`) make it `VERIFIED`; `register` makes it
+//! `CONNECTED`, marks the source copy `MIGRATED` and creates the 360dialog channel (`ready`,
+//! `running` after [`SandboxConfig::channel_running_after`]; statuses are computed from
+//! timestamps, there are no background tasks). The partner then generates a channel API key,
+//! which `GET /health_status` accepts until the next key is generated.
+//!
+//! ## Scenario numbers
+//!
+//! Numbers whose last four digits are `00xx` trigger failures, see [`SCENARIOS`]. WABA-level
+//! scenarios (0005–0010, 0018, 0021) also apply to a WABA whose id ends in the same four digits,
+//! which is the way to trigger them in prechecks, before the sandbox has seen the number.
+//!
+//! ## Counters
+//!
+//! Every simulated request is counted per endpoint per E.164 number (see [`ENDPOINTS`]):
+//! `received` counts every request that reached a handler, including faulted and refused ones;
+//! `applied` counts requests whose effect was applied (success responses and `lost_response`
+//! faults). WABA-level calls are counted under every number associated with the WABA (added
+//! there, or migrating into it); `migrate_message_templates` under every number migrating into
+//! the destination WABA; 360dialog calls under the channel's number. Requests that cannot be
+//! tied to a number (an unknown API key, a WABA without numbers) are not counted.
+//!
+//! ## Faults
+//!
+//! Deterministic rules (`POST /_sandbox/faults`) fire first, in order; otherwise a random fault
+//! fires with probability `fault_rate`. See [`FaultKind`] for the semantics of each kind.
+//! `lost_response` and `connection_reset` close the connection without any HTTP response: when
+//! served through [`serve`], the connection's socket is poisoned so no byte reaches the client;
+//! with [`Sandbox::router`] under another server, the response body fails before its first frame,
+//! which makes hyper drop the connection before the buffered head is written.
+
+mod control;
+mod exchange;
+mod faults;
+mod graph;
+mod hub;
+mod scenarios;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use faults::{FaultKind, ParseFaultKindError};
+pub use scenarios::SCENARIOS;
+pub use state::NumberSeed;
+
+use faults::{ConnHandle, FaultState, KillableListener};
+use state::{Counters, World};
+
+/// The verification code of every sandbox number, unless its scenario says otherwise.
+pub const SANDBOX_OTP_CODE: &str = "123456";
+
+/// Business portfolio that owns every WABA the sandbox creates on first use.
+pub const SANDBOX_BUSINESS_ID: &str = "100000000000000";
+
+/// Endpoint names used by counters and fault rules.
+pub const ENDPOINTS: &[&str] = &[
+    "get_waba",
+    "get_phone_number",
+    "list_phone_numbers",
+    "list_subscribed_apps",
+    "list_templates",
+    "start_migration",
+    "request_code",
+    "verify_code",
+    "register",
+    "migrate_message_templates",
+    "list_channels",
+    "shared_client_numbers",
+    "api_keys",
+    "health_status",
+];
+
+/// How the sandbox behaves.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Probability (0.0..=1.0) that a simulated request gets a random fault.
+    pub fault_rate: f64,
+    /// Which kinds random faults draw from.
+    pub fault_kinds: Vec<FaultKind>,
+    /// Added to every simulated request before it is handled.
+    pub latency: Duration,
+    /// How long a `timeout` fault sleeps before answering 504.
+    pub hang_for: Duration,
+    /// Delay between `register` and the 360dialog channel becoming `running`.
+    pub channel_running_after: Duration,
+    /// RNG seed for reproducible random faults.
+    pub seed: Option<u64>,
+    /// 360dialog allows one API-key generation per channel per this window (429 otherwise).
+    pub api_key_rate_window: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            fault_rate: 0.0,
+            fault_kinds: FaultKind::ALL.to_vec(),
+            latency: Duration::ZERO,
+            hang_for: Duration::from_secs(30),
+            channel_running_after: Duration::ZERO,
+            seed: None,
+            api_key_rate_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The simulator. Cheap to clone: clones share one state.
+#[derive(Clone)]
+pub struct Sandbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: SandboxConfig,
+    inner: Mutex<Inner>,
+    /// Bumped when a server started by [`serve`] shuts down, so hanging `timeout` faults end.
+    hang_cut: tokio::sync::watch::Sender<u64>,
+}
+
+struct Inner {
+    world: World,
+    counters: Counters,
+    faults: FaultState,
+}
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new(config: SandboxConfig) -> Self {
+        let faults = FaultState::from_config(&config);
+        let (hang_cut, _) = tokio::sync::watch::channel(0);
+        Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    world: World::default(),
+                    counters: Counters::default(),
+                    faults,
+                }),
+                config,
+                hang_cut,
+            }),
+        }
+    }
+
+    /// All routes (Graph, 360dialog Partner and Messaging APIs, `/_sandbox` control), state included.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{version}/{id}", get(graph::get_node))
+            .route(
+                "/{version}/{id}/{edge}",
+                get(graph::get_edge).post(graph::post_edge),
+            )
+            .route(
+                "/api/v2/partners/{partner_id}/channels",
+                get(hub::list_channels),
+            )
+            .route(
+                "/api/v2/partners/{partner_id}/clients/{client_id}/shared_client_numbers",
+                get(hub::shared_client_numbers),
+            )
+            .route(
+                "/api/v2/partners/{partner_id}/channels/{channel_id}/api_keys",
+                post(hub::generate_api_key),
+            )
+            .route("/health_status", get(hub::health_status))
+            .route("/_sandbox/counters", get(control::all_counters))
+            .route("/_sandbox/counters/{phone}", get(control::number_counters))
+            .route("/_sandbox/reset", post(control::reset))
+            .route(
+                "/_sandbox/faults",
+                get(control::get_faults)
+                    .post(control::add_faults)
+                    .delete(control::clear_faults),
+            )
+            .route("/_sandbox/channels/{channel_id}", get(control::channel))
+            .route("/_sandbox/numbers", post(control::add_number))
+            .route("/_sandbox/scenarios", get(control::scenarios))
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+
+    /// Same JSON as `GET /_sandbox/counters`:
+    /// `{"numbers": {"+15551234567": {"register": {"received": 1, "applied": 1}, …}}}`.
+    pub fn counters(&self) -> serde_json::Value {
+        self.lock().counters.to_json()
+    }
+
+    /// `(received, applied)` of one endpoint (see [`ENDPOINTS`]) for one number (with or
+    /// without `+`); `(0, 0)` when never called.
+    pub fn count(&self, phone_e164: &str, endpoint: &str) -> (u64, u64) {
+        match scenarios::normalize_e164(phone_e164) {
+            Some(number) => self.lock().counters.get(&number, endpoint),
+            None => (0, 0),
+        }
+    }
+
+    /// Lists `seed.phone_number` on `seed.source_waba_id` (and, optionally, records the
+    /// destination WABA and owning business), exactly like `POST /_sandbox/numbers`. Returns
+    /// the phone-number object(s) now listed on the source WABA.
+    pub fn add_number(&self, seed: &NumberSeed) -> Result<serde_json::Value, String> {
+        self.lock().world.add_number(seed, &self.shared.config)
+    }
+
+    /// Clears all state and counters and restores the configured fault settings.
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        inner.world.reset();
+        inner.counters = Counters::default();
+        inner.faults = FaultState::from_config(&self.shared.config);
+    }
+
+    fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+
+    /// The state lock. Held only for synchronous bookkeeping, never across an `.await`.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps structurally broken; keep serving.
+        self.shared
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Serve the sandbox on `listener` until `shutdown` resolves.
+///
+/// Connections are accepted through a wrapper that lets a handler close its own connection
+/// without sending any response (`lost_response` and `connection_reset` faults). On shutdown,
+/// pending `timeout` faults end early so the server drains promptly.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sandbox: Sandbox,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let hang_cut = sandbox.shared.hang_cut.clone();
+    let app = sandbox
+        .router()
+        .into_make_service_with_connect_info::<ConnHandle>();
+    axum::serve(KillableListener::new(listener), app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            hang_cut.send_modify(|generation| *generation += 1);
+        })
+        .await
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "Not found (sandbox)"})),
+    )
+        .into_response()
+}

@@ -1,0 +1,1159 @@
+//! Tests over real HTTP: each starts a sandbox on 127.0.0.1:0 and talks to it with reqwest.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Local mirrors of the client wire types (`crate::clients`), to prove our JSON deserializes
+/// into the shapes the service reads.
+mod wire {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    pub struct Waba {
+        pub id: String,
+        pub account_review_status: Option<String>,
+        pub business_verification_status: Option<String>,
+        pub owner_business_info: Option<BusinessInfo>,
+        #[serde(default)]
+        pub primary_funding_id: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct BusinessInfo {
+        pub id: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct PhoneNumber {
+        pub id: String,
+        pub display_phone_number: Option<String>,
+        pub code_verification_status: Option<String>,
+        pub name_status: Option<String>,
+        pub new_name_status: Option<String>,
+        pub status: Option<String>,
+        pub is_on_biz_app: Option<bool>,
+        pub account_mode: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct TemplateMigration {
+        pub migrated_templates: Vec<String>,
+        pub failed_templates: std::collections::BTreeMap<String, String>,
+    }
+}
+
+const SOURCE: &str = "111000000000001";
+const DEST: &str = "222000000000001";
+const NUMBER: &str = "+15551234567";
+const PARTNER: &str = "samplePA";
+
+struct Server {
+    base: String,
+    sandbox: Sandbox,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(config: SandboxConfig) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let sandbox = Sandbox::new(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, sandbox.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        base: format!("http://{addr}"),
+        sandbox,
+        http: client(),
+        _stop: stop,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn test_config() -> SandboxConfig {
+    SandboxConfig {
+        api_key_rate_window: Duration::ZERO,
+        ..SandboxConfig::default()
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Server {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn graph_get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}/v23.0/{path}", self.base))
+            .bearer_auth("sandbox-token")
+    }
+
+    fn graph_post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v23.0/{path}", self.base))
+            .bearer_auth("sandbox-token")
+            .json(&body)
+    }
+
+    fn hub_get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}/api/v2/partners/{PARTNER}/{path}", self.base))
+            .header("X-API-Key", "partner-key")
+    }
+
+    fn hub_post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/api/v2/partners/{PARTNER}/{path}", self.base))
+            .header("X-API-Key", "partner-key")
+    }
+
+    fn health(&self, key: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}/health_status", self.base))
+            .header("D360-API-KEY", key)
+    }
+
+    async fn seed(&self, number: &str, source: &str, dest: Option<&str>) -> Value {
+        let answer = self
+            .send(self.http.post(format!("{}/_sandbox/numbers", self.base)).json(
+                &json!({"phone_number": number, "source_waba_id": source, "destination_waba_id": dest}),
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body
+    }
+
+    async fn faults(&self, body: Value) {
+        let answer = self
+            .send(
+                self.http
+                    .post(format!("{}/_sandbox/faults", self.base))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+
+    /// `POST /{dest}/phone_numbers` for an E.164 number; returns the answer.
+    async fn start_migration(&self, dest: &str, number: &str) -> Answer {
+        let (cc, national) = scenarios::split_cc(number).expect("number");
+        self.send(self.graph_post(
+            &format!("{dest}/phone_numbers"),
+            json!({"cc": cc, "phone_number": national, "migrate_phone_number": true}),
+        ))
+        .await
+    }
+
+    /// Seed, start, request + verify the code; returns the new phone-number id.
+    async fn verified(&self, number: &str) -> String {
+        self.seed(number, SOURCE, Some(DEST)).await;
+        let started = self.start_migration(DEST, number).await;
+        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+        let id = started.body["id"].as_str().expect("id").to_owned();
+        let requested = self
+            .send(self.graph_post(
+                &format!("{id}/request_code"),
+                json!({"code_method": "SMS", "language": "en_US"}),
+            ))
+            .await;
+        assert_eq!(requested.status, StatusCode::OK, "{}", requested.body);
+        let verified = self
+            .send(self.graph_post(
+                &format!("{id}/verify_code"),
+                json!({"code": SANDBOX_OTP_CODE}),
+            ))
+            .await;
+        assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
+        id
+    }
+
+    async fn register(&self, phone_id: &str) -> Answer {
+        self.send(self.graph_post(
+            &format!("{phone_id}/register"),
+            json!({"messaging_product": "whatsapp", "pin": "246810"}),
+        ))
+        .await
+    }
+
+    /// The number's channel from the partner channel list, if listed.
+    async fn channel_of(&self, number: &str) -> Option<Value> {
+        let filters = json!({"setup_info.phone_number": scenarios::digits(number)}).to_string();
+        let answer = self
+            .send(self.hub_get("channels").query(&[("filters", filters)]))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body["partner_channels"].get(0).cloned()
+    }
+}
+
+fn graph_code(body: &Value) -> (i64, Option<i64>) {
+    (
+        body["error"]["code"].as_i64().unwrap_or(-1),
+        body["error"]["error_subcode"].as_i64(),
+    )
+}
+
+#[tokio::test]
+async fn full_happy_path_over_http() {
+    let s = start(test_config()).await;
+    s.seed(NUMBER, SOURCE, Some(DEST)).await;
+
+    // Prechecks.
+    let source: wire::Waba =
+        serde_json::from_value(s.send(s.graph_get(SOURCE)).await.body).expect("waba shape");
+    assert_eq!(source.id, SOURCE);
+    assert_eq!(source.account_review_status.as_deref(), Some("APPROVED"));
+    assert_eq!(
+        source.business_verification_status.as_deref(),
+        Some("verified")
+    );
+    assert_eq!(
+        source.owner_business_info.map(|b| b.id).as_deref(),
+        Some(SANDBOX_BUSINESS_ID)
+    );
+    let dest: wire::Waba =
+        serde_json::from_value(s.send(s.graph_get(DEST)).await.body).expect("waba shape");
+    assert!(dest.primary_funding_id.is_some());
+    let listed = s
+        .send(s.graph_get(&format!(
+            "{SOURCE}/phone_numbers?fields=id,display_phone_number"
+        )))
+        .await;
+    let phones: Vec<wire::PhoneNumber> =
+        serde_json::from_value(listed.body["data"].clone()).expect("phone shape");
+    assert_eq!(phones.len(), 1);
+    assert_eq!(
+        phones[0].display_phone_number.as_deref(),
+        Some("+1 555-123-4567")
+    );
+    assert_eq!(phones[0].status.as_deref(), Some("CONNECTED"));
+    let apps = s
+        .send(s.graph_get(&format!("{DEST}/subscribed_apps")))
+        .await;
+    assert_eq!(apps.body["data"].as_array().map(Vec::len), Some(1));
+    assert!(apps.body["data"][0]["whatsapp_business_api_data"]["id"].is_string());
+    let templates = s
+        .send(s.graph_get(&format!("{SOURCE}/message_templates")))
+        .await;
+    let templates = templates.body["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(templates.len(), 5);
+    assert!(templates[0]["quality_score"]["score"].is_string());
+    let dest_before = s.send(s.graph_get(&format!("{DEST}/phone_numbers"))).await;
+    assert_eq!(dest_before.body["data"], json!([]));
+
+    // Initiate, OTP, register.
+    let started = s.start_migration(DEST, NUMBER).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let phone_id = started.body["id"].as_str().expect("id").to_owned();
+    let node: wire::PhoneNumber =
+        serde_json::from_value(s.send(s.graph_get(&phone_id)).await.body).expect("phone");
+    assert_eq!(node.id, phone_id);
+    assert_eq!(
+        node.code_verification_status.as_deref(),
+        Some("NOT_VERIFIED")
+    );
+    assert_eq!(node.status.as_deref(), Some("PENDING"));
+    let again = s.start_migration(DEST, NUMBER).await;
+    assert_eq!(graph_code(&again.body), (100, Some(2388012)));
+
+    let early = s.register(&phone_id).await;
+    assert_eq!(graph_code(&early.body).0, 133006);
+    let requested = s
+        .send(s.graph_post(
+            &format!("{phone_id}/request_code"),
+            json!({"code_method": "SMS", "language": "en_US"}),
+        ))
+        .await;
+    assert_eq!(requested.body, json!({"success": true}));
+    let wrong = s
+        .send(s.graph_post(
+            &format!("{phone_id}/verify_code"),
+            json!({"code": "000000"}),
+        ))
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(graph_code(&wrong.body).0, 136025);
+    let verified = s
+        .send(s.graph_post(
+            &format!("{phone_id}/verify_code"),
+            json!({"code": "123456"}),
+        ))
+        .await;
+    assert_eq!(verified.status, StatusCode::OK);
+    let rerequest = s
+        .send(s.graph_post(
+            &format!("{phone_id}/request_code"),
+            json!({"code_method": "VOICE", "language": "en_US"}),
+        ))
+        .await;
+    assert_eq!(graph_code(&rerequest.body).0, 136024);
+    let registered = s.register(&phone_id).await;
+    assert_eq!(registered.body, json!({"success": true}));
+    let node: wire::PhoneNumber =
+        serde_json::from_value(s.send(s.graph_get(&phone_id)).await.body).expect("phone");
+    assert_eq!(node.status.as_deref(), Some("CONNECTED"));
+    assert_eq!(node.code_verification_status.as_deref(), Some("VERIFIED"));
+    let source_copy = s
+        .send(s.graph_get(&format!("{SOURCE}/phone_numbers")))
+        .await;
+    assert_eq!(source_copy.body["data"][0]["status"], "MIGRATED");
+
+    // Templates: 3 GREEN + 1 UNKNOWN copied, the RED one skipped; a rerun duplicates nothing.
+    for _ in 0..2 {
+        let migrated = s
+            .send(s.graph_post(
+                &format!("{DEST}/migrate_message_templates"),
+                json!({"source_waba_id": SOURCE, "page_number": 0}),
+            ))
+            .await;
+        assert_eq!(migrated.status, StatusCode::OK, "{}", migrated.body);
+        let result: wire::TemplateMigration =
+            serde_json::from_value(migrated.body).expect("migration shape");
+        assert_eq!(result.migrated_templates.len(), 4);
+        assert!(result.failed_templates.is_empty());
+    }
+    let copied = s
+        .send(s.graph_get(&format!("{DEST}/message_templates")))
+        .await;
+    let copied = copied.body["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(copied.len(), 4);
+    assert!(
+        copied
+            .iter()
+            .all(|t| t["quality_score"]["score"] == "UNKNOWN" && t["status"] == "APPROVED")
+    );
+    let red = templates
+        .iter()
+        .find(|t| t["quality_score"]["score"] == "RED")
+        .and_then(|t| t["id"].as_str())
+        .expect("red template")
+        .to_owned();
+    let explicit = s
+        .send(s.graph_post(
+            &format!("{DEST}/migrate_message_templates"),
+            json!({"source_waba_id": SOURCE, "template_ids": [red]}),
+        ))
+        .await;
+    assert!(
+        explicit.body["failed_templates"][&red].is_string(),
+        "{}",
+        explicit.body
+    );
+
+    // 360dialog: channel running, permission, key, health.
+    let channel = s.channel_of(NUMBER).await.expect("channel listed");
+    assert_eq!(channel["status"], "running");
+    assert_eq!(channel["setup_info"]["phone_number"], "15551234567");
+    assert_eq!(channel["waba_account"]["external_id"], DEST);
+    let channel_id = channel["id"].as_str().expect("id").to_owned();
+    let client_id = channel["client_id"].as_str().expect("client").to_owned();
+    let shared = s
+        .send(s.hub_get(&format!("clients/{client_id}/shared_client_numbers")))
+        .await;
+    assert_eq!(
+        shared.body["shared_client_numbers"][0]["id"],
+        channel_id.as_str()
+    );
+    let by_id = s
+        .send(
+            s.hub_get("channels")
+                .query(&[("filters", json!({"id": channel_id}).to_string())]),
+        )
+        .await;
+    assert_eq!(by_id.body["count"], 1);
+
+    let first = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let key1 = first.body["api_key"].as_str().expect("key").to_owned();
+    assert!(key1.len() >= 32);
+    assert_eq!(first.body["address"], "https://waba-v2.360dialog.io");
+    let health = s.send(s.health(&key1)).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.body["health_status"]["can_send_message"],
+        "AVAILABLE"
+    );
+    assert_eq!(
+        health.body["health_status"]["entities"][0]["id"],
+        phone_id.as_str()
+    );
+
+    let second = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    let key2 = second.body["api_key"].as_str().expect("key").to_owned();
+    let old = s.send(s.health(&key1)).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(old.body, json!({"error": "Invalid API key"}));
+    assert_eq!(s.send(s.health(&key2)).await.status, StatusCode::OK);
+
+    let inspected = s
+        .send(
+            s.http
+                .get(format!("{}/_sandbox/channels/{channel_id}", s.base)),
+        )
+        .await;
+    assert_eq!(inspected.body["keys_issued"], 2);
+    assert_eq!(inspected.body["current_key_id"], second.body["id"]);
+    assert_eq!(inspected.body["phone_number"], NUMBER);
+
+    // Counters, through the API and over HTTP.
+    assert_eq!(s.sandbox.count(NUMBER, "register"), (2, 1));
+    assert_eq!(s.sandbox.count(NUMBER, "start_migration"), (2, 1));
+    assert_eq!(s.sandbox.count(NUMBER, "request_code"), (2, 1));
+    assert_eq!(s.sandbox.count(NUMBER, "verify_code"), (2, 1));
+    assert_eq!(s.sandbox.count(NUMBER, "api_keys"), (2, 2));
+    assert_eq!(s.sandbox.count(NUMBER, "health_status"), (3, 2));
+    assert_eq!(
+        s.sandbox.count("15551234567", "migrate_message_templates"),
+        (3, 3)
+    );
+    let counters = s
+        .send(s.http.get(format!("{}/_sandbox/counters", s.base)))
+        .await;
+    assert_eq!(counters.body, s.sandbox.counters());
+    assert_eq!(
+        counters.body["numbers"][NUMBER]["register"],
+        json!({"received": 2, "applied": 1})
+    );
+    let one = s
+        .send(
+            s.http
+                .get(format!("{}/_sandbox/counters/%2B15551234567", s.base)),
+        )
+        .await;
+    assert_eq!(one.body["register"], json!({"received": 2, "applied": 1}));
+    let digits_only = s
+        .send(
+            s.http
+                .get(format!("{}/_sandbox/counters/15551234567", s.base)),
+        )
+        .await;
+    assert_eq!(digits_only.body, one.body);
+
+    // Reset clears everything.
+    let reset = s
+        .send(s.http.post(format!("{}/_sandbox/reset", s.base)))
+        .await;
+    assert_eq!(reset.status, StatusCode::OK);
+    assert_eq!(s.sandbox.counters(), json!({"numbers": {}}));
+    assert_eq!(
+        s.send(s.health(&key2)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn api_key_rate_window_and_channel_readiness() {
+    let s = start(SandboxConfig {
+        channel_running_after: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let id = s.verified(NUMBER).await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    let channel = s.channel_of(NUMBER).await.expect("channel");
+    assert_eq!(channel["status"], "ready");
+    let channel_id = channel["id"].as_str().expect("id").to_owned();
+    let early = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(early.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        early.body["meta"]["developer_message"],
+        "Channel is not running"
+    );
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        s.channel_of(NUMBER).await.expect("channel")["status"],
+        "running"
+    );
+    let first = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let limited = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=30).contains(&retry_after));
+    assert_eq!(limited.body["meta"]["http_code"], 429);
+    // The limited request did not revoke the first key.
+    let key = first.body["api_key"].as_str().expect("key");
+    assert_eq!(s.send(s.health(key)).await.status, StatusCode::OK);
+    assert_eq!(s.sandbox.count(NUMBER, "api_keys"), (3, 1));
+
+    let missing = s.send(s.hub_post("channels/nopeCH/api_keys")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn lost_response_is_applied_but_unanswered() {
+    let s = start(test_config()).await;
+    let id = s.verified(NUMBER).await;
+    s.faults(json!({"rules": [{"endpoint": "register", "phone_number": NUMBER, "fault": "lost_response"}]}))
+        .await;
+    let sent = s
+        .graph_post(
+            &format!("{id}/register"),
+            json!({"messaging_product": "whatsapp", "pin": "246810"}),
+        )
+        .send()
+        .await;
+    assert!(sent.is_err(), "lost_response must not answer: {sent:?}");
+    assert_eq!(s.sandbox.count(NUMBER, "register"), (1, 1));
+    let node = s.send(s.graph_get(&id)).await;
+    assert_eq!(node.body["status"], "CONNECTED");
+    assert!(s.channel_of(NUMBER).await.is_some());
+
+    // The rule was consumed: the next call answers.
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    assert_eq!(s.sandbox.count(NUMBER, "register"), (2, 2));
+
+    // The crucial case: a key generated while the response is lost.
+    let channel_id = s.channel_of(NUMBER).await.expect("channel")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.faults(json!({"rules": [{"endpoint": "api_keys", "fault": "lost_response"}]}))
+        .await;
+    let lost = s
+        .hub_post(&format!("channels/{channel_id}/api_keys"))
+        .send()
+        .await;
+    assert!(lost.is_err());
+    let inspected = s
+        .send(
+            s.http
+                .get(format!("{}/_sandbox/channels/{channel_id}", s.base)),
+        )
+        .await;
+    assert_eq!(inspected.body["keys_issued"], 1);
+    assert_eq!(s.sandbox.count(NUMBER, "api_keys"), (1, 1));
+}
+
+#[tokio::test]
+async fn connection_reset_is_unanswered_and_not_applied() {
+    let s = start(test_config()).await;
+    s.seed(NUMBER, SOURCE, Some(DEST)).await;
+    let id = s.start_migration(DEST, NUMBER).await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.faults(
+        json!({"rules": [{"endpoint": "request_code", "fault": "connection_reset", "times": 2}]}),
+    )
+    .await;
+    for _ in 0..2 {
+        let sent = s
+            .graph_post(
+                &format!("{id}/request_code"),
+                json!({"code_method": "SMS", "language": "en_US"}),
+            )
+            .send()
+            .await;
+        assert!(sent.is_err(), "connection_reset must not answer: {sent:?}");
+    }
+    assert_eq!(s.sandbox.count(NUMBER, "request_code"), (2, 0));
+    // Not applied: no code was requested, so verification fails.
+    let verify = s
+        .send(s.graph_post(&format!("{id}/verify_code"), json!({"code": "123456"})))
+        .await;
+    assert_eq!(graph_code(&verify.body).0, 136025);
+}
+
+#[tokio::test]
+async fn lost_response_without_serve_also_drops_the_connection() {
+    // The plain router under axum::serve: no connection handle, only the failing body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sandbox = Sandbox::new(test_config());
+    let app = sandbox.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = client();
+    let seed = json!({"phone_number": NUMBER, "source_waba_id": SOURCE});
+    let seeded = http
+        .post(format!("http://{addr}/_sandbox/numbers"))
+        .json(&seed)
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(seeded.status(), StatusCode::CREATED);
+    let rules = json!({"rules": [{"endpoint": "start_migration", "fault": "lost_response"}]});
+    http.post(format!("http://{addr}/_sandbox/faults"))
+        .json(&rules)
+        .send()
+        .await
+        .expect("faults");
+    let sent = http
+        .post(format!("http://{addr}/v23.0/{DEST}/phone_numbers"))
+        .bearer_auth("t")
+        .json(&json!({"cc": "1", "phone_number": "5551234567", "migrate_phone_number": true}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "expected no response, got {sent:?}");
+    assert_eq!(sandbox.count(NUMBER, "start_migration"), (1, 1));
+}
+
+#[tokio::test]
+async fn answered_faults_have_upstream_shapes() {
+    let s = start(SandboxConfig {
+        hang_for: Duration::from_millis(200),
+        ..test_config()
+    })
+    .await;
+    s.seed(NUMBER, SOURCE, Some(DEST)).await;
+    s.faults(json!({"rules": [
+        {"endpoint": "get_waba", "fault": "server_error"},
+        {"endpoint": "get_waba", "fault": "rate_limited"},
+        {"endpoint": "get_waba", "fault": "timeout"},
+        {"endpoint": "list_channels", "fault": "server_error"},
+        {"endpoint": "list_channels", "fault": "rate_limited"},
+    ]}))
+    .await;
+
+    let server_error = s.send(s.graph_get(SOURCE)).await;
+    assert_eq!(server_error.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(graph_code(&server_error.body).0, 2);
+    assert_eq!(server_error.body["error"]["is_transient"], true);
+    assert!(server_error.body["error"]["fbtrace_id"].is_string());
+
+    let limited = s.send(s.graph_get(SOURCE)).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(graph_code(&limited.body).0, 80008);
+
+    let began = Instant::now();
+    let timeout = s.send(s.graph_get(SOURCE)).await;
+    assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(began.elapsed() >= Duration::from_millis(200));
+    assert_eq!(s.sandbox.count(NUMBER, "get_waba"), (3, 0));
+
+    let ok = s.send(s.graph_get(SOURCE)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(s.sandbox.count(NUMBER, "get_waba"), (4, 1));
+
+    let hub_error = s.send(s.hub_get("channels")).await;
+    assert_eq!(hub_error.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(hub_error.body["meta"]["success"], false);
+    let hub_limited = s.send(s.hub_get("channels")).await;
+    assert_eq!(hub_limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(hub_limited.headers["retry-after"], "1");
+
+    let settings = s
+        .send(s.http.get(format!("{}/_sandbox/faults", s.base)))
+        .await;
+    assert_eq!(settings.body["rules"], json!([]));
+    let bad = s
+        .send(
+            s.http
+                .post(format!("{}/_sandbox/faults", s.base))
+                .json(&json!({"rules": [{"endpoint": "nope", "fault": "timeout"}]})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn random_faults_are_seeded_and_clearable() {
+    let s = start(test_config()).await;
+    s.faults(json!({"random": {"rate": 1.0, "kinds": ["server_error"], "seed": 42}}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.send(s.graph_get(SOURCE)).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    // Control endpoints are never faulted.
+    let settings = s
+        .send(s.http.get(format!("{}/_sandbox/faults", s.base)))
+        .await;
+    assert_eq!(settings.body["random"]["rate"], 1.0);
+    let cleared = s
+        .send(s.http.delete(format!("{}/_sandbox/faults", s.base)))
+        .await;
+    assert_eq!(cleared.body["random"]["rate"], 0.0);
+    assert_eq!(s.send(s.graph_get(SOURCE)).await.status, StatusCode::OK);
+
+    // Same seed, same sequence.
+    let draw = |seed| {
+        let sandbox = Sandbox::new(SandboxConfig {
+            fault_rate: 0.5,
+            seed: Some(seed),
+            ..SandboxConfig::default()
+        });
+        let mut inner = sandbox.lock();
+        (0..32)
+            .map(|_| inner.faults.pick("register", &[]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(draw(7), draw(7));
+    assert!(draw(7).iter().any(Option::is_some) && draw(7).iter().any(Option::is_none));
+}
+
+#[tokio::test]
+async fn authentication_is_required() {
+    let s = start(test_config()).await;
+    let graph = s
+        .send(s.http.get(format!("{}/v23.0/{SOURCE}", s.base)))
+        .await;
+    assert_eq!(graph.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(graph_code(&graph.body).0, 190);
+    let with_param = s
+        .send(
+            s.http
+                .get(format!("{}/v21.0/{SOURCE}?access_token=abc", s.base)),
+        )
+        .await;
+    assert_eq!(with_param.status, StatusCode::OK);
+    let hub = s
+        .send(
+            s.http
+                .get(format!("{}/api/v2/partners/{PARTNER}/channels", s.base)),
+        )
+        .await;
+    assert_eq!(hub.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        hub.body,
+        json!({"meta": {"success": false, "http_code": 401, "developer_message": "Invalid API key", "details": []}})
+    );
+    let bad_version = s
+        .send(s.http.get(format!("{}/latest/{SOURCE}", s.base)))
+        .await;
+    assert_eq!(bad_version.status, StatusCode::BAD_REQUEST);
+    let missing = s.send(s.graph_get("1090999999999999")).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(graph_code(&missing.body), (100, Some(33)));
+    let missing_post = s
+        .send(s.graph_post(
+            "1090999999999999/register",
+            json!({"messaging_product": "whatsapp", "pin": "123456"}),
+        ))
+        .await;
+    assert_eq!(graph_code(&missing_post.body), (100, Some(33)));
+}
+
+#[tokio::test]
+async fn form_encoded_and_query_parameters_are_accepted() {
+    let s = start(test_config()).await;
+    s.seed(NUMBER, SOURCE, Some(DEST)).await;
+    let started = s
+        .send(
+            s.http
+                .post(format!("{}/v23.0/{DEST}/phone_numbers", s.base))
+                .bearer_auth("t")
+                .form(&[
+                    ("cc", "1"),
+                    ("phone_number", "5551234567"),
+                    ("migrate_phone_number", "true"),
+                ]),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    let requested = s
+        .send(
+            s.http
+                .post(format!(
+                    "{}/v23.0/{id}/request_code?code_method=SMS&language=en_US",
+                    s.base
+                ))
+                .bearer_auth("t"),
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{}", requested.body);
+    let invalid = s
+        .send(s.graph_post(
+            &format!("{id}/request_code"),
+            json!({"code_method": "FAX", "language": "en_US"}),
+        ))
+        .await;
+    assert_eq!(graph_code(&invalid.body).0, 100);
+}
+
+#[tokio::test]
+async fn graph_lists_page_with_cursors() {
+    let s = start(test_config()).await;
+    for i in 0..30 {
+        s.seed(&format!("+4915112345{i:03}"), SOURCE, None).await;
+    }
+    let first = s
+        .send(s.graph_get(&format!("{SOURCE}/phone_numbers?fields=id")))
+        .await;
+    assert_eq!(first.body["data"].as_array().map(Vec::len), Some(25));
+    let next = first.body["paging"]["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    assert!(next.contains("fields=id"), "{next}");
+    let second = s.send(s.http.get(&next).bearer_auth("t")).await;
+    assert_eq!(second.body["data"].as_array().map(Vec::len), Some(5));
+    assert!(second.body["paging"].get("next").is_none());
+    let after = first.body["paging"]["cursors"]["after"]
+        .as_str()
+        .expect("after");
+    let same = s
+        .send(s.graph_get(&format!("{SOURCE}/phone_numbers?after={after}")))
+        .await;
+    assert_eq!(same.body["data"], second.body["data"]);
+
+    let mut seen = Vec::new();
+    let mut url = format!("{}/v23.0/{SOURCE}/message_templates?limit=2", s.base);
+    loop {
+        let page = s.send(s.http.get(&url).bearer_auth("t")).await;
+        seen.extend(page.body["data"].as_array().cloned().unwrap_or_default());
+        match page.body["paging"]["next"].as_str() {
+            Some(next) => url = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test]
+async fn register_limit_is_ten_per_number() {
+    let s = start(test_config()).await;
+    let id = s.verified(NUMBER).await;
+    for _ in 0..10 {
+        assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    }
+    let blocked = s.register(&id).await;
+    assert_eq!(graph_code(&blocked.body).0, 133016);
+}
+
+#[tokio::test]
+async fn embedded_signup_channel_is_created_on_lookup() {
+    let s = start(test_config()).await;
+    let filters =
+        json!({"id": "esChannel01CH", "setup_info.phone_number": "+15557654321"}).to_string();
+    let listed = s
+        .send(s.hub_get("channels").query(&[("filters", filters)]))
+        .await;
+    assert_eq!(listed.body["count"], 1, "{}", listed.body);
+    assert_eq!(listed.body["partner_channels"][0]["status"], "running");
+    assert_eq!(listed.body["partner_channels"][0]["id"], "esChannel01CH");
+    let key = s.send(s.hub_post("channels/esChannel01CH/api_keys")).await;
+    assert_eq!(key.status, StatusCode::CREATED);
+    let api_key = key.body["api_key"].as_str().expect("key");
+    assert_eq!(s.send(s.health(api_key)).await.status, StatusCode::OK);
+    assert_eq!(s.sandbox.count("+15557654321", "list_channels"), (1, 1));
+}
+
+#[tokio::test]
+async fn migration_scenarios() {
+    let s = start(test_config()).await;
+    let expect_2388103 = |answer: &Answer, text: &str| {
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            graph_code(&answer.body),
+            (100, Some(2388103)),
+            "{}",
+            answer.body
+        );
+        let message = answer.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(text), "{message}");
+    };
+    for (number, text) in [
+        ("+15550000001", "Two-step authentication must be disabled"),
+        ("+15550000002", "eligible to be added directly"),
+        ("+15550000003", "Display name not approved"),
+        ("+15550000005", "different Business Manager account"),
+        ("+15550000010", "no app subscribed"),
+    ] {
+        s.seed(number, SOURCE, None).await;
+        expect_2388103(&s.start_migration(DEST, number).await, text);
+    }
+    let unavailable = s.start_migration(DEST, "+15550000022").await;
+    expect_2388103(&unavailable, "error migrating");
+    assert!(unavailable.body["error"].get("is_transient").is_none());
+    // Number 0010 marked DEST as lacking a subscribed app.
+    let apps = s
+        .send(s.graph_get(&format!("{DEST}/subscribed_apps")))
+        .await;
+    assert_eq!(apps.body["data"], json!([]));
+
+    // 0004: already in the destination, with a running channel.
+    let dest4 = "222000000000044";
+    s.seed("+15550000004", SOURCE, Some(dest4)).await;
+    let listed = s.send(s.graph_get(&format!("{dest4}/phone_numbers"))).await;
+    assert_eq!(listed.body["data"][0]["status"], "CONNECTED");
+    assert_eq!(
+        listed.body["data"][0]["code_verification_status"],
+        "VERIFIED"
+    );
+    let again = s.start_migration(dest4, "+15550000004").await;
+    assert_eq!(graph_code(&again.body), (100, Some(2388012)));
+    assert_eq!(
+        s.channel_of("+15550000004").await.expect("channel")["status"],
+        "running"
+    );
+}
+
+#[tokio::test]
+async fn waba_scenarios_by_id_suffix() {
+    let s = start(test_config()).await;
+    let get = |id: &'static str| {
+        let s = &s;
+        async move { s.send(s.graph_get(id)).await.body }
+    };
+    assert_eq!(
+        get("300000000000005").await["owner_business_info"]["id"],
+        "999000111"
+    );
+    assert_eq!(
+        get("300000000000006").await["business_verification_status"],
+        "not_verified"
+    );
+    assert_eq!(
+        get("300000000000007").await["account_review_status"],
+        "PENDING"
+    );
+    assert_eq!(
+        get("300000000000008").await["account_review_status"],
+        "REJECTED"
+    );
+    assert!(
+        get("300000000000009")
+            .await
+            .get("primary_funding_id")
+            .is_none()
+    );
+    let apps = s.send(s.graph_get("300000000000010/subscribed_apps")).await;
+    assert_eq!(apps.body["data"], json!([]));
+    let denied = s.send(s.graph_get("300000000000021")).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(graph_code(&denied.body).0, 190);
+    let limited = s
+        .send(s.graph_post(
+            "300000000000018/migrate_message_templates",
+            json!({"source_waba_id": SOURCE}),
+        ))
+        .await;
+    assert_eq!(graph_code(&limited.body), (100, Some(2388019)));
+
+    // A number's source-level scenario marks the WABA it was added to.
+    s.seed("+15550000006", "400000000000001", None).await;
+    assert_eq!(
+        get("400000000000001").await["business_verification_status"],
+        "not_verified"
+    );
+}
+
+#[tokio::test]
+async fn phone_scenarios() {
+    let s = start(test_config()).await;
+    let listed = |body: Value| -> Vec<wire::PhoneNumber> {
+        serde_json::from_value(body["listed_on_source"].clone()).expect("phones")
+    };
+    assert!(listed(s.seed("+15550000011", SOURCE, None).await).is_empty());
+    let brazil = listed(s.seed("+5511987650012", SOURCE, None).await);
+    assert_eq!(
+        brazil[0].display_phone_number.as_deref(),
+        Some("+55 11 8765-0012")
+    );
+    let brazil8 = listed(s.seed("+551187650012", "111000000000002", None).await);
+    assert_eq!(
+        brazil8[0].display_phone_number.as_deref(),
+        Some("+55 11 98765-0012")
+    );
+    let issued = listed(s.seed("+15550000013", SOURCE, None).await);
+    assert_eq!(issued[0].account_mode.as_deref(), Some("SANDBOX"));
+    let app = listed(s.seed("+15550000014", SOURCE, None).await);
+    assert_eq!(app[0].is_on_biz_app, Some(true));
+    let pending = listed(s.seed("+15550000024", SOURCE, None).await);
+    assert_eq!(
+        pending[0].new_name_status.as_deref(),
+        Some("PENDING_REVIEW")
+    );
+    assert_eq!(pending[0].name_status.as_deref(), Some("APPROVED"));
+    let name = listed(s.seed("+15550000003", SOURCE, None).await);
+    assert_eq!(name[0].name_status.as_deref(), Some("PENDING_REVIEW"));
+
+    // 0021: every Graph call about the number is refused.
+    let auth = s.start_migration(DEST, "+15550000021").await;
+    assert_eq!(auth.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(graph_code(&auth.body).0, 190);
+}
+
+#[tokio::test]
+async fn otp_register_and_channel_scenarios() {
+    let s = start(test_config()).await;
+
+    // 0015: 123456 is wrong, 654321 is right.
+    s.seed("+15550000015", SOURCE, Some(DEST)).await;
+    let id = s.start_migration(DEST, "+15550000015").await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.send(s.graph_post(
+        &format!("{id}/request_code"),
+        json!({"code_method": "SMS", "language": "en_US"}),
+    ))
+    .await;
+    let wrong = s
+        .send(s.graph_post(&format!("{id}/verify_code"), json!({"code": "123456"})))
+        .await;
+    assert_eq!(graph_code(&wrong.body).0, 136025);
+    let right = s
+        .send(s.graph_post(&format!("{id}/verify_code"), json!({"code": "654321"})))
+        .await;
+    assert_eq!(right.status, StatusCode::OK);
+
+    // 0016: request_code throttled.
+    s.seed("+15550000016", SOURCE, Some(DEST)).await;
+    let id = s.start_migration(DEST, "+15550000016").await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let throttled = s
+        .send(s.graph_post(
+            &format!("{id}/request_code"),
+            json!({"code_method": "SMS", "language": "en_US"}),
+        ))
+        .await;
+    assert_eq!(graph_code(&throttled.body).0, 2494158);
+
+    // 0017 and 0023: register refused.
+    let id = s.verified("+15550000017").await;
+    assert_eq!(graph_code(&s.register(&id).await.body).0, 133016);
+    let id = s.verified("+15550000023").await;
+    assert_eq!(graph_code(&s.register(&id).await.body).0, 133005);
+
+    // 0019: the channel never appears.
+    let id = s.verified("+15550000019").await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    assert!(s.channel_of("+15550000019").await.is_none());
+
+    // 0020: running, but no key permission.
+    let id = s.verified("+15550000020").await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    let channel = s.channel_of("+15550000020").await.expect("channel");
+    assert_eq!(channel["status"], "running");
+    let client_id = channel["client_id"].as_str().expect("client");
+    let shared = s
+        .send(s.hub_get(&format!("clients/{client_id}/shared_client_numbers")))
+        .await;
+    assert_eq!(shared.body["count"], 0);
+    let channel_id = channel["id"].as_str().expect("id");
+    let denied = s
+        .send(s.hub_post(&format!("channels/{channel_id}/api_keys")))
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        denied.body["meta"]["developer_message"],
+        format!("Permission denied for partner {PARTNER}")
+    );
+}
+
+#[derive(Deserialize)]
+struct ScenarioRow {
+    last_four: String,
+}
+
+#[tokio::test]
+async fn scenario_table_is_served() {
+    let s = start(test_config()).await;
+    let body = s
+        .send(s.http.get(format!("{}/_sandbox/scenarios", s.base)))
+        .await
+        .body;
+    let rows: Vec<ScenarioRow> = serde_json::from_value(body["scenarios"].clone()).expect("rows");
+    assert_eq!(rows.len(), 24);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.last_four, format!("{:04}", i + 1));
+        assert_eq!(
+            scenarios::Scenario::of(&row.last_four).map(|s| s as usize),
+            Some(i + 1)
+        );
+    }
+}
+
+#[test]
+fn fault_kinds_parse() {
+    for kind in FaultKind::ALL {
+        assert_eq!(kind.as_str().parse::<FaultKind>(), Ok(kind));
+        assert_eq!(
+            serde_json::to_value(kind).expect("json"),
+            json!(kind.as_str())
+        );
+    }
+    assert!("nope".parse::<FaultKind>().is_err());
+}
+
+#[test]
+fn number_helpers() {
+    assert_eq!(
+        scenarios::normalize_e164("+1 (555) 123-4567").as_deref(),
+        Some(NUMBER)
+    );
+    assert_eq!(
+        scenarios::normalize_e164("15551234567").as_deref(),
+        Some(NUMBER)
+    );
+    assert_eq!(scenarios::normalize_e164("+1555"), None);
+    assert_eq!(scenarios::normalize_e164("+15551234567x"), None);
+    assert_eq!(scenarios::display("+447911123456"), "+44 7911 123456");
+    assert_eq!(
+        scenarios::brazil_other_form("+5511987654321").as_deref(),
+        Some("+551187654321")
+    );
+    assert_eq!(
+        scenarios::brazil_other_form("+551187654321").as_deref(),
+        Some("+5511987654321")
+    );
+    assert_eq!(scenarios::brazil_other_form("+551133334444"), None);
+    assert_eq!(scenarios::Scenario::of("+15550000000"), None);
+    assert_eq!(scenarios::Scenario::of("+15550000025"), None);
+    assert_eq!(
+        scenarios::Scenario::of("+15551230001"),
+        Some(scenarios::Scenario::TwoFactorEnabled)
+    );
+    assert_eq!(scenarios::Scenario::of("100000000000000"), None);
+    assert_eq!(
+        scenarios::Scenario::of("...0017"),
+        Some(scenarios::Scenario::RegisterLimit)
+    );
+}

@@ -1,0 +1,309 @@
+//! Maps upstream failures to our error codes and to retry-or-fail outcomes.
+
+use crate::clients::{self, Service, UpstreamError};
+use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+
+/// Our code for a permanent upstream error, from Meta's code/subcode and, for the 2388103
+/// family, its text (Meta distinguishes the variants only by message).
+pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorCode> {
+    let text = upstream.message.to_ascii_lowercase();
+    match upstream.service {
+        Service::Meta => {
+            if upstream.has_code(190) || upstream.code == Some(0) || upstream.code == Some(102) {
+                return Some(ErrorCode::UpstreamAuth);
+            }
+            if upstream.code == Some(10) || upstream.code.is_some_and(|c| (200..300).contains(&c)) {
+                return Some(ErrorCode::UpstreamAuth);
+            }
+            if upstream.has_code(2388012) {
+                return Some(ErrorCode::AlreadyInDestination);
+            }
+            if upstream.has_code(2388091) || upstream.has_code(2388093) {
+                return Some(ErrorCode::OtpNotEligible);
+            }
+            if [2494158, 3441033, 3441046, 1675004, 1390006, 1390008]
+                .iter()
+                .any(|c| upstream.has_code(*c))
+            {
+                return Some(ErrorCode::OtpRateLimited);
+            }
+            if upstream.has_code(136025) {
+                return Some(ErrorCode::OtpInvalid);
+            }
+            if upstream.has_code(133016) {
+                return Some(ErrorCode::RegisterLimitReached);
+            }
+            if upstream.has_code(133005) {
+                return Some(ErrorCode::PinMismatch);
+            }
+            if upstream.has_code(2388019) {
+                return Some(ErrorCode::TemplateLimitReached);
+            }
+            if upstream.has_code(2388103) {
+                let code = if text.contains("error migrating") {
+                    ErrorCode::UpstreamUnavailable
+                } else if text.contains("two-step")
+                    || text.contains("two step")
+                    || text.contains("two-factor")
+                    || text.contains("2fa")
+                {
+                    ErrorCode::TwoFactorEnabled
+                } else if text.contains("added directly") {
+                    ErrorCode::AddDirectlyNotMigration
+                } else if text.contains("different business") || text.contains("same business") {
+                    ErrorCode::BusinessMismatch
+                } else if text.contains("display name") || text.contains("name") {
+                    ErrorCode::DisplayNameNotApproved
+                } else if text.contains("payment") {
+                    ErrorCode::DestinationNoPaymentMethod
+                } else if text.contains("webhook") || text.contains("subscribed") {
+                    ErrorCode::DestinationNoSubscribedApp
+                } else if text.contains("destination") && text.contains("not approved") {
+                    ErrorCode::DestinationWabaNotApproved
+                } else if text.contains("not set up")
+                    || text.contains("not approved")
+                    || text.contains("messaging for")
+                    || text.contains("on behalf")
+                {
+                    ErrorCode::SourceWabaNotApproved
+                } else {
+                    ErrorCode::UpstreamRejected
+                };
+                return Some(code);
+            }
+            if text.contains("two-step") || text.contains("two step") {
+                return Some(ErrorCode::TwoFactorEnabled);
+            }
+            None
+        }
+        Service::D360Partner | Service::D360Messaging => match upstream.http_status {
+            Some(403) if step == MigrationState::GeneratingApiKey => {
+                Some(ErrorCode::ApiKeyPermissionMissing)
+            }
+            Some(401) if upstream.service == Service::D360Messaging => {
+                Some(ErrorCode::ApiKeyRejected)
+            }
+            Some(401 | 403) => Some(ErrorCode::UpstreamAuth),
+            _ => None,
+        },
+    }
+}
+
+/// Turns a client error into a step outcome: transient errors are retried with backoff, the
+/// rest fail the migration with the most precise code we know.
+pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
+    let upstream = match err {
+        clients::Error::Api { upstream, .. } => upstream.clone(),
+        clients::Error::Transport { service, .. } | clients::Error::Decode { service, .. } => {
+            UpstreamError {
+                service: *service,
+                http_status: None,
+                code: None,
+                subcode: None,
+                fbtrace_id: None,
+                message: err.to_string(),
+                is_transient: None,
+            }
+        }
+    };
+    let code = match err {
+        clients::Error::Api { upstream, .. } => code_for(upstream, step),
+        _ => None,
+    };
+    let retryable = err.is_retryable() || matches!(err, clients::Error::Decode { .. });
+    if retryable && code.is_none_or(|c| c == ErrorCode::UpstreamUnavailable) {
+        return StepOutcome::Transient {
+            error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)
+                .with_upstream(Some(upstream)),
+            retry_after: err.retry_after(),
+        };
+    }
+    let code = code.unwrap_or(if retryable {
+        ErrorCode::UpstreamUnavailable
+    } else {
+        ErrorCode::UpstreamRejected
+    });
+    let mut error = MigrationError::new(code, step).with_upstream(Some(upstream));
+    if code == ErrorCode::UpstreamRejected
+        && let Some(u) = &error.upstream
+    {
+        error.message = format!(
+            "{} rejected the request: {}",
+            service_name(u.service),
+            u.message
+        );
+    }
+    StepOutcome::Failed(error)
+}
+
+fn service_name(s: Service) -> &'static str {
+    match s {
+        Service::Meta => "Meta",
+        Service::D360Partner => "360dialog Partner API",
+        Service::D360Messaging => "360dialog Messaging API",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(code: i64, subcode: Option<i64>, message: &str) -> clients::Error {
+        clients::Error::Api {
+            upstream: UpstreamError {
+                service: Service::Meta,
+                http_status: Some(400),
+                code: Some(code),
+                subcode,
+                fbtrace_id: Some("Atrace".into()),
+                message: message.into(),
+                is_transient: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    fn failed_code(o: StepOutcome) -> ErrorCode {
+        match o {
+            StepOutcome::Failed(e) => e.code,
+            other => panic!("expected failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_2388103_variants_by_text() {
+        let s = MigrationState::Initiating;
+        let cases = [
+            (
+                "Two-step authentication must be disabled for this phone number",
+                ErrorCode::TwoFactorEnabled,
+            ),
+            (
+                "This phone number is eligible to be added directly",
+                ErrorCode::AddDirectlyNotMigration,
+            ),
+            (
+                "This phone number belongs to a different Business Manager account",
+                ErrorCode::BusinessMismatch,
+            ),
+            (
+                "Display name not approved",
+                ErrorCode::DisplayNameNotApproved,
+            ),
+            (
+                "The destination does not have a payment account",
+                ErrorCode::DestinationNoPaymentMethod,
+            ),
+            (
+                "Cannot migrate phone number: no app subscribed to webhooks",
+                ErrorCode::DestinationNoSubscribedApp,
+            ),
+        ];
+        for (text, code) in cases {
+            assert_eq!(
+                failed_code(outcome(&graph(100, Some(2388103), text), s)),
+                code,
+                "{text}"
+            );
+        }
+        // The "error migrating" variant is transient and keeps the trace id.
+        match outcome(
+            &graph(
+                100,
+                Some(2388103),
+                "There was an error migrating this phone number",
+            ),
+            s,
+        ) {
+            StepOutcome::Transient { error, .. } => {
+                assert_eq!(error.code, ErrorCode::UpstreamUnavailable);
+                assert_eq!(
+                    error.upstream.unwrap().fbtrace_id.as_deref(),
+                    Some("Atrace")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_otp_register_and_token_codes() {
+        let s = MigrationState::Registering;
+        assert_eq!(
+            failed_code(outcome(&graph(133016, None, "limit"), s)),
+            ErrorCode::RegisterLimitReached
+        );
+        assert_eq!(
+            failed_code(outcome(&graph(133005, None, "pin"), s)),
+            ErrorCode::PinMismatch
+        );
+        assert_eq!(
+            failed_code(outcome(&graph(2494158, None, "too many"), s)),
+            ErrorCode::OtpRateLimited
+        );
+        assert_eq!(
+            failed_code(outcome(&graph(190, None, "token"), s)),
+            ErrorCode::UpstreamAuth
+        );
+        assert_eq!(
+            failed_code(outcome(&graph(100, Some(2388093), "x"), s)),
+            ErrorCode::OtpNotEligible
+        );
+        assert_eq!(
+            failed_code(outcome(&graph(100, None, "Invalid parameter"), s)),
+            ErrorCode::UpstreamRejected
+        );
+    }
+
+    #[test]
+    fn transport_and_throttling_are_transient() {
+        let s = MigrationState::Registering;
+        let t = clients::Error::Transport {
+            service: Service::Meta,
+            message: "reset".into(),
+            maybe_applied: true,
+        };
+        assert!(matches!(outcome(&t, s), StepOutcome::Transient { .. }));
+        assert!(matches!(
+            outcome(&graph(80008, None, "throttled"), s),
+            StepOutcome::Transient { .. }
+        ));
+    }
+
+    #[test]
+    fn d360_permission_and_revoked_key() {
+        let e = |service, status| clients::Error::Api {
+            upstream: UpstreamError {
+                service,
+                http_status: Some(status),
+                code: None,
+                subcode: None,
+                fbtrace_id: None,
+                message: "Permission denied for partner x".into(),
+                is_transient: None,
+            },
+            retry_after: None,
+        };
+        assert_eq!(
+            failed_code(outcome(
+                &e(Service::D360Partner, 403),
+                MigrationState::GeneratingApiKey
+            )),
+            ErrorCode::ApiKeyPermissionMissing
+        );
+        assert_eq!(
+            failed_code(outcome(
+                &e(Service::D360Messaging, 401),
+                MigrationState::GeneratingApiKey
+            )),
+            ErrorCode::ApiKeyRejected
+        );
+        assert_eq!(
+            failed_code(outcome(
+                &e(Service::D360Partner, 401),
+                MigrationState::AwaitingChannel
+            )),
+            ErrorCode::UpstreamAuth
+        );
+    }
+}

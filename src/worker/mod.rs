@@ -1,0 +1,560 @@
+//! Background workers: claim due migrations with a lease, run their step with no transaction
+//! or connection held, record the outcome only while the lease is still ours.
+//!
+//! * Claiming: `db::migrations::claim` (one statement, `FOR UPDATE SKIP LOCKED`, fresh lease
+//!   token). An expired lease is claimable again, so a crashed worker's migration resumes on any
+//!   replica once its lease runs out.
+//! * Wake-ups: LISTEN on [`db::JOBS_CHANNEL`] (NOTIFY is sent in the transactions that make a
+//!   row due now) as a hint only, with a polling fallback.
+//! * Heartbeats extend the lease while a step runs; a lost lease aborts the step's writes.
+//! * Bounded concurrency with a semaphore; graceful shutdown stops claiming, lets in-flight steps
+//!   finish within the grace period, then releases their leases so another replica resumes them
+//!   at once.
+//! * Parked migrations (`awaiting_otp`) are due only at their OTP deadline: no worker, no poll.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::clients::{D360Api, MetaApi};
+use crate::crypto::Cipher;
+use crate::db::{self, events::NewEvent, migrations as store};
+use crate::domain::machine::{StepContext, decide};
+use crate::domain::{Decision, Flow, MigrationState, RetryPolicy};
+
+pub mod errors;
+pub mod steps;
+
+/// OTP rules shared by the API (resend cooldown, attempts) and the workers.
+#[derive(Debug, Clone)]
+pub struct OtpPolicy {
+    /// How long a migration waits in `awaiting_otp` before failing with `otp_expired`.
+    pub ttl: Duration,
+    /// Minimum time between two codes sent to the client.
+    pub resend_cooldown: Duration,
+    /// Wrong codes accepted before the migration fails with `otp_invalid`.
+    pub max_attempts: i32,
+}
+
+impl Default for OtpPolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            resend_cooldown: Duration::from_secs(60),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Identifies this worker in `lease_owner` (host:pid:random).
+    pub owner: String,
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+    /// First delay between two looks at the 360dialog channel; doubles up to a minute.
+    pub channel_poll: Duration,
+    pub retry: RetryPolicy,
+    pub otp: OtpPolicy,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            owner: default_owner(),
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(20),
+            channel_poll: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            otp: OtpPolicy::default(),
+        }
+    }
+}
+
+/// `hostname:pid:random`, unique per process.
+pub fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Named points where tests make a worker "crash": the step stops right there, records
+/// nothing and keeps its lease until it expires, exactly like a killed process.
+#[derive(Debug, Clone, Default)]
+pub struct FailPoints(Arc<Mutex<HashMap<String, u32>>>);
+
+impl FailPoints {
+    /// Arms `name` to fire the next `times` times it is reached.
+    pub fn arm(&self, name: &str, times: u32) {
+        self.0
+            .lock()
+            .expect("fail points lock")
+            .insert(name.to_owned(), times);
+    }
+
+    /// Whether a crash should happen here now.
+    pub fn hit(&self, name: &str) -> bool {
+        let mut map = self.0.lock().expect("fail points lock");
+        match map.get_mut(name) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a worker needs.
+pub struct Deps {
+    pub pool: PgPool,
+    pub meta: Arc<dyn MetaApi>,
+    pub d360: Arc<dyn D360Api>,
+    pub cipher: Cipher,
+    pub config: WorkerConfig,
+    pub fail_points: FailPoints,
+}
+
+/// Result of [`Worker::run_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Ran(Uuid),
+    Empty,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    deps: Arc<Deps>,
+    in_flight: Arc<Mutex<HashMap<Uuid, Uuid>>>,
+}
+
+impl Worker {
+    pub fn new(deps: Deps) -> Self {
+        Self {
+            deps: Arc::new(deps),
+            in_flight: Arc::default(),
+        }
+    }
+
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Claims one due migration and advances it as far as it can go now.
+    pub async fn run_next(&self) -> anyhow::Result<RunOutcome> {
+        let cfg = &self.deps.config;
+        let mut rows = store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await?;
+        let Some(row) = rows.pop() else {
+            return Ok(RunOutcome::Empty);
+        };
+        let id = row.id;
+        self.process(row, CancellationToken::new()).await;
+        Ok(RunOutcome::Ran(id))
+    }
+
+    /// Runs due migrations until none is due (tests and one-shot tools).
+    pub async fn run_until_idle(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        while let RunOutcome::Ran(_) = self.run_next().await? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The claim loop, until `shutdown` is cancelled.
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let cfg = self.deps.config.clone();
+        info!(
+            owner = %cfg.owner,
+            concurrency = cfg.concurrency,
+            lease_s = cfg.lease.as_secs_f64(),
+            "worker started"
+        );
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            self.deps.pool.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ));
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut db_backoff = cfg.poll_interval;
+
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    error!(error = %e, "worker task failed");
+                }
+            }
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p?,
+            };
+            match store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await {
+                Ok(mut rows) => {
+                    db_backoff = cfg.poll_interval;
+                    if let Some(row) = rows.pop() {
+                        let this = self.clone();
+                        let stop = shutdown.clone();
+                        tasks.spawn(async move {
+                            this.process(row, stop).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(cfg.poll_interval) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(db_backoff) => {}
+                    }
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+
+        info!(
+            in_flight = tasks.len(),
+            "worker stopping: no new claims, finishing in-flight steps"
+        );
+        let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        // Whatever is still leased by us (aborted steps) goes back to the queue now.
+        let leftovers: Vec<(Uuid, Uuid)> = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .drain()
+            .collect();
+        for (id, token) in leftovers {
+            match store::release(&self.deps.pool, id, token).await {
+                Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
+                Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
+            }
+        }
+        listener.abort();
+        info!("worker stopped");
+        Ok(())
+    }
+
+    /// Advances one claimed migration step by step while it stays runnable and ours.
+    async fn process(&self, mut row: store::MigrationRow, shutdown: CancellationToken) {
+        let Some(token) = row.lease_token else {
+            return;
+        };
+        let id = row.id;
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(id, token);
+        let lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.deps.pool.clone(),
+            id,
+            token,
+            self.deps.config.lease,
+            lost.clone(),
+        ));
+        let mut keep_lease = false;
+
+        loop {
+            let state = row.state();
+            let span = info_span!("step", migration.id = %id, step = %state, attempt = row.attempt);
+            let result = AssertUnwindSafe(steps::execute(&self.deps, &row, token))
+                .catch_unwind()
+                .instrument(span.clone())
+                .await;
+            let step = match result {
+                Ok(Ok(step)) => step,
+                Ok(Err(steps::StepError::Abandon)) => {
+                    // Crash simulation or lost lease: leave the row exactly as it is.
+                    keep_lease = true;
+                    span.in_scope(|| warn!("step abandoned; lease left to expire"));
+                    break;
+                }
+                Ok(Err(steps::StepError::Db(e))) => {
+                    span.in_scope(|| warn!(error = %e, "database error during step; will retry after lease expiry"));
+                    keep_lease = true;
+                    break;
+                }
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    span.in_scope(|| error!(panic = %msg, "step panicked"));
+                    steps::StepResult::internal_error(state, &msg)
+                }
+            };
+            if lost.is_cancelled() {
+                span.in_scope(|| warn!("lease lost during step; result discarded"));
+                keep_lease = true;
+                break;
+            }
+            match self
+                .record(&row, token, step, shutdown.is_cancelled())
+                .await
+            {
+                Ok(Some((next, true))) => {
+                    row = next;
+                }
+                Ok(Some(_)) => break,
+                Ok(None) => {
+                    span.in_scope(|| warn!("lease lost before recording; result discarded"));
+                    keep_lease = true;
+                    break;
+                }
+                Err(e) => {
+                    span.in_scope(
+                        || warn!(error = %e, "could not record step result; lease will expire"),
+                    );
+                    keep_lease = true;
+                    break;
+                }
+            }
+        }
+        heartbeat.abort();
+        // Finished normally (lease released or handed on) or abandoned with the lease left to
+        // expire (a simulated crash, a lost lease, a database error mid-step): either way this
+        // worker must not release it at shutdown.
+        self.in_flight.lock().expect("in-flight lock").remove(&id);
+        if keep_lease {
+            debug!(migration.id = %id, "lease left to expire");
+        }
+    }
+
+    /// Persists a step's result. Returns the new row and whether to continue with it.
+    async fn record(
+        &self,
+        row: &store::MigrationRow,
+        token: Uuid,
+        step: steps::StepResult,
+        stopping: bool,
+    ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
+        let cfg = &self.deps.config;
+        let state = row.state();
+        let flow = Flow::parse(&row.flow).unwrap_or_default();
+        let waited = (Utc::now() - row.state_entered_at)
+            .to_std()
+            .unwrap_or_default();
+        let ctx = StepContext {
+            state,
+            flow,
+            attempt: row.attempt.max(1),
+            otp_attempts_left: row.otp_attempts_left,
+            waited,
+        };
+        let decision = decide(ctx, step.outcome, &cfg.retry, rand::random::<f64>());
+        let mut patch = step.patch;
+        let guard = store::Guard {
+            lease_token: Some(token),
+            ..Default::default()
+        };
+        let mut event_data = step.event_data;
+        let (lease, event, cont) = match decision {
+            Decision::Advance { to } => {
+                let cont = !to.is_terminal() && !to.is_parked() && !stopping;
+                patch.state = Some(to);
+                patch.attempt = Some(i32::from(cont));
+                patch.error = Some(None);
+                if to == MigrationState::Completed {
+                    patch.completed_now = true;
+                }
+                patch.run_at = Some(if to == MigrationState::AwaitingOtp {
+                    let expires = patch
+                        .otp_expires_at
+                        .flatten()
+                        .or(row.otp_expires_at)
+                        .unwrap_or_else(|| {
+                            Utc::now() + chrono::Duration::from_std(cfg.otp.ttl).unwrap_or_default()
+                        });
+                    patch.otp_expires_at = Some(Some(expires));
+                    store::RunAt::At(expires)
+                } else {
+                    store::RunAt::Now
+                });
+                let lease = if cont {
+                    store::Lease::Extend(cfg.lease)
+                } else {
+                    store::Lease::Release
+                };
+                (lease, transition_event(state, to, event_data), cont)
+            }
+            Decision::Retry {
+                delay,
+                error,
+                counts_attempt,
+            } => {
+                patch.run_at = Some(store::RunAt::After(delay));
+                patch.uncount_attempt = !counts_attempt;
+                let event = error.map(|e| {
+                    if let Some(obj) = event_data.as_object_mut() {
+                        obj.insert("error".into(), json!(e));
+                        obj.insert("attempt".into(), json!(row.attempt));
+                        obj.insert("retry_in_seconds".into(), json!(delay.as_secs_f64()));
+                    }
+                    NewEvent {
+                        kind: "migration.step_retry_scheduled",
+                        from_state: Some(state.as_str().into()),
+                        to_state: Some(state.as_str().into()),
+                        data: event_data.clone(),
+                    }
+                });
+                (store::Lease::Release, event, false)
+            }
+            Decision::OtpRejected { error } => {
+                patch.state = Some(MigrationState::AwaitingOtp);
+                patch.attempt = Some(0);
+                patch.otp_attempts_left = Some(row.otp_attempts_left - 1);
+                patch.run_at = Some(match row.otp_expires_at {
+                    Some(t) => store::RunAt::At(t),
+                    None => store::RunAt::After(cfg.otp.ttl),
+                });
+                patch.error = Some(Some(json!(error)));
+                if let Some(obj) = event_data.as_object_mut() {
+                    obj.insert("error".into(), json!(error));
+                }
+                (
+                    store::Lease::Release,
+                    transition_event(state, MigrationState::AwaitingOtp, event_data),
+                    false,
+                )
+            }
+            Decision::Fail(error) => {
+                patch.state = Some(MigrationState::Failed);
+                patch.attempt = Some(0);
+                patch.failed_step = Some(Some(state.as_str().into()));
+                patch.error = Some(Some(json!(error)));
+                patch.run_at = Some(store::RunAt::Now);
+                if let Some(obj) = event_data.as_object_mut() {
+                    obj.insert("error".into(), json!(error));
+                }
+                (
+                    store::Lease::Release,
+                    transition_event(state, MigrationState::Failed, event_data),
+                    false,
+                )
+            }
+        };
+        let lease = if stopping && lease != store::Lease::Release {
+            store::Lease::Release
+        } else {
+            lease
+        };
+        let mut tx = self.deps.pool.begin().await?;
+        let updated = store::update(&mut tx, row.id, &guard, &patch, lease, event).await?;
+        tx.commit().await?;
+        if let Some(r) = &updated {
+            debug!(migration.id = %r.id, state = %r.state, "recorded");
+        }
+        Ok(updated.map(|r| (r, cont)))
+    }
+}
+
+fn transition_event(
+    from: MigrationState,
+    to: MigrationState,
+    data: serde_json::Value,
+) -> Option<NewEvent> {
+    Some(NewEvent {
+        kind: "migration.state_changed",
+        from_state: Some(from.as_str().into()),
+        to_state: Some(to.as_str().into()),
+        data,
+    })
+}
+
+/// Extends the lease every third of its length until aborted; cancels `lost` when the lease
+/// is gone.
+async fn heartbeat(pool: PgPool, id: Uuid, token: Uuid, lease: Duration, lost: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store::heartbeat(&pool, id, token, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            // The database is unreachable: keep trying; if it stays away the lease expires
+            // and the guarded writes fail anyway.
+            Err(e) => warn!(migration.id = %id, error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// LISTENs for wake-ups, reconnecting with backoff; after every (re)connect it wakes the claim
+/// loop once, since notifications sent while disconnected are lost.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(db::JOBS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        match connected {
+            Ok(mut l) => {
+                backoff = Duration::from_millis(200);
+                wake.notify_one();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        n = l.try_recv() => match n {
+                            Ok(Some(_)) => wake.notify_one(),
+                            // Connection lost; sqlx reconnects on the next call.
+                            Ok(None) => wake.notify_one(),
+                            Err(e) => {
+                                debug!(error = %e, "listener error; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "listener could not connect"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,859 @@
+//! One executor per state: the upstream calls of that step and what to persist.
+//!
+//! Non-idempotent calls (`request_code`, `register`, `api_keys`) follow one rule: record the
+//! intent (guarded by the lease) before calling; when an intent is found on a later attempt, the
+//! earlier call's outcome is unknown, so read upstream state before calling again:
+//! * `request_code`: an intent means the code may have been sent; it is treated as sent (the
+//!   partner can resend), so the client is never texted twice by a retry.
+//! * `verify_code` / `register`: read the phone number; `VERIFIED` / `CONNECTED` means done.
+//! * `api_keys`: a key is persisted the moment it arrives, before anything else; an intent with
+//!   no stored key means the response was lost and nobody holds that key, so a new call only
+//!   revokes a key nobody has. A stored key is never replaced by this service.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Deps;
+use super::errors::outcome;
+use crate::clients::{self, CodeMethod, PartnerCredentials, Template};
+use crate::db::{self, migrations as store};
+use crate::domain::values::{E164, digits_only};
+use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, OtpMethod, StepOutcome};
+use crate::precheck;
+
+/// Why a step stopped without an outcome.
+#[derive(Debug)]
+pub enum StepError {
+    /// Lease lost or a fail point fired: write nothing more.
+    Abandon,
+    Db(db::Error),
+}
+
+impl From<db::Error> for StepError {
+    fn from(e: db::Error) -> Self {
+        StepError::Db(e)
+    }
+}
+
+/// A step's outcome and the columns to write with it.
+pub struct StepResult {
+    pub outcome: StepOutcome,
+    pub patch: store::Patch,
+    /// Extra data for the event (never secrets).
+    pub event_data: Value,
+}
+
+impl StepResult {
+    fn new(outcome: StepOutcome) -> Self {
+        Self {
+            outcome,
+            patch: store::Patch::default(),
+            event_data: json!({}),
+        }
+    }
+
+    fn done() -> Self {
+        Self::new(StepOutcome::Done { skip_to: None })
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut store::Patch)) -> Self {
+        f(&mut self.patch);
+        self
+    }
+
+    fn data(mut self, data: Value) -> Self {
+        self.event_data = data;
+        self
+    }
+
+    /// A step that panicked: retried like a transient failure, then failed.
+    pub fn internal_error(state: MigrationState, msg: &str) -> Self {
+        let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, state)
+            .with_message("An internal error interrupted this step.");
+        error.actor = crate::domain::Actor::None;
+        Self::new(StepOutcome::Transient {
+            error,
+            retry_after: None,
+        })
+        .data(json!({ "internal": msg.chars().take(200).collect::<String>() }))
+    }
+}
+
+type Result<T> = std::result::Result<T, StepError>;
+
+fn aad(id: Uuid, field: &str) -> String {
+    format!("migration:{id}:{field}")
+}
+
+/// AAD for a partner's stored 360dialog key.
+pub fn partner_key_aad(partner_id: Uuid) -> String {
+    format!("partner:{partner_id}:d360_api_key")
+}
+
+/// AAD helpers shared with the HTTP layer.
+pub fn pin_aad(id: Uuid) -> String {
+    aad(id, "pin")
+}
+pub fn otp_code_aad(id: Uuid) -> String {
+    aad(id, "otp_code")
+}
+pub fn api_key_aad(id: Uuid) -> String {
+    aad(id, "api_key")
+}
+
+fn memo(row: &store::MigrationRow, key: &str) -> Option<Value> {
+    row.step_memo.get(key).cloned()
+}
+
+/// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease.
+async fn record_intent(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    token: Uuid,
+    key: &str,
+) -> Result<Value> {
+    let mut memo = row.step_memo.clone();
+    if !memo.is_object() {
+        memo = json!({});
+    }
+    memo[key] = json!(Utc::now());
+    let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
+    let updated = store::update(
+        &mut conn,
+        row.id,
+        &store::Guard {
+            lease_token: Some(token),
+            ..Default::default()
+        },
+        &store::Patch {
+            step_memo: Some(memo.clone()),
+            ..Default::default()
+        },
+        store::Lease::Keep,
+        None,
+    )
+    .await?;
+    if updated.is_none() {
+        return Err(StepError::Abandon);
+    }
+    Ok(memo)
+}
+
+fn without(memo: &Value, key: &str) -> Value {
+    let mut m = memo.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove(key);
+    }
+    m
+}
+
+fn crash_point(deps: &Deps, name: &str) -> Result<()> {
+    if deps.fail_points.hit(name) {
+        warn!(fail_point = name, "fail point hit: simulating a crash");
+        return Err(StepError::Abandon);
+    }
+    Ok(())
+}
+
+/// Runs the step of `row.state`.
+pub async fn execute(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+    use MigrationState::*;
+    let state = row.state();
+    match state {
+        Queued => Ok(StepResult::done()),
+        Prechecking => prechecking(deps, row).await,
+        Initiating => initiating(deps, row).await,
+        RequestingOtp => requesting_otp(deps, row, token).await,
+        AwaitingOtp => Ok(awaiting_otp(row)),
+        VerifyingOtp => verifying_otp(deps, row, token).await,
+        Registering => registering(deps, row, token).await,
+        CopyingTemplates => copying_templates(deps, row).await,
+        AwaitingChannel => awaiting_channel(deps, row).await,
+        GeneratingApiKey => generating_api_key(deps, row, token).await,
+        Completed | Failed | Cancelled => Ok(StepResult::new(StepOutcome::NotYet {
+            after: Duration::from_secs(3600),
+            waiting_for: None,
+        })),
+    }
+}
+
+async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::Prechecking;
+    let flow = Flow::parse(&row.flow).unwrap_or_default();
+    let phone = match E164::parse(&row.phone_number) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(StepResult::new(StepOutcome::Failed(
+                MigrationError::new(ErrorCode::NumberNotFoundOnSource, state)
+                    .with_message(format!("Stored phone number is invalid: {e}")),
+            )));
+        }
+    };
+    let input = match precheck::gather(
+        deps.meta.as_ref(),
+        &row.source_waba_id,
+        &row.destination_waba_id,
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    };
+    let report = precheck::evaluate(flow, &phone, &row.meta_business_id, &input);
+    let report_json = json!(report);
+    let summary = json!({ "precheck_status": report.status });
+    if let Some(check) = report.failure() {
+        let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.status == precheck::CheckStatus::Fail)
+            .map(|c| c.id.as_str())
+            .collect();
+        let mut error = MigrationError::new(code, state).with_message(check.message.clone());
+        if failed.len() > 1 {
+            error.message = format!(
+                "{} (failed checks: {}; see precheck.checks)",
+                check.message,
+                failed.join(", ")
+            );
+        }
+        return Ok(StepResult::new(StepOutcome::Failed(error))
+            .with(|p| p.precheck = Some(report_json))
+            .data(summary));
+    }
+    let skip_to = match (flow, report.destination_phone_number_id.is_some()) {
+        (Flow::Otp, true) if report.destination_registered => {
+            Some(MigrationState::CopyingTemplates)
+        }
+        (Flow::Otp, true) if report.destination_verified => Some(MigrationState::Registering),
+        (Flow::Otp, true) => Some(MigrationState::RequestingOtp),
+        _ => None,
+    };
+    let pnid = report.destination_phone_number_id.clone();
+    Ok(StepResult::new(StepOutcome::Done { skip_to })
+        .with(|p| {
+            p.precheck = Some(report_json);
+            if pnid.is_some() {
+                p.phone_number_id = pnid;
+            }
+        })
+        .data(summary))
+}
+
+async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::Initiating;
+    if row.phone_number_id.is_some() {
+        return Ok(StepResult::done());
+    }
+    let phone = E164::parse(&row.phone_number).map_err(|_| StepError::Abandon)?;
+    let cc = phone.country_code().to_string();
+    match deps
+        .meta
+        .start_migration(&row.destination_waba_id, &cc, phone.national())
+        .await
+    {
+        Ok(id) => Ok(StepResult::done().with(|p| p.phone_number_id = Some(id))),
+        // Already in the destination (e.g. our earlier call was applied but its response
+        // lost): look the number up instead of failing.
+        Err(e) if e.upstream().is_some_and(|u| u.has_code(2388012)) => {
+            match find_in_waba(deps, &row.destination_waba_id, &row.phone_number).await {
+                Ok(Some(id)) => Ok(StepResult::done()
+                    .with(|p| p.phone_number_id = Some(id))
+                    .data(json!({ "already_in_destination": true }))),
+                Ok(None) => Ok(StepResult::new(outcome(&e, state))),
+                Err(e) => Ok(StepResult::new(outcome(&e, state))),
+            }
+        }
+        Err(e) => Ok(StepResult::new(outcome(&e, state))),
+    }
+}
+
+async fn find_in_waba(
+    deps: &Deps,
+    waba_id: &str,
+    e164: &str,
+) -> std::result::Result<Option<String>, clients::Error> {
+    let want = digits_only(e164);
+    let numbers = deps.meta.list_phone_numbers(waba_id).await?;
+    Ok(numbers
+        .into_iter()
+        .find(|n| {
+            n.display_phone_number
+                .as_deref()
+                .is_some_and(|d| digits_only(d) == want)
+        })
+        .map(|n| n.id))
+}
+
+fn otp_timestamps(deps: &Deps, patch: &mut store::Patch) {
+    let now = Utc::now();
+    let otp = &deps.config.otp;
+    patch.otp_requested_at = Some(now);
+    patch.otp_resend_available_at =
+        Some(now + chrono::Duration::from_std(otp.resend_cooldown).unwrap_or_default());
+    patch.otp_expires_at = Some(Some(
+        now + chrono::Duration::from_std(otp.ttl).unwrap_or_default(),
+    ));
+}
+
+async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+    let state = MigrationState::RequestingOtp;
+    let Some(pnid) = row.phone_number_id.clone() else {
+        return Ok(StepResult::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::UpstreamRejected, state)
+                .with_message("No phone number id: the migration was not initiated."),
+        )));
+    };
+    if memo(row, "request_code").is_some() {
+        // An earlier attempt may have sent the code: treat it as sent.
+        info!("request_code intent found: treating the code as sent");
+        return Ok(StepResult::done()
+            .with(|p| otp_timestamps(deps, p))
+            .data(json!({ "otp": "assumed_sent_after_interruption" })));
+    }
+    // Skip the SMS when the number is already verified (avoids Meta's 136024).
+    match deps.meta.get_phone_number(&pnid).await {
+        Ok(n)
+            if n.code_verification_status
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED")) =>
+        {
+            return Ok(StepResult::new(StepOutcome::Done {
+                skip_to: Some(MigrationState::Registering),
+            })
+            .data(json!({ "otp": "already_verified" })));
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    }
+    let memo_after = record_intent(deps, row, token, "request_code").await?;
+    let method = match OtpMethod::parse(&row.otp_method).unwrap_or_default() {
+        OtpMethod::Sms => CodeMethod::Sms,
+        OtpMethod::Voice => CodeMethod::Voice,
+    };
+    let result = deps
+        .meta
+        .request_code(&pnid, method, &row.otp_language)
+        .await;
+    crash_point(deps, "after_request_code")?;
+    match result {
+        Ok(()) => Ok(StepResult::done()
+            .with(|p| otp_timestamps(deps, p))
+            .data(json!({ "otp": "sent", "method": row.otp_method }))),
+        Err(e) if e.upstream().is_some_and(|u| u.has_code(136024)) => {
+            Ok(StepResult::new(StepOutcome::Done {
+                skip_to: Some(MigrationState::Registering),
+            })
+            .data(json!({ "otp": "already_verified" })))
+        }
+        Err(e) if e.is_retryable() && e.maybe_applied() => {
+            // Ambiguous: it may have been sent. Never text the client twice by a retry.
+            Ok(StepResult::done()
+                .with(|p| otp_timestamps(deps, p))
+                .data(json!({ "otp": "assumed_sent_after_ambiguous_error" })))
+        }
+        Err(e) => {
+            // Refused or never sent: forget the intent so a retry asks again.
+            let cleared = without(&memo_after, "request_code");
+            Ok(StepResult::new(outcome(&e, state)).with(|p| p.step_memo = Some(cleared)))
+        }
+    }
+}
+
+fn awaiting_otp(row: &store::MigrationRow) -> StepResult {
+    match row.otp_expires_at {
+        Some(t) if t > Utc::now() => StepResult::new(StepOutcome::NotYet {
+            after: (t - Utc::now()).to_std().unwrap_or_default(),
+            waiting_for: None,
+        }),
+        _ => StepResult::new(StepOutcome::Failed(MigrationError::new(
+            ErrorCode::OtpExpired,
+            MigrationState::AwaitingOtp,
+        )))
+        .with(|p| p.otp_code_enc = Some(None)),
+    }
+}
+
+async fn phone_status(
+    deps: &Deps,
+    pnid: &str,
+) -> std::result::Result<clients::PhoneNumber, clients::Error> {
+    deps.meta.get_phone_number(pnid).await
+}
+
+async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+    let state = MigrationState::VerifyingOtp;
+    let Some(pnid) = row.phone_number_id.clone() else {
+        return Ok(StepResult::new(StepOutcome::Failed(MigrationError::new(
+            ErrorCode::UpstreamRejected,
+            state,
+        ))));
+    };
+    if memo(row, "verify_code").is_some() {
+        match phone_status(deps, &pnid).await {
+            Ok(n)
+                if n.code_verification_status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED")) =>
+            {
+                return Ok(StepResult::done().with(|p| {
+                    p.otp_code_enc = Some(None);
+                    p.step_memo = Some(without(&row.step_memo, "verify_code"));
+                }));
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        }
+    }
+    let code = match &row.otp_code_enc {
+        Some(enc) => match deps.cipher.open(enc, &otp_code_aad(row.id)) {
+            Ok(c) => c,
+            Err(_) => {
+                return Ok(StepResult::new(StepOutcome::OtpRejected(
+                    MigrationError::new(ErrorCode::OtpInvalid, state)
+                        .with_message("The stored code could not be read; submit it again."),
+                ))
+                .with(|p| p.otp_code_enc = Some(None)));
+            }
+        },
+        None => {
+            return Ok(StepResult::new(StepOutcome::OtpRejected(
+                MigrationError::new(ErrorCode::OtpInvalid, state)
+                    .with_message("No code to verify; submit the code again."),
+            )));
+        }
+    };
+    let memo_after = record_intent(deps, row, token, "verify_code").await?;
+    let result = deps.meta.verify_code(&pnid, &code).await;
+    let cleared = without(&memo_after, "verify_code");
+    match result {
+        Ok(()) => Ok(StepResult::done().with(|p| {
+            p.otp_code_enc = Some(None);
+            p.step_memo = Some(cleared);
+        })),
+        Err(e) if e.upstream().is_some_and(|u| u.has_code(136025)) => {
+            let upstream = e.upstream().cloned();
+            Ok(StepResult::new(StepOutcome::OtpRejected(
+                MigrationError::new(ErrorCode::OtpInvalid, state).with_upstream(upstream),
+            ))
+            .with(|p| {
+                p.otp_code_enc = Some(None);
+                p.step_memo = Some(cleared);
+            }))
+        }
+        Err(e) => {
+            let o = outcome(&e, state);
+            let failed = matches!(o, StepOutcome::Failed(_));
+            Ok(StepResult::new(o).with(|p| {
+                if failed {
+                    p.otp_code_enc = Some(None);
+                }
+            }))
+        }
+    }
+}
+
+async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+    let state = MigrationState::Registering;
+    let Some(pnid) = row.phone_number_id.clone() else {
+        return Ok(StepResult::new(StepOutcome::Failed(MigrationError::new(
+            ErrorCode::UpstreamRejected,
+            state,
+        ))));
+    };
+    if memo(row, "register").is_some() {
+        // An earlier register may have been applied: read before calling again
+        // (10 registrations per 72 h, then a 72 h block).
+        match phone_status(deps, &pnid).await {
+            Ok(n)
+                if n.status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED")) =>
+            {
+                info!("number already registered: not calling register again");
+                return Ok(StepResult::done().data(json!({ "register": "already_registered" })));
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        }
+    }
+    let pin = deps
+        .cipher
+        .open(&row.pin_enc, &pin_aad(row.id))
+        .map_err(|_| StepError::Abandon)?;
+    record_intent(deps, row, token, "register").await?;
+    let result = deps.meta.register(&pnid, &pin).await;
+    crash_point(deps, "after_register")?;
+    match result {
+        Ok(()) => Ok(StepResult::done()),
+        Err(e) => Ok(StepResult::new(outcome(&e, state))),
+    }
+}
+
+/// `templates` of a migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplatesReport {
+    /// `completed` when every eligible template is in the destination, else `partial`.
+    pub status: String,
+    /// Eligible source templates (APPROVED with GREEN or UNKNOWN quality).
+    pub eligible: usize,
+    pub migrated: Vec<MigratedTemplate>,
+    /// Source template id → Meta's reason.
+    pub failed: BTreeMap<String, String>,
+    pub skipped: Vec<SkippedTemplate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigratedTemplate {
+    pub name: String,
+    pub language: String,
+    /// The template's id in the destination WABA.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SkippedTemplate {
+    pub name: String,
+    pub language: String,
+    pub reason: String,
+}
+
+fn key(t: &Template) -> (String, String) {
+    (t.name.clone(), t.language.clone())
+}
+
+const TEMPLATE_PAGE: usize = 500;
+
+async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::CopyingTemplates;
+    let (source, dest) = match tokio::try_join!(
+        deps.meta.list_templates(&row.source_waba_id),
+        deps.meta.list_templates(&row.destination_waba_id)
+    ) {
+        Ok(v) => v,
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    };
+    let eligible: Vec<&Template> = source
+        .iter()
+        .filter(|t| precheck::template_eligible(t))
+        .collect();
+    let present: HashSet<(String, String)> = dest.iter().map(key).collect();
+    let missing: Vec<String> = eligible
+        .iter()
+        .filter(|t| !present.contains(&key(t)))
+        .map(|t| t.id.clone())
+        .collect();
+
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut dest_after = dest;
+    if !missing.is_empty() {
+        // First attempt copies page by page; later attempts retry only the missing ids.
+        let first = row.step_memo.get("templates_copied").is_none();
+        let calls: Vec<(u32, Option<Vec<String>>)> = if first {
+            let pages = source.len().div_ceil(TEMPLATE_PAGE).max(1);
+            (0..pages as u32).map(|p| (p, None)).collect()
+        } else {
+            missing
+                .chunks(TEMPLATE_PAGE)
+                .map(|c| (0, Some(c.to_vec())))
+                .collect()
+        };
+        for (page, ids) in calls {
+            match deps
+                .meta
+                .migrate_templates(
+                    &row.destination_waba_id,
+                    &row.source_waba_id,
+                    page,
+                    ids.as_deref(),
+                )
+                .await
+            {
+                Ok(r) => failed.extend(r.failed_templates),
+                Err(e) if e.upstream().is_some_and(|u| u.has_code(2388019)) => {
+                    for id in &missing {
+                        failed.entry(id.clone()).or_insert_with(|| {
+                            "Message template limit reached in the destination WABA".into()
+                        });
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    let memo = {
+                        let mut m = row.step_memo.clone();
+                        m["templates_copied"] = json!(true);
+                        m
+                    };
+                    return Ok(
+                        StepResult::new(outcome(&e, state)).with(|p| p.step_memo = Some(memo))
+                    );
+                }
+                Err(e) => {
+                    let reason = e
+                        .upstream()
+                        .map(|u| u.message.clone())
+                        .unwrap_or_else(|| e.to_string());
+                    for id in &missing {
+                        failed.entry(id.clone()).or_insert_with(|| reason.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        dest_after = match deps.meta.list_templates(&row.destination_waba_id).await {
+            Ok(d) => d,
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        };
+    }
+
+    let by_key: BTreeMap<(String, String), &Template> =
+        dest_after.iter().map(|t| (key(t), t)).collect();
+    let mut report = TemplatesReport {
+        eligible: eligible.len(),
+        ..Default::default()
+    };
+    for t in &eligible {
+        match by_key.get(&key(t)) {
+            Some(d) => report.migrated.push(MigratedTemplate {
+                name: t.name.clone(),
+                language: t.language.clone(),
+                id: d.id.clone(),
+            }),
+            None => {
+                let reason = failed
+                    .get(&t.id)
+                    .cloned()
+                    .unwrap_or_else(|| "Not present in the destination after migration".into());
+                report.failed.insert(t.id.clone(), reason);
+            }
+        }
+    }
+    for t in source.iter().filter(|t| !precheck::template_eligible(t)) {
+        let reason = if !t.status.eq_ignore_ascii_case("APPROVED") {
+            format!("status {}", t.status)
+        } else {
+            format!(
+                "quality {}",
+                t.quality_score.as_deref().unwrap_or("unknown")
+            )
+        };
+        report.skipped.push(SkippedTemplate {
+            name: t.name.clone(),
+            language: t.language.clone(),
+            reason,
+        });
+    }
+    report.status = if report.failed.is_empty() {
+        "completed".into()
+    } else {
+        "partial".into()
+    };
+    let data = json!({
+        "templates_migrated": report.migrated.len(),
+        "templates_failed": report.failed.len(),
+    });
+    let memo = without(&row.step_memo, "templates_copied");
+    Ok(StepResult::done()
+        .with(|p| {
+            p.templates = Some(json!(report));
+            p.step_memo = Some(memo);
+        })
+        .data(data))
+}
+
+async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCredentials> {
+    let partner = db::partners::get(&deps.pool, partner_id).await?;
+    let api_key = deps
+        .cipher
+        .open(&partner.d360_api_key_enc, &partner_key_aad(partner_id))
+        .map_err(|_| StepError::Abandon)?;
+    Ok(PartnerCredentials {
+        partner_id: partner.d360_partner_id,
+        api_key,
+    })
+}
+
+async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::AwaitingChannel;
+    let creds = partner_credentials(deps, row.partner_id).await?;
+    let polls = row
+        .step_memo
+        .get("channel_polls")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let next_memo = {
+        let mut m = row.step_memo.clone();
+        m["channel_polls"] = json!(polls + 1);
+        m
+    };
+    let after = deps
+        .config
+        .channel_poll
+        .saturating_mul(1u32 << polls.min(5))
+        .min(Duration::from_secs(60));
+    let found = match &row.channel_id {
+        Some(cid) => {
+            deps.d360
+                .get_channel(&creds, cid, Some(&row.phone_number))
+                .await
+        }
+        None => {
+            deps.d360
+                .find_channel_by_number(&creds, &row.phone_number)
+                .await
+        }
+    };
+    let channel = match found {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(StepResult::new(outcome(&e, state)));
+        }
+    };
+    let not_yet = |why: MigrationError| {
+        StepResult::new(StepOutcome::NotYet {
+            after,
+            waiting_for: Some(why),
+        })
+    };
+    let Some(channel) = channel else {
+        return Ok(not_yet(
+            MigrationError::new(ErrorCode::ChannelTimeout, state)
+                .with_message("360dialog does not list a channel for this number yet."),
+        )
+        .with(|p| p.step_memo = Some(next_memo)));
+    };
+    let status = channel.status.clone().unwrap_or_default();
+    let channel_id = channel.id.clone();
+    let client_id = channel.client_id.clone();
+    if !status.eq_ignore_ascii_case("running") {
+        return Ok(not_yet(
+            MigrationError::new(ErrorCode::ChannelTimeout, state).with_message(format!(
+                "The 360dialog channel {channel_id} is `{status}`, not `running`."
+            )),
+        )
+        .with(|p| {
+            p.step_memo = Some(next_memo);
+            p.channel_id = Some(channel_id.clone());
+            p.d360_client_id = client_id.clone();
+        }));
+    }
+    if let Some(client) = &client_id {
+        match deps
+            .d360
+            .has_api_key_permission(&creds, client, &channel_id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(not_yet(MigrationError::new(
+                    ErrorCode::ApiKeyPermissionMissing,
+                    state,
+                ))
+                .with(|p| {
+                    p.step_memo = Some(next_memo);
+                    p.channel_id = Some(channel_id.clone());
+                    p.d360_client_id = client_id.clone();
+                }));
+            }
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        }
+    }
+    let memo = without(&row.step_memo, "channel_polls");
+    Ok(StepResult::done()
+        .with(|p| {
+            p.channel_id = Some(channel_id.clone());
+            p.d360_client_id = client_id.clone();
+            p.step_memo = Some(memo);
+        })
+        .data(json!({ "channel_id": channel_id })))
+}
+
+async fn generating_api_key(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    token: Uuid,
+) -> Result<StepResult> {
+    let state = MigrationState::GeneratingApiKey;
+    let Some(channel_id) = row.channel_id.clone() else {
+        return Ok(StepResult::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::ChannelTimeout, state)
+                .with_message("No 360dialog channel is known for this number."),
+        )));
+    };
+    let key: SecretString = match &row.api_key_enc {
+        Some(enc) => deps
+            .cipher
+            .open(enc, &api_key_aad(row.id))
+            .map_err(|_| StepError::Abandon)?,
+        None => {
+            let creds = partner_credentials(deps, row.partner_id).await?;
+            if memo(row, "api_keys").is_some() {
+                info!(
+                    "api_keys intent without a stored key: the earlier response was lost; generating again"
+                );
+            }
+            let memo_after = record_intent(deps, row, token, "api_keys").await?;
+            let generated = match deps.d360.generate_api_key(&creds, &channel_id).await {
+                Ok(k) => k,
+                Err(e) => {
+                    let o = outcome(&e, state);
+                    // Refused for sure (4xx): no key exists, forget the intent.
+                    let memo = if e.maybe_applied() {
+                        memo_after
+                    } else {
+                        without(&memo_after, "api_keys")
+                    };
+                    return Ok(StepResult::new(o).with(|p| p.step_memo = Some(memo)));
+                }
+            };
+            crash_point(deps, "after_api_keys")?;
+            // Persist the key before anything else can go wrong.
+            let sealed = deps
+                .cipher
+                .seal(generated.api_key.expose_secret(), &api_key_aad(row.id));
+            let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
+            let saved = store::update(
+                &mut conn,
+                row.id,
+                &store::Guard {
+                    lease_token: Some(token),
+                    ..Default::default()
+                },
+                &store::Patch {
+                    api_key_enc: Some(sealed),
+                    api_key_id: Some(generated.id.clone()),
+                    api_key_address: Some(generated.address.clone()),
+                    api_key_generated_at: Some(Utc::now()),
+                    step_memo: Some(without(&memo_after, "api_keys")),
+                    ..Default::default()
+                },
+                store::Lease::Keep,
+                Some(db::events::NewEvent {
+                    kind: "migration.api_key_generated",
+                    from_state: Some(state.as_str().into()),
+                    to_state: Some(state.as_str().into()),
+                    data: json!({ "api_key_id": generated.id }),
+                }),
+            )
+            .await?;
+            if saved.is_none() {
+                return Err(StepError::Abandon);
+            }
+            generated.api_key
+        }
+    };
+    match deps.d360.health_status(&key).await {
+        Ok(h) => Ok(StepResult::done()
+            .with(|p| p.api_key_verified_at = Some(Utc::now()))
+            .data(json!({ "can_send_message": h.can_send_message }))),
+        Err(e) => Ok(StepResult::new(outcome(&e, state))),
+    }
+}

@@ -1,0 +1,164 @@
+//! A worker dies after a non-idempotent upstream call returned but before it recorded the
+//! result; another worker finishes the migration once the lease expires, without repeating
+//! the call blindly.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{Options, TestApp};
+
+async fn drive_until(app: &TestApp, worker: &waba_migrator::worker::Worker, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        worker.run_until_idle().await.unwrap();
+        let m = app.migration(id).await;
+        if m["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stuck: {m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn manual() -> Options {
+    Options {
+        background_worker: false,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn crash_after_register_does_not_register_twice(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550401";
+    let id = app.create(phone).await;
+    let first = app.worker().clone();
+    drive_until(&app, &first, &id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+
+    // Worker 1 registers the number upstream, then "crashes" before recording it.
+    app.fail_points.arm("after_register", 1);
+    first.run_until_idle().await.unwrap();
+    assert_eq!(app.applied(phone, "register"), 1);
+    let m = app.migration(&id).await;
+    assert_eq!(m["state"], "registering", "the result was never recorded");
+
+    // Worker 2 cannot take it while the lease is live...
+    let second = app.another_worker();
+    let crashed_at = Instant::now();
+    assert_eq!(second.run_until_idle().await.unwrap(), 0);
+    // ...and finishes it once the lease (2 s in tests) has expired.
+    drive_until(&app, &second, &id, "completed").await;
+    assert!(crashed_at.elapsed() >= Duration::from_millis(1500));
+
+    assert_eq!(
+        app.received(phone, "register"),
+        1,
+        "register was not called again"
+    );
+    assert!(
+        app.received(phone, "get_phone_number") >= 1,
+        "state was read first"
+    );
+    let events = app.events(&id).await;
+    let reg: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["from_state"] == "registering" && e["type"] == "migration.state_changed")
+        .collect();
+    assert_eq!(
+        reg.len(),
+        1,
+        "exactly one recorded transition out of registering"
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn crash_after_api_keys_stores_the_currently_valid_key(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550402";
+    let id = app.create(phone).await;
+    let first = app.worker().clone();
+    drive_until(&app, &first, &id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+
+    // Worker 1 gets a key from 360dialog, then dies before storing it: that key is lost
+    // and nobody holds it.
+    app.fail_points.arm("after_api_keys", 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.applied(phone, "api_keys") == 0 {
+        first.run_until_idle().await.unwrap();
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = app.migration(&id).await;
+    assert_eq!(m["state"], "generating_api_key");
+    assert_eq!(m["api_key"]["status"], "pending");
+
+    let second = app.another_worker();
+    drive_until(&app, &second, &id, "completed").await;
+    // The lost key was replaced once; the stored key is the channel's current one.
+    assert_eq!(app.applied(phone, "api_keys"), 2);
+    let key: Value = app
+        .get(&format!("/v1/migrations/{id}/api_key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.key_status(key["api_key"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
+    // Nothing calls api_keys again once a key is recorded.
+    second.run_until_idle().await.unwrap();
+    assert_eq!(app.applied(phone, "api_keys"), 2);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn crash_after_storing_the_key_never_generates_another(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550403";
+    let id = app.create(phone).await;
+    let first = app.worker().clone();
+    drive_until(&app, &first, &id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    // The key is stored, then the verification call's response is lost: the worker retries
+    // the verification only.
+    app.faults(serde_json::json!([
+        { "endpoint": "health_status", "fault": "lost_response", "times": 1 }
+    ]))
+    .await;
+    drive_until(&app, &first, &id, "completed").await;
+    assert_eq!(app.applied(phone, "api_keys"), 1);
+    let key: Value = app
+        .get(&format!("/v1/migrations/{id}/api_key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.key_status(key["api_key"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn lost_register_response_is_resolved_by_reading_state(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550404";
+    app.faults(serde_json::json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "lost_response", "times": 1 },
+        { "endpoint": "request_code", "phone_number": phone, "fault": "lost_response", "times": 1 },
+    ]))
+    .await;
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    // The lost request_code is treated as sent: no second SMS.
+    assert_eq!(app.received(phone, "request_code"), 1);
+    app.submit_otp(&id, "123456").await;
+    app.wait_for(&id, "completed").await;
+    assert_eq!(app.received(phone, "register"), 1);
+    assert_eq!(app.applied(phone, "register"), 1);
+}

@@ -1,0 +1,353 @@
+//! `TestApp`: the service on a loopback port, its sandbox upstreams, a partner, and helpers.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+use waba_migrator::app::{App, SandboxSeeder, Settings, Upstreams};
+use waba_migrator::crypto::Cipher;
+use waba_migrator::domain::RetryPolicy;
+use waba_migrator::sandbox::{Sandbox, SandboxConfig};
+use waba_migrator::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The sandbox's default business (owner of WABAs it creates on first use).
+pub const BUSINESS: &str = "100000000000000";
+pub const SOURCE_WABA: &str = "200000000000001";
+pub const DEST_WABA: &str = "300000000000001";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
+            .with_test_writer()
+            .init();
+    }
+});
+
+/// Knobs a test may turn before spawning.
+#[derive(Clone)]
+pub struct Options {
+    pub worker: WorkerConfig,
+    pub sandbox: SandboxConfig,
+    pub upstream_timeout: Duration,
+    /// Start a background worker (otherwise drive with `worker().run_until_idle()`).
+    pub background_worker: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: WorkerConfig {
+                concurrency: 4,
+                lease: Duration::from_secs(2),
+                poll_interval: Duration::from_millis(100),
+                shutdown_grace: Duration::from_secs(5),
+                channel_poll: Duration::from_millis(50),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(50),
+                    cap: Duration::from_millis(400),
+                    max_retry_after: Duration::from_secs(3),
+                    max_attempts: 4,
+                    channel_timeout: Duration::from_secs(10),
+                },
+                otp: OtpPolicy {
+                    ttl: Duration::from_secs(600),
+                    resend_cooldown: Duration::from_secs(60),
+                    max_attempts: 3,
+                },
+                ..WorkerConfig::default()
+            },
+            sandbox: SandboxConfig {
+                api_key_rate_window: Duration::ZERO,
+                hang_for: Duration::from_secs(3),
+                ..SandboxConfig::default()
+            },
+            upstream_timeout: Duration::from_secs(2),
+            background_worker: true,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub sandbox: Sandbox,
+    pub sandbox_url: String,
+    pub partner_id: String,
+    pub partner_key: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub fail_points: FailPoints,
+    worker: Worker,
+    settings: Settings,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, Options::default()).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, opts: Options) -> Self {
+        LazyLock::force(&TRACING);
+        let shutdown = CancellationToken::new();
+        let sandbox = Sandbox::new(opts.sandbox.clone());
+        let sb_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sb_addr = sb_listener.local_addr().unwrap();
+        tokio::spawn(waba_migrator::sandbox::serve(
+            sb_listener,
+            sandbox.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
+        let sandbox_url = format!("http://{sb_addr}");
+        let settings = Settings {
+            upstreams: Upstreams {
+                meta_graph_url: Url::parse(&sandbox_url).unwrap(),
+                meta_graph_version: "v23.0".into(),
+                meta_access_token: SecretString::from("sandbox-token"),
+                d360_hub_url: Url::parse(&format!("{sandbox_url}/api/v2")).unwrap(),
+                d360_waba_url: Url::parse(&sandbox_url).unwrap(),
+                timeout: opts.upstream_timeout,
+            },
+            admin_api_key: Some(SecretString::from(ADMIN_KEY)),
+            cipher: Cipher::from_base64(&Cipher::generate_key()).unwrap(),
+            worker: opts.worker.clone(),
+            run_workers: true,
+            sandbox_seeder: Some(SandboxSeeder::InProcess(sandbox.clone())),
+        };
+        let app = App::new(pool.clone(), settings.clone()).unwrap();
+        let fail_points = app.fail_points.clone();
+        let worker = app.worker.clone().expect("worker");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = waba_migrator::http::router(app.state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        if opts.background_worker {
+            let w = worker.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { w.run(stop).await });
+        }
+        let http = reqwest::Client::new();
+        let res = http
+            .post(format!("{base}/v1/partners"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({
+                "name": "Test partner",
+                "d360_partner_id": "testPA",
+                "d360_api_key": "partner-secret-key"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        TestApp {
+            base,
+            sandbox,
+            sandbox_url,
+            partner_id: body["partner"]["id"].as_str().unwrap().to_owned(),
+            partner_key: body["api_key"].as_str().unwrap().to_owned(),
+            http,
+            pool,
+            fail_points,
+            worker,
+            settings,
+            shutdown,
+        }
+    }
+
+    /// The app's own worker (for `run_until_idle` when no background worker runs).
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// Another worker sharing the database and upstreams (a second replica), with its own
+    /// owner id and fail points.
+    pub fn another_worker(&self) -> Worker {
+        let (meta, d360) = self.settings.upstreams.clients().unwrap();
+        let mut config = self.settings.worker.clone();
+        config.owner = waba_migrator::worker::default_owner();
+        Worker::new(Deps {
+            pool: self.pool.clone(),
+            meta,
+            d360,
+            cipher: self.settings.cipher.clone(),
+            config,
+            fail_points: FailPoints::default(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.post_as(&self.partner_key.clone(), path, body).await
+    }
+
+    pub async fn post_as(&self, key: &str, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.get_as(&self.partner_key.clone(), path).await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn create_body(phone: &str) -> Value {
+        json!({
+            "phone_number": phone,
+            "source_waba_id": SOURCE_WABA,
+            "destination_waba_id": DEST_WABA,
+            "meta_business_id": BUSINESS,
+        })
+    }
+
+    /// Creates a migration for `phone`; returns its id.
+    pub async fn create(&self, phone: &str) -> String {
+        let res = self.post("/v1/migrations", Self::create_body(phone)).await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn migration(&self, id: &str) -> Value {
+        let res = self.get(&format!("/v1/migrations/{id}")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    /// Polls until the migration is in `state` (panics after 30 s, or if it lands in another
+    /// terminal state first).
+    pub async fn wait_for(&self, id: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.migration(id).await;
+            let now = m["state"].as_str().unwrap().to_owned();
+            if now == state {
+                return m;
+            }
+            let terminal = ["completed", "failed", "cancelled"].contains(&now.as_str());
+            if terminal || tokio::time::Instant::now() > deadline {
+                panic!("expected state {state}, got {now}: {m:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn submit_otp(&self, id: &str, code: &str) -> Response {
+        self.post(&format!("/v1/migrations/{id}/otp"), json!({ "code": code }))
+            .await
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let res = self.get(&format!("/v1/migrations/{id}/events")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["data"].as_array().unwrap().clone()
+    }
+
+    /// How many times the sandbox applied `endpoint` for `phone`.
+    pub fn applied(&self, phone: &str, endpoint: &str) -> u64 {
+        self.sandbox.count(phone, endpoint).1
+    }
+
+    pub fn received(&self, phone: &str, endpoint: &str) -> u64 {
+        self.sandbox.count(phone, endpoint).0
+    }
+
+    /// Adds deterministic fault rules to the sandbox.
+    pub async fn faults(&self, rules: Value) {
+        let res = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.sandbox_url))
+            .json(&json!({ "rules": rules }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    }
+
+    /// A second partner (tenant) and its key.
+    pub async fn other_partner(&self) -> (String, String) {
+        let res = self
+            .post_as(
+                ADMIN_KEY,
+                "/v1/partners",
+                json!({ "name": "Other", "d360_partner_id": "otherPA", "d360_api_key": "k" }),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        (
+            body["partner"]["id"].as_str().unwrap().to_owned(),
+            body["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Health status of `key` at the sandbox's Messaging API (200 = the channel's current key).
+    pub async fn key_status(&self, key: &str) -> StatusCode {
+        self.http
+            .get(format!("{}/health_status", self.sandbox_url))
+            .header("D360-API-KEY", key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+/// Asserts a problem+json response with `code`; returns the body.
+pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let got = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(got, status, "{body:#}");
+    assert_eq!(body["code"], code, "{body:#}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/problems/{code}"))
+    );
+    body
+}

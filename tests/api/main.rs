@@ -1,0 +1,9 @@
+//! Integration tests: the real service over HTTP, a real PostgreSQL (one fresh database per
+//! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
+
+mod crash;
+mod helpers;
+mod migrations;
+mod openapi;
+mod partners;
+mod upstream_failures;

@@ -1,0 +1,591 @@
+//! The migration lifecycle through the public API.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+5511987654321";
+    let id = app.create(phone).await;
+
+    let m = app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(m["otp"]["method"], "sms");
+    assert_eq!(m["otp"]["attempts_left"], 3);
+    assert!(m["otp"]["expires_at"].is_string());
+    assert!(m["otp"]["resend_available_at"].is_string());
+    assert!(m["phone_number_id"].is_string());
+    assert_eq!(m["precheck"]["status"], "warn", "{m:#}");
+
+    let res = app.submit_otp(&id, "123456").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["api_key"]["status"], "verified");
+    assert!(m["completed_at"].is_string());
+    assert!(m["channel_id"].is_string());
+    assert_eq!(m["templates"]["status"], "completed", "{m:#}");
+    assert!(m["templates"]["eligible"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        m["templates"]["migrated"].as_array().unwrap().len() as u64,
+        m["templates"]["eligible"].as_u64().unwrap()
+    );
+    assert!(!m["templates"]["skipped"].as_array().unwrap().is_empty());
+    assert!(m["error"].is_null());
+
+    let res = app.get(&format!("/v1/migrations/{id}/api_key")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let key: Value = res.json().await.unwrap();
+    let api_key = key["api_key"].as_str().unwrap();
+    assert_eq!(key["channel_id"], m["channel_id"]);
+    assert_eq!(app.key_status(api_key).await, StatusCode::OK);
+
+    // Every non-idempotent upstream call happened exactly once.
+    for endpoint in [
+        "start_migration",
+        "request_code",
+        "verify_code",
+        "register",
+        "api_keys",
+    ] {
+        assert_eq!(app.applied(phone, endpoint), 1, "{endpoint}");
+    }
+
+    // The audit trail walks every state in order.
+    let events = app.events(&id).await;
+    let path: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "migration.state_changed" || e["type"] == "migration.created")
+        .map(|e| e["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        path,
+        [
+            "queued",
+            "prechecking",
+            "initiating",
+            "requesting_otp",
+            "awaiting_otp",
+            "verifying_otp",
+            "registering",
+            "copying_templates",
+            "awaiting_channel",
+            "generating_api_key",
+            "completed"
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // No secret in the audit trail.
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("123456") && !all.contains(api_key));
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn wrong_code_then_right_code(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550101";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+
+    assert_eq!(
+        app.submit_otp(&id, "000000").await.status(),
+        StatusCode::ACCEPTED
+    );
+    // Back to awaiting_otp with one attempt less and the reason.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = app.migration(&id).await;
+        if m["state"] == "awaiting_otp" && m["otp"]["attempts_left"] == 2 {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(m["error"]["code"], "otp_invalid");
+    assert_eq!(m["error"]["upstream"]["code"], 136025);
+
+    assert_eq!(
+        app.submit_otp(&id, "123456").await.status(),
+        StatusCode::ACCEPTED
+    );
+    app.wait_for(&id, "completed").await;
+    // A wrong code never costs a second SMS.
+    assert_eq!(app.applied(phone, "request_code"), 1);
+    assert_eq!(app.received(phone, "verify_code"), 2);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn wrong_codes_exhaust_attempts_into_failed(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.otp.max_attempts = 1;
+    let app = TestApp::spawn_with(pool, opts).await;
+    let id = app.create("+14155550102").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "999999").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "otp_invalid");
+    assert_eq!(m["error"]["step"], "verifying_otp");
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn malformed_codes_are_rejected_without_a_state_change(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+14155550103").await;
+    // Not awaiting yet or already: either way a bad code is a 422 first.
+    let res = app.submit_otp(&id, "12ab56").await;
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(body["errors"][0]["pointer"], "/code");
+    app.wait_for(&id, "awaiting_otp").await;
+    let m = app.migration(&id).await;
+    assert_eq!(m["otp"]["attempts_left"], 3);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn resend_inside_cooldown_is_429_with_retry_after(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.otp.resend_cooldown = Duration::from_secs(2);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550104";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+
+    let res = app
+        .post(
+            &format!("/v1/migrations/{id}/otp/resend"),
+            json!({ "method": "voice" }),
+        )
+        .await;
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body = assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "otp_resend_too_soon").await;
+    assert!(body["resend_available_at"].is_string());
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let res = app
+        .post(
+            &format!("/v1/migrations/{id}/otp/resend"),
+            json!({ "method": "voice" }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.migration(&id).await;
+        if m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2 {
+            assert_eq!(m["otp"]["method"], "voice");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.submit_otp(&id, "123456").await;
+    app.wait_for(&id, "completed").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn cancel_stops_the_job_and_frees_the_number(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550105";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+
+    let res = app
+        .post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(m["state"], "cancelled");
+
+    let res = app
+        .post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+    // A code for a cancelled migration is refused.
+    let res = app.submit_otp(&id, "123456").await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+    // The number can be migrated again.
+    app.create(phone).await;
+    assert_eq!(app.applied(phone, "verify_code"), 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn retry_resumes_a_failed_migration_from_its_failed_step(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.otp.ttl = Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550106";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    // Nobody submits the code: the wait expires.
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "otp_expired");
+    assert_eq!(m["error"]["step"], "awaiting_otp");
+    assert_eq!(m["error"]["retryable"], true);
+    let res = app.submit_otp(&id, "123456").await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(m["state"], "requesting_otp");
+    assert!(m["error"].is_null());
+
+    app.wait_for(&id, "awaiting_otp").await;
+    // The earlier steps were not repeated; a new code was requested.
+    assert_eq!(app.applied(phone, "start_migration"), 1);
+    assert_eq!(app.applied(phone, "request_code"), 2);
+    app.submit_otp(&id, "123456").await;
+    app.wait_for(&id, "completed").await;
+
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn idempotent_create(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let body = TestApp::create_body("+14155550107");
+    let send = |body: Value, key: &'static str| {
+        app.http
+            .post(app.url("/v1/migrations"))
+            .bearer_auth(&app.partner_key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone(), "key-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    let again = send(body.clone(), "key-1").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+
+    // Same key, different body: refused, nothing written.
+    let mut other = body.clone();
+    other["otp_method"] = json!("voice");
+    let res = send(other, "key-1").await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    let list: Value = app
+        .get("/v1/migrations?phone_number=%2B14155550107")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn second_active_migration_for_a_number_is_409(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+14155550108").await;
+    let res = app
+        .post("/v1/migrations", TestApp::create_body("+14155550108"))
+        .await;
+    let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
+    assert_eq!(body["migration_id"], id);
+    // Another tenant learns that the number is busy, not which migration it is.
+    let (_, other_key) = app.other_partner().await;
+    let res = app
+        .post_as(
+            &other_key,
+            "/v1/migrations",
+            TestApp::create_body("+14155550108"),
+        )
+        .await;
+    let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
+    assert!(body.get("migration_id").is_none());
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn other_tenants_migrations_are_404(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+14155550109").await;
+    let (_, other_key) = app.other_partner().await;
+    for path in [
+        format!("/v1/migrations/{id}"),
+        format!("/v1/migrations/{id}/events"),
+        format!("/v1/migrations/{id}/api_key"),
+    ] {
+        let res = app.get_as(&other_key, &path).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    for path in ["otp", "otp/resend", "cancel", "retry"] {
+        let body = if path == "otp" {
+            json!({ "code": "123456" })
+        } else {
+            json!({})
+        };
+        let res = app
+            .post_as(&other_key, &format!("/v1/migrations/{id}/{path}"), body)
+            .await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let list: Value = app
+        .get_as(&other_key, "/v1/migrations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(list["data"].as_array().unwrap().is_empty());
+    // The admin sees it.
+    let res = app.get_as(ADMIN_KEY, &format!("/v1/migrations/{id}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn list_is_newest_first_with_keyset_pages_and_filters(pool: PgPool) {
+    let opts = Options {
+        background_worker: false,
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(pool, opts).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create(&format!("+1415555021{i}")).await);
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/migrations?limit=2&cursor={c}"),
+            None => "/v1/migrations?limit=2".into(),
+        };
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        for m in page["data"].as_array().unwrap() {
+            seen.push(m["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+
+    let page: Value = app
+        .get("/v1/migrations?state=queued&phone_number=%2B14155550212")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let page: Value = app
+        .get("/v1/migrations?state=completed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(page["data"].as_array().unwrap().is_empty());
+    let future = "2999-01-01T00:00:00Z";
+    let page: Value = app
+        .get(&format!("/v1/migrations?created_before={future}&limit=100"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 5);
+
+    let res = app.get("/v1/migrations?limit=101").await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let res = app.get("/v1/migrations?cursor=nonsense").await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let res = app.get("/v1/migrations?state=bogus").await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn bad_input_gets_problem_json_and_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let res = app
+        .post(
+            "/v1/migrations",
+            json!({
+                "phone_number": "5511987654321",
+                "source_waba_id": "abc",
+                "destination_waba_id": "123",
+                "meta_business_id": "456",
+                "pin": "12",
+                "otp_language": "english",
+                "callback_url": "not a url",
+            }),
+        )
+        .await;
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let pointers: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    for p in [
+        "/phone_number",
+        "/source_waba_id",
+        "/otp_language",
+        "/pin",
+        "/callback_url",
+    ] {
+        assert!(pointers.contains(&p), "{p} in {pointers:?}");
+    }
+
+    let mut unknown = TestApp::create_body("+14155550110");
+    unknown["surprise"] = json!(1);
+    let res = app.post("/v1/migrations", unknown).await;
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(body["errors"][0]["pointer"], "/surprise");
+
+    let res = app
+        .http
+        .post(app.url("/v1/migrations"))
+        .bearer_auth(&app.partner_key)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        res,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let res = app
+        .http
+        .post(app.url("/v1/migrations"))
+        .bearer_auth(&app.partner_key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::BAD_REQUEST, "malformed_json").await;
+
+    let res = app
+        .http
+        .post(app.url("/v1/migrations"))
+        .bearer_auth(&app.partner_key)
+        .header("content-type", "application/json")
+        .body(format!("{{\"metadata\": \"{}\"}}", "x".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+
+    let res = app
+        .http
+        .get(app.url("/v1/migrations"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let res = app.get_as("wm_nope_nope", "/v1/migrations").await;
+    assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let res = app.get("/v1/migrations/not-a-uuid").await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM migrations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn api_key_is_not_available_before_completion(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+14155550111").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let res = app.get(&format!("/v1/migrations/{id}/api_key")).await;
+    assert_problem(res, StatusCode::CONFLICT, "api_key_not_ready").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn number_already_in_destination_skips_initiation(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Sandbox scenario 0004: already migrated and registered in the destination.
+    let phone = "+14155550004";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(app.applied(phone, "start_migration"), 0);
+    assert_eq!(app.applied(phone, "request_code"), 0);
+    assert_eq!(app.applied(phone, "register"), 0);
+    let check = m["precheck"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "not_in_destination")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "warn");
+    assert_eq!(check["code"], "already_in_destination");
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn precheck_dry_run_reports_without_creating(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut body = TestApp::create_body("+5511987650012");
+    body.as_object_mut().unwrap().remove("flow");
+    let res = app.post("/v1/prechecks", body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["status"], "fail");
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "fail")
+        .unwrap()
+        .clone();
+    assert_eq!(check["code"], "brazil_ninth_digit_mismatch", "{check:#}");
+    assert!(check["message"].as_str().unwrap().contains("+55"));
+    assert!(!check["remediation"].as_str().unwrap().is_empty());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM migrations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550112";
+    let mut body = TestApp::create_body(phone);
+    body["flow"] = json!("embedded_signup");
+    body["channel_id"] = json!("esChannel01CH");
+    let res = app.post("/v1/migrations", body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], "esChannel01CH");
+    assert_eq!(app.applied(phone, "request_code"), 0);
+    assert_eq!(app.applied(phone, "register"), 0);
+    assert_eq!(app.applied(phone, "api_keys"), 1);
+}

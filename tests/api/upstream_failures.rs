@@ -1,0 +1,156 @@
+//! Transient upstream failures are retried to completion; permanent ones fail precisely.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{Options, TestApp};
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn transient_failures_are_retried_until_completed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550301";
+    app.faults(json!([
+        { "endpoint": "get_waba", "fault": "server_error", "times": 1 },
+        { "endpoint": "start_migration", "phone_number": phone, "fault": "timeout", "times": 1 },
+        { "endpoint": "request_code", "phone_number": phone, "fault": "rate_limited", "times": 1 },
+        { "endpoint": "register", "phone_number": phone, "fault": "server_error", "times": 2 },
+        { "endpoint": "list_channels", "fault": "connection_reset", "times": 1 },
+        { "endpoint": "api_keys", "phone_number": phone, "fault": "rate_limited", "times": 1 },
+    ]))
+    .await;
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "completed").await;
+    assert!(m["error"].is_null());
+
+    for endpoint in ["start_migration", "request_code", "register", "api_keys"] {
+        assert_eq!(app.applied(phone, endpoint), 1, "{endpoint}");
+    }
+    assert_eq!(app.received(phone, "register"), 3);
+
+    let retries: Vec<Value> = app
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "migration.step_retry_scheduled")
+        .collect();
+    assert!(retries.len() >= 5, "{retries:#?}");
+    let register_retry = retries
+        .iter()
+        .find(|e| e["to_state"] == "registering")
+        .unwrap();
+    assert_eq!(
+        register_retry["data"]["error"]["code"],
+        "upstream_unavailable"
+    );
+    assert_eq!(
+        register_retry["data"]["error"]["upstream"]["http_status"],
+        500
+    );
+
+    let key: Value = app
+        .get(&format!("/v1/migrations/{id}/api_key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.key_status(key["api_key"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_upstream_that_keeps_failing_fails_with_upstream_unavailable(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Scenario 0022: Meta's "There was an error migrating this phone number", every time.
+    let phone = "+14155550022";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "upstream_unavailable");
+    assert_eq!(e["step"], "initiating");
+    assert_eq!(e["retryable"], true);
+    assert_eq!(e["upstream"]["subcode"], 2388103);
+    assert!(e["upstream"]["fbtrace_id"].as_str().unwrap().len() > 3);
+    // max_attempts = 4 in tests.
+    assert_eq!(app.received(phone, "start_migration"), 4);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_permanent_upstream_error_fails_with_the_right_code_and_trace(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Scenario 0001: two-step verification still on.
+    let phone = "+14155550001";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "two_factor_enabled", "{m:#}");
+    assert_eq!(e["step"], "initiating");
+    assert_eq!(e["actor"], "client");
+    assert!(!e["remediation"].as_str().unwrap().is_empty());
+    assert_eq!(e["upstream"]["service"], "meta");
+    assert_eq!(e["upstream"]["http_status"], 400);
+    assert_eq!(e["upstream"]["code"], 100);
+    assert_eq!(e["upstream"]["subcode"], 2388103);
+    assert!(e["upstream"]["fbtrace_id"].as_str().unwrap().len() > 3);
+    // Permanent: tried once.
+    assert_eq!(app.received(phone, "start_migration"), 1);
+    assert_eq!(app.received(phone, "request_code"), 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn precheck_failures_stop_before_anything_changes_upstream(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Scenario 0003: display name not approved.
+    let phone = "+14155550003";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "display_name_not_approved");
+    assert_eq!(m["error"]["step"], "prechecking");
+    assert_eq!(m["precheck"]["status"], "fail");
+    assert_eq!(app.received(phone, "start_migration"), 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn register_limit_is_not_retried(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550017";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "register_limit_reached");
+    assert_eq!(m["error"]["upstream"]["code"], 133016);
+    assert_eq!(app.received(phone, "register"), 1);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn channel_that_never_runs_times_out(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.channel_timeout = std::time::Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550019";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "channel_timeout");
+    assert_eq!(m["error"]["step"], "awaiting_channel");
+    assert_eq!(app.applied(phone, "api_keys"), 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn missing_key_permission_is_explained(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.channel_timeout = std::time::Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let id = app.create("+14155550020").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "api_key_permission_missing");
+    assert_eq!(m["error"]["actor"], "client");
+}
