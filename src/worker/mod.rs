@@ -480,7 +480,11 @@ impl Worker {
         let updated = store::update(&mut tx, row.id, &guard, &patch, lease, event).await?;
         tx.commit().await?;
         if let Some(r) = &updated {
-            debug!(migration.id = %r.id, state = %r.state, "recorded");
+            if r.state != state.as_str() {
+                info!(migration.id = %r.id, from = %state, to = %r.state, "transition");
+            } else {
+                debug!(migration.id = %r.id, state = %r.state, run_at = %r.run_at, "step rescheduled");
+            }
         }
         Ok(updated.map(|r| (r, cont)))
     }

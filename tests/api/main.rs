@@ -2,6 +2,7 @@
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
 mod crash;
+mod docs;
 mod helpers;
 mod migrations;
 mod openapi;
