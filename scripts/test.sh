@@ -35,12 +35,10 @@ find_pg_bin() {
     printf '%s\n' "$PG_BIN"
     return
   fi
-  if [[ -d /usr/lib/postgresql ]]; then
-    while IFS= read -r dir; do
-      dir=/usr/lib/postgresql/$dir/bin
-      [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && best=$dir
-    done < <(ls -1 /usr/lib/postgresql | sort -V)
-  fi
+  while IFS= read -r dir; do
+    dir=$dir/bin
+    [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && best=$dir
+  done < <(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sort -V)
   if [[ -z $best ]] && command -v pg_config >/dev/null 2>&1; then
     dir=$(pg_config --bindir)
     [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && best=$dir
@@ -170,7 +168,7 @@ user, or set DATABASE_URL"
       [[ ! -f $log ]] || log_lines=$(wc -l <"$log")
       say "starting test PostgreSQL on 127.0.0.1:$port (log: $log)"
       pg_started=1
-      if pg_ctl start -D "$pgdata" -l "$log" -w -t 60 >/dev/null; then
+      if start_output=$(pg_ctl start -D "$pgdata" -l "$log" -w -t 60 2>&1); then
         break
       fi
       new_log=$(tail -n "+$((log_lines + 1))" "$log" 2>/dev/null || true)
@@ -179,7 +177,7 @@ user, or set DATABASE_URL"
         port=$((port + 1))
         continue
       fi
-      printf '%s\n' "$new_log" | tail -n 30 >&2
+      printf '%s\n' "$start_output" "$new_log" | tail -n 30 >&2
       die "could not start the test PostgreSQL (see $log)"
     done
   fi

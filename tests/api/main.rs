@@ -7,4 +7,5 @@ mod helpers;
 mod migrations;
 mod openapi;
 mod partners;
+mod shutdown;
 mod upstream_failures;
