@@ -657,19 +657,51 @@ fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> ApiErr
     .with_extra(json!({ "state": row.state }))
 }
 
-/// Applies a guarded transition from an API call, with its event.
-async fn transition(
-    state: &AppState,
-    row: &store::MigrationRow,
+/// An API-initiated transition: the guarded write and its event in one transaction. If the
+/// guard fails (the row moved meanwhile), answers 409 with the state it is in now.
+struct ApiTransition<'a> {
+    action: &'a str,
+    allowed: &'a str,
     guard: store::Guard,
     patch: store::Patch,
-    lease: store::Lease,
     event: NewEvent,
-) -> Result<Option<store::MigrationRow>, ApiError> {
-    let mut tx = state.pool.begin().await?;
-    let updated = store::update(&mut tx, row.id, &guard, &patch, lease, Some(event)).await?;
-    tx.commit().await?;
-    Ok(updated)
+}
+
+impl ApiTransition<'_> {
+    async fn apply(
+        self,
+        state: &AppState,
+        caller: Caller,
+        row: &store::MigrationRow,
+    ) -> Result<store::MigrationRow, ApiError> {
+        let mut tx = state.pool.begin().await?;
+        let updated = match store::update(
+            &mut tx,
+            row.id,
+            &self.guard,
+            &self.patch,
+            store::Lease::Release,
+            Some(self.event),
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+                drop(tx);
+                let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
+                return Err(active_conflict(existing, caller));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        match updated {
+            Some(r) => Ok(r),
+            None => {
+                let now = fetch(state, caller, row.id).await?;
+                Err(wrong_state(&now, self.action, self.allowed))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -735,13 +767,16 @@ async fn submit_otp(
         to_state: Some("verifying_otp".into()),
         data: json!({ "otp": "submitted" }),
     };
-    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
-        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
-        None => {
-            let now = fetch(&state, caller, id).await?;
-            Err(wrong_state(&now, "submit a code to", "awaiting_otp"))
-        }
+    let r = ApiTransition {
+        action: "submit a code to",
+        allowed: "awaiting_otp",
+        guard,
+        patch,
+        event,
     }
+    .apply(&state, caller, &row)
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -815,13 +850,16 @@ async fn resend_otp(
         to_state: Some("requesting_otp".into()),
         data: json!({ "otp": "resend_requested", "method": method }),
     };
-    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
-        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
-        None => {
-            let now = fetch(&state, caller, id).await?;
-            Err(wrong_state(&now, "resend a code for", "awaiting_otp"))
-        }
+    let r = ApiTransition {
+        action: "resend a code for",
+        allowed: "awaiting_otp",
+        guard,
+        patch,
+        event,
     }
+    .apply(&state, caller, &row)
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
 }
 
 /// Cancel a migration that has not finished.
@@ -868,13 +906,16 @@ async fn cancel_migration(
         to_state: Some("cancelled".into()),
         data: json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
     };
-    match transition(&state, &row, guard, patch, store::Lease::Release, event).await? {
-        Some(r) => Ok(axum::Json(Migration::from(&r))),
-        None => {
-            let now = fetch(&state, caller, id).await?;
-            Err(wrong_state(&now, "cancel", "any non-terminal state"))
-        }
+    let r = ApiTransition {
+        action: "cancel",
+        allowed: "any non-terminal state",
+        guard,
+        patch,
+        event,
     }
+    .apply(&state, caller, &row)
+    .await?;
+    Ok(axum::Json(Migration::from(&r)))
 }
 
 /// Resume a failed migration from the step that failed.
@@ -939,33 +980,16 @@ async fn retry_migration(
         to_state: Some(target.as_str().into()),
         data: json!({ "retry_of": failed_step }),
     };
-    let mut tx = state.pool.begin().await?;
-    let updated = match store::update(
-        &mut tx,
-        id,
-        &guard,
-        &patch,
-        store::Lease::Release,
-        Some(event),
-    )
-    .await
-    {
-        Ok(u) => u,
-        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-            drop(tx);
-            let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
-            return Err(active_conflict(existing, caller));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    tx.commit().await?;
-    match updated {
-        Some(r) => Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r)))),
-        None => {
-            let now = fetch(&state, caller, id).await?;
-            Err(wrong_state(&now, "retry", "failed"))
-        }
+    let r = ApiTransition {
+        action: "retry",
+        allowed: "failed",
+        guard,
+        patch,
+        event,
     }
+    .apply(&state, caller, &row)
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
 }
 
 /// The generated 360dialog API key.

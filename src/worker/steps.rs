@@ -307,11 +307,9 @@ fn otp_timestamps(deps: &Deps, patch: &mut store::Patch) {
 
 async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
     let state = MigrationState::RequestingOtp;
-    let Some(pnid) = row.phone_number_id.clone() else {
-        return Ok(StepResult::new(StepOutcome::Failed(
-            MigrationError::new(ErrorCode::UpstreamRejected, state)
-                .with_message("No phone number id: the migration was not initiated."),
-        )));
+    let pnid = match phone_number_id(row, state) {
+        Ok(id) => id,
+        Err(failed) => return Ok(*failed),
     };
     if memo(row, "request_code").is_some() {
         // An earlier attempt may have sent the code: treat it as sent.
@@ -322,11 +320,7 @@ async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> 
     }
     // Skip the SMS when the number is already verified (avoids Meta's 136024).
     match deps.meta.get_phone_number(&pnid).await {
-        Ok(n)
-            if n.code_verification_status
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED")) =>
-        {
+        Ok(n) if is_verified(&n) => {
             return Ok(StepResult::new(StepOutcome::Done {
                 skip_to: Some(MigrationState::Registering),
             })
@@ -390,21 +384,40 @@ async fn phone_status(
     deps.meta.get_phone_number(pnid).await
 }
 
+/// The phone number id that `initiating` (or the precheck) stored, or the failure to report.
+fn phone_number_id(
+    row: &store::MigrationRow,
+    state: MigrationState,
+) -> std::result::Result<String, Box<StepResult>> {
+    row.phone_number_id.clone().ok_or_else(|| {
+        Box::new(StepResult::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::UpstreamRejected, state)
+                .with_message("No phone number id: the migration was not initiated."),
+        )))
+    })
+}
+
+fn is_verified(n: &clients::PhoneNumber) -> bool {
+    n.code_verification_status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED"))
+}
+
+fn is_connected(n: &clients::PhoneNumber) -> bool {
+    n.status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED"))
+}
+
 async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
     let state = MigrationState::VerifyingOtp;
-    let Some(pnid) = row.phone_number_id.clone() else {
-        return Ok(StepResult::new(StepOutcome::Failed(MigrationError::new(
-            ErrorCode::UpstreamRejected,
-            state,
-        ))));
+    let pnid = match phone_number_id(row, state) {
+        Ok(id) => id,
+        Err(failed) => return Ok(*failed),
     };
     if memo(row, "verify_code").is_some() {
         match phone_status(deps, &pnid).await {
-            Ok(n)
-                if n.code_verification_status
-                    .as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED")) =>
-            {
+            Ok(n) if is_verified(&n) => {
                 return Ok(StepResult::done().with(|p| {
                     p.otp_code_enc = Some(None);
                     p.step_memo = Some(without(&row.step_memo, "verify_code"));
@@ -464,21 +477,15 @@ async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> R
 
 async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
     let state = MigrationState::Registering;
-    let Some(pnid) = row.phone_number_id.clone() else {
-        return Ok(StepResult::new(StepOutcome::Failed(MigrationError::new(
-            ErrorCode::UpstreamRejected,
-            state,
-        ))));
+    let pnid = match phone_number_id(row, state) {
+        Ok(id) => id,
+        Err(failed) => return Ok(*failed),
     };
     if memo(row, "register").is_some() {
         // An earlier register may have been applied: read before calling again
         // (10 registrations per 72 h, then a 72 h block).
         match phone_status(deps, &pnid).await {
-            Ok(n)
-                if n.status
-                    .as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED")) =>
-            {
+            Ok(n) if is_connected(&n) => {
                 info!("number already registered: not calling register again");
                 return Ok(StepResult::done().data(json!({ "register": "already_registered" })));
             }
