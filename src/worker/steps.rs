@@ -517,6 +517,9 @@ pub struct TemplatesReport {
     /// Source template id → Meta's reason.
     pub failed: BTreeMap<String, String>,
     pub skipped: Vec<SkippedTemplate>,
+    /// Set when copying stopped on an upstream refusal, e.g. `template_limit_reached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MigrationError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -561,6 +564,7 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
         .collect();
 
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut refusal: Option<MigrationError> = None;
     let mut dest_after = dest;
     if !missing.is_empty() {
         // First attempt copies page by page; later attempts retry only the missing ids.
@@ -587,6 +591,10 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
             {
                 Ok(r) => failed.extend(r.failed_templates),
                 Err(e) if e.upstream().is_some_and(|u| u.has_code(2388019)) => {
+                    refusal = Some(
+                        MigrationError::new(ErrorCode::TemplateLimitReached, state)
+                            .with_upstream(e.upstream().cloned()),
+                    );
                     for id in &missing {
                         failed.entry(id.clone()).or_insert_with(|| {
                             "Message template limit reached in the destination WABA".into()
@@ -604,6 +612,9 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
                     );
                 }
                 Err(e) => {
+                    if let StepOutcome::Failed(err) = outcome(&e, state) {
+                        refusal = Some(err);
+                    }
                     let reason = e
                         .upstream()
                         .map(|u| u.message.clone())
@@ -625,6 +636,7 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
         dest_after.iter().map(|t| (key(t), t)).collect();
     let mut report = TemplatesReport {
         eligible: eligible.len(),
+        error: refusal,
         ..Default::default()
     };
     for t in &eligible {

@@ -7,5 +7,6 @@ mod helpers;
 mod migrations;
 mod openapi;
 mod partners;
+mod scenarios;
 mod shutdown;
 mod upstream_failures;

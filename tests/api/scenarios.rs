@@ -1,0 +1,369 @@
+//! Every failure the sandbox can play, end to end: the documented test number (or WABA id)
+//! drives the migration to `failed` with the right `code`, `step`, `actor`, `retryable` and a
+//! remediation, and the upstream's own error where there is one.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{BUSINESS, Options, TestApp};
+
+struct Case {
+    phone: &'static str,
+    /// A destination WABA id ending in these digits (WABA-level scenarios).
+    dest_suffix: Option<&'static str>,
+    /// Submit `123456` when the migration waits for it.
+    submit: bool,
+    code: &'static str,
+    step: &'static str,
+    actor: &'static str,
+    retryable: bool,
+    /// The upstream code (or subcode) Meta/360dialog answered, when the failure came from one.
+    upstream: Option<i64>,
+}
+
+const fn case(
+    phone: &'static str,
+    code: &'static str,
+    step: &'static str,
+    actor: &'static str,
+    retryable: bool,
+) -> Case {
+    Case {
+        phone,
+        dest_suffix: None,
+        submit: false,
+        code,
+        step,
+        actor,
+        retryable,
+        upstream: None,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            upstream: Some(2388103),
+            ..case(
+                "+14155550001",
+                "two_factor_enabled",
+                "initiating",
+                "client",
+                true,
+            )
+        },
+        Case {
+            upstream: Some(2388103),
+            ..case(
+                "+14155550002",
+                "add_directly_not_migration",
+                "initiating",
+                "partner",
+                false,
+            )
+        },
+        case(
+            "+14155550003",
+            "display_name_not_approved",
+            "prechecking",
+            "source_bsp",
+            true,
+        ),
+        case(
+            "+14155550005",
+            "business_mismatch",
+            "prechecking",
+            "partner",
+            false,
+        ),
+        case(
+            "+14155550006",
+            "business_not_verified",
+            "prechecking",
+            "client",
+            true,
+        ),
+        case(
+            "+14155550007",
+            "source_waba_not_approved",
+            "prechecking",
+            "source_bsp",
+            true,
+        ),
+        Case {
+            dest_suffix: Some("0008"),
+            ..case(
+                "+14155551008",
+                "destination_waba_not_approved",
+                "prechecking",
+                "partner",
+                true,
+            )
+        },
+        Case {
+            dest_suffix: Some("0009"),
+            ..case(
+                "+14155551009",
+                "destination_no_payment_method",
+                "prechecking",
+                "partner",
+                true,
+            )
+        },
+        Case {
+            dest_suffix: Some("0010"),
+            ..case(
+                "+14155551010",
+                "destination_no_subscribed_app",
+                "prechecking",
+                "partner",
+                true,
+            )
+        },
+        case(
+            "+14155550011",
+            "number_not_found_on_source",
+            "prechecking",
+            "partner",
+            false,
+        ),
+        case(
+            "+5511987650012",
+            "brazil_ninth_digit_mismatch",
+            "prechecking",
+            "partner",
+            false,
+        ),
+        case(
+            "+14155550013",
+            "whatsapp_issued_number",
+            "prechecking",
+            "partner",
+            false,
+        ),
+        case(
+            "+14155550014",
+            "number_on_business_app",
+            "prechecking",
+            "client",
+            false,
+        ),
+        Case {
+            submit: true,
+            upstream: Some(136025),
+            ..case(
+                "+14155550015",
+                "otp_invalid",
+                "verifying_otp",
+                "client",
+                true,
+            )
+        },
+        Case {
+            upstream: Some(2494158),
+            ..case(
+                "+14155550016",
+                "otp_rate_limited",
+                "requesting_otp",
+                "client",
+                true,
+            )
+        },
+        Case {
+            submit: true,
+            upstream: Some(133016),
+            ..case(
+                "+14155550017",
+                "register_limit_reached",
+                "registering",
+                "client",
+                true,
+            )
+        },
+        Case {
+            submit: true,
+            ..case(
+                "+14155550019",
+                "channel_timeout",
+                "awaiting_channel",
+                "partner",
+                true,
+            )
+        },
+        Case {
+            submit: true,
+            ..case(
+                "+14155550020",
+                "api_key_permission_missing",
+                "awaiting_channel",
+                "client",
+                true,
+            )
+        },
+        Case {
+            upstream: Some(190),
+            ..case(
+                "+14155550021",
+                "upstream_auth",
+                "prechecking",
+                "partner",
+                true,
+            )
+        },
+        Case {
+            upstream: Some(2388103),
+            ..case(
+                "+14155550022",
+                "upstream_unavailable",
+                "initiating",
+                "meta",
+                true,
+            )
+        },
+        Case {
+            submit: true,
+            upstream: Some(133005),
+            ..case(
+                "+14155550023",
+                "pin_mismatch",
+                "registering",
+                "client",
+                true,
+            )
+        },
+        case(
+            "+14155550024",
+            "display_name_not_approved",
+            "prechecking",
+            "source_bsp",
+            true,
+        ),
+        // No code submitted before the OTP deadline.
+        case(
+            "+14155551111",
+            "otp_expired",
+            "awaiting_otp",
+            "partner",
+            true,
+        ),
+    ]
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn template_limit_is_reported_without_failing_the_migrated_number(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let res = app
+        .post(
+            "/v1/migrations",
+            json!({
+                "phone_number": "+14155550018",
+                "source_waba_id": "201111111111",
+                "destination_waba_id": "301111110018",
+                "meta_business_id": BUSINESS,
+            }),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    // The number is migrated and keyed; the report says what did not make it and why.
+    let m = app.wait_for(&id, "completed").await;
+    let t = &m["templates"];
+    assert_eq!(t["status"], "partial", "{t:#}");
+    assert_eq!(t["error"]["code"], "template_limit_reached");
+    assert_eq!(t["error"]["upstream"]["subcode"], 2388019);
+    assert!(!t["error"]["remediation"].as_str().unwrap().is_empty());
+    let eligible = t["eligible"].as_u64().unwrap() as usize;
+    let migrated = t["migrated"].as_array().unwrap().len();
+    let failed = t["failed"].as_object().unwrap().len();
+    assert!(failed > 0);
+    assert_eq!(eligible, migrated + failed);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn every_failure_scenario_fails_precisely(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.concurrency = 8;
+    opts.worker.otp.ttl = Duration::from_secs(4);
+    opts.worker.otp.max_attempts = 1;
+    opts.worker.retry.channel_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+
+    let mut ids = Vec::new();
+    for (i, c) in cases().iter().enumerate() {
+        // Each case gets its own WABAs so WABA-level scenarios do not leak into other cases.
+        let source = format!("2{i:02}0000001111");
+        let dest = match c.dest_suffix {
+            Some(s) => format!("3{i:02}000000{s}"),
+            None => format!("3{i:02}0000001111"),
+        };
+        let res = app
+            .post(
+                "/v1/migrations",
+                json!({
+                    "phone_number": c.phone,
+                    "source_waba_id": source,
+                    "destination_waba_id": dest,
+                    "meta_business_id": BUSINESS,
+                }),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{}", c.phone);
+        let body: Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<usize> = (0..ids.len()).collect();
+    let mut submitted = vec![false; ids.len()];
+    while !pending.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running: {:?}",
+            pending
+                .iter()
+                .map(|&i| cases()[i].phone)
+                .collect::<Vec<_>>()
+        );
+        let cases = cases();
+        let mut still = Vec::new();
+        for i in pending {
+            let c = &cases[i];
+            let m = app.migration(&ids[i]).await;
+            match m["state"].as_str().unwrap() {
+                "failed" => {
+                    let e = &m["error"];
+                    assert_eq!(e["code"], c.code, "{}: {m:#}", c.phone);
+                    assert_eq!(e["step"], c.step, "{}", c.phone);
+                    assert_eq!(e["actor"], c.actor, "{}", c.phone);
+                    assert_eq!(e["retryable"], c.retryable, "{}", c.phone);
+                    assert!(e["remediation"].as_str().unwrap().len() > 20, "{}", c.phone);
+                    assert!(e["message"].as_str().unwrap().len() > 10, "{}", c.phone);
+                    if let Some(code) = c.upstream {
+                        let u = &e["upstream"];
+                        assert!(
+                            u["code"] == code || u["subcode"] == code,
+                            "{}: upstream {u:#}",
+                            c.phone
+                        );
+                    }
+                }
+                "awaiting_otp" if c.submit && !submitted[i] => {
+                    submitted[i] = true;
+                    app.submit_otp(&ids[i], "123456").await;
+                    still.push(i);
+                }
+                "completed" | "cancelled" => panic!("{} ended {m:#}", c.phone),
+                _ => still.push(i),
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
