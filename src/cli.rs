@@ -199,6 +199,8 @@ pub fn worker_config(args: &ServeArgs) -> WorkerConfig {
             ttl: Duration::from_secs(args.otp_ttl_seconds),
             resend_cooldown: Duration::from_secs(args.otp_resend_cooldown_seconds),
             max_attempts: args.otp_max_attempts,
+            voice_fallback: (args.otp_voice_fallback_seconds > 0)
+                .then(|| Duration::from_secs(args.otp_voice_fallback_seconds)),
         },
     }
 }

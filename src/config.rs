@@ -136,6 +136,9 @@ pub struct ServeArgs {
     /// Wrong codes accepted per migration.
     #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5)]
     pub otp_max_attempts: i32,
+    /// Switch to a voice call when no code was submitted this long after an SMS (0 = never).
+    #[arg(long, env = "OTP_VOICE_FALLBACK_SECONDS", default_value_t = 0)]
+    pub otp_voice_fallback_seconds: u64,
     /// How long `awaiting_channel` waits for a running channel with key permission.
     #[arg(long, env = "CHANNEL_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub channel_timeout_seconds: u64,

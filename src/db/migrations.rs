@@ -48,6 +48,7 @@ pub struct MigrationRow {
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<DateTime<Utc>>,
     pub step_memo: Value,
+    pub summary: Option<Value>,
     pub error: Option<Value>,
     pub failed_step: Option<String>,
     pub metadata: Value,
@@ -74,7 +75,8 @@ const COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id
     destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
     otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
     otp_expires_at, otp_code_enc, pin_enc, precheck, templates, api_key_enc, api_key_id, \
-    api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, failed_step, \
+    api_key_address, api_key_generated_at, api_key_verified_at, step_memo, summary, error, \
+    failed_step, \
     metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
     state_entered_at, version, created_at, updated_at, completed_at";
 
@@ -319,6 +321,7 @@ pub struct Patch {
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<DateTime<Utc>>,
     pub step_memo: Option<Value>,
+    pub summary: Option<Value>,
     pub error: Option<Option<Value>>,
     pub failed_step: Option<Option<String>>,
     pub run_at: Option<RunAt>,
@@ -388,6 +391,7 @@ pub async fn update(
     set_opt!(api_key_generated_at);
     set_opt!(api_key_verified_at);
     set_opt!(step_memo);
+    set_opt!(summary);
     set_opt!(error);
     set_opt!(failed_step);
     set_opt!(attempt);

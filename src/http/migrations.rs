@@ -98,6 +98,36 @@ pub struct ApiKeyStatus {
     pub generated_at: Option<DateTime<Utc>>,
 }
 
+/// One property the migration must keep.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Preserved {
+    #[schema(value_type = Option<Object>)]
+    pub before: Value,
+    #[schema(value_type = Option<Object>)]
+    pub after: Value,
+    pub preserved: bool,
+}
+
+/// What the source number had at precheck versus the registered number.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PreservedReport {
+    pub display_name: Preserved,
+    pub quality_rating: Preserved,
+    pub messaging_limit_tier: Preserved,
+    pub official_business_account: Preserved,
+}
+
+/// The outcome in one place: what was preserved and whether the number can send.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MigrationSummary {
+    #[serde(default)]
+    pub preserved: Option<PreservedReport>,
+    /// The Messaging API's `health_status.can_send_message` with the new key:
+    /// `AVAILABLE`, `LIMITED` or `BLOCKED`.
+    #[serde(default)]
+    pub can_send_message: Option<String>,
+}
+
 /// A migration.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Migration {
@@ -115,6 +145,8 @@ pub struct Migration {
     pub precheck: Option<PrecheckReport>,
     pub templates: Option<TemplatesReport>,
     pub api_key: ApiKeyStatus,
+    /// Filled in as the migration registers the number and proves the key.
+    pub summary: Option<MigrationSummary>,
     /// Why the migration failed (or, in `awaiting_otp`, why the last code was refused).
     pub error: Option<MigrationError>,
     #[schema(value_type = Object)]
@@ -165,6 +197,10 @@ impl From<&store::MigrationRow> for Migration {
                 .into(),
                 generated_at: r.api_key_generated_at,
             },
+            summary: r
+                .summary
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
             error: r.error.clone().and_then(|v| serde_json::from_value(v).ok()),
             metadata: r.metadata.clone(),
             callback_url: r.callback_url.clone(),

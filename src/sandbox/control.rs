@@ -1,16 +1,18 @@
-//! `/_sandbox` control endpoints: counters, reset, faults, channel inspection, number seeding and
-//! the scenario table. No auth, no latency, never faulted, not counted.
+//! `/_sandbox` control endpoints: counters, reset, faults, channel inspection and API-key
+//! permission, number seeding, generated templates and the scenario table. No auth, no latency,
+//! never faulted, not counted.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::faults::FaultsRequest;
-use super::state::NumberSeed;
+use super::state::{ChannelRec, NumberSeed};
 use super::{SCENARIOS, Sandbox, scenarios};
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -73,6 +75,27 @@ pub(crate) async fn clear_faults(State(sandbox): State<Sandbox>) -> Json<Value> 
     Json(inner.faults.to_json())
 }
 
+fn no_channel(channel_id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("no channel {channel_id:?}")})),
+    )
+        .into_response()
+}
+
+/// JSON of `GET /_sandbox/channels/{channel_id}`.
+fn channel_json(c: &ChannelRec) -> Value {
+    json!({
+        "id": c.id,
+        "status": c.status(),
+        "phone_number": c.e164,
+        "client_id": c.client_id,
+        "current_key_id": c.current_key.as_ref().map(|k| k.id.clone()),
+        "keys_issued": c.keys_issued,
+        "permission": c.permission,
+    })
+}
+
 /// `GET /_sandbox/channels/{channel_id}`.
 pub(crate) async fn channel(
     State(sandbox): State<Sandbox>,
@@ -80,20 +103,67 @@ pub(crate) async fn channel(
 ) -> Response {
     let inner = sandbox.lock();
     match inner.world.channels.get(&channel_id) {
-        Some(c) => Json(json!({
-            "id": c.id,
-            "status": c.status(),
-            "phone_number": c.e164,
-            "client_id": c.client_id,
-            "current_key_id": c.current_key.as_ref().map(|k| k.id.clone()),
-            "keys_issued": c.keys_issued,
+        Some(c) => Json(channel_json(c)).into_response(),
+        None => no_channel(&channel_id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionRequest {
+    granted: bool,
+}
+
+/// `POST /_sandbox/channels/{channel_id}/permission` `{"granted": bool}` → the channel JSON of
+/// `GET /_sandbox/channels/{channel_id}` (404 for an unknown channel).
+pub(crate) async fn set_permission(
+    State(sandbox): State<Sandbox>,
+    Path(channel_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: PermissionRequest = match parse_json(&body) {
+        Ok(request) => request,
+        Err(message) => return bad_request(message),
+    };
+    let mut inner = sandbox.lock();
+    if inner
+        .world
+        .set_permission(&channel_id, request.granted)
+        .is_err()
+    {
+        return no_channel(&channel_id);
+    }
+    match inner.world.channels.get(&channel_id) {
+        Some(c) => Json(channel_json(c)).into_response(),
+        None => no_channel(&channel_id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplatesRequest {
+    count: usize,
+}
+
+/// `POST /_sandbox/wabas/{waba_id}/templates` `{"count": n}` → `{"waba_id", "count", "eligible"}`.
+pub(crate) async fn set_templates(
+    State(sandbox): State<Sandbox>,
+    Path(waba_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: TemplatesRequest = match parse_json(&body) {
+        Ok(request) => request,
+        Err(message) => return bad_request(message),
+    };
+    let result = sandbox.lock().world.set_templates(&waba_id, request.count);
+    match result {
+        Ok(eligible) => Json(json!({
+            "waba_id": waba_id,
+            "count": request.count,
+            "eligible": eligible,
         }))
         .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": format!("no channel {channel_id:?}")})),
-        )
-            .into_response(),
+        Err(message) => bad_request(message),
     }
 }
 

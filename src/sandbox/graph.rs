@@ -932,22 +932,32 @@ impl World {
                                 ),
                             );
                         }
+                        Some(TemplateRec {
+                            refusal: Some(reason),
+                            ..
+                        }) => {
+                            failed.insert(template_id, (*reason).to_owned());
+                        }
                         Some(t) => candidates.push(candidate(t)),
                     }
                 }
             }
             None => {
+                // The page is cut from ALL templates of the source in creation order; only the
+                // eligible ones of it are attempted, the others are not mentioned.
                 let skip = usize::try_from(page_number.saturating_mul(count)).unwrap_or(usize::MAX);
                 let take = usize::try_from(count).unwrap_or(usize::MAX);
-                candidates.extend(
-                    source_waba
-                        .templates
-                        .iter()
-                        .skip(skip)
-                        .take(take)
-                        .filter(|t| eligible(t))
-                        .map(candidate),
-                );
+                for t in source_waba.templates.iter().skip(skip).take(take) {
+                    if !eligible(t) {
+                        continue;
+                    }
+                    match t.refusal {
+                        Some(reason) => {
+                            failed.insert(t.id.clone(), reason.to_owned());
+                        }
+                        None => candidates.push(candidate(t)),
+                    }
+                }
             }
         }
 
@@ -974,6 +984,7 @@ impl World {
                     category,
                     quality: "UNKNOWN".to_owned(),
                     quality_date: chrono::Utc::now().timestamp(),
+                    refusal: None,
                 });
                 migrated.push(source_id);
             }

@@ -28,7 +28,9 @@
 //! * **360dialog Messaging API**: `GET /health_status` with `D360-API-KEY`.
 //! * **Control** under `/_sandbox` (no auth, never faulted, no latency, not counted):
 //!   `GET /counters`, `GET /counters/{e164}`, `POST /reset`, `GET|POST|DELETE /faults`,
-//!   `GET /channels/{id}`, `POST /numbers` (seeding, below) and `GET /scenarios`.
+//!   `GET /channels/{id}`, `POST /channels/{id}/permission` (API-key permission, below),
+//!   `POST /numbers` (seeding, below), `POST /wabas/{id}/templates` (many templates, below) and
+//!   `GET /scenarios`.
 //!
 //! Simplifications: Graph `fields` is ignored (full objects are returned); every 360dialog
 //! partner id sees every channel; each destination WABA gets one 360dialog client.
@@ -49,6 +51,36 @@
 //! (3 APPROVED+GREEN, 1 APPROVED+UNKNOWN, 1 APPROVED+RED). Starting a migration of a number that
 //! was never added is accepted anyway (lenient); a WABA named as `source_waba_id` of a template
 //! migration also gets the default templates.
+//!
+//! **Many templates.** `POST /_sandbox/wabas/{waba_id}/templates` `{"count": 1200}` (1..=10000)
+//! or [`Sandbox::set_templates`] replaces the WABA's templates (creating the WABA if unknown)
+//! with `count` generated ones and answers `{"waba_id": "…", "count": 1200, "eligible": 840}`
+//! (400 `{"error": "…"}` for a bad count or id). Template `i` (0-based) is `tpl_{i:05}`, `en_US`
+//! for even `i` and `pt_BR` for odd, `UTILITY` or `MARKETING` by `(i / 2) % 2`, and by `i % 10`:
+//! 0–5 APPROVED+GREEN, 6 APPROVED+UNKNOWN, 7 APPROVED+YELLOW, 8 PENDING, 9 REJECTED (quality
+//! UNKNOWN). Eligible (APPROVED with GREEN or UNKNOWN) templates whose index is a multiple of 97
+//! are never copied by `migrate_message_templates`: they are reported in `failed_templates` as
+//! `"Incorrect category"`, on every attempt, also when retried by `template_ids`.
+//!
+//! **Template migration.** `page_number` `p` with page size `count` (default and maximum 500)
+//! selects the source's templates `[p*size, (p+1)*size)` in creation order, eligible or not, and
+//! copies the eligible ones of that page that the destination does not have yet (same name and
+//! language; copies are APPROVED, quality UNKNOWN, with new ids). Ones already present are
+//! reported in `migrated_templates` without being copied again; ineligible ones of the page are
+//! not mentioned. A page past the end answers empty lists. `template_ids` (at most 500) retries
+//! exactly those ids; an ineligible or unknown id goes to `failed_templates` with its reason.
+//! `GET /{v}/{waba-id}/message_templates` pages with `limit` (default 25, at most 1000) and the
+//! `after` cursor.
+//!
+//! **API-key permission.** Each 360dialog channel has a `permission` flag (the partner may
+//! generate API keys): true, except for channels of scenario 0020 numbers.
+//! `POST /_sandbox/channels/{channel_id}/permission` `{"granted": true|false}` or
+//! [`Sandbox::set_permission`] sets it and answers the channel JSON of
+//! `GET /_sandbox/channels/{channel_id}`
+//! (`{"id","status","phone_number","client_id","current_key_id","keys_issued","permission"}`;
+//! 404 for an unknown channel). Without permission the channel is left out of
+//! `shared_client_numbers` and `POST …/channels/{id}/api_keys` answers 403
+//! `Permission denied for partner {partner_id}`; granting it makes both succeed.
 //!
 //! Phone-number ids minted by the sandbox are 16 digits starting with `1090`; an unknown id of
 //! that shape is answered with Graph error 100/33 ("does not exist"), any other unknown id on
@@ -239,7 +271,15 @@ impl Sandbox {
                     .delete(control::clear_faults),
             )
             .route("/_sandbox/channels/{channel_id}", get(control::channel))
+            .route(
+                "/_sandbox/channels/{channel_id}/permission",
+                post(control::set_permission),
+            )
             .route("/_sandbox/numbers", post(control::add_number))
+            .route(
+                "/_sandbox/wabas/{waba_id}/templates",
+                post(control::set_templates),
+            )
             .route("/_sandbox/scenarios", get(control::scenarios))
             .fallback(not_found)
             .with_state(self.clone())
@@ -265,6 +305,28 @@ impl Sandbox {
     /// the phone-number object(s) now listed on the source WABA.
     pub fn add_number(&self, seed: &NumberSeed) -> Result<serde_json::Value, String> {
         self.lock().world.add_number(seed, &self.shared.config)
+    }
+
+    /// Replaces the templates of WABA `waba_id` (created if unknown) with `count` (1..=10000)
+    /// generated templates, exactly like `POST /_sandbox/wabas/{waba_id}/templates`
+    /// `{"count": n}`. Template `i` (0-based, in creation order) is named `tpl_{i:05}`,
+    /// language `en_US` (even `i`) or `pt_BR` (odd `i`), category `UTILITY` or `MARKETING` (by
+    /// `(i / 2) % 2`); by `i % 10`: 0–5 APPROVED+GREEN, 6 APPROVED+UNKNOWN, 7 APPROVED+YELLOW,
+    /// 8 PENDING, 9 REJECTED (quality UNKNOWN for both), so 7 in 10 are eligible. Every
+    /// eligible template whose index is a multiple of 97 is refused by
+    /// `migrate_message_templates` with `"Incorrect category"` in `failed_templates`, on every
+    /// attempt. The WABA no longer gets the default templates.
+    pub fn set_templates(&self, waba_id: &str, count: usize) -> Result<(), String> {
+        self.lock().world.set_templates(waba_id, count).map(|_| ())
+    }
+
+    /// Grants (`true`) or revokes (`false`) the partner's permission to generate API keys for a
+    /// 360dialog channel, exactly like `POST /_sandbox/channels/{channel_id}/permission`
+    /// `{"granted": bool}`. Without permission the channel is left out of
+    /// `shared_client_numbers` and `POST …/api_keys` answers 403. Channels start with permission,
+    /// except those of scenario 0020 numbers. `Err` for an unknown channel.
+    pub fn set_permission(&self, channel_id: &str, granted: bool) -> Result<(), String> {
+        self.lock().world.set_permission(channel_id, granted)
     }
 
     /// Clears all state and counters and restores the configured fault settings.

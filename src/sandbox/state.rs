@@ -36,6 +36,25 @@ pub struct NumberSeed {
     pub business_id: Option<String>,
 }
 
+/// Most templates `POST /_sandbox/wabas/{waba_id}/templates` generates.
+pub(crate) const MAX_GENERATED_TEMPLATES: usize = 10_000;
+/// Every eligible generated template whose index is a multiple of this is refused by
+/// `migrate_message_templates`.
+const GENERATED_REFUSAL_EVERY: usize = 97;
+const GENERATED_REFUSAL_REASON: &str = "Incorrect category";
+
+/// `(status, quality)` of generated template `index`, by `index % 10`: 0–5 APPROVED+GREEN,
+/// 6 APPROVED+UNKNOWN, 7 APPROVED+YELLOW, 8 PENDING, 9 REJECTED (both UNKNOWN).
+fn generated_status(index: usize) -> (&'static str, &'static str) {
+    match index % 10 {
+        0..=5 => ("APPROVED", "GREEN"),
+        6 => ("APPROVED", "UNKNOWN"),
+        7 => ("APPROVED", "YELLOW"),
+        8 => ("PENDING", "UNKNOWN"),
+        _ => ("REJECTED", "UNKNOWN"),
+    }
+}
+
 /// Whether a phone record is the number's original registration or a migration target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -79,6 +98,9 @@ pub(crate) struct TemplateRec {
     pub category: String,
     pub quality: String,
     pub quality_date: i64,
+    /// Reason `migrate_message_templates` refuses this template on every attempt (set on some
+    /// generated templates, see [`World::set_templates`]).
+    pub refusal: Option<&'static str>,
 }
 
 pub(crate) struct ChannelRec {
@@ -192,12 +214,65 @@ impl World {
                 category: category.to_owned(),
                 quality: quality.to_owned(),
                 quality_date: 1_700_000_000,
+                refusal: None,
             });
         }
         if let Some(waba) = self.wabas.get_mut(waba_id) {
             waba.templates.extend(templates);
             waba.templates_seeded = true;
         }
+    }
+
+    /// `POST /_sandbox/wabas/{waba_id}/templates`: replaces the WABA's templates (creating the
+    /// WABA if unknown) with `count` generated ones (see [`super::Sandbox::set_templates`]);
+    /// returns how many are eligible for migration.
+    pub(crate) fn set_templates(&mut self, waba_id: &str, count: usize) -> Result<usize, String> {
+        check_id("waba_id", waba_id)?;
+        if !(1..=MAX_GENERATED_TEMPLATES).contains(&count) {
+            return Err(format!(
+                "count must be between 1 and {MAX_GENERATED_TEMPLATES}, got {count}"
+            ));
+        }
+        self.ensure_waba(waba_id, None);
+        let mut templates = Vec::with_capacity(count);
+        let mut eligible = 0;
+        for index in 0..count {
+            let (status, quality) = generated_status(index);
+            let is_eligible = status == "APPROVED" && (quality == "GREEN" || quality == "UNKNOWN");
+            eligible += usize::from(is_eligible);
+            templates.push(TemplateRec {
+                id: self.mint_template_id(),
+                name: format!("tpl_{index:05}"),
+                language: if index % 2 == 0 { "en_US" } else { "pt_BR" }.to_owned(),
+                status: status.to_owned(),
+                category: if (index / 2) % 2 == 0 {
+                    "UTILITY"
+                } else {
+                    "MARKETING"
+                }
+                .to_owned(),
+                quality: quality.to_owned(),
+                quality_date: 1_700_000_000,
+                refusal: (is_eligible && index % GENERATED_REFUSAL_EVERY == 0)
+                    .then_some(GENERATED_REFUSAL_REASON),
+            });
+        }
+        if let Some(waba) = self.wabas.get_mut(waba_id) {
+            waba.templates = templates;
+            waba.templates_seeded = true;
+        }
+        Ok(eligible)
+    }
+
+    /// `POST /_sandbox/channels/{channel_id}/permission`: whether the partner may generate API
+    /// keys for the channel.
+    pub(crate) fn set_permission(&mut self, channel_id: &str, granted: bool) -> Result<(), String> {
+        let channel = self
+            .channels
+            .get_mut(channel_id)
+            .ok_or_else(|| format!("no channel {channel_id:?}"))?;
+        channel.permission = granted;
+        Ok(())
     }
 
     /// Whether the WABA shows `scenario`: by its id suffix, or through a number registered on it

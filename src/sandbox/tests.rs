@@ -1088,6 +1088,290 @@ async fn otp_register_and_channel_scenarios() {
     );
 }
 
+/// Every item of a Graph list edge, following `paging.next`; also returns the page count.
+async fn list_all(s: &Server, waba: &str, limit: usize) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut url = format!("{}/v23.0/{waba}/message_templates?limit={limit}", s.base);
+    loop {
+        let page = s.send(s.http.get(&url).bearer_auth("t")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let data = page.body["data"].as_array().cloned().unwrap_or_default();
+        assert!(data.len() <= limit);
+        items.extend(data);
+        pages += 1;
+        match page.body["paging"]["next"].as_str() {
+            Some(next) => url = next.to_owned(),
+            None => break,
+        }
+    }
+    (items, pages)
+}
+
+#[tokio::test]
+async fn many_templates_migrate_page_by_page() {
+    const MANY: &str = "333000000000001";
+    const INTO: &str = "444000000000001";
+    let s = start(test_config()).await;
+    let templates_url = |waba: &str| format!("{}/_sandbox/wabas/{waba}/templates", s.base);
+
+    for bad in [
+        json!({"count": 0}),
+        json!({"count": 10_001}),
+        json!({"n": 5}),
+    ] {
+        let refused = s.send(s.http.post(templates_url(MANY)).json(&bad)).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(refused.body["error"].is_string());
+    }
+    assert!(s.sandbox.set_templates(MANY, 0).is_err());
+    assert!(s.sandbox.set_templates("bad id", 5).is_err());
+    // Replacing: a first set of 3 is dropped by the next call.
+    s.sandbox.set_templates(MANY, 3).expect("set templates");
+    let generated = s
+        .send(
+            s.http
+                .post(templates_url(MANY))
+                .json(&json!({"count": 1200})),
+        )
+        .await;
+    assert_eq!(generated.status, StatusCode::OK, "{}", generated.body);
+    assert_eq!(
+        generated.body,
+        json!({"waba_id": MANY, "count": 1200, "eligible": 840})
+    );
+
+    // Listing: 1,200 through paging, in creation order, with the documented pattern.
+    let (source, pages) = list_all(&s, MANY, 100).await;
+    assert_eq!((source.len(), pages), (1200, 12));
+    let (whole, pages) = list_all(&s, MANY, 1000).await;
+    assert_eq!((whole.len(), pages), (1200, 2));
+    assert_eq!(whole, source);
+    let (default_paged, pages) = list_all(&s, MANY, 25).await;
+    assert_eq!((default_paged.len(), pages), (1200, 48));
+    for (i, t) in source.iter().enumerate() {
+        assert_eq!(t["name"], format!("tpl_{i:05}"));
+        assert_eq!(t["language"], if i % 2 == 0 { "en_US" } else { "pt_BR" });
+        assert!(t["category"] == "UTILITY" || t["category"] == "MARKETING");
+        let expected = match i % 10 {
+            0..=5 => ("APPROVED", "GREEN"),
+            6 => ("APPROVED", "UNKNOWN"),
+            7 => ("APPROVED", "YELLOW"),
+            8 => ("PENDING", "UNKNOWN"),
+            _ => ("REJECTED", "UNKNOWN"),
+        };
+        assert_eq!(
+            (t["status"].as_str(), t["quality_score"]["score"].as_str()),
+            (Some(expected.0), Some(expected.1)),
+            "template {i}"
+        );
+    }
+    let id_of = |i: usize| source[i]["id"].as_str().expect("id").to_owned();
+    let is_eligible = |i: usize| i % 10 <= 6;
+    let migrate =
+        |body: Value| s.send(s.graph_post(&format!("{INTO}/migrate_message_templates"), body));
+    let outcome = |answer: Answer| -> wire::TemplateMigration {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        serde_json::from_value(answer.body).expect("migration shape")
+    };
+
+    // Pages 0, 1, 2 copy exactly their eligible templates minus the multiples of 97.
+    let mut copied = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_page = None;
+    for page in 0..3usize {
+        let result = outcome(migrate(json!({"source_waba_id": MANY, "page_number": page})).await);
+        let range = page * 500..((page + 1) * 500).min(1200);
+        let want_copied: Vec<String> = range
+            .clone()
+            .filter(|&i| is_eligible(i) && i % 97 != 0)
+            .map(id_of)
+            .collect();
+        let want_failed: Vec<String> = range
+            .filter(|&i| is_eligible(i) && i % 97 == 0)
+            .map(id_of)
+            .collect();
+        assert_eq!(result.migrated_templates, want_copied, "page {page}");
+        let mut got_failed: Vec<String> = result.failed_templates.keys().cloned().collect();
+        got_failed.sort();
+        let mut sorted_want = want_failed.clone();
+        sorted_want.sort();
+        assert_eq!(got_failed, sorted_want, "page {page}");
+        assert!(
+            result
+                .failed_templates
+                .values()
+                .all(|reason| reason == "Incorrect category")
+        );
+        copied.extend(want_copied);
+        failed.extend(want_failed);
+        if page == 0 {
+            first_page = Some(result);
+        }
+    }
+    let past_end = outcome(migrate(json!({"source_waba_id": MANY, "page_number": 3})).await);
+    assert!(past_end.migrated_templates.is_empty());
+    assert!(past_end.failed_templates.is_empty());
+    assert_eq!((copied.len(), failed.len()), (831, 9));
+    assert_eq!(copied.len() + failed.len(), 840);
+
+    let (dest, _) = list_all(&s, INTO, 100).await;
+    assert_eq!(dest.len(), 831);
+    let copied_names: std::collections::BTreeSet<(String, String)> = dest
+        .iter()
+        .map(|t| (t["name"].to_string(), t["language"].to_string()))
+        .collect();
+    assert_eq!(copied_names.len(), 831, "no duplicates");
+    assert!(
+        dest.iter()
+            .all(|t| !copied.contains(&t["id"].as_str().expect("id").to_owned()))
+    );
+    assert!(
+        dest.iter()
+            .all(|t| t["status"] == "APPROVED" && t["quality_score"]["score"] == "UNKNOWN")
+    );
+
+    // Retrying the failures by id fails them again; an ineligible id is failed with its reason;
+    // already-copied ids are reported as migrated without copying twice.
+    let rejected = id_of(9);
+    let mut retry_ids = failed.clone();
+    retry_ids.push(rejected.clone());
+    let retried =
+        outcome(migrate(json!({"source_waba_id": MANY, "template_ids": retry_ids})).await);
+    assert!(retried.migrated_templates.is_empty());
+    assert_eq!(retried.failed_templates.len(), 10);
+    for id in &failed {
+        assert_eq!(retried.failed_templates[id], "Incorrect category");
+    }
+    assert!(
+        retried.failed_templates[&rejected]
+            .starts_with("Template is not eligible for migration: status REJECTED"),
+        "{}",
+        retried.failed_templates[&rejected]
+    );
+    let again = outcome(
+        migrate(json!({"source_waba_id": MANY, "template_ids": [id_of(1), id_of(2)]})).await,
+    );
+    assert_eq!(again.migrated_templates, vec![id_of(1), id_of(2)]);
+    assert!(again.failed_templates.is_empty());
+
+    // A second call of page 0 duplicates nothing.
+    let rerun = outcome(migrate(json!({"source_waba_id": MANY, "page_number": 0})).await);
+    let first_page = first_page.expect("page 0");
+    assert_eq!(rerun.migrated_templates, first_page.migrated_templates);
+    assert_eq!(rerun.failed_templates, first_page.failed_templates);
+    assert_eq!(list_all(&s, INTO, 1000).await.0.len(), 831);
+
+    // `count` narrows the page: page 1 of 100 is templates 100..200.
+    const OTHER: &str = "444000000000002";
+    let narrow = outcome(
+        s.send(s.graph_post(
+            &format!("{OTHER}/migrate_message_templates"),
+            json!({"source_waba_id": MANY, "page_number": 1, "count": 100}),
+        ))
+        .await,
+    );
+    let want: Vec<String> = (100..200)
+        .filter(|&i| is_eligible(i) && i % 97 != 0)
+        .map(id_of)
+        .collect();
+    assert_eq!(narrow.migrated_templates, want);
+    assert_eq!(
+        narrow.failed_templates.keys().cloned().collect::<Vec<_>>(),
+        vec![id_of(194)]
+    );
+}
+
+#[tokio::test]
+async fn api_key_permission_can_be_granted_and_revoked() {
+    let s = start(test_config()).await;
+    let id = s.verified("+15550000020").await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    let channel = s.channel_of("+15550000020").await.expect("channel");
+    let channel_id = channel["id"].as_str().expect("id").to_owned();
+    let client_id = channel["client_id"].as_str().expect("client").to_owned();
+    let control = format!("{}/_sandbox/channels/{channel_id}", s.base);
+    let shared = || s.send(s.hub_get(&format!("clients/{client_id}/shared_client_numbers")));
+    let generate = || s.send(s.hub_post(&format!("channels/{channel_id}/api_keys")));
+    let set = |granted: bool| {
+        s.send(
+            s.http
+                .post(format!("{control}/permission"))
+                .json(&json!({ "granted": granted })),
+        )
+    };
+
+    let inspected = s.send(s.http.get(&control)).await;
+    assert_eq!(inspected.body["permission"], false);
+    assert_eq!(shared().await.body["count"], 0);
+    let denied = generate().await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        denied.body["meta"]["developer_message"],
+        format!("Permission denied for partner {PARTNER}")
+    );
+
+    let granted = set(true).await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.body);
+    assert_eq!(granted.body["id"], channel_id.as_str());
+    assert_eq!(granted.body["permission"], true);
+    assert_eq!(granted.body["phone_number"], "+15550000020");
+    assert_eq!(granted.body, s.send(s.http.get(&control)).await.body);
+    let listed = shared().await;
+    assert_eq!(listed.body["count"], 1);
+    assert_eq!(
+        listed.body["shared_client_numbers"][0],
+        json!({"id": channel_id, "phone_number": "15550000020", "permission": true})
+    );
+    let key = generate().await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.body);
+    let api_key = key.body["api_key"].as_str().expect("key").to_owned();
+    assert_eq!(s.send(s.health(&api_key)).await.status, StatusCode::OK);
+
+    let revoked = set(false).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(revoked.body["permission"], false);
+    assert_eq!(revoked.body["keys_issued"], 1);
+    assert_eq!(shared().await.body["count"], 0);
+    assert_eq!(generate().await.status, StatusCode::FORBIDDEN);
+
+    // Through the Rust API too.
+    s.sandbox
+        .set_permission(&channel_id, true)
+        .expect("known channel");
+    assert_eq!(generate().await.status, StatusCode::CREATED);
+    assert!(s.sandbox.set_permission("nope", true).is_err());
+
+    // Unknown channel → 404, bad body → 400; an ordinary channel starts with permission.
+    let unknown = s
+        .send(
+            s.http
+                .post(format!("{}/_sandbox/channels/nope/permission", s.base))
+                .json(&json!({"granted": true})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let bad = s
+        .send(
+            s.http
+                .post(format!("{control}/permission"))
+                .json(&json!({"granted": "yes"})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let id = s.verified(NUMBER).await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    let ordinary = s.channel_of(NUMBER).await.expect("channel");
+    let ordinary_id = ordinary["id"].as_str().expect("id");
+    let inspected = s
+        .send(
+            s.http
+                .get(format!("{}/_sandbox/channels/{ordinary_id}", s.base)),
+        )
+        .await;
+    assert_eq!(inspected.body["permission"], true);
+}
+
 #[derive(Deserialize)]
 struct ScenarioRow {
     last_four: String,

@@ -46,6 +46,8 @@ pub struct OtpPolicy {
     pub resend_cooldown: Duration,
     /// Wrong codes accepted before the migration fails with `otp_invalid`.
     pub max_attempts: i32,
+    /// Call the client (voice) when no code was submitted this long after an SMS; once.
+    pub voice_fallback: Option<Duration>,
 }
 
 impl Default for OtpPolicy {
@@ -54,6 +56,7 @@ impl Default for OtpPolicy {
             ttl: Duration::from_secs(24 * 3600),
             resend_cooldown: Duration::from_secs(60),
             max_attempts: 5,
+            voice_fallback: None,
         }
     }
 }
@@ -404,7 +407,12 @@ impl Worker {
                             Utc::now() + chrono::Duration::from_std(cfg.otp.ttl).unwrap_or_default()
                         });
                     patch.otp_expires_at = Some(Some(expires));
-                    store::RunAt::At(expires)
+                    let method = patch.otp_method.as_deref().unwrap_or(&row.otp_method);
+                    let requested = patch.otp_requested_at.or(row.otp_requested_at);
+                    let memo = patch.step_memo.as_ref().unwrap_or(&row.step_memo);
+                    store::RunAt::At(steps::awaiting_otp_due(
+                        &cfg.otp, method, requested, expires, memo,
+                    ))
                 } else {
                     store::RunAt::Now
                 });
@@ -442,7 +450,13 @@ impl Worker {
                 patch.attempt = Some(0);
                 patch.otp_attempts_left = Some(row.otp_attempts_left - 1);
                 patch.run_at = Some(match row.otp_expires_at {
-                    Some(t) => store::RunAt::At(t),
+                    Some(t) => store::RunAt::At(steps::awaiting_otp_due(
+                        &cfg.otp,
+                        &row.otp_method,
+                        row.otp_requested_at,
+                        t,
+                        &row.step_memo,
+                    )),
                     None => store::RunAt::After(cfg.otp.ttl),
                 });
                 patch.error = Some(Some(json!(error)));

@@ -172,7 +172,7 @@ pub async fn execute(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
         Prechecking => prechecking(deps, row).await,
         Initiating => initiating(deps, row).await,
         RequestingOtp => requesting_otp(deps, row, token).await,
-        AwaitingOtp => Ok(awaiting_otp(row)),
+        AwaitingOtp => Ok(awaiting_otp(deps, row)),
         VerifyingOtp => verifying_otp(deps, row, token).await,
         Registering => registering(deps, row, token).await,
         CopyingTemplates => copying_templates(deps, row).await,
@@ -363,18 +363,69 @@ async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> 
     }
 }
 
-fn awaiting_otp(row: &store::MigrationRow) -> StepResult {
-    match row.otp_expires_at {
-        Some(t) if t > Utc::now() => StepResult::new(StepOutcome::NotYet {
-            after: (t - Utc::now()).to_std().unwrap_or_default(),
-            waiting_for: None,
-        }),
-        _ => StepResult::new(StepOutcome::Failed(MigrationError::new(
+/// When an SMS code still unanswered should be followed by a voice call, if configured and
+/// not done yet.
+pub fn voice_fallback_at(
+    otp: &super::OtpPolicy,
+    method: &str,
+    requested_at: Option<chrono::DateTime<Utc>>,
+    memo: &Value,
+) -> Option<chrono::DateTime<Utc>> {
+    let delay = otp.voice_fallback?;
+    if method != OtpMethod::Sms.as_str() || memo.get("voice_fallback").is_some() {
+        return None;
+    }
+    Some(requested_at? + chrono::Duration::from_std(delay).ok()?)
+}
+
+/// When a parked `awaiting_otp` row should be looked at: its deadline, or the automatic switch
+/// to a voice call if that comes first.
+pub fn awaiting_otp_due(
+    otp: &super::OtpPolicy,
+    method: &str,
+    requested_at: Option<chrono::DateTime<Utc>>,
+    expires_at: chrono::DateTime<Utc>,
+    memo: &Value,
+) -> chrono::DateTime<Utc> {
+    match voice_fallback_at(otp, method, requested_at, memo) {
+        Some(t) if t < expires_at => t,
+        _ => expires_at,
+    }
+}
+
+fn awaiting_otp(deps: &Deps, row: &store::MigrationRow) -> StepResult {
+    let now = Utc::now();
+    let Some(expires) = row.otp_expires_at.filter(|t| *t > now) else {
+        return StepResult::new(StepOutcome::Failed(MigrationError::new(
             ErrorCode::OtpExpired,
             MigrationState::AwaitingOtp,
         )))
-        .with(|p| p.otp_code_enc = Some(None)),
+        .with(|p| p.otp_code_enc = Some(None));
+    };
+    let fallback = voice_fallback_at(
+        &deps.config.otp,
+        &row.otp_method,
+        row.otp_requested_at,
+        &row.step_memo,
+    );
+    if fallback.is_some_and(|t| t <= now) {
+        // No code arrived by SMS in time: call the client instead (once).
+        let mut memo = without(&row.step_memo, "request_code");
+        memo["voice_fallback"] = json!(now);
+        return StepResult::new(StepOutcome::Done {
+            skip_to: Some(MigrationState::RequestingOtp),
+        })
+        .with(|p| {
+            p.otp_method = Some(OtpMethod::Voice.as_str().into());
+            p.step_memo = Some(memo);
+        })
+        .data(json!({ "otp": "switching_to_voice" }));
     }
+    let due = fallback.filter(|t| *t < expires).unwrap_or(expires);
+    StepResult::new(StepOutcome::NotYet {
+        after: (due - now).to_std().unwrap_or_default(),
+        waiting_for: None,
+    })
 }
 
 async fn phone_status(
@@ -475,6 +526,55 @@ async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> R
     }
 }
 
+/// `summary` with `key` set to `value` (other keys kept).
+fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
+    let mut s = row.summary.clone().unwrap_or_else(|| json!({}));
+    if !s.is_object() {
+        s = json!({});
+    }
+    s[key] = value;
+    s
+}
+
+/// Compares what the source showed at precheck with the registered number: the migration
+/// must keep the display name, quality rating, messaging limit and OBA status.
+fn preserved(row: &store::MigrationRow, after: &clients::PhoneNumber) -> Value {
+    let before: precheck::SourceSnapshot = row
+        .precheck
+        .as_ref()
+        .and_then(|p| p.get("source").cloned())
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
+    let item = |b: Value, a: Value| {
+        let kept = b.is_null() || a.is_null() || b == a;
+        json!({ "before": b, "after": a, "preserved": kept })
+    };
+    json!({
+        "display_name": item(json!(before.display_name), json!(after.verified_name)),
+        "quality_rating": item(json!(before.quality_rating), json!(after.quality_rating)),
+        "messaging_limit_tier": item(json!(before.messaging_limit_tier), json!(after.messaging_limit_tier)),
+        "official_business_account": item(
+            json!(before.is_official_business_account),
+            json!(after.is_official_business_account)
+        ),
+    })
+}
+
+/// After registration: what was preserved (best effort; a failed read does not fail the step).
+async fn registered(deps: &Deps, row: &store::MigrationRow, pnid: &str) -> StepResult {
+    let done = StepResult::done();
+    match phone_status(deps, pnid).await {
+        Ok(n) => {
+            let summary = summary_with(row, "preserved", preserved(row, &n));
+            done.with(|p| p.summary = Some(summary))
+        }
+        Err(e) => {
+            warn!(error = %e, "could not read the registered number for the summary");
+            done
+        }
+    }
+}
+
 async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
     let state = MigrationState::Registering;
     let pnid = match phone_number_id(row, state) {
@@ -487,7 +587,10 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
         match phone_status(deps, &pnid).await {
             Ok(n) if is_connected(&n) => {
                 info!("number already registered: not calling register again");
-                return Ok(StepResult::done().data(json!({ "register": "already_registered" })));
+                let summary = summary_with(row, "preserved", preserved(row, &n));
+                return Ok(StepResult::done()
+                    .with(|p| p.summary = Some(summary))
+                    .data(json!({ "register": "already_registered" })));
             }
             Ok(_) => {}
             Err(e) => return Ok(StepResult::new(outcome(&e, state))),
@@ -501,7 +604,7 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
     let result = deps.meta.register(&pnid, &pin).await;
     crash_point(deps, "after_register")?;
     match result {
-        Ok(()) => Ok(StepResult::done()),
+        Ok(()) => Ok(registered(deps, row, &pnid).await),
         Err(e) => Ok(StepResult::new(outcome(&e, state))),
     }
 }
@@ -578,58 +681,82 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
                 .map(|c| (0, Some(c.to_vec())))
                 .collect()
         };
-        for (page, ids) in calls {
-            match deps
-                .meta
-                .migrate_templates(
-                    &row.destination_waba_id,
-                    &row.source_waba_id,
-                    page,
-                    ids.as_deref(),
-                )
-                .await
-            {
-                Ok(r) => failed.extend(r.failed_templates),
-                Err(e) if e.upstream().is_some_and(|u| u.has_code(2388019)) => {
-                    refusal = Some(
-                        MigrationError::new(ErrorCode::TemplateLimitReached, state)
-                            .with_upstream(e.upstream().cloned()),
-                    );
-                    for id in &missing {
-                        failed.entry(id.clone()).or_insert_with(|| {
-                            "Message template limit reached in the destination WABA".into()
-                        });
+        let mut queue: std::collections::VecDeque<(u32, Option<Vec<String>>)> = calls.into();
+        // Once the pages are done, eligible templates that are neither in the destination nor
+        // refused with a reason are retried by id, once.
+        let mut retried_missing = !first;
+        loop {
+            let mut stop = false;
+            while let Some((page, ids)) = queue.pop_front() {
+                match deps
+                    .meta
+                    .migrate_templates(
+                        &row.destination_waba_id,
+                        &row.source_waba_id,
+                        page,
+                        ids.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(r) => failed.extend(r.failed_templates),
+                    Err(e) if e.upstream().is_some_and(|u| u.has_code(2388019)) => {
+                        refusal = Some(
+                            MigrationError::new(ErrorCode::TemplateLimitReached, state)
+                                .with_upstream(e.upstream().cloned()),
+                        );
+                        for id in &missing {
+                            failed.entry(id.clone()).or_insert_with(|| {
+                                "Message template limit reached in the destination WABA".into()
+                            });
+                        }
+                        stop = true;
+                        break;
                     }
-                }
-                Err(e) if e.is_retryable() => {
-                    let memo = {
-                        let mut m = row.step_memo.clone();
-                        m["templates_copied"] = json!(true);
-                        m
-                    };
-                    return Ok(
-                        StepResult::new(outcome(&e, state)).with(|p| p.step_memo = Some(memo))
-                    );
-                }
-                Err(e) => {
-                    if let StepOutcome::Failed(err) = outcome(&e, state) {
-                        refusal = Some(err);
+                    Err(e) if e.is_retryable() => {
+                        let memo = {
+                            let mut m = row.step_memo.clone();
+                            m["templates_copied"] = json!(true);
+                            m
+                        };
+                        return Ok(
+                            StepResult::new(outcome(&e, state)).with(|p| p.step_memo = Some(memo))
+                        );
                     }
-                    let reason = e
-                        .upstream()
-                        .map(|u| u.message.clone())
-                        .unwrap_or_else(|| e.to_string());
-                    for id in &missing {
-                        failed.entry(id.clone()).or_insert_with(|| reason.clone());
+                    Err(e) => {
+                        if let StepOutcome::Failed(err) = outcome(&e, state) {
+                            refusal = Some(err);
+                        }
+                        let reason = e
+                            .upstream()
+                            .map(|u| u.message.clone())
+                            .unwrap_or_else(|| e.to_string());
+                        for id in &missing {
+                            failed.entry(id.clone()).or_insert_with(|| reason.clone());
+                        }
+                        stop = true;
+                        break;
                     }
-                    break;
                 }
             }
+            dest_after = match deps.meta.list_templates(&row.destination_waba_id).await {
+                Ok(d) => d,
+                Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+            };
+            if stop || refusal.is_some() || retried_missing {
+                break;
+            }
+            retried_missing = true;
+            let present_now: HashSet<(String, String)> = dest_after.iter().map(key).collect();
+            let still: Vec<String> = eligible
+                .iter()
+                .filter(|t| !present_now.contains(&key(t)) && !failed.contains_key(&t.id))
+                .map(|t| t.id.clone())
+                .collect();
+            if still.is_empty() {
+                break;
+            }
+            queue.extend(still.chunks(TEMPLATE_PAGE).map(|c| (0, Some(c.to_vec()))));
         }
-        dest_after = match deps.meta.list_templates(&row.destination_waba_id).await {
-            Ok(d) => d,
-            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
-        };
     }
 
     let by_key: BTreeMap<(String, String), &Template> =
@@ -870,9 +997,15 @@ async fn generating_api_key(
         }
     };
     match deps.d360.health_status(&key).await {
-        Ok(h) => Ok(StepResult::done()
-            .with(|p| p.api_key_verified_at = Some(Utc::now()))
-            .data(json!({ "can_send_message": h.can_send_message }))),
+        Ok(h) => {
+            let summary = summary_with(row, "can_send_message", json!(h.can_send_message));
+            Ok(StepResult::done()
+                .with(|p| {
+                    p.api_key_verified_at = Some(Utc::now());
+                    p.summary = Some(summary);
+                })
+                .data(json!({ "can_send_message": h.can_send_message })))
+        }
         Err(e) => Ok(StepResult::new(outcome(&e, state))),
     }
 }

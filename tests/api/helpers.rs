@@ -61,6 +61,7 @@ impl Default for Options {
                     ttl: Duration::from_secs(600),
                     resend_cooldown: Duration::from_secs(60),
                     max_attempts: 3,
+                    voice_fallback: None,
                 },
                 ..WorkerConfig::default()
             },

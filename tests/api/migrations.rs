@@ -37,6 +37,20 @@ async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
     );
     assert!(!m["templates"]["skipped"].as_array().unwrap().is_empty());
     assert!(m["error"].is_null());
+    // The summary shows what the migration kept and that the number can send.
+    assert_eq!(m["summary"]["can_send_message"], "AVAILABLE");
+    for item in [
+        "display_name",
+        "quality_rating",
+        "messaging_limit_tier",
+        "official_business_account",
+    ] {
+        assert_eq!(
+            m["summary"]["preserved"][item]["preserved"], true,
+            "{item}: {m:#}"
+        );
+    }
+    assert!(m["summary"]["preserved"]["display_name"]["before"].is_string());
 
     let res = app.get(&format!("/v1/migrations/{id}/api_key")).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -189,6 +203,33 @@ async fn resend_inside_cooldown_is_429_with_retry_after(pool: PgPool) {
         assert!(tokio::time::Instant::now() < deadline, "{m:#}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    app.submit_otp(&id, "123456").await;
+    app.wait_for(&id, "completed").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn unanswered_sms_switches_to_a_voice_call_once(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.otp.voice_fallback = Some(Duration::from_secs(1));
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550113";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(m["otp"]["method"], "sms");
+    // A second later, nobody has submitted the code: the client gets a call instead.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.migration(&id).await;
+        if m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2 {
+            assert_eq!(m["otp"]["method"], "voice");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.applied(phone, "request_code"), 2);
     app.submit_otp(&id, "123456").await;
     app.wait_for(&id, "completed").await;
 }

@@ -367,3 +367,119 @@ async fn every_failure_scenario_fails_precisely(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn twelve_hundred_templates_copy_in_three_pages_and_add_up(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let source = "201212121212";
+    app.sandbox.set_templates(source, 1200).unwrap();
+    let phone = "+14155550114";
+    let res = app
+        .post(
+            "/v1/migrations",
+            json!({
+                "phone_number": phone,
+                "source_waba_id": source,
+                "destination_waba_id": "301212121212",
+                "meta_business_id": BUSINESS,
+            }),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "completed").await;
+    let t = &m["templates"];
+    let eligible = t["eligible"].as_u64().unwrap() as usize;
+    let migrated = t["migrated"].as_array().unwrap().len();
+    let failed = t["failed"].as_object().unwrap();
+    let skipped = t["skipped"].as_array().unwrap().len();
+    // i % 10 in 0..=6 is APPROVED with GREEN/UNKNOWN quality: 840 of 1,200.
+    assert_eq!(eligible, 840);
+    assert_eq!(eligible, migrated + failed.len(), "{t:#}");
+    assert_eq!(eligible + skipped, 1200);
+    // The sandbox refuses eligible templates whose index is a multiple of 97, with Meta's reason.
+    assert_eq!(failed.len(), 9);
+    assert!(
+        failed.values().all(|r| r == "Incorrect category"),
+        "{failed:?}"
+    );
+    assert_eq!(t["status"], "partial");
+    assert!(t["migrated"][0]["id"].as_str().unwrap().len() > 3);
+    // Three pages of 500; templates Meta refused with a reason are not re-sent blindly.
+    assert_eq!(app.received(phone, "migrate_message_templates"), 3);
+    let precheck = m["precheck"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "templates_eligible")
+        .unwrap()
+        .clone();
+    assert!(
+        precheck["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("840 of 1200")
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn missing_permission_parks_then_completes_after_grant_and_retry(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.channel_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(pool, opts).await;
+    // Scenario 0020: a direct-payment client that has not shared API-key permission.
+    let phone = "+14155550020";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "awaiting_channel").await;
+    assert_eq!(m["error"], Value::Null);
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "api_key_permission_missing");
+    assert_eq!(m["error"]["step"], "awaiting_channel");
+    assert!(
+        m["error"]["remediation"]
+            .as_str()
+            .unwrap()
+            .contains("permission")
+    );
+    assert_eq!(app.applied(phone, "api_keys"), 0);
+
+    // The client grants the permission; the partner retries.
+    let channel = m["channel_id"].as_str().unwrap();
+    app.sandbox.set_permission(channel, true).unwrap();
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["state"],
+        "awaiting_channel"
+    );
+    app.wait_for(&id, "completed").await;
+    assert_eq!(app.applied(phone, "api_keys"), 1);
+    assert_eq!(app.applied(phone, "register"), 1);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn templates_missing_without_a_reason_are_retried_by_id(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550115";
+    // The first page call is lost after Meta applied nothing: the page reports nothing for
+    // the templates, so the step asks again for exactly the missing ids.
+    app.faults(json!([
+        { "endpoint": "migrate_message_templates", "fault": "server_error", "times": 1 },
+    ]))
+    .await;
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["templates"]["status"], "completed", "{m:#}");
+    // One failed page call, then a retry by template id (not the page again).
+    assert_eq!(app.received(phone, "migrate_message_templates"), 2);
+}
