@@ -58,6 +58,37 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 28] = [
+        Self::TwoFactorEnabled,
+        Self::AddDirectlyNotMigration,
+        Self::DisplayNameNotApproved,
+        Self::AlreadyInDestination,
+        Self::BusinessMismatch,
+        Self::BusinessNotVerified,
+        Self::SourceWabaNotApproved,
+        Self::DestinationWabaNotApproved,
+        Self::DestinationNoPaymentMethod,
+        Self::DestinationNoSubscribedApp,
+        Self::NumberNotFoundOnSource,
+        Self::BrazilNinthDigitMismatch,
+        Self::WhatsappIssuedNumber,
+        Self::NumberOnBusinessApp,
+        Self::OtpInvalid,
+        Self::OtpExpired,
+        Self::OtpRateLimited,
+        Self::OtpNotEligible,
+        Self::RegisterLimitReached,
+        Self::PinMismatch,
+        Self::TemplateLimitReached,
+        Self::ChannelTimeout,
+        Self::ApiKeyPermissionMissing,
+        Self::ApiKeyRejected,
+        Self::UpstreamAuth,
+        Self::UpstreamRejected,
+        Self::UpstreamUnavailable,
+        Self::PrecheckFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         // Keep in sync with serde's snake_case names (checked by a unit test).
         match self {
@@ -314,36 +345,7 @@ mod tests {
 
     #[test]
     fn as_str_matches_serde() {
-        let all = [
-            ErrorCode::TwoFactorEnabled,
-            ErrorCode::AddDirectlyNotMigration,
-            ErrorCode::DisplayNameNotApproved,
-            ErrorCode::AlreadyInDestination,
-            ErrorCode::BusinessMismatch,
-            ErrorCode::BusinessNotVerified,
-            ErrorCode::SourceWabaNotApproved,
-            ErrorCode::DestinationWabaNotApproved,
-            ErrorCode::DestinationNoPaymentMethod,
-            ErrorCode::DestinationNoSubscribedApp,
-            ErrorCode::NumberNotFoundOnSource,
-            ErrorCode::BrazilNinthDigitMismatch,
-            ErrorCode::WhatsappIssuedNumber,
-            ErrorCode::NumberOnBusinessApp,
-            ErrorCode::OtpInvalid,
-            ErrorCode::OtpExpired,
-            ErrorCode::OtpRateLimited,
-            ErrorCode::OtpNotEligible,
-            ErrorCode::RegisterLimitReached,
-            ErrorCode::PinMismatch,
-            ErrorCode::TemplateLimitReached,
-            ErrorCode::ChannelTimeout,
-            ErrorCode::ApiKeyPermissionMissing,
-            ErrorCode::ApiKeyRejected,
-            ErrorCode::UpstreamAuth,
-            ErrorCode::UpstreamRejected,
-            ErrorCode::UpstreamUnavailable,
-            ErrorCode::PrecheckFailed,
-        ];
+        let all = ErrorCode::ALL;
         for c in all {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
             let (msg, rem, _, _) = c.describe();

@@ -614,11 +614,14 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
 pub struct TemplatesReport {
     /// `completed` when every eligible template is in the destination, else `partial`.
     pub status: String,
-    /// Eligible source templates (APPROVED with GREEN or UNKNOWN quality).
+    /// Eligible source templates (APPROVED with GREEN or UNKNOWN quality):
+    /// `migrated` + `failed` + those skipped for the destination's template limit.
     pub eligible: usize,
     pub migrated: Vec<MigratedTemplate>,
     /// Source template id → Meta's reason.
     pub failed: BTreeMap<String, String>,
+    /// Not copied: ineligible at the source (status or quality), or no room left in the
+    /// destination (template limit).
     pub skipped: Vec<SkippedTemplate>,
     /// Set when copying stopped on an upstream refusal, e.g. `template_limit_reached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -668,6 +671,8 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
 
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut refusal: Option<MigrationError> = None;
+    // Meta refused with 2388019: what is still missing did not fit the destination.
+    let mut limit_reached = false;
     let mut dest_after = dest;
     if !missing.is_empty() {
         // First attempt copies page by page; later attempts retry only the missing ids.
@@ -704,11 +709,7 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
                             MigrationError::new(ErrorCode::TemplateLimitReached, state)
                                 .with_upstream(e.upstream().cloned()),
                         );
-                        for id in &missing {
-                            failed.entry(id.clone()).or_insert_with(|| {
-                                "Message template limit reached in the destination WABA".into()
-                            });
-                        }
+                        limit_reached = true;
                         stop = true;
                         break;
                     }
@@ -773,6 +774,13 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
                 language: t.language.clone(),
                 id: d.id.clone(),
             }),
+            None if limit_reached && !failed.contains_key(&t.id) => {
+                report.skipped.push(SkippedTemplate {
+                    name: t.name.clone(),
+                    language: t.language.clone(),
+                    reason: "destination template limit reached".into(),
+                })
+            }
             None => {
                 let reason = failed
                     .get(&t.id)
@@ -797,7 +805,7 @@ async fn copying_templates(deps: &Deps, row: &store::MigrationRow) -> Result<Ste
             reason,
         });
     }
-    report.status = if report.failed.is_empty() {
+    report.status = if report.failed.is_empty() && !limit_reached {
         "completed".into()
     } else {
         "partial".into()

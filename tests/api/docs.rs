@@ -38,3 +38,41 @@ fn every_sandbox_scenario_is_in_the_readme() {
         );
     }
 }
+
+/// The README's error-code table, generated from the code (`UPDATE_DOCS=1` rewrites it).
+#[test]
+fn error_code_table_matches_the_code() {
+    use waba_migrator::domain::ErrorCode;
+    let mut table = String::from(
+        "| `error.code` | who acts | `retry` can help | meaning | what to do |\n|---|---|---|---|---|\n",
+    );
+    for code in ErrorCode::ALL {
+        let (message, remediation, actor, retryable) = code.describe();
+        let actor = serde_json::to_value(actor).unwrap();
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            code.as_str(),
+            actor.as_str().unwrap(),
+            if retryable { "yes" } else { "no" },
+            message.replace('|', "\\|"),
+            remediation.replace('|', "\\|"),
+        ));
+    }
+    let path = format!("{}/README.md", env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = ("<!-- error-codes:start -->\n", "<!-- error-codes:end -->");
+    let i = readme
+        .find(start)
+        .expect("README has the error-codes markers")
+        + start.len();
+    let j = readme.find(end).unwrap();
+    if std::env::var("UPDATE_DOCS").is_ok() {
+        let updated = format!("{}{}{}", &readme[..i], table, &readme[j..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    assert!(
+        readme[i..j] == table,
+        "README's error-code table is out of date: run `UPDATE_DOCS=1 cargo test --test api docs`"
+    );
+}

@@ -626,7 +626,21 @@ async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
         .to_owned();
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["channel_id"], "esChannel01CH");
-    assert_eq!(app.applied(phone, "request_code"), 0);
-    assert_eq!(app.applied(phone, "register"), 0);
+    for endpoint in ["start_migration", "request_code", "verify_code", "register"] {
+        assert_eq!(app.received(phone, endpoint), 0, "{endpoint}");
+    }
     assert_eq!(app.applied(phone, "api_keys"), 1);
+    assert_eq!(m["templates"]["status"], "completed", "{m:#}");
+    assert!(!m["templates"]["migrated"].as_array().unwrap().is_empty());
+    assert_eq!(m["summary"]["can_send_message"], "AVAILABLE");
+    let key: Value = app
+        .get(&format!("/v1/migrations/{id}/api_key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.key_status(key["api_key"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
 }
