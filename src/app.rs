@@ -15,7 +15,8 @@ use crate::crypto::{self, Cipher};
 use crate::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
 
 /// Tells the sandbox about a number before the service asks about it (the sandbox cannot know
-/// which number a WABA listing is for). Only ever set when the upstreams are the sandbox.
+/// which number a WABA listing is for): the `prechecking` step and the dry run call it right
+/// before reading the WABAs. Only ever set when the upstreams are the sandbox.
 #[derive(Clone)]
 pub enum SandboxSeeder {
     /// The in-process sandbox of `serve` without `META_ACCESS_TOKEN`.
@@ -38,7 +39,13 @@ impl SandboxSeeder {
             SandboxSeeder::InProcess(sb) => sb.add_number(&seed).map(|_| ()),
             SandboxSeeder::Remote(http, base) => {
                 let url = format!("{}/_sandbox/numbers", base.as_str().trim_end_matches('/'));
-                match http.post(url).json(&seed).send().await {
+                match http
+                    .post(url)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .json(&seed)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => Ok(()),
                     Ok(r) => Err(format!("sandbox answered {}", r.status())),
                     Err(e) => Err(e.to_string()),
@@ -161,6 +168,7 @@ impl App {
                 cipher: settings.cipher.clone(),
                 config: settings.worker.clone(),
                 fail_points: fail_points.clone(),
+                sandbox_seeder: settings.sandbox_seeder.clone(),
             })
         });
         Ok(Self {

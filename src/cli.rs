@@ -158,6 +158,8 @@ pub fn sandbox_config(f: &SandboxFaultArgs) -> anyhow::Result<SandboxConfig> {
         fault_rate: f.sandbox_fault_rate,
         latency: Duration::from_millis(f.sandbox_latency_ms),
         channel_running_after: Duration::from_millis(f.sandbox_channel_delay_ms),
+        api_key_rate_window: Duration::from_millis(f.sandbox_api_key_window_ms),
+        hang_for: Duration::from_millis(f.sandbox_hang_ms),
         seed: f.sandbox_seed,
         ..SandboxConfig::default()
     };

@@ -165,6 +165,12 @@ pub struct SandboxFaultArgs {
     /// Sandbox: latency added to every upstream request, in milliseconds.
     #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
     pub sandbox_latency_ms: u64,
+    /// Sandbox: 360dialog allows one API-key generation per channel per this window, in ms.
+    #[arg(long, env = "SANDBOX_API_KEY_WINDOW_MS", default_value_t = 30_000)]
+    pub sandbox_api_key_window_ms: u64,
+    /// Sandbox: how long a `timeout` fault hangs before answering 504, in ms.
+    #[arg(long, env = "SANDBOX_HANG_MS", default_value_t = 30_000)]
+    pub sandbox_hang_ms: u64,
     /// Sandbox: delay between registration and the 360dialog channel running, in ms.
     #[arg(long, env = "SANDBOX_CHANNEL_DELAY_MS", default_value_t = 1000)]
     pub sandbox_channel_delay_ms: u64,

@@ -46,12 +46,22 @@ impl From<sqlx::Error> for Error {
 }
 
 impl Error {
-    /// True when the database could not be reached (pool timeout, I/O, closed pool).
+    /// True when the database could not be reached or went away mid-request (pool timeout,
+    /// I/O, a closed pool, or a server shutting down: SQLSTATE classes 08 and 57).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Error::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-        )
+        match self {
+            Error::Sqlx(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::Io(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Error::Sqlx(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+            _ => false,
+        }
     }
 }
 

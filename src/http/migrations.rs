@@ -484,16 +484,6 @@ async fn create_migration(
         idempotency::finish(&mut tx, partner_id, key, 201, &out).await?;
     }
     tx.commit().await?;
-    if let Some(seeder) = &state.sandbox_seeder {
-        seeder
-            .seed(
-                &row.phone_number,
-                &row.source_waba_id,
-                &row.destination_waba_id,
-                &row.meta_business_id,
-            )
-            .await;
-    }
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
@@ -871,6 +861,7 @@ async fn resend_otp(
         state: Some(MigrationState::RequestingOtp),
         otp_method: Some(method.as_str().into()),
         step_memo: Some(memo),
+        error: Some(None),
         attempt: Some(0),
         run_at: Some(store::RunAt::Now),
         ..Default::default()

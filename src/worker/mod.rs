@@ -136,6 +136,8 @@ pub struct Deps {
     pub cipher: Cipher,
     pub config: WorkerConfig,
     pub fail_points: FailPoints,
+    /// Sandbox mode only: tells the simulator about a number before its precheck reads it.
+    pub sandbox_seeder: Option<crate::app::SandboxSeeder>,
 }
 
 /// Result of [`Worker::run_next`].
@@ -235,11 +237,13 @@ impl Worker {
                 Err(e) => {
                     drop(permit);
                     warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "claim failed");
+                    // The listener wakes us as soon as it reconnects after a database restart.
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
+                        _ = wake.notified() => {}
                         _ = tokio::time::sleep(db_backoff) => {}
                     }
-                    db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

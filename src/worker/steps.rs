@@ -197,6 +197,16 @@ async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Result<StepResul
             )));
         }
     };
+    if let Some(seeder) = &deps.sandbox_seeder {
+        seeder
+            .seed(
+                &row.phone_number,
+                &row.source_waba_id,
+                &row.destination_waba_id,
+                &row.meta_business_id,
+            )
+            .await;
+    }
     let input = match precheck::gather(
         deps.meta.as_ref(),
         &row.source_waba_id,

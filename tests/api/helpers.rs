@@ -193,6 +193,7 @@ impl TestApp {
             cipher: self.settings.cipher.clone(),
             config,
             fail_points: FailPoints::default(),
+            sandbox_seeder: self.settings.sandbox_seeder.clone(),
         })
     }
 

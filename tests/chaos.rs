@@ -1,0 +1,911 @@
+//! Chaos harness: several `waba-migrator serve` replicas (real processes on loopback ports)
+//! share one PostgreSQL and a `waba-migrator sandbox` that injects upstream faults; replicas are
+//! SIGKILLed and restarted at random moments and PostgreSQL is restarted once, while migrations
+//! are driven through the public API like a partner would (creating with `Idempotency-Key`,
+//! submitting the sandbox code, resending when a code was refused). At the end every migration
+//! must be `completed` and the sandbox counters must show that no non-idempotent call ran twice.
+//!
+//! The default configuration is small enough for CI (100 migrations, 2 kills, 10 % faults).
+//! The large run of the README:
+//!
+//! ```sh
+//! CHAOS=large cargo test --release --test chaos -- --nocapture
+//! ```
+//!
+//! Sizes can be overridden with `CHAOS_MIGRATIONS`, `CHAOS_REPLICAS`, `CHAOS_FAULT_RATE`,
+//! `CHAOS_KILL_EVERY_MS` (kill about this often) or `CHAOS_KILLS` (this many kills, spread over
+//! the run). Chaos is tied to progress so it always hits migrations in flight: PostgreSQL is
+//! restarted when 45 % of the migrations have completed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use waba_migrator::embedded_pg::EmbeddedPostgres;
+
+const BIN: &str = env!("CARGO_BIN_EXE_waba-migrator");
+const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdef";
+const LEASE_SECONDS: u64 = 3;
+const RETRY_CAP_SECONDS: u64 = 2;
+const BUSINESS: &str = "100000000000000";
+/// A killed replica's migrations must be claimed again within this: the lease, the longest
+/// backoff, and two polling intervals of slack.
+const RECOVERY_BOUND: Duration = Duration::from_secs(LEASE_SECONDS + RETRY_CAP_SECONDS + 2);
+
+#[derive(Debug, Clone)]
+struct Config {
+    name: &'static str,
+    migrations: usize,
+    replicas: usize,
+    fault_rate: f64,
+    /// Kill a replica about this often (with jitter) until the end.
+    kill_every: Option<Duration>,
+    /// Otherwise: this many kills, spread evenly over the run's progress.
+    kills: usize,
+    deadline: Duration,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config() -> Config {
+    let large = std::env::var("CHAOS").is_ok_and(|v| v == "large");
+    let base = if large {
+        Config {
+            name: "large",
+            migrations: 1000,
+            replicas: 3,
+            fault_rate: 0.2,
+            kill_every: Some(Duration::from_secs(5)),
+            kills: 0,
+            deadline: Duration::from_secs(1800),
+        }
+    } else {
+        Config {
+            name: "ci",
+            migrations: 100,
+            replicas: 3,
+            fault_rate: 0.1,
+            kill_every: None,
+            kills: 2,
+            deadline: Duration::from_secs(420),
+        }
+    };
+    let kill_every_ms: u64 = env_or(
+        "CHAOS_KILL_EVERY_MS",
+        base.kill_every.map_or(0, |d| d.as_millis() as u64),
+    );
+    Config {
+        migrations: env_or("CHAOS_MIGRATIONS", base.migrations),
+        replicas: env_or("CHAOS_REPLICAS", base.replicas),
+        fault_rate: env_or("CHAOS_FAULT_RATE", base.fault_rate),
+        kill_every: (kill_every_ms > 0).then(|| Duration::from_millis(kill_every_ms)),
+        kills: env_or("CHAOS_KILLS", base.kills),
+        ..base
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Replica {
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl Replica {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// What every replica is started with.
+#[derive(Clone)]
+struct Env {
+    database_url: String,
+    sandbox_url: String,
+    encryption_key: String,
+}
+
+async fn spawn_replica(w: &Env, r: &mut Replica) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&r.log)
+        .unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &w.database_url)
+        .env("DATABASE_MAX_CONNECTIONS", "10")
+        .env("BIND_ADDR", format!("127.0.0.1:{}", r.port))
+        .env("META_ACCESS_TOKEN", "chaos-token")
+        .env("META_GRAPH_URL", &w.sandbox_url)
+        .env("D360_HUB_URL", format!("{}/api/v2", w.sandbox_url))
+        .env("D360_WABA_URL", &w.sandbox_url)
+        .env("SANDBOX_SEED_NUMBERS", "true")
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("ENCRYPTION_KEY", &w.encryption_key)
+        .env("WORKER_CONCURRENCY", "8")
+        .env("LEASE_SECONDS", LEASE_SECONDS.to_string())
+        .env("POLL_INTERVAL_MS", "250")
+        .env("RETRY_BASE_MS", "100")
+        .env("RETRY_CAP_SECONDS", RETRY_CAP_SECONDS.to_string())
+        .env("MAX_STEP_ATTEMPTS", "100")
+        .env("UPSTREAM_TIMEOUT_SECONDS", "2")
+        .env("OTP_RESEND_COOLDOWN_SECONDS", "1")
+        .env("OTP_MAX_ATTEMPTS", "10")
+        .env("CHANNEL_POLL_MS", "100")
+        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        .env("RUST_LOG", "warn,waba_migrator=info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a replica");
+    r.child = Some(child);
+    r.starts += 1;
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+/// Sends a request to live replicas in turn until one answers something other than a
+/// transport error or a 503 (killed replicas, database restart).
+async fn call(
+    http: &reqwest::Client,
+    bases: &[String],
+    key: &str,
+    build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = rand::rng().random_range(0..bases.len());
+    loop {
+        let base = &bases[i % bases.len()];
+        match build(http, base)
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => return r,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no replica answered for 120 s");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    kills: usize,
+    restarts: usize,
+    pg_restarts: usize,
+    outage_api_status: Vec<u16>,
+    outage_api_problem_json: bool,
+    outage_readyz_status: Vec<u16>,
+    creates_retried: usize,
+    codes_submitted: usize,
+    resends: usize,
+    /// When PostgreSQL was down.
+    outage: Option<(Instant, Instant)>,
+}
+
+fn phone(i: usize) -> String {
+    // 2000..=9999 as the last four digits: never a `00xx` scenario number.
+    format!("+1415{:03}{:04}", 550 + i / 8000, 2000 + i % 8000)
+}
+
+#[test]
+fn chaos() {
+    let cfg = config();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(cfg));
+}
+
+async fn run(cfg: Config) {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("waba-chaos-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    println!("chaos[{}]: {cfg:?}; logs in {}", cfg.name, dir.display());
+
+    // PostgreSQL of our own (we restart it mid-run).
+    let pg_dir = dir.join("postgres");
+    let pg_port = free_port();
+    let mut pg = Some(
+        EmbeddedPostgres::start(&pg_dir, Some(pg_port))
+            .await
+            .unwrap(),
+    );
+    let database_url = format!("postgres://waba@127.0.0.1:{pg_port}/waba_migrator");
+    let status = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "migrate failed");
+
+    // The sandbox, with random faults of every kind.
+    let sb_port = free_port();
+    let sandbox_url = format!("http://127.0.0.1:{sb_port}");
+    let sb_log = std::fs::File::create(dir.join("sandbox.log")).unwrap();
+    let mut sandbox = Command::new(BIN)
+        .args(["sandbox", "--bind", &format!("127.0.0.1:{sb_port}")])
+        .env("SANDBOX_FAULT_RATE", cfg.fault_rate.to_string())
+        .env("SANDBOX_SEED", "7")
+        .env("SANDBOX_CHANNEL_DELAY_MS", "200")
+        .env("SANDBOX_API_KEY_WINDOW_MS", "1000")
+        .env("SANDBOX_HANG_MS", "4000")
+        .env("RUST_LOG", "warn")
+        .stdout(sb_log.try_clone().unwrap())
+        .stderr(sb_log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{sandbox_url}/_sandbox/counters"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "sandbox did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let env = Env {
+        database_url: database_url.clone(),
+        sandbox_url: sandbox_url.clone(),
+        encryption_key: waba_migrator::crypto::Cipher::generate_key()
+            .expose_secret()
+            .to_owned(),
+    };
+    let mut replicas = Vec::new();
+    for i in 0..cfg.replicas {
+        let mut r = Replica {
+            port: free_port(),
+            child: None,
+            log: dir.join(format!("replica-{i}.log")),
+            starts: 0,
+        };
+        spawn_replica(&env, &mut r).await;
+        replicas.push(r);
+    }
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+    for b in &bases {
+        wait_healthy(&http, b).await;
+    }
+
+    // A partner.
+    let res = call(&http, &bases, ADMIN_KEY, |h, b| {
+        h.post(format!("{b}/v1/partners")).json(&json!({
+            "name": "Chaos partner", "d360_partner_id": "chaosPA", "d360_api_key": "chaos-key"
+        }))
+    })
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let partner_key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let replicas = Arc::new(Mutex::new(replicas));
+    // The harness reads lease owners directly, to time how fast a killed replica's
+    // migrations are resumed.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&database_url)
+        .await
+        .unwrap();
+
+    // Create every migration through the API, 16 at a time, exactly once thanks to
+    // Idempotency-Key even when a replica dies mid-request.
+    let ids: Vec<String> = {
+        let sem = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = Vec::new();
+        for i in 0..cfg.migrations {
+            let (http, bases, key, sem, tally) = (
+                http.clone(),
+                bases.clone(),
+                partner_key.clone(),
+                sem.clone(),
+                tally.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                let body = json!({
+                    "phone_number": phone(i),
+                    // Ids ending in 1111: never a `00xx` scenario WABA.
+                    "source_waba_id": format!("2{i:07}1111"),
+                    "destination_waba_id": "301234561111",
+                    "meta_business_id": BUSINESS,
+                });
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let res = call(&http, &bases, &key, |h, b| {
+                        h.post(format!("{b}/v1/migrations"))
+                            .header("Idempotency-Key", format!("chaos-{i}"))
+                            .json(&body)
+                    })
+                    .await;
+                    if res.status() == StatusCode::CREATED {
+                        if tries > 1 {
+                            tally.lock().await.creates_retried += 1;
+                        }
+                        return res.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                    }
+                    assert!(
+                        res.status().is_server_error(),
+                        "create {i}: {} {}",
+                        res.status(),
+                        res.text().await.unwrap_or_default()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids
+    };
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), cfg.migrations);
+    println!(
+        "chaos[{}]: {} migrations created in {:.1}s",
+        cfg.name,
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Chaos: kill random replicas now and then; restart PostgreSQL once.
+    let completed = Arc::new(AtomicUsize::new(0));
+    let stop_chaos = tokio_util::sync::CancellationToken::new();
+    let chaos_task = {
+        let completed = completed.clone();
+        let (replicas, tally, stop, cfg, http, env, db) = (
+            replicas.clone(),
+            tally.clone(),
+            stop_chaos.clone(),
+            cfg.clone(),
+            http.clone(),
+            env.clone(),
+            db.clone(),
+        );
+        let pg_dir = pg_dir.clone();
+        let mut pg = pg.take();
+        tokio::spawn(async move {
+            let n = cfg.migrations as f64;
+            let mut pg_restarted = false;
+            // Kill moments: by time, or at evenly spread progress marks.
+            let mut next_kill_at = cfg.kill_every.map(|d| Instant::now() + d);
+            // Spread over 15..85 % of the run, around the restart of PostgreSQL at 45 %.
+            let mut kill_marks: Vec<f64> = (0..cfg.kills)
+                .map(|k| 0.15 + 0.7 * (k as f64 + 0.5) / cfg.kills as f64)
+                .map(|m| if (m - 0.45).abs() < 0.1 { m + 0.12 } else { m })
+                .collect();
+            kill_marks.sort_by(f64::total_cmp);
+            let mut recoveries = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                let progress = completed.load(Ordering::Relaxed) as f64 / n;
+                if !pg_restarted && progress >= 0.45 {
+                    pg_restarted = true;
+                    let bases: Vec<String> = replicas
+                        .lock()
+                        .await
+                        .iter()
+                        .filter(|r| r.child.is_some())
+                        .map(Replica::base)
+                        .collect();
+                    let old = pg.take().expect("postgres");
+                    pg = Some(restart_postgres(old, &pg_dir, pg_port, &bases, &tally, &http).await);
+                    continue;
+                }
+                let due = match (&mut next_kill_at, cfg.kill_every) {
+                    (Some(at), Some(every)) if Instant::now() >= *at => {
+                        let jitter: f64 = rand::rng().random_range(0.5..1.5);
+                        *at = Instant::now() + every.mul_f64(jitter);
+                        true
+                    }
+                    _ => {
+                        if kill_marks.first().is_some_and(|m| progress >= *m) {
+                            kill_marks.remove(0);
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                let victim = rand::rng().random_range(0..cfg.replicas);
+                let mut rs = replicas.lock().await;
+                let Some(mut child) = rs[victim].child.take() else {
+                    continue;
+                };
+                let owner = format!("local:{}:%", child.id().unwrap_or(0));
+                // SIGKILL: no graceful shutdown; its leases stay until they expire.
+                let _ = child.start_kill();
+                let killed_at = Instant::now();
+                let _ = child.wait().await;
+                tally.lock().await.kills += 1;
+                recoveries.push(tokio::spawn(time_recovery(db.clone(), owner, killed_at)));
+                let pause = Duration::from_millis(rand::rng().random_range(200..1500));
+                tokio::time::sleep(pause).await;
+                spawn_replica(&env, &mut rs[victim]).await;
+                tally.lock().await.restarts += 1;
+            }
+            let mut resumes = Vec::new();
+            for r in recoveries {
+                resumes.extend(r.await.unwrap());
+            }
+            (pg, resumes)
+        })
+    };
+
+    // The partner: submit the code when a migration waits for it; resend when a code was
+    // refused because the earlier request never reached Meta.
+    let mut submitted_for: HashMap<String, String> = HashMap::new();
+    let drive_deadline = Instant::now() + cfg.deadline;
+    let mut last_print = Instant::now();
+    let final_states = loop {
+        let all = list_all(&http, &bases, &partner_key).await;
+        let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+        for m in &all {
+            *by_state
+                .entry(m["state"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            println!(
+                "chaos[{}]: t={:.0}s {by_state:?}",
+                cfg.name,
+                started.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        let done = by_state.get("completed").copied().unwrap_or(0);
+        completed.store(done, Ordering::Relaxed);
+        if done == cfg.migrations {
+            break by_state;
+        }
+        assert!(
+            by_state.get("failed").copied().unwrap_or(0) == 0
+                && by_state.get("cancelled").copied().unwrap_or(0) == 0,
+            "a migration ended badly: {by_state:?}: {:#}",
+            all.iter()
+                .find(|m| m["state"] == "failed")
+                .cloned()
+                .unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < drive_deadline,
+            "not all migrations completed in {:?}: {by_state:?}",
+            cfg.deadline
+        );
+        for m in all.iter().filter(|m| m["state"] == "awaiting_otp") {
+            let id = m["id"].as_str().unwrap().to_owned();
+            let generation = m["otp"]["requested_at"].as_str().unwrap_or("").to_owned();
+            let refused = m["error"]["code"] == "otp_invalid";
+            if refused {
+                let res = call(&http, &bases, &partner_key, |h, b| {
+                    h.post(format!("{b}/v1/migrations/{id}/otp/resend"))
+                        .json(&json!({}))
+                })
+                .await;
+                if res.status() == StatusCode::ACCEPTED {
+                    tally.lock().await.resends += 1;
+                }
+            } else if submitted_for.get(&id) != Some(&generation) {
+                let res = call(&http, &bases, &partner_key, |h, b| {
+                    h.post(format!("{b}/v1/migrations/{id}/otp"))
+                        .json(&json!({ "code": "123456" }))
+                })
+                .await;
+                if res.status() == StatusCode::ACCEPTED {
+                    submitted_for.insert(id, generation);
+                    tally.lock().await.codes_submitted += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    stop_chaos.cancel();
+    let (pg, resumes) = chaos_task.await.unwrap();
+    // Time to resume, not counting the PostgreSQL outage (nothing can move while it is down)
+    // and the reconnection right after it.
+    let outage = tally.lock().await.outage;
+    let orphans = resumes.len();
+    let worst_recovery = resumes
+        .iter()
+        .map(|(killed, resumed)| {
+            let took = resumed.saturating_duration_since(*killed);
+            match outage {
+                Some((down, up)) if down < *resumed && up > *killed => {
+                    let overlap = up
+                        .min(*resumed)
+                        .saturating_duration_since(down.max(*killed));
+                    took.saturating_sub(overlap + Duration::from_secs(2))
+                }
+                _ => took,
+            }
+        })
+        .max()
+        .unwrap_or_default();
+    let elapsed = started.elapsed();
+
+    // Invariants, read with upstream faults switched off.
+    http.delete(format!("{sandbox_url}/_sandbox/faults"))
+        .send()
+        .await
+        .unwrap();
+    let counters: Value = http
+        .get(format!("{sandbox_url}/_sandbox/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all = list_all(&http, &bases, &partner_key).await;
+    let mut violations: Vec<String> = Vec::new();
+    let mut api_keys_applied = 0u64;
+    let mut register_received = 0u64;
+    let mut request_code_received = 0u64;
+    for m in &all {
+        let id = m["id"].as_str().unwrap();
+        let number = m["phone_number"].as_str().unwrap();
+        let c = &counters["numbers"][number];
+        for endpoint in ["request_code", "verify_code", "register"] {
+            let applied = c[endpoint]["applied"].as_u64().unwrap_or(0);
+            if applied != 1 {
+                violations.push(format!("{number}: {endpoint} applied {applied} times"));
+            }
+        }
+        register_received += c["register"]["received"].as_u64().unwrap_or(0);
+        request_code_received += c["request_code"]["received"].as_u64().unwrap_or(0);
+        api_keys_applied += c["api_keys"]["applied"].as_u64().unwrap_or(0);
+
+        // The stored key is the channel's current key: no api_keys call came after it.
+        let key = call(&http, &bases, &partner_key, |h, b| {
+            h.get(format!("{b}/v1/migrations/{id}/api_key"))
+        })
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+        let status = http
+            .get(format!("{sandbox_url}/health_status"))
+            .header("D360-API-KEY", key["api_key"].as_str().unwrap_or(""))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status != StatusCode::OK {
+            violations.push(format!("{number}: stored API key answers {status}"));
+        }
+
+        // The audit trail is one unbroken path with no duplicated transition.
+        let events = call(&http, &bases, &partner_key, |h, b| {
+            h.get(format!("{b}/v1/migrations/{id}/events"))
+        })
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+        let events = events["data"].as_array().unwrap();
+        let mut state = "queued".to_owned();
+        let mut seqs = HashSet::new();
+        let mut generated = 0;
+        for e in events {
+            if !seqs.insert(e["seq"].as_i64().unwrap()) {
+                violations.push(format!("{number}: duplicate event seq {}", e["seq"]));
+            }
+            if e["type"] == "migration.api_key_generated" {
+                generated += 1;
+            }
+            if e["type"] == "migration.state_changed" {
+                if e["from_state"] != state.as_str() {
+                    violations.push(format!(
+                        "{number}: transition {}→{} after {state}",
+                        e["from_state"], e["to_state"]
+                    ));
+                }
+                state = e["to_state"].as_str().unwrap().to_owned();
+            }
+        }
+        if state != "completed" {
+            violations.push(format!("{number}: ended {state}"));
+        }
+        if generated != 1 {
+            violations.push(format!("{number}: {generated} api_key_generated events"));
+        }
+    }
+
+    let tally = tally.lock().await;
+    let replica_starts: usize = replicas.lock().await.iter().map(|r| r.starts).sum();
+    println!();
+    println!("chaos summary ({})", cfg.name);
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| migrations | {} |", cfg.migrations);
+    println!("| replicas | {} |", cfg.replicas);
+    println!("| upstream fault rate | {:.0} % |", cfg.fault_rate * 100.0);
+    println!("| final states | {final_states:?} |");
+    println!(
+        "| replicas SIGKILLed / restarted | {} / {} |",
+        tally.kills, tally.restarts
+    );
+    println!("| replica process starts | {replica_starts} |");
+    println!("| PostgreSQL restarts | {} |", tally.pg_restarts);
+    println!(
+        "| API during the PostgreSQL outage | {:?} (problem+json: {}) |",
+        tally.outage_api_status, tally.outage_api_problem_json
+    );
+    println!(
+        "| /readyz during the outage | {:?} |",
+        tally.outage_readyz_status
+    );
+    println!(
+        "| creates retried (same Idempotency-Key) | {} |",
+        tally.creates_retried
+    );
+    println!(
+        "| codes submitted / resends after a refused code | {} / {} |",
+        tally.codes_submitted, tally.resends
+    );
+    println!(
+        "| register calls received / applied | {register_received} / {} |",
+        cfg.migrations
+    );
+    println!(
+        "| request_code calls received / applied | {request_code_received} / {} |",
+        cfg.migrations
+    );
+    println!("| api_keys calls applied (lost responses regenerate) | {api_keys_applied} |");
+    println!(
+        "| migrations leased by killed replicas / slowest resume | {orphans} / {:.1} s (bound {} s = lease + backoff cap + 2 s polling) |",
+        worst_recovery.as_secs_f64(),
+        RECOVERY_BOUND.as_secs()
+    );
+    println!("| invariant violations | {} |", violations.len());
+    println!("| wall time | {:.1} s |", elapsed.as_secs_f64());
+    println!();
+
+    // Tear down before asserting, so a failure leaves no processes behind.
+    {
+        let mut rs = replicas.lock().await;
+        for r in rs.iter_mut() {
+            if let Some(mut c) = r.child.take() {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+    }
+    let _ = sandbox.start_kill();
+    let _ = sandbox.wait().await;
+    if let Some(pg) = pg {
+        let _ = pg.stop().await;
+    }
+
+    assert!(
+        violations.is_empty(),
+        "violations:\n{}",
+        violations.join("\n")
+    );
+    assert_eq!(tally.pg_restarts, 1);
+    assert!(
+        tally.kills >= cfg.kills.max(1),
+        "only {} kills",
+        tally.kills
+    );
+    assert!(
+        tally.outage_api_status.iter().all(|s| *s == 503),
+        "the API answered {:?} while PostgreSQL was down",
+        tally.outage_api_status
+    );
+    assert!(!tally.outage_api_status.is_empty() && tally.outage_api_problem_json);
+    assert!(
+        tally.outage_readyz_status.iter().all(|s| *s == 503)
+            && !tally.outage_readyz_status.is_empty(),
+        "readyz answered {:?} while PostgreSQL was down",
+        tally.outage_readyz_status
+    );
+    // A dead replica's migrations resume once its lease expires (plus backoff and polling).
+    assert!(
+        worst_recovery <= RECOVERY_BOUND,
+        "a killed replica's migration resumed only after {worst_recovery:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops PostgreSQL, checks the API answers 503 problem+json and readyz is not ready while it
+/// is down, then starts it again.
+async fn restart_postgres(
+    pg: EmbeddedPostgres,
+    dir: &Path,
+    port: u16,
+    bases: &[String],
+    tally: &Arc<Mutex<Tally>>,
+    http: &reqwest::Client,
+) -> EmbeddedPostgres {
+    println!("chaos: restarting PostgreSQL");
+    pg.stop().await.unwrap();
+    let down_since = Instant::now();
+    // One round of probes to every live replica at once, twice: the API must answer 503
+    // problem+json (not hang, not 500) and readyz must say not ready.
+    let mut api = Vec::new();
+    let mut ready = Vec::new();
+    let mut problem = true;
+    for _ in 0..2 {
+        let probes = bases.iter().map(|b| {
+            let http = http.clone();
+            let b = b.clone();
+            async move {
+                let api = http
+                    .get(format!("{b}/v1/migrations"))
+                    .bearer_auth("wm_any_key")
+                    .timeout(Duration::from_secs(8))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| {
+                        let pj = r
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v == "application/problem+json");
+                        (r.status().as_u16(), pj)
+                    });
+                let ready = http
+                    .get(format!("{b}/readyz"))
+                    .timeout(Duration::from_secs(8))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status().as_u16());
+                (api, ready)
+            }
+        });
+        for (a, r) in futures::future::join_all(probes).await {
+            if let Some((status, pj)) = a {
+                api.push(status);
+                problem &= pj;
+            }
+            ready.extend(r);
+        }
+    }
+    let pg = EmbeddedPostgres::start(dir, Some(port)).await.unwrap();
+    let mut t = tally.lock().await;
+    t.pg_restarts += 1;
+    t.outage = Some((down_since, Instant::now()));
+    t.outage_api_status = api;
+    t.outage_api_problem_json = problem;
+    t.outage_readyz_status = ready;
+    pg
+}
+
+async fn list_all(http: &reqwest::Client, bases: &[String], key: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/migrations?limit=100&cursor={c}"),
+            None => "/v1/migrations?limit=100".into(),
+        };
+        let res = call(http, bases, key, |h, b| h.get(format!("{b}{path}"))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let page: Value = res.json().await.unwrap();
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Watches every migration leased by the killed process (`owner` pattern) until another worker
+/// takes it over or it moves on. Returns (kill time, resume time) per migration.
+async fn time_recovery(
+    db: sqlx::PgPool,
+    owner: String,
+    killed_at: Instant,
+) -> Vec<(Instant, Instant)> {
+    let leased: Vec<(uuid::Uuid, i32)> = loop {
+        match sqlx::query_as(
+            "SELECT id, version FROM migrations WHERE lease_owner LIKE $1 AND lease_token IS NOT NULL",
+        )
+        .bind(&owner)
+        .fetch_all(&db)
+        .await
+        {
+            Ok(rows) => break rows,
+            Err(_) if killed_at.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot read leases: {e}"),
+        }
+    };
+    let mut pending: HashMap<uuid::Uuid, i32> = leased.iter().cloned().collect();
+    let mut resumed = Vec::new();
+    let deadline = killed_at + Duration::from_secs(120);
+    while !pending.is_empty() && Instant::now() < deadline {
+        let ids: Vec<uuid::Uuid> = pending.keys().cloned().collect();
+        if let Ok(rows) = sqlx::query_as::<_, (uuid::Uuid, i32, Option<String>)>(
+            "SELECT id, version, lease_owner FROM migrations WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&db)
+        .await
+        {
+            let prefix = owner.trim_end_matches('%');
+            for (id, version, lease_owner) in rows {
+                let moved = version > pending[&id];
+                let taken = lease_owner.is_some_and(|o| !o.starts_with(prefix));
+                if moved || taken {
+                    pending.remove(&id);
+                    resumed.push((killed_at, Instant::now()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    resumed.extend(
+        pending
+            .keys()
+            .map(|_| (killed_at, deadline + Duration::from_secs(3600))),
+    );
+    resumed
+}
