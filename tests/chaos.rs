@@ -909,3 +909,159 @@ async fn time_recovery(
     );
     resumed
 }
+
+/// SIGTERM makes a replica finish its step and release its lease at once: another replica
+/// resumes the migration within a second of the exit, not after the lease expires.
+#[test]
+fn sigterm_hands_in_flight_migrations_over_at_once() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(sigterm_handover());
+}
+
+async fn sigterm_handover() {
+    let dir = std::env::temp_dir().join(format!("waba-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pg_port = free_port();
+    let pg = EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
+        .await
+        .unwrap();
+    let database_url = format!("postgres://waba@127.0.0.1:{pg_port}/waba_migrator");
+    assert!(
+        Command::new(BIN)
+            .arg("migrate")
+            .env("DATABASE_URL", &database_url)
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let sb_port = free_port();
+    let sandbox_url = format!("http://127.0.0.1:{sb_port}");
+    let mut sandbox = Command::new(BIN)
+        .args(["sandbox", "--bind", &format!("127.0.0.1:{sb_port}")])
+        // Slow upstreams: a step is in flight when the signal arrives.
+        .env("SANDBOX_LATENCY_MS", "700")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let env = Env {
+        database_url: database_url.clone(),
+        sandbox_url,
+        encryption_key: waba_migrator::crypto::Cipher::generate_key()
+            .expose_secret()
+            .to_owned(),
+    };
+    let http = reqwest::Client::new();
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+
+    let mut a = Replica {
+        port: free_port(),
+        child: None,
+        log: dir.join("a.log"),
+        starts: 0,
+    };
+    spawn_replica(&env, &mut a).await;
+    wait_healthy(&http, &a.base()).await;
+    let res = http
+        .post(format!("{}/v1/partners", a.base()))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "name": "p", "d360_partner_id": "pPA", "d360_api_key": "k" }))
+        .send()
+        .await
+        .unwrap();
+    let key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = http
+        .post(format!("{}/v1/migrations", a.base()))
+        .bearer_auth(&key)
+        .json(&json!({
+            "phone_number": "+14155557777",
+            "source_waba_id": "201111111111",
+            "destination_waba_id": "301111111111",
+            "meta_business_id": BUSINESS,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id: uuid::Uuid = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Replica B is up and idle; A holds the migration's lease.
+    let mut b = Replica {
+        port: free_port(),
+        child: None,
+        log: dir.join("b.log"),
+        starts: 0,
+    };
+    spawn_replica(&env, &mut b).await;
+    wait_healthy(&http, &b.base()).await;
+    let a_pid = a.child.as_ref().unwrap().id().unwrap();
+    let b_owner = format!("local:{}:", b.child.as_ref().unwrap().id().unwrap());
+    let owner = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT lease_owner FROM migrations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !owner()
+        .await
+        .is_some_and(|o| o.starts_with(&format!("local:{a_pid}:")))
+    {
+        assert!(Instant::now() < deadline, "A never held the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let signalled_at = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &a_pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let exit = a.child.as_mut().unwrap().wait().await.unwrap();
+    let exited_at = Instant::now();
+    assert!(exit.success(), "SIGTERM exit status {exit:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if owner().await.is_some_and(|o| o.starts_with(&b_owner)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never took the migration over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handover = exited_at.elapsed();
+    println!(
+        "sigterm: A exited 0 {:.0} ms after the signal (finishing its step); B held the migration {:.0} ms after A's exit ({:.0} ms after the signal; lease {LEASE_SECONDS} s)",
+        exited_at.duration_since(signalled_at).as_secs_f64() * 1000.0,
+        handover.as_secs_f64() * 1000.0,
+        signalled_at.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Some(mut c) = b.child.take() {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    let _ = sandbox.start_kill();
+    let _ = sandbox.wait().await;
+    db.close().await;
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        handover < Duration::from_secs(1),
+        "resumed {handover:?} after SIGTERM"
+    );
+}
