@@ -134,9 +134,15 @@ fn validate(body: &CreatePartner) -> Result<(), ApiError> {
         "the 360dialog partner id: letters and digits, e.g. examplePA",
     );
     check(
-        !body.d360_api_key.trim().is_empty() && body.d360_api_key.len() <= 512,
+        !body.d360_api_key.trim().is_empty()
+            && body.d360_api_key.len() <= 512
+            && body
+                .d360_api_key
+                .trim()
+                .chars()
+                .all(|c| c.is_ascii_graphic()),
         "/d360_api_key",
-        "the partner's 360dialog API key",
+        "the partner's 360dialog API key (printable characters, at most 512)",
     );
     if let Some(u) = &body.callback_url {
         check(

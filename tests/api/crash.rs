@@ -101,16 +101,8 @@ async fn crash_after_api_keys_stores_the_currently_valid_key(pool: PgPool) {
     drive_until(&app, &second, &id, "completed").await;
     // The lost key was replaced once; the stored key is the channel's current one.
     assert_eq!(app.applied(phone, "api_keys"), 2);
-    let key: Value = app
-        .get(&format!("/v1/migrations/{id}/api_key"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        app.key_status(key["api_key"].as_str().unwrap()).await,
-        StatusCode::OK
-    );
+    let key = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&key).await, StatusCode::OK);
     // Nothing calls api_keys again once a key is recorded.
     second.run_until_idle().await.unwrap();
     assert_eq!(app.applied(phone, "api_keys"), 2);
@@ -132,16 +124,8 @@ async fn crash_after_storing_the_key_never_generates_another(pool: PgPool) {
     .await;
     drive_until(&app, &first, &id, "completed").await;
     assert_eq!(app.applied(phone, "api_keys"), 1);
-    let key: Value = app
-        .get(&format!("/v1/migrations/{id}/api_key"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        app.key_status(key["api_key"].as_str().unwrap()).await,
-        StatusCode::OK
-    );
+    let key = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&key).await, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

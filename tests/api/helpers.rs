@@ -239,11 +239,43 @@ impl TestApp {
 
     /// Creates a migration for `phone`; returns its id.
     pub async fn create(&self, phone: &str) -> String {
-        let res = self.post("/v1/migrations", Self::create_body(phone)).await;
+        self.create_with(Self::create_body(phone)).await
+    }
+
+    /// Creates a migration from a full body; returns its id.
+    pub async fn create_with(&self, body: Value) -> String {
+        let res = self.post("/v1/migrations", body).await;
         let status = res.status();
         let body: Value = res.json().await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits for the code request, submits the sandbox code, waits for `completed`.
+    pub async fn complete(&self, id: &str) -> Value {
+        self.wait_for(id, "awaiting_otp").await;
+        assert_eq!(
+            self.submit_otp(id, "123456").await.status(),
+            StatusCode::ACCEPTED
+        );
+        self.wait_for(id, "completed").await
+    }
+
+    /// The stored 360dialog key of a completed migration.
+    pub async fn stored_key(&self, id: &str) -> String {
+        let res = self.get(&format!("/v1/migrations/{id}/api_key")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json::<Value>().await.unwrap()["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn count_migrations(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM migrations")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn migration(&self, id: &str) -> Value {

@@ -548,11 +548,7 @@ async fn bad_input_gets_problem_json_and_writes_nothing(pool: PgPool) {
     let res = app.get("/v1/migrations/not-a-uuid").await;
     assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
 
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM migrations")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.count_migrations().await, 0);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -604,11 +600,7 @@ async fn precheck_dry_run_reports_without_creating(pool: PgPool) {
     assert_eq!(check["code"], "brazil_ninth_digit_mismatch", "{check:#}");
     assert!(check["message"].as_str().unwrap().contains("+55"));
     assert!(!check["remediation"].as_str().unwrap().is_empty());
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM migrations")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.count_migrations().await, 0);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -633,14 +625,6 @@ async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
     assert_eq!(m["templates"]["status"], "completed", "{m:#}");
     assert!(!m["templates"]["migrated"].as_array().unwrap().is_empty());
     assert_eq!(m["summary"]["can_send_message"], "AVAILABLE");
-    let key: Value = app
-        .get(&format!("/v1/migrations/{id}/api_key"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        app.key_status(key["api_key"].as_str().unwrap()).await,
-        StatusCode::OK
-    );
+    let key = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&key).await, StatusCode::OK);
 }

@@ -255,21 +255,14 @@ fn cases() -> Vec<Case> {
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn template_limit_is_reported_without_failing_the_migrated_number(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let res = app
-        .post(
-            "/v1/migrations",
-            json!({
-                "phone_number": "+14155550018",
-                "source_waba_id": "201111111111",
-                "destination_waba_id": "301111110018",
-                "meta_business_id": BUSINESS,
-            }),
-        )
+    let id = app
+        .create_with(json!({
+            "phone_number": "+14155550018",
+            "source_waba_id": "201111111111",
+            "destination_waba_id": "301111110018",
+            "meta_business_id": BUSINESS,
+        }))
         .await;
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     app.wait_for(&id, "awaiting_otp").await;
     app.submit_otp(&id, "123456").await;
     // The number is migrated and keyed; the report says what did not make it and why.
@@ -380,24 +373,15 @@ async fn twelve_hundred_templates_copy_in_three_pages_and_add_up(pool: PgPool) {
     let source = "201212121212";
     app.sandbox.set_templates(source, 1200).unwrap();
     let phone = "+14155550114";
-    let res = app
-        .post(
-            "/v1/migrations",
-            json!({
-                "phone_number": phone,
-                "source_waba_id": source,
-                "destination_waba_id": "301212121212",
-                "meta_business_id": BUSINESS,
-            }),
-        )
+    let id = app
+        .create_with(json!({
+            "phone_number": phone,
+            "source_waba_id": source,
+            "destination_waba_id": "301212121212",
+            "meta_business_id": BUSINESS,
+        }))
         .await;
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.wait_for(&id, "awaiting_otp").await;
-    app.submit_otp(&id, "123456").await;
-    let m = app.wait_for(&id, "completed").await;
+    let m = app.complete(&id).await;
     let t = &m["templates"];
     let eligible = t["eligible"].as_u64().unwrap() as usize;
     let migrated = t["migrated"].as_array().unwrap().len();
@@ -482,9 +466,7 @@ async fn templates_missing_without_a_reason_are_retried_by_id(pool: PgPool) {
     ]))
     .await;
     let id = app.create(phone).await;
-    app.wait_for(&id, "awaiting_otp").await;
-    app.submit_otp(&id, "123456").await;
-    let m = app.wait_for(&id, "completed").await;
+    let m = app.complete(&id).await;
     assert_eq!(m["templates"]["status"], "completed", "{m:#}");
     // One failed page call, then a retry by template id (not the page again).
     assert_eq!(app.received(phone, "migrate_message_templates"), 2);
@@ -629,9 +611,5 @@ async fn precheck_dry_run_explains_each_precheck_scenario_without_side_effects(p
             assert_eq!(app.received(phone, endpoint), 0, "{phone} {endpoint}");
         }
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM migrations")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.count_migrations().await, 0);
 }

@@ -20,9 +20,7 @@ async fn transient_failures_are_retried_until_completed(pool: PgPool) {
     ]))
     .await;
     let id = app.create(phone).await;
-    app.wait_for(&id, "awaiting_otp").await;
-    app.submit_otp(&id, "123456").await;
-    let m = app.wait_for(&id, "completed").await;
+    let m = app.complete(&id).await;
     assert!(m["error"].is_null());
 
     for endpoint in ["start_migration", "request_code", "register", "api_keys"] {
@@ -50,16 +48,8 @@ async fn transient_failures_are_retried_until_completed(pool: PgPool) {
         500
     );
 
-    let key: Value = app
-        .get(&format!("/v1/migrations/{id}/api_key"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        app.key_status(key["api_key"].as_str().unwrap()).await,
-        StatusCode::OK
-    );
+    let key = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&key).await, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
