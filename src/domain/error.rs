@@ -55,10 +55,11 @@ pub enum ErrorCode {
     UpstreamRejected,
     UpstreamUnavailable,
     PrecheckFailed,
+    InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::TwoFactorEnabled,
         Self::AddDirectlyNotMigration,
         Self::DisplayNameNotApproved,
@@ -87,6 +88,7 @@ impl ErrorCode {
         Self::UpstreamRejected,
         Self::UpstreamUnavailable,
         Self::PrecheckFailed,
+        Self::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +122,7 @@ impl ErrorCode {
             Self::UpstreamRejected => "upstream_rejected",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::PrecheckFailed => "precheck_failed",
+            Self::InternalError => "internal_error",
         }
     }
 
@@ -293,6 +296,12 @@ impl ErrorCode {
                 "One or more prechecks failed.",
                 "See precheck.checks for what failed and who must act, then retry.",
                 Partner,
+                true,
+            ),
+            Self::InternalError => (
+                "An internal error stopped this migration (for example a stored secret that cannot be decrypted).",
+                "Contact the operators of this service with the migration id; retry once they confirm the cause is fixed (e.g. the right ENCRYPTION_KEY).",
+                None,
                 true,
             ),
         }

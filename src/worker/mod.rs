@@ -313,6 +313,15 @@ impl Worker {
                     span.in_scope(|| warn!("step abandoned; lease left to expire"));
                     break;
                 }
+                Ok(Err(steps::StepError::Corrupt(what))) => {
+                    span.in_scope(|| {
+                        error!(
+                            problem = what,
+                            "unusable stored data; failing the migration"
+                        )
+                    });
+                    steps::StepResult::corrupt(state, what)
+                }
                 Ok(Err(steps::StepError::Db(e))) => {
                     span.in_scope(|| warn!(error = %e, "database error during step; will retry after lease expiry"));
                     keep_lease = true;

@@ -35,6 +35,9 @@ pub enum StepError {
     /// Lease lost or a fail point fired: write nothing more.
     Abandon,
     Db(db::Error),
+    /// Our own data is unusable (a secret that does not decrypt): retrying cannot help, so the
+    /// migration fails with `internal_error` instead of being retried forever.
+    Corrupt(&'static str),
 }
 
 impl From<db::Error> for StepError {
@@ -72,6 +75,14 @@ impl StepResult {
     fn data(mut self, data: Value) -> Self {
         self.event_data = data;
         self
+    }
+
+    /// Our own data is unusable: fail visibly with `internal_error`.
+    pub fn corrupt(state: MigrationState, what: &str) -> Self {
+        Self::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::InternalError, state)
+                .with_message(format!("An internal error stopped this step: {what}.")),
+        ))
     }
 
     /// A step that panicked: retried like a transient failure, then failed.
@@ -264,7 +275,8 @@ async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult
     if row.phone_number_id.is_some() {
         return Ok(StepResult::done());
     }
-    let phone = E164::parse(&row.phone_number).map_err(|_| StepError::Abandon)?;
+    let phone = E164::parse(&row.phone_number)
+        .map_err(|_| StepError::Corrupt("the stored phone number is not valid E.164"))?;
     let cc = phone.country_code().to_string();
     match deps
         .meta
@@ -609,7 +621,7 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
     let pin = deps
         .cipher
         .open(&row.pin_enc, &pin_aad(row.id))
-        .map_err(|_| StepError::Abandon)?;
+        .map_err(|_| StepError::Corrupt("the stored PIN cannot be decrypted"))?;
     record_intent(deps, row, token, "register").await?;
     let result = deps.meta.register(&pnid, &pin).await;
     crash_point(deps, "after_register")?;
@@ -838,7 +850,7 @@ async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCre
     let api_key = deps
         .cipher
         .open(&partner.d360_api_key_enc, &partner_key_aad(partner_id))
-        .map_err(|_| StepError::Abandon)?;
+        .map_err(|_| StepError::Corrupt("the partner's 360dialog key cannot be decrypted"))?;
     Ok(PartnerCredentials {
         partner_id: partner.d360_partner_id,
         api_key,
@@ -956,7 +968,7 @@ async fn generating_api_key(
         Some(enc) => deps
             .cipher
             .open(enc, &api_key_aad(row.id))
-            .map_err(|_| StepError::Abandon)?,
+            .map_err(|_| StepError::Corrupt("the stored API key cannot be decrypted"))?,
         None => {
             let creds = partner_credentials(deps, row.partner_id).await?;
             if memo(row, "api_keys").is_some() {

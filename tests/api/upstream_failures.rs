@@ -144,3 +144,25 @@ async fn missing_key_permission_is_explained(pool: PgPool) {
     assert_eq!(m["error"]["code"], "api_key_permission_missing");
     assert_eq!(m["error"]["actor"], "client");
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_undecryptable_secret_fails_visibly_instead_of_looping(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+14155550302").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    // As if ENCRYPTION_KEY had changed: the partner's 360dialog key no longer decrypts.
+    sqlx::query("UPDATE partners SET d360_api_key_enc = '\\x00010203'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "internal_error");
+    assert_eq!(m["error"]["step"], "awaiting_channel");
+    assert!(
+        m["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be decrypted")
+    );
+}
