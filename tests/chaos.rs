@@ -361,7 +361,7 @@ async fn run(cfg: Config) {
                     "phone_number": phone(i),
                     // Ids ending in 1111: never a `00xx` scenario WABA.
                     "source_waba_id": format!("2{i:07}1111"),
-                    "destination_waba_id": "301234561111",
+                    "destination_waba_id": format!("3{i:07}1111"),
                     "meta_business_id": BUSINESS,
                 });
                 let mut tries = 0;

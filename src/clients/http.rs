@@ -43,7 +43,15 @@ pub(super) fn build_url(service: Service, base: &Url, segments: &[&str]) -> Resu
     Ok(url)
 }
 
-/// Sends one request and reads the whole response body.
+/// Reads (GETs) are safe to repeat: a transport error, a 5xx or a 429 asking for at most
+/// [`QUICK_RETRY_MAX_WAIT`] is retried this many extra times within the call, so one flaky
+/// page does not fail a whole multi-page listing. Writes are never retried here: the worker
+/// decides, after reading upstream state.
+const GET_RETRIES: u32 = 2;
+const QUICK_RETRY_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends a request and reads the whole response body (GETs with quick retries, see
+/// [`GET_RETRIES`]).
 ///
 /// * The request could not be built or the connection could not be established:
 ///   [`Error::Transport`] with `maybe_applied: false`.
@@ -52,6 +60,49 @@ pub(super) fn build_url(service: Service, base: &Url, segments: &[&str]) -> Resu
 ///
 /// Any status is returned as is; callers map non-2xx statuses to [`Error::Api`].
 pub(super) async fn send(
+    http: &reqwest::Client,
+    service: Service,
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    json_body: Option<&serde_json::Value>,
+) -> Result<RawResponse, Error> {
+    let retries = if method == Method::GET {
+        GET_RETRIES
+    } else {
+        0
+    };
+    let mut attempt = 0;
+    loop {
+        let result = send_once(
+            http,
+            service,
+            method.clone(),
+            url.clone(),
+            headers.clone(),
+            json_body,
+        )
+        .await;
+        let wait = match &result {
+            Err(Error::Transport { .. }) => Some(std::time::Duration::ZERO),
+            Ok(r) if r.status.is_server_error() => Some(std::time::Duration::ZERO),
+            Ok(r) if r.status == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                Some(retry_after_header(&r.headers).unwrap_or_default())
+            }
+            _ => None,
+        };
+        match wait {
+            Some(w) if attempt < retries && w <= QUICK_RETRY_MAX_WAIT => {
+                attempt += 1;
+                let backoff = std::time::Duration::from_millis(100 * 3u64.pow(attempt - 1));
+                tokio::time::sleep(w.max(backoff)).await;
+            }
+            _ => return result,
+        }
+    }
+}
+
+async fn send_once(
     http: &reqwest::Client,
     service: Service,
     method: Method,
@@ -265,19 +316,23 @@ pub(super) mod test_support {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        // Every connection gets the same answer (GETs are retried).
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0_u8; 16 * 1024];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0_u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
                 }
-                seen.extend_from_slice(&buf[..n]);
+                socket.write_all(response).await.ok();
+                socket.shutdown().await.ok();
             }
-            socket.write_all(response).await.unwrap();
-            socket.shutdown().await.ok();
         });
         url::Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap()
     }

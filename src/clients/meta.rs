@@ -607,10 +607,42 @@ mod tests {
         Mock::given(method("GET"))
             .and(path("/v23.0/123"))
             .respond_with(template)
-            .expect(1)
+            // A GET is retried quickly (twice) on 5xx before the error is returned.
+            .expect(1..=3)
             .mount(&server)
             .await;
         client(&server).get_waba("123").await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn reads_are_retried_quickly_but_writes_never() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/77"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(2)
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/77"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": "77" })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v23.0/88/register"))
+            .respond_with(ResponseTemplate::new(503))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        assert_eq!(c.get_waba("77").await.unwrap().id, "77");
+        let err = c
+            .register("88", &SecretString::from("123456"))
+            .await
+            .unwrap_err();
+        assert_eq!(api(&err).http_status, Some(503));
     }
 
     #[tokio::test]
