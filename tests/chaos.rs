@@ -585,6 +585,14 @@ async fn run(cfg: Config) {
         })
         .max()
         .unwrap_or_default();
+    if let Some((down, up)) = outage {
+        println!(
+            "chaos[{}]: PostgreSQL was down {:.1} s, from t={:.1}s",
+            cfg.name,
+            up.duration_since(down).as_secs_f64(),
+            down.duration_since(started).as_secs_f64()
+        );
+    }
     let elapsed = started.elapsed();
 
     // Invariants, read with upstream faults switched off.

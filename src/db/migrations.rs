@@ -220,7 +220,11 @@ pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<Migrati
     Ok(q.build_query_as::<MigrationRow>().fetch_all(ex).await?)
 }
 
-/// Claims up to `limit` due migrations for `owner`, each with a fresh lease token.
+/// Claims up to `limit` migrations for `owner`, each with a fresh lease token.
+///
+/// Rescues come first: rows whose worker died (lease expired) are taken before ordinary due
+/// rows, oldest expiry first, so a crashed replica's migrations resume right after their lease
+/// even when a backlog is waiting. Then due, unleased rows by `run_at`.
 #[tracing::instrument(skip_all, fields(worker = %owner))]
 pub async fn claim(
     ex: impl PgExecutor<'_>,
@@ -228,26 +232,38 @@ pub async fn claim(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<MigrationRow>, Error> {
-    // The CTE is an optimisation fence (Oban's lesson): the planner cannot turn the LIMIT
-    // subquery into a join that locks or updates more rows than asked for.
+    // CTEs are an optimisation fence (Oban's lesson): the planner cannot turn the LIMIT
+    // subqueries into a join that locks or updates more rows than asked for. CTEs run only as
+    // far as the outer query pulls, so `due` is read (and locks rows) only when the rescues do
+    // not fill the limit.
     Ok(sqlx::query_as::<_, MigrationRow>(&format!(
-        "WITH due AS (
+        "WITH rescue AS (
              SELECT id FROM migrations
-             WHERE state NOT IN ('completed', 'failed', 'cancelled')
-               AND run_at <= now()
-               AND (lease_expires_at IS NULL OR lease_expires_at < now())
-             ORDER BY run_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED)
+              WHERE lease_token IS NOT NULL
+                AND lease_expires_at < now()
+                AND state NOT IN ('completed', 'failed', 'cancelled')
+              ORDER BY lease_expires_at
+              LIMIT $3
+              FOR UPDATE SKIP LOCKED),
+         due AS (
+             SELECT id FROM migrations
+              WHERE lease_token IS NULL
+                AND run_at <= now()
+                AND state NOT IN ('completed', 'failed', 'cancelled')
+              ORDER BY run_at, id
+              LIMIT $3
+              FOR UPDATE SKIP LOCKED),
+         picked AS (
+             SELECT id FROM rescue UNION ALL SELECT id FROM due LIMIT $3)
          UPDATE migrations m
             SET lease_token = gen_random_uuid(),
                 lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2),
                 attempt = m.attempt + 1
-           FROM due
-          WHERE m.id = due.id
+           FROM picked
+          WHERE m.id = picked.id
             AND m.state NOT IN ('completed', 'failed', 'cancelled')
-            AND (m.lease_expires_at IS NULL OR m.lease_expires_at < now())
+            AND (m.lease_token IS NULL OR m.lease_expires_at < now())
          RETURNING {}",
         COLUMNS
             .split(", ")

@@ -146,3 +146,40 @@ async fn lost_register_response_is_resolved_by_reading_state(pool: PgPool) {
     assert_eq!(app.received(phone, "register"), 1);
     assert_eq!(app.applied(phone, "register"), 1);
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_dead_workers_migration_is_claimed_before_the_backlog(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let waiting = app.create("+14155550405").await;
+    let orphan = app.create("+14155550406").await;
+    // `waiting` has been due for an hour; `orphan` was being run by a worker that died.
+    sqlx::query("UPDATE migrations SET run_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&waiting).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE migrations SET lease_token = gen_random_uuid(), lease_owner = 'dead:1:x',
+                lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&orphan).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let claimed = waba_migrator::db::migrations::claim(&app.pool, "me", Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id.to_string(), orphan, "rescue comes first");
+    assert_eq!(claimed[0].lease_owner.as_deref(), Some("me"));
+    let next = waba_migrator::db::migrations::claim(&app.pool, "me", Duration::from_secs(30), 5)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id.to_string(), waiting);
+    // Nothing left: a live lease is never taken.
+    let none = waba_migrator::db::migrations::claim(&app.pool, "other", Duration::from_secs(30), 5)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
