@@ -302,6 +302,19 @@ impl TestApp {
         }
     }
 
+    /// Polls until `done` holds for the migration (panics after 20 s).
+    pub async fn wait_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.migration(id).await;
+            if done(&m) {
+                return m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{m:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn submit_otp(&self, id: &str, code: &str) -> Response {
         self.post(&format!("/v1/migrations/{id}/otp"), json!({ "code": code }))
             .await

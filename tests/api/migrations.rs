@@ -113,15 +113,11 @@ async fn wrong_code_then_right_code(pool: PgPool) {
         StatusCode::ACCEPTED
     );
     // Back to awaiting_otp with one attempt less and the reason.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let m = loop {
-        let m = app.migration(&id).await;
-        if m["state"] == "awaiting_otp" && m["otp"]["attempts_left"] == 2 {
-            break m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let m = app
+        .wait_until(&id, |m| {
+            m["state"] == "awaiting_otp" && m["otp"]["attempts_left"] == 2
+        })
+        .await;
     assert_eq!(m["error"]["code"], "otp_invalid");
     assert_eq!(m["error"]["upstream"]["code"], 136025);
 
@@ -193,16 +189,12 @@ async fn resend_inside_cooldown_is_429_with_retry_after(pool: PgPool) {
         )
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = app.migration(&id).await;
-        if m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2 {
-            assert_eq!(m["otp"]["method"], "voice");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = app
+        .wait_until(&id, |m| {
+            m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2
+        })
+        .await;
+    assert_eq!(m["otp"]["method"], "voice");
     app.submit_otp(&id, "123456").await;
     app.wait_for(&id, "completed").await;
 }
@@ -217,16 +209,12 @@ async fn unanswered_sms_switches_to_a_voice_call_once(pool: PgPool) {
     let m = app.wait_for(&id, "awaiting_otp").await;
     assert_eq!(m["otp"]["method"], "sms");
     // A second later, nobody has submitted the code: the client gets a call instead.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = app.migration(&id).await;
-        if m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2 {
-            assert_eq!(m["otp"]["method"], "voice");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{m:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = app
+        .wait_until(&id, |m| {
+            m["state"] == "awaiting_otp" && app.applied(phone, "request_code") == 2
+        })
+        .await;
+    assert_eq!(m["otp"]["method"], "voice");
     // Only once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.applied(phone, "request_code"), 2);
