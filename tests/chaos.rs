@@ -115,6 +115,16 @@ struct Replica {
 }
 
 impl Replica {
+    /// A replica slot on a free loopback port, not started yet.
+    fn new(log: PathBuf) -> Self {
+        Replica {
+            port: free_port(),
+            child: None,
+            log,
+            starts: 0,
+        }
+    }
+
     fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -126,6 +136,72 @@ struct Env {
     database_url: String,
     sandbox_url: String,
     encryption_key: String,
+}
+
+impl Env {
+    fn new(database_url: &str, sandbox_url: &str) -> Self {
+        Env {
+            database_url: database_url.to_owned(),
+            sandbox_url: sandbox_url.to_owned(),
+            encryption_key: waba_migrator::crypto::Cipher::generate_key()
+                .expose_secret()
+                .to_owned(),
+        }
+    }
+}
+
+/// An empty working directory for one harness run.
+fn fresh_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts a PostgreSQL of the harness's own under `dir` on a free port and applies the schema
+/// with `waba-migrator migrate`. Returns it, its port and its URL.
+async fn start_database(dir: &Path) -> (EmbeddedPostgres, u16, String) {
+    let port = free_port();
+    let pg = EmbeddedPostgres::start(dir, Some(port)).await.unwrap();
+    let url = format!("postgres://waba@127.0.0.1:{port}/waba_migrator");
+    let status = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "migrate failed");
+    (pg, port, url)
+}
+
+/// Starts `waba-migrator sandbox` on a free port with `env`, logging to `log`; returns once it
+/// answers.
+async fn start_sandbox(env: &[(&str, String)], log: &Path) -> (Child, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(BIN)
+        .args(["sandbox", "--bind", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{url}/_sandbox/counters"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "sandbox did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, url)
 }
 
 async fn spawn_replica(w: &Env, r: &mut Replica) {
@@ -243,73 +319,31 @@ fn chaos() {
 
 async fn run(cfg: Config) {
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("waba-chaos-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("waba-chaos");
     println!("chaos[{}]: {cfg:?}; logs in {}", cfg.name, dir.display());
 
     // PostgreSQL of our own (we restart it mid-run).
     let pg_dir = dir.join("postgres");
-    let pg_port = free_port();
-    let mut pg = Some(
-        EmbeddedPostgres::start(&pg_dir, Some(pg_port))
-            .await
-            .unwrap(),
-    );
-    let database_url = format!("postgres://waba@127.0.0.1:{pg_port}/waba_migrator");
-    let status = Command::new(BIN)
-        .arg("migrate")
-        .env("DATABASE_URL", &database_url)
-        .env("RUST_LOG", "warn")
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "migrate failed");
+    let (pg, pg_port, database_url) = start_database(&pg_dir).await;
+    let mut pg = Some(pg);
 
     // The sandbox, with random faults of every kind.
-    let sb_port = free_port();
-    let sandbox_url = format!("http://127.0.0.1:{sb_port}");
-    let sb_log = std::fs::File::create(dir.join("sandbox.log")).unwrap();
-    let mut sandbox = Command::new(BIN)
-        .args(["sandbox", "--bind", &format!("127.0.0.1:{sb_port}")])
-        .env("SANDBOX_FAULT_RATE", cfg.fault_rate.to_string())
-        .env("SANDBOX_SEED", "7")
-        .env("SANDBOX_CHANNEL_DELAY_MS", "200")
-        .env("SANDBOX_API_KEY_WINDOW_MS", "1000")
-        .env("SANDBOX_HANG_MS", "4000")
-        .env("RUST_LOG", "warn")
-        .stdout(sb_log.try_clone().unwrap())
-        .stderr(sb_log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut sandbox, sandbox_url) = start_sandbox(
+        &[
+            ("SANDBOX_FAULT_RATE", cfg.fault_rate.to_string()),
+            ("SANDBOX_SEED", "7".into()),
+            ("SANDBOX_CHANNEL_DELAY_MS", "200".into()),
+            ("SANDBOX_API_KEY_WINDOW_MS", "1000".into()),
+            ("SANDBOX_HANG_MS", "4000".into()),
+        ],
+        &dir.join("sandbox.log"),
+    )
+    .await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{sandbox_url}/_sandbox/counters"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "sandbox did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    let env = Env {
-        database_url: database_url.clone(),
-        sandbox_url: sandbox_url.clone(),
-        encryption_key: waba_migrator::crypto::Cipher::generate_key()
-            .expose_secret()
-            .to_owned(),
-    };
+    let env = Env::new(&database_url, &sandbox_url);
     let mut replicas = Vec::new();
     for i in 0..cfg.replicas {
-        let mut r = Replica {
-            port: free_port(),
-            child: None,
-            log: dir.join(format!("replica-{i}.log")),
-            starts: 0,
-        };
+        let mut r = Replica::new(dir.join(format!("replica-{i}.log")));
         spawn_replica(&env, &mut r).await;
         replicas.push(r);
     }
@@ -931,49 +965,19 @@ fn sigterm_hands_in_flight_migrations_over_at_once() {
 }
 
 async fn sigterm_handover() {
-    let dir = std::env::temp_dir().join(format!("waba-sigterm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pg_port = free_port();
-    let pg = EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
-        .await
-        .unwrap();
-    let database_url = format!("postgres://waba@127.0.0.1:{pg_port}/waba_migrator");
-    assert!(
-        Command::new(BIN)
-            .arg("migrate")
-            .env("DATABASE_URL", &database_url)
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
-    let sb_port = free_port();
-    let sandbox_url = format!("http://127.0.0.1:{sb_port}");
-    let mut sandbox = Command::new(BIN)
-        .args(["sandbox", "--bind", &format!("127.0.0.1:{sb_port}")])
-        // Slow upstreams: a step is in flight when the signal arrives.
-        .env("SANDBOX_LATENCY_MS", "700")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let env = Env {
-        database_url: database_url.clone(),
-        sandbox_url,
-        encryption_key: waba_migrator::crypto::Cipher::generate_key()
-            .expose_secret()
-            .to_owned(),
-    };
+    let dir = fresh_dir("waba-sigterm");
+    let (pg, _, database_url) = start_database(&dir.join("postgres")).await;
+    // Slow upstreams: a step is in flight when the signal arrives.
+    let (mut sandbox, sandbox_url) = start_sandbox(
+        &[("SANDBOX_LATENCY_MS", "700".into())],
+        &dir.join("sandbox.log"),
+    )
+    .await;
+    let env = Env::new(&database_url, &sandbox_url);
     let http = reqwest::Client::new();
     let db = sqlx::PgPool::connect(&database_url).await.unwrap();
 
-    let mut a = Replica {
-        port: free_port(),
-        child: None,
-        log: dir.join("a.log"),
-        starts: 0,
-    };
+    let mut a = Replica::new(dir.join("a.log"));
     spawn_replica(&env, &mut a).await;
     wait_healthy(&http, &a.base()).await;
     let res = http
@@ -1007,12 +1011,7 @@ async fn sigterm_handover() {
         .unwrap();
 
     // Replica B is up and idle; A holds the migration's lease.
-    let mut b = Replica {
-        port: free_port(),
-        child: None,
-        log: dir.join("b.log"),
-        starts: 0,
-    };
+    let mut b = Replica::new(dir.join("b.log"));
     spawn_replica(&env, &mut b).await;
     wait_healthy(&http, &b.base()).await;
     let a_pid = a.child.as_ref().unwrap().id().unwrap();

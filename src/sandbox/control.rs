@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::Inner;
 use super::faults::FaultsRequest;
 use super::state::{ChannelRec, NumberSeed};
 use super::{SCENARIOS, Sandbox, scenarios};
@@ -101,10 +102,13 @@ pub(crate) async fn channel(
     State(sandbox): State<Sandbox>,
     Path(channel_id): Path<String>,
 ) -> Response {
-    let inner = sandbox.lock();
-    match inner.world.channels.get(&channel_id) {
+    channel_response(&sandbox.lock(), &channel_id)
+}
+
+fn channel_response(inner: &Inner, channel_id: &str) -> Response {
+    match inner.world.channels.get(channel_id) {
         Some(c) => Json(channel_json(c)).into_response(),
-        None => no_channel(&channel_id),
+        None => no_channel(channel_id),
     }
 }
 
@@ -133,10 +137,7 @@ pub(crate) async fn set_permission(
     {
         return no_channel(&channel_id);
     }
-    match inner.world.channels.get(&channel_id) {
-        Some(c) => Json(channel_json(c)).into_response(),
-        None => no_channel(&channel_id),
-    }
+    channel_response(&inner, &channel_id)
 }
 
 #[derive(Deserialize)]
