@@ -12,6 +12,8 @@ use url::Url;
 
 use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::{self, Cipher};
+use crate::http::rate_limit::RateLimiter;
+use crate::webhooks::{Clock, Dispatcher, WebhookConfig};
 use crate::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
 
 /// Tells the sandbox about a number before the service asks about it (the sandbox cannot know
@@ -70,6 +72,12 @@ pub struct AppState {
     /// Messaging API base, reported as a key's address when 360dialog gave none.
     pub d360_waba_url: String,
     pub sandbox_seeder: Option<SandboxSeeder>,
+    /// Callback URL rules and the secret-rotation overlap.
+    pub webhooks: WebhookConfig,
+    /// The webhook scheduling clock (redeliveries are due at its "now").
+    pub clock: Arc<dyn Clock>,
+    /// Per-key request limits; `None`: unlimited.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -130,12 +138,19 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub run_workers: bool,
     pub sandbox_seeder: Option<SandboxSeeder>,
+    pub webhooks: WebhookConfig,
+    /// What the webhook dispatcher schedules by (a `ManualClock` in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Requests per second and burst per API key; `None`: unlimited.
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 /// The service: API state plus (optionally) a worker.
 pub struct App {
     pub state: AppState,
     pub worker: Option<Worker>,
+    /// Runs wherever the migration workers run.
+    pub dispatcher: Option<Dispatcher>,
     pub fail_points: FailPoints,
 }
 
@@ -159,6 +174,22 @@ impl App {
                 .trim_end_matches('/')
                 .to_owned(),
             sandbox_seeder: settings.sandbox_seeder.clone(),
+            webhooks: settings.webhooks.clone(),
+            clock: settings.clock.clone(),
+            rate_limiter: settings
+                .rate_limit
+                .and_then(|(rate, burst)| RateLimiter::new(rate, burst))
+                .map(Arc::new),
+        };
+        let dispatcher = if settings.run_workers {
+            Some(Dispatcher::new(
+                pool.clone(),
+                settings.cipher.clone(),
+                settings.webhooks.clone(),
+                settings.clock.clone(),
+            )?)
+        } else {
+            None
         };
         let worker = settings.run_workers.then(|| {
             Worker::new(Deps {
@@ -174,6 +205,7 @@ impl App {
         Ok(Self {
             state,
             worker,
+            dispatcher,
             fail_points,
         })
     }
@@ -199,6 +231,10 @@ impl App {
         if let Some(worker) = self.worker {
             let stop = shutdown.clone();
             tasks.spawn(async move { worker.run(stop).await });
+        }
+        if let Some(dispatcher) = self.dispatcher {
+            let stop = shutdown.clone();
+            tasks.spawn(async move { dispatcher.run(stop).await });
         }
         // If one part dies, stop the other and report it.
         let mut result = Ok(());

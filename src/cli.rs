@@ -1,6 +1,7 @@
 //! The subcommands behind `main`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ use crate::domain::RetryPolicy;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::http::partners::{CreatePartner, create_partner_with_key};
 use crate::sandbox::{FaultKind, Sandbox, SandboxConfig};
+use crate::webhooks::{SystemClock, WebhookConfig};
 use crate::worker::{OtpPolicy, WorkerConfig, default_owner};
 use crate::{db, shutdown};
 
@@ -207,6 +209,23 @@ pub fn worker_config(args: &ServeArgs) -> WorkerConfig {
     }
 }
 
+/// The webhook settings from the command line.
+pub fn webhook_config(args: &ServeArgs) -> WebhookConfig {
+    WebhookConfig {
+        concurrency: args.webhook_concurrency,
+        attempt_timeout: Duration::from_secs_f64(args.webhook_timeout_seconds),
+        schedule: args
+            .webhook_retry_schedule
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        secret_overlap: Duration::from_secs(args.webhook_secret_overlap_seconds),
+        allow_private: args.allow_private_callbacks,
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+        shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
+    }
+}
+
 const DEV_PARTNER: &str = "Development partner (sandbox)";
 
 async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
@@ -261,6 +280,9 @@ async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             worker: worker_config(&args),
             run_workers: !args.no_workers,
             sandbox_seeder: seeder,
+            webhooks: webhook_config(&args),
+            clock: Arc::new(SystemClock),
+            rate_limit: Some((args.rate_limit_per_second, args.rate_limit_burst)),
         },
     )?;
 

@@ -149,6 +149,35 @@ pub struct ServeArgs {
     #[arg(long, env = "UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30.0)]
     pub upstream_timeout_seconds: f64,
 
+    /// Deliver webhooks to private, loopback and link-local addresses and over plain http
+    /// (tests and local development only).
+    #[arg(long, env = "ALLOW_PRIVATE_CALLBACKS", default_value_t = false)]
+    pub allow_private_callbacks: bool,
+    /// Webhook deliveries in flight at once in this process.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+    /// Timeout of one webhook attempt.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 15.0)]
+    pub webhook_timeout_seconds: f64,
+    /// Delays between webhook attempts, in seconds (comma-separated); attempts = delays + 1.
+    /// Default: the Standard Webhooks schedule, 8 attempts over 27.5 hours.
+    #[arg(
+        long,
+        env = "WEBHOOK_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        default_value = "5,300,1800,7200,18000,36000,36000"
+    )]
+    pub webhook_retry_schedule: Vec<u64>,
+    /// How long a rotated-out webhook secret keeps signing next to the new one.
+    #[arg(long, env = "WEBHOOK_SECRET_OVERLAP_SECONDS", default_value_t = 86_400)]
+    pub webhook_secret_overlap_seconds: u64,
+    /// Requests per second allowed per API key (sustained; 0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// Requests an API key may send in a burst above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
     #[command(flatten)]
     pub sandbox: SandboxFaultArgs,
 }
@@ -208,6 +237,20 @@ impl ServeArgs {
         }
         if self.max_step_attempts < 1 {
             return Err("MAX_STEP_ATTEMPTS must be at least 1".into());
+        }
+        if self.webhook_concurrency == 0 {
+            return Err("WEBHOOK_CONCURRENCY must be at least 1".into());
+        }
+        if !(0.1..=300.0).contains(&self.webhook_timeout_seconds) {
+            return Err("WEBHOOK_TIMEOUT_SECONDS must be between 0.1 and 300".into());
+        }
+        if self.webhook_retry_schedule.len() > 50 {
+            return Err("WEBHOOK_RETRY_SCHEDULE must have at most 50 delays".into());
+        }
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return Err(
+                "RATE_LIMIT_BURST must be at least 1 when RATE_LIMIT_PER_SECOND is set".into(),
+            );
         }
         if !self.meta_graph_version.starts_with('v') {
             return Err("META_GRAPH_VERSION must look like v23.0".into());

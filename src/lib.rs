@@ -4,7 +4,8 @@
 //! Layout: [`http`] (axum API) and [`worker`] (lease-based background steps) use [`domain`]
 //! (pure states and rules), [`db`] (SQL) and [`clients`] (Meta Graph API, 360dialog).
 //! [`sandbox`] simulates the upstreams; [`embedded_pg`] runs a private PostgreSQL for
-//! `serve` without `DATABASE_URL`.
+//! `serve` without `DATABASE_URL`. [`webhooks`] delivers the outbox of state changes to
+//! partners.
 //!
 //! Error policy: each layer has its own `thiserror` type (`db::Error`, `clients::Error`,
 //! domain `MigrationError`), converted at the boundary into `http::problem::ApiError`
@@ -24,6 +25,7 @@ pub mod precheck;
 pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;
 
 pub use app::{App, AppState, Settings, Upstreams};

@@ -364,7 +364,7 @@ pub struct Guard {
 /// Applies `patch` to migration `id` if `guard` holds, in one statement; appends `event` (with
 /// the bumped version as its sequence) and notifies workers when the row becomes runnable now.
 /// Returns the updated row, or `None` if the guard failed. Use inside a transaction so the
-/// event and the state change commit together.
+/// event, the webhook delivery it causes and the state change commit together.
 #[tracing::instrument(skip_all, fields(migration.id = %id, to = ?patch.state))]
 pub async fn update(
     conn: &mut PgConnection,
@@ -468,6 +468,8 @@ pub async fn update(
     };
     if let Some(ev) = event {
         events::insert(&mut *conn, id, row.version, &ev).await?;
+        // The outbox: the webhook for a state change commits (or not) with the change itself.
+        crate::webhooks::enqueue_transition(&mut *conn, &row, &ev).await?;
     }
     let runnable_now = !row.state().is_terminal()
         && row.lease_token.is_none()

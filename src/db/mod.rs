@@ -14,6 +14,7 @@ pub mod events;
 pub mod idempotency;
 pub mod migrations;
 pub mod partners;
+pub mod webhooks;
 
 /// The schema, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

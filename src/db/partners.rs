@@ -73,21 +73,27 @@ pub async fn list(
     .await?)
 }
 
-#[tracing::instrument(skip_all, fields(partner.id = %partner_id))]
-pub async fn set_webhook_secret(
+/// Sets the name and/or default callback URL (`Some(None)` clears the URL).
+#[tracing::instrument(skip_all, fields(partner.id = %id))]
+pub async fn update(
     ex: impl PgExecutor<'_>,
-    partner_id: Uuid,
-    secret_enc: &[u8],
-) -> Result<(), Error> {
-    let r = sqlx::query("UPDATE partners SET webhook_secret_enc = $2 WHERE id = $1")
-        .bind(partner_id)
-        .bind(secret_enc)
-        .execute(ex)
-        .await?;
-    if r.rows_affected() == 0 {
-        return Err(Error::NotFound);
-    }
-    Ok(())
+    id: Uuid,
+    name: Option<&str>,
+    callback_url: Option<Option<&str>>,
+) -> Result<PartnerRow, Error> {
+    Ok(sqlx::query_as::<_, PartnerRow>(&format!(
+        "UPDATE partners
+            SET name = COALESCE($2, name),
+                callback_url = CASE WHEN $3 THEN $4 ELSE callback_url END
+          WHERE id = $1
+         RETURNING {PARTNER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(name)
+    .bind(callback_url.is_some())
+    .bind(callback_url.flatten())
+    .fetch_one(ex)
+    .await?)
 }
 
 #[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.prefix = %prefix))]

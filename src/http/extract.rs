@@ -146,14 +146,27 @@ where
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         let hash = crypto::hash_api_key(token);
-        if let Some(admin) = &state.admin_key_hash
+        let caller = if let Some(admin) = &state.admin_key_hash
             && crypto::constant_time_eq(admin, &hash)
         {
-            return Ok(Caller::Admin);
+            Caller::Admin
+        } else {
+            match db::partners::partner_for_key_hash(&state.pool, &hash).await? {
+                Some(p) => Caller::Partner(p),
+                None => return Err(ApiError::unauthorized()),
+            }
+        };
+        // Only valid keys are counted: a stranger cannot exhaust a partner's budget.
+        if let Some(limiter) = &state.rate_limiter
+            && let Err(wait) = limiter.check(&hash)
+        {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests with this API key; retry after the time in Retry-After.",
+            )
+            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
         }
-        match db::partners::partner_for_key_hash(&state.pool, &hash).await? {
-            Some(p) => Ok(Caller::Partner(p)),
-            None => Err(ApiError::unauthorized()),
-        }
+        Ok(caller)
     }
 }

@@ -238,15 +238,18 @@ fn push(errors: &mut Vec<FieldError>, pointer: &str, r: Result<String, String>) 
     }
 }
 
-fn validate_callback(url: &str) -> Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
-        return Err("must be an absolute http(s) URL".into());
+/// A webhook URL: `https` to a public host (anything http(s) with `ALLOW_PRIVATE_CALLBACKS`).
+/// The resolved address is checked again at each delivery.
+pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String, String> {
+    if url.len() > 2048 {
+        return Err("at most 2048 characters".into());
     }
-    Ok(url.to_owned())
+    crate::webhooks::ssrf::check_url(url, allow_private)
+        .map(|_| url.to_owned())
+        .map_err(|e| e.to_string())
 }
 
-fn validate(body: &CreateMigration) -> Result<Validated, ApiError> {
+fn validate(body: &CreateMigration, allow_private: bool) -> Result<Validated, ApiError> {
     let mut errors = Vec::new();
     let phone = match E164::parse(&body.phone_number) {
         Ok(p) => Some(p),
@@ -288,10 +291,13 @@ fn validate(body: &CreateMigration) -> Result<Validated, ApiError> {
         .pin
         .as_deref()
         .map(|p| push(&mut errors, "/pin", values::parse_six_digits(p)));
-    let callback_url = body
-        .callback_url
-        .as_deref()
-        .map(|u| push(&mut errors, "/callback_url", validate_callback(u)));
+    let callback_url = body.callback_url.as_deref().map(|u| {
+        push(
+            &mut errors,
+            "/callback_url",
+            validate_callback(u, allow_private),
+        )
+    });
     let metadata = body.metadata.clone().unwrap_or_else(|| json!({}));
     match &metadata {
         Value::Object(m) if m.len() > 20 => errors.push(FieldError {
@@ -406,7 +412,7 @@ async fn create_migration(
     AppJson(body): AppJson<CreateMigration>,
 ) -> Result<Response, ApiError> {
     let partner_id = partner_of(caller)?;
-    let v = validate(&body)?;
+    let v = validate(&body, state.webhooks.allow_private)?;
     let idem_key = match headers.get("idempotency-key") {
         Some(h) => {
             let k = h
@@ -607,7 +613,7 @@ async fn get_migration(
     Ok(axum::Json(Migration::from(&row)))
 }
 
-async fn fetch(
+pub(super) async fn fetch(
     state: &AppState,
     caller: Caller,
     id: Uuid,
@@ -1132,7 +1138,7 @@ async fn run_precheck(
         flow: Some(Flow::Otp),
         channel_id: None,
     };
-    let v = validate(&as_create)?;
+    let v = validate(&as_create, state.webhooks.allow_private)?;
     let flow = body.flow.unwrap_or_default();
     if let Some(seeder) = &state.sandbox_seeder {
         seeder

@@ -21,6 +21,8 @@ pub mod health;
 pub mod migrations;
 pub mod partners;
 pub mod problem;
+pub mod rate_limit;
+pub mod webhooks;
 
 use problem::{ApiError, REQUEST_ID};
 
@@ -38,6 +40,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
     tags(
         (name = "migrations", description = "Migration jobs"),
         (name = "partners", description = "Tenants and their keys (admin)"),
+        (name = "webhooks", description = "Every state change of a migration is POSTed to its `callback_url` (or the partner's default) as `{type, timestamp, sequence, data: <Migration>}`; `type` is `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`, `migration.failed` or `migration.cancelled`; `sequence` increases with each event of a migration, and one migration's events are delivered in order. Signed per Standard Webhooks: headers `webhook-id` (stable across retries: deduplicate on it), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the partner's `whsec_` secret; after a rotation, one signature per valid secret, space-separated). Any 2xx acknowledges; anything else is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h. Only public https URLs are called."),
         (name = "ops", description = "Health and documents"),
     )
 )]
@@ -64,6 +67,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(migrations::router())
         .merge(partners::router())
+        .merge(webhooks::router())
         .merge(health::router())
 }
 

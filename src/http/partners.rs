@@ -20,7 +20,7 @@ use crate::worker::steps::partner_key_aad;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_partner, list_partners))
-        .routes(routes!(get_partner))
+        .routes(routes!(get_partner, update_partner))
         .routes(routes!(create_api_key))
         .routes(routes!(revoke_api_key))
         .routes(routes!(rotate_webhook_secret))
@@ -90,7 +90,33 @@ pub struct ApiKeyCreated {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookSecret {
+    /// The new `whsec_…` secret (shown once).
     pub webhook_secret: String,
+    /// Until then webhooks carry a second signature made with the previous secret, so
+    /// consumers can switch without rejecting deliveries.
+    pub previous_secret_expires_at: DateTime<Utc>,
+}
+
+/// Body of `PATCH /v1/partners/{id}`: the fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePartner {
+    /// New display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Default webhook URL for migrations created without one; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub callback_url: Option<Option<String>>,
+}
+
+/// Tells `"field": null` (Some(None)) from an absent field (None).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,7 +134,7 @@ pub struct PartnerListQuery {
     pub cursor: Option<Uuid>,
 }
 
-fn validate(body: &CreatePartner) -> Result<(), ApiError> {
+fn validate(body: &CreatePartner, allow_private: bool) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     let mut check = |ok: bool, pointer: &str, message: &str| {
         if !ok {
@@ -144,14 +170,13 @@ fn validate(body: &CreatePartner) -> Result<(), ApiError> {
         "/d360_api_key",
         "the partner's 360dialog API key (printable characters, at most 512)",
     );
-    if let Some(u) = &body.callback_url {
-        check(
-            url::Url::parse(u)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false),
-            "/callback_url",
-            "must be an absolute http(s) URL",
-        );
+    if let Some(u) = &body.callback_url
+        && let Err(message) = super::migrations::validate_callback(u, allow_private)
+    {
+        errors.push(FieldError {
+            pointer: "/callback_url".into(),
+            message,
+        });
     }
     if errors.is_empty() {
         Ok(())
@@ -178,7 +203,7 @@ async fn create_partner(
     AppJson(body): AppJson<CreatePartner>,
 ) -> Result<(StatusCode, axum::Json<PartnerCreated>), ApiError> {
     caller.require_admin()?;
-    validate(&body)?;
+    validate(&body, state.webhooks.allow_private)?;
     let created = create_partner_with_key(&state, &body).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
@@ -297,6 +322,62 @@ async fn get_partner(
     Ok(axum::Json(Partner::from(&p)))
 }
 
+/// Change a partner's name or default webhook URL (admin).
+#[utoipa::path(
+    patch, path = "/v1/partners/{id}", tag = "partners",
+    params(("id" = Uuid, Path, description = "Partner id")),
+    request_body = UpdatePartner,
+    responses(
+        (status = 200, description = "The updated partner", body = Partner),
+        (status = 403, description = "Not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_partner(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppJson(body): AppJson<UpdatePartner>,
+) -> Result<axum::Json<Partner>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    if let Some(name) = &body.name
+        && (name.trim().is_empty() || name.len() > 200)
+    {
+        errors.push(FieldError {
+            pointer: "/name".into(),
+            message: "1 to 200 characters".into(),
+        });
+    }
+    if let Some(Some(u)) = &body.callback_url
+        && let Err(message) = super::migrations::validate_callback(u, state.webhooks.allow_private)
+    {
+        errors.push(FieldError {
+            pointer: "/callback_url".into(),
+            message,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let name = body.name.as_deref().map(str::trim);
+    match store::update(
+        &state.pool,
+        id,
+        name,
+        body.callback_url.as_ref().map(Option::as_deref),
+    )
+    .await
+    {
+        Ok(p) => Ok(axum::Json(Partner::from(&p))),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("partner")),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Issue another API key for a partner (shown once).
 #[utoipa::path(
     post, path = "/v1/partners/{id}/api_keys", tag = "partners",
@@ -363,7 +444,8 @@ async fn revoke_api_key(
     }
 }
 
-/// Rotate the partner's webhook signing secret; returns the new one (shown once).
+/// Rotate the partner's webhook signing secret; returns the new one (shown once). The previous
+/// secret keeps signing, as a second signature, for `WEBHOOK_SECRET_OVERLAP_SECONDS`.
 #[utoipa::path(
     post, path = "/v1/partners/{id}/webhook_secret/rotate", tag = "partners",
     params(("id" = Uuid, Path, description = "Partner id")),
@@ -382,15 +464,21 @@ async fn rotate_webhook_secret(
     caller.require_admin()?;
     visible_partner(&state, caller, id).await?;
     let secret = crypto::generate_webhook_secret();
-    store::set_webhook_secret(
+    let overlap = chrono::Duration::from_std(state.webhooks.secret_overlap)
+        .unwrap_or_else(|_| chrono::Duration::days(1));
+    let previous_secret_expires_at = state.clock.now() + overlap;
+    db::webhooks::rotate_secret(
         &state.pool,
         id,
         &state
             .cipher
             .seal(secret.expose_secret(), &webhook_secret_aad(id)),
+        previous_secret_expires_at,
     )
     .await?;
+    tracing::info!(partner.id = %id, "webhook secret rotated; the previous one signs until the overlap ends");
     Ok(axum::Json(WebhookSecret {
         webhook_secret: secret.expose_secret().to_owned(),
+        previous_secret_expires_at,
     }))
 }

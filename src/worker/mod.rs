@@ -198,6 +198,7 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
             self.deps.pool.clone(),
+            db::JOBS_CHANNEL,
             wake.clone(),
             shutdown.clone(),
         ));
@@ -550,14 +551,19 @@ async fn heartbeat(pool: PgPool, id: Uuid, token: Uuid, lease: Duration, lost: C
     }
 }
 
-/// LISTENs for wake-ups, reconnecting with backoff; after every (re)connect it wakes the claim
-/// loop once, since notifications sent while disconnected are lost.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// LISTENs on `channel` for wake-ups, reconnecting with backoff; after every (re)connect it
+/// wakes the claim loop once, since notifications sent while disconnected are lost.
+pub(crate) async fn listen(
+    pool: PgPool,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let connected = async {
             let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(db::JOBS_CHANNEL).await?;
+            l.listen(channel).await?;
             Ok::<_, sqlx::Error>(l)
         }
         .await;

@@ -1,6 +1,6 @@
 //! `TestApp`: the service on a loopback port, its sandbox upstreams, a partner, and helpers.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
@@ -14,6 +14,7 @@ use waba_migrator::app::{App, SandboxSeeder, Settings, Upstreams};
 use waba_migrator::crypto::Cipher;
 use waba_migrator::domain::RetryPolicy;
 use waba_migrator::sandbox::{Sandbox, SandboxConfig};
+use waba_migrator::webhooks::{Clock, Dispatcher, SystemClock, WebhookConfig};
 use waba_migrator::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -39,6 +40,14 @@ pub struct Options {
     pub upstream_timeout: Duration,
     /// Start a background worker (otherwise drive with `worker().run_until_idle()`).
     pub background_worker: bool,
+    /// Webhook settings (private callbacks allowed: consumers are on loopback).
+    pub webhooks: WebhookConfig,
+    /// Start a background webhook dispatcher (otherwise drive with `dispatcher.run_until_idle()`).
+    pub background_dispatcher: bool,
+    /// What the dispatcher schedules by (a `ManualClock` to skip through retry delays).
+    pub clock: Arc<dyn Clock>,
+    /// Requests per second and burst per key; `None`: unlimited.
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 impl Default for Options {
@@ -72,6 +81,15 @@ impl Default for Options {
             },
             upstream_timeout: Duration::from_secs(2),
             background_worker: true,
+            webhooks: WebhookConfig {
+                allow_private: true,
+                attempt_timeout: Duration::from_secs(2),
+                poll_interval: Duration::from_millis(100),
+                ..WebhookConfig::default()
+            },
+            background_dispatcher: true,
+            clock: Arc::new(SystemClock),
+            rate_limit: None,
         }
     }
 }
@@ -85,6 +103,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub pool: PgPool,
     pub fail_points: FailPoints,
+    /// The partner's webhook signing secret.
+    pub webhook_secret: String,
+    pub dispatcher: Dispatcher,
     worker: Worker,
     settings: Settings,
     pub shutdown: CancellationToken,
@@ -127,10 +148,14 @@ impl TestApp {
             worker: opts.worker.clone(),
             run_workers: true,
             sandbox_seeder: Some(SandboxSeeder::InProcess(sandbox.clone())),
+            webhooks: opts.webhooks.clone(),
+            clock: opts.clock.clone(),
+            rate_limit: opts.rate_limit,
         };
         let app = App::new(pool.clone(), settings.clone()).unwrap();
         let fail_points = app.fail_points.clone();
         let worker = app.worker.clone().expect("worker");
+        let dispatcher = app.dispatcher.clone().expect("dispatcher");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = waba_migrator::http::router(app.state.clone());
@@ -145,6 +170,11 @@ impl TestApp {
             let w = worker.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move { w.run(stop).await });
+        }
+        if opts.background_dispatcher {
+            let d = dispatcher.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { d.run(stop).await });
         }
         let http = reqwest::Client::new();
         let res = http
@@ -166,6 +196,8 @@ impl TestApp {
             sandbox_url,
             partner_id: body["partner"]["id"].as_str().unwrap().to_owned(),
             partner_key: body["api_key"].as_str().unwrap().to_owned(),
+            webhook_secret: body["webhook_secret"].as_str().unwrap().to_owned(),
+            dispatcher,
             http,
             pool,
             fail_points,

@@ -10,3 +10,4 @@ mod partners;
 mod scenarios;
 mod shutdown;
 mod upstream_failures;
+mod webhooks;

@@ -1,0 +1,329 @@
+//! The webhook outbox: one delivery row per event, written in the transaction of the state
+//! change it reports, and the log of every attempt to deliver it.
+//!
+//! The dispatcher claims due deliveries with the same lease pattern as migrations
+//! (`FOR UPDATE SKIP LOCKED`, a fresh `lease_token`, every later write guarded by it), and
+//! only ever the oldest pending delivery of a migration, so one migration's events reach the
+//! consumer in order. Times come from the dispatcher's clock (`$now`), not the database's, so
+//! tests can move time forward.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::Error;
+
+/// Channel notified when a delivery is enqueued or made due now.
+pub const WEBHOOKS_CHANNEL: &str = "waba_migrator_webhooks";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub migration_id: Uuid,
+    pub sequence: i32,
+    pub event_type: String,
+    pub payload: String,
+    pub url: String,
+    pub status: String,
+    pub attempts: i32,
+    pub schedule_step: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub lease_token: Option<Uuid>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, partner_id, migration_id, sequence, event_type, payload, \
+    url, status, attempts, schedule_step, next_attempt_at, lease_token, last_status_code, \
+    last_error, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub url: String,
+    pub started_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// An event to deliver.
+pub struct NewDelivery<'a> {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub migration_id: Uuid,
+    pub sequence: i32,
+    pub event_type: &'a str,
+    pub payload: &'a str,
+    /// The migration's own callback URL; the partner's default is used when `None`.
+    pub url: Option<&'a str>,
+}
+
+/// Enqueues a delivery to the migration's callback URL or, failing that, the partner's
+/// default; does nothing when neither is set. Call inside the state change's transaction.
+pub async fn enqueue(conn: &mut PgConnection, d: &NewDelivery<'_>) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "WITH d AS (
+             INSERT INTO webhook_deliveries
+                 (id, partner_id, migration_id, sequence, event_type, payload, url, next_attempt_at)
+             SELECT $1, p.id, $3, $4, $5, $6, COALESCE($7, p.callback_url), now()
+               FROM partners p
+              WHERE p.id = $2 AND COALESCE($7, p.callback_url) IS NOT NULL
+             RETURNING id)
+         SELECT pg_notify($8, '') FROM d",
+    )
+    .bind(d.id)
+    .bind(d.partner_id)
+    .bind(d.migration_id)
+    .bind(d.sequence)
+    .bind(d.event_type)
+    .bind(d.payload)
+    .bind(d.url)
+    .bind(WEBHOOKS_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Claims up to `limit` due deliveries, each the oldest pending one of its migration.
+pub async fn claim(
+    ex: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "WITH picked AS (
+             SELECT d.id FROM webhook_deliveries d
+              WHERE d.status = 'pending'
+                AND d.next_attempt_at <= $1
+                AND (d.lease_token IS NULL OR d.lease_expires_at < $1)
+                AND NOT EXISTS (
+                    SELECT 1 FROM webhook_deliveries e
+                     WHERE e.migration_id = d.migration_id
+                       AND e.status = 'pending'
+                       AND e.sequence < d.sequence)
+              ORDER BY d.next_attempt_at, d.id
+              LIMIT $3
+              FOR UPDATE SKIP LOCKED)
+         UPDATE webhook_deliveries w
+            SET lease_token = gen_random_uuid(),
+                lease_expires_at = $1 + make_interval(secs => $2),
+                attempts = w.attempts + 1
+           FROM picked
+          WHERE w.id = picked.id
+         RETURNING {}",
+        DELIVERY_COLUMNS
+            .split(", ")
+            .map(|c| format!("w.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(now)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The result of one attempt.
+pub struct AttemptResult<'a> {
+    pub started_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    pub succeeded: bool,
+    pub error: Option<&'a str>,
+    /// When to try again; `None` with `succeeded == false` gives the delivery up.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Logs the attempt and moves the delivery on, if the caller still holds its lease. The
+/// attempt row and the delivery update commit together.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    d: &DeliveryRow,
+    token: Uuid,
+    r: &AttemptResult<'_>,
+) -> Result<bool, Error> {
+    let status = match (r.succeeded, r.next_attempt_at) {
+        (true, _) => "succeeded",
+        (false, Some(_)) => "pending",
+        (false, None) => "failed",
+    };
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let updated = sqlx::query(
+        "UPDATE webhook_deliveries
+            SET status = $3, next_attempt_at = $4, schedule_step = schedule_step + 1,
+                last_status_code = $5, last_error = $6,
+                lease_token = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(d.id)
+    .bind(token)
+    .bind(status)
+    .bind(r.next_attempt_at.filter(|_| !r.succeeded))
+    .bind(r.status_code)
+    .bind(r.error)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO webhook_delivery_attempts
+             (delivery_id, attempt, url, started_at, status_code, latency_ms, outcome, error,
+              next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(d.id)
+    .bind(d.attempts)
+    .bind(&d.url)
+    .bind(r.started_at)
+    .bind(r.status_code)
+    .bind(r.latency_ms)
+    .bind(if r.succeeded { "succeeded" } else { "failed" })
+    .bind(r.error)
+    .bind(r.next_attempt_at.filter(|_| !r.succeeded))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Gives a lease back without counting the attempt (graceful shutdown before sending).
+pub async fn release(ex: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries
+            SET lease_token = NULL, lease_expires_at = NULL, attempts = GREATEST(attempts - 1, 0)
+          WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// A migration's deliveries, in event order, optionally scoped to a tenant.
+pub async fn list_for_migration(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<Vec<DeliveryRow>, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+          WHERE migration_id = $1 ORDER BY sequence"
+    ))
+    .bind(migration_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Every attempt of a migration's deliveries, oldest first.
+pub async fn attempts_for_migration(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<Vec<AttemptRow>, Error> {
+    Ok(sqlx::query_as::<_, AttemptRow>(
+        "SELECT a.delivery_id, a.attempt, a.url, a.started_at, a.status_code, a.latency_ms,
+                a.outcome, a.error, a.next_attempt_at
+           FROM webhook_delivery_attempts a
+           JOIN webhook_deliveries d ON d.id = a.delivery_id
+          WHERE d.migration_id = $1
+          ORDER BY d.sequence, a.attempt",
+    )
+    .bind(migration_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// One delivery, optionally scoped to a tenant (another tenant's id is "not found").
+pub async fn get(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    partner: Option<Uuid>,
+) -> Result<DeliveryRow, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+          WHERE id = $1 AND ($2::uuid IS NULL OR partner_id = $2)"
+    ))
+    .bind(id)
+    .bind(partner)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Queues a delivery again, now, with a fresh retry schedule (it keeps its id, so consumers
+/// that already processed it can recognise it).
+pub async fn redeliver(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    partner: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<DeliveryRow, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "WITH r AS (
+             UPDATE webhook_deliveries
+                SET status = 'pending', schedule_step = 0, next_attempt_at = $3
+              WHERE id = $1 AND ($2::uuid IS NULL OR partner_id = $2)
+             RETURNING {DELIVERY_COLUMNS}),
+         n AS (SELECT pg_notify($4, '') FROM r)
+         SELECT r.* FROM r LEFT JOIN n ON true"
+    ))
+    .bind(id)
+    .bind(partner)
+    .bind(now)
+    .bind(WEBHOOKS_CHANNEL)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// The partner's signing secrets: the current one and, during a rotation's overlap, the
+/// previous one with its expiry.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SecretsRow {
+    pub webhook_secret_enc: Vec<u8>,
+    pub webhook_secret_previous_enc: Option<Vec<u8>>,
+    pub webhook_secret_previous_expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn secrets(ex: impl PgExecutor<'_>, partner_id: Uuid) -> Result<SecretsRow, Error> {
+    Ok(sqlx::query_as::<_, SecretsRow>(
+        "SELECT webhook_secret_enc, webhook_secret_previous_enc,
+                webhook_secret_previous_expires_at
+           FROM partners WHERE id = $1",
+    )
+    .bind(partner_id)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Replaces the signing secret; the old one keeps signing until `previous_expires_at`.
+pub async fn rotate_secret(
+    ex: impl PgExecutor<'_>,
+    partner_id: Uuid,
+    new_secret_enc: &[u8],
+    previous_expires_at: DateTime<Utc>,
+) -> Result<(), Error> {
+    let r = sqlx::query(
+        "UPDATE partners
+            SET webhook_secret_previous_enc = webhook_secret_enc,
+                webhook_secret_previous_expires_at = $3,
+                webhook_secret_enc = $2
+          WHERE id = $1",
+    )
+    .bind(partner_id)
+    .bind(new_secret_enc)
+    .bind(previous_expires_at)
+    .execute(ex)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Webhook delivery log and redelivery: `GET /v1/migrations/{id}/webhook_deliveries`,
+//! `POST /v1/webhook_deliveries/{id}/redeliver`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{Caller, IdPath};
+use super::problem::{ApiError, Problem};
+use crate::app::AppState;
+use crate::db::{self, webhooks as store};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_deliveries))
+        .routes(routes!(redeliver))
+}
+
+/// One attempt to deliver a webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryAttempt {
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    /// The consumer's HTTP status; null when it did not answer (timeout, refused...).
+    pub response_status: Option<i32>,
+    pub latency_ms: i32,
+    /// `succeeded` (2xx) or `failed`.
+    pub outcome: String,
+    /// Why the attempt failed, when it did.
+    pub error: Option<String>,
+    /// When the next attempt is due after this one; null when none follows.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A webhook (one event) and its delivery attempts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDelivery {
+    /// Sent as `webhook-id`; the same on every attempt, so consumers can deduplicate.
+    pub id: Uuid,
+    pub migration_id: Uuid,
+    /// Increases with each event of the migration (also in the body as `sequence`).
+    pub sequence: i32,
+    /// `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`,
+    /// `migration.failed` or `migration.cancelled`.
+    pub event_type: String,
+    pub url: String,
+    /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted).
+    pub status: String,
+    pub attempt_count: i32,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_response_status: Option<i32>,
+    pub last_error: Option<String>,
+    /// The exact body sent.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    pub attempts: Vec<DeliveryAttempt>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryList {
+    pub data: Vec<WebhookDelivery>,
+}
+
+fn delivery(row: store::DeliveryRow, attempts: Vec<DeliveryAttempt>) -> WebhookDelivery {
+    WebhookDelivery {
+        id: row.id,
+        migration_id: row.migration_id,
+        sequence: row.sequence,
+        event_type: row.event_type,
+        url: row.url,
+        status: row.status.clone(),
+        attempt_count: row.attempts,
+        next_attempt_at: row.next_attempt_at.filter(|_| row.status == "pending"),
+        last_response_status: row.last_status_code,
+        last_error: row.last_error,
+        payload: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
+        attempts,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+fn attempt(a: store::AttemptRow) -> DeliveryAttempt {
+    DeliveryAttempt {
+        attempt: a.attempt,
+        started_at: a.started_at,
+        response_status: a.status_code,
+        latency_ms: a.latency_ms,
+        outcome: a.outcome,
+        error: a.error,
+        next_attempt_at: a.next_attempt_at,
+    }
+}
+
+/// A migration's webhooks, in event order, each with every delivery attempt.
+#[utoipa::path(
+    get, path = "/v1/migrations/{id}/webhook_deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "Deliveries with their attempts", body = WebhookDeliveryList),
+        (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<WebhookDeliveryList>, ApiError> {
+    super::migrations::fetch(&state, caller, id).await?;
+    let rows = store::list_for_migration(&state.pool, id).await?;
+    let mut attempts = store::attempts_for_migration(&state.pool, id).await?;
+    let data = rows
+        .into_iter()
+        .map(|row| {
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                attempts.drain(..).partition(|a| a.delivery_id == row.id);
+            attempts = rest;
+            delivery(row, mine.into_iter().map(attempt).collect())
+        })
+        .collect();
+    Ok(axum::Json(WebhookDeliveryList { data }))
+}
+
+/// Send a webhook again now, with a fresh retry schedule and the same `webhook-id`.
+#[utoipa::path(
+    post, path = "/v1/webhook_deliveries/{id}/redeliver", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Delivery id (the `webhook-id`)")),
+    responses(
+        (status = 202, description = "Queued for delivery", body = WebhookDelivery),
+        (status = 404, description = "No such delivery for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<(StatusCode, axum::Json<WebhookDelivery>), ApiError> {
+    let row = match store::redeliver(&state.pool, id, caller.scope(), state.clock.now()).await {
+        Ok(r) => r,
+        Err(db::Error::NotFound) => return Err(ApiError::not_found("webhook delivery")),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(delivery.id = %id, migration.id = %row.migration_id, "webhook redelivery requested");
+    Ok((StatusCode::ACCEPTED, axum::Json(delivery(row, Vec::new()))))
+}

@@ -1,0 +1,608 @@
+//! Webhooks end to end: a consumer on loopback verifies every delivery with the independent
+//! `standardwebhooks` crate; a consumer that is down for the first hour (a manual clock skips
+//! through the retry schedule) still gets every event, in order, with stable ids.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode as AxStatus};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use standardwebhooks::{Webhook, WebhookError};
+use tokio::net::TcpListener;
+use waba_migrator::webhooks::signing::SigningKey;
+use waba_migrator::webhooks::{ManualClock, WebhookConfig};
+
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+
+/// One request as the consumer saw it.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+    answered: u16,
+}
+
+impl Received {
+    fn id(&self) -> &str {
+        self.headers["webhook-id"].to_str().unwrap()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook consumer on a loopback port that answers 503 while `down`.
+#[derive(Clone)]
+struct Consumer {
+    url: String,
+    down: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Consumer {
+    async fn start() -> Self {
+        let down = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (d, r) = (down.clone(), received.clone());
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (d, r) = (d.clone(), r.clone());
+                async move {
+                    let status = if d.load(Ordering::SeqCst) {
+                        AxStatus::SERVICE_UNAVAILABLE
+                    } else {
+                        AxStatus::NO_CONTENT
+                    };
+                    r.lock().unwrap().push(Received {
+                        headers,
+                        body,
+                        answered: status.as_u16(),
+                    });
+                    status
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url,
+            down,
+            received,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The requests it acknowledged, in arrival order.
+    fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered < 300)
+            .collect()
+    }
+}
+
+async fn create_with_callback(app: &TestApp, phone: &str, url: &str) -> String {
+    let mut body = TestApp::create_body(phone);
+    body["callback_url"] = json!(url);
+    app.create_with(body).await
+}
+
+async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+    let res = app
+        .get(&format!("/v1/migrations/{id}/webhook_deliveries"))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The transitions in the audit trail, as (sequence, to_state).
+async fn transitions(app: &TestApp, id: &str) -> Vec<(i64, String)> {
+    app.events(id)
+        .await
+        .into_iter()
+        .filter(|e| e["to_state"].is_string() && e["from_state"] != e["to_state"])
+        .filter(|e| e["from_state"].is_string())
+        .map(|e| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["to_state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn every_delivery_of_a_migration_verifies_with_standard_webhooks(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let consumer = Consumer::start().await;
+    let id = create_with_callback(&app, "+14155550501", &consumer.url).await;
+    app.complete(&id).await;
+
+    let expected = transitions(&app, &id).await;
+    assert!(expected.len() >= 9, "{expected:?}");
+    let last_seq = expected.last().unwrap().0;
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = consumer.accepted();
+        if got.last().map(|r| r.json()["sequence"].as_i64().unwrap()) == Some(last_seq) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One delivery per transition, in order, each verified by an independent implementation.
+    let verifier = Webhook::new(&app.webhook_secret).unwrap();
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for (r, (seq, state)) in got.iter().zip(&expected) {
+        verifier
+            .verify(&r.body, &r.headers)
+            .unwrap_or_else(|e| panic!("delivery {} rejected: {e:?}", r.id()));
+        let body = r.json();
+        assert_eq!(body["sequence"].as_i64(), Some(*seq));
+        assert_eq!(body["data"]["state"], json!(state));
+        assert_eq!(body["data"]["id"], json!(id));
+        let expected_type = match state.as_str() {
+            "awaiting_otp" => "migration.awaiting_otp",
+            "completed" => "migration.completed",
+            _ => "migration.state_changed",
+        };
+        assert_eq!(body["type"], json!(expected_type));
+        assert_eq!(r.headers["content-type"], "application/json");
+    }
+    let mut ids: Vec<&str> = got.iter().map(Received::id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "webhook-ids are unique per event");
+
+    // A tampered body fails verification.
+    let r = &got[0];
+    let mut tampered = r.json();
+    tampered["data"]["state"] = json!("completed");
+    let err = verifier
+        .verify(tampered.to_string().as_bytes(), &r.headers)
+        .unwrap_err();
+    assert!(matches!(err, WebhookError::InvalidSignature), "{err:?}");
+
+    // A message correctly signed by our signer but with an old timestamp (a replay) is refused.
+    let key = SigningKey::from_secret(&SecretString::from(app.webhook_secret.clone())).unwrap();
+    let old = chrono::Utc::now().timestamp() - 600;
+    let mut headers = r.headers.clone();
+    headers.insert("webhook-timestamp", old.to_string().parse().unwrap());
+    headers.insert(
+        "webhook-signature",
+        key.sign(r.id(), old, std::str::from_utf8(&r.body).unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let err = verifier.verify(&r.body, &headers).unwrap_err();
+    assert!(matches!(err, WebhookError::TimestampTooOldError), "{err:?}");
+
+    // The delivery log shows one successful attempt per event with status and latency.
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log.len(), expected.len());
+    for d in &log {
+        assert_eq!(d["status"], "succeeded", "{d}");
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1);
+        let a = &d["attempts"][0];
+        assert_eq!(a["response_status"], 204);
+        assert_eq!(a["outcome"], "succeeded");
+        assert!(a["latency_ms"].is_i64());
+        assert!(a["next_attempt_at"].is_null());
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_consumer_down_for_an_hour_gets_every_event_in_order(pool: PgPool) {
+    let clock = ManualClock::default();
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_dispatcher: false,
+            clock: Arc::new(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let consumer = Consumer::start().await;
+    consumer.down.store(true, Ordering::SeqCst);
+    let id = create_with_callback(&app, "+14155550502", &consumer.url).await;
+    app.complete(&id).await;
+    let expected = transitions(&app, &id).await;
+
+    // Three hours in one-minute steps; the consumer comes back after the first hour.
+    let step = Duration::from_secs(60);
+    for minute in 0..=180 {
+        if minute == 60 {
+            consumer.down.store(false, Ordering::SeqCst);
+        }
+        app.dispatcher.run_until_idle().await.unwrap();
+        // The 5-second retry falls inside the first minute.
+        if minute == 0 {
+            clock.advance(Duration::from_secs(5));
+            app.dispatcher.run_until_idle().await.unwrap();
+        }
+        clock.advance(step);
+    }
+
+    let accepted = consumer.accepted();
+    let sequences: Vec<i64> = accepted
+        .iter()
+        .map(|r| r.json()["sequence"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = expected.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, want, "every event once, in order");
+    let verifier = Webhook::new(&app.webhook_secret).unwrap();
+    for r in &accepted {
+        verifier.verify(&r.body, &r.headers).unwrap();
+    }
+
+    // While down, only the first event was tried (later ones wait behind it), always with the
+    // same id and body.
+    let refused: Vec<Received> = consumer
+        .received()
+        .into_iter()
+        .filter(|r| r.answered == 503)
+        .collect();
+    assert_eq!(refused.len(), 4, "attempts at 0 s, 5 s, ~5 min and ~35 min");
+    for r in &refused {
+        assert_eq!(r.id(), accepted[0].id());
+        assert_eq!(r.body, accepted[0].body);
+    }
+
+    // The log: the first delivery shows 4 failed attempts with their next times, then success.
+    let log = deliveries(&app, &id).await;
+    assert!(log.iter().all(|d| d["status"] == "succeeded"));
+    let first = &log[0];
+    assert_eq!(first["id"].as_str(), Some(accepted[0].id()));
+    let attempts = first["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 5, "{first:#}");
+    for a in &attempts[..4] {
+        assert_eq!(a["response_status"], 503);
+        assert_eq!(a["outcome"], "failed");
+        assert!(a["next_attempt_at"].is_string());
+    }
+    assert_eq!(attempts[4]["outcome"], "succeeded");
+    let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let gaps: Vec<i64> = attempts
+        .windows(2)
+        .map(|w| (t(&w[1]["started_at"]) - t(&w[0]["started_at"])).num_seconds())
+        .collect();
+    // 5 s, then 5 min, 30 min and 2 h (each rounded up to the next one-minute tick).
+    assert!(gaps[0] >= 5 && gaps[0] < 60, "{gaps:?}");
+    assert!((300..=360).contains(&gaps[1]), "{gaps:?}");
+    assert!((1800..=1860).contains(&gaps[2]), "{gaps:?}");
+    assert!((7200..=7260).contains(&gaps[3]), "{gaps:?}");
+    for d in &log[1..] {
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d:#}");
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn attempts_stop_after_the_schedule_and_redelivery_starts_over(pool: PgPool) {
+    let clock = ManualClock::default();
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_dispatcher: false,
+            clock: Arc::new(clock.clone()),
+            webhooks: WebhookConfig {
+                allow_private: true,
+                schedule: vec![Duration::from_secs(10), Duration::from_secs(20)],
+                ..WebhookConfig::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let consumer = Consumer::start().await;
+    consumer.down.store(true, Ordering::SeqCst);
+    let id = create_with_callback(&app, "+14155550503", &consumer.url).await;
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    app.wait_for(&id, "cancelled").await;
+    for _ in 0..5 {
+        app.dispatcher.run_until_idle().await.unwrap();
+        clock.advance(Duration::from_secs(30));
+    }
+    let log = deliveries(&app, &id).await;
+    let first = &log[0];
+    assert_eq!(first["status"], "failed", "{first:#}");
+    assert_eq!(first["attempts"].as_array().unwrap().len(), 3);
+    assert!(first["attempts"][2]["next_attempt_at"].is_null());
+    assert!(first["next_attempt_at"].is_null());
+
+    // Back up; the partner asks for it again: same id, delivered.
+    consumer.down.store(false, Ordering::SeqCst);
+    let delivery_id = first["id"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let queued: Value = res.json().await.unwrap();
+    assert_eq!(queued["status"], "pending");
+    for _ in 0..3 {
+        app.dispatcher.run_until_idle().await.unwrap();
+        clock.advance(Duration::from_secs(30));
+    }
+    let accepted = consumer.accepted();
+    assert_eq!(accepted[0].id(), delivery_id);
+    let log = deliveries(&app, &id).await;
+    assert!(log.iter().all(|d| d["status"] == "succeeded"), "{log:#?}");
+    assert_eq!(log[0]["attempt_count"], 4);
+
+    // Another tenant cannot see or redeliver it.
+    let (_, other_key) = app.other_partner().await;
+    let res = app
+        .post_as(
+            &other_key,
+            &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
+            json!({}),
+        )
+        .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    let res = app
+        .get_as(
+            &other_key,
+            &format!("/v1/migrations/{id}/webhook_deliveries"),
+        )
+        .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends(pool: PgPool) {
+    let clock = ManualClock::default();
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_dispatcher: false,
+            clock: Arc::new(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let consumer = Consumer::start().await;
+    let old_secret = app.webhook_secret.clone();
+    let res = app
+        .post_as(
+            ADMIN_KEY,
+            &format!("/v1/partners/{}/webhook_secret/rotate", app.partner_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated: Value = res.json().await.unwrap();
+    let new_secret = rotated["webhook_secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, old_secret);
+    assert!(rotated["previous_secret_expires_at"].is_string());
+
+    let id = create_with_callback(&app, "+14155550504", &consumer.url).await;
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    app.wait_for(&id, "cancelled").await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let during = consumer.accepted();
+    assert!(!during.is_empty());
+    for r in &during {
+        let sigs = r.headers["webhook-signature"].to_str().unwrap();
+        assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
+        Webhook::new(&old_secret)
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .unwrap();
+        Webhook::new(&new_secret)
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .unwrap();
+    }
+
+    // A day later the old secret no longer signs.
+    clock.advance(Duration::from_secs(24 * 3600 + 60));
+    let delivery_id = deliveries(&app, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
+        json!({}),
+    )
+    .await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let after = consumer.accepted().last().unwrap().clone();
+    assert_eq!(after.id(), delivery_id);
+    assert_eq!(
+        after.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
+    Webhook::new(&new_secret)
+        .unwrap()
+        .verify(&after.body, &after.headers)
+        .unwrap();
+    assert!(
+        Webhook::new(&old_secret)
+            .unwrap()
+            .verify(&after.body, &after.headers)
+            .is_err()
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn callbacks_to_private_addresses_are_refused(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_dispatcher: false,
+            webhooks: WebhookConfig {
+                allow_private: false,
+                ..WebhookConfig::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let consumer = Consumer::start().await;
+    for url in [
+        consumer.url.clone(),
+        "https://127.0.0.1/hook".into(),
+        "https://169.254.169.254/latest/meta-data".into(),
+        "https://[::1]/hook".into(),
+        "https://user:pass@hooks.example.com/".into(),
+    ] {
+        let mut body = TestApp::create_body("+14155550505");
+        body["callback_url"] = json!(url);
+        let res = app.post("/v1/migrations", body).await;
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["pointer"], "/callback_url", "{url}");
+    }
+    assert_eq!(app.count_migrations().await, 0);
+
+    // A name is accepted, but one that resolves to loopback is refused at delivery time.
+    let port = consumer
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let res = app
+        .http
+        .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "callback_url": format!("https://localhost:{port}/hook") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let id = app.create("+14155550506").await;
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    app.wait_for(&id, "cancelled").await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    assert!(consumer.received().is_empty(), "nothing reached loopback");
+    let log = deliveries(&app, &id).await;
+    let attempt = &log[0]["attempts"][0];
+    assert_eq!(attempt["outcome"], "failed");
+    assert!(attempt["response_status"].is_null());
+    let error = attempt["error"].as_str().unwrap();
+    assert!(error.contains("no public address"), "{error}");
+    assert_eq!(log[0]["status"], "pending", "retried later, on schedule");
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn partner_default_callback_is_used_and_can_be_cleared(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let consumer = Consumer::start().await;
+    let patch = |body: Value| {
+        app.http
+            .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+            .bearer_auth(ADMIN_KEY)
+            .json(&body)
+            .send()
+    };
+    let res = patch(json!({ "callback_url": consumer.url }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["callback_url"],
+        json!(consumer.url)
+    );
+
+    let id = app.create("+14155550507").await;
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    app.wait_for(&id, "cancelled").await;
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        log = deliveries(&app, &id).await;
+        if log.last().is_some_and(|d| d["status"] == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(log.last().unwrap()["event_type"], "migration.cancelled");
+    assert_eq!(log[0]["url"], json!(consumer.url));
+
+    // Cleared: no deliveries for new migrations.
+    let res = patch(json!({ "callback_url": null })).await.unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["callback_url"],
+        Value::Null
+    );
+    let id = app.create("+14155550508").await;
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    app.wait_for(&id, "cancelled").await;
+    assert!(deliveries(&app, &id).await.is_empty());
+
+    // A partner key cannot change partners.
+    let res = app
+        .http
+        .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+        .bearer_auth(&app.partner_key)
+        .json(&json!({ "callback_url": null }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn requests_over_the_per_key_rate_get_429_with_retry_after(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            rate_limit: Some((1, 5)),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Partner creation by the admin used one of the admin key's tokens.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(app.get("/v1/migrations").await.status());
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let res = app.get("/v1/migrations").await;
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Each key has its own budget; a bad key is 401, not counted.
+    assert_eq!(
+        app.get_as(ADMIN_KEY, "/v1/partners").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_as("wm_nope_nope", "/v1/migrations").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
