@@ -4,6 +4,8 @@
 //! are driven through the public API like a partner would (creating with `Idempotency-Key`,
 //! submitting the sandbox code, resending when a code was refused). At the end every migration
 //! must be `completed` and the sandbox counters must show that no non-idempotent call ran twice.
+//! A webhook consumer that refuses a share of deliveries must have acknowledged every
+//! transition of every migration, each migration's in order, every one correctly signed.
 //!
 //! The default configuration is small enough for CI (100 migrations, 2 kills, 10 % faults).
 //! The large run of the README:
@@ -237,6 +239,10 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
         .env("SHUTDOWN_GRACE_SECONDS", "2")
         // The driver polls hundreds of migrations with one key; limits are tested elsewhere.
         .env("RATE_LIMIT_PER_SECOND", "0")
+        // The webhook consumer is on loopback; retry every second instead of the day-long schedule.
+        .env("ALLOW_PRIVATE_CALLBACKS", "true")
+        .env("WEBHOOK_TIMEOUT_SECONDS", "2")
+        .env("WEBHOOK_RETRY_SCHEDULE", vec!["1"; 40].join(","))
         .env("RUST_LOG", "warn,waba_migrator=info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -303,6 +309,96 @@ struct Tally {
     outage: Option<(Instant, Instant)>,
 }
 
+/// What the webhook consumer saw: every request's id, migration, sequence and whether it was
+/// acknowledged, in arrival order; and how many failed signature verification.
+#[derive(Default)]
+struct Hooks {
+    seen: Vec<(String, String, i64, bool)>,
+    bad_signatures: usize,
+}
+
+/// A webhook consumer that verifies every request with the `standardwebhooks` crate and
+/// answers 500 to `refuse_rate` of them.
+async fn start_consumer(
+    secret: Arc<std::sync::OnceLock<String>>,
+    refuse_rate: f64,
+) -> (String, Arc<std::sync::Mutex<Hooks>>) {
+    let hooks = Arc::new(std::sync::Mutex::new(Hooks::default()));
+    let h = hooks.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (h, secret) = (h.clone(), secret.clone());
+                async move {
+                    let verified = secret.get().is_some_and(|s| {
+                        standardwebhooks::Webhook::new(s)
+                            .and_then(|w| w.verify(&body, &headers))
+                            .is_ok()
+                    });
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let ack = verified && !rand::rng().random_bool(refuse_rate);
+                    let mut h = h.lock().unwrap();
+                    if !verified {
+                        h.bad_signatures += 1;
+                    }
+                    h.seen.push((
+                        headers["webhook-id"].to_str().unwrap_or("").to_owned(),
+                        v["data"]["id"].as_str().unwrap_or("").to_owned(),
+                        v["sequence"].as_i64().unwrap_or(-1),
+                        ack,
+                    ));
+                    if ack {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, hooks)
+}
+
+/// Per migration, the sequences of its transitions that the consumer has not acknowledged yet,
+/// and whether its first acknowledgements came out of order.
+fn webhook_gaps(
+    hooks: &Hooks,
+    transitions: &HashMap<String, Vec<i64>>,
+) -> (Vec<String>, Vec<String>) {
+    let mut first_acks: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut acked_ids = HashSet::new();
+    for (id, migration, seq, ack) in &hooks.seen {
+        if *ack && acked_ids.insert(id.as_str()) {
+            first_acks.entry(migration.as_str()).or_default().push(*seq);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut disorder = Vec::new();
+    for (migration, want) in transitions {
+        let got = first_acks
+            .get(migration.as_str())
+            .cloned()
+            .unwrap_or_default();
+        if got.windows(2).any(|w| w[0] >= w[1]) {
+            disorder.push(format!(
+                "{migration}: webhooks acknowledged in order {got:?}"
+            ));
+        }
+        let got: HashSet<i64> = got.into_iter().collect();
+        let lost: Vec<i64> = want.iter().copied().filter(|s| !got.contains(s)).collect();
+        if !lost.is_empty() {
+            missing.push(format!(
+                "{migration}: webhooks for sequences {lost:?} not acknowledged"
+            ));
+        }
+    }
+    (missing, disorder)
+}
+
 fn phone(i: usize) -> String {
     // 2000..=9999 as the last four digits: never a `00xx` scenario number.
     format!("+1415{:03}{:04}", 550 + i / 8000, 2000 + i % 8000)
@@ -354,18 +450,22 @@ async fn run(cfg: Config) {
         wait_healthy(&http, b).await;
     }
 
-    // A partner.
+    // A partner whose webhook consumer refuses 10 % of deliveries.
+    let secret = Arc::new(std::sync::OnceLock::new());
+    let (hook_url, hooks) = start_consumer(secret.clone(), 0.1).await;
     let res = call(&http, &bases, ADMIN_KEY, |h, b| {
         h.post(format!("{b}/v1/partners")).json(&json!({
-            "name": "Chaos partner", "d360_partner_id": "chaosPA", "d360_api_key": "chaos-key"
+            "name": "Chaos partner", "d360_partner_id": "chaosPA", "d360_api_key": "chaos-key",
+            "callback_url": hook_url,
         }))
     })
     .await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let partner_key = res.json::<Value>().await.unwrap()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let partner: Value = res.json().await.unwrap();
+    let partner_key = partner["api_key"].as_str().unwrap().to_owned();
+    secret
+        .set(partner["webhook_secret"].as_str().unwrap().to_owned())
+        .unwrap();
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let replicas = Arc::new(Mutex::new(replicas));
@@ -646,6 +746,7 @@ async fn run(cfg: Config) {
         .unwrap();
     let all = list_all(&http, &bases, &partner_key).await;
     let mut violations: Vec<String> = Vec::new();
+    let mut transitions: HashMap<String, Vec<i64>> = HashMap::new();
     let mut api_keys_applied = 0u64;
     let mut register_received = 0u64;
     let mut request_code_received = 0u64;
@@ -691,6 +792,14 @@ async fn run(cfg: Config) {
         .await
         .unwrap();
         let events = events["data"].as_array().unwrap();
+        transitions.insert(
+            id.to_owned(),
+            events
+                .iter()
+                .filter(|e| e["type"] == "migration.state_changed")
+                .map(|e| e["seq"].as_i64().unwrap())
+                .collect(),
+        );
         let mut state = "queued".to_owned();
         let mut seqs = HashSet::new();
         let mut generated = 0;
@@ -718,6 +827,34 @@ async fn run(cfg: Config) {
             violations.push(format!("{number}: {generated} api_key_generated events"));
         }
     }
+
+    // Every transition's webhook is acknowledged, each migration's in order (deliveries that
+    // were in flight on a killed replica wait for their lease, then go again).
+    let webhook_deadline = Instant::now() + Duration::from_secs(60);
+    let (missing, disorder) = loop {
+        let (missing, disorder) = webhook_gaps(&hooks.lock().unwrap(), &transitions);
+        if missing.is_empty() || Instant::now() > webhook_deadline {
+            break (missing, disorder);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    violations.extend(missing);
+    violations.extend(disorder);
+    let (hook_requests, hook_refused, hook_bad, hook_duplicates) = {
+        let h = hooks.lock().unwrap();
+        let acked: Vec<&String> = h.seen.iter().filter(|s| s.3).map(|s| &s.0).collect();
+        let unique: HashSet<&&String> = acked.iter().collect();
+        (
+            h.seen.len(),
+            h.seen.iter().filter(|s| !s.3).count(),
+            h.bad_signatures,
+            acked.len() - unique.len(),
+        )
+    };
+    if hook_bad > 0 {
+        violations.push(format!("{hook_bad} webhooks failed signature verification"));
+    }
+    let hook_expected: usize = transitions.values().map(Vec::len).sum();
 
     let tally = tally.lock().await;
     let replica_starts: usize = replicas.lock().await.iter().map(|r| r.starts).sum();
@@ -764,6 +901,9 @@ async fn run(cfg: Config) {
         "| migrations leased by killed replicas / slowest resume | {orphans} / {:.1} s (bound {} s = lease + backoff cap + 2 s polling) |",
         worst_recovery.as_secs_f64(),
         RECOVERY_BOUND.as_secs()
+    );
+    println!(
+        "| webhooks: transitions / requests / refused by the consumer / acknowledged twice | {hook_expected} / {hook_requests} / {hook_refused} / {hook_duplicates} |"
     );
     println!("| invariant violations | {} |", violations.len());
     println!("| wall time | {:.1} s |", elapsed.as_secs_f64());

@@ -18,7 +18,7 @@ use crate::crypto::Cipher;
 use crate::db::{self, webhooks as store};
 
 /// Leases outlive an attempt by this much, so a live dispatcher never loses its lease mid-send.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Dispatcher {
