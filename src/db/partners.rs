@@ -116,6 +116,20 @@ pub async fn insert_api_key(
     .await?)
 }
 
+/// A partner's keys, newest first (prefixes only: the keys themselves are not stored).
+pub async fn list_api_keys(
+    ex: impl PgExecutor<'_>,
+    partner_id: Uuid,
+) -> Result<Vec<ApiKeyRow>, Error> {
+    Ok(sqlx::query_as::<_, ApiKeyRow>(
+        "SELECT id, partner_id, prefix, created_at, revoked_at FROM partner_api_keys
+          WHERE partner_id = $1 ORDER BY id DESC",
+    )
+    .bind(partner_id)
+    .fetch_all(ex)
+    .await?)
+}
+
 /// Revokes a key; effective for the very next request (lookups exclude revoked keys).
 #[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.id = %key_id))]
 pub async fn revoke_api_key(

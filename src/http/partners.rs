@@ -21,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_partner, list_partners))
         .routes(routes!(get_partner, update_partner))
-        .routes(routes!(create_api_key))
+        .routes(routes!(create_api_key, list_api_keys))
         .routes(routes!(revoke_api_key))
         .routes(routes!(rotate_webhook_secret))
 }
@@ -414,6 +414,56 @@ async fn create_api_key(
             created_at: row.created_at,
         }),
     ))
+}
+
+/// A partner API key as listed: never the key, only its visible prefix.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    /// The start of the key (`wm_<prefix>_…`), to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    /// Set once revoked; the key stops working at that moment.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub data: Vec<ApiKeyInfo>,
+}
+
+/// List a partner's API keys (prefixes only), newest first.
+#[utoipa::path(
+    get, path = "/v1/partners/{id}/api_keys", tag = "partners",
+    params(("id" = Uuid, Path, description = "Partner id")),
+    responses(
+        (status = 200, description = "The keys", body = ApiKeyList),
+        (status = 403, description = "Not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<ApiKeyList>, ApiError> {
+    caller.require_admin()?;
+    visible_partner(&state, caller, id).await?;
+    let rows = store::list_api_keys(&state.pool, id).await?;
+    Ok(axum::Json(ApiKeyList {
+        data: rows
+            .into_iter()
+            .map(|k| ApiKeyInfo {
+                id: k.id,
+                prefix: k.prefix,
+                created_at: k.created_at,
+                revoked_at: k.revoked_at,
+            })
+            .collect(),
+    }))
 }
 
 /// Revoke a partner API key; effective immediately.

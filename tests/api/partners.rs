@@ -76,15 +76,32 @@ async fn admin_manages_partners_and_keys(pool: PgPool) {
         StatusCode::OK
     );
 
-    let key1_id: (uuid::Uuid,) =
-        sqlx::query_as("SELECT id FROM partner_api_keys WHERE partner_id = $1 ORDER BY id LIMIT 1")
-            .bind(uuid::Uuid::parse_str(&pid).unwrap())
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    // The list shows prefixes only, newest first: find key 1 by its visible prefix.
+    let keys: Value = app
+        .get_as(ADMIN_KEY, &format!("/v1/partners/{pid}/api_keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys = keys["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["id"], k2["id"]);
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.to_string().contains(&key1) || k.to_string().contains(&key2))
+    );
+    let key1_entry = keys
+        .iter()
+        .find(|k| key1.starts_with(k["prefix"].as_str().unwrap()))
+        .expect("key 1 recognisable by its prefix");
+    assert!(key1_entry["revoked_at"].is_null());
     let res = app
         .http
-        .delete(app.url(&format!("/v1/partners/{pid}/api_keys/{}", key1_id.0)))
+        .delete(app.url(&format!(
+            "/v1/partners/{pid}/api_keys/{}",
+            key1_entry["id"].as_str().unwrap()
+        )))
         .bearer_auth(ADMIN_KEY)
         .send()
         .await
@@ -92,6 +109,18 @@ async fn admin_manages_partners_and_keys(pool: PgPool) {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let res = app.get_as(&key1, "/v1/migrations").await;
     assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let keys: Value = app
+        .get_as(ADMIN_KEY, &format!("/v1/partners/{pid}/api_keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(keys["data"][1]["revoked_at"].is_string());
+    // Only the admin lists keys.
+    let res = app
+        .get_as(&key2, &format!("/v1/partners/{pid}/api_keys"))
+        .await;
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(
         app.get_as(&key2, "/v1/migrations").await.status(),
         StatusCode::OK
