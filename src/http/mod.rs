@@ -37,10 +37,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    components(schemas(webhooks::WebhookEvent)),
     tags(
         (name = "migrations", description = "Migration jobs"),
         (name = "partners", description = "Tenants and their keys (admin)"),
-        (name = "webhooks", description = "Every state change of a migration is POSTed to its `callback_url` (or the partner's default) as `{type, timestamp, sequence, data: <Migration>}`; `type` is `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`, `migration.failed` or `migration.cancelled`; `sequence` increases with each event of a migration, and one migration's events are delivered in order. Signed per Standard Webhooks: headers `webhook-id` (stable across retries: deduplicate on it), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the partner's `whsec_` secret; after a rotation, one signature per valid secret, space-separated). Any 2xx acknowledges; anything else is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h. Only public https URLs are called."),
+        (name = "webhooks", description = "Every state change of a migration is POSTed to its `callback_url` (or the partner's default) as a `WebhookEvent` `{type, timestamp, sequence, data: <Migration>}`; `type` is `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`, `migration.failed` or `migration.cancelled`; `sequence` increases with each event of a migration, and one migration's events are delivered in order. Signed per Standard Webhooks: headers `webhook-id` (stable across retries: deduplicate on it), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the partner's `whsec_` secret; after a rotation, one signature per valid secret, space-separated). Any 2xx acknowledges; anything else is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h. Only public https URLs are called."),
         (name = "ops", description = "Health and documents"),
     )
 )]

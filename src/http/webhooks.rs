@@ -22,6 +22,22 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeliver))
 }
 
+/// The body of every webhook POST (see the `webhooks` tag for headers and signatures).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookEvent {
+    /// `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`,
+    /// `migration.failed` or `migration.cancelled`.
+    #[serde(rename = "type")]
+    #[schema(example = "migration.awaiting_otp")]
+    pub kind: String,
+    /// When the transition happened.
+    pub timestamp: DateTime<Utc>,
+    /// Increases with every event of one migration; a consumer can order or deduplicate by it.
+    pub sequence: i32,
+    /// The migration after the transition, as `GET /v1/migrations/{id}` showed it then.
+    pub data: super::migrations::Migration,
+}
+
 /// One attempt to deliver a webhook.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryAttempt {

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::db::{self, events::NewEvent, migrations::MigrationRow};
@@ -129,18 +128,6 @@ pub const EVENT_TYPES: [&str; 5] = [
     "migration.cancelled",
 ];
 
-/// The body of a delivery.
-#[derive(Debug, Serialize)]
-struct Payload<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    timestamp: DateTime<Utc>,
-    /// Increases with every event of one migration.
-    sequence: i32,
-    /// The migration after the transition, as `GET /v1/migrations/{id}` shows it.
-    data: crate::http::migrations::Migration,
-}
-
 /// Writes the delivery for a transition, in the caller's transaction. Events that do not
 /// change the state (retries scheduled, key retrieved...) are not delivered.
 pub async fn enqueue_transition(
@@ -156,8 +143,8 @@ pub async fn enqueue_transition(
     }
     let state = row.state();
     let kind = event_type(state);
-    let body = serde_json::to_string(&Payload {
-        kind,
+    let body = serde_json::to_string(&crate::http::webhooks::WebhookEvent {
+        kind: kind.to_owned(),
         timestamp: row.updated_at,
         sequence: row.version,
         data: crate::http::migrations::Migration::from(row),
