@@ -6,6 +6,11 @@
 //! ciphertext, and is bound to where it lives by the associated data (e.g. `migration:<id>:pin`),
 //! so a ciphertext copied to another row or column does not decrypt.
 //!
+//! Key rotation: a [`Cipher`] may also hold a previous key (`ENCRYPTION_KEY_OLD`). It always
+//! seals under the primary key and opens with the primary key first, then the previous one, so
+//! a service can run while `waba-migrator reencrypt` ([`crate::crypto_rotation`]) moves every
+//! stored value to the primary key.
+//!
 //! Our own API keys are random 256-bit tokens; only their SHA-256 is stored (a slow password
 //! hash buys nothing for high-entropy tokens and would cost every request).
 
@@ -25,14 +30,27 @@ pub enum CryptoError {
         "ENCRYPTION_KEY must be 32 bytes encoded as standard base64 (e.g. `openssl rand -base64 32`)"
     )]
     BadKey,
-    #[error("a stored secret could not be decrypted (wrong ENCRYPTION_KEY or tampered data)")]
+    #[error(
+        "a stored secret could not be decrypted (wrong ENCRYPTION_KEY / ENCRYPTION_KEY_OLD or tampered data)"
+    )]
     Decrypt,
 }
 
-/// AES-256-GCM sealing of secrets at rest.
+/// Which key opened a sealed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsed {
+    /// `ENCRYPTION_KEY`: nothing to do.
+    Primary,
+    /// `ENCRYPTION_KEY_OLD`: the value should be re-sealed under the primary key.
+    Old,
+}
+
+/// AES-256-GCM sealing of secrets at rest, under a primary key and optionally a previous key
+/// accepted for decryption only.
 #[derive(Clone)]
 pub struct Cipher {
     aead: Aes256Gcm,
+    old: Option<Aes256Gcm>,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -44,15 +62,27 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// From the `ENCRYPTION_KEY` setting.
     pub fn from_base64(key: &SecretString) -> Result<Self, CryptoError> {
-        let bytes = STANDARD
-            .decode(key.expose_secret().trim())
-            .map_err(|_| CryptoError::BadKey)?;
-        if bytes.len() != 32 {
-            return Err(CryptoError::BadKey);
-        }
         Ok(Self {
-            aead: Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?,
+            aead: aead_from_base64(key)?,
+            old: None,
         })
+    }
+
+    /// From `ENCRYPTION_KEY` (seals and opens) and `ENCRYPTION_KEY_OLD` (opens only), during a
+    /// key rotation. `old: None` is the same as [`Cipher::from_base64`].
+    pub fn from_base64_with_old(
+        primary: &SecretString,
+        old: Option<&SecretString>,
+    ) -> Result<Self, CryptoError> {
+        Ok(Self {
+            aead: aead_from_base64(primary)?,
+            old: old.map(aead_from_base64).transpose()?,
+        })
+    }
+
+    /// Whether a previous key is configured.
+    pub fn has_old_key(&self) -> bool {
+        self.old.is_some()
     }
 
     /// A new random key in the `ENCRYPTION_KEY` format.
@@ -81,25 +111,54 @@ impl Cipher {
         out
     }
 
+    /// Opens a value sealed under the primary key or, failing that, the previous key.
     pub fn open(&self, sealed: &[u8], aad: &str) -> Result<SecretString, CryptoError> {
-        if sealed.len() < NONCE_LEN {
-            return Err(CryptoError::Decrypt);
-        }
-        let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let pt = self
-            .aead
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(pt)
-            .map(SecretString::from)
-            .map_err(|_| CryptoError::Decrypt)
+        self.open_reporting_key(sealed, aad).map(|(pt, _)| pt)
     }
+
+    /// Like [`Cipher::open`], and says which key opened the value.
+    pub fn open_reporting_key(
+        &self,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<(SecretString, KeyUsed), CryptoError> {
+        if let Ok(pt) = open_with(&self.aead, sealed, aad) {
+            return Ok((pt, KeyUsed::Primary));
+        }
+        match &self.old {
+            Some(old) => open_with(old, sealed, aad).map(|pt| (pt, KeyUsed::Old)),
+            None => Err(CryptoError::Decrypt),
+        }
+    }
+}
+
+fn aead_from_base64(key: &SecretString) -> Result<Aes256Gcm, CryptoError> {
+    let bytes = STANDARD
+        .decode(key.expose_secret().trim())
+        .map_err(|_| CryptoError::BadKey)?;
+    if bytes.len() != 32 {
+        return Err(CryptoError::BadKey);
+    }
+    Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)
+}
+
+fn open_with(aead: &Aes256Gcm, sealed: &[u8], aad: &str) -> Result<SecretString, CryptoError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let pt = aead
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| CryptoError::Decrypt)?;
+    String::from_utf8(pt)
+        .map(SecretString::from)
+        .map_err(|_| CryptoError::Decrypt)
 }
 
 /// SHA-256 of an API key, as stored.
@@ -163,6 +222,62 @@ mod tests {
         assert!(other.open(&sealed, "migration:1:pin").is_err());
         // Fresh nonce each time.
         assert_ne!(sealed, c.seal("123456", "migration:1:pin"));
+    }
+
+    #[test]
+    fn old_key_opens_but_never_seals() {
+        let (a, b) = (Cipher::generate_key(), Cipher::generate_key());
+        let under_a = Cipher::from_base64(&a)
+            .unwrap()
+            .seal("654321", "migration:1:pin");
+        let rotating = Cipher::from_base64_with_old(&b, Some(&a)).unwrap();
+        assert!(rotating.has_old_key());
+        let (pt, used) = rotating
+            .open_reporting_key(&under_a, "migration:1:pin")
+            .unwrap();
+        assert_eq!((pt.expose_secret(), used), ("654321", KeyUsed::Old));
+        assert_eq!(
+            rotating
+                .open(&under_a, "migration:1:pin")
+                .unwrap()
+                .expose_secret(),
+            "654321"
+        );
+        // The old key still binds the value to its location.
+        assert!(rotating.open(&under_a, "migration:2:pin").is_err());
+
+        // New values are sealed under the primary key only.
+        let sealed = rotating.seal("654321", "migration:1:pin");
+        let (_, used) = rotating
+            .open_reporting_key(&sealed, "migration:1:pin")
+            .unwrap();
+        assert_eq!(used, KeyUsed::Primary);
+        let only_b = Cipher::from_base64(&b).unwrap();
+        assert!(!only_b.has_old_key());
+        assert_eq!(
+            only_b
+                .open(&sealed, "migration:1:pin")
+                .unwrap()
+                .expose_secret(),
+            "654321"
+        );
+        assert!(
+            Cipher::from_base64(&a)
+                .unwrap()
+                .open(&sealed, "migration:1:pin")
+                .is_err()
+        );
+        // Without the old key, values under it no longer open.
+        assert!(only_b.open(&under_a, "migration:1:pin").is_err());
+
+        // A key that is neither fails, and so does a bad old key at construction.
+        let stranger = Cipher::from_base64(&Cipher::generate_key())
+            .unwrap()
+            .seal("654321", "migration:1:pin");
+        assert!(rotating.open(&stranger, "migration:1:pin").is_err());
+        assert!(Cipher::from_base64_with_old(&b, Some(&SecretString::from("short"))).is_err());
+        let same = Cipher::from_base64_with_old(&b, None).unwrap();
+        assert!(!same.has_old_key());
     }
 
     #[test]

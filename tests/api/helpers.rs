@@ -39,6 +39,8 @@ pub struct Options {
     pub upstream_timeout: Duration,
     /// Start a background worker (otherwise drive with `worker().run_until_idle()`).
     pub background_worker: bool,
+    /// The secrets cipher (default: a fresh random key).
+    pub cipher: Option<Cipher>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             },
             upstream_timeout: Duration::from_secs(2),
             background_worker: true,
+            cipher: None,
         }
     }
 }
@@ -123,7 +126,10 @@ impl TestApp {
                 timeout: opts.upstream_timeout,
             },
             admin_api_key: Some(SecretString::from(ADMIN_KEY)),
-            cipher: Cipher::from_base64(&Cipher::generate_key()).unwrap(),
+            cipher: opts
+                .cipher
+                .clone()
+                .unwrap_or_else(|| Cipher::from_base64(&Cipher::generate_key()).unwrap()),
             worker: opts.worker.clone(),
             run_workers: true,
             sandbox_seeder: Some(SandboxSeeder::InProcess(sandbox.clone())),
