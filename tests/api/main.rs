@@ -4,6 +4,7 @@
 mod crash;
 mod docs;
 mod helpers;
+mod isolation;
 mod key_rotation;
 mod migrations;
 mod openapi;
