@@ -27,7 +27,9 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
         tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
             .with_test_writer()
-            .init();
+            // A no-op when a test installed its own subscriber (see `secrets::capture_logs`).
+            .try_init()
+            .ok();
     }
 });
 

@@ -10,5 +10,6 @@ mod migrations;
 mod openapi;
 mod partners;
 mod scenarios;
+mod secrets;
 mod shutdown;
 mod upstream_failures;
