@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, true).await,
         Command::Worker(args) => serve(args, false).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Reencrypt(args) => reencrypt(args).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi_yaml());
@@ -64,6 +65,37 @@ async fn migrate(args: DbArgs) -> anyhow::Result<()> {
         .await
         .context("schema migration failed")?;
     info!("schema is current");
+    Ok(())
+}
+
+/// `reencrypt`: every stored secret re-sealed under ENCRYPTION_KEY; fails if any value opens
+/// under neither key.
+async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
+    let cipher =
+        Cipher::from_base64_with_old(&args.encryption_key, args.encryption_key_old.as_ref())
+            .context("invalid ENCRYPTION_KEY or ENCRYPTION_KEY_OLD")?;
+    if !cipher.has_old_key() {
+        warn!(
+            "ENCRYPTION_KEY_OLD is not set: only checking that every value opens under ENCRYPTION_KEY"
+        );
+    }
+    let url = args
+        .db
+        .database_url
+        .as_ref()
+        .context("DATABASE_URL is required for `reencrypt`")?;
+    let pool = db::connect(url.expose_secret(), 2)
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    let report = crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
+    pool.close().await;
+    let report = report.context("re-encryption failed (safe to run again)")?;
+    print!("{report}");
+    anyhow::ensure!(
+        report.undecryptable() == 0,
+        "{} stored value(s) open under neither ENCRYPTION_KEY nor ENCRYPTION_KEY_OLD (ids above)",
+        report.undecryptable()
+    );
     Ok(())
 }
 
@@ -106,8 +138,10 @@ async fn database(
 
 /// `ENCRYPTION_KEY`, or (embedded database only) a key kept beside the data.
 fn encryption_key(args: &ServeArgs, embedded: bool) -> anyhow::Result<Cipher> {
+    let old = args.encryption_key_old.as_ref();
     if let Some(k) = &args.encryption_key {
-        return Cipher::from_base64(k).context("invalid ENCRYPTION_KEY");
+        return Cipher::from_base64_with_old(k, old)
+            .context("invalid ENCRYPTION_KEY or ENCRYPTION_KEY_OLD");
     }
     anyhow::ensure!(
         embedded,
@@ -123,7 +157,8 @@ fn encryption_key(args: &ServeArgs, embedded: bool) -> anyhow::Result<Cipher> {
             k
         }
     };
-    Cipher::from_base64(&key).with_context(|| format!("invalid key in {}", path.display()))
+    Cipher::from_base64_with_old(&key, old)
+        .with_context(|| format!("invalid key in {} or ENCRYPTION_KEY_OLD", path.display()))
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

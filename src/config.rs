@@ -33,6 +33,8 @@ pub enum Command {
     Worker(ServeArgs),
     /// Apply the database schema migrations and exit.
     Migrate(DbArgs),
+    /// Re-seal every encrypted value under ENCRYPTION_KEY (after rotating it; see README).
+    Reencrypt(ReencryptArgs),
     /// Run the upstream simulator (Meta Graph API, 360dialog Partner and Messaging APIs).
     Sandbox(SandboxArgs),
     /// Print the OpenAPI document (YAML) to stdout.
@@ -105,6 +107,9 @@ pub struct ServeArgs {
     /// Generated under DATA_DIR when the embedded database is used.
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<SecretString>,
+    /// The previous ENCRYPTION_KEY while rotating it: opens values not yet re-sealed (never seals).
+    #[arg(long, env = "ENCRYPTION_KEY_OLD", hide_env_values = true)]
+    pub encryption_key_old: Option<SecretString>,
 
     /// Migrations advanced concurrently by this process.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
@@ -209,6 +214,21 @@ pub struct SandboxFaultArgs {
     /// Sandbox: seed for reproducible random faults.
     #[arg(long, env = "SANDBOX_SEED")]
     pub sandbox_seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReencryptArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The key every value is re-sealed under (the new key).
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: SecretString,
+    /// The previous key. Unset: only checks that every value opens under ENCRYPTION_KEY.
+    #[arg(long, env = "ENCRYPTION_KEY_OLD", hide_env_values = true)]
+    pub encryption_key_old: Option<SecretString>,
+    /// Rows re-sealed per transaction.
+    #[arg(long, env = "REENCRYPT_BATCH_SIZE", default_value_t = 500)]
+    pub reencrypt_batch_size: u32,
 }
 
 #[derive(Debug, Clone, Args)]

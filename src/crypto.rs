@@ -6,6 +6,11 @@
 //! ciphertext, and is bound to where it lives by the associated data (e.g. `migration:<id>:pin`),
 //! so a ciphertext copied to another row or column does not decrypt.
 //!
+//! Key rotation: a [`Cipher`] may also hold a previous key (`ENCRYPTION_KEY_OLD`). It always
+//! seals under the primary key and opens with the primary key first, then the previous one, so
+//! a service can run while `waba-migrator reencrypt` ([`crate::crypto_rotation`]) moves every
+//! stored value to the primary key.
+//!
 //! Our own API keys are random 256-bit tokens; only their SHA-256 is stored (a slow password
 //! hash buys nothing for high-entropy tokens and would cost every request).
 
@@ -13,6 +18,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -25,14 +31,48 @@ pub enum CryptoError {
         "ENCRYPTION_KEY must be 32 bytes encoded as standard base64 (e.g. `openssl rand -base64 32`)"
     )]
     BadKey,
-    #[error("a stored secret could not be decrypted (wrong ENCRYPTION_KEY or tampered data)")]
+    #[error(
+        "a stored secret could not be decrypted (wrong ENCRYPTION_KEY / ENCRYPTION_KEY_OLD or tampered data)"
+    )]
     Decrypt,
 }
 
-/// AES-256-GCM sealing of secrets at rest.
+/// Which key opened a sealed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsed {
+    /// `ENCRYPTION_KEY`: nothing to do.
+    Primary,
+    /// `ENCRYPTION_KEY_OLD`: the value should be re-sealed under the primary key.
+    Old,
+}
+
+/// AES-256-GCM sealing of secrets at rest, under a primary key and optionally a previous key
+/// accepted for decryption only.
 #[derive(Clone)]
 pub struct Cipher {
     aead: Aes256Gcm,
+    old: Option<Aes256Gcm>,
+    /// HMAC keys derived from the primary and the old key, for keyed fingerprints.
+    mac: MacKey,
+    old_mac: Option<MacKey>,
+}
+
+/// A 32-byte HMAC-SHA256 key derived from an `ENCRYPTION_KEY` (never the key itself).
+#[derive(Clone)]
+struct MacKey([u8; 32]);
+
+impl MacKey {
+    fn derive(key: &[u8]) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        mac.update(b"waba-migrator/fingerprint/v1");
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    fn fingerprint(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        mac.update(bytes);
+        mac.finalize().into_bytes().to_vec()
+    }
 }
 
 impl std::fmt::Debug for Cipher {
@@ -44,15 +84,39 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// From the `ENCRYPTION_KEY` setting.
     pub fn from_base64(key: &SecretString) -> Result<Self, CryptoError> {
-        let bytes = STANDARD
-            .decode(key.expose_secret().trim())
-            .map_err(|_| CryptoError::BadKey)?;
-        if bytes.len() != 32 {
-            return Err(CryptoError::BadKey);
-        }
+        Self::from_base64_with_old(key, None)
+    }
+
+    /// From `ENCRYPTION_KEY` (seals and opens) and `ENCRYPTION_KEY_OLD` (opens only), during a
+    /// key rotation. `old: None` is the same as [`Cipher::from_base64`].
+    pub fn from_base64_with_old(
+        primary: &SecretString,
+        old: Option<&SecretString>,
+    ) -> Result<Self, CryptoError> {
+        let (aead, mac) = keys_from_base64(primary)?;
+        let old = old.map(keys_from_base64).transpose()?;
         Ok(Self {
-            aead: Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?,
+            aead,
+            mac,
+            old_mac: old.as_ref().map(|(_, m)| m.clone()),
+            old: old.map(|(a, _)| a),
         })
+    }
+
+    /// Keyed fingerprints (HMAC-SHA256 under a key derived from `ENCRYPTION_KEY`, then from
+    /// `ENCRYPTION_KEY_OLD`) of data that contains secrets, such as a request body with a PIN:
+    /// an unkeyed hash of a 6-digit PIN is reversed by trying a million values. The first
+    /// is the one to store; a stored one matching any of them is a match.
+    pub fn fingerprints(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        std::iter::once(&self.mac)
+            .chain(self.old_mac.as_ref())
+            .map(|k| k.fingerprint(bytes))
+            .collect()
+    }
+
+    /// Whether a previous key is configured.
+    pub fn has_old_key(&self) -> bool {
+        self.old.is_some()
     }
 
     /// A new random key in the `ENCRYPTION_KEY` format.
@@ -81,35 +145,60 @@ impl Cipher {
         out
     }
 
+    /// Opens a value sealed under the primary key or, failing that, the previous key.
     pub fn open(&self, sealed: &[u8], aad: &str) -> Result<SecretString, CryptoError> {
-        if sealed.len() < NONCE_LEN {
-            return Err(CryptoError::Decrypt);
-        }
-        let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let pt = self
-            .aead
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(pt)
-            .map(SecretString::from)
-            .map_err(|_| CryptoError::Decrypt)
+        self.open_reporting_key(sealed, aad).map(|(pt, _)| pt)
     }
+
+    /// Like [`Cipher::open`], and says which key opened the value.
+    pub fn open_reporting_key(
+        &self,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<(SecretString, KeyUsed), CryptoError> {
+        if let Ok(pt) = open_with(&self.aead, sealed, aad) {
+            return Ok((pt, KeyUsed::Primary));
+        }
+        match &self.old {
+            Some(old) => open_with(old, sealed, aad).map(|pt| (pt, KeyUsed::Old)),
+            None => Err(CryptoError::Decrypt),
+        }
+    }
+}
+
+fn keys_from_base64(key: &SecretString) -> Result<(Aes256Gcm, MacKey), CryptoError> {
+    let bytes = STANDARD
+        .decode(key.expose_secret().trim())
+        .map_err(|_| CryptoError::BadKey)?;
+    if bytes.len() != 32 {
+        return Err(CryptoError::BadKey);
+    }
+    let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+    Ok((aead, MacKey::derive(&bytes)))
+}
+
+fn open_with(aead: &Aes256Gcm, sealed: &[u8], aad: &str) -> Result<SecretString, CryptoError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let pt = aead
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| CryptoError::Decrypt)?;
+    String::from_utf8(pt)
+        .map(SecretString::from)
+        .map_err(|_| CryptoError::Decrypt)
 }
 
 /// SHA-256 of an API key, as stored.
 pub fn hash_api_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
-}
-
-/// SHA-256 of arbitrary bytes (idempotency request fingerprints).
-pub fn sha256(bytes: &[u8]) -> Vec<u8> {
-    Sha256::digest(bytes).to_vec()
 }
 
 /// Constant-time comparison of two byte strings.
@@ -166,6 +255,62 @@ mod tests {
     }
 
     #[test]
+    fn old_key_opens_but_never_seals() {
+        let (a, b) = (Cipher::generate_key(), Cipher::generate_key());
+        let under_a = Cipher::from_base64(&a)
+            .unwrap()
+            .seal("654321", "migration:1:pin");
+        let rotating = Cipher::from_base64_with_old(&b, Some(&a)).unwrap();
+        assert!(rotating.has_old_key());
+        let (pt, used) = rotating
+            .open_reporting_key(&under_a, "migration:1:pin")
+            .unwrap();
+        assert_eq!((pt.expose_secret(), used), ("654321", KeyUsed::Old));
+        assert_eq!(
+            rotating
+                .open(&under_a, "migration:1:pin")
+                .unwrap()
+                .expose_secret(),
+            "654321"
+        );
+        // The old key still binds the value to its location.
+        assert!(rotating.open(&under_a, "migration:2:pin").is_err());
+
+        // New values are sealed under the primary key only.
+        let sealed = rotating.seal("654321", "migration:1:pin");
+        let (_, used) = rotating
+            .open_reporting_key(&sealed, "migration:1:pin")
+            .unwrap();
+        assert_eq!(used, KeyUsed::Primary);
+        let only_b = Cipher::from_base64(&b).unwrap();
+        assert!(!only_b.has_old_key());
+        assert_eq!(
+            only_b
+                .open(&sealed, "migration:1:pin")
+                .unwrap()
+                .expose_secret(),
+            "654321"
+        );
+        assert!(
+            Cipher::from_base64(&a)
+                .unwrap()
+                .open(&sealed, "migration:1:pin")
+                .is_err()
+        );
+        // Without the old key, values under it no longer open.
+        assert!(only_b.open(&under_a, "migration:1:pin").is_err());
+
+        // A key that is neither fails, and so does a bad old key at construction.
+        let stranger = Cipher::from_base64(&Cipher::generate_key())
+            .unwrap()
+            .seal("654321", "migration:1:pin");
+        assert!(rotating.open(&stranger, "migration:1:pin").is_err());
+        assert!(Cipher::from_base64_with_old(&b, Some(&SecretString::from("short"))).is_err());
+        let same = Cipher::from_base64_with_old(&b, None).unwrap();
+        assert!(!same.has_old_key());
+    }
+
+    #[test]
     fn rejects_bad_keys() {
         assert!(Cipher::from_base64(&SecretString::from("short")).is_err());
         assert!(Cipher::from_base64(&SecretString::from(STANDARD.encode([0u8; 16]))).is_err());
@@ -184,6 +329,26 @@ mod tests {
             generate_webhook_secret()
                 .expose_secret()
                 .starts_with("whsec_")
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_and_survive_a_rotation() {
+        let (a, b) = (Cipher::generate_key(), Cipher::generate_key());
+        let under_a = Cipher::from_base64(&a).unwrap();
+        let body = br#"{"pin":"123456"}"#;
+        let fa = under_a.fingerprints(body);
+        assert_eq!(fa.len(), 1);
+        assert_ne!(fa[0], Sha256::digest(body).to_vec(), "not an unkeyed hash");
+        assert_eq!(fa, under_a.fingerprints(body), "deterministic");
+        assert_ne!(fa, under_a.fingerprints(br#"{"pin":"123457"}"#));
+        let rotating = Cipher::from_base64_with_old(&b, Some(&a)).unwrap();
+        let fr = rotating.fingerprints(body);
+        assert_eq!(fr.len(), 2);
+        assert_ne!(fr[0], fa[0], "new fingerprints use the primary key");
+        assert_eq!(
+            fr[1], fa[0],
+            "old fingerprints still match during the rotation"
         );
     }
 }

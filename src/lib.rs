@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod crypto;
+pub mod crypto_rotation;
 pub mod db;
 pub mod domain;
 pub mod embedded_pg;

@@ -25,7 +25,7 @@ pub async fn begin(
     conn: &mut PgConnection,
     partner_id: Uuid,
     key: &str,
-    request_hash: &[u8],
+    request_hashes: &[Vec<u8>],
 ) -> Result<Begin, Error> {
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (partner_id, key, request_hash) VALUES ($1, $2, $3)
@@ -33,7 +33,12 @@ pub async fn begin(
     )
     .bind(partner_id)
     .bind(key)
-    .bind(request_hash)
+    .bind(
+        request_hashes
+            .first()
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    )
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -48,7 +53,7 @@ pub async fn begin(
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
-    if hash != request_hash {
+    if !request_hashes.contains(&hash) {
         return Ok(Begin::Mismatch);
     }
     match (status, body) {

@@ -432,8 +432,11 @@ async fn create_migration(
 
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &idem_key {
-        let fingerprint = crypto::sha256(canonical(&json!(body)).to_string().as_bytes());
-        match idempotency::begin(&mut tx, partner_id, key, &fingerprint).await? {
+        // Keyed: the body may hold the PIN.
+        let fingerprints = state
+            .cipher
+            .fingerprints(canonical(&json!(body)).to_string().as_bytes());
+        match idempotency::begin(&mut tx, partner_id, key, &fingerprints).await? {
             idempotency::Begin::New => {}
             idempotency::Begin::Replay { status, body } => {
                 tx.rollback().await?;

@@ -301,12 +301,13 @@ async fn visible_partner(
     }
 }
 
-/// Get a partner (the admin, or the partner itself).
+/// Get a partner (admin).
 #[utoipa::path(
     get, path = "/v1/partners/{id}", tag = "partners",
     params(("id" = Uuid, Path, description = "Partner id")),
     responses(
         (status = 200, description = "The partner", body = Partner),
+        (status = 403, description = "Not the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -318,6 +319,7 @@ async fn get_partner(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Partner>, ApiError> {
+    caller.require_admin()?;
     let p = visible_partner(&state, caller, id).await?;
     Ok(axum::Json(Partner::from(&p)))
 }

@@ -794,7 +794,9 @@ impl World {
         if !phone.code_requested {
             return Err(failed().user_msg("No verification code was requested for this number"));
         }
-        let expected = if phone.scenario == Some(Scenario::OtpInvalid) {
+        let expected = if let Some(code) = self.otp_codes.get(&phone.e164) {
+            code.as_str()
+        } else if phone.scenario == Some(Scenario::OtpInvalid) {
             "654321"
         } else {
             SANDBOX_OTP_CODE

@@ -329,6 +329,18 @@ impl Sandbox {
         self.lock().world.set_permission(channel_id, granted)
     }
 
+    /// Makes `code` (6 digits) the verification code of `phone_e164` instead of
+    /// [`SANDBOX_OTP_CODE`] (tests use a distinctive code to look for it in logs).
+    pub fn set_otp_code(&self, phone_e164: &str, code: &str) -> Result<(), String> {
+        let number = scenarios::normalize_e164(phone_e164)
+            .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the code must be 6 digits".into());
+        }
+        self.lock().world.otp_codes.insert(number, code.to_owned());
+        Ok(())
+    }
+
     /// Clears all state and counters and restores the configured fault settings.
     pub fn reset(&self) {
         let mut inner = self.lock();

@@ -141,6 +141,8 @@ pub(crate) struct World {
     pub clients: HashMap<String, String>,
     /// `register` calls per number (E.164).
     pub register_calls: HashMap<String, u32>,
+    /// Verification code per number (E.164) set by [`super::Sandbox::set_otp_code`].
+    pub otp_codes: HashMap<String, String>,
     /// Monotonic, survives [`World::reset`] so ids never repeat within a process.
     pub seq: u64,
 }

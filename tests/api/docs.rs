@@ -12,7 +12,7 @@ fn every_setting_is_documented() {
     let readme = read("README.md");
     let env_example = read(".env.example");
     let cmd = Cli::command();
-    for sub in ["serve", "sandbox"] {
+    for sub in ["serve", "sandbox", "reencrypt"] {
         let sub = cmd.find_subcommand(sub).unwrap();
         for arg in sub.get_arguments() {
             if let Some(env) = arg.get_env() {

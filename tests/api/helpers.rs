@@ -28,7 +28,9 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
         tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
             .with_test_writer()
-            .init();
+            // A no-op when a test installed its own subscriber (see `secrets::capture_logs`).
+            .try_init()
+            .ok();
     }
 });
 
@@ -48,6 +50,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// The secrets cipher (default: a fresh random key).
+    pub cipher: Option<Cipher>,
 }
 
 impl Default for Options {
@@ -90,6 +94,7 @@ impl Default for Options {
             background_dispatcher: true,
             clock: Arc::new(SystemClock),
             rate_limit: None,
+            cipher: None,
         }
     }
 }
@@ -144,7 +149,10 @@ impl TestApp {
                 timeout: opts.upstream_timeout,
             },
             admin_api_key: Some(SecretString::from(ADMIN_KEY)),
-            cipher: Cipher::from_base64(&Cipher::generate_key()).unwrap(),
+            cipher: opts
+                .cipher
+                .clone()
+                .unwrap_or_else(|| Cipher::from_base64(&Cipher::generate_key()).unwrap()),
             worker: opts.worker.clone(),
             run_workers: true,
             sandbox_seeder: Some(SandboxSeeder::InProcess(sandbox.clone())),

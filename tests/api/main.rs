@@ -4,10 +4,13 @@
 mod crash;
 mod docs;
 mod helpers;
+mod isolation;
+mod key_rotation;
 mod migrations;
 mod openapi;
 mod partners;
 mod scenarios;
+mod secrets;
 mod shutdown;
 mod upstream_failures;
 mod webhooks;

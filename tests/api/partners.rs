@@ -47,17 +47,17 @@ async fn admin_manages_partners_and_keys(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
-    // A partner sees itself, not others.
+    // Partner records are the admin's: a partner key is refused, even for its own.
     assert_eq!(
-        app.get_as(&key1, &format!("/v1/partners/{pid}"))
+        app.get_as(ADMIN_KEY, &format!("/v1/partners/{pid}"))
             .await
             .status(),
         StatusCode::OK
     );
-    let res = app
-        .get_as(&key1, &format!("/v1/partners/{}", app.partner_id))
-        .await;
-    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    for id in [&pid, &app.partner_id] {
+        let res = app.get_as(&key1, &format!("/v1/partners/{id}")).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+    }
 
     // Issue a second key, revoke the first: effective at once.
     let res = app

@@ -21,10 +21,10 @@ use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
 
 /// One request as the consumer saw it.
 #[derive(Clone, Debug)]
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-    answered: u16,
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub answered: u16,
 }
 
 impl Received {
@@ -38,14 +38,14 @@ impl Received {
 
 /// A webhook consumer on a loopback port that answers 503 while `down`.
 #[derive(Clone)]
-struct Consumer {
-    url: String,
-    down: Arc<AtomicBool>,
+pub struct Consumer {
+    pub url: String,
+    pub down: Arc<AtomicBool>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Consumer {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let down = Arc::new(AtomicBool::new(false));
         let received = Arc::new(Mutex::new(Vec::new()));
         let (d, r) = (down.clone(), received.clone());
@@ -78,12 +78,12 @@ impl Consumer {
         }
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
     /// The requests it acknowledged, in arrival order.
-    fn accepted(&self) -> Vec<Received> {
+    pub fn accepted(&self) -> Vec<Received> {
         self.received()
             .into_iter()
             .filter(|r| r.answered < 300)
@@ -121,7 +121,7 @@ async fn create_with_callback(app: &TestApp, phone: &str, url: &str) -> String {
     app.create_with(body).await
 }
 
-async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+pub async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
     let res = app
         .get(&format!("/v1/migrations/{id}/webhook_deliveries"))
         .await;
