@@ -156,6 +156,7 @@ pub struct App {
 
 impl App {
     pub fn new(pool: PgPool, settings: Settings) -> anyhow::Result<Self> {
+        crate::metrics::handle();
         let (meta, d360) = settings.upstreams.clients()?;
         let fail_points = FailPoints::default();
         let state = AppState {
@@ -218,6 +219,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
+        let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
         if let Some(listener) = listener {
             let router = crate::http::router(self.state.clone());
             let stop = shutdown.clone();
@@ -249,6 +251,7 @@ impl App {
                 result = Err(e);
             }
         }
+        upkeep.abort();
         result
     }
 }

@@ -22,6 +22,7 @@ pub mod db;
 pub mod domain;
 pub mod embedded_pg;
 pub mod http;
+pub mod metrics;
 pub mod precheck;
 pub mod sandbox;
 pub mod shutdown;

@@ -121,9 +121,12 @@ async fn send_once(
     }
 
     let started = Instant::now();
+    let endpoint = crate::metrics::endpoint_label(method.as_str(), &path);
+    let service_label = service.label();
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
+            crate::metrics::upstream(service_label, endpoint, 0, None, started.elapsed());
             let err = transport_error(service, e, false);
             tracing::debug!(
                 method = %method,
@@ -140,6 +143,13 @@ async fn send_once(
     let body = match response.bytes().await {
         Ok(b) => b.to_vec(),
         Err(e) => {
+            crate::metrics::upstream(
+                service_label,
+                endpoint,
+                status.as_u16(),
+                None,
+                started.elapsed(),
+            );
             let err = transport_error(service, e, true);
             tracing::debug!(
                 method = %method,
@@ -159,11 +169,29 @@ async fn send_once(
         latency_ms = started.elapsed().as_millis() as u64,
         "upstream call"
     );
+    crate::metrics::upstream(
+        service_label,
+        endpoint,
+        status.as_u16(),
+        (!status.is_success())
+            .then(|| upstream_error_code(&body))
+            .flatten(),
+        started.elapsed(),
+    );
     Ok(RawResponse {
         status,
         headers,
         body,
     })
+}
+
+/// The numeric error code of an error body, for metrics: Graph `error.code`, or 360dialog
+/// `meta.error_data.code`.
+fn upstream_error_code(body: &[u8]) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.pointer("/error/code")
+        .or_else(|| v.pointer("/meta/error_data/code"))
+        .and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()))
 }
 
 /// Maps a reqwest error to [`Error::Transport`]. `response_started` is true once a response

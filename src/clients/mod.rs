@@ -30,6 +30,17 @@ pub enum Service {
     D360Messaging,
 }
 
+impl Service {
+    /// The `service` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Service::Meta => "meta",
+            Service::D360Partner => "d360_partner",
+            Service::D360Messaging => "d360_messaging",
+        }
+    }
+}
+
 /// What an upstream said when it refused a request, kept verbatim for support
 /// (the `upstream` object of our error).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -139,6 +139,7 @@ pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
     )
     .await?;
     notify(&mut *conn).await?;
+    crate::metrics::migration_created();
     Ok(row)
 }
 
@@ -470,6 +471,11 @@ pub async fn update(
         events::insert(&mut *conn, id, row.version, &ev).await?;
         // The outbox: the webhook for a state change commits (or not) with the change itself.
         crate::webhooks::enqueue_transition(&mut *conn, &row, &ev).await?;
+        if let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
+            && from != to
+        {
+            crate::metrics::transition(from, &row);
+        }
     }
     let runnable_now = !row.state().is_terminal()
         && row.lease_token.is_none()

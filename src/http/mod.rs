@@ -104,6 +104,26 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     res
 }
 
+/// Counts and times every request by route template (never the concrete path: ids would
+/// make a series per migration).
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::http_request(
+        method.as_str(),
+        &route,
+        res.status().as_u16(),
+        started.elapsed(),
+    );
+    res
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -128,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json_handler))
         .fallback(not_found)
         .with_state(state)
+        .layer(middleware::from_fn(track))
         // Enforced by the body extractors, so an oversized body is a problem+json 413.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(

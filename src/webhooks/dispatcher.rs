@@ -166,7 +166,8 @@ impl Dispatcher {
             let started_at = self.inner.clock.now();
             let started = Instant::now();
             let outcome = self.attempt(&row).await;
-            let latency_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+            let took = started.elapsed();
+            let latency_ms = i32::try_from(took.as_millis()).unwrap_or(i32::MAX);
             let schedule = &self.inner.config.schedule;
             let next = if outcome.succeeded() {
                 None
@@ -176,6 +177,14 @@ impl Dispatcher {
                     .and_then(|step| schedule.get(step))
                     .map(|d| started_at + chrono::Duration::from_std(*d).unwrap_or_default())
             };
+            crate::metrics::webhook_attempt(
+                match (outcome.succeeded(), next) {
+                    (true, _) => "succeeded",
+                    (false, Some(_)) => "failed",
+                    (false, None) => "gave_up",
+                },
+                took,
+            );
             match &outcome.error {
                 None => info!(status = ?outcome.status_code, latency_ms, "webhook delivered"),
                 Some(e) => warn!(

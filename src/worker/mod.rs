@@ -298,14 +298,17 @@ impl Worker {
             lost.clone(),
         ));
         let mut keep_lease = false;
+        crate::metrics::claimed((Utc::now() - row.run_at).to_std().unwrap_or_default());
 
         loop {
             let state = row.state();
             let span = info_span!("step", migration.id = %id, step = %state, attempt = row.attempt);
+            let started = std::time::Instant::now();
             let result = AssertUnwindSafe(steps::execute(&self.deps, &row, token))
                 .catch_unwind()
                 .instrument(span.clone())
                 .await;
+            crate::metrics::step_ran(state, started.elapsed());
             let step = match result {
                 Ok(Ok(step)) => step,
                 Ok(Err(steps::StepError::Abandon)) => {
@@ -442,6 +445,9 @@ impl Worker {
                 error,
                 counts_attempt,
             } => {
+                if counts_attempt {
+                    crate::metrics::step_retried(state);
+                }
                 patch.run_at = Some(store::RunAt::After(delay));
                 patch.uncount_attempt = !counts_attempt;
                 let event = error.map(|e| {

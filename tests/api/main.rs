@@ -6,6 +6,7 @@ mod docs;
 mod helpers;
 mod isolation;
 mod key_rotation;
+mod metrics;
 mod migrations;
 mod openapi;
 mod partners;

@@ -1,0 +1,311 @@
+//! Prometheus metrics (`GET /metrics`): the `metrics` facade records from wherever things
+//! happen; `metrics-exporter-prometheus` renders the text format.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `waba_migrations` | gauge, read from the database at scrape time (all replicas) | `state` |
+//! | `waba_migrations_created_total` | counter | |
+//! | `waba_migration_transitions_total` | counter | `from`, `to` |
+//! | `waba_migration_failures_total` | counter | `code` |
+//! | `waba_migration_duration_seconds` | histogram, creation → terminal state | `outcome` |
+//! | `waba_step_duration_seconds` | histogram, one run of a step | `step` |
+//! | `waba_step_retries_total` | counter | `step` |
+//! | `waba_claim_lag_seconds` | histogram, due → claimed by a worker | |
+//! | `waba_upstream_requests_total` | counter | `service`, `endpoint`, `status`, `error_code` |
+//! | `waba_upstream_request_duration_seconds` | histogram | `service`, `endpoint` |
+//! | `waba_webhook_attempts_total` | counter | `outcome` (`succeeded`, `failed`, `gave_up`) |
+//! | `waba_webhook_attempt_duration_seconds` | histogram | |
+//! | `waba_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `waba_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `waba_db_pool_connections` | gauge | `state` (`idle`, `in_use`, `max`) |
+//!
+//! Counters are per process (sum them across replicas); transition counters are incremented
+//! with the database write, so a transaction that then fails to commit (the database went away
+//! mid-commit) is counted once too often.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::db::migrations::MigrationRow;
+use crate::domain::MigrationState;
+
+/// Seconds: from 5 ms to an hour, for steps, HTTP calls and lags.
+const SHORT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+/// Seconds: whole migrations, from a second to two days (they wait for people).
+const LONG_BUCKETS: &[f64] = &[
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
+    48.0 * 3600.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder, installed on first use. If another recorder was installed first
+/// (an embedding application), ours still renders, but only what it records itself.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(SHORT_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("waba_migration_duration_seconds".into()),
+                    LONG_BUCKETS,
+                )
+            })
+            .expect("bucket lists are non-empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be incomplete");
+        }
+        describe();
+        handle
+    })
+}
+
+/// Keeps histogram storage bounded when nobody scrapes (call every few seconds).
+pub async fn upkeep_forever() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle().run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("waba_migrations", "Migrations by state (whole database).");
+    describe_counter!("waba_migrations_created_total", "Migrations created.");
+    describe_counter!(
+        "waba_migration_transitions_total",
+        "State transitions of migrations."
+    );
+    describe_counter!(
+        "waba_migration_failures_total",
+        "Migrations that failed, by error code."
+    );
+    describe_histogram!(
+        "waba_migration_duration_seconds",
+        Unit::Seconds,
+        "Time from creation to a terminal state."
+    );
+    describe_histogram!(
+        "waba_step_duration_seconds",
+        Unit::Seconds,
+        "Time one run of a step took (upstream calls included)."
+    );
+    describe_counter!(
+        "waba_step_retries_total",
+        "Steps rescheduled after a transient failure."
+    );
+    describe_histogram!(
+        "waba_claim_lag_seconds",
+        Unit::Seconds,
+        "Time from a migration being due to a worker claiming it."
+    );
+    describe_counter!(
+        "waba_upstream_requests_total",
+        "Requests to Meta and 360dialog, by endpoint, HTTP status and upstream error code."
+    );
+    describe_histogram!(
+        "waba_upstream_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of upstream requests."
+    );
+    describe_counter!(
+        "waba_webhook_attempts_total",
+        "Webhook delivery attempts by outcome."
+    );
+    describe_histogram!(
+        "waba_webhook_attempt_duration_seconds",
+        Unit::Seconds,
+        "Latency of webhook delivery attempts."
+    );
+    describe_counter!("waba_http_requests_total", "API requests served.");
+    describe_histogram!(
+        "waba_http_request_duration_seconds",
+        Unit::Seconds,
+        "API request latency."
+    );
+    describe_gauge!(
+        "waba_db_pool_connections",
+        "Database connections of this process."
+    );
+}
+
+/// A migration was inserted.
+pub fn migration_created() {
+    counter!("waba_migrations_created_total").increment(1);
+}
+
+/// A migration moved from `from` to the state of `row` (written in the same statement).
+pub fn transition(from: &str, row: &MigrationRow) {
+    counter!(
+        "waba_migration_transitions_total",
+        "from" => from.to_owned(),
+        "to" => row.state.clone()
+    )
+    .increment(1);
+    let state = row.state();
+    if state == MigrationState::Failed {
+        let code = row
+            .error
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(|c| c.as_str())
+            .unwrap_or("unknown")
+            .to_owned();
+        counter!("waba_migration_failures_total", "code" => code).increment(1);
+    }
+    if state.is_terminal() {
+        let took = (row.updated_at - row.created_at)
+            .to_std()
+            .unwrap_or_default();
+        histogram!("waba_migration_duration_seconds", "outcome" => row.state.clone())
+            .record(took.as_secs_f64());
+    }
+}
+
+pub fn step_ran(step: MigrationState, took: Duration) {
+    histogram!("waba_step_duration_seconds", "step" => step.as_str()).record(took.as_secs_f64());
+}
+
+pub fn step_retried(step: MigrationState) {
+    counter!("waba_step_retries_total", "step" => step.as_str()).increment(1);
+}
+
+pub fn claimed(lag: Duration) {
+    histogram!("waba_claim_lag_seconds").record(lag.as_secs_f64());
+}
+
+/// One upstream HTTP exchange; `status` 0 when no response came.
+pub fn upstream(
+    service: &'static str,
+    endpoint: String,
+    status: u16,
+    error_code: Option<i64>,
+    took: Duration,
+) {
+    histogram!(
+        "waba_upstream_request_duration_seconds",
+        "service" => service,
+        "endpoint" => endpoint.clone()
+    )
+    .record(took.as_secs_f64());
+    counter!(
+        "waba_upstream_requests_total",
+        "service" => service,
+        "endpoint" => endpoint,
+        "status" => status.to_string(),
+        "error_code" => error_code.map(|c| c.to_string()).unwrap_or_default()
+    )
+    .increment(1);
+}
+
+/// `outcome`: `succeeded`, `failed` (will be retried) or `gave_up`.
+pub fn webhook_attempt(outcome: &'static str, took: Duration) {
+    counter!("waba_webhook_attempts_total", "outcome" => outcome).increment(1);
+    histogram!("waba_webhook_attempt_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+    counter!(
+        "waba_http_requests_total",
+        "method" => method.to_owned(),
+        "route" => route.to_owned(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    histogram!(
+        "waba_http_request_duration_seconds",
+        "method" => method.to_owned(),
+        "route" => route.to_owned()
+    )
+    .record(took.as_secs_f64());
+}
+
+/// Sets the scrape-time gauges and renders the text format. Without the database the
+/// `waba_migrations` gauges keep their last values and everything else is still rendered.
+pub async fn render(pool: &sqlx::PgPool) -> String {
+    let counted = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::db::migrations::count_by_state(pool),
+    )
+    .await;
+    match counted {
+        Ok(Ok(by_state)) => {
+            for s in MigrationState::ALL {
+                let n = by_state
+                    .iter()
+                    .find(|(name, _)| name == s.as_str())
+                    .map_or(0, |(_, n)| *n);
+                gauge!("waba_migrations", "state" => s.as_str()).set(n as f64);
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "metrics: migrations by state unavailable"),
+        Err(_) => tracing::debug!("metrics: counting migrations timed out"),
+    }
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    gauge!("waba_db_pool_connections", "state" => "in_use").set(size - idle);
+    gauge!("waba_db_pool_connections", "state" => "idle").set(idle);
+    gauge!("waba_db_pool_connections", "state" => "max")
+        .set(f64::from(pool.options().get_max_connections()));
+    let h = handle();
+    h.run_upkeep();
+    h.render()
+}
+
+/// An upstream URL path as a low-cardinality label: ids become `:id`. Numeric segments are
+/// Meta ids; the segment after `partners`, `channels` or `clients` is a 360dialog id.
+pub fn endpoint_label(method: &str, path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    out.push_str(method);
+    out.push(' ');
+    let mut previous = "";
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        let is_id = (seg.chars().all(|c| c.is_ascii_digit()))
+            || matches!(previous, "partners" | "channels" | "clients");
+        out.push_str(if is_id { ":id" } else { seg });
+        previous = seg;
+    }
+    if out.ends_with(' ') {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn ids_do_not_become_labels() {
+        assert_eq!(
+            endpoint_label("POST", "/v23.0/1234567890/request_code"),
+            "POST /v23.0/:id/request_code"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/api/v2/partners/srMmoqPA/channels/Xy1Z/api_keys"),
+            "GET /api/v2/partners/:id/channels/:id/api_keys"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/health_status"),
+            "GET /health_status"
+        );
+        assert_eq!(endpoint_label("GET", "/"), "GET /");
+    }
+}
