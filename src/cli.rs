@@ -54,6 +54,7 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: DbArgs) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let url = args
         .database_url
         .as_ref()
@@ -266,8 +267,9 @@ const DEV_PARTNER: &str = "Development partner (sandbox)";
 async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let stop = shutdown::on_signal();
+    // The key first: a bad one is reported before anything connects or starts.
+    let cipher = encryption_key(&args, args.db.database_url.is_none())?;
     let (pool, embedded) = database(&args.db, args.run_migrations).await?;
-    let cipher = encryption_key(&args, embedded.is_some())?;
 
     let mut upstreams = Upstreams {
         meta_graph_url: args.meta_graph_url.clone(),

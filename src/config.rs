@@ -240,9 +240,30 @@ pub struct SandboxArgs {
     pub faults: SandboxFaultArgs,
 }
 
+impl DbArgs {
+    /// A malformed `DATABASE_URL` is named without echoing it (it holds a password).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.database_url {
+            use secrecy::ExposeSecret;
+            url.expose_secret()
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|e| {
+                    format!(
+                        "DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:5432/database): {e}"
+                    )
+                })?;
+        }
+        if self.database_max_connections == 0 {
+            return Err("DATABASE_MAX_CONNECTIONS must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl ServeArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        self.db.validate()?;
         if !(0.0..=1.0).contains(&self.sandbox.sandbox_fault_rate) {
             return Err("SANDBOX_FAULT_RATE must be between 0 and 1".into());
         }

@@ -23,8 +23,9 @@ pub fn init() {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
+                    // Every enclosing span's fields (request_id, migration.id, step...).
+                    .with_current_span(false)
+                    .with_span_list(true),
             )
             .init();
     }

@@ -515,9 +515,9 @@ impl Worker {
         tx.commit().await?;
         if let Some(r) = &updated {
             if r.state != state.as_str() {
-                info!(migration.id = %r.id, from = %state, to = %r.state, "transition");
+                info!(migration.id = %r.id, step = %state, from = %state, to = %r.state, "transition");
             } else {
-                debug!(migration.id = %r.id, state = %r.state, run_at = %r.run_at, "step rescheduled");
+                debug!(migration.id = %r.id, step = %r.state, run_at = %r.run_at, "step rescheduled");
             }
         }
         Ok(updated.map(|r| (r, cont)))

@@ -1,0 +1,350 @@
+//! The binary as operators run it: a bad setting stops it with one line naming the setting,
+//! and its JSON logs tie every line to a request id or a migration (and step).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_waba-migrator");
+const ADMIN_KEY: &str = "process-admin-key-0123456789abcdef";
+const KEY: &str = "q0lPnMbZ7fD0T6nQxQ1j2m6kqJvN0cE5h2a8wZr3TfU="; // 32 bytes
+
+/// `waba-migrator serve` with only `env` (no inherited settings); its exit and stderr.
+async fn serve_with(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("a bad setting must stop the service at once")
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_bad_setting_exits_with_one_line_naming_it() {
+    let unreachable = "postgres://waba:hunter2pw@127.0.0.1:1/waba";
+    for (setting, env, secret) in [
+        (
+            "DATABASE_URL",
+            vec![("DATABASE_URL", "postgres://waba:hunter2pw@db:notaport/waba")],
+            Some("hunter2pw"),
+        ),
+        (
+            "ENCRYPTION_KEY",
+            vec![
+                ("DATABASE_URL", unreachable),
+                ("ENCRYPTION_KEY", "c2hvcnQga2V5"),
+            ],
+            Some("c2hvcnQga2V5"),
+        ),
+        ("ENCRYPTION_KEY", vec![("DATABASE_URL", unreachable)], None),
+        (
+            "WORKER_CONCURRENCY",
+            vec![("WORKER_CONCURRENCY", "0")],
+            None,
+        ),
+        (
+            "META_GRAPH_URL",
+            vec![("META_GRAPH_URL", "ftp://graph.example")],
+            None,
+        ),
+        (
+            "SANDBOX_FAULT_RATE",
+            vec![("SANDBOX_FAULT_RATE", "1.5")],
+            None,
+        ),
+    ] {
+        let started = Instant::now();
+        let (status, stderr) = serve_with(&env).await;
+        assert!(!status.success(), "{setting}: exited {status:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{setting}: {stderr}");
+        assert!(lines[0].contains(setting), "{setting}: {stderr}");
+        if let Some(secret) = secret {
+            assert!(
+                !stderr.contains(secret),
+                "{setting} echoed its value: {stderr}"
+            );
+        }
+        // Nothing was started or connected to first.
+        assert!(started.elapsed() < Duration::from_secs(10), "{setting}");
+    }
+
+    // Values clap parses: the first line names the setting too.
+    for (setting, value) in [
+        ("BIND_ADDR", "nowhere"),
+        ("WEBHOOK_RETRY_SCHEDULE", "5,soon"),
+    ] {
+        let (status, stderr) = serve_with(&[(setting, value)]).await;
+        assert_eq!(status.code(), Some(2), "{setting}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(setting), "{setting}: {stderr}");
+    }
+}
+
+/// A database of its own on the test server (`DATABASE_URL`, as `scripts/test.sh` sets it).
+async fn fresh_database() -> (String, String) {
+    let server = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at a PostgreSQL server (scripts/test.sh sets it)");
+    let name = format!("waba_process_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&name);
+    (url.to_string(), name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The request ids in a log line's spans.
+fn request_ids(line: &Value) -> Vec<&str> {
+    line["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s["request_id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_request_ids_and_migration_ids() {
+    let (database_url, _name) = fresh_database().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &database_url)
+        .env("RUN_MIGRATIONS", "true")
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("ENCRYPTION_KEY", KEY)
+        .env("SANDBOX_CHANNEL_DELAY_MS", "50")
+        .env("CHANNEL_POLL_MS", "50")
+        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        .env("RUST_LOG", "info,waba_migrator=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut all = String::new();
+        stdout.read_to_string(&mut all).await.unwrap();
+        all
+    });
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "the service never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let res = http
+        .post(format!("{base}/v1/partners"))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-request-id", "req-partner-0001")
+        .json(&json!({"name": "Logs", "d360_partner_id": "logsPA", "d360_api_key": "logs-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let res = http
+        .post(format!("{base}/v1/migrations"))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-create-0001")
+        .json(&json!({
+            "phone_number": "+14155558801",
+            "source_waba_id": "200000000000001",
+            "destination_waba_id": "300000000000001",
+            "meta_business_id": "100000000000000",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["x-request-id"], "req-create-0001");
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A generated id when the caller sends none; a problem body carries it too.
+    let res = http
+        .get(format!("{base}/v1/migrations/{}", uuid::Uuid::now_v7()))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-missing-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["request_id"],
+        "req-missing-0001"
+    );
+    let res = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(uuid::Uuid::parse_str(res.headers()["x-request-id"].to_str().unwrap()).is_ok());
+
+    let state = |http: reqwest::Client, key: String| {
+        let url = format!("{base}/v1/migrations/{id}");
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(http.clone(), key.clone()).await != "awaiting_otp" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = http
+        .post(format!("{base}/v1/migrations/{id}/otp"))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-otp-0001")
+        .json(&json!({"code": "123456"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    while state(http.clone(), key.clone()).await != "completed" {
+        assert!(Instant::now() < deadline, "not completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let pid = child.id().unwrap();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let out = reader.await.unwrap();
+
+    // Every line is one JSON object.
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 20, "{out}");
+    assert!(!out.contains(&key) && !out.contains(ADMIN_KEY) && !out.contains(KEY));
+
+    // The request: the handler's line and the access-log line carry its id.
+    let created = lines
+        .iter()
+        .find(|l| l["message"] == "migration created")
+        .expect("a creation line");
+    assert_eq!(request_ids(created), ["req-create-0001"]);
+    assert_eq!(created["migration.id"], json!(id));
+    for (rid, status) in [
+        ("req-partner-0001", 201),
+        ("req-create-0001", 201),
+        ("req-missing-0001", 404),
+        ("req-otp-0001", 202),
+    ] {
+        let access = lines
+            .iter()
+            .find(|l| l["message"] == "finished processing request" && request_ids(l) == [rid])
+            .unwrap_or_else(|| panic!("no access-log line for {rid}"));
+        assert_eq!(access["status"], status, "{access}");
+    }
+
+    // The worker: every line inside a step names the migration and the step.
+    let step_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "step"))
+        })
+        .collect();
+    assert!(!step_lines.is_empty(), "no worker line inside a step");
+    for l in &step_lines {
+        let step = l["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "step")
+            .unwrap();
+        assert_eq!(step["migration.id"], json!(id), "{l}");
+        assert!(step["step"].is_string(), "{l}");
+    }
+    // Outside step spans too, every worker line about a migration names it and its step.
+    for l in &lines {
+        let worker = l["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("waba_migrator::worker"));
+        let lifecycle = l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("worker "));
+        if worker && !lifecycle {
+            let in_step = step_lines.iter().any(|s| std::ptr::eq(*s, l));
+            assert!(
+                in_step || (l["migration.id"] == json!(id) && l["step"].is_string()),
+                "a worker line without its migration and step: {l}"
+            );
+        }
+    }
+    let transitions: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "transition")
+        .collect();
+    assert!(transitions.len() >= 9, "{transitions:#?}");
+    assert!(transitions.iter().all(|l| l["migration.id"] == json!(id)));
+    assert!(
+        transitions
+            .iter()
+            .any(|l| l["from"] == "generating_api_key" && l["to"] == "completed")
+    );
+}
