@@ -34,15 +34,25 @@ pub fn webhook_secret_aad(partner_id: Uuid) -> String {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartner {
-    #[schema(example = "Acme Messaging")]
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        example = "Acme Messaging",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// 360dialog partner id (ends in `PA`).
-    #[schema(example = "examplePA")]
+    #[schema(example = "examplePA", pattern = "^[A-Za-z0-9]{1,64}$")]
     pub d360_partner_id: String,
     /// The partner's 360dialog Partner API key (sent as `X-API-Key`); stored encrypted.
+    #[schema(pattern = "^[!-~]{1,512}$")]
     pub d360_api_key: String,
     /// Default webhook URL for this partner's migrations.
     #[serde(default)]
+    #[schema(
+        pattern = r"^https?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<String>,
 }
 
@@ -104,6 +114,7 @@ pub struct PartnerPage {
 #[into_params(parameter_in = Query)]
 pub struct PartnerListQuery {
     /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     pub cursor: Option<Uuid>,
 }
@@ -119,9 +130,11 @@ fn validate(body: &CreatePartner) -> Result<(), ApiError> {
         }
     };
     check(
-        !body.name.trim().is_empty() && body.name.len() <= 200,
+        !body.name.trim().is_empty()
+            && body.name.chars().count() <= 200
+            && !body.name.chars().any(char::is_control),
         "/name",
-        "1 to 200 characters",
+        "1 to 200 characters, not blank, no control characters",
     );
     check(
         !body.d360_partner_id.trim().is_empty()
@@ -148,7 +161,8 @@ fn validate(body: &CreatePartner) -> Result<(), ApiError> {
         check(
             url::Url::parse(u)
                 .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false),
+                .unwrap_or(false)
+                && !u.chars().any(char::is_control),
             "/callback_url",
             "must be an absolute http(s) URL",
         );
