@@ -43,29 +43,34 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateMigration {
     /// E.164, e.g. `+5511987654321`.
-    #[schema(example = "+5511987654321")]
+    #[schema(example = "+5511987654321", pattern = r"^\+[1-9][0-9]{1,14}$")]
     pub phone_number: String,
     /// Meta id of the WABA the number is on today.
-    #[schema(example = "102290129340398")]
+    #[schema(example = "102290129340398", pattern = "^[0-9]{1,32}$")]
     pub source_waba_id: String,
     /// Meta id of the 360dialog-served WABA it moves to.
-    #[schema(example = "104996122399160")]
+    #[schema(example = "104996122399160", pattern = "^[0-9]{1,32}$")]
     pub destination_waba_id: String,
     /// Meta Business (portfolio) id that owns both WABAs.
-    #[schema(example = "180505742745347")]
+    #[schema(example = "180505742745347", pattern = "^[0-9]{1,32}$")]
     pub meta_business_id: String,
     #[serde(default)]
     pub otp_method: Option<OtpMethod>,
     /// `language_REGION`, default `en_US`.
     #[serde(default)]
+    #[schema(pattern = "^[a-z]{2}_[A-Z]{2}$")]
     pub otp_language: Option<String>,
     /// 6-digit two-step verification PIN to set at registration; generated if absent.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{6}$")]
     pub pin: Option<String>,
     /// Webhook URL for this migration; the partner default otherwise.
     #[serde(default)]
+    #[schema(
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<String>,
-    /// Up to 20 keys of your own data, returned as given.
+    /// Up to 20 keys of your own data (at most 4 KiB of JSON, no U+0000), returned as given.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -73,6 +78,10 @@ pub struct CreateMigration {
     pub flow: Option<Flow>,
     /// 360dialog channel id from the onboarding redirect (`embedded_signup` only).
     #[serde(default)]
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub channel_id: Option<String>,
 }
 
@@ -101,9 +110,7 @@ pub struct ApiKeyStatus {
 /// One property the migration must keep.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Preserved {
-    #[schema(value_type = Option<Object>)]
     pub before: Value,
-    #[schema(value_type = Option<Object>)]
     pub after: Value,
     pub preserved: bool,
 }
@@ -244,9 +251,21 @@ pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String
     if url.len() > 2048 {
         return Err("at most 2048 characters".into());
     }
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     crate::webhooks::ssrf::check_url(url, allow_private)
         .map(|_| url.to_owned())
         .map_err(|e| e.to_string())
+}
+
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 fn validate(body: &CreateMigration, allow_private: bool) -> Result<Validated, ApiError> {
@@ -308,6 +327,11 @@ fn validate(body: &CreateMigration, allow_private: bool) -> Result<Validated, Ap
             pointer: "/metadata".into(),
             message: "at most 4 KiB of JSON".into(),
         }),
+        // PostgreSQL's jsonb cannot store U+0000.
+        Value::Object(_) if contains_nul(&metadata) => errors.push(FieldError {
+            pointer: "/metadata".into(),
+            message: "must not contain U+0000 (NUL) in keys or strings".into(),
+        }),
         Value::Object(_) => {}
         _ => errors.push(FieldError {
             pointer: "/metadata".into(),
@@ -316,7 +340,11 @@ fn validate(body: &CreateMigration, allow_private: bool) -> Result<Validated, Ap
     }
     let flow = body.flow.unwrap_or_default();
     let channel_id = match (flow, body.channel_id.as_deref()) {
-        (Flow::EmbeddedSignup, Some(c)) if !c.trim().is_empty() && c.len() <= 64 => {
+        (Flow::EmbeddedSignup, Some(c))
+            if !c.trim().is_empty()
+                && c.chars().count() <= 64
+                && !c.chars().any(char::is_control) =>
+        {
             Some(c.trim().to_owned())
         }
         (Flow::EmbeddedSignup, _) => {
@@ -395,7 +423,7 @@ fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
 #[utoipa::path(
     post, path = "/v1/migrations", tag = "migrations",
     request_body = CreateMigration,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")),
     responses(
         (status = 201, description = "Created", body = Migration),
         (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
@@ -504,14 +532,17 @@ pub struct ListQuery {
     /// Only migrations in this state.
     pub state: Option<MigrationState>,
     /// Only this number (E.164).
+    #[param(pattern = r"^\+[1-9][0-9]{1,14}$")]
     pub phone_number: Option<String>,
     /// Created strictly after (RFC 3339).
     pub created_after: Option<DateTime<Utc>>,
     /// Created strictly before (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
     pub cursor: Option<String>,
     /// Admin only: one partner's migrations.
     pub partner_id: Option<Uuid>,
@@ -554,6 +585,18 @@ async fn list_migrations(
         ),
         None => None,
     };
+    // RFC 3339 years have four digits; chrono reads more, PostgreSQL stores less.
+    for (pointer, t) in [
+        ("/created_after", q.created_after),
+        ("/created_before", q.created_before),
+    ] {
+        if t.is_some_and(|t| !(0..=9999).contains(&chrono::Datelike::year(&t))) {
+            return Err(ApiError::field(
+                pointer,
+                "must be an RFC 3339 date-time (years 0000 to 9999)",
+            ));
+        }
+    }
     let phone_number = match &q.phone_number {
         Some(p) => Some(
             E164::parse(p)
@@ -743,7 +786,7 @@ impl ApiTransition<'_> {
 #[serde(deny_unknown_fields)]
 pub struct SubmitOtp {
     /// The 6-digit code the client received.
-    #[schema(example = "123456")]
+    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -1102,10 +1145,13 @@ async fn get_api_key(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrecheckRequest {
-    #[schema(example = "+5511987654321")]
+    #[schema(example = "+5511987654321", pattern = r"^\+[1-9][0-9]{1,14}$")]
     pub phone_number: String,
+    #[schema(example = "102290129340398", pattern = "^[0-9]{1,32}$")]
     pub source_waba_id: String,
+    #[schema(example = "104996122399160", pattern = "^[0-9]{1,32}$")]
     pub destination_waba_id: String,
+    #[schema(example = "180505742745347", pattern = "^[0-9]{1,32}$")]
     pub meta_business_id: String,
     #[serde(default)]
     pub flow: Option<Flow>,

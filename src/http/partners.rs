@@ -34,15 +34,25 @@ pub fn webhook_secret_aad(partner_id: Uuid) -> String {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartner {
-    #[schema(example = "Acme Messaging")]
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        example = "Acme Messaging",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// 360dialog partner id (ends in `PA`).
-    #[schema(example = "examplePA")]
+    #[schema(example = "examplePA", pattern = "^[A-Za-z0-9]{1,64}$")]
     pub d360_partner_id: String,
     /// The partner's 360dialog Partner API key (sent as `X-API-Key`); stored encrypted.
+    #[schema(pattern = "^[!-~]{1,512}$")]
     pub d360_api_key: String,
     /// Default webhook URL for this partner's migrations.
     #[serde(default)]
+    #[schema(
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<String>,
 }
 
@@ -101,13 +111,26 @@ pub struct WebhookSecret {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePartner {
-    /// New display name.
+    /// New display name: 1 to 200 characters, not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
     /// Default webhook URL for migrations created without one; `null` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(
+        value_type = Option<String>,
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<Option<String>>,
+}
+
+/// A partner's display name: 1 to 200 characters, not blank, no control characters.
+fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 200 && !name.chars().any(char::is_control)
 }
 
 /// Tells `"field": null` (Some(None)) from an absent field (None).
@@ -130,6 +153,7 @@ pub struct PartnerPage {
 #[into_params(parameter_in = Query)]
 pub struct PartnerListQuery {
     /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     pub cursor: Option<Uuid>,
 }
@@ -145,9 +169,9 @@ fn validate(body: &CreatePartner, allow_private: bool) -> Result<(), ApiError> {
         }
     };
     check(
-        !body.name.trim().is_empty() && body.name.len() <= 200,
+        valid_name(&body.name),
         "/name",
-        "1 to 200 characters",
+        "1 to 200 characters, not blank, no control characters",
     );
     check(
         !body.d360_partner_id.trim().is_empty()
@@ -347,11 +371,11 @@ async fn update_partner(
     caller.require_admin()?;
     let mut errors = Vec::new();
     if let Some(name) = &body.name
-        && (name.trim().is_empty() || name.len() > 200)
+        && !valid_name(name)
     {
         errors.push(FieldError {
             pointer: "/name".into(),
-            message: "1 to 200 characters".into(),
+            message: "1 to 200 characters, not blank, no control characters".into(),
         });
     }
     if let Some(Some(u)) = &body.callback_url

@@ -3,6 +3,7 @@
 
 mod crash;
 mod docs;
+mod fuzz_findings;
 mod helpers;
 mod isolation;
 mod key_rotation;

@@ -1,0 +1,96 @@
+//! Inputs the API fuzzer (scripts/fuzz.sh) turned into server errors: each is now a 422
+//! validation_failed problem naming the field, never a 500.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+
+fn quiet() -> Options {
+    Options {
+        background_worker: false,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn nul_characters_are_rejected_before_postgres(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, quiet()).await;
+    let create = |extra: serde_json::Value| {
+        let mut body = json!({
+            "phone_number": "+5511987654321",
+            "source_waba_id": "102290129340398",
+            "destination_waba_id": "104996122399160",
+            "meta_business_id": "180505742745347",
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, pointer) in [
+        (json!({ "metadata": { "k\u{0}": 1 } }), "/metadata"),
+        (json!({ "metadata": { "k": ["v\u{0}"] } }), "/metadata"),
+        (
+            json!({ "callback_url": "https://a.example/\u{0}" }),
+            "/callback_url",
+        ),
+        (
+            json!({ "flow": "embedded_signup", "channel_id": "ch\u{0}" }),
+            "/channel_id",
+        ),
+    ] {
+        let res = app.post("/v1/migrations", create(extra)).await;
+        let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(body["errors"][0]["pointer"], pointer);
+    }
+    // A backslash followed by u0000 is just text.
+    let res = app
+        .post(
+            "/v1/migrations",
+            create(json!({ "metadata": { "k": "\\u0000" } })),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    for (extra, pointer) in [
+        (json!({ "name": "Acme\u{0}" }), "/name"),
+        (
+            json!({ "callback_url": "https://a.example/\u{0}" }),
+            "/callback_url",
+        ),
+    ] {
+        let mut body = json!({
+            "name": "Acme",
+            "d360_partner_id": "acmePA",
+            "d360_api_key": "acme-secret",
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let res = app.post_as(ADMIN_KEY, "/v1/partners", body).await;
+        let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(body["errors"][0]["pointer"], pointer);
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn list_dates_outside_rfc3339_years_are_rejected(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, quiet()).await;
+    for (query, pointer) in [
+        ("created_after=-100000-01-01T00:00:00Z", "/created_after"),
+        (
+            "created_before=%2B200000-01-01T00:00:00Z",
+            "/created_before",
+        ),
+    ] {
+        let res = app.get(&format!("/v1/migrations?{query}")).await;
+        let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(body["errors"][0]["pointer"], pointer);
+    }
+    let res = app
+        .get("/v1/migrations?created_after=0001-01-01T00:00:00Z")
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
