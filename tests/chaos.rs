@@ -1213,4 +1213,10 @@ async fn sigterm_handover() {
         handover < Duration::from_secs(1),
         "resumed {handover:?} after SIGTERM"
     );
+    // SHUTDOWN_GRACE_SECONDS is 2 for the replicas; a second of slack for process exit.
+    let stopping = exited_at.duration_since(signalled_at);
+    assert!(
+        stopping <= Duration::from_secs(3),
+        "A took {stopping:?} to exit after SIGTERM (grace 2 s)"
+    );
 }
