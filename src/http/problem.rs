@@ -37,7 +37,7 @@ pub struct Problem {
     pub request_id: Option<String>,
     /// Code-specific extras, e.g. `migration_id` of the active migration on a 409.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object)]
     pub extra: Option<Value>,
 }
 
