@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
+pub mod docs;
 pub mod extract;
 pub mod health;
 pub mod migrations;
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/openapi.yaml", get(openapi_yaml_handler))
         .route("/openapi.json", get(openapi_json_handler))
+        .merge(docs::routes())
         .fallback(not_found)
         .with_state(state)
         // Enforced by the body extractors, so an oversized body is a problem+json 413.

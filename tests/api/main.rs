@@ -3,6 +3,7 @@
 
 mod crash;
 mod docs;
+mod docs_page;
 mod helpers;
 mod isolation;
 mod key_rotation;
