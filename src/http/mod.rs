@@ -7,15 +7,16 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
+pub mod docs;
 pub mod extract;
 pub mod health;
 pub mod migrations;
@@ -70,6 +71,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(partners::router())
         .merge(webhooks::router())
         .merge(health::router())
+        .routes(routes!(openapi_yaml_handler))
+        .routes(routes!(openapi_json_handler))
+        .routes(routes!(docs::page))
 }
 
 /// The OpenAPI document generated from the routes.
@@ -132,10 +136,16 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// This OpenAPI document, YAML.
+#[utoipa::path(get, path = "/openapi.yaml", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = String, content_type = "application/yaml")))]
 async fn openapi_yaml_handler() -> Response {
     ([("content-type", "application/yaml")], openapi_yaml()).into_response()
 }
 
+/// This OpenAPI document, JSON.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
 async fn openapi_json_handler() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(openapi())
 }
@@ -144,8 +154,7 @@ async fn openapi_json_handler() -> axum::Json<utoipa::openapi::OpenApi> {
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
-        .route("/openapi.yaml", get(openapi_yaml_handler))
-        .route("/openapi.json", get(openapi_json_handler))
+        .merge(docs::routes())
         .fallback(not_found)
         .with_state(state)
         .layer(middleware::from_fn(track))

@@ -21,6 +21,15 @@ pub struct FieldError {
 
 /// An `application/problem+json` body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "https://waba-migrator.dev/problems/validation_failed",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "detail": "Some fields are invalid; see errors.",
+    "code": "validation_failed",
+    "errors": [{"pointer": "/phone_number", "message": "not a valid phone number for its country"}],
+    "request_id": "019ac3a2-5b1e-7c4d-9a8e-2f1b3c4d5e6f"
+}))]
 pub struct Problem {
     /// `https://waba-migrator.dev/problems/<code>`
     #[serde(rename = "type")]
@@ -37,7 +46,7 @@ pub struct Problem {
     pub request_id: Option<String>,
     /// Code-specific extras, e.g. `migration_id` of the active migration on a 409.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object)]
     pub extra: Option<Value>,
 }
 

@@ -3,6 +3,7 @@
 
 mod crash;
 mod docs;
+mod docs_page;
 mod fuzz_findings;
 mod helpers;
 mod isolation;
