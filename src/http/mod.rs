@@ -138,7 +138,7 @@ async fn not_found() -> ApiError {
 
 /// This OpenAPI document, YAML.
 #[utoipa::path(get, path = "/openapi.yaml", tag = "ops",
-    responses((status = 200, description = "OpenAPI 3.1 document", body = String, content_type = "application/yaml")))]
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/yaml")))]
 async fn openapi_yaml_handler() -> Response {
     ([("content-type", "application/yaml")], openapi_yaml()).into_response()
 }
