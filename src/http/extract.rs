@@ -14,9 +14,45 @@ use crate::db;
 
 /// `Json` with problem+json rejections: 415 wrong content type, 400 malformed JSON, 413 too
 /// large, 422 wrong fields (unknown fields are rejected by `deny_unknown_fields` on inputs).
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// The body must be a JSON object: serde would otherwise also read a struct from an array of
+/// its field values (`[null, null]`).
+#[derive(Debug)]
 pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::validation(vec![FieldError {
+                pointer: "/".into(),
+                message: "the body must be a JSON object".into(),
+            }]));
+        }
+        serde_path_to_error::deserialize::<_, T>(value)
+            .map(AppJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().to_string();
+                // Unknown and missing fields are reported at their parent; the name is quoted.
+                let pointer = if path == "." {
+                    message
+                        .split('`')
+                        .nth(1)
+                        .map(|f| format!("/{f}"))
+                        .unwrap_or_else(|| "/".into())
+                } else {
+                    format!("/{}", path.replace('.', "/"))
+                };
+                ApiError::validation(vec![FieldError { pointer, message }])
+            })
+    }
+}
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {

@@ -94,3 +94,47 @@ async fn list_dates_outside_rfc3339_years_are_rejected(pool: PgPool) {
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// serde reads a struct from an array of its field values too: `[null, null]` was a valid
+/// `PATCH /v1/partners/{id}` body (a 200 that changed nothing). Bodies must be JSON objects.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn bodies_that_are_not_objects_are_rejected(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, quiet()).await;
+    let partner = format!("/v1/partners/{}", app.partner_id);
+    let res = app
+        .http
+        .patch(app.url(&partner))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!([null, null]))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["pointer"], "/");
+    for body in [
+        json!([
+            "+5511987654321",
+            "102290129340398",
+            "104996122399160",
+            "180505742745347"
+        ]),
+        json!("a string"),
+        json!(42),
+        json!(null),
+    ] {
+        let res = app.post("/v1/migrations", body.clone()).await;
+        assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    }
+    assert_eq!(app.count_migrations().await, 0);
+    // Field errors still name the field, nested ones by their path.
+    let mut body = TestApp::create_body("+14155550901");
+    body["otp_method"] = json!("fax");
+    let res = app.post("/v1/migrations", body).await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["pointer"], "/otp_method");
+    let mut body = TestApp::create_body("+14155550901");
+    body.as_object_mut().unwrap().remove("phone_number");
+    let res = app.post("/v1/migrations", body).await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["pointer"], "/phone_number");
+}
