@@ -16,6 +16,7 @@
 //!
 //! It prints a Markdown table and a JSON document (`--json FILE` too).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +76,14 @@ struct RunArgs {
     /// Driver: interval between two GETs of one migration while waiting for a state.
     #[arg(long, default_value_t = 50)]
     poll_ms: u64,
+    /// How the driver notices `awaiting_otp`: `poll` (GET each migration every --poll-ms) or
+    /// `list` (one watcher pages through GET /v1/migrations?state=awaiting_otp every --watch-ms;
+    /// for thousands of migrations in flight, where per-migration polling would swamp the API).
+    #[arg(long, default_value = "poll", value_parser = ["poll", "list"])]
+    otp_watch: String,
+    /// Interval of the `list` watcher.
+    #[arg(long, default_value_t = 50)]
+    watch_ms: u64,
     /// WORKER_CONCURRENCY of the service (default: max(concurrency, 64)).
     #[arg(long)]
     worker_concurrency: Option<usize>,
@@ -253,6 +262,32 @@ impl Api {
         Ok(ms)
     }
 
+    /// One page of GET /v1/migrations: the ids on it and the next cursor.
+    async fn list_page(&self, query: &str) -> anyhow::Result<(Vec<String>, Option<String>, f64)> {
+        let t = Instant::now();
+        let res = self
+            .http
+            .get(format!("{}/v1/migrations?{query}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or_default();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if !status.is_success() {
+            bail!("list: {status} {body}");
+        }
+        let ids = body["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((ids, body["next_cursor"].as_str().map(str::to_owned), ms))
+    }
+
     async fn otp(&self, id: &str) -> anyhow::Result<f64> {
         let t = Instant::now();
         let res = self
@@ -321,6 +356,7 @@ struct DriveResult {
     get: Samples,
     otp: Samples,
     list: Samples,
+    watch: Samples,
     to_awaiting: Samples,
     to_completed: Samples,
     create_phase: Duration,
@@ -376,9 +412,49 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
         })
     };
 
+    // The `list` watcher: when each migration was first seen in awaiting_otp.
+    let parked: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let sweep = Arc::new(tokio::sync::Notify::new());
+    let watch_task = (args.otp_watch == "list").then(|| {
+        let (api, stop, result) = (api.clone(), stop.clone(), result.clone());
+        let (parked, sweep) = (parked.clone(), sweep.clone());
+        let every = Duration::from_millis(args.watch_ms);
+        tokio::spawn(async move {
+            let mut pages = Samples::default();
+            while !stop.is_cancelled() {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let q = match &cursor {
+                        Some(c) => format!("state=awaiting_otp&limit=100&cursor={c}"),
+                        None => "state=awaiting_otp&limit=100".to_owned(),
+                    };
+                    let Ok((ids, next, ms)) = api.list_page(&q).await else {
+                        break;
+                    };
+                    pages.push(ms);
+                    let now = Instant::now();
+                    let mut p = parked.lock().expect("lock");
+                    for id in ids {
+                        p.entry(id).or_insert(now);
+                    }
+                    drop(p);
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                sweep.notify_waiters();
+                tokio::time::sleep(every).await;
+            }
+            result.lock().await.watch = pages;
+        })
+    });
+
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.min(n) {
         let (api, next, result) = (api.clone(), next.clone(), result.clone());
+        let (parked, sweep) = (parked.clone(), sweep.clone());
+        let by_list = args.otp_watch == "list";
         tasks.push(tokio::spawn(async move {
             let mut mine = DriveResult::default();
             loop {
@@ -391,15 +467,30 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
                     mine.create.push(ms);
                     let created = Instant::now();
                     mine.create_phase = mine.create_phase.max(created - started);
-                    let parked = api
-                        .wait_state(
+                    let parked = if by_list {
+                        let until = Instant::now() + Duration::from_secs(600);
+                        loop {
+                            let swept = sweep.notified();
+                            tokio::pin!(swept);
+                            swept.as_mut().enable();
+                            if let Some(t) = parked.lock().expect("lock").get(&id) {
+                                break *t;
+                            }
+                            if Instant::now() > until {
+                                bail!("migration {id} not seen in awaiting_otp within 600 s");
+                            }
+                            let _ = tokio::time::timeout(Duration::from_secs(5), swept).await;
+                        }
+                    } else {
+                        api.wait_state(
                             &id,
                             "awaiting_otp",
                             poll,
                             &mut mine.get,
                             Duration::from_secs(600),
                         )
-                        .await?;
+                        .await?
+                    };
                     mine.to_awaiting
                         .push((parked - created).as_secs_f64() * 1e3);
                     mine.otp.push(api.otp(&id).await?);
@@ -440,6 +531,9 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
     }
     stop.cancel();
     let _ = list_task.await;
+    if let Some(w) = watch_task {
+        let _ = w.await;
+    }
     let _ = metrics_task.await;
     match Arc::try_unwrap(result) {
         Ok(m) => m.into_inner(),
@@ -449,6 +543,7 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
 
 struct Pickup {
     proxy_ms: Samples,
+    cold_ms: f64,
     db_ms: Samples,
     solo_calls: usize,
     solo_waves: usize,
@@ -466,9 +561,10 @@ async fn pickup(
     samples: usize,
 ) -> anyhow::Result<Pickup> {
     let mut proxy_ms = Samples::default();
+    let mut cold_ms = 0.0;
     let mut ids = Vec::new();
     let mut gets = Samples::default();
-    for i in 0..samples {
+    for i in 0..=samples {
         tokio::time::sleep(Duration::from_millis(150)).await;
         rec.clear();
         let arrived = rec.arrived.notified();
@@ -495,7 +591,13 @@ async fn pickup(
         } else {
             -((returned - first).as_secs_f64() * 1e3)
         };
-        proxy_ms.push(ms);
+        // The first create after start pays one-time connection setup (service → sandbox,
+        // pool connections): reported apart, not in the percentiles.
+        if i == 0 {
+            cold_ms = ms;
+        } else {
+            proxy_ms.push(ms);
+        }
         api.wait_state(
             &id,
             "awaiting_otp",
@@ -525,7 +627,7 @@ async fn pickup(
     rec.clear();
     let poll = Duration::from_millis(5);
     let t0 = Instant::now();
-    let (id, _) = api.create(0, samples).await?;
+    let (id, _) = api.create(0, samples + 1).await?;
     let created = Instant::now();
     let parked = api
         .wait_state(
@@ -544,6 +646,7 @@ async fn pickup(
     let seen = rec.seen.lock().expect("lock").clone();
     Ok(Pickup {
         proxy_ms,
+        cold_ms,
         db_ms,
         solo_calls: seen.len(),
         solo_waves: proxy::waves(&seen),
@@ -812,13 +915,6 @@ async fn measure(
     let idle = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster).since(&idle0);
     let idle_pct = idle.service / idle_t.elapsed().as_secs_f64() * 100.0;
     let (rss_before, _) = procs::rss_mib(serve_pid);
-    let sb_before: Value = http
-        .get(format!("{}/_sandbox/counters", env.sandbox_url))
-        .send()
-        .await?
-        .json()
-        .await
-        .unwrap_or_default();
 
     eprintln!(
         "bench: driving {} migrations, {} in flight, sandbox latency {} ms",
@@ -981,8 +1077,9 @@ async fn measure(
         "POST returned → first precheck upstream call p50/p95/p99",
         pick.proxy_ms.fmt3(),
         format!(
-            "n={}, recording proxy; target 3: p99 ≤ 15 ms",
-            pick.proxy_ms.0.len()
+            "n={} after one warm-up ({:.1} ms), recording proxy; target 3: p99 ≤ 15 ms",
+            pick.proxy_ms.0.len(),
+            pick.cold_ms
         ),
     );
     t.row(
@@ -1002,7 +1099,11 @@ async fn measure(
         t.row(
             "target 2 bound: 1.5 × sequential × latency + create time",
             format!("{t2_bound_s:.2} s"),
-            format!("wall / bound = {:.2}", wall / t2_bound_s),
+            format!(
+                "wall / bound = {:.2} (driver clock), {:.2} (database clock: first created_at → last completed_at)",
+                wall / t2_bound_s,
+                window_s / t2_bound_s
+            ),
         );
     }
     t.section("service footprint");
@@ -1055,6 +1156,8 @@ async fn measure(
             "sandbox_channel_delay_ms": args.sandbox_channel_delay_ms,
             "channel_poll_ms": args.channel_poll_ms,
             "poll_ms": args.poll_ms,
+            "otp_watch": args.otp_watch,
+            "watch_ms": args.watch_ms,
             "worker_concurrency": args.worker_concurrency.unwrap_or(args.concurrency.max(64)),
             "db_pool": args.db_pool,
             "service_log": args.service_log,
@@ -1080,11 +1183,19 @@ async fn measure(
             "get_under_load": d.get.json(),
             "list_under_load": d.list.json(),
             "otp_under_load": d.otp.json(),
+            "list_awaiting_otp_watcher": d.watch.json(),
             "get_idle": idle_get.json(),
             "list_idle": idle_list.json(),
         },
         "pickup": {
             "proxy_post_to_first_upstream": pick.proxy_ms.json(),
+            "proxy_post_to_first_upstream_warmup_ms": round(pick.cold_ms, 2),
+            "proxy_post_to_first_upstream_samples_ms": pick
+                .proxy_ms
+                .0
+                .iter()
+                .map(|v| round(*v, 2))
+                .collect::<Vec<_>>(),
             "db_created_to_prechecking": pick.db_ms.json(),
             "solo_upstream_calls": pick.solo_calls,
             "solo_sequential_calls": pick.solo_waves,
@@ -1116,7 +1227,6 @@ async fn measure(
             },
         },
         "upstream_calls_per_migration": round(per(upstream_calls), 2),
-        "sandbox_counters_before": sb_before,
         "pgbench_output": ceiling.as_ref().map(|(_, o)| o.clone()),
     });
     Ok((doc, t))
