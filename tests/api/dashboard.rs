@@ -436,3 +436,86 @@ async fn a_failed_migration_shows_its_remediation_and_retry_resumes_it(pool: PgP
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(body.contains("Cannot retry"), "{body}");
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_overview_lists_migrations_stuck_longer_than_the_threshold(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (old, fresh) = ("+14155550705", "+14155550706");
+    let old_id = app.create(old).await;
+    let fresh_id = app.create(fresh).await;
+    app.wait_for(&old_id, "awaiting_otp").await;
+    app.wait_for(&fresh_id, "awaiting_otp").await;
+    // The default threshold is 30 minutes: pretend one has waited 31.
+    sqlx::query(
+        "UPDATE migrations SET state_entered_at = now() - interval '31 minutes' WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&old_id).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    let (_, _, html) = d.get("/dashboard").await;
+    let stuck = html
+        .split("id=\"h-stuck\"")
+        .nth(1)
+        .and_then(|s| s.split("id=\"h-fail\"").next())
+        .unwrap();
+    assert!(stuck.contains("more than 30 min (1)"), "{stuck}");
+    assert!(stuck.contains(old), "{stuck}");
+    assert!(stuck.contains("31 min"), "{stuck}");
+    assert!(stuck.contains("the partner to submit the code"), "{stuck}");
+    assert!(!stuck.contains(fresh), "{stuck}");
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_list_filters_by_number_and_date_and_pages_by_keyset(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut phones = Vec::new();
+    for i in 0..26 {
+        let phone = format!("+1415555{:04}", 1100 + i);
+        app.create(&phone).await;
+        phones.push(phone);
+    }
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+
+    let (_, _, first) = d.get("/dashboard/migrations").await;
+    let rows = |html: &str| phones.iter().filter(|p| html.contains(p.as_str())).count();
+    assert_eq!(rows(&first), 25);
+    assert!(first.contains(phones.last().unwrap()), "newest first");
+    let next = regex::Regex::new(r#"href="(/dashboard/migrations\?cursor=[^"]+)" rel="next""#)
+        .unwrap()
+        .captures(&first)
+        .expect("a next-page link")[1]
+        .replace("&amp;", "&");
+    let (status, _, second) = d.get(&next).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rows(&second), 1);
+    assert!(second.contains(&phones[0]));
+    assert!(!second.contains("rel=\"next\""));
+
+    let (_, _, one) = d.get("/dashboard/migrations?phone=5551107").await;
+    assert_eq!(rows(&one), 1);
+    assert!(one.contains("+14155551107"));
+
+    // Day bounds are inclusive and in UTC (a day either side keeps this true at midnight).
+    let today = chrono::Utc::now().date_naive();
+    let (yesterday, tomorrow) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let (_, _, around_today) = d
+        .get(&format!(
+            "/dashboard/migrations?from={yesterday}&to={tomorrow}"
+        ))
+        .await;
+    assert_eq!(rows(&around_today), 25);
+    let day_after = tomorrow.succ_opt().unwrap();
+    let (_, _, none) = d
+        .get(&format!("/dashboard/migrations?from={day_after}"))
+        .await;
+    assert_eq!(rows(&none), 0);
+    let before = yesterday.pred_opt().unwrap();
+    let (_, _, none) = d.get(&format!("/dashboard/migrations?to={before}")).await;
+    assert_eq!(rows(&none), 0);
+    let (status, _, _) = d.get("/dashboard/migrations?from=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
