@@ -78,6 +78,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Per-key request limits; `None`: unlimited.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// The support dashboard's settings.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -143,6 +145,8 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per API key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// The support dashboard's settings.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// The service: API state plus (optionally) a worker.
@@ -181,6 +185,7 @@ impl App {
                 .rate_limit
                 .and_then(|(rate, burst)| RateLimiter::new(rate, burst))
                 .map(Arc::new),
+            dashboard: settings.dashboard.clone(),
         };
         let dispatcher = if settings.run_workers {
             Some(Dispatcher::new(

@@ -320,6 +320,10 @@ async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             webhooks: webhook_config(&args),
             clock: Arc::new(SystemClock),
             rate_limit: Some((args.rate_limit_per_second, args.rate_limit_burst)),
+            dashboard: crate::dashboard::DashboardConfig {
+                stuck_after: Duration::from_secs(args.dashboard_stuck_minutes.saturating_mul(60)),
+                secure_cookie: args.dashboard_secure_cookie,
+            },
         },
     )?;
 

@@ -182,6 +182,14 @@ pub struct ServeArgs {
     /// Requests an API key may send in a burst above the sustained rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// Dashboard: a non-terminal migration that has not changed state for this many minutes
+    /// is listed as stuck.
+    #[arg(long, env = "DASHBOARD_STUCK_MINUTES", default_value_t = 30)]
+    pub dashboard_stuck_minutes: u64,
+    /// Dashboard: mark the session cookie `Secure` (turn on when users reach the service over
+    /// https, e.g. behind a TLS-terminating proxy).
+    #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
+    pub dashboard_secure_cookie: bool,
 
     #[command(flatten)]
     pub sandbox: SandboxFaultArgs,
@@ -292,6 +300,9 @@ impl ServeArgs {
             return Err(
                 "RATE_LIMIT_BURST must be at least 1 when RATE_LIMIT_PER_SECOND is set".into(),
             );
+        }
+        if self.dashboard_stuck_minutes == 0 {
+            return Err("DASHBOARD_STUCK_MINUTES must be at least 1".into());
         }
         if !self.meta_graph_version.starts_with('v') {
             return Err("META_GRAPH_VERSION must look like v23.0".into());

@@ -5,7 +5,7 @@
 //! (pure states and rules), [`db`] (SQL) and [`clients`] (Meta Graph API, 360dialog).
 //! [`sandbox`] simulates the upstreams; [`embedded_pg`] runs a private PostgreSQL for
 //! `serve` without `DATABASE_URL`. [`webhooks`] delivers the outbox of state changes to
-//! partners.
+//! partners. [`dashboard`] is the server-rendered support UI under `/dashboard`.
 //!
 //! Error policy: each layer has its own `thiserror` type (`db::Error`, `clients::Error`,
 //! domain `MigrationError`), converted at the boundary into `http::problem::ApiError`
@@ -18,6 +18,7 @@ pub mod clients;
 pub mod config;
 pub mod crypto;
 pub mod crypto_rotation;
+pub mod dashboard;
 pub mod db;
 pub mod domain;
 pub mod embedded_pg;

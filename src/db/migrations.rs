@@ -71,7 +71,7 @@ impl MigrationRow {
     }
 }
 
-const COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id, \
+pub(crate) const COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id, \
     destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
     otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
     otp_expires_at, otp_code_enc, pin_enc, precheck, templates, api_key_enc, api_key_id, \

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, migrate::Migrator};
 
+pub mod dashboard;
 pub mod encrypted;
 pub mod events;
 pub mod idempotency;

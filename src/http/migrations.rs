@@ -659,7 +659,7 @@ async fn get_migration(
     Ok(axum::Json(Migration::from(&row)))
 }
 
-pub(super) async fn fetch(
+pub(crate) async fn fetch(
     state: &AppState,
     caller: Caller,
     id: Uuid,
@@ -885,7 +885,18 @@ async fn resend_otp(
     IdPath(id): IdPath<Uuid>,
     AppJson(body): AppJson<ResendOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let row = fetch(&state, caller, id).await?;
+    let r = resend(&state, caller, id, body.method).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+}
+
+/// `POST …/otp/resend`, shared with the dashboard.
+pub(crate) async fn resend(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    method: Option<OtpMethod>,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
     if row.state() != MigrationState::AwaitingOtp {
         return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
     }
@@ -902,9 +913,7 @@ async fn resend_otp(
             .with_extra(json!({ "resend_available_at": at })));
         }
     }
-    let method = body
-        .method
-        .unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
+    let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
     let mut memo = row.step_memo.clone();
     if let Some(o) = memo.as_object_mut() {
         o.remove("request_code");
@@ -929,16 +938,15 @@ async fn resend_otp(
         to_state: Some("requesting_otp".into()),
         data: json!({ "otp": "resend_requested", "method": method }),
     };
-    let r = ApiTransition {
+    ApiTransition {
         action: "resend a code for",
         allowed: "awaiting_otp",
         guard,
         patch,
         event,
     }
-    .apply(&state, caller, &row)
-    .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+    .apply(state, caller, &row)
+    .await
 }
 
 /// Cancel a migration that has not finished.
@@ -960,7 +968,17 @@ async fn cancel_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let row = fetch(&state, caller, id).await?;
+    let r = cancel(&state, caller, id).await?;
+    Ok(axum::Json(Migration::from(&r)))
+}
+
+/// `POST …/cancel`, shared with the dashboard.
+pub(crate) async fn cancel(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
     let active: Vec<MigrationState> = MigrationState::ALL
         .into_iter()
         .filter(|s| !s.is_terminal())
@@ -985,16 +1003,15 @@ async fn cancel_migration(
         to_state: Some("cancelled".into()),
         data: json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
     };
-    let r = ApiTransition {
+    ApiTransition {
         action: "cancel",
         allowed: "any non-terminal state",
         guard,
         patch,
         event,
     }
-    .apply(&state, caller, &row)
-    .await?;
-    Ok(axum::Json(Migration::from(&r)))
+    .apply(state, caller, &row)
+    .await
 }
 
 /// Resume a failed migration from the step that failed.
@@ -1016,7 +1033,17 @@ async fn retry_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let row = fetch(&state, caller, id).await?;
+    let r = retry(&state, caller, id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+}
+
+/// `POST …/retry`, shared with the dashboard.
+pub(crate) async fn retry(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
     if row.state() != MigrationState::Failed {
         return Err(wrong_state(&row, "retry", "failed"));
     }
@@ -1059,16 +1086,15 @@ async fn retry_migration(
         to_state: Some(target.as_str().into()),
         data: json!({ "retry_of": failed_step }),
     };
-    let r = ApiTransition {
+    ApiTransition {
         action: "retry",
         allowed: "failed",
         guard,
         patch,
         event,
     }
-    .apply(&state, caller, &row)
-    .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+    .apply(state, caller, &row)
+    .await
 }
 
 /// The generated 360dialog API key.

@@ -155,6 +155,8 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
         .merge(docs::routes())
+        // HTML pages for support staff; not part of the OpenAPI document.
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .with_state(state)
         .layer(middleware::from_fn(track))

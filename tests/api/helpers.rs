@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use waba_migrator::app::{App, SandboxSeeder, Settings, Upstreams};
 use waba_migrator::crypto::Cipher;
+use waba_migrator::dashboard::DashboardConfig;
 use waba_migrator::domain::RetryPolicy;
 use waba_migrator::sandbox::{Sandbox, SandboxConfig};
 use waba_migrator::webhooks::{Clock, Dispatcher, SystemClock, WebhookConfig};
@@ -52,6 +53,8 @@ pub struct Options {
     pub rate_limit: Option<(u32, u32)>,
     /// The secrets cipher (default: a fresh random key).
     pub cipher: Option<Cipher>,
+    /// The support dashboard's settings.
+    pub dashboard: DashboardConfig,
 }
 
 impl Default for Options {
@@ -95,6 +98,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             rate_limit: None,
             cipher: None,
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -159,6 +163,7 @@ impl TestApp {
             webhooks: opts.webhooks.clone(),
             clock: opts.clock.clone(),
             rate_limit: opts.rate_limit,
+            dashboard: opts.dashboard.clone(),
         };
         let app = App::new(pool.clone(), settings.clone()).unwrap();
         let fail_points = app.fail_points.clone();

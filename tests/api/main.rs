@@ -2,6 +2,7 @@
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
 mod crash;
+mod dashboard;
 mod docs;
 mod docs_page;
 mod fuzz_findings;

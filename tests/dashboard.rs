@@ -1,0 +1,383 @@
+//! The support dashboard in a real browser: headless Chromium (`/usr/bin/chromium`) driven
+//! through `chromedriver` (WebDriver) with fantoccini, against the service spawned in-process
+//! on a fresh database.
+//!
+//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run` installs them); the
+//! test fails, saying so, when either is missing. `CHROMIUM` and `CHROMEDRIVER` override the
+//! paths. Screenshots go to `target/dashboard-screenshots/` (`$CARGO_TARGET_DIR` when set).
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use helpers::TestApp;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use waba_migrator::domain::ErrorCode;
+
+/// chromedriver (a child process of this test, killed on drop) and a browser session.
+struct Browser {
+    driver: Child,
+    client: Client,
+    _profile: TempDir,
+}
+
+/// A scratch directory removed on drop (the browser profile).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn binary(var: &str, default: &str, package: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} not found: the browser tests need the Debian package `{package}` \
+         (apt-get install -y chromium chromium-driver), or set {var} to its path"
+    );
+    path
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = binary("CHROMIUM", "/usr/bin/chromium", "chromium");
+        let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver", "chromium-driver");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {chromedriver}: {e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{url}/status")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not answer on {url} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile =
+            std::env::temp_dir().join(format!("wm-dash-chromium-{}", uuid::Uuid::new_v4()));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--window-size=1366,900",
+                    "--no-first-run", "--no-default-browser-check",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("could not open a Chromium session through {url}: {e}"));
+        Browser {
+            driver,
+            client,
+            _profile: TempDir(profile),
+        }
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Saves the whole page (the window is made tall enough for it first).
+async fn save_screenshot(c: &Client, name: &str) {
+    let height = c
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap_or(900)
+        .clamp(900, 4000);
+    c.set_window_size(1366, height as u32 + 100).await.unwrap();
+    let png = c.screenshot().await.unwrap();
+    c.set_window_size(1366, 900).await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let path = screenshot_dir().join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// The text of the first element matching `css`, once `ok` holds for it (20 s at most).
+async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if ok(&t) {
+                return t;
+            }
+            last = t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{css}` never matched; last text: {last:?}; url {:?}",
+            c.current_url().await.map(|u| u.to_string())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sign_in(c: &Client, app: &TestApp, key: &str) {
+    c.goto(&app.url("/dashboard")).await.unwrap();
+    // No session: the dashboard sends the browser to the sign-in page.
+    assert_eq!(c.current_url().await.unwrap().path(), "/dashboard/login");
+    c.find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.signin button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t == "Overview").await;
+}
+
+/// A page on another origin with a form that posts to the dashboard: what a forger would
+/// host. Returns its URL.
+async fn forger(target: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let page = format!(
+        "<!doctype html><title>win a prize</title><form method=post action=\"{target}\">\
+         <button id=go type=submit>Claim</button></form>"
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(page) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let failing = "+14155550801";
+    let waiting = "+14155550802";
+    app.faults(json!([
+        { "endpoint": "start_migration", "phone_number": failing, "fault": "server_error", "times": 1000 }
+    ]))
+    .await;
+    let failed_id = app.create(failing).await;
+    let waiting_id = app.create(waiting).await;
+    let (_, other_key) = app.other_partner().await;
+    let others = "+14155550803";
+    let res = app
+        .post_as(&other_key, "/v1/migrations", TestApp::create_body(others))
+        .await;
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    app.wait_for(&failed_id, "failed").await;
+    app.wait_for(&waiting_id, "awaiting_otp").await;
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+
+    // Sign in with the partner key; the overview shows the failure and its remediation.
+    sign_in(c, &app, &app.partner_key).await;
+    let (_, remediation, _, _) = ErrorCode::UpstreamUnavailable.describe();
+    let failures = wait_text(c, "#h-fail + table", |t| t.contains("upstream_unavailable")).await;
+    assert!(failures.contains(remediation), "{failures}");
+    let svg = c.find(Locator::Css("svg.chart")).await.unwrap();
+    let failed_bars = svg.find_all(Locator::Css("rect.bar-failed")).await.unwrap();
+    assert_eq!(failed_bars.len(), 12, "one failed bar per 5 minutes");
+    save_screenshot(c, "overview").await;
+
+    // Filter the list to failed migrations.
+    c.find(Locator::LinkText("Migrations"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t == "Migrations").await;
+    c.find(Locator::Css("#f-state"))
+        .await
+        .unwrap()
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.filters button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let table = wait_text(c, "#migrations", |t| t.contains(failing)).await;
+    assert!(!table.contains(waiting), "{table}");
+    assert!(!table.contains(others), "{table}");
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .query()
+            .unwrap()
+            .contains("state=failed")
+    );
+
+    // Open it and read what to do.
+    c.find(Locator::LinkText(failing))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = wait_text(c, ".remediation", |t| !t.is_empty()).await;
+    assert!(shown.contains(remediation), "{shown}");
+    let error = c
+        .find(Locator::Css(".error-box"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        error.contains("upstream_unavailable") && error.contains("500"),
+        "{error}"
+    );
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(h1.contains("failed"), "{h1}");
+    save_screenshot(c, "detail").await;
+
+    // The cause is gone; press retry and watch the migration move.
+    let res = app
+        .http
+        .delete(format!("{}/_sandbox/faults", app.sandbox_url))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    c.find(Locator::Css("#retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "p.notice", |t| t.starts_with("Retried")).await;
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!h1.contains("failed"), "{h1}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let h1 = c
+            .find(Locator::Css("h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if h1.contains("awaiting_otp") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h1}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.refresh().await.unwrap();
+    }
+    let timeline = c
+        .find(Locator::Css("ol.timeline"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(timeline.contains("failed → initiating"), "{timeline}");
+    assert_eq!(app.migration(&failed_id).await["state"], "awaiting_otp");
+
+    // A forged POST from another origin (the session cookie is sent: same site, other port)
+    // is refused, and nothing changes.
+    let forged = forger(app.url(&format!("/dashboard/migrations/{waiting_id}/cancel"))).await;
+    c.goto(&forged).await.unwrap();
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t.starts_with("Refused")).await;
+    assert_eq!(app.migration(&waiting_id).await["state"], "awaiting_otp");
+
+    // Another partner's key sees none of this partner's migrations.
+    c.goto(&app.url("/dashboard")).await.unwrap();
+    c.find(Locator::Css("header.top form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t == "Sign in").await;
+    sign_in(c, &app, &other_key).await;
+    c.goto(&app.url("/dashboard/migrations")).await.unwrap();
+    let table = wait_text(c, "#migrations", |t| t.contains(others)).await;
+    assert!(
+        !table.contains(failing) && !table.contains(waiting),
+        "{table}"
+    );
+    c.goto(&app.url(&format!("/dashboard/migrations/{failed_id}")))
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t.starts_with("Not found")).await;
+    let source = c.source().await.unwrap();
+    assert!(!source.contains(failing));
+
+    let mine: Value = app.migration(&failed_id).await;
+    assert_eq!(mine["state"], "awaiting_otp");
+    browser.client.clone().close().await.unwrap();
+}
