@@ -139,7 +139,7 @@ pub async fn list(
     };
     let midnight =
         |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"));
-    let filter = store::Filter {
+    let filter = db::migrations::ListFilter {
         partner_id,
         state: state_filter,
         phone_contains: (!phone.is_empty()).then_some(phone),
@@ -147,8 +147,9 @@ pub async fn list(
         created_before: to.and_then(|d| d.succ_opt()).map(midnight),
         before_id,
         limit: PAGE_SIZE,
+        ..Default::default()
     };
-    let mut rows = store::list(&state.pool, &filter).await?;
+    let mut rows = db::migrations::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > PAGE_SIZE {
         rows.truncate(PAGE_SIZE as usize);
         rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))

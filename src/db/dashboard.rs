@@ -3,7 +3,7 @@
 //! admin sees every partner).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::Error;
@@ -152,48 +152,6 @@ pub async fn throughput_last_hour(
     .bind(partner)
     .fetch_all(ex)
     .await?)
-}
-
-/// The list page's filters.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    pub partner_id: Option<Uuid>,
-    pub state: Option<String>,
-    /// Digits (and `+`) the number contains.
-    pub phone_contains: Option<String>,
-    pub created_from: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
-    /// Keyset cursor: only ids below this one (UUIDv7: older).
-    pub before_id: Option<Uuid>,
-    pub limit: i64,
-}
-
-/// Newest first; `limit + 1` rows so the caller knows whether a next page exists.
-pub async fn list(ex: impl PgExecutor<'_>, f: &Filter) -> Result<Vec<MigrationRow>, Error> {
-    let mut q: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM migrations WHERE true"));
-    if let Some(p) = f.partner_id {
-        q.push(" AND partner_id = ").push_bind(p);
-    }
-    if let Some(s) = &f.state {
-        q.push(" AND state = ").push_bind(s.clone());
-    }
-    if let Some(n) = &f.phone_contains {
-        // Only digits and '+' reach here: no LIKE metacharacters to escape.
-        q.push(" AND phone_number LIKE ")
-            .push_bind(format!("%{n}%"));
-    }
-    if let Some(t) = f.created_from {
-        q.push(" AND created_at >= ").push_bind(t);
-    }
-    if let Some(t) = f.created_before {
-        q.push(" AND created_at < ").push_bind(t);
-    }
-    if let Some(id) = f.before_id {
-        q.push(" AND id < ").push_bind(id);
-    }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit + 1);
-    Ok(q.build_query_as::<MigrationRow>().fetch_all(ex).await?)
 }
 
 /// Partner names by id (for the admin's list and filter).

@@ -187,7 +187,11 @@ pub struct ListFilter {
     pub partner_id: Option<Uuid>,
     pub state: Option<String>,
     pub phone_number: Option<String>,
+    /// Digits (and `+`) the number contains (the dashboard's search).
+    pub phone_contains: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
+    /// Inclusive lower bound (the dashboard's whole days); `created_after` is exclusive.
+    pub created_from: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
     /// Keyset cursor: only ids below this one (ids are UUIDv7, so older).
     pub before_id: Option<Uuid>,
@@ -208,8 +212,16 @@ pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<Migrati
     if let Some(n) = &f.phone_number {
         q.push(" AND phone_number = ").push_bind(n.clone());
     }
+    if let Some(n) = &f.phone_contains {
+        // Only digits and '+' reach here: no LIKE metacharacters to escape.
+        q.push(" AND phone_number LIKE ")
+            .push_bind(format!("%{n}%"));
+    }
     if let Some(t) = f.created_after {
         q.push(" AND created_at > ").push_bind(t);
+    }
+    if let Some(t) = f.created_from {
+        q.push(" AND created_at >= ").push_bind(t);
     }
     if let Some(t) = f.created_before {
         q.push(" AND created_at < ").push_bind(t);

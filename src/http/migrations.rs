@@ -624,6 +624,7 @@ async fn list_migrations(
         created_before: q.created_before,
         before_id,
         limit,
+        ..Default::default()
     };
     let mut rows = store::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
