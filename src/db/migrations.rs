@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::events::{self, NewEvent};
+use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
 use crate::domain::MigrationState;
 
@@ -63,6 +63,13 @@ pub struct MigrationRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The partner's default callback URL, read with the row by [`claim`] and [`update`] (the
+    /// worker's rows): lets a write skip rendering a webhook body nobody would receive.
+    #[sqlx(default)]
+    pub partner_callback_url: Option<String>,
+    /// Whether `partner_callback_url` was read (false for rows from [`get`] and [`list`]).
+    #[sqlx(default)]
+    pub partner_url_known: bool,
 }
 
 impl MigrationRow {
@@ -79,6 +86,11 @@ pub(crate) const COLUMNS: &str = "id, partner_id, state, flow, phone_number, sou
     failed_step, \
     metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
     state_entered_at, version, created_at, updated_at, completed_at";
+
+/// Extra output columns of the worker's statements (`m` is the migration row): the partner's
+/// default callback URL, see [`MigrationRow::partner_callback_url`].
+const PARTNER_URL: &str = "(SELECT p.callback_url FROM partners p WHERE p.id = m.partner_id) \
+    AS partner_callback_url, true AS partner_url_known";
 
 /// Name of the partial unique index allowing one active migration per number.
 pub const ONE_ACTIVE_PER_NUMBER: &str = "migrations_one_active_per_number";
@@ -100,15 +112,21 @@ pub struct NewMigration {
     pub callback_url: Option<String>,
 }
 
-/// Inserts a `queued` migration with its `created` event and wakes the workers.
+/// Inserts a `queued` migration with its `created` event and wakes the workers, in one
+/// statement (so in the caller's transaction, or atomically on its own).
 #[tracing::instrument(skip_all, fields(migration.id = %m.id))]
 pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<MigrationRow, Error> {
     let row = sqlx::query_as::<_, MigrationRow>(&format!(
-        "INSERT INTO migrations (id, partner_id, state, flow, phone_number, source_waba_id,
-            destination_waba_id, meta_business_id, channel_id, otp_method, otp_language,
-            otp_attempts_left, pin_enc, metadata, callback_url, version)
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
-         RETURNING {COLUMNS}"
+        "WITH m AS (
+             INSERT INTO migrations (id, partner_id, state, flow, phone_number, source_waba_id,
+                 destination_waba_id, meta_business_id, channel_id, otp_method, otp_language,
+                 otp_attempts_left, pin_enc, metadata, callback_url, version)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
+             RETURNING {COLUMNS}),
+         e AS (
+             INSERT INTO migration_events (migration_id, seq, type, from_state, to_state, data)
+             SELECT id, 1, 'migration.created', NULL, 'queued', '{{}}' FROM m)
+         SELECT m.*, (SELECT pg_notify($15, '')) IS NULL AS notified FROM m"
     ))
     .bind(m.id)
     .bind(m.partner_id)
@@ -124,21 +142,9 @@ pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
     .bind(&m.pin_enc)
     .bind(&m.metadata)
     .bind(&m.callback_url)
+    .bind(JOBS_CHANNEL)
     .fetch_one(&mut *conn)
     .await?;
-    events::insert(
-        &mut *conn,
-        row.id,
-        1,
-        &NewEvent {
-            kind: "migration.created",
-            from_state: None,
-            to_state: Some("queued".into()),
-            data: serde_json::json!({}),
-        },
-    )
-    .await?;
-    notify(&mut *conn).await?;
     crate::metrics::migration_created();
     Ok(row)
 }
@@ -277,7 +283,7 @@ pub async fn claim(
           WHERE m.id = picked.id
             AND m.state NOT IN ('completed', 'failed', 'cancelled')
             AND (m.lease_token IS NULL OR m.lease_expires_at < now())
-         RETURNING {}",
+         RETURNING {}, {PARTNER_URL}",
         COLUMNS
             .split(", ")
             .map(|c| format!("m.{}", c.trim()))
@@ -361,6 +367,67 @@ pub struct Patch {
     pub completed_now: bool,
 }
 
+/// Calls `$m!(field, ...)` with every plain column field of [`Patch`] (same name in
+/// [`MigrationRow`]), so the SQL `SET` list and [`Patch::apply`] cannot drift apart.
+macro_rules! patch_fields {
+    ($m:ident) => {
+        $m!(
+            phone_number_id,
+            channel_id,
+            d360_client_id,
+            precheck,
+            templates,
+            otp_method,
+            otp_requested_at,
+            otp_resend_available_at,
+            otp_expires_at,
+            otp_attempts_left,
+            otp_code_enc,
+            api_key_enc,
+            api_key_id,
+            api_key_address,
+            api_key_generated_at,
+            api_key_verified_at,
+            step_memo,
+            summary,
+            error,
+            failed_step,
+            attempt,
+        )
+    };
+}
+
+impl Patch {
+    /// `row` as [`update`] leaves it, for the columns the API shows (`now` is the write's
+    /// timestamp; job columns such as `run_at` and the lease are not predicted).
+    pub fn apply(
+        &self,
+        row: &MigrationRow,
+        now: DateTime<Utc>,
+        bumps_version: bool,
+    ) -> MigrationRow {
+        let mut next = row.clone();
+        macro_rules! apply {
+            ($($field:ident),* $(,)?) => {$(
+                if let Some(v) = &self.$field {
+                    next.$field = v.clone().into();
+                }
+            )*};
+        }
+        patch_fields!(apply);
+        if let Some(s) = self.state {
+            next.state = s.as_str().to_owned();
+            next.state_entered_at = now;
+        }
+        if self.completed_now {
+            next.completed_at = Some(now);
+        }
+        next.updated_at = now;
+        next.version += i32::from(bumps_version);
+        next
+    }
+}
+
 /// Conditions a write needs; all must hold or nothing is written.
 #[derive(Debug, Default, Clone)]
 pub struct Guard {
@@ -374,61 +441,106 @@ pub struct Guard {
     pub otp_unexpired: bool,
 }
 
-/// Applies `patch` to migration `id` if `guard` holds, in one statement; appends `event` (with
-/// the bumped version as its sequence) and notifies workers when the row becomes runnable now.
-/// Returns the updated row, or `None` if the guard failed. Use inside a transaction so the
-/// event, the webhook delivery it causes and the state change commit together.
-#[tracing::instrument(skip_all, fields(migration.id = %id, to = ?patch.state))]
+/// How many times [`update`] re-reads a row that changed under it before giving up.
+const UPDATE_TRIES: usize = 3;
+
+/// Applies `patch` to `row` if `guard` holds and the row is still at `row.version`; appends
+/// `event` (with the bumped version as its sequence), the webhook delivery it causes (the
+/// outbox) and wakes workers when the row becomes runnable now: **one statement**, so it
+/// commits atomically on its own or with the caller's transaction.
+///
+/// The webhook body shows the row as this write leaves it. It is rendered here, before the
+/// statement, from `row` and `patch` ([`Patch::apply`]); every timestamp the body shows is
+/// this call's `now`, which the statement writes too. A body is rendered only when someone can
+/// receive it (the migration's or its partner's callback URL); when the partner's URL was not
+/// known to be unset, or the row moved on since `row` was read (another version), the row is
+/// read again and the write retried with the fresh row, at most [`UPDATE_TRIES`] times.
+///
+/// Returns the updated row, or `None` if the guard failed.
+#[tracing::instrument(skip_all, fields(migration.id = %row.id, to = ?patch.state))]
 pub async fn update(
     conn: &mut PgConnection,
-    id: Uuid,
+    row: &MigrationRow,
     guard: &Guard,
     patch: &Patch,
     lease: Lease,
     event: Option<NewEvent>,
 ) -> Result<Option<MigrationRow>, Error> {
-    let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new("UPDATE migrations SET ");
+    let delivered = event.as_ref().is_some_and(crate::webhooks::is_delivered);
+    let mut current = std::borrow::Cow::Borrowed(row);
+    for _ in 0..UPDATE_TRIES {
+        let render = delivered
+            && (current.callback_url.is_some()
+                || current.partner_callback_url.is_some()
+                || !current.partner_url_known);
+        if let Some(updated) =
+            update_once(conn, &current, guard, patch, lease, event.as_ref(), render).await?
+        {
+            if let Some(ev) = &event
+                && let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
+                && from != to
+            {
+                crate::metrics::transition(from, &updated);
+            }
+            return Ok(Some(updated));
+        }
+        // Why did it not apply? Read the row (with its partner's URL) to tell.
+        let fresh = sqlx::query_as::<_, MigrationRow>(&format!(
+            "SELECT {COLUMNS}, {PARTNER_URL} FROM migrations m WHERE id = $1"
+        ))
+        .bind(row.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(fresh) = fresh else {
+            return Ok(None);
+        };
+        let url_appeared = delivered
+            && !render
+            && (fresh.callback_url.is_some() || fresh.partner_callback_url.is_some());
+        if fresh.version == current.version && !url_appeared {
+            // Same row, so the guard itself failed.
+            return Ok(None);
+        }
+        current = std::borrow::Cow::Owned(fresh);
+    }
+    Ok(None)
+}
+
+async fn update_once(
+    conn: &mut PgConnection,
+    row: &MigrationRow,
+    guard: &Guard,
+    patch: &Patch,
+    lease: Lease,
+    event: Option<&NewEvent>,
+    render_webhook: bool,
+) -> Result<Option<MigrationRow>, Error> {
+    // PostgreSQL keeps microseconds: the body must show what the row will hold.
+    let now = Utc::now().trunc_subsecs(6);
+    let mut q: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new("WITH u AS (UPDATE migrations m SET ");
     let mut set = q.separated(", ");
     set.push("version = version + ")
         .push_bind_unseparated(i32::from(event.is_some()));
+    set.push("updated_at = ").push_bind_unseparated(now);
     if let Some(s) = patch.state {
         set.push("state = ").push_bind_unseparated(s.as_str());
-        set.push("state_entered_at = now()");
+        set.push("state_entered_at = ").push_bind_unseparated(now);
     }
     macro_rules! set_opt {
-        ($field:ident) => {
+        ($($field:ident),* $(,)?) => {$(
             if let Some(v) = &patch.$field {
                 set.push(concat!(stringify!($field), " = "))
                     .push_bind_unseparated(v.clone());
             }
-        };
+        )*};
     }
-    set_opt!(phone_number_id);
-    set_opt!(channel_id);
-    set_opt!(d360_client_id);
-    set_opt!(precheck);
-    set_opt!(templates);
-    set_opt!(otp_method);
-    set_opt!(otp_requested_at);
-    set_opt!(otp_resend_available_at);
-    set_opt!(otp_expires_at);
-    set_opt!(otp_attempts_left);
-    set_opt!(otp_code_enc);
-    set_opt!(api_key_enc);
-    set_opt!(api_key_id);
-    set_opt!(api_key_address);
-    set_opt!(api_key_generated_at);
-    set_opt!(api_key_verified_at);
-    set_opt!(step_memo);
-    set_opt!(summary);
-    set_opt!(error);
-    set_opt!(failed_step);
-    set_opt!(attempt);
+    patch_fields!(set_opt);
     if patch.uncount_attempt {
         set.push("attempt = GREATEST(attempt - 1, 0)");
     }
     if patch.completed_now {
-        set.push("completed_at = now()");
+        set.push("completed_at = ").push_bind_unseparated(now);
     }
     match patch.run_at {
         Some(RunAt::Now) => {
@@ -457,7 +569,8 @@ pub async fn update(
             set.push("lease_expires_at = NULL");
         }
     }
-    q.push(" WHERE id = ").push_bind(id);
+    q.push(" WHERE id = ").push_bind(row.id);
+    q.push(" AND version = ").push_bind(row.version);
     if let Some(p) = guard.partner_id {
         q.push(" AND partner_id = ").push_bind(p);
     }
@@ -471,31 +584,63 @@ pub async fn update(
     if guard.otp_unexpired {
         q.push(" AND otp_expires_at > now()");
     }
-    q.push(format!(" RETURNING {COLUMNS}"));
-    let row = q
-        .build_query_as::<MigrationRow>()
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    let delivered = event.is_some_and(crate::webhooks::is_delivered);
+    if delivered && !render_webhook {
+        // No body rendered: only correct while nobody can receive it.
+        q.push(
+            " AND m.callback_url IS NULL AND NOT EXISTS (SELECT 1 FROM partners p \
+             WHERE p.id = m.partner_id AND p.callback_url IS NOT NULL)",
+        );
+    }
+    q.push(format!(" RETURNING {COLUMNS}, {PARTNER_URL})"));
     if let Some(ev) = event {
-        events::insert(&mut *conn, id, row.version, &ev).await?;
-        // The outbox: the webhook for a state change commits (or not) with the change itself.
-        crate::webhooks::enqueue_transition(&mut *conn, &row, &ev).await?;
-        if let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
-            && from != to
-        {
-            crate::metrics::transition(from, &row);
+        q.push(
+            ", e AS (INSERT INTO migration_events (migration_id, seq, type, from_state, \
+             to_state, data) SELECT u.id, u.version, ",
+        )
+        .push_bind(ev.kind)
+        .push(", ")
+        .push_bind(ev.from_state.clone())
+        .push(", ")
+        .push_bind(ev.to_state.clone())
+        .push(", ")
+        .push_bind(ev.data.clone())
+        .push(" FROM u)");
+        if delivered && render_webhook {
+            let next = patch.apply(row, now, true);
+            let body = crate::webhooks::transition_body(&next);
+            q.push(
+                ", w AS (INSERT INTO webhook_deliveries (id, partner_id, migration_id, sequence, \
+                 event_type, payload, url, next_attempt_at) SELECT ",
+            )
+            .push_bind(Uuid::now_v7())
+            .push(", u.partner_id, u.id, u.version, ")
+            .push_bind(crate::webhooks::event_type(next.state()))
+            .push(", ")
+            .push_bind(body)
+            .push(
+                ", COALESCE(u.callback_url, u.partner_callback_url), now() FROM u \
+                 WHERE COALESCE(u.callback_url, u.partner_callback_url) IS NOT NULL RETURNING id), \
+                 nw AS (SELECT pg_notify(",
+            )
+            .push_bind(crate::db::webhooks::WEBHOOKS_CHANNEL)
+            .push(", '') FROM w)");
         }
     }
-    let runnable_now = !row.state().is_terminal()
-        && row.lease_token.is_none()
-        && row.run_at <= Utc::now() + chrono::Duration::milliseconds(50);
-    if runnable_now {
-        notify(&mut *conn).await?;
+    q.push(", n AS (SELECT pg_notify(")
+        .push_bind(JOBS_CHANNEL)
+        .push(
+            ", '') FROM u WHERE u.state NOT IN ('completed', 'failed', 'cancelled') \
+             AND u.lease_token IS NULL AND u.run_at <= now() + interval '50 milliseconds') \
+             SELECT u.*, (SELECT count(*) FROM n)",
+        );
+    if delivered && render_webhook {
+        q.push(" + (SELECT count(*) FROM nw)");
     }
-    Ok(Some(row))
+    q.push(" AS notified FROM u");
+    Ok(q.build_query_as::<MigrationRow>()
+        .fetch_optional(&mut *conn)
+        .await?)
 }
 
 /// Gives a lease back and makes the row due now (graceful shutdown).

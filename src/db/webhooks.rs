@@ -53,44 +53,6 @@ pub struct AttemptRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// An event to deliver.
-pub struct NewDelivery<'a> {
-    pub id: Uuid,
-    pub partner_id: Uuid,
-    pub migration_id: Uuid,
-    pub sequence: i32,
-    pub event_type: &'a str,
-    pub payload: &'a str,
-    /// The migration's own callback URL; the partner's default is used when `None`.
-    pub url: Option<&'a str>,
-}
-
-/// Enqueues a delivery to the migration's callback URL or, failing that, the partner's
-/// default; does nothing when neither is set. Call inside the state change's transaction.
-pub async fn enqueue(conn: &mut PgConnection, d: &NewDelivery<'_>) -> Result<bool, Error> {
-    let r = sqlx::query(
-        "WITH d AS (
-             INSERT INTO webhook_deliveries
-                 (id, partner_id, migration_id, sequence, event_type, payload, url, next_attempt_at)
-             SELECT $1, p.id, $3, $4, $5, $6, COALESCE($7, p.callback_url), now()
-               FROM partners p
-              WHERE p.id = $2 AND COALESCE($7, p.callback_url) IS NOT NULL
-             RETURNING id)
-         SELECT pg_notify($8, '') FROM d",
-    )
-    .bind(d.id)
-    .bind(d.partner_id)
-    .bind(d.migration_id)
-    .bind(d.sequence)
-    .bind(d.event_type)
-    .bind(d.payload)
-    .bind(d.url)
-    .bind(WEBHOOKS_CHANNEL)
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
 /// Claims up to `limit` due deliveries, each the oldest pending one of its migration.
 pub async fn claim(
     ex: impl PgExecutor<'_>,

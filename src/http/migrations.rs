@@ -756,7 +756,7 @@ impl ApiTransition<'_> {
         let mut tx = state.pool.begin().await?;
         let updated = match store::update(
             &mut tx,
-            row.id,
+            row,
             &self.guard,
             &self.patch,
             store::Lease::Release,
@@ -1142,7 +1142,7 @@ async fn get_api_key(
     let mut conn = state.pool.acquire().await?;
     store::update(
         &mut conn,
-        id,
+        &row,
         &store::Guard::default(),
         &store::Patch::default(),
         store::Lease::Keep,

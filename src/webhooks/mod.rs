@@ -1,11 +1,10 @@
 //! Webhooks to partners: a transactional outbox, signed (Standard Webhooks) deliveries with
 //! retries for more than a day, and callback URLs that cannot reach private networks.
 //!
-//! * **Outbox** ([`enqueue_transition`]): every state change of a migration writes a delivery
-//!   row in the same transaction as the change (called from `db::migrations::update`, so no
-//!   transition can forget it). The body is rendered then, so it shows the migration as it was
-//!   at that event, and it never changes: retries send the same bytes with the same
-//!   `webhook-id`.
+//! * **Outbox** ([`transition_body`]): every state change of a migration writes a delivery
+//!   row in the same statement as the change (`db::migrations::update`, so no transition can
+//!   forget it). The body is rendered then, so it shows the migration as it was at that event,
+//!   and it never changes: retries send the same bytes with the same `webhook-id`.
 //! * **Order**: deliveries carry the migration's version as `sequence`, and the dispatcher
 //!   only sends the oldest pending delivery of a migration, so a consumer sees one migration's
 //!   events in order even across retries.
@@ -21,9 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
 
-use crate::db::{self, events::NewEvent, migrations::MigrationRow};
+use crate::db::{events::NewEvent, migrations::MigrationRow};
 use crate::domain::MigrationState;
 
 pub mod dispatcher;
@@ -128,40 +126,20 @@ pub const EVENT_TYPES: [&str; 5] = [
     "migration.cancelled",
 ];
 
-/// Writes the delivery for a transition, in the caller's transaction. Events that do not
-/// change the state (retries scheduled, key retrieved...) are not delivered.
-pub async fn enqueue_transition(
-    conn: &mut PgConnection,
-    row: &MigrationRow,
-    event: &NewEvent,
-) -> Result<(), db::Error> {
-    let Some(to) = event.to_state.as_deref() else {
-        return Ok(());
-    };
-    if event.from_state.as_deref() == Some(to) {
-        return Ok(());
-    }
-    let state = row.state();
-    let kind = event_type(state);
-    let body = serde_json::to_string(&crate::http::webhooks::WebhookEvent {
-        kind: kind.to_owned(),
+/// Whether `event` is delivered as a webhook: transitions only (events that do not change the
+/// state, such as a scheduled retry or a retrieved key, are not).
+pub fn is_delivered(event: &NewEvent) -> bool {
+    event.to_state.is_some() && event.from_state != event.to_state
+}
+
+/// The request body of the webhook for the transition that left the migration as `row`
+/// (written to the outbox by `db::migrations::update`, in the statement of the transition).
+pub fn transition_body(row: &MigrationRow) -> String {
+    serde_json::to_string(&crate::http::webhooks::WebhookEvent {
+        kind: event_type(row.state()).to_owned(),
         timestamp: row.updated_at,
         sequence: row.version,
         data: crate::http::migrations::Migration::from(row),
     })
-    .expect("a migration always serialises");
-    db::webhooks::enqueue(
-        conn,
-        &db::webhooks::NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            partner_id: row.partner_id,
-            migration_id: row.id,
-            sequence: row.version,
-            event_type: kind,
-            payload: &body,
-            url: row.callback_url.as_deref(),
-        },
-    )
-    .await?;
-    Ok(())
+    .expect("a migration always serialises")
 }

@@ -37,6 +37,9 @@ use crate::domain::{Decision, Flow, MigrationState, RetryPolicy};
 pub mod errors;
 pub mod steps;
 
+/// Most rows one claim statement takes.
+const CLAIM_BATCH: usize = 32;
+
 /// OTP rules shared by the API (resend cooldown, attempts) and the workers.
 #[derive(Debug, Clone)]
 pub struct OtpPolicy {
@@ -212,23 +215,38 @@ impl Worker {
                     error!(error = %e, "worker task failed");
                 }
             }
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => p?,
             };
-            match store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await {
-                Ok(mut rows) => {
+            // One claim for as many rows as there are free slots (up to CLAIM_BATCH): a burst
+            // of due rows costs one statement per batch, not one per row.
+            let mut held = vec![first];
+            while held.len() < CLAIM_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let asked = held.len();
+            match store::claim(&self.deps.pool, &cfg.owner, cfg.lease, asked as i64).await {
+                Ok(rows) => {
                     db_backoff = cfg.poll_interval;
-                    if let Some(row) = rows.pop() {
+                    let got = rows.len();
+                    for row in rows {
+                        let permit = held.pop().expect("one permit per claimed row");
                         let this = self.clone();
                         let stop = shutdown.clone();
                         tasks.spawn(async move {
                             this.process(row, stop).await;
                             drop(permit);
                         });
+                    }
+                    drop(held);
+                    if got == asked {
+                        // Maybe more are due: claim again as soon as a slot is free.
                         continue;
                     }
-                    drop(permit);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = wake.notified() => {}
@@ -236,7 +254,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(held);
                     warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "claim failed");
                     // The listener wakes us as soon as it reconnects after a database restart.
                     tokio::select! {
@@ -510,9 +528,10 @@ impl Worker {
         } else {
             lease
         };
-        let mut tx = self.deps.pool.begin().await?;
-        let updated = store::update(&mut tx, row.id, &guard, &patch, lease, event).await?;
-        tx.commit().await?;
+        // One statement: the change, its event, its webhook and the wake-up commit together.
+        let mut conn = self.deps.pool.acquire().await?;
+        let updated = store::update(&mut conn, row, &guard, &patch, lease, event).await?;
+        drop(conn);
         if let Some(r) = &updated {
             if r.state != state.as_str() {
                 info!(migration.id = %r.id, step = %state, from = %state, to = %r.state, "transition");

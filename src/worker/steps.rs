@@ -139,7 +139,7 @@ async fn record_intent(
     let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
     let updated = store::update(
         &mut conn,
-        row.id,
+        row,
         &store::Guard {
             lease_token: Some(token),
             ..Default::default()
@@ -998,7 +998,7 @@ async fn generating_api_key(
             let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
             let saved = store::update(
                 &mut conn,
-                row.id,
+                row,
                 &store::Guard {
                     lease_token: Some(token),
                     ..Default::default()

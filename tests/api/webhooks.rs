@@ -186,6 +186,11 @@ async fn every_delivery_of_a_migration_verifies_with_standard_webhooks(pool: PgP
         assert_eq!(body["type"], json!(expected_type));
         assert_eq!(r.headers["content-type"], "application/json");
     }
+    // The body is rendered before the transition's statement runs, from the row and the step's
+    // changes: the last one must show the migration exactly as the API shows it afterwards.
+    let now = app.migration(&id).await;
+    assert_eq!(got.last().unwrap().json()["data"], now);
+    assert_eq!(got.last().unwrap().json()["timestamp"], now["updated_at"]);
     let mut ids: Vec<&str> = got.iter().map(Received::id).collect();
     ids.sort();
     ids.dedup();
@@ -601,5 +606,113 @@ async fn requests_over_the_per_key_rate_get_429_with_retry_after(pool: PgPool) {
     assert_eq!(
         app.get_as("wm_nope_nope", "/v1/migrations").await.status(),
         StatusCode::UNAUTHORIZED
+    );
+}
+
+/// The worker reads the partner's default URL with its claim and renders no webhook body when
+/// there is no URL. A default URL set while the step runs must still get that step's event:
+/// the write notices and retries with a body.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) {
+    use waba_migrator::db::events::NewEvent;
+    use waba_migrator::db::migrations as store;
+    use waba_migrator::domain::MigrationState;
+
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            background_dispatcher: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create("+14155550509").await;
+    let mut claimed = store::claim(&app.pool, "test", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let row = claimed.pop().unwrap();
+    assert!(row.partner_url_known && row.partner_callback_url.is_none());
+
+    // Meanwhile an operator sets the partner's default URL.
+    let res = app
+        .http
+        .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "callback_url": "https://hooks.example.com/waba" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let transition = |row: &store::MigrationRow, to: MigrationState| {
+        let (row, token) = (row.clone(), row.lease_token);
+        let pool = app.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            store::update(
+                &mut conn,
+                &row,
+                &store::Guard {
+                    lease_token: token,
+                    ..Default::default()
+                },
+                &store::Patch {
+                    state: Some(to),
+                    ..Default::default()
+                },
+                store::Lease::Keep,
+                Some(NewEvent {
+                    kind: "migration.state_changed",
+                    from_state: Some(row.state.clone()),
+                    to_state: Some(to.as_str().into()),
+                    data: json!({}),
+                }),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let next = transition(&row, MigrationState::Prechecking)
+        .await
+        .expect("the lease is still ours");
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["url"], "https://hooks.example.com/waba");
+    assert_eq!(log[0]["sequence"], json!(next.version));
+    let payload: (String,) =
+        sqlx::query_as("SELECT payload FROM webhook_deliveries WHERE migration_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let body: Value = serde_json::from_str(&payload.0).unwrap();
+    assert_eq!(body["data"], app.migration(&id).await);
+
+    // A stale copy of the row (an older version) is read again, not written blindly: the
+    // event gets the next sequence number and the body shows the row as it really is.
+    let after = transition(&row, MigrationState::Initiating)
+        .await
+        .expect("the lease is still ours");
+    assert_eq!(after.version, next.version + 1);
+    assert_eq!(after.state, "initiating");
+    let seqs: Vec<i32> = app
+        .events(&id)
+        .await
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+
+    // And a lost lease is still a failed guard, not retried into success.
+    let stolen = store::MigrationRow {
+        lease_token: Some(uuid::Uuid::new_v4()),
+        ..after.clone()
+    };
+    assert!(
+        transition(&stolen, MigrationState::RequestingOtp)
+            .await
+            .is_none()
     );
 }
