@@ -36,3 +36,10 @@ ALTER TABLE webhook_deliveries SET (
     autovacuum_vacuum_threshold = 200,
     autovacuum_vacuum_cost_delay = 0
 );
+
+-- Events and webhook deliveries are only ever written by the statement that updates (or
+-- inserts) their migration, with the id taken from that very row, and migrations are never
+-- deleted: the foreign keys to `migrations` could not fail, yet each insert ran a referential
+-- check (a `SELECT ... FOR KEY SHARE` of the migration row), one per transition.
+ALTER TABLE migration_events DROP CONSTRAINT migration_events_migration_id_fkey;
+ALTER TABLE webhook_deliveries DROP CONSTRAINT webhook_deliveries_migration_id_fkey;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::events::NewEvent;
@@ -441,20 +441,20 @@ pub struct Guard {
     pub otp_unexpired: bool,
 }
 
-/// How many times [`update`] re-reads a row that changed under it before giving up.
-const UPDATE_TRIES: usize = 3;
-
-/// Applies `patch` to `row` if `guard` holds and the row is still at `row.version`; appends
-/// `event` (with the bumped version as its sequence), the webhook delivery it causes (the
-/// outbox) and wakes workers when the row becomes runnable now: **one statement**, so it
-/// commits atomically on its own or with the caller's transaction.
+/// Applies `patch` to `row` if `guard` holds; appends `event` (with the bumped version as its
+/// sequence), the webhook delivery it causes (the outbox) and wakes workers when the row
+/// becomes runnable now: **one statement**, so it commits atomically on its own or with the
+/// caller's transaction.
 ///
 /// The webhook body shows the row as this write leaves it. It is rendered here, before the
 /// statement, from `row` and `patch` ([`Patch::apply`]); every timestamp the body shows is
-/// this call's `now`, which the statement writes too. A body is rendered only when someone can
-/// receive it (the migration's or its partner's callback URL); when the partner's URL was not
-/// known to be unset, or the row moved on since `row` was read (another version), the row is
-/// read again and the write retried with the fresh row, at most [`UPDATE_TRIES`] times.
+/// this call's `now`, which the statement writes too. So the statement also requires the row
+/// to still be at `row.version`. A body is rendered only when someone can receive it (the
+/// migration's or its partner's callback URL, as far as `row` knows).
+///
+/// If that first attempt does not apply, the row is locked and read again: when it moved on
+/// (another version) or a callback URL appeared, the write is applied to the fresh row (an
+/// event's `from_state` becomes the state it really leaves); otherwise the guard failed.
 ///
 /// Returns the updated row, or `None` if the guard failed.
 #[tracing::instrument(skip_all, fields(migration.id = %row.id, to = ?patch.state))]
@@ -467,29 +467,21 @@ pub async fn update(
     event: Option<NewEvent>,
 ) -> Result<Option<MigrationRow>, Error> {
     let delivered = event.as_ref().is_some_and(crate::webhooks::is_delivered);
-    let mut current = std::borrow::Cow::Borrowed(row);
-    for _ in 0..UPDATE_TRIES {
-        let render = delivered
-            && (current.callback_url.is_some()
-                || current.partner_callback_url.is_some()
-                || !current.partner_url_known);
-        if let Some(updated) =
-            update_once(conn, &current, guard, patch, lease, event.as_ref(), render).await?
-        {
-            if let Some(ev) = &event
-                && let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
-                && from != to
-            {
-                crate::metrics::transition(from, &updated);
-            }
-            return Ok(Some(updated));
-        }
-        // Why did it not apply? Read the row (with its partner's URL) to tell.
+    let render = delivered
+        && (row.callback_url.is_some()
+            || row.partner_callback_url.is_some()
+            || !row.partner_url_known);
+    let mut updated = update_once(conn, row, guard, patch, lease, event.as_ref(), render).await?;
+    let mut event = event;
+    if updated.is_none() {
+        // Why not? Lock the row so it cannot move again, and look (a savepoint when the
+        // caller holds a transaction).
+        let mut tx = conn.begin().await?;
         let fresh = sqlx::query_as::<_, MigrationRow>(&format!(
-            "SELECT {COLUMNS}, {PARTNER_URL} FROM migrations m WHERE id = $1"
+            "SELECT {COLUMNS}, {PARTNER_URL} FROM migrations m WHERE id = $1 FOR UPDATE"
         ))
         .bind(row.id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(fresh) = fresh else {
             return Ok(None);
@@ -497,13 +489,36 @@ pub async fn update(
         let url_appeared = delivered
             && !render
             && (fresh.callback_url.is_some() || fresh.partner_callback_url.is_some());
-        if fresh.version == current.version && !url_appeared {
-            // Same row, so the guard itself failed.
+        if fresh.version == row.version && !url_appeared {
+            // Same row: the guard itself failed.
             return Ok(None);
         }
-        current = std::borrow::Cow::Owned(fresh);
+        if let Some(ev) = &mut event
+            && ev.from_state.as_deref() == Some(row.state.as_str())
+        {
+            ev.from_state = Some(fresh.state.clone());
+        }
+        let delivered = event.as_ref().is_some_and(crate::webhooks::is_delivered);
+        updated = update_once(
+            &mut tx,
+            &fresh,
+            guard,
+            patch,
+            lease,
+            event.as_ref(),
+            delivered,
+        )
+        .await?;
+        tx.commit().await?;
     }
-    Ok(None)
+    if let Some(u) = &updated
+        && let Some(ev) = &event
+        && let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
+        && from != to
+    {
+        crate::metrics::transition(from, u);
+    }
+    Ok(updated)
 }
 
 async fn update_once(

@@ -753,9 +753,10 @@ impl ApiTransition<'_> {
         caller: Caller,
         row: &store::MigrationRow,
     ) -> Result<store::MigrationRow, ApiError> {
-        let mut tx = state.pool.begin().await?;
+        // One statement (the change, its event and its webhook): no transaction needed.
+        let mut conn = state.pool.acquire().await?;
         let updated = match store::update(
-            &mut tx,
+            &mut conn,
             row,
             &self.guard,
             &self.patch,
@@ -766,13 +767,13 @@ impl ApiTransition<'_> {
         {
             Ok(u) => u,
             Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-                drop(tx);
+                drop(conn);
                 let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
                 return Err(active_conflict(existing, caller));
             }
             Err(e) => return Err(e.into()),
         };
-        tx.commit().await?;
+        drop(conn);
         match updated {
             Some(r) => Ok(r),
             None => {

@@ -401,9 +401,11 @@ impl Worker {
         &self,
         row: &store::MigrationRow,
         token: Uuid,
-        step: steps::StepResult,
+        mut step: steps::StepResult,
         stopping: bool,
     ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
+        let saved = step.row.take();
+        let row = saved.as_deref().unwrap_or(row);
         let cfg = &self.deps.config;
         let state = row.state();
         let flow = Flow::parse(&row.flow).unwrap_or_default();

@@ -52,6 +52,9 @@ pub struct StepResult {
     pub patch: store::Patch,
     /// Extra data for the event (never secrets).
     pub event_data: Value,
+    /// The row as the step's own writes left it (it saved something, bumping the version):
+    /// the result is recorded on top of this one.
+    pub row: Option<Box<store::MigrationRow>>,
 }
 
 impl StepResult {
@@ -60,6 +63,7 @@ impl StepResult {
             outcome,
             patch: store::Patch::default(),
             event_data: json!({}),
+            row: None,
         }
     }
 
@@ -964,6 +968,7 @@ async fn generating_api_key(
                 .with_message("No 360dialog channel is known for this number."),
         )));
     };
+    let mut saved_row = None;
     let key: SecretString = match &row.api_key_enc {
         Some(enc) => deps
             .cipher
@@ -1020,22 +1025,25 @@ async fn generating_api_key(
                 }),
             )
             .await?;
-            if saved.is_none() {
+            let Some(saved) = saved else {
                 return Err(StepError::Abandon);
-            }
+            };
+            saved_row = Some(Box::new(saved));
             generated.api_key
         }
     };
-    match deps.d360.health_status(&key).await {
+    let mut result = match deps.d360.health_status(&key).await {
         Ok(h) => {
             let summary = summary_with(row, "can_send_message", json!(h.can_send_message));
-            Ok(StepResult::done()
+            StepResult::done()
                 .with(|p| {
                     p.api_key_verified_at = Some(Utc::now());
                     p.summary = Some(summary);
                 })
-                .data(json!({ "can_send_message": h.can_send_message })))
+                .data(json!({ "can_send_message": h.can_send_message }))
         }
-        Err(e) => Ok(StepResult::new(outcome(&e, state))),
-    }
+        Err(e) => StepResult::new(outcome(&e, state)),
+    };
+    result.row = saved_row;
+    Ok(result)
 }

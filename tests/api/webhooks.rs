@@ -697,13 +697,11 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
         .expect("the lease is still ours");
     assert_eq!(after.version, next.version + 1);
     assert_eq!(after.state, "initiating");
-    let seqs: Vec<i32> = app
-        .events(&id)
-        .await
-        .iter()
-        .map(|e| e["seq"].as_i64().unwrap() as i32)
-        .collect();
+    let events = app.events(&id).await;
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(events[2]["from_state"], "prechecking", "the state it really left");
+    assert_eq!(deliveries(&app, &id).await.len(), 2);
 
     // And a lost lease is still a failed guard, not retried into success.
     let stolen = store::MigrationRow {
