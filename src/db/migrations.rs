@@ -40,7 +40,9 @@ pub struct MigrationRow {
     pub otp_expires_at: Option<DateTime<Utc>>,
     pub otp_code_enc: Option<Vec<u8>>,
     pub pin_enc: Vec<u8>,
+    #[sqlx(default)]
     pub precheck: Option<Value>,
+    #[sqlx(default)]
     pub templates: Option<Value>,
     pub api_key_enc: Option<Vec<u8>>,
     pub api_key_id: Option<String>,
@@ -48,6 +50,7 @@ pub struct MigrationRow {
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<DateTime<Utc>>,
     pub step_memo: Value,
+    #[sqlx(default)]
     pub summary: Option<Value>,
     pub error: Option<Value>,
     pub failed_step: Option<String>,
@@ -83,6 +86,19 @@ pub(crate) const COLUMNS: &str = "id, partner_id, state, flow, phone_number, sou
     otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
     otp_expires_at, otp_code_enc, pin_enc, precheck, templates, api_key_enc, api_key_id, \
     api_key_address, api_key_generated_at, api_key_verified_at, step_memo, summary, error, \
+    failed_step, \
+    metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
+    state_entered_at, version, created_at, updated_at, completed_at";
+
+/// [`COLUMNS`] without the large JSON documents (`precheck`, `templates`, `summary`, together
+/// most of a row's 2–3 KB): what [`update`] returns. It knows them already, from the row it
+/// was given and the patch, and reading them back cost PostgreSQL a detoast and a jsonb
+/// rendering and the service a JSON parse on every transition.
+const LEAN_COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id, \
+    destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
+    otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
+    otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
+    api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, \
     failed_step, \
     metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
     state_entered_at, version, created_at, updated_at, completed_at";
@@ -607,7 +623,7 @@ async fn update_once(
              WHERE p.id = m.partner_id AND p.callback_url IS NOT NULL)",
         );
     }
-    q.push(format!(" RETURNING {COLUMNS}, {PARTNER_URL})"));
+    q.push(format!(" RETURNING {LEAN_COLUMNS}, {PARTNER_URL})"));
     if let Some(ev) = event {
         q.push(
             ", e AS (INSERT INTO migration_events (migration_id, seq, type, from_state, \
@@ -653,9 +669,17 @@ async fn update_once(
         q.push(" + (SELECT count(*) FROM nw)");
     }
     q.push(" AS notified FROM u");
-    Ok(q.build_query_as::<MigrationRow>()
+    let updated = q
+        .build_query_as::<MigrationRow>()
         .fetch_optional(&mut *conn)
-        .await?)
+        .await?;
+    Ok(updated.map(|mut u| {
+        // Not returned (LEAN_COLUMNS): what the patch wrote, else what the row held.
+        u.precheck = patch.precheck.clone().or_else(|| row.precheck.clone());
+        u.templates = patch.templates.clone().or_else(|| row.templates.clone());
+        u.summary = patch.summary.clone().or_else(|| row.summary.clone());
+        u
+    }))
 }
 
 /// Gives a lease back and makes the row due now (graceful shutdown).

@@ -700,7 +700,10 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
     let events = app.events(&id).await;
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(events[2]["from_state"], "prechecking", "the state it really left");
+    assert_eq!(
+        events[2]["from_state"], "prechecking",
+        "the state it really left"
+    );
     assert_eq!(deliveries(&app, &id).await.len(), 2);
 
     // And a lost lease is still a failed guard, not retried into success.
