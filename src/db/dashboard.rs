@@ -19,7 +19,7 @@ pub struct SessionRow {
 }
 
 /// Stores a new session (the id's hash, never the id). Also sweeps expired sessions.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_session(
     ex: impl PgExecutor<'_> + Copy,
     id_hash: &[u8],
@@ -47,7 +47,7 @@ pub async fn create_session(
 
 /// The unexpired session with this id hash whose partner key is still active. (Admin
 /// sessions are checked against `ADMIN_API_KEY` by the caller.)
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn session(ex: impl PgExecutor<'_>, id_hash: &[u8]) -> Result<Option<SessionRow>, Error> {
     Ok(sqlx::query_as::<_, SessionRow>(
         "SELECT s.partner_id, s.key_hash, s.csrf_token, s.expires_at
@@ -63,7 +63,7 @@ pub async fn session(ex: impl PgExecutor<'_>, id_hash: &[u8]) -> Result<Option<S
     .await?)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_session(ex: impl PgExecutor<'_>, id_hash: &[u8]) -> Result<(), Error> {
     sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
         .bind(id_hash)

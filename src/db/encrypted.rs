@@ -10,7 +10,7 @@ use super::Error;
 
 /// Up to `limit` rows of `table` with a non-null `column`, ids after `after`, in id order
 /// (keyset pagination).
-#[tracing::instrument(skip_all, fields(table, column))]
+#[tracing::instrument(level = "debug", skip_all, fields(table, column))]
 pub async fn batch(
     ex: impl PgExecutor<'_>,
     table: &'static str,
@@ -31,7 +31,7 @@ pub async fn batch(
 
 /// Replaces `column` of row `id` with `new` only if it still holds `old`, so a concurrent write
 /// (a new code, a rotated webhook secret, a cleared value) wins. Returns whether it replaced.
-#[tracing::instrument(skip_all, fields(table, column, id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(table, column, id = %id))]
 pub async fn replace_if_unchanged(
     ex: impl PgExecutor<'_>,
     table: &'static str,

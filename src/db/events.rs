@@ -27,7 +27,7 @@ pub struct NewEvent {
     pub data: Value,
 }
 
-#[tracing::instrument(skip_all, fields(migration.id = %migration_id, seq))]
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id, seq))]
 pub async fn insert(
     ex: impl PgExecutor<'_>,
     migration_id: Uuid,
@@ -49,7 +49,7 @@ pub async fn insert(
     Ok(())
 }
 
-#[tracing::instrument(skip_all, fields(migration.id = %migration_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id))]
 pub async fn list(
     ex: impl PgExecutor<'_>,
     migration_id: Uuid,

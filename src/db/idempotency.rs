@@ -20,7 +20,7 @@ pub enum Begin {
     Mismatch,
 }
 
-#[tracing::instrument(skip_all, fields(partner.id = %partner_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %partner_id))]
 pub async fn begin(
     conn: &mut PgConnection,
     partner_id: Uuid,
@@ -67,7 +67,7 @@ pub async fn begin(
     }
 }
 
-#[tracing::instrument(skip_all, fields(partner.id = %partner_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %partner_id))]
 pub async fn finish(
     conn: &mut PgConnection,
     partner_id: Uuid,

@@ -130,7 +130,7 @@ pub struct NewMigration {
 
 /// Inserts a `queued` migration with its `created` event and wakes the workers, in one
 /// statement (so in the caller's transaction, or atomically on its own).
-#[tracing::instrument(skip_all, fields(migration.id = %m.id))]
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %m.id))]
 pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<MigrationRow, Error> {
     let row = sqlx::query_as::<_, MigrationRow>(&format!(
         "WITH m AS (
@@ -175,7 +175,7 @@ pub async fn notify(ex: impl PgExecutor<'_>) -> Result<(), Error> {
 }
 
 /// One migration, optionally scoped to a tenant (another tenant's id is "not found").
-#[tracing::instrument(skip_all, fields(migration.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %id))]
 pub async fn get(
     ex: impl PgExecutor<'_>,
     id: Uuid,
@@ -221,7 +221,7 @@ pub struct ListFilter {
 }
 
 /// Newest first. Fetches `limit + 1` rows so the caller knows whether a next page exists.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<MigrationRow>, Error> {
     let mut q: QueryBuilder<'_, Postgres> =
         QueryBuilder::new(format!("SELECT {COLUMNS} FROM migrations WHERE true"));
@@ -260,7 +260,7 @@ pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<Migrati
 /// Rescues come first: rows whose worker died (lease expired) are taken before ordinary due
 /// rows, oldest expiry first, so a crashed replica's migrations resume right after their lease
 /// even when a backlog is waiting. Then due, unleased rows by `run_at`.
-#[tracing::instrument(skip_all, fields(worker = %owner))]
+#[tracing::instrument(level = "debug", skip_all, fields(worker = %owner))]
 pub async fn claim(
     ex: impl PgExecutor<'_>,
     owner: &str,
@@ -473,7 +473,7 @@ pub struct Guard {
 /// event's `from_state` becomes the state it really leaves); otherwise the guard failed.
 ///
 /// Returns the updated row, or `None` if the guard failed.
-#[tracing::instrument(skip_all, fields(migration.id = %row.id, to = ?patch.state))]
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %row.id, to = ?patch.state))]
 pub async fn update(
     conn: &mut PgConnection,
     row: &MigrationRow,

@@ -30,7 +30,7 @@ pub struct ApiKeyRow {
 const PARTNER_COLUMNS: &str = "id, name, d360_partner_id, d360_api_key_enc, callback_url, \
                                webhook_secret_enc, created_at, updated_at";
 
-#[tracing::instrument(skip_all, fields(partner.id = %p.id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %p.id))]
 pub async fn insert(ex: impl PgExecutor<'_>, p: &PartnerRow) -> Result<PartnerRow, Error> {
     Ok(sqlx::query_as::<_, PartnerRow>(&format!(
         "INSERT INTO partners (id, name, d360_partner_id, d360_api_key_enc, callback_url, webhook_secret_enc)
@@ -46,7 +46,7 @@ pub async fn insert(ex: impl PgExecutor<'_>, p: &PartnerRow) -> Result<PartnerRo
     .await?)
 }
 
-#[tracing::instrument(skip_all, fields(partner.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
 pub async fn get(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error> {
     Ok(sqlx::query_as::<_, PartnerRow>(&format!(
         "SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1"
@@ -57,7 +57,7 @@ pub async fn get(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error>
 }
 
 /// Newest first, keyset-paginated by id (UUIDv7).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     ex: impl PgExecutor<'_>,
     before: Option<Uuid>,
@@ -74,7 +74,7 @@ pub async fn list(
 }
 
 /// Sets the name and/or default callback URL (`Some(None)` clears the URL).
-#[tracing::instrument(skip_all, fields(partner.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
 pub async fn update(
     ex: impl PgExecutor<'_>,
     id: Uuid,
@@ -96,7 +96,7 @@ pub async fn update(
     .await?)
 }
 
-#[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.prefix = %prefix))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %partner_id, key.prefix = %prefix))]
 pub async fn insert_api_key(
     ex: impl PgExecutor<'_>,
     id: Uuid,
@@ -131,7 +131,7 @@ pub async fn list_api_keys(
 }
 
 /// Revokes a key; effective for the very next request (lookups exclude revoked keys).
-#[tracing::instrument(skip_all, fields(partner.id = %partner_id, key.id = %key_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %partner_id, key.id = %key_id))]
 pub async fn revoke_api_key(
     ex: impl PgExecutor<'_>,
     partner_id: Uuid,
@@ -149,7 +149,7 @@ pub async fn revoke_api_key(
 }
 
 /// The partner owning an active key with this hash.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn partner_for_key_hash(
     ex: impl PgExecutor<'_>,
     key_hash: &[u8],
