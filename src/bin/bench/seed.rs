@@ -24,6 +24,7 @@
 //! (`+13…`) are distinct, as the one-active-migration-per-number index requires.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -81,6 +82,9 @@ pub struct SeedArgs {
     /// filler bytes).
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
     encryption_key: Option<String>,
+    /// Connections inserting chunks in parallel.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
     /// Skip the final `VACUUM ANALYZE` of the seeded tables.
     #[arg(long, default_value_t = false)]
     no_vacuum: bool,
@@ -139,7 +143,9 @@ pub struct Seeded {
     pub seconds: f64,
 }
 
-/// Seeds terminal rows `first..first + rows` of the timeline that starts at `origin`.
+/// Seeds terminal rows `first..first + rows` of the timeline that starts at `origin`, with
+/// `jobs` connections taking chunks in timeline order (the heap stays in creation order at
+/// chunk granularity).
 pub async fn seed_terminal(
     db: &PgPool,
     partners: &[Uuid],
@@ -147,68 +153,97 @@ pub async fn seed_terminal(
     per_day: f64,
     first: i64,
     rows: i64,
+    jobs: usize,
 ) -> anyhow::Result<Seeded> {
     anyhow::ensure!(!partners.is_empty(), "no partners to seed for");
     anyhow::ensure!(per_day > 0.0, "--per-day must be positive");
     let t = Instant::now();
-    let mut conn = db.acquire().await?;
-    load_samples(&mut conn).await?;
+    let next = AtomicI64::new(first);
+    let done = AtomicI64::new(0);
+    // Futures polled together on this task (not spawned): the work is PostgreSQL's.
+    let mut tasks = Vec::new();
+    for _ in 0..jobs.max(1) {
+        let (next, done) = (&next, &done);
+        tasks.push(async move {
+            let mut conn = db.acquire().await?;
+            load_samples(&mut conn).await?;
+            let mut seeded = Seeded::default();
+            loop {
+                let from = next.fetch_add(CHUNK, Ordering::Relaxed);
+                if from >= first + rows {
+                    break;
+                }
+                let to = (from + CHUNK).min(first + rows);
+                let (n, e) = seed_chunk(&mut conn, partners, origin, per_day, from, to).await?;
+                seeded.rows += n;
+                seeded.events += e;
+                let total = done.fetch_add(n, Ordering::Relaxed) + n;
+                eprintln!(
+                    "bench: seeded {total} / {rows} rows in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            anyhow::Ok(seeded)
+        });
+    }
     let mut seeded = Seeded::default();
-    let mut from = first;
-    while from < first + rows {
-        let to = (from + CHUNK).min(first + rows);
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        // Timeline position, kind (hash of i), partner, UUIDv7 of the creation millisecond.
-        sqlx::query(
-            "CREATE TEMP TABLE seed_gen ON COMMIT DROP AS
-             SELECT g, kind, ts, partner_id,
-                    (lpad(to_hex(floor(extract(epoch FROM ts) * 1000)::bigint), 12, '0')
-                     || '7' || substr(h, 1, 3)
-                     || substr('89ab', 1 + get_byte(decode(substr(h, 4, 2), 'hex'), 0) % 4, 1)
-                     || substr(h, 6, 15))::uuid AS id
-               FROM (SELECT g,
-                            CASE WHEN u < 855 THEN 'completed'
-                                 WHEN u < 900 THEN 'completed_template_failed'
-                                 WHEN u < 918 THEN 'failed_precheck_business_app'
-                                 WHEN u < 936 THEN 'failed_precheck_not_verified'
-                                 WHEN u < 953 THEN 'failed_initiating'
-                                 WHEN u < 970 THEN 'failed_registering'
-                                 ELSE 'cancelled' END AS kind,
-                            $1::timestamptz + (g + jitter)::float8 * make_interval(secs => 86400 / $2)
-                                AS ts,
-                            ($3::uuid[])[1 + g % cardinality($3::uuid[])] AS partner_id,
-                            md5(g::text || ':seed') AS h
-                       FROM (SELECT g, ((hashint8(g) % 1000) + 1000) % 1000 AS u,
-                                    (((hashint8(g + 7) % 1000) + 1000) % 1000) / 1000.0 AS jitter
-                               FROM generate_series($4::bigint, $5::bigint - 1) g) r) s",
-        )
-        .bind(origin)
-        .bind(per_day)
-        .bind(partners)
-        .bind(from)
-        .bind(to)
-        .execute(&mut *tx)
-        .await
-        .context("generating the timeline")?;
-        let n = insert_rows(&mut tx, "'+12' || lpad(gen.g::text, 9, '0')", "t.pin_enc").await?;
-        let e = insert_events(&mut tx).await?;
-        tx.commit().await?;
-        seeded.rows += n;
-        seeded.events += e;
-        eprintln!(
-            "bench: seeded {} / {} rows ({} events) in {:.1} s",
-            to - first,
-            rows,
-            seeded.events,
-            t.elapsed().as_secs_f64()
-        );
-        from = to;
+    for s in futures::future::try_join_all(tasks).await? {
+        seeded.rows += s.rows;
+        seeded.events += s.events;
     }
     seeded.seconds = t.elapsed().as_secs_f64();
     Ok(seeded)
+}
+
+/// Rows `from..to` of the timeline in one transaction; returns (rows, events).
+async fn seed_chunk(
+    conn: &mut sqlx::PgConnection,
+    partners: &[Uuid],
+    origin: DateTime<Utc>,
+    per_day: f64,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<(i64, i64)> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    // Timeline position, kind (hash of i), partner, UUIDv7 of the creation millisecond.
+    sqlx::query(
+        "CREATE TEMP TABLE seed_gen ON COMMIT DROP AS
+         SELECT g, kind, ts, partner_id,
+                (lpad(to_hex(floor(extract(epoch FROM ts) * 1000)::bigint), 12, '0')
+                 || '7' || substr(h, 1, 3)
+                 || substr('89ab', 1 + get_byte(decode(substr(h, 4, 2), 'hex'), 0) % 4, 1)
+                 || substr(h, 6, 15))::uuid AS id
+           FROM (SELECT g,
+                        CASE WHEN u < 855 THEN 'completed'
+                             WHEN u < 900 THEN 'completed_template_failed'
+                             WHEN u < 918 THEN 'failed_precheck_business_app'
+                             WHEN u < 936 THEN 'failed_precheck_not_verified'
+                             WHEN u < 953 THEN 'failed_initiating'
+                             WHEN u < 970 THEN 'failed_registering'
+                             ELSE 'cancelled' END AS kind,
+                        $1::timestamptz + (g + jitter)::float8 * make_interval(secs => 86400 / $2)
+                            AS ts,
+                        ($3::uuid[])[1 + g % cardinality($3::uuid[])] AS partner_id,
+                        md5(g::text || ':seed') AS h
+                   FROM (SELECT g, ((hashint8(g) % 1000) + 1000) % 1000 AS u,
+                                (((hashint8(g + 7) % 1000) + 1000) % 1000) / 1000.0 AS jitter
+                           FROM generate_series($4::bigint, $5::bigint - 1) g) r) s",
+    )
+    .bind(origin)
+    .bind(per_day)
+    .bind(partners)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await
+    .context("generating the timeline")?;
+    let n = insert_rows(&mut tx, "'+12' || lpad(gen.g::text, 9, '0')", "t.pin_enc").await?;
+    let e = insert_events(&mut tx).await?;
+    tx.commit().await?;
+    Ok((n, e))
 }
 
 /// Seeds `n` migrations parked in `awaiting_otp`, created over the last 23 hours (numbers
@@ -395,7 +430,7 @@ fn write_keys(path: &PathBuf, partners: &[Partner]) -> anyhow::Result<()> {
 /// `waba-bench seed`.
 pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
     let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(args.jobs.max(2) as u32)
         .connect(&args.database_url)
         .await
         .context("connecting to --database-url")?;
@@ -453,6 +488,7 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
         args.per_day,
         args.first_index,
         args.rows,
+        args.jobs,
     )
     .await?;
     let parked = if args.parked > 0 {

@@ -8,7 +8,8 @@
 //! (the store a year later), and both hold the same `--parked` migrations in `awaiting_otp`.
 //! So a day of the timeline has as many rows in both stores, and a filtered page is as full.
 //!
-//! For each size: seed, `VACUUM ANALYZE` (as autovacuum eventually would), start a fresh
+//! For each size: seed, `VACUUM ANALYZE` (as autovacuum eventually would), `CHECKPOINT` and a
+//! pause (so no measurement runs while the seeded gigabytes are written back), start a fresh
 //! `serve` (`run`'s throughput environment), then over HTTP, sequentially from one client,
 //! `--warmup` rounds excluded and `--samples` rounds measured, each round being
 //!
@@ -20,11 +21,12 @@
 //!
 //! then `GET /metrics` (its `waba_migrations` gauges count the whole table) a few times. The
 //! service is stopped and the claim is timed by calling `waba_migrator::db::migrations::claim`
-//! (the worker's statement, `limit` 1) on our own connection: with no due row, then with
-//! `--due-rows` parked rows made due (each claim's lease is released again with
-//! `db::migrations::release`, so the row stays due). `auto_explain` logs the plan
-//! (`ANALYZE, BUFFERS`) of one call of each, and of the two list queries through
-//! `db::migrations::list`.
+//! (the worker's statement, `limit` 1) on our own connection: with no due row; then with
+//! `--due-rows` parked rows made due, once as the statement alone (in a transaction rolled back
+//! afterwards) and once in autocommit as the worker runs it (its commit waits for the WAL
+//! flush; the lease is given back with `db::migrations::release`, so the row stays due).
+//! `auto_explain` logs the plan (`ANALYZE, BUFFERS`) of one call of each, and of the list and
+//! get queries through `db::migrations::list` / `get`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -71,6 +73,9 @@ pub struct StoreArgs {
     /// Arrival rate of the seeded timeline (migrations per day).
     #[arg(long, default_value_t = seed::PER_DAY)]
     per_day: f64,
+    /// Connections seeding in parallel.
+    #[arg(long, default_value_t = 2)]
+    seed_jobs: usize,
     /// `GET /metrics` samples per size.
     #[arg(long, default_value_t = 10)]
     metrics_samples: usize,
@@ -120,6 +125,7 @@ struct SizeResult {
     list_window: Samples,
     claim_idle: Samples,
     claim_due: Samples,
+    claim_due_tx: Samples,
 }
 
 async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> {
@@ -136,9 +142,19 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
     let origin = Utc::now() - ChronoDuration::milliseconds((span_days * 86_400_000.0) as i64);
 
     eprintln!("bench: seeding the small store ({} rows)", args.small);
-    let small_seed = seed::seed_terminal(&s.db, &ids, origin, args.per_day, 0, args.small).await?;
+    let small_seed = seed::seed_terminal(
+        &s.db,
+        &ids,
+        origin,
+        args.per_day,
+        0,
+        args.small,
+        args.seed_jobs,
+    )
+    .await?;
     let parked = seed::seed_parked(&s.db, &ids, Some(&cipher), 0, args.parked).await?;
     let small_vacuum = seed::vacuum_analyze(&s.db).await?;
+    settle_writes(&s.db).await?;
     let small = measure_size(s, args, &partners, "small", origin, args.small).await?;
 
     eprintln!(
@@ -152,9 +168,11 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
         args.per_day,
         args.small,
         args.large - args.small,
+        args.seed_jobs,
     )
     .await?;
     let large_vacuum = seed::vacuum_analyze(&s.db).await?;
+    settle_writes(&s.db).await?;
     let large = measure_size(s, args, &partners, "large", origin, args.large).await?;
 
     let ratio = |a: &Samples, b: &Samples, p: f64| match (a.pct(p), b.pct(p)) {
@@ -199,7 +217,12 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
             &large.claim_idle,
         ),
         (
-            "claim, a few rows due (claim + release)",
+            "claim, a few rows due: statement only (in a transaction, rolled back)",
+            &small.claim_due_tx,
+            &large.claim_due_tx,
+        ),
+        (
+            "claim, a few rows due: autocommit as the worker (commit waits for the WAL flush)",
             &small.claim_due,
             &large.claim_due,
         ),
@@ -255,6 +278,7 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
             "partners": args.partners,
             "parked": args.parked,
             "per_day": args.per_day,
+            "seed_jobs": args.seed_jobs,
             "timeline_days": super::round(span_days, 1),
         },
         "seeding": {
@@ -275,7 +299,8 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
             "list_state_failed": ratios(&small.list_failed, &large.list_failed),
             "list_day_window": ratios(&small.list_window, &large.list_window),
             "claim_nothing_due": ratios(&small.claim_idle, &large.claim_idle),
-            "claim_due": ratios(&small.claim_due, &large.claim_due),
+            "claim_due_statement": ratios(&small.claim_due_tx, &large.claim_due_tx),
+            "claim_due_autocommit": ratios(&small.claim_due, &large.claim_due),
         },
         "target4": {
             "get_p99_within_1_5x": ratio(&small.get, &large.get, 99.0).map(|r| r <= 1.5),
@@ -286,6 +311,22 @@ async fn measure(s: &Stack, args: &StoreArgs) -> anyhow::Result<(Value, Table)> 
         "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
     Ok((doc, t))
+}
+
+/// `CHECKPOINT` and a pause, so the measurements do not run while the seeded gigabytes are
+/// still being written back (on ext4 every WAL fsync would wait for that writeback).
+async fn settle_writes(db: &sqlx::PgPool) -> anyhow::Result<()> {
+    let t = Instant::now();
+    sqlx::raw_sql("CHECKPOINT")
+        .execute(db)
+        .await
+        .context("CHECKPOINT")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!(
+        "bench: checkpoint and settle {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// A UUIDv7 of instant `t` with zero random bits: every id created at or after `t` sorts
@@ -492,6 +533,18 @@ async fn measure_size(
     for r in &got {
         store::release(&mut *conn, r.id, r.lease_token.unwrap_or_default()).await?;
     }
+    // The statement alone: each claim in a transaction that is rolled back (no commit, so no
+    // WAL flush; the row stays due and unleased).
+    let mut claim_due_tx = Samples::default();
+    for _ in 0..args.claim_samples {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let t = Instant::now();
+        let rows = store::claim(&mut *tx, owner, lease, 1).await?;
+        claim_due_tx.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(rows.len() == 1, "no due row claimed");
+        tx.rollback().await?;
+    }
+    // As the worker runs it: autocommit, then the lease is given back.
     let mut claim_due = Samples::default();
     for _ in 0..args.claim_samples {
         let t = Instant::now();
@@ -538,7 +591,8 @@ async fn measure_size(
         },
         "claim": {
             "nothing_due": claim_idle.json(),
-            "due": claim_due.json(),
+            "due_statement_in_rolled_back_tx": claim_due_tx.json(),
+            "due_autocommit": claim_due.json(),
             "due_rows": due.len(),
         },
         "plans": {
@@ -556,5 +610,6 @@ async fn measure_size(
         list_window,
         claim_idle,
         claim_due,
+        claim_due_tx,
     })
 }
