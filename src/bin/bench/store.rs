@@ -372,9 +372,9 @@ fn uuid_floor(t: DateTime<Utc>) -> Uuid {
 }
 
 /// The two stores, in the order of round `i` (alternating, so neither always goes first).
-fn in_turn<'a>(sides: &'a mut [Side; 2], i: usize) -> [&'a mut Side; 2] {
+fn in_turn(sides: &mut [Side; 2], i: usize) -> [&mut Side; 2] {
     let [a, b] = sides;
-    if i % 2 == 0 { [a, b] } else { [b, a] }
+    if i.is_multiple_of(2) { [a, b] } else { [b, a] }
 }
 
 async fn measure(
@@ -586,7 +586,7 @@ async fn claims(sides: &mut [Side; 2], args: &StoreArgs) -> anyhow::Result<()> {
         side.doc["claim_plans"]["claim_nothing_due"] = json!(ex.off(conn).await?);
     }
     for i in 0..args.claim_samples {
-        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if i.is_multiple_of(2) { [0, 1] } else { [1, 0] };
         for k in order {
             let conn = &mut conns[k];
             let t = Instant::now();
@@ -617,7 +617,7 @@ async fn claims(sides: &mut [Side; 2], args: &StoreArgs) -> anyhow::Result<()> {
     // The statement alone: in a transaction that is rolled back (no commit, no WAL flush; the
     // row stays due and unleased).
     for i in 0..args.claim_samples {
-        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if i.is_multiple_of(2) { [0, 1] } else { [1, 0] };
         for k in order {
             let conn = &mut conns[k];
             let mut tx = sqlx::Connection::begin(&mut **conn).await?;
@@ -630,7 +630,7 @@ async fn claims(sides: &mut [Side; 2], args: &StoreArgs) -> anyhow::Result<()> {
     }
     // As the worker runs it: autocommit, then the lease is given back.
     for i in 0..args.claim_samples {
-        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if i.is_multiple_of(2) { [0, 1] } else { [1, 0] };
         for k in order {
             let conn = &mut conns[k];
             let t = Instant::now();
