@@ -354,8 +354,8 @@ async fn timed(http: &reqwest::Client, url: String, key: &str) -> anyhow::Result
     Ok((ms, body.len()))
 }
 
-/// `CHECKPOINT` and a pause, so the measurements do not run while the seeded gigabytes are
-/// still being written back (on ext4 every WAL fsync would wait for that writeback).
+/// `CHECKPOINT` (the caller then pauses), so the measurements do not run while the seeded
+/// gigabytes are still being written back (on ext4 every WAL fsync would wait for it).
 async fn settle_writes(db: &sqlx::PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql("CHECKPOINT")
         .execute(db)
