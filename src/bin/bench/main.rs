@@ -29,9 +29,14 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use waba_migrator::embedded_pg::EmbeddedPostgres;
 
+mod explain;
+mod parked;
 mod procs;
 mod proxy;
+mod seed;
+mod stack;
 mod stats;
+mod store;
 
 use procs::{CpuSnapshot, Proc};
 use stats::{Samples, Table};
@@ -54,6 +59,13 @@ enum Cmd {
     /// Start PostgreSQL, the sandbox and the service; measure pickup, throughput and the
     /// PostgreSQL commit ceiling; print a table and JSON.
     Run(RunArgs),
+    /// Bulk-insert realistic migrations (mostly terminal, some parked) straight into
+    /// PostgreSQL, partners through the admin API.
+    Seed(seed::SeedArgs),
+    /// Target 4: GET / list / claim latency with a small and a large store, same run.
+    Store(store::StoreArgs),
+    /// Target 5: service RSS and idle CPU with 10,000 migrations parked in awaiting_otp.
+    Parked(parked::ParkedArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -127,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Cmd::Run(args) => rt.block_on(run(args)),
+        Cmd::Seed(args) => rt.block_on(seed::run(args)),
+        Cmd::Store(args) => rt.block_on(store::run(args)),
+        Cmd::Parked(args) => rt.block_on(parked::run(args)),
     }
 }
 
