@@ -43,3 +43,10 @@ ALTER TABLE webhook_deliveries SET (
 -- check (a `SELECT ... FOR KEY SHARE` of the migration row), one per transition.
 ALTER TABLE migration_events DROP CONSTRAINT migration_events_migration_id_fkey;
 ALTER TABLE webhook_deliveries DROP CONSTRAINT webhook_deliveries_migration_id_fkey;
+
+-- Claims look for due rows that no worker holds. Leased rows (every migration in flight) stayed
+-- in the due index, so each claim stepped over all of them, and over their dead entries, to
+-- reach a claimable one: 0.39 ms per claim with 64 in flight. Held rows now leave the index.
+DROP INDEX migrations_due;
+CREATE INDEX migrations_due ON migrations (run_at, id)
+    WHERE lease_token IS NULL AND state NOT IN ('completed', 'failed', 'cancelled');
