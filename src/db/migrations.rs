@@ -81,27 +81,26 @@ impl MigrationRow {
     }
 }
 
-pub(crate) const COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id, \
-    destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
-    otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
-    otp_expires_at, otp_code_enc, pin_enc, precheck, templates, api_key_enc, api_key_id, \
-    api_key_address, api_key_generated_at, api_key_verified_at, step_memo, summary, error, \
-    failed_step, \
-    metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
-    state_entered_at, version, created_at, updated_at, completed_at";
+/// Every column of [`MigrationRow`] but the large JSON documents (`precheck`, `templates`,
+/// `summary`, together most of a row's 2–3 KB). See [`LEAN_COLUMNS`].
+macro_rules! lean_columns {
+    () => {
+        "id, partner_id, state, flow, phone_number, source_waba_id, \
+        destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
+        otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
+        otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
+        api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, \
+        failed_step, metadata, callback_url, run_at, attempt, lease_token, lease_owner, \
+        lease_expires_at, state_entered_at, version, created_at, updated_at, completed_at"
+    };
+}
 
-/// [`COLUMNS`] without the large JSON documents (`precheck`, `templates`, `summary`, together
-/// most of a row's 2–3 KB): what [`update`] returns. It knows them already, from the row it
-/// was given and the patch, and reading them back cost PostgreSQL a detoast and a jsonb
-/// rendering and the service a JSON parse on every transition.
-const LEAN_COLUMNS: &str = "id, partner_id, state, flow, phone_number, source_waba_id, \
-    destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
-    otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
-    otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
-    api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, \
-    failed_step, \
-    metadata, callback_url, run_at, attempt, lease_token, lease_owner, lease_expires_at, \
-    state_entered_at, version, created_at, updated_at, completed_at";
+pub(crate) const COLUMNS: &str = concat!(lean_columns!(), ", precheck, templates, summary");
+
+/// [`COLUMNS`] without the large JSON documents: what [`update`] returns. It knows them
+/// already, from the row it was given and the patch, and reading them back cost PostgreSQL a
+/// detoast and a jsonb rendering and the service a JSON parse on every transition.
+const LEAN_COLUMNS: &str = lean_columns!();
 
 /// Extra output columns of the worker's statements (`m` is the migration row): the partner's
 /// default callback URL, see [`MigrationRow::partner_callback_url`].
