@@ -24,10 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use waba_migrator::embedded_pg::EmbeddedPostgres;
 
 mod explain;
 mod parked;
@@ -39,6 +37,7 @@ mod stats;
 mod store;
 
 use procs::{CpuSnapshot, Proc};
+use stack::Stack;
 use stats::{Samples, Table};
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef";
@@ -117,18 +116,8 @@ struct RunArgs {
     /// Idle samples of GET /v1/migrations/{id} and GET /v1/migrations after the drive.
     #[arg(long, default_value_t = 300)]
     idle_api_samples: usize,
-    /// Write the JSON document here too.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Working directory (PostgreSQL data, logs); default /var/tmp/waba-bench-<pid>.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// The waba-migrator binary (default: next to this executable).
-    #[arg(long)]
-    bin: Option<PathBuf>,
-    /// Keep the working directory afterwards (logs).
-    #[arg(long, default_value_t = false)]
-    keep: bool,
+    #[command(flatten)]
+    out: stack::Output,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -243,11 +232,12 @@ impl Api {
         Ok((body["id"].as_str().unwrap_or_default().to_owned(), ms))
     }
 
-    async fn get(&self, id: &str) -> anyhow::Result<(Value, f64)> {
+    /// GET `path` with the partner key: the JSON body and the latency in ms.
+    async fn get_json(&self, path: &str) -> anyhow::Result<(Value, f64)> {
         let t = Instant::now();
         let res = self
             .http
-            .get(format!("{}/v1/migrations/{id}", self.base))
+            .get(format!("{}{path}", self.base))
             .bearer_auth(&self.key)
             .send()
             .await?;
@@ -255,43 +245,22 @@ impl Api {
         let body: Value = res.json().await.unwrap_or_default();
         let ms = t.elapsed().as_secs_f64() * 1e3;
         if !status.is_success() {
-            bail!("get {id}: {status} {body}");
+            bail!("GET {path}: {status} {body}");
         }
         Ok((body, ms))
     }
 
+    async fn get(&self, id: &str) -> anyhow::Result<(Value, f64)> {
+        self.get_json(&format!("/v1/migrations/{id}")).await
+    }
+
     async fn list(&self, query: &str) -> anyhow::Result<f64> {
-        let t = Instant::now();
-        let res = self
-            .http
-            .get(format!("{}/v1/migrations?{query}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        let status = res.status();
-        let _ = res.bytes().await?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        if !status.is_success() {
-            bail!("list: {status}");
-        }
-        Ok(ms)
+        Ok(self.list_page(query).await?.2)
     }
 
     /// One page of GET /v1/migrations: the ids on it and the next cursor.
     async fn list_page(&self, query: &str) -> anyhow::Result<(Vec<String>, Option<String>, f64)> {
-        let t = Instant::now();
-        let res = self
-            .http
-            .get(format!("{}/v1/migrations?{query}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or_default();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        if !status.is_success() {
-            bail!("list: {status} {body}");
-        }
+        let (body, ms) = self.get_json(&format!("/v1/migrations?{query}")).await?;
         let ids = body["data"]
             .as_array()
             .map(|a| {
@@ -749,134 +718,28 @@ fn round(v: f64, digits: i32) -> f64 {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let bin = match &args.bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable has no directory")?
-            .join("waba-migrator"),
-    };
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found: build both binaries with `cargo build --release --bins` (or pass --bin)",
-        bin.display()
-    );
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/waba-bench-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    eprintln!("bench: working directory {}", dir.display());
-
+    let bin = stack::migrator_bin(args.out.bin.as_deref())?;
     // PostgreSQL with its default durability settings (fsync, synchronous_commit on).
-    let pg_port = procs::free_port();
-    let pg = EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
-        .await
-        .context("starting PostgreSQL")?;
-    let outcome = run_with_pg(&args, &bin, &dir, &pg, pg_port).await;
-    if let Err(e) = pg.stop().await {
-        eprintln!("bench: could not stop PostgreSQL: {e:#}");
-    }
-    if outcome.is_ok() && !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    outcome
-}
-
-async fn run_with_pg(
-    args: &RunArgs,
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-    pg: &EmbeddedPostgres,
-    pg_port: u16,
-) -> anyhow::Result<()> {
-    let database_url = format!("postgres://waba@127.0.0.1:{pg_port}/waba_migrator");
-    let status = tokio::process::Command::new(bin)
-        .arg("migrate")
-        .env("DATABASE_URL", &database_url)
-        .env("RUST_LOG", "warn")
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "waba-migrator migrate failed");
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&database_url)
-        .await?;
-    let pg_version: (String,) = sqlx::query_as("SELECT version()").fetch_one(&db).await?;
-    let pg_settings: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, setting FROM pg_settings WHERE name IN
-         ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections', 'wal_sync_method', 'full_page_writes')
-         ORDER BY name",
+    let s = Stack::start(&args.out.dir(), &bin, args.clone()).await?;
+    let result = measure(
+        &s.env,
+        &s.http,
+        &s.db,
+        s.pg_port,
+        s.postmaster,
+        s.sandbox.pid(),
     )
-    .fetch_all(&db)
-    .await?;
-    let postmaster = procs::postmaster_pid(pg.data_dir());
-
-    // The sandbox.
-    let sb_port = procs::free_port();
-    let sandbox_url = format!("http://127.0.0.1:{sb_port}");
-    let sb_log = dir.join("sandbox.log");
-    let sandbox = Proc::spawn(
-        "sandbox",
-        bin,
-        &["sandbox", "--bind", &format!("127.0.0.1:{sb_port}")],
-        &[
-            (
-                "SANDBOX_LATENCY_MS".into(),
-                args.sandbox_latency_ms.to_string(),
-            ),
-            (
-                "SANDBOX_CHANNEL_DELAY_MS".into(),
-                args.sandbox_channel_delay_ms.to_string(),
-            ),
-            ("RUST_LOG".into(), "warn".into()),
-        ],
-        sb_log.clone(),
-    )?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    procs::wait_ok(
-        &http,
-        &format!("{sandbox_url}/_sandbox/counters"),
-        "sandbox",
-        &sb_log,
-    )
-    .await?;
-
-    let env = Env {
-        bin: bin.to_owned(),
-        dir: dir.to_owned(),
-        database_url: database_url.clone(),
-        sandbox_url: sandbox_url.clone(),
-        encryption_key: waba_migrator::crypto::Cipher::generate_key()
-            .expose_secret()
-            .to_owned(),
-        args: args.clone(),
-    };
-    let result = measure(&env, &http, &db, pg_port, postmaster, sandbox.pid()).await;
-    sandbox.stop(Duration::from_secs(5)).await;
+    .await;
+    let machine = s.machine.clone();
+    s.stop(result.is_ok(), args.out.keep).await;
     let (mut doc, table) = result?;
-    doc["machine"] = json!({
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "mem_total_gib": mem_total_gib(),
-        "postgres": pg_version.0,
-        "postgres_settings": pg_settings
-            .into_iter()
-            .map(|(k, v)| (k, json!(v)))
-            .collect::<serde_json::Map<_, _>>(),
-        "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
-    });
-    println!("{}", table.render());
-    let text = serde_json::to_string_pretty(&doc)?;
-    println!("{text}");
-    if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    db.close().await;
-    Ok(())
+    doc["machine"] = machine;
+    doc["machine"]["loadavg_at_end"] = json!(
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    args.out.report(&doc, &table)
 }
 
 fn mem_total_gib() -> f64 {

@@ -18,7 +18,6 @@
 //! Each window reads `VmRSS` every second (mean and last reported), `VmHWM`, and the `utime +
 //! stime` of the service and of PostgreSQL (its backends serve the workers' idle polling).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -56,18 +55,8 @@ pub struct ParkedArgs {
     /// Skip the restart-with-parked measurement.
     #[arg(long, default_value_t = false)]
     no_restart: bool,
-    /// Write the JSON document here too.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Working directory (PostgreSQL data, logs); default /var/tmp/waba-bench-<pid>.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// The waba-migrator binary (default: next to this executable).
-    #[arg(long)]
-    bin: Option<PathBuf>,
-    /// Keep the working directory afterwards (logs, database).
-    #[arg(long, default_value_t = false)]
-    keep: bool,
+    #[command(flatten)]
+    out: stack::Output,
 }
 
 /// `waba-bench parked`.
@@ -76,22 +65,13 @@ pub async fn run(args: ParkedArgs) -> anyhow::Result<()> {
         args.via_api as i64 <= args.parked,
         "--via-api cannot exceed --parked"
     );
-    let bin = stack::migrator_bin(args.bin.as_deref())?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/waba-bench-{}", std::process::id())));
+    let bin = stack::migrator_bin(args.out.bin.as_deref())?;
+    let dir = args.out.dir();
     let s = Stack::start(&dir, &bin, stack::default_run_args()?).await?;
     let outcome = measure(&s, &args).await;
-    s.stop(outcome.is_ok(), args.keep).await;
+    s.stop(outcome.is_ok(), args.out.keep).await;
     let (doc, table) = outcome?;
-    println!("{}", table.render());
-    let text = serde_json::to_string_pretty(&doc)?;
-    println!("{text}");
-    if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    args.out.report(&doc, &table)
 }
 
 /// One idle window of the service.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, FromArgMatches};
+
+use super::stats::Table;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use waba_migrator::embedded_pg::EmbeddedPostgres;
@@ -20,6 +22,44 @@ pub fn default_run_args() -> anyhow::Result<RunArgs> {
     Ok(RunArgs::from_arg_matches(
         &cmd.try_get_matches_from(["run"])?,
     )?)
+}
+
+/// Where a subcommand works and reports: the flags `run`, `store` and `parked` share.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
+    /// Write the JSON document here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Working directory (PostgreSQL data, logs); default /var/tmp/waba-bench-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The waba-migrator binary (default: next to this executable).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    /// Keep the working directory afterwards (logs, database).
+    #[arg(long, default_value_t = false)]
+    pub keep: bool,
+}
+
+impl Output {
+    /// `--dir`, else `/var/tmp/waba-bench-<pid>`.
+    pub fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/waba-bench-{}", std::process::id())))
+    }
+
+    /// Prints the table and the JSON document, and writes the JSON to `--json`.
+    pub fn report(&self, doc: &Value, table: &Table) -> anyhow::Result<()> {
+        println!("{}", table.render());
+        let text = serde_json::to_string_pretty(doc)?;
+        println!("{text}");
+        if let Some(path) = &self.json {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// The `waba-migrator` binary: `--bin`, else next to this executable.
@@ -46,6 +86,8 @@ pub struct Stack {
     pub env: Env,
     pub sandbox: Proc,
     pub postmaster: u32,
+    /// PostgreSQL's TCP port on 127.0.0.1 (pgbench connects there).
+    pub pg_port: u16,
     pub http: reqwest::Client,
     pub machine: Value,
 }
@@ -63,6 +105,7 @@ impl Stack {
         match Self::start_rest(dir, bin, args, pg_port).await {
             Ok((db, env, sandbox, http, machine)) => Ok(Self {
                 postmaster: procs::postmaster_pid(pg.data_dir()),
+                pg_port,
                 pg,
                 db,
                 env,
@@ -99,7 +142,8 @@ impl Stack {
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, setting FROM pg_settings WHERE name IN
              ('fsync', 'synchronous_commit', 'shared_buffers', 'effective_cache_size',
-              'random_page_cost', 'work_mem', 'autovacuum')
+              'random_page_cost', 'work_mem', 'autovacuum', 'max_connections',
+              'wal_sync_method', 'full_page_writes')
              ORDER BY name",
         )
         .fetch_all(&db)
@@ -135,7 +179,8 @@ impl Stack {
             sb_log.clone(),
         )?;
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
+            // `run` keeps up to --concurrency (thousands) of requests in flight.
+            .pool_max_idle_per_host(4096)
             .timeout(Duration::from_secs(60))
             .build()?;
         procs::wait_ok(

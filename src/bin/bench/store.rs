@@ -89,18 +89,8 @@ pub struct StoreArgs {
     /// Drop this index in both stores after migrating (repeatable): measures what it buys.
     #[arg(long)]
     drop_index: Vec<String>,
-    /// Write the JSON document here too.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Working directory (PostgreSQL data, logs); default /var/tmp/waba-bench-<pid>.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// The waba-migrator binary (default: next to this executable).
-    #[arg(long)]
-    bin: Option<PathBuf>,
-    /// Keep the working directory afterwards (logs, database).
-    #[arg(long, default_value_t = false)]
-    keep: bool,
+    #[command(flatten)]
+    out: stack::Output,
 }
 
 /// `waba-bench store`.
@@ -109,11 +99,8 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         args.small > 0 && args.large > args.small,
         "need 0 < --small < --large"
     );
-    let bin = stack::migrator_bin(args.bin.as_deref())?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/waba-bench-{}", std::process::id())));
+    let bin = stack::migrator_bin(args.out.bin.as_deref())?;
+    let dir = args.out.dir();
     let s = Stack::start(&dir, &bin, stack::default_run_args()?).await?;
     // The large store's own server.
     let port = procs::free_port();
@@ -127,15 +114,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.context("starting PostgreSQL (large)")),
     };
-    s.stop(outcome.is_ok(), args.keep).await;
+    s.stop(outcome.is_ok(), args.out.keep).await;
     let (doc, table) = outcome?;
-    println!("{}", table.render());
-    let text = serde_json::to_string_pretty(&doc)?;
-    println!("{text}");
-    if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    args.out.report(&doc, &table)
 }
 
 /// One store: its database, service environment, partners and figures.
