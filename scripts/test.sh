@@ -13,6 +13,11 @@
 #   start), has superuser `waba` with trust authentication, durability off for speed, and is
 #   stopped when this script exits. A cluster left running by a killed run is reused, not stopped.
 #
+# Before anything is compiled, scripts/requirements.sh checks for the Debian packages the tests
+# need (the PostgreSQL server unless DATABASE_URL is set; chromium and chromium-driver for the
+# browser test) and installs what is missing when run as root or with passwordless sudo;
+# otherwise it stops at once, naming each missing package and the command that installs it.
+#
 # Tests run with cargo-nextest when installed (profile from NEXTEST_PROFILE, see
 # .config/nextest.toml), else with `cargo test`. With a committed .sqlx/ directory, SQLX_OFFLINE
 # defaults to true so the sqlx query macros check against it, not against the test server.
@@ -27,8 +32,12 @@ die() {
   exit 1
 }
 
+# shellcheck source=scripts/requirements.sh
+. "$repo/scripts/requirements.sh"
 # shellcheck source=scripts/test-pg.sh
 . "$repo/scripts/test-pg.sh"
+
+ensure_test_requirements || die "install the packages above, then run ./scripts/test.sh again"
 
 cargo_flags=()
 if [[ ${CI:-} == true || ${CI:-} == 1 ]]; then
