@@ -38,7 +38,11 @@ impl SandboxSeeder {
             business_id: Some(business.to_owned()),
         };
         let result = match self {
-            SandboxSeeder::InProcess(sb) => sb.add_number(&seed).map(|_| ()),
+            SandboxSeeder::InProcess(sb) => {
+                let added = sb.add_number(&seed).map(|_| ());
+                sb.flush().await;
+                added
+            }
             SandboxSeeder::Remote(http, base) => {
                 let url = format!("{}/_sandbox/numbers", base.as_str().trim_end_matches('/'));
                 match http

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::app::{App, SandboxSeeder, Settings, Upstreams};
-use crate::config::{Cli, Command, DbArgs, SandboxArgs, SandboxFaultArgs, ServeArgs};
+use crate::config::{ApiArgs, Cli, Command, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs};
 use crate::crypto::{self, Cipher};
 use crate::domain::RetryPolicy;
 use crate::embedded_pg::EmbeddedPostgres;
@@ -24,8 +24,8 @@ use crate::{db, shutdown};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args, true).await,
-        Command::Worker(args) => serve(args, false).await,
+        Command::Serve(args) => serve(Some(args.api), args.run).await,
+        Command::Worker(args) => serve(None, args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Reencrypt(args) => reencrypt(args).await,
         Command::Sandbox(args) => sandbox(args).await,
@@ -53,18 +53,19 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `migrate`: the schema of DATABASE_URL, or of the embedded database under DATA_DIR (started
+/// for the occasion, or the one a running `serve` uses).
 async fn migrate(args: DbArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
-    let url = args
-        .database_url
-        .as_ref()
-        .context("DATABASE_URL is required for `migrate`")?;
-    let pool = db::connect(url.expose_secret(), 2)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
-    db::migrate(&pool)
-        .await
-        .context("schema migration failed")?;
+    let args = DbArgs {
+        database_max_connections: 2,
+        ..args
+    };
+    let (pool, embedded) = database(&args, true).await?;
+    pool.close().await;
+    if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
+        pg.stop().await?;
+    }
     info!("schema is current");
     Ok(())
 }
@@ -138,7 +139,7 @@ async fn database(
 }
 
 /// `ENCRYPTION_KEY`, or (embedded database only) a key kept beside the data.
-fn encryption_key(args: &ServeArgs, embedded: bool) -> anyhow::Result<Cipher> {
+fn encryption_key(args: &RunArgs, embedded: bool) -> anyhow::Result<Cipher> {
     let old = args.encryption_key_old.as_ref();
     if let Some(k) = &args.encryption_key {
         return Cipher::from_base64_with_old(k, old)
@@ -220,11 +221,12 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
 }
 
 /// The worker settings from the command line.
-pub fn worker_config(args: &ServeArgs) -> WorkerConfig {
+pub fn worker_config(run: &RunArgs) -> WorkerConfig {
+    let args = &run.worker;
     WorkerConfig {
         owner: default_owner(),
         concurrency: args.worker_concurrency,
-        lease: args.lease(),
+        lease: run.lease(),
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
         channel_poll: Duration::from_millis(args.channel_poll_ms.max(10)),
@@ -246,7 +248,8 @@ pub fn worker_config(args: &ServeArgs) -> WorkerConfig {
 }
 
 /// The webhook settings from the command line.
-pub fn webhook_config(args: &ServeArgs) -> WebhookConfig {
+pub fn webhook_config(run: &RunArgs) -> WebhookConfig {
+    let args = &run.webhooks;
     WebhookConfig {
         concurrency: args.webhook_concurrency,
         attempt_timeout: Duration::from_secs_f64(args.webhook_timeout_seconds),
@@ -257,119 +260,169 @@ pub fn webhook_config(args: &ServeArgs) -> WebhookConfig {
             .collect(),
         secret_overlap: Duration::from_secs(args.webhook_secret_overlap_seconds),
         allow_private: args.allow_private_callbacks,
-        poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
-        shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
+        poll_interval: Duration::from_millis(run.worker.poll_interval_ms.max(10)),
+        shutdown_grace: Duration::from_secs_f64(run.worker.shutdown_grace_seconds.max(0.0)),
     }
 }
 
 const DEV_PARTNER: &str = "Development partner (sandbox)";
 
-async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
+/// Where the built-in sandbox listens by default (`SANDBOX_BIND`, like `waba-migrator sandbox`).
+const DEFAULT_SANDBOX_BIND: &str = "127.0.0.1:8090";
+
+/// The built-in sandbox of sandbox mode: listening on `SANDBOX_BIND` (default 127.0.0.1:8090,
+/// or a free port when that one is taken), its world kept in the service's database so that a
+/// restart is invisible to migrations in flight.
+async fn start_sandbox(
+    run: &RunArgs,
+    pool: &PgPool,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(Sandbox, std::net::SocketAddr)> {
+    let listener = match run.sandbox.sandbox_bind {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on SANDBOX_BIND {addr}"))?,
+        None => match TcpListener::bind(DEFAULT_SANDBOX_BIND).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "the sandbox cannot listen on {DEFAULT_SANDBOX_BIND}; using a free port (set SANDBOX_BIND to choose)"
+                );
+                TcpListener::bind("127.0.0.1:0").await?
+            }
+        },
+    };
+    let addr = listener.local_addr()?;
+    let sb = Sandbox::new(sandbox_config(&run.sandbox.faults)?);
+    db::sandbox::ensure_table(pool)
+        .await
+        .context("cannot create the sandbox's table")?;
+    if let Some(snapshot) = db::sandbox::load(pool)
+        .await
+        .context("cannot read the sandbox's world")?
+    {
+        match sb.restore(&snapshot) {
+            Ok(()) => info!("sandbox: restored its world from the database"),
+            Err(e) => warn!(error = %e, "sandbox: starting with an empty world"),
+        }
+    }
+    let store_pool = pool.clone();
+    sb.persist_to(Arc::new(move |snapshot: Vec<u8>| {
+        let pool = store_pool.clone();
+        Box::pin(async move {
+            db::sandbox::save(&pool, &snapshot)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }));
+    tokio::spawn(crate::sandbox::serve(
+        listener,
+        sb.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    Ok((sb, addr))
+}
+
+/// `serve` (with `api`) or `worker` (without).
+async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
+    if let Some(api) = &api {
+        api.validate().map_err(anyhow::Error::msg)?;
+    }
+    run.validate().map_err(anyhow::Error::msg)?;
     let stop = shutdown::on_signal();
     // The key first: a bad one is reported before anything connects or starts.
-    let cipher = encryption_key(&args, args.db.database_url.is_none())?;
-    let (pool, embedded) = database(&args.db, args.run_migrations).await?;
+    let cipher = encryption_key(&run, run.db.database_url.is_none())?;
+    let (pool, embedded) = database(&run.db, run.run_migrations).await?;
 
+    let up = &run.upstreams;
     let mut upstreams = Upstreams {
-        meta_graph_url: args.meta_graph_url.clone(),
-        meta_graph_version: args.meta_graph_version.clone(),
-        meta_access_token: args
+        meta_graph_url: up.meta_graph_url.clone(),
+        meta_graph_version: up.meta_graph_version.clone(),
+        meta_access_token: up
             .meta_access_token
             .clone()
             .unwrap_or_else(|| SecretString::from("sandbox-token")),
-        d360_hub_url: args.d360_hub_url.clone(),
-        d360_waba_url: args.d360_waba_url.clone(),
-        timeout: Duration::from_secs_f64(args.upstream_timeout_seconds.max(1.0)),
+        d360_hub_url: up.d360_hub_url.clone(),
+        d360_waba_url: up.d360_waba_url.clone(),
+        timeout: Duration::from_secs_f64(up.upstream_timeout_seconds.max(1.0)),
     };
-    let sandbox_mode = args.sandbox_mode();
-    let mut seeder = args
-        .sandbox
+    let sandbox_mode = run.sandbox_mode();
+    let mut seeder = up
         .sandbox_seed_numbers
-        .then(|| SandboxSeeder::Remote(reqwest::Client::new(), args.meta_graph_url.clone()));
+        .then(|| SandboxSeeder::Remote(reqwest::Client::new(), up.meta_graph_url.clone()));
+    let mut sandbox_addr = None;
     if sandbox_mode {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let sb = Sandbox::new(sandbox_config(&args.sandbox)?);
-        seeder = Some(SandboxSeeder::InProcess(sb.clone()));
-        tokio::spawn(crate::sandbox::serve(
-            listener,
-            sb,
-            stop.clone().cancelled_owned(),
-        ));
+        let (sb, addr) = start_sandbox(&run, &pool, &stop).await?;
+        seeder = Some(SandboxSeeder::InProcess(sb));
         upstreams.meta_graph_url = Url::parse(&format!("http://{addr}"))?;
         upstreams.d360_hub_url = Url::parse(&format!("http://{addr}/api/v2"))?;
         upstreams.d360_waba_url = Url::parse(&format!("http://{addr}"))?;
         warn!(
-            sandbox = %addr,
-            "SANDBOX MODE: META_ACCESS_TOKEN is not set, so every upstream call goes to the built-in simulator at http://{addr} (counters: http://{addr}/_sandbox/counters). Nothing real is migrated."
+            sandbox = %format!("http://{addr}"),
+            control = %format!("http://{addr}/_sandbox"),
+            "SANDBOX MODE: META_ACCESS_TOKEN is not set, so every upstream call goes to the built-in simulator at http://{addr} (control API: http://{addr}/_sandbox). Nothing real is migrated."
         );
-    } else if args.admin_api_key.is_none() {
+        sandbox_addr = Some(addr);
+    } else if api.as_ref().is_some_and(|a| a.admin_api_key.is_none()) {
         anyhow::bail!("ADMIN_API_KEY is required outside sandbox mode (META_ACCESS_TOKEN is set)");
     }
+
+    // Sandbox mode without ADMIN_API_KEY: an admin key for this run, shown in the banner.
+    let dev_admin_key = (sandbox_mode && api.as_ref().is_some_and(|a| a.admin_api_key.is_none()))
+        .then(|| crypto::generate_api_key().0);
+    let admin_api_key = api
+        .as_ref()
+        .and_then(|a| a.admin_api_key.clone())
+        .or_else(|| dev_admin_key.clone());
 
     let app = App::new(
         pool.clone(),
         Settings {
             upstreams,
-            admin_api_key: args.admin_api_key.clone(),
+            admin_api_key,
             cipher,
-            worker: worker_config(&args),
-            run_workers: !args.no_workers,
+            worker: worker_config(&run),
+            run_workers: api.as_ref().is_none_or(|a| !a.no_workers),
             sandbox_seeder: seeder,
-            webhooks: webhook_config(&args),
+            webhooks: webhook_config(&run),
             clock: Arc::new(SystemClock),
-            rate_limit: Some((args.rate_limit_per_second, args.rate_limit_burst)),
-            dashboard: crate::dashboard::DashboardConfig {
-                stuck_after: Duration::from_secs(args.dashboard_stuck_minutes.saturating_mul(60)),
-                secure_cookie: args.dashboard_secure_cookie,
-            },
+            rate_limit: api
+                .as_ref()
+                .map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
+            dashboard: api
+                .as_ref()
+                .map(|a| crate::dashboard::DashboardConfig {
+                    stuck_after: Duration::from_secs(a.dashboard_stuck_minutes.saturating_mul(60)),
+                    secure_cookie: a.dashboard_secure_cookie,
+                })
+                .unwrap_or_default(),
         },
     )?;
 
-    if sandbox_mode && args.admin_api_key.is_none() && http {
-        let created = match db::partners::find_by_name(&pool, DEV_PARTNER).await? {
-            Some(p) => {
-                let (key, prefix) = crypto::generate_api_key();
-                db::partners::insert_api_key(
-                    &pool,
-                    uuid::Uuid::now_v7(),
-                    p.id,
-                    &prefix,
-                    &crypto::hash_api_key(key.expose_secret()),
-                )
-                .await?;
-                key.expose_secret().to_owned()
-            }
-            None => {
-                create_partner_with_key(
-                    &app.state,
-                    &CreatePartner {
-                        name: DEV_PARTNER.into(),
-                        d360_partner_id: "sandboxPA".into(),
-                        d360_api_key: "sandbox-partner-api-key".into(),
-                        callback_url: None,
-                    },
-                )
+    let listener = match &api {
+        Some(api) => {
+            let l = TcpListener::bind(api.bind_addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("could not create the development partner: {e:?}"))?
-                .api_key
-            }
-        };
-        println!(
-            "\n  Development partner key (sandbox mode; a new one each start):\n\n    export KEY={created}\n"
+                .with_context(|| format!("cannot listen on BIND_ADDR {}", api.bind_addr))?;
+            info!(addr = %l.local_addr()?, "API listening");
+            Some(l)
+        }
+        None => None,
+    };
+
+    if let (Some(listener), Some(admin_key)) = (&listener, &dev_admin_key) {
+        let partner_key = development_partner_key(&app, &pool).await?;
+        let banner = dev_banner(
+            listener.local_addr()?,
+            sandbox_addr,
+            partner_key.expose_secret(),
+            admin_key.expose_secret(),
         );
+        // stderr: stdout carries only log lines (one JSON object each when not a terminal).
+        eprintln!("{banner}");
     }
 
-    let listener = if http {
-        let l = TcpListener::bind(args.bind_addr)
-            .await
-            .with_context(|| format!("cannot listen on BIND_ADDR {}", args.bind_addr))?;
-        info!(addr = %l.local_addr()?, "API listening");
-        Some(l)
-    } else {
-        None
-    };
     let result = app.run(listener, stop.clone()).await;
     pool.close().await;
     if let Some(pg) = embedded
@@ -378,4 +431,87 @@ async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         warn!(error = %e, "could not stop the embedded PostgreSQL");
     }
     result
+}
+
+/// A new key of the development partner (created at the first start).
+async fn development_partner_key(app: &App, pool: &PgPool) -> anyhow::Result<SecretString> {
+    Ok(match db::partners::find_by_name(pool, DEV_PARTNER).await? {
+        Some(p) => {
+            let (key, prefix) = crypto::generate_api_key();
+            db::partners::insert_api_key(
+                pool,
+                uuid::Uuid::now_v7(),
+                p.id,
+                &prefix,
+                &crypto::hash_api_key(key.expose_secret()),
+            )
+            .await?;
+            key
+        }
+        None => SecretString::from(
+            create_partner_with_key(
+                &app.state,
+                &CreatePartner {
+                    name: DEV_PARTNER.into(),
+                    d360_partner_id: "sandboxPA".into(),
+                    d360_api_key: "sandbox-partner-api-key".into(),
+                    callback_url: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("could not create the development partner: {e:?}"))?
+            .api_key,
+        ),
+    })
+}
+
+/// What a developer needs to start: where everything is, and keys for this run.
+fn dev_banner(
+    api: std::net::SocketAddr,
+    sandbox: Option<std::net::SocketAddr>,
+    partner_key: &str,
+    admin_key: &str,
+) -> String {
+    use std::fmt::Write as _;
+    let api = format!("http://{api}");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n  waba-migrator in SANDBOX MODE: upstream calls go to the built-in simulator; nothing real is migrated.\n"
+    );
+    let _ = writeln!(
+        out,
+        "    API       {api}    reference {api}/docs, dashboard {api}/dashboard"
+    );
+    if let Some(sb) = sandbox {
+        let sb = format!("http://{sb}");
+        let _ = writeln!(
+            out,
+            "    Sandbox   {sb}    control API {sb}/_sandbox (its world is kept in the database)"
+        );
+        let _ = writeln!(out, "      scenario numbers   curl {sb}/_sandbox/scenarios");
+        let _ = writeln!(
+            out,
+            "      fix a scenario     curl -X POST {sb}/_sandbox/numbers/%2B15550100001/resolve   (then retry its migration)"
+        );
+        let _ = writeln!(
+            out,
+            "      start over         curl -X POST {sb}/_sandbox/reset"
+        );
+        let _ = writeln!(
+            out,
+            "      verification code  {} for every sandbox number",
+            crate::sandbox::SANDBOX_OTP_CODE
+        );
+    }
+    let _ = writeln!(out, "\n  Keys for this run (new ones at each start):\n");
+    let _ = writeln!(
+        out,
+        "    export KEY={partner_key}        # development partner: its migrations"
+    );
+    let _ = writeln!(
+        out,
+        "    export ADMIN_KEY={admin_key}  # admin: partners, API keys, webhook secrets, every migration"
+    );
+    out
 }

@@ -30,8 +30,9 @@ pub enum Command {
     /// Run the HTTP API and (unless --no-workers) the background workers.
     Serve(ServeArgs),
     /// Run only the background workers (scale them separately from the API).
-    Worker(ServeArgs),
-    /// Apply the database schema migrations and exit.
+    Worker(RunArgs),
+    /// Apply the database schema migrations and exit (to the embedded database under DATA_DIR
+    /// when DATABASE_URL is unset).
     Migrate(DbArgs),
     /// Re-seal every encrypted value under ENCRYPTION_KEY (after rotating it; see README).
     Reencrypt(ReencryptArgs),
@@ -47,8 +48,9 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DbArgs {
-    /// PostgreSQL URL. Unset: `serve` starts a private PostgreSQL under DATA_DIR.
+    /// PostgreSQL URL. Unset: a private PostgreSQL is started under DATA_DIR.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
     /// Where the embedded PostgreSQL (and its generated encryption key) live.
@@ -59,20 +61,89 @@ pub struct DbArgs {
     pub database_max_connections: u32,
 }
 
+/// `serve`: the HTTP API's settings and everything a worker needs.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Settings of the HTTP API only (`serve`; not `worker`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP API")]
+pub struct ApiArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     pub bind_addr: SocketAddr,
     /// Do not run background workers in this process (API only).
     #[arg(long, env = "NO_WORKERS", default_value_t = false)]
     pub no_workers: bool,
-    /// Apply schema migrations at startup (always on with the embedded database).
-    #[arg(long, env = "RUN_MIGRATIONS", default_value_t = false)]
-    pub run_migrations: bool,
+    /// Admin bearer key (sees and manages every partner). Required outside sandbox mode; in
+    /// sandbox mode without it, a development admin key is generated at each start.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<SecretString>,
+    /// Requests per second allowed per API key (sustained; 0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// Requests an API key may send in a burst above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+    /// Dashboard: a non-terminal migration that has not changed state for this many minutes
+    /// is listed as stuck.
+    #[arg(long, env = "DASHBOARD_STUCK_MINUTES", default_value_t = 30)]
+    pub dashboard_stuck_minutes: u64,
+    /// Dashboard: mark the session cookie `Secure` (turn on when users reach the service over
+    /// https, e.g. behind a TLS-terminating proxy).
+    #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
+    pub dashboard_secure_cookie: bool,
+}
 
+/// What every process that advances migrations needs (`serve` and `worker`): the database,
+/// the upstreams, the secrets key, the worker and webhook settings, the in-process sandbox.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Apply schema migrations at startup (always on with the embedded database).
+    #[arg(
+        long,
+        env = "RUN_MIGRATIONS",
+        default_value_t = false,
+        help_heading = "Database"
+    )]
+    pub run_migrations: bool,
+    /// 32 random bytes, standard base64: seals PINs, keys and secrets at rest.
+    /// Generated under DATA_DIR when the embedded database is used.
+    #[arg(
+        long,
+        env = "ENCRYPTION_KEY",
+        hide_env_values = true,
+        help_heading = "Secrets"
+    )]
+    pub encryption_key: Option<SecretString>,
+    /// The previous ENCRYPTION_KEY while rotating it: opens values not yet re-sealed (never seals).
+    #[arg(
+        long,
+        env = "ENCRYPTION_KEY_OLD",
+        hide_env_values = true,
+        help_heading = "Secrets"
+    )]
+    pub encryption_key_old: Option<SecretString>,
+    #[command(flatten)]
+    pub upstreams: UpstreamArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub sandbox: InProcessSandboxArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Upstream APIs")]
+pub struct UpstreamArgs {
     /// Meta Graph API base URL.
     #[arg(
         long,
@@ -100,17 +171,17 @@ pub struct ServeArgs {
         default_value = "https://waba-v2.360dialog.io"
     )]
     pub d360_waba_url: Url,
-    /// Admin bearer key (sees and manages every partner). Required outside sandbox mode.
-    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
-    pub admin_api_key: Option<SecretString>,
-    /// 32 random bytes, standard base64: seals PINs, keys and secrets at rest.
-    /// Generated under DATA_DIR when the embedded database is used.
-    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<SecretString>,
-    /// The previous ENCRYPTION_KEY while rotating it: opens values not yet re-sealed (never seals).
-    #[arg(long, env = "ENCRYPTION_KEY_OLD", hide_env_values = true)]
-    pub encryption_key_old: Option<SecretString>,
+    /// Timeout of one upstream HTTP request.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub upstream_timeout_seconds: f64,
+    /// Tell a standalone sandbox (at META_GRAPH_URL) about each new migration's number.
+    #[arg(long, env = "SANDBOX_SEED_NUMBERS", default_value_t = false)]
+    pub sandbox_seed_numbers: bool,
+}
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Workers")]
+pub struct WorkerArgs {
     /// Migrations advanced concurrently by this process.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
     pub worker_concurrency: usize,
@@ -150,10 +221,11 @@ pub struct ServeArgs {
     /// First delay between channel polls (doubles up to a minute).
     #[arg(long, env = "CHANNEL_POLL_MS", default_value_t = 2000)]
     pub channel_poll_ms: u64,
-    /// Timeout of one upstream HTTP request.
-    #[arg(long, env = "UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30.0)]
-    pub upstream_timeout_seconds: f64,
+}
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Webhooks")]
+pub struct WebhookArgs {
     /// Deliver webhooks to private, loopback and link-local addresses and over plain http
     /// (tests and local development only).
     #[arg(long, env = "ALLOW_PRIVATE_CALLBACKS", default_value_t = false)]
@@ -176,26 +248,25 @@ pub struct ServeArgs {
     /// How long a rotated-out webhook secret keeps signing next to the new one.
     #[arg(long, env = "WEBHOOK_SECRET_OVERLAP_SECONDS", default_value_t = 86_400)]
     pub webhook_secret_overlap_seconds: u64,
-    /// Requests per second allowed per API key (sustained; 0 = no limit).
-    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
-    pub rate_limit_per_second: u32,
-    /// Requests an API key may send in a burst above the sustained rate.
-    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
-    pub rate_limit_burst: u32,
-    /// Dashboard: a non-terminal migration that has not changed state for this many minutes
-    /// is listed as stuck.
-    #[arg(long, env = "DASHBOARD_STUCK_MINUTES", default_value_t = 30)]
-    pub dashboard_stuck_minutes: u64,
-    /// Dashboard: mark the session cookie `Secure` (turn on when users reach the service over
-    /// https, e.g. behind a TLS-terminating proxy).
-    #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
-    pub dashboard_secure_cookie: bool,
+}
 
+/// The built-in sandbox `serve` and `worker` run when META_ACCESS_TOKEN is unset.
+#[derive(Debug, Clone, Args)]
+pub struct InProcessSandboxArgs {
+    /// Sandbox mode: where the built-in sandbox listens (its control API is under /_sandbox).
+    /// Default 127.0.0.1:8090, or a free port when that one is taken.
+    #[arg(
+        long,
+        env = "SANDBOX_BIND",
+        help_heading = "Sandbox (when META_ACCESS_TOKEN is unset)"
+    )]
+    pub sandbox_bind: Option<SocketAddr>,
     #[command(flatten)]
-    pub sandbox: SandboxFaultArgs,
+    pub faults: SandboxFaultArgs,
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sandbox (when META_ACCESS_TOKEN is unset)")]
 pub struct SandboxFaultArgs {
     /// Sandbox: probability that an upstream request fails (0.0–1.0).
     #[arg(long, env = "SANDBOX_FAULT_RATE", default_value_t = 0.0)]
@@ -216,9 +287,6 @@ pub struct SandboxFaultArgs {
     /// Sandbox: delay between registration and the 360dialog channel running, in ms.
     #[arg(long, env = "SANDBOX_CHANNEL_DELAY_MS", default_value_t = 1000)]
     pub sandbox_channel_delay_ms: u64,
-    /// Tell a standalone sandbox (at META_GRAPH_URL) about each new migration's number.
-    #[arg(long, env = "SANDBOX_SEED_NUMBERS", default_value_t = false)]
-    pub sandbox_seed_numbers: bool,
     /// Sandbox: seed for reproducible random faults.
     #[arg(long, env = "SANDBOX_SEED")]
     pub sandbox_seed: Option<u64>,
@@ -241,7 +309,7 @@ pub struct ReencryptArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
-    /// Address the sandbox listens on.
+    /// Address the sandbox listens on (its control API is under /_sandbox).
     #[arg(long, env = "SANDBOX_BIND", default_value = "127.0.0.1:8090")]
     pub bind: SocketAddr,
     #[command(flatten)]
@@ -271,31 +339,14 @@ impl DbArgs {
 impl ServeArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        self.db.validate()?;
-        if !(0.0..=1.0).contains(&self.sandbox.sandbox_fault_rate) {
-            return Err("SANDBOX_FAULT_RATE must be between 0 and 1".into());
-        }
-        if self.lease_seconds < 1.0 {
-            return Err("LEASE_SECONDS must be at least 1".into());
-        }
-        if self.worker_concurrency == 0 {
-            return Err("WORKER_CONCURRENCY must be at least 1".into());
-        }
-        if self.otp_max_attempts < 1 {
-            return Err("OTP_MAX_ATTEMPTS must be at least 1".into());
-        }
-        if self.max_step_attempts < 1 {
-            return Err("MAX_STEP_ATTEMPTS must be at least 1".into());
-        }
-        if self.webhook_concurrency == 0 {
-            return Err("WEBHOOK_CONCURRENCY must be at least 1".into());
-        }
-        if !(0.1..=300.0).contains(&self.webhook_timeout_seconds) {
-            return Err("WEBHOOK_TIMEOUT_SECONDS must be between 0.1 and 300".into());
-        }
-        if self.webhook_retry_schedule.len() > 50 {
-            return Err("WEBHOOK_RETRY_SCHEDULE must have at most 50 delays".into());
-        }
+        self.api.validate()?;
+        self.run.validate()
+    }
+}
+
+impl ApiArgs {
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(
                 "RATE_LIMIT_BURST must be at least 1 when RATE_LIMIT_PER_SECOND is set".into(),
@@ -304,13 +355,46 @@ impl ServeArgs {
         if self.dashboard_stuck_minutes == 0 {
             return Err("DASHBOARD_STUCK_MINUTES must be at least 1".into());
         }
-        if !self.meta_graph_version.starts_with('v') {
+        Ok(())
+    }
+}
+
+impl RunArgs {
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.db.validate()?;
+        let (w, h, u) = (&self.worker, &self.webhooks, &self.upstreams);
+        if !(0.0..=1.0).contains(&self.sandbox.faults.sandbox_fault_rate) {
+            return Err("SANDBOX_FAULT_RATE must be between 0 and 1".into());
+        }
+        if w.lease_seconds < 1.0 {
+            return Err("LEASE_SECONDS must be at least 1".into());
+        }
+        if w.worker_concurrency == 0 {
+            return Err("WORKER_CONCURRENCY must be at least 1".into());
+        }
+        if w.otp_max_attempts < 1 {
+            return Err("OTP_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if w.max_step_attempts < 1 {
+            return Err("MAX_STEP_ATTEMPTS must be at least 1".into());
+        }
+        if h.webhook_concurrency == 0 {
+            return Err("WEBHOOK_CONCURRENCY must be at least 1".into());
+        }
+        if !(0.1..=300.0).contains(&h.webhook_timeout_seconds) {
+            return Err("WEBHOOK_TIMEOUT_SECONDS must be between 0.1 and 300".into());
+        }
+        if h.webhook_retry_schedule.len() > 50 {
+            return Err("WEBHOOK_RETRY_SCHEDULE must have at most 50 delays".into());
+        }
+        if !u.meta_graph_version.starts_with('v') {
             return Err("META_GRAPH_VERSION must look like v23.0".into());
         }
         for (name, url) in [
-            ("META_GRAPH_URL", &self.meta_graph_url),
-            ("D360_HUB_URL", &self.d360_hub_url),
-            ("D360_WABA_URL", &self.d360_waba_url),
+            ("META_GRAPH_URL", &u.meta_graph_url),
+            ("D360_HUB_URL", &u.d360_hub_url),
+            ("D360_WABA_URL", &u.d360_waba_url),
         ] {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(format!("{name} must be an http(s) URL"));
@@ -320,10 +404,117 @@ impl ServeArgs {
     }
 
     pub fn sandbox_mode(&self) -> bool {
-        self.meta_access_token.is_none()
+        self.upstreams.meta_access_token.is_none()
     }
 
     pub fn lease(&self) -> Duration {
-        Duration::from_secs_f64(self.lease_seconds)
+        Duration::from_secs_f64(self.worker.lease_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The long flags `waba-migrator <sub> --help` lists.
+    fn flags(sub: &str) -> Vec<String> {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut(sub)
+            .expect("subcommand")
+            .render_long_help()
+            .to_string();
+        help.split_whitespace()
+            .filter(|w| w.starts_with("--"))
+            .map(|w| w.trim_end_matches([',', '.', ')']).to_owned())
+            .filter(|w| w.len() > 2 && !w.contains('='))
+            .collect()
+    }
+
+    const API_ONLY: &[&str] = &[
+        "--bind-addr",
+        "--no-workers",
+        "--admin-api-key",
+        "--rate-limit-per-second",
+        "--rate-limit-burst",
+        "--dashboard-stuck-minutes",
+        "--dashboard-secure-cookie",
+    ];
+
+    #[test]
+    fn worker_help_has_no_api_only_options() {
+        let worker = flags("worker");
+        for flag in API_ONLY {
+            assert!(
+                !worker.contains(&flag.to_string()),
+                "worker --help lists {flag}"
+            );
+        }
+        for flag in [
+            "--database-url",
+            "--worker-concurrency",
+            "--meta-access-token",
+            "--webhook-concurrency",
+        ] {
+            assert!(
+                worker.contains(&flag.to_string()),
+                "worker --help lacks {flag}: {worker:?}"
+            );
+        }
+        let serve = flags("serve");
+        for flag in API_ONLY
+            .iter()
+            .chain(&["--worker-concurrency", "--sandbox-bind"])
+        {
+            assert!(
+                serve.contains(&flag.to_string()),
+                "serve --help lacks {flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn sandbox_help_has_no_serve_only_options() {
+        let sandbox = flags("sandbox");
+        for flag in [
+            "--sandbox-seed-numbers",
+            "--database-url",
+            "--bind-addr",
+            "--worker-concurrency",
+            "--sandbox-bind",
+            "--data-dir",
+        ] {
+            assert!(
+                !sandbox.contains(&flag.to_string()),
+                "sandbox --help lists {flag}"
+            );
+        }
+        for flag in ["--bind", "--sandbox-fault-rate", "--sandbox-latency-ms"] {
+            assert!(
+                sandbox.contains(&flag.to_string()),
+                "sandbox --help lacks {flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn migrate_help_lists_only_database_options() {
+        let migrate = flags("migrate");
+        assert!(migrate.contains(&"--database-url".to_string()));
+        // `migrate` without DATABASE_URL migrates the embedded database under DATA_DIR.
+        assert!(migrate.contains(&"--data-dir".to_string()));
+        for flag in [
+            "--bind-addr",
+            "--worker-concurrency",
+            "--sandbox-fault-rate",
+            "--encryption-key",
+        ] {
+            assert!(
+                !migrate.contains(&flag.to_string()),
+                "migrate --help lists {flag}"
+            );
+        }
     }
 }

@@ -83,6 +83,8 @@ pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     tcp_port: Option<u16>,
     url: String,
+    /// The server was already running on the data directory (another process started it).
+    reused: bool,
 }
 
 impl EmbeddedPostgres {
@@ -123,11 +125,13 @@ impl EmbeddedPostgres {
             "using embedded PostgreSQL"
         );
 
+        let reused = pg.is_running(&data_dir).await?;
         let mut server = Self {
             pg,
             data_dir,
             tcp_port: port,
             url: String::new(),
+            reused,
         };
         let endpoint = server.start_or_reuse().await?;
         if let (Some(wanted), Some(actual)) = (port, endpoint.tcp_port()) {
@@ -174,6 +178,13 @@ impl EmbeddedPostgres {
     /// The TCP port the server listens on at `127.0.0.1`, if any.
     pub fn tcp_port(&self) -> Option<u16> {
         self.tcp_port
+    }
+
+    /// Whether the server was already running on the data directory when [`start`](Self::start)
+    /// was called (started by another process, e.g. a running `serve`): then only that process
+    /// should stop it.
+    pub fn reused(&self) -> bool {
+        self.reused
     }
 
     /// Stop the server with a fast shutdown (`pg_ctl stop -m fast`): open sessions are

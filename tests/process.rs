@@ -348,3 +348,289 @@ async fn json_logs_carry_request_ids_and_migration_ids() {
             .any(|l| l["from"] == "generating_api_key" && l["to"] == "completed")
     );
 }
+
+/// `serve` as the README runs it: no `DATABASE_URL` (the embedded PostgreSQL under `DATA_DIR`)
+/// and no `META_ACCESS_TOKEN` (the built-in sandbox). Keeps its stdout (log lines) and the keys
+/// its banner printed on stderr.
+struct EmbeddedServe {
+    child: tokio::process::Child,
+    base: String,
+    sandbox: String,
+    key: String,
+    admin_key: String,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl EmbeddedServe {
+    async fn start(data_dir: &std::path::Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let (port, sandbox_port) = (free_port(), free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", data_dir)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("SANDBOX_BIND", format!("127.0.0.1:{sandbox_port}"))
+            .env("SANDBOX_CHANNEL_DELAY_MS", "50")
+            .env("CHANNEL_POLL_MS", "50")
+            .env("SHUTDOWN_GRACE_SECONDS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Ok(pg_bin) = std::env::var("PG_BIN") {
+            cmd.env("PG_BIN", pg_bin);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            let mut all = String::new();
+            stdout.read_to_string(&mut all).await.unwrap();
+            all
+        });
+        // The banner (stderr) carries the keys; keep reading it to the end afterwards.
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut key, mut admin_key, mut banner) = (None, None, String::new());
+        let read_banner = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                banner.push_str(&line);
+                banner.push('\n');
+                let word = |prefix: &str| {
+                    line.trim()
+                        .strip_prefix(prefix)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+                };
+                if key.is_none() {
+                    key = word("export KEY=");
+                }
+                if admin_key.is_none() {
+                    admin_key = word("export ADMIN_KEY=");
+                }
+                if key.is_some() && admin_key.is_some() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), read_banner)
+            .await
+            .unwrap_or_else(|_| panic!("no banner with both keys within 120 s:\n{banner}"));
+        assert!(
+            banner.contains(&format!("http://127.0.0.1:{sandbox_port}/_sandbox")),
+            "the banner shows the sandbox's control API:\n{banner}"
+        );
+        let stderr = tokio::spawn(async move {
+            let mut rest = banner;
+            while let Ok(Some(line)) = lines.next_line().await {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+            rest
+        });
+        let serve = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            sandbox: format!("http://127.0.0.1:{sandbox_port}"),
+            key: key.unwrap(),
+            admin_key: admin_key.unwrap(),
+            stdout,
+            stderr,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{}/readyz", serve.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the service never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        serve
+    }
+
+    /// SIGTERM, then its stdout and stderr once it exited (it stops its PostgreSQL too).
+    async fn stop(mut self) -> (String, String) {
+        let pid = self.child.id().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let exit = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("serve exits after SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "exit status {exit:?}");
+        (self.stdout.await.unwrap(), self.stderr.await.unwrap())
+    }
+
+    async fn migration(&self, http: &reqwest::Client, id: &str) -> Value {
+        http.get(format!("{}/v1/migrations/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for_state(&self, http: &reqwest::Client, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.migration(http, id).await;
+            if m["state"] == state {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "migration never reached {state}: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The README's ids, as its walkthrough uses them.
+const README_SOURCE_WABA: &str = "102290129340398";
+const README_DEST_WABA: &str = "104996122399160";
+const README_BUSINESS: &str = "180505742745347";
+
+/// The first hour of a new user, black-box: `migrate` works without `DATABASE_URL`; a dry-run
+/// precheck of a failure-scenario number with the README's ids does not break them for the
+/// README's happy path; a migration parked in `awaiting_otp` survives a restart of `serve`
+/// (embedded database, in-process sandbox) and completes with the code submitted afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+
+    // `migrate` with the embedded database: starts it, applies the schema, stops it again.
+    let migrate = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(BIN)
+            .arg("migrate")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", &data_dir)
+            .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("migrate finishes")
+    .unwrap();
+    assert!(
+        migrate.status.success(),
+        "migrate without DATABASE_URL: {}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let serve = EmbeddedServe::start(&data_dir).await;
+    let http = reqwest::Client::new();
+
+    // The development admin key works: partners can be listed.
+    let partners = http
+        .get(format!("{}/v1/partners", serve.base))
+        .bearer_auth(&serve.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partners.status(), StatusCode::OK);
+
+    // A dry run of a failure-scenario number with the README's ids fails as documented...
+    let precheck = http
+        .post(format!("{}/v1/prechecks", serve.base))
+        .bearer_auth(&serve.key)
+        .json(&json!({
+            "phone_number": "+5511987650006",
+            "source_waba_id": README_SOURCE_WABA,
+            "destination_waba_id": README_DEST_WABA,
+            "meta_business_id": README_BUSINESS,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(precheck.status(), StatusCode::OK);
+    let precheck: Value = precheck.json().await.unwrap();
+    assert_eq!(precheck["status"], "fail", "{precheck}");
+    assert!(
+        precheck["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == "fail" && c["id"] == "business_verified"),
+        "{precheck}"
+    );
+
+    // ...and the README's happy path with the same ids still works.
+    let created = http
+        .post(format!("{}/v1/migrations", serve.base))
+        .bearer_auth(&serve.key)
+        .json(&json!({
+            "phone_number": "+5511987654321",
+            "source_waba_id": README_SOURCE_WABA,
+            "destination_waba_id": README_DEST_WABA,
+            "meta_business_id": README_BUSINESS,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let parked = serve.wait_for_state(&http, &id, "awaiting_otp").await;
+    let phone_number_id = parked["phone_number_id"].as_str().unwrap().to_owned();
+    let sandbox_before = serve.sandbox.clone();
+
+    // Restart while the migration waits for its code.
+    let (stdout, stderr) = serve.stop().await;
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok(),
+            "stdout is one JSON object a line, not {line:?}"
+        );
+    }
+    for secret in ["export KEY=", "export ADMIN_KEY="] {
+        assert!(!stdout.contains(secret), "the banner goes to stderr");
+        assert!(stderr.contains(secret));
+    }
+
+    let serve = EmbeddedServe::start(&data_dir).await;
+    assert_ne!(serve.sandbox, sandbox_before, "a new port, the same world");
+    let submitted = http
+        .post(format!("{}/v1/migrations/{id}/otp", serve.base))
+        .bearer_auth(&serve.key)
+        .json(&json!({"code": "123456"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), StatusCode::ACCEPTED);
+    let done = serve.wait_for_state(&http, &id, "completed").await;
+    assert_eq!(done["phone_number_id"], phone_number_id.as_str());
+    assert_eq!(done["api_key"]["status"], "verified", "{done}");
+
+    // The sandbox counted exactly one code request and one registration for the number.
+    let counters: Value = http
+        .get(format!(
+            "{}/_sandbox/counters/%2B5511987654321",
+            serve.sandbox
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counters["register"]["applied"], 1, "{counters}");
+    serve.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

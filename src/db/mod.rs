@@ -16,6 +16,7 @@ pub mod events;
 pub mod idempotency;
 pub mod migrations;
 pub mod partners;
+pub mod sandbox;
 pub mod webhooks;
 
 /// The schema, embedded at compile time.

@@ -47,6 +47,7 @@ pub(crate) async fn number_counters(
 /// `POST /_sandbox/reset`: clears state and counters, restores the configured faults.
 pub(crate) async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
     sandbox.reset();
+    sandbox.flush().await;
     Json(json!({"reset": true}))
 }
 
@@ -129,15 +130,14 @@ pub(crate) async fn set_permission(
         Ok(request) => request,
         Err(message) => return bad_request(message),
     };
-    let mut inner = sandbox.lock();
-    if inner
-        .world
+    if sandbox
         .set_permission(&channel_id, request.granted)
         .is_err()
     {
         return no_channel(&channel_id);
     }
-    channel_response(&inner, &channel_id)
+    sandbox.flush().await;
+    channel_response(&sandbox.lock(), &channel_id)
 }
 
 #[derive(Deserialize)]
@@ -157,6 +157,7 @@ pub(crate) async fn set_templates(
         Err(message) => return bad_request(message),
     };
     let result = sandbox.lock().world.set_templates(&waba_id, request.count);
+    sandbox.flush().await;
     match result {
         Ok(eligible) => Json(json!({
             "waba_id": waba_id,
@@ -175,9 +176,47 @@ pub(crate) async fn add_number(State(sandbox): State<Sandbox>, body: Bytes) -> R
         Err(message) => return bad_request(message),
     };
     match sandbox.add_number(&seed) {
-        Ok(listed) => (StatusCode::CREATED, Json(listed)).into_response(),
+        Ok(listed) => {
+            sandbox.flush().await;
+            (StatusCode::CREATED, Json(listed)).into_response()
+        }
         Err(message) => bad_request(message),
     }
+}
+
+/// `POST /_sandbox/numbers/{e164}/resolve` (with `+`, `%2B` or digits only): the number's
+/// scenario is resolved, see [`Sandbox::resolve`].
+pub(crate) async fn resolve_number(
+    State(sandbox): State<Sandbox>,
+    Path(phone): Path<String>,
+) -> Response {
+    match sandbox.resolve(&phone) {
+        Ok(body) => {
+            sandbox.flush().await;
+            Json(body).into_response()
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `GET /_sandbox`: what the control API offers, for people exploring it with curl.
+pub(crate) async fn index() -> Json<Value> {
+    Json(json!({
+        "sandbox": "waba-migrator upstream simulator (Meta Graph API, 360dialog Partner and Messaging APIs)",
+        "control": {
+            "GET /_sandbox/scenarios": "the failure-scenario numbers (last four digits 00xx) and the error code each leads to",
+            "POST /_sandbox/numbers/{e164}/resolve": "a scenario number behaves as a happy-path number from now on (two-step verification turned off, display name approved, permission granted, ...): retry its migration",
+            "POST /_sandbox/channels/{channel_id}/permission": "{\"granted\": true} lets the partner generate the channel's API key (scenario 0020)",
+            "GET /_sandbox/channels/{channel_id}": "a 360dialog channel: status, permission, keys issued",
+            "POST /_sandbox/numbers": "{\"phone_number\", \"source_waba_id\", \"destination_waba_id\"?, \"business_id\"?} registers a number on a source WABA (the service does this itself)",
+            "POST /_sandbox/wabas/{waba_id}/templates": "{\"count\": 1200} gives a WABA many generated templates",
+            "GET /_sandbox/counters": "calls per number per endpoint (received, applied)",
+            "GET /_sandbox/counters/{e164}": "calls of one number",
+            "GET|POST|DELETE /_sandbox/faults": "fault injection rules (server_error, rate_limited, timeout, connection_reset, lost_response)",
+            "POST /_sandbox/reset": "forget every WABA, number, channel and counter",
+        },
+        "otp_code": super::SANDBOX_OTP_CODE,
+    }))
 }
 
 /// `GET /_sandbox/scenarios`: the scenario table.

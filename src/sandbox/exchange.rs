@@ -144,11 +144,16 @@ impl Sandbox {
         let result = match target.refusal {
             Some(refusal) => Err(refusal),
             None => {
-                let mut inner = self.lock();
-                let result = op(&mut inner.world, self.config());
-                if result.is_ok() {
-                    inner.counters.applied(&target.numbers, endpoint);
-                }
+                let result = {
+                    let mut inner = self.lock();
+                    let result = op(&mut inner.world, self.config());
+                    if result.is_ok() {
+                        inner.counters.applied(&target.numbers, endpoint);
+                    }
+                    result
+                };
+                // Durable before the answer (or the lost answer) leaves, like a real upstream.
+                self.flush().await;
                 result
             }
         };

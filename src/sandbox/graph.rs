@@ -282,27 +282,20 @@ fn classify(world: &World, id: &str) -> Node {
     }
 }
 
-fn is_denied(numbers: &[String], waba_id: Option<&str>) -> bool {
-    numbers
-        .iter()
-        .map(String::as_str)
-        .chain(waba_id)
-        .any(|s| Scenario::of(s) == Some(Scenario::UpstreamAuth))
-}
-
 fn phone_target(world: &World, id: &str, refusal: Option<Reply>) -> Target {
     let numbers: Vec<String> = world
         .phones
         .get(id)
         .map(|p| vec![p.e164.clone()])
         .unwrap_or_default();
-    let refusal = refusal.or_else(|| is_denied(&numbers, None).then(expired_token));
+    let denied = numbers.iter().any(|n| world.denies_number(n));
+    let refusal = refusal.or_else(|| denied.then(expired_token));
     Target { numbers, refusal }
 }
 
 fn waba_target(world: &World, id: &str, refusal: Option<Reply>) -> Target {
     let numbers = world.waba_numbers(id);
-    let refusal = refusal.or_else(|| is_denied(&numbers, Some(id)).then(expired_token));
+    let refusal = refusal.or_else(|| world.denies_waba(id).then(expired_token));
     Target { numbers, refusal }
 }
 
@@ -477,10 +470,11 @@ pub(crate) async fn post_edge(
                     Api::Graph,
                     endpoint,
                     conn,
-                    |_| {
+                    |w| {
                         let numbers: Vec<String> = number.into_iter().collect();
-                        let refusal =
-                            refusal.or_else(|| is_denied(&numbers, Some(&id)).then(expired_token));
+                        let denied =
+                            numbers.iter().any(|n| w.denies_number(n)) || w.denies_waba(&id);
+                        let refusal = refusal.or_else(|| denied.then(expired_token));
                         Target { numbers, refusal }
                     },
                     |w, config| to_reply(w.start_migration(&id, &params, config)),
@@ -499,8 +493,7 @@ pub(crate) async fn post_edge(
                             .get(&id)
                             .map(|waba| waba.dest_numbers.iter().cloned().collect())
                             .unwrap_or_default();
-                        let refusal =
-                            refusal.or_else(|| is_denied(&numbers, Some(&id)).then(expired_token));
+                        let refusal = refusal.or_else(|| w.denies_waba(&id).then(expired_token));
                         Target { numbers, refusal }
                     },
                     |w, _| to_reply(w.migrate_templates(&id, &params)),
@@ -659,10 +652,10 @@ impl World {
                 "The sandbox simulates migrations only: migrate_phone_number must be true",
             ));
         }
-        let scenario = Scenario::of(&e164);
-        self.ensure_waba(dest, None)
-            .dest_numbers
-            .insert(e164.clone());
+        let scenario = self.scenario_of(&e164);
+        let dest_waba = self.ensure_waba(dest, None);
+        dest_waba.dest_numbers.insert(e164.clone());
+        dest_waba.current_dest = Some(e164.clone());
 
         if self.phone_in_waba(dest, &e164).is_some()
             || scenario == Some(Scenario::AlreadyInDestination)
@@ -859,7 +852,10 @@ impl World {
             );
         }
         if let Some(phone) = self.phones.get_mut(id) {
-            phone.status = "CONNECTED";
+            phone.status = "CONNECTED".to_owned();
+        }
+        if let Some(waba) = self.wabas.get_mut(&waba_id) {
+            waba.current_dest = Some(e164.clone());
         }
         self.mark_source_copies_migrated(&e164, id);
         self.ensure_channel(&e164, id, Some(&waba_id), None, config);
@@ -953,7 +949,7 @@ impl World {
                     if !eligible(t) {
                         continue;
                     }
-                    match t.refusal {
+                    match &t.refusal {
                         Some(reason) => {
                             failed.insert(t.id.clone(), reason.to_owned());
                         }

@@ -1,7 +1,9 @@
 //! 360dialog endpoints: Partner API (channels, shared client numbers, API-key generation) and
 //! Messaging API (`GET /health_status`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::Utc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -356,7 +358,7 @@ impl World {
         }
         let window = config.api_key_rate_window;
         if let Some(last) = channel.last_key_at {
-            let elapsed = last.elapsed();
+            let elapsed = (Utc::now() - last).to_std().unwrap_or_default();
             if elapsed < window {
                 let wait = (window - elapsed).as_secs_f64().ceil().max(1.0);
                 let mut reply = meta_error(
@@ -380,7 +382,7 @@ impl World {
         let api_key = key.api_key.clone();
         channel.current_key = Some(key);
         channel.keys_issued += 1;
-        channel.last_key_at = Some(Instant::now());
+        channel.last_key_at = Some(Utc::now());
         self.key_owner.insert(api_key, channel_id.to_owned());
         Ok(Reply::with_status(StatusCode::CREATED, body))
     }

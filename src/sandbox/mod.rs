@@ -29,8 +29,9 @@
 //! * **Control** under `/_sandbox` (no auth, never faulted, no latency, not counted):
 //!   `GET /counters`, `GET /counters/{e164}`, `POST /reset`, `GET|POST|DELETE /faults`,
 //!   `GET /channels/{id}`, `POST /channels/{id}/permission` (API-key permission, below),
-//!   `POST /numbers` (seeding, below), `POST /wabas/{id}/templates` (many templates, below) and
-//!   `GET /scenarios`.
+//!   `POST /numbers` (seeding, below), `POST /numbers/{e164}/resolve` (scenarios, below),
+//!   `POST /wabas/{id}/templates` (many templates, below), `GET /scenarios` and `GET /_sandbox`
+//!   (this list, as JSON).
 //!
 //! Simplifications: Graph `fields` is ignored (full objects are returned); every 360dialog
 //! partner id sees every channel; each destination WABA gets one 360dialog client.
@@ -38,7 +39,8 @@
 //! ## Lenient world
 //!
 //! Any business, WABA and partner id is accepted and created on first use: WABAs are approved,
-//! owned by [`SANDBOX_BUSINESS_ID`], verified, have a payment method and one subscribed app.
+//! owned by [`SANDBOX_BUSINESS_ID`] (or the `business_id` of the latest seeding that named them:
+//! ids can be reused with any business), verified, have a payment method and one subscribed app.
 //! Any E.164 number whose country code is known is a happy-path number (the national part is not
 //! checked against numbering plans, so `+1 555…` numbers work): display name approved, OTP
 //! [`SANDBOX_OTP_CODE`], a 6-digit PIN accepted at registration.
@@ -98,8 +100,22 @@
 //! ## Scenario numbers
 //!
 //! Numbers whose last four digits are `00xx` trigger failures, see [`SCENARIOS`]. WABA-level
-//! scenarios (0005–0010, 0018, 0021) also apply to a WABA whose id ends in the same four digits,
-//! which is the way to trigger them in prechecks, before the sandbox has seen the number.
+//! scenarios (0005–0010, 0018, 0021) carried by a number show on the WABAs it was seeded with or
+//! migrates into only while it is the *current* number there (the latest seeded, migrated or
+//! registered): a scenario number never breaks shared WABA ids for the numbers after it. They
+//! also apply, always, to a WABA whose id ends in the same four digits.
+//!
+//! `POST /_sandbox/numbers/{e164}/resolve` or [`Sandbox::resolve`] stands for the fix (two-step
+//! verification off, name approved, permission granted, …): the number behaves as a happy-path
+//! number from then on, its channel gets API-key permission, a registered number whose channel
+//! never appeared (0019) gets one, and its register count is cleared.
+//!
+//! ## Persistence
+//!
+//! [`Sandbox::snapshot`] / [`Sandbox::restore`] move the world (not counters or faults) as JSON.
+//! With [`Sandbox::persist_to`], every request that changed the world hands the new snapshot to
+//! the store before its response (or its lost response) leaves; `serve`'s in-process sandbox
+//! stores it in the service's database (`crate::db::sandbox`), so a restart is invisible.
 //!
 //! ## Counters
 //!
@@ -131,7 +147,8 @@ mod state;
 mod tests;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -203,6 +220,26 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Where a persistent sandbox writes its world: called with the snapshot's JSON after every
+/// request that changed it, before the response leaves (see [`Sandbox::persist_to`]).
+pub type SnapshotStore =
+    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Version of the snapshot format [`Sandbox::snapshot`] writes and [`Sandbox::restore`] reads.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    world: &'a World,
+}
+
+#[derive(serde::Deserialize)]
+struct Snapshot {
+    format: u32,
+    world: World,
+}
+
 /// The simulator. Cheap to clone: clones share one state.
 #[derive(Clone)]
 pub struct Sandbox {
@@ -214,6 +251,10 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Bumped when a server started by [`serve`] shuts down, so hanging `timeout` faults end.
     hang_cut: tokio::sync::watch::Sender<u64>,
+    /// Set by [`Sandbox::persist_to`].
+    store: OnceLock<SnapshotStore>,
+    /// The last snapshot written; the lock also keeps writes in order.
+    persisted: tokio::sync::Mutex<Vec<u8>>,
 }
 
 struct Inner {
@@ -236,6 +277,8 @@ impl Sandbox {
                 }),
                 config,
                 hang_cut,
+                store: OnceLock::new(),
+                persisted: tokio::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -275,7 +318,12 @@ impl Sandbox {
                 "/_sandbox/channels/{channel_id}/permission",
                 post(control::set_permission),
             )
+            .route("/_sandbox", get(control::index))
             .route("/_sandbox/numbers", post(control::add_number))
+            .route(
+                "/_sandbox/numbers/{phone}/resolve",
+                post(control::resolve_number),
+            )
             .route(
                 "/_sandbox/wabas/{waba_id}/templates",
                 post(control::set_templates),
@@ -339,6 +387,69 @@ impl Sandbox {
         }
         self.lock().world.otp_codes.insert(number, code.to_owned());
         Ok(())
+    }
+
+    /// Makes a scenario number behave as a happy-path number from now on, exactly like
+    /// `POST /_sandbox/numbers/{e164}/resolve` (whoever had to act did it: two-step verification
+    /// off, display name approved, API-key permission granted, …), so retrying its migration
+    /// can succeed. Answers `{"phone_number", "resolved": true, "scenario": <code or null>}`.
+    pub fn resolve(&self, phone_e164: &str) -> Result<serde_json::Value, String> {
+        let number = scenarios::normalize_e164(phone_e164)
+            .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
+        Ok(self.lock().world.resolve(&number, &self.shared.config))
+    }
+
+    /// The world (WABAs, numbers, templates, channels, keys) as JSON bytes; counters and fault
+    /// settings are not part of it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let inner = self.lock();
+        serde_json::to_vec(&SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            world: &inner.world,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Replaces the world with one [`snapshot`](Self::snapshot) wrote (counters and faults are
+    /// kept). `Err` (and nothing changed) for bytes that are not such a snapshot.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        let parsed: Snapshot =
+            serde_json::from_slice(snapshot).map_err(|e| format!("not a sandbox snapshot: {e}"))?;
+        if parsed.format != SNAPSHOT_FORMAT {
+            return Err(format!(
+                "sandbox snapshot format {} is not {SNAPSHOT_FORMAT}",
+                parsed.format
+            ));
+        }
+        self.lock().world = parsed.world;
+        Ok(())
+    }
+
+    /// Makes the world durable: from now on every request that changes it hands the new
+    /// [`snapshot`](Self::snapshot) to `store` before its response is sent, as a real upstream
+    /// commits before it answers. `serve`'s in-process sandbox stores it in the service's
+    /// database, so a restart of the service is invisible to migrations in flight. Only the
+    /// first call has an effect.
+    pub fn persist_to(&self, store: SnapshotStore) {
+        let _ = self.shared.store.set(store);
+    }
+
+    /// Writes the world through the [`persist_to`](Self::persist_to) store if it changed since
+    /// the last write (a no-op without a store). A failed write is logged and tried again with
+    /// the next change.
+    pub async fn flush(&self) {
+        let Some(store) = self.shared.store.get() else {
+            return;
+        };
+        let mut last = self.shared.persisted.lock().await;
+        let snapshot = self.snapshot();
+        if *last == snapshot {
+            return;
+        }
+        match store(snapshot.clone()).await {
+            Ok(()) => *last = snapshot,
+            Err(e) => tracing::warn!(error = %e, "could not store the sandbox's world"),
+        }
     }
 
     /// Clears all state and counters and restores the configured fault settings.

@@ -130,7 +130,9 @@ pub const SCENARIOS: &[(&str, &str, &str)] = &[
 ];
 
 /// The failure a number (or WABA id) triggers; the discriminant is its last four digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub(crate) enum Scenario {
     TwoFactorEnabled = 1,
     AddDirectly = 2,
@@ -195,6 +197,11 @@ impl Scenario {
         }
         let n = usize::from(tail[2] - b'0') * 10 + usize::from(tail[3] - b'0');
         ALL.get(n.checked_sub(1)?).copied()
+    }
+
+    /// Our error code this scenario leads to (see [`SCENARIOS`]).
+    pub(crate) fn code(self) -> &'static str {
+        SCENARIOS[self as usize - 1].1
     }
 
     /// Whether this scenario, carried by a number, marks the number's *source* WABA.

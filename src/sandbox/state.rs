@@ -2,12 +2,12 @@
 //! per-number call counters. Everything here is synchronous and runs under the sandbox lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::scenarios::{self, Scenario};
@@ -56,12 +56,13 @@ fn generated_status(index: usize) -> (&'static str, &'static str) {
 }
 
 /// Whether a phone record is the number's original registration or a migration target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Role {
     Source,
     Destination,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct WabaRec {
     pub id: String,
     pub owner_business_id: String,
@@ -75,8 +76,18 @@ pub(crate) struct WabaRec {
     pub source_numbers: BTreeSet<String>,
     /// Numbers migrating into this WABA.
     pub dest_numbers: BTreeSet<String>,
+    /// The number most recently added to this WABA as a source: a WABA-level failure carried
+    /// by a scenario number (0005–0007, 0021) shows on the WABA only while that number is the
+    /// current one, so one scenario number never breaks the WABA for the numbers after it.
+    #[serde(default)]
+    pub current_source: Option<String>,
+    /// The number most recently added, migrated or registered into this WABA as a destination
+    /// (destination-level scenarios 0008–0010, 0018, 0021; same rule as `current_source`).
+    #[serde(default)]
+    pub current_dest: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct PhoneRec {
     pub id: String,
     pub e164: String,
@@ -86,10 +97,11 @@ pub(crate) struct PhoneRec {
     pub scenario: Option<Scenario>,
     pub verified_name: String,
     pub verified: bool,
-    pub status: &'static str,
+    pub status: String,
     pub code_requested: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct TemplateRec {
     pub id: String,
     pub name: String,
@@ -100,9 +112,10 @@ pub(crate) struct TemplateRec {
     pub quality_date: i64,
     /// Reason `migrate_message_templates` refuses this template on every attempt (set on some
     /// generated templates, see [`World::set_templates`]).
-    pub refusal: Option<&'static str>,
+    pub refusal: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct ChannelRec {
     pub id: String,
     pub client_id: String,
@@ -113,22 +126,25 @@ pub(crate) struct ChannelRec {
     pub waba_external_id: Option<String>,
     pub waba_account_id: String,
     pub created_at: DateTime<Utc>,
-    pub running_at: Instant,
-    pub running_at_utc: DateTime<Utc>,
+    /// `ready` until then, `running` from then on.
+    pub running_at: DateTime<Utc>,
     /// False in scenario 0020: the partner may not generate keys.
     pub permission: bool,
     pub keys_issued: u64,
     pub current_key: Option<KeyRec>,
-    pub last_key_at: Option<Instant>,
+    pub last_key_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct KeyRec {
     pub id: String,
     pub api_key: String,
 }
 
-/// All simulated upstream state.
-#[derive(Default)]
+/// All simulated upstream state. Serialisable: `serve`'s in-process sandbox keeps it in the
+/// service's database (see [`super::Sandbox::persist_to`]), so a restart is invisible.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct World {
     pub wabas: HashMap<String, WabaRec>,
     pub phones: HashMap<String, PhoneRec>,
@@ -143,6 +159,9 @@ pub(crate) struct World {
     pub register_calls: HashMap<String, u32>,
     /// Verification code per number (E.164) set by [`super::Sandbox::set_otp_code`].
     pub otp_codes: HashMap<String, String>,
+    /// Numbers whose scenario was resolved with `POST /_sandbox/numbers/{e164}/resolve`: they
+    /// behave as happy-path numbers from then on.
+    pub resolved: BTreeSet<String>,
     /// Monotonic, survives [`World::reset`] so ids never repeat within a process.
     pub seq: u64,
 }
@@ -184,6 +203,8 @@ impl World {
             templates_seeded: false,
             source_numbers: BTreeSet::new(),
             dest_numbers: BTreeSet::new(),
+            current_source: None,
+            current_dest: None,
         })
     }
 
@@ -256,7 +277,7 @@ impl World {
                 quality: quality.to_owned(),
                 quality_date: 1_700_000_000,
                 refusal: (is_eligible && index % GENERATED_REFUSAL_EVERY == 0)
-                    .then_some(GENERATED_REFUSAL_REASON),
+                    .then(|| GENERATED_REFUSAL_REASON.to_owned()),
             });
         }
         if let Some(waba) = self.wabas.get_mut(waba_id) {
@@ -277,23 +298,80 @@ impl World {
         Ok(())
     }
 
-    /// Whether the WABA shows `scenario`: by its id suffix, or through a number registered on it
-    /// (source-level scenarios) or migrating into it (destination-level scenarios).
+    /// The scenario a number triggers: by its last four digits, unless it was resolved.
+    pub(crate) fn scenario_of(&self, e164: &str) -> Option<Scenario> {
+        if self.resolved.contains(e164) {
+            return None;
+        }
+        Scenario::of(e164)
+    }
+
+    /// Whether the WABA shows `scenario`: by its id suffix, or through the number currently
+    /// added to it as a source (source-level scenarios) or migrating into it
+    /// (destination-level scenarios). Only the current number counts, so a scenario number
+    /// marks a WABA until another number is added there, never for good.
     pub(crate) fn waba_has(&self, waba: &WabaRec, scenario: Scenario) -> bool {
         if Scenario::of(&waba.id) == Some(scenario) {
             return true;
         }
-        let by_source = scenario.marks_source_waba()
-            && waba
-                .source_numbers
-                .iter()
-                .any(|n| Scenario::of(n) == Some(scenario));
-        let by_dest = scenario.marks_destination_waba()
-            && waba
-                .dest_numbers
-                .iter()
-                .any(|n| Scenario::of(n) == Some(scenario));
-        by_source || by_dest
+        let carries = |number: &Option<String>| {
+            number
+                .as_deref()
+                .is_some_and(|n| self.scenario_of(n) == Some(scenario))
+        };
+        (scenario.marks_source_waba() && carries(&waba.current_source))
+            || (scenario.marks_destination_waba() && carries(&waba.current_dest))
+    }
+
+    /// Whether Graph calls about the WABA are refused with an expired token (scenario 0021).
+    pub(crate) fn denies_waba(&self, waba_id: &str) -> bool {
+        if Scenario::of(waba_id) == Some(Scenario::UpstreamAuth) {
+            return true;
+        }
+        self.wabas
+            .get(waba_id)
+            .is_some_and(|w| self.waba_has(w, Scenario::UpstreamAuth))
+    }
+
+    /// Whether Graph calls about the number are refused with an expired token (scenario 0021).
+    pub(crate) fn denies_number(&self, e164: &str) -> bool {
+        self.scenario_of(e164) == Some(Scenario::UpstreamAuth)
+    }
+
+    /// `POST /_sandbox/numbers/{e164}/resolve`: whoever had to act did it (two-step verification
+    /// turned off, display name approved, permission granted, …): the number behaves as a
+    /// happy-path number from now on, so `retry` of its migration can succeed. Its channel gets
+    /// API-key permission, and a registered number whose channel never appeared (0019) gets one.
+    pub(crate) fn resolve(&mut self, e164: &str, config: &SandboxConfig) -> Value {
+        let scenario = Scenario::of(e164);
+        self.resolved.insert(e164.to_owned());
+        let other = scenarios::brazil_other_form(e164);
+        let same = |n: &str| n == e164 || other.as_deref() == Some(n);
+        let mut registered = None;
+        for phone in self.phones.values_mut() {
+            if same(&phone.e164) {
+                phone.scenario = None;
+                if phone.role == Role::Destination && phone.status == "CONNECTED" {
+                    registered = Some((phone.id.clone(), phone.waba_id.clone()));
+                }
+            }
+        }
+        if let Some((phone_id, waba_id)) = registered {
+            self.ensure_channel(e164, &phone_id, Some(&waba_id), None, config);
+        }
+        if let Some(channel) = self
+            .channel_of_number
+            .get(e164)
+            .and_then(|id| self.channels.get_mut(id))
+        {
+            channel.permission = true;
+        }
+        self.register_calls.remove(e164);
+        json!({
+            "phone_number": e164,
+            "resolved": true,
+            "scenario": scenario.map(|s| s.code()),
+        })
     }
 
     /// Every number associated with the WABA (counters of WABA-level calls).
@@ -389,6 +467,7 @@ impl World {
             .find(|p| p.e164 == e164)
             .map(|p| p.verified_name.clone())
             .unwrap_or_else(|| default_display_name(e164));
+        let scenario = scenario.filter(|_| !self.resolved.contains(e164));
         self.phones.insert(
             id.clone(),
             PhoneRec {
@@ -399,7 +478,7 @@ impl World {
                 scenario,
                 verified_name,
                 verified,
-                status,
+                status: status.to_owned(),
                 code_requested: false,
             },
         );
@@ -428,11 +507,16 @@ impl World {
         if let Some(dest) = &seed.destination_waba_id {
             check_id("destination_waba_id", dest)?;
         }
-        let scenario = Scenario::of(&e164);
+        let scenario = self.scenario_of(&e164);
         let owner = seed.business_id.as_deref();
-        self.ensure_waba(&seed.source_waba_id, owner)
-            .source_numbers
-            .insert(e164.clone());
+        let source = self.ensure_waba(&seed.source_waba_id, owner);
+        source.source_numbers.insert(e164.clone());
+        source.current_source = Some(e164.clone());
+        // Lenient: a WABA belongs to whichever business the latest number added there names,
+        // so reusing WABA ids with another business id never breaks them.
+        if let Some(owner) = owner {
+            source.owner_business_id = owner.to_owned();
+        }
         self.seed_templates(&seed.source_waba_id);
 
         let listed_as = match scenario {
@@ -461,9 +545,12 @@ impl World {
         }
 
         if let Some(dest) = &seed.destination_waba_id {
-            self.ensure_waba(dest, owner)
-                .dest_numbers
-                .insert(e164.clone());
+            let dest_waba = self.ensure_waba(dest, owner);
+            dest_waba.dest_numbers.insert(e164.clone());
+            dest_waba.current_dest = Some(e164.clone());
+            if let Some(owner) = owner {
+                dest_waba.owner_business_id = owner.to_owned();
+            }
             if scenario == Some(Scenario::AlreadyInDestination) {
                 self.place_already_migrated(dest, &e164, config);
             }
@@ -489,7 +576,7 @@ impl World {
             dest,
             e164,
             Role::Destination,
-            Scenario::of(e164),
+            self.scenario_of(e164),
             true,
             "CONNECTED",
         );
@@ -509,7 +596,7 @@ impl World {
         for phone in self.phones.values_mut() {
             let same = phone.e164 == e164 || other.as_deref() == Some(phone.e164.as_str());
             if same && phone.id != except_id && phone.role == Role::Source {
-                phone.status = "MIGRATED";
+                phone.status = "MIGRATED".to_owned();
             }
         }
     }
@@ -524,7 +611,7 @@ impl World {
         channel_id: Option<&str>,
         config: &SandboxConfig,
     ) -> Option<String> {
-        let scenario = Scenario::of(e164);
+        let scenario = self.scenario_of(e164);
         if scenario == Some(Scenario::ChannelTimeout) {
             return None;
         }
@@ -556,8 +643,7 @@ impl World {
             waba_external_id: dest_waba.map(str::to_owned),
             waba_account_id: format!("{}WA", random_token(10)),
             created_at: now,
-            running_at: Instant::now() + delay,
-            running_at_utc: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+            running_at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
             permission: scenario != Some(Scenario::ApiKeyPermissionMissing),
             keys_issued: 0,
             current_key: None,
@@ -572,7 +658,7 @@ impl World {
 impl ChannelRec {
     /// `ready` until `running_at`, then `running` (computed lazily).
     pub(crate) fn status(&self) -> &'static str {
-        if Instant::now() >= self.running_at {
+        if Utc::now() >= self.running_at {
             "running"
         } else {
             "ready"
@@ -582,7 +668,7 @@ impl ChannelRec {
     /// 360dialog Partner API JSON of the channel.
     pub(crate) fn json(&self) -> Value {
         let modified = if self.status() == "running" {
-            self.running_at_utc.max(self.created_at)
+            self.running_at.max(self.created_at)
         } else {
             self.created_at
         };

@@ -906,14 +906,14 @@ async fn migration_scenarios() {
         s.seed(number, SOURCE, None).await;
         expect_2388103(&s.start_migration(DEST, number).await, text);
     }
-    let unavailable = s.start_migration(DEST, "+15550000022").await;
-    expect_2388103(&unavailable, "error migrating");
-    assert!(unavailable.body["error"].get("is_transient").is_none());
-    // Number 0010 marked DEST as lacking a subscribed app.
+    // Number 0010, the latest to migrate into DEST, marks it as lacking a subscribed app.
     let apps = s
         .send(s.graph_get(&format!("{DEST}/subscribed_apps")))
         .await;
     assert_eq!(apps.body["data"], json!([]));
+    let unavailable = s.start_migration(DEST, "+15550000022").await;
+    expect_2388103(&unavailable, "error migrating");
+    assert!(unavailable.body["error"].get("is_transient").is_none());
 
     // 0004: already in the destination, with a running channel.
     let dest4 = "222000000000044";
@@ -974,12 +974,190 @@ async fn waba_scenarios_by_id_suffix() {
         .await;
     assert_eq!(graph_code(&limited.body), (100, Some(2388019)));
 
-    // A number's source-level scenario marks the WABA it was added to.
+    // A number's source-level scenario marks the WABA it was added to...
     s.seed("+15550000006", "400000000000001", None).await;
     assert_eq!(
         get("400000000000001").await["business_verification_status"],
         "not_verified"
     );
+    // ...only until another number is added there: it never breaks the WABA for good.
+    s.seed("+15551230000", "400000000000001", None).await;
+    assert_eq!(
+        get("400000000000001").await["business_verification_status"],
+        "verified"
+    );
+}
+
+/// A scenario number changes only what belongs to it: the WABA ids it was used with keep
+/// working for the next number, and a WABA follows the business of the latest number added.
+#[tokio::test]
+async fn scenario_numbers_do_not_break_shared_ids() {
+    let s = start(test_config()).await;
+    let seed = |number: &'static str, business: &'static str| {
+        let s = &s;
+        async move {
+            let answer = s
+                .send(
+                    s.http
+                        .post(format!("{}/_sandbox/numbers", s.base))
+                        .json(&json!({
+                            "phone_number": number, "source_waba_id": SOURCE,
+                            "destination_waba_id": DEST, "business_id": business,
+                        })),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        }
+    };
+    for (number, field, bad) in [
+        (
+            "+15550000006",
+            "business_verification_status",
+            "not_verified",
+        ),
+        ("+15550000007", "account_review_status", "PENDING"),
+        ("+15550000021", "account_review_status", ""),
+    ] {
+        seed(number, "180505742745347").await;
+        let tainted = s.send(s.graph_get(SOURCE)).await;
+        if number.ends_with("0021") {
+            assert_eq!(tainted.status, StatusCode::UNAUTHORIZED, "{number}");
+        } else {
+            assert_eq!(tainted.body[field], bad, "{number}: {}", tainted.body);
+        }
+        seed("+5511987654321", "180505742745347").await;
+        let clean = s.send(s.graph_get(SOURCE)).await;
+        assert_eq!(
+            clean.status,
+            StatusCode::OK,
+            "after {number}: {}",
+            clean.body
+        );
+        assert_eq!(clean.body["business_verification_status"], "verified");
+        assert_eq!(clean.body["account_review_status"], "APPROVED");
+    }
+    // The destination side: 0008 marks the destination only while it is the current number.
+    seed("+15550000008", "180505742745347").await;
+    assert_eq!(
+        s.send(s.graph_get(DEST)).await.body["account_review_status"],
+        "REJECTED"
+    );
+    seed("+5511987654321", "180505742745347").await;
+    assert_eq!(
+        s.send(s.graph_get(DEST)).await.body["account_review_status"],
+        "APPROVED"
+    );
+
+    // The same WABA ids with another business: both WABAs now belong to it (no mismatch).
+    seed("+5511987654321", "777000000000001").await;
+    for waba in [SOURCE, DEST] {
+        let body = s.send(s.graph_get(waba)).await.body;
+        assert_eq!(
+            body["owner_business_info"]["id"], "777000000000001",
+            "{waba}"
+        );
+    }
+    let started = s.start_migration(DEST, "+5511987654321").await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+}
+
+/// `POST /_sandbox/numbers/{e164}/resolve` turns a scenario number into a happy-path one.
+#[tokio::test]
+async fn resolving_a_scenario_number_lets_it_succeed() {
+    let s = start(test_config()).await;
+    let resolve = |number: &'static str| {
+        let s = &s;
+        async move {
+            let digits = number.trim_start_matches('+');
+            s.send(
+                s.http
+                    .post(format!("{}/_sandbox/numbers/%2B{digits}/resolve", s.base)),
+            )
+            .await
+        }
+    };
+    // 0001: two-step verification on → turned off.
+    s.seed("+15550000001", SOURCE, Some(DEST)).await;
+    let refused = s.start_migration(DEST, "+15550000001").await;
+    assert_eq!(graph_code(&refused.body), (100, Some(2388103)));
+    let resolved = resolve("+15550000001").await;
+    assert_eq!(resolved.status, StatusCode::OK, "{}", resolved.body);
+    assert_eq!(resolved.body["scenario"], "two_factor_enabled");
+    let started = s.start_migration(DEST, "+15550000001").await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+
+    // 0023: PIN mismatch at register → the PIN is accepted after resolving.
+    let id = s.verified("+15550000023").await;
+    assert_eq!(graph_code(&s.register(&id).await.body).0, 133005);
+    resolve("+15550000023").await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+
+    // 0019: the channel never appears → it appears once resolved (the number is registered).
+    let id = s.verified("+15550000019").await;
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+    assert!(s.channel_of("+15550000019").await.is_none());
+    resolve("+15550000019").await;
+    assert!(s.channel_of("+15550000019").await.is_some());
+
+    // Not a number: 400.
+    let bad = s
+        .send(
+            s.http
+                .post(format!("{}/_sandbox/numbers/nope/resolve", s.base)),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+/// The world survives a snapshot and restore into a new sandbox, ids and all: a number in the
+/// middle of its migration carries on.
+#[tokio::test]
+async fn snapshot_restores_the_world() {
+    let s = start(test_config()).await;
+    let id = s.verified(NUMBER).await;
+    let snapshot = s.sandbox.snapshot();
+
+    let t = start(test_config()).await;
+    t.sandbox.restore(&snapshot).expect("restore");
+    let phone = t.send(t.graph_get(&id)).await;
+    assert_eq!(phone.status, StatusCode::OK, "{}", phone.body);
+    assert_eq!(phone.body["code_verification_status"], "VERIFIED");
+    assert_eq!(t.register(&id).await.status, StatusCode::OK);
+    assert!(t.channel_of(NUMBER).await.is_some());
+    assert!(
+        t.sandbox
+            .restore(b"{\"format\": 99, \"world\": {}}")
+            .is_err()
+    );
+    assert!(t.sandbox.restore(b"not json").is_err());
+
+    // With a store, every change is written before the answer leaves.
+    let stored: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    let sink = stored.clone();
+    t.sandbox
+        .persist_to(std::sync::Arc::new(move |bytes: Vec<u8>| {
+            sink.lock().expect("lock").push(bytes);
+            Box::pin(async { Ok(()) })
+        }));
+    let other = t.verified("+15551234599").await;
+    let last = stored
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a write");
+    let u = start(test_config()).await;
+    u.sandbox.restore(&last).expect("restore");
+    let phone = u.send(u.graph_get(&other)).await;
+    assert_eq!(
+        phone.body["code_verification_status"], "VERIFIED",
+        "{}",
+        phone.body
+    );
+    // A read changes nothing and writes nothing.
+    let writes = stored.lock().expect("lock").len();
+    t.send(t.graph_get(&other)).await;
+    assert_eq!(stored.lock().expect("lock").len(), writes);
 }
 
 #[tokio::test]
