@@ -634,3 +634,70 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     serve.stop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// `./scripts/test.sh` as a user who can neither install packages nor become root stops at
+/// once, before compiling anything, with one line per missing package and its install command.
+/// (As root it installs them; `.ci/run` exercises that path on every fresh CI machine.)
+#[test]
+fn test_script_names_missing_packages_when_it_cannot_install() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/requirements.sh");
+    // A copy every user can read (the checkout may live under a private home directory).
+    let copy = std::env::temp_dir().join(format!("requirements-{}.sh", uuid::Uuid::new_v4()));
+    std::fs::copy(&script, &copy).unwrap();
+    let check = format!(
+        "say() {{ :; }}; . {}; ensure_test_requirements",
+        copy.display()
+    );
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut cmd = if is_root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "nobody", "--", "bash", "-c", &check]);
+        c
+    } else {
+        let sudo = std::process::Command::new("sudo")
+            .args(["-n", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if sudo {
+            eprintln!("this user has passwordless sudo: test.sh would install, nothing to check");
+            let _ = std::fs::remove_file(&copy);
+            return;
+        }
+        let mut c = std::process::Command::new("bash");
+        c.args(["-c", &check]);
+        c
+    };
+    let started = Instant::now();
+    let out = cmd
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DATABASE_URL", "postgres://unused")
+        .env("CHROMIUM", "/nonexistent/chromium")
+        .env("CHROMEDRIVER", "/nonexistent/chromedriver")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    let missing: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("missing "))
+        .collect();
+    assert_eq!(missing.len(), 2, "{stderr}");
+    assert!(
+        missing[0].contains("sudo apt-get install -y chromium "),
+        "{stderr}"
+    );
+    assert!(
+        missing[1].contains("sudo apt-get install -y chromium-driver"),
+        "{stderr}"
+    );
+}
