@@ -495,10 +495,15 @@ impl EmbeddedServe {
     }
 }
 
-/// The README's ids, as its walkthrough uses them.
-const README_SOURCE_WABA: &str = "102290129340398";
-const README_DEST_WABA: &str = "104996122399160";
-const README_BUSINESS: &str = "180505742745347";
+/// A create (or precheck) body with the README walkthrough's ids.
+fn readme_body(phone_number: &str) -> Value {
+    json!({
+        "phone_number": phone_number,
+        "source_waba_id": "102290129340398",
+        "destination_waba_id": "104996122399160",
+        "meta_business_id": "180505742745347",
+    })
+}
 
 /// The first hour of a new user, black-box: `migrate` works without `DATABASE_URL`; a dry-run
 /// precheck of a failure-scenario number with the README's ids does not break them for the
@@ -547,12 +552,7 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     let precheck = http
         .post(format!("{}/v1/prechecks", serve.base))
         .bearer_auth(&serve.key)
-        .json(&json!({
-            "phone_number": "+5511987650006",
-            "source_waba_id": README_SOURCE_WABA,
-            "destination_waba_id": README_DEST_WABA,
-            "meta_business_id": README_BUSINESS,
-        }))
+        .json(&readme_body("+5511987650006"))
         .send()
         .await
         .unwrap();
@@ -572,12 +572,7 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     let created = http
         .post(format!("{}/v1/migrations", serve.base))
         .bearer_auth(&serve.key)
-        .json(&json!({
-            "phone_number": "+5511987654321",
-            "source_waba_id": README_SOURCE_WABA,
-            "destination_waba_id": README_DEST_WABA,
-            "meta_business_id": README_BUSINESS,
-        }))
+        .json(&readme_body("+5511987654321"))
         .send()
         .await
         .unwrap();
