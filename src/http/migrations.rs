@@ -899,7 +899,7 @@ pub(crate) async fn resend(
     method: Option<OtpMethod>,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::AwaitingOtp {
+    if !row.state().accepts_otp_resend() {
         return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
     }
     if let Some(at) = row.otp_resend_available_at {
