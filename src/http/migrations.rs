@@ -21,7 +21,7 @@ use crate::crypto;
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::machine::retry_target;
 use crate::domain::values::{self, E164};
-use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod};
+use crate::domain::{EventType, Flow, MigrationError, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
 use crate::worker::steps::{self, TemplatesReport};
 
@@ -676,8 +676,9 @@ pub(crate) async fn fetch(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Event {
     pub seq: i32,
-    /// `migration.created`, `migration.state_changed`, `migration.step_retry_scheduled`, ...
+    /// What happened: `EventType` lists and explains every type.
     #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
     pub kind: String,
     pub from_state: Option<String>,
     pub to_state: Option<String>,
@@ -692,6 +693,13 @@ pub struct EventList {
 }
 
 /// A migration's audit trail, oldest first.
+///
+/// Every transition is one event whose `type` is the `type` of the webhook sent for the same
+/// change: `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
+/// `migration.cancelled` for those states, `migration.state_changed` for any other. Events that
+/// change no state (`migration.created`, `migration.step_retry_scheduled`,
+/// `migration.api_key_generated`, `migration.api_key_retrieved`) send no webhook. `EventType`
+/// lists every type.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/events", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
@@ -841,12 +849,11 @@ async fn submit_otp(
         otp_unexpired: true,
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("awaiting_otp".into()),
-        to_state: Some("verifying_otp".into()),
-        data: json!({ "otp": "submitted" }),
-    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::VerifyingOtp,
+        json!({ "otp": "submitted" }),
+    );
     let r = ApiTransition {
         action: "submit a code to",
         allowed: "awaiting_otp",
@@ -934,12 +941,11 @@ pub(crate) async fn resend(
         states: Some(vec![MigrationState::AwaitingOtp]),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("awaiting_otp".into()),
-        to_state: Some("requesting_otp".into()),
-        data: json!({ "otp": "resend_requested", "method": method }),
-    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::RequestingOtp,
+        json!({ "otp": "resend_requested", "method": method }),
+    );
     ApiTransition {
         action: "resend a code for",
         allowed: "awaiting_otp",
@@ -999,12 +1005,11 @@ pub(crate) async fn cancel(
         states: Some(active),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some(row.state.clone()),
-        to_state: Some("cancelled".into()),
-        data: json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-    };
+    let event = NewEvent::transition(
+        row.state.clone(),
+        MigrationState::Cancelled,
+        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+    );
     ApiTransition {
         action: "cancel",
         allowed: "any non-terminal state",
@@ -1082,12 +1087,7 @@ pub(crate) async fn retry(
         states: Some(vec![MigrationState::Failed]),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("failed".into()),
-        to_state: Some(target.as_str().into()),
-        data: json!({ "retry_of": failed_step }),
-    };
+    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
     ApiTransition {
         action: "retry",
         allowed: "failed",
@@ -1148,7 +1148,7 @@ async fn get_api_key(
         &store::Patch::default(),
         store::Lease::Keep,
         Some(NewEvent {
-            kind: "migration.api_key_retrieved",
+            kind: EventType::ApiKeyRetrieved,
             from_state: None,
             to_state: None,
             data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),

@@ -5,8 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use waba_migrator::domain::{EventType, MigrationState};
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
@@ -75,7 +76,7 @@ async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
     let events = app.events(&id).await;
     let path: Vec<&str> = events
         .iter()
-        .filter(|e| e["type"] == "migration.state_changed" || e["type"] == "migration.created")
+        .filter(|e| e["type"] == "migration.created" || is_transition(e))
         .map(|e| e["to_state"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -615,4 +616,118 @@ async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
     assert_eq!(m["summary"]["can_send_message"], "AVAILABLE");
     let key = app.stored_key(&id).await;
     assert_eq!(app.key_status(&key).await, StatusCode::OK);
+}
+
+/// `migrations/20261126000008_event_types.sql` renames the events written before one naming
+/// (transitions into `awaiting_otp`, `completed`, `failed`, `cancelled` recorded as
+/// `migration.state_changed`) to what the service writes now, and touches nothing else.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn old_transition_events_are_renamed_like_their_webhooks(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create("+14155550742").await;
+    let old = [
+        (
+            "migration.state_changed",
+            Some("queued"),
+            Some("prechecking"),
+        ),
+        (
+            "migration.state_changed",
+            Some("requesting_otp"),
+            Some("awaiting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("verifying_otp"),
+            Some("awaiting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("awaiting_otp"),
+            Some("requesting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("generating_api_key"),
+            Some("completed"),
+        ),
+        (
+            "migration.state_changed",
+            Some("registering"),
+            Some("failed"),
+        ),
+        (
+            "migration.state_changed",
+            Some("failed"),
+            Some("registering"),
+        ),
+        (
+            "migration.state_changed",
+            Some("awaiting_otp"),
+            Some("cancelled"),
+        ),
+        (
+            "migration.step_retry_scheduled",
+            Some("registering"),
+            Some("registering"),
+        ),
+        ("migration.api_key_retrieved", None, None),
+    ];
+    for (i, (kind, from, to)) in old.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO migration_events (migration_id, seq, type, from_state, to_state)
+             VALUES ($1::uuid, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(100 + i as i32)
+        .bind(kind)
+        .bind(from)
+        .bind(to)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let sql = include_str!("../../migrations/20261126000008_event_types.sql");
+    sqlx::raw_sql(sql).execute(&app.pool).await.unwrap();
+    // Idempotent: a second run (after a rolling deploy) changes nothing more.
+    sqlx::raw_sql(sql).execute(&app.pool).await.unwrap();
+
+    let renamed: Vec<String> = app
+        .events(&id)
+        .await
+        .iter()
+        .filter(|e| e["seq"].as_i64().unwrap() >= 100)
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        renamed,
+        [
+            "migration.state_changed",
+            "migration.awaiting_otp",
+            "migration.awaiting_otp",
+            "migration.state_changed",
+            "migration.completed",
+            "migration.failed",
+            "migration.state_changed",
+            "migration.cancelled",
+            "migration.step_retry_scheduled",
+            "migration.api_key_retrieved",
+        ]
+    );
+    // What the service writes for the same transitions today.
+    for (kind, (_, from, to)) in renamed.iter().zip(&old) {
+        if let (Some(from), Some(to)) = (from, to)
+            && from != to
+        {
+            let to: MigrationState = to.parse().unwrap();
+            assert_eq!(kind, EventType::for_transition(to).as_str());
+        }
+    }
 }
