@@ -1,7 +1,7 @@
 //! `/v1/migrations…` and `/v1/prechecks`: DTOs, handlers and their OpenAPI docs.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -86,7 +86,7 @@ pub struct CreateMigration {
 }
 
 /// The OTP sub-object.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OtpOut {
     pub method: OtpMethod,
     pub language: String,
@@ -100,7 +100,7 @@ pub struct OtpOut {
 }
 
 /// API key status (never the key itself; fetch it from `/api_key`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyStatus {
     /// `pending`, `generated` (stored, not yet verified) or `verified`.
     pub status: String,
@@ -136,7 +136,9 @@ pub struct MigrationSummary {
 }
 
 /// A migration.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+// `Deserialize` reads a stored create response back (an `Idempotency-Key` replay), so that it
+// is written in this field order again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Migration {
     pub id: Uuid,
     pub partner_id: Uuid,
@@ -425,7 +427,11 @@ fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
     request_body = CreateMigration,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")),
     responses(
-        (status = 201, description = "Created", body = Migration),
+        (status = 201, description = "Created: the migration as `GET /v1/migrations/{id}` shows it (the same fields in the same order). An `Idempotency-Key` replay answers the first response again, with `Idempotent-Replayed: true`.", body = Migration,
+            headers(
+                ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
+            )),
         (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
@@ -469,7 +475,11 @@ async fn create_migration(
             idempotency::Begin::Replay { status, body } => {
                 tx.rollback().await?;
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                let mut res = (status, axum::Json(body)).into_response();
+                // The stored body (jsonb) lost the field order: write it as the first time.
+                let mut res = match serde_json::from_value::<Migration>(body.clone()) {
+                    Ok(m) if status == StatusCode::CREATED => created(&m),
+                    _ => (status, axum::Json(body)).into_response(),
+                };
                 res.headers_mut().insert(
                     "idempotent-replayed",
                     "true".parse().expect("static header"),
@@ -516,13 +526,24 @@ async fn create_migration(
         }
         Err(e) => return Err(e.into()),
     };
-    let out = json!(Migration::from(&row));
+    let out = Migration::from(&row);
     if let Some(key) = &idem_key {
-        idempotency::finish(&mut tx, partner_id, key, 201, &out).await?;
+        idempotency::finish(&mut tx, partner_id, key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
-    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+    Ok(created(&out))
+}
+
+/// The 201 of `POST /v1/migrations`, first or replayed: the body `GET /v1/migrations/{id}`
+/// answers (same fields, same order) and the `Location` of the migration.
+fn created(m: &Migration) -> Response {
+    let mut res = (StatusCode::CREATED, axum::Json(m)).into_response();
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v1/migrations/{}", m.id)).expect("a path of a uuid"),
+    );
+    res
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

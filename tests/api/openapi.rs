@@ -53,9 +53,9 @@ fn every_route_is_documented_with_problem_responses() {
 }
 
 /// The audit event's `type` is documented as an enum of exactly the types the service writes
-/// (`EventType::ALL`), each explained.
+/// (`EventType::ALL`), each explained; the create response declares its `Location` header.
 #[test]
-fn event_types_are_documented() {
+fn event_types_and_the_create_location_are_documented() {
     use waba_migrator::domain::EventType;
     let json = serde_json::to_value(waba_migrator::http::openapi()).unwrap();
     let schemas = &json["components"]["schemas"];
@@ -80,4 +80,10 @@ fn event_types_are_documented() {
             "{t} is not explained"
         );
     }
+
+    let created = &json["paths"]["/v1/migrations"]["post"]["responses"]["201"];
+    assert_eq!(
+        created["headers"]["Location"]["schema"]["type"], "string",
+        "{created:#}"
+    );
 }
