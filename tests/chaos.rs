@@ -399,6 +399,15 @@ fn webhook_gaps(
     (missing, disorder)
 }
 
+/// Whether an audit event is a transition (`migration.state_changed` or a type of its own such
+/// as `migration.completed`); a type the service does not declare is a violation too.
+fn is_transition(event: &Value) -> bool {
+    let kind = event["type"].as_str().unwrap_or_default();
+    kind.parse::<waba_migrator::domain::EventType>()
+        .unwrap_or_else(|e| panic!("{e}: {event}"))
+        .is_transition()
+}
+
 fn phone(i: usize) -> String {
     // 2000..=9999 as the last four digits: never a `00xx` scenario number.
     format!("+1415{:03}{:04}", 550 + i / 8000, 2000 + i % 8000)
@@ -796,7 +805,7 @@ async fn run(cfg: Config) {
             id.to_owned(),
             events
                 .iter()
-                .filter(|e| e["type"] == "migration.state_changed")
+                .filter(|e| is_transition(e))
                 .map(|e| e["seq"].as_i64().unwrap())
                 .collect(),
         );
@@ -810,7 +819,7 @@ async fn run(cfg: Config) {
             if e["type"] == "migration.api_key_generated" {
                 generated += 1;
             }
-            if e["type"] == "migration.state_changed" {
+            if is_transition(e) {
                 if e["from_state"] != state.as_str() {
                     violations.push(format!(
                         "{number}: transition {}→{} after {state}",

@@ -518,7 +518,7 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
                         button.primary type="submit" #retry { "Retry from the failed step" }
                     }
                 }
-                @if m.state == MigrationState::AwaitingOtp {
+                @if m.state.accepts_otp_resend() {
                     form method="post" action={ "/dashboard/migrations/" (m.id) "/resend" } {
                         input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
                         label for="resend-method" { "Send by "
@@ -570,11 +570,14 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
                     dt { "Method" } dd { (m.otp.method.as_str()) " (" (m.otp.language) ")" }
                     dt { "Attempts left" } dd { (m.otp.attempts_left) }
                     dt { "Requested" } dd { @if let Some(t) = m.otp.requested_at { (when(t)) } @else { span.muted { "not yet" } } }
-                    dt { "Resend available" } dd {
-                        @match m.otp.resend_available_at {
-                            Some(t) if t > now => { (when(t)) " (in " (duration(t - now)) ")" }
-                            Some(_) => { "now" }
-                            None => { span.muted { "—" } }
+                    // Only where `POST …/otp/resend` would be accepted.
+                    @if m.state.accepts_otp_resend() {
+                        dt { "Resend available" } dd {
+                            @match m.otp.resend_available_at {
+                                Some(t) if t > now => { (when(t)) " (in " (duration(t - now)) ")" }
+                                Some(_) => { "now" }
+                                None => { span.muted { "—" } }
+                            }
                         }
                     }
                     dt { "Expires" } dd { @if let Some(t) = m.otp.expires_at { (when(t)) } @else { span.muted { "—" } } }

@@ -5,6 +5,8 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::domain::{EventType, MigrationState};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub id: i64,
@@ -21,10 +23,23 @@ pub struct EventRow {
 /// An event to append with the transition that caused it.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: &'static str,
+    pub kind: EventType,
     pub from_state: Option<String>,
     pub to_state: Option<String>,
     pub data: Value,
+}
+
+impl NewEvent {
+    /// The event of the transition from `from` into `to`: its type is the one its webhook
+    /// carries ([`EventType::for_transition`]).
+    pub fn transition(from: impl Into<String>, to: MigrationState, data: Value) -> Self {
+        Self {
+            kind: EventType::for_transition(to),
+            from_state: Some(from.into()),
+            to_state: Some(to.as_str().to_owned()),
+            data,
+        }
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id, seq))]
@@ -40,7 +55,7 @@ pub async fn insert(
     )
     .bind(migration_id)
     .bind(seq)
-    .bind(event.kind)
+    .bind(event.kind.as_str())
     .bind(&event.from_state)
     .bind(&event.to_state)
     .bind(&event.data)

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
-use crate::domain::MigrationState;
+use crate::domain::{EventType, MigrationState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MigrationRow {
@@ -140,7 +140,7 @@ pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
              RETURNING {COLUMNS}),
          e AS (
              INSERT INTO migration_events (migration_id, seq, type, from_state, to_state, data)
-             SELECT id, 1, 'migration.created', NULL, 'queued', '{{}}' FROM m)
+             SELECT id, 1, $16, NULL, 'queued', '{{}}' FROM m)
          SELECT m.*, (SELECT pg_notify($15, '')) IS NULL AS notified FROM m"
     ))
     .bind(m.id)
@@ -158,6 +158,7 @@ pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
     .bind(&m.metadata)
     .bind(&m.callback_url)
     .bind(JOBS_CHANNEL)
+    .bind(EventType::Created.as_str())
     .fetch_one(&mut *conn)
     .await?;
     crate::metrics::migration_created();
@@ -628,7 +629,7 @@ async fn update_once(
             ", e AS (INSERT INTO migration_events (migration_id, seq, type, from_state, \
              to_state, data) SELECT u.id, u.version, ",
         )
-        .push_bind(ev.kind)
+        .push_bind(ev.kind.as_str())
         .push(", ")
         .push_bind(ev.from_state.clone())
         .push(", ")
@@ -645,7 +646,7 @@ async fn update_once(
             )
             .push_bind(Uuid::now_v7())
             .push(", u.partner_id, u.id, u.version, ")
-            .push_bind(crate::webhooks::event_type(next.state()))
+            .push_bind(EventType::for_transition(next.state()).as_str())
             .push(", ")
             .push_bind(body)
             .push(

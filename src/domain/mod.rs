@@ -2,10 +2,12 @@
 //! Nothing here does I/O or knows about HTTP, SQL or upstream clients.
 
 pub mod error;
+pub mod event;
 pub mod machine;
 pub mod state;
 pub mod values;
 
 pub use error::{Actor, ErrorCode, MigrationError};
+pub use event::EventType;
 pub use machine::{Decision, RetryPolicy, StepOutcome};
 pub use state::{Flow, MigrationState, OtpMethod};

@@ -67,6 +67,13 @@ impl MigrationState {
     pub fn is_parked(self) -> bool {
         matches!(self, Self::AwaitingOtp)
     }
+
+    /// Whether a new verification code can be requested (`POST …/otp/resend`): only while a
+    /// code is awaited. The dashboard offers the resend (and says when it is available) only
+    /// then.
+    pub fn accepts_otp_resend(self) -> bool {
+        matches!(self, Self::AwaitingOtp)
+    }
 }
 
 impl std::fmt::Display for MigrationState {
@@ -174,5 +181,10 @@ mod tests {
         );
         assert!(MigrationState::AwaitingOtp.is_parked());
         assert!(!MigrationState::AwaitingChannel.is_parked());
+        let resendable: Vec<_> = MigrationState::ALL
+            .into_iter()
+            .filter(|s| s.accepts_otp_resend())
+            .collect();
+        assert_eq!(resendable, [MigrationState::AwaitingOtp]);
     }
 }

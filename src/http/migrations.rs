@@ -1,7 +1,7 @@
 //! `/v1/migrations…` and `/v1/prechecks`: DTOs, handlers and their OpenAPI docs.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +21,7 @@ use crate::crypto;
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::machine::retry_target;
 use crate::domain::values::{self, E164};
-use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod};
+use crate::domain::{EventType, Flow, MigrationError, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
 use crate::worker::steps::{self, TemplatesReport};
 
@@ -86,7 +86,7 @@ pub struct CreateMigration {
 }
 
 /// The OTP sub-object.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OtpOut {
     pub method: OtpMethod,
     pub language: String,
@@ -100,7 +100,7 @@ pub struct OtpOut {
 }
 
 /// API key status (never the key itself; fetch it from `/api_key`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyStatus {
     /// `pending`, `generated` (stored, not yet verified) or `verified`.
     pub status: String,
@@ -136,7 +136,9 @@ pub struct MigrationSummary {
 }
 
 /// A migration.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+// `Deserialize` reads a stored create response back (an `Idempotency-Key` replay), so that it
+// is written in this field order again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Migration {
     pub id: Uuid,
     pub partner_id: Uuid,
@@ -425,7 +427,11 @@ fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
     request_body = CreateMigration,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")),
     responses(
-        (status = 201, description = "Created", body = Migration),
+        (status = 201, description = "Created: the migration as `GET /v1/migrations/{id}` shows it (the same fields in the same order). An `Idempotency-Key` replay answers the first response again, with `Idempotent-Replayed: true`.", body = Migration,
+            headers(
+                ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
+            )),
         (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
@@ -469,7 +475,11 @@ async fn create_migration(
             idempotency::Begin::Replay { status, body } => {
                 tx.rollback().await?;
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                let mut res = (status, axum::Json(body)).into_response();
+                // The stored body (jsonb) lost the field order: write it as the first time.
+                let mut res = match serde_json::from_value::<Migration>(body.clone()) {
+                    Ok(m) if status == StatusCode::CREATED => created(&m),
+                    _ => (status, axum::Json(body)).into_response(),
+                };
                 res.headers_mut().insert(
                     "idempotent-replayed",
                     "true".parse().expect("static header"),
@@ -516,13 +526,24 @@ async fn create_migration(
         }
         Err(e) => return Err(e.into()),
     };
-    let out = json!(Migration::from(&row));
+    let out = Migration::from(&row);
     if let Some(key) = &idem_key {
-        idempotency::finish(&mut tx, partner_id, key, 201, &out).await?;
+        idempotency::finish(&mut tx, partner_id, key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
-    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+    Ok(created(&out))
+}
+
+/// The 201 of `POST /v1/migrations`, first or replayed: the body `GET /v1/migrations/{id}`
+/// answers (same fields, same order) and the `Location` of the migration.
+fn created(m: &Migration) -> Response {
+    let mut res = (StatusCode::CREATED, axum::Json(m)).into_response();
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v1/migrations/{}", m.id)).expect("a path of a uuid"),
+    );
+    res
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -676,8 +697,9 @@ pub(crate) async fn fetch(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Event {
     pub seq: i32,
-    /// `migration.created`, `migration.state_changed`, `migration.step_retry_scheduled`, ...
+    /// What happened: `EventType` lists and explains every type.
     #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
     pub kind: String,
     pub from_state: Option<String>,
     pub to_state: Option<String>,
@@ -692,6 +714,13 @@ pub struct EventList {
 }
 
 /// A migration's audit trail, oldest first.
+///
+/// Every transition is one event whose `type` is the `type` of the webhook sent for the same
+/// change: `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
+/// `migration.cancelled` for those states, `migration.state_changed` for any other. Events that
+/// change no state (`migration.created`, `migration.step_retry_scheduled`,
+/// `migration.api_key_generated`, `migration.api_key_retrieved`) send no webhook. `EventType`
+/// lists every type.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/events", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
@@ -841,12 +870,11 @@ async fn submit_otp(
         otp_unexpired: true,
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("awaiting_otp".into()),
-        to_state: Some("verifying_otp".into()),
-        data: json!({ "otp": "submitted" }),
-    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::VerifyingOtp,
+        json!({ "otp": "submitted" }),
+    );
     let r = ApiTransition {
         action: "submit a code to",
         allowed: "awaiting_otp",
@@ -899,7 +927,7 @@ pub(crate) async fn resend(
     method: Option<OtpMethod>,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::AwaitingOtp {
+    if !row.state().accepts_otp_resend() {
         return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
     }
     if let Some(at) = row.otp_resend_available_at {
@@ -934,12 +962,11 @@ pub(crate) async fn resend(
         states: Some(vec![MigrationState::AwaitingOtp]),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("awaiting_otp".into()),
-        to_state: Some("requesting_otp".into()),
-        data: json!({ "otp": "resend_requested", "method": method }),
-    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::RequestingOtp,
+        json!({ "otp": "resend_requested", "method": method }),
+    );
     ApiTransition {
         action: "resend a code for",
         allowed: "awaiting_otp",
@@ -999,12 +1026,11 @@ pub(crate) async fn cancel(
         states: Some(active),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some(row.state.clone()),
-        to_state: Some("cancelled".into()),
-        data: json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-    };
+    let event = NewEvent::transition(
+        row.state.clone(),
+        MigrationState::Cancelled,
+        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+    );
     ApiTransition {
         action: "cancel",
         allowed: "any non-terminal state",
@@ -1082,12 +1108,7 @@ pub(crate) async fn retry(
         states: Some(vec![MigrationState::Failed]),
         ..Default::default()
     };
-    let event = NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some("failed".into()),
-        to_state: Some(target.as_str().into()),
-        data: json!({ "retry_of": failed_step }),
-    };
+    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
     ApiTransition {
         action: "retry",
         allowed: "failed",
@@ -1148,7 +1169,7 @@ async fn get_api_key(
         &store::Patch::default(),
         store::Lease::Keep,
         Some(NewEvent {
-            kind: "migration.api_key_retrieved",
+            kind: EventType::ApiKeyRetrieved,
             from_state: None,
             to_state: None,
             data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),

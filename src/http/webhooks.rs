@@ -25,8 +25,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The body of every webhook POST (see the `webhooks` tag for headers and signatures).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookEvent {
-    /// `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`,
-    /// `migration.failed` or `migration.cancelled`.
+    /// `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
+    /// `migration.cancelled` for a transition into that state, `migration.state_changed` for
+    /// any other: the `type` of the audit event of the same transition
+    /// (`GET /v1/migrations/{id}/events`).
     #[serde(rename = "type")]
     #[schema(example = "migration.awaiting_otp")]
     pub kind: String,
@@ -63,8 +65,9 @@ pub struct WebhookDelivery {
     pub migration_id: Uuid,
     /// Increases with each event of the migration (also in the body as `sequence`).
     pub sequence: i32,
-    /// `migration.state_changed`, `migration.awaiting_otp`, `migration.completed`,
-    /// `migration.failed` or `migration.cancelled`.
+    /// The body's `type`: `migration.awaiting_otp`, `migration.completed`, `migration.failed`,
+    /// `migration.cancelled` or `migration.state_changed`, as the audit event of the same
+    /// transition.
     pub event_type: String,
     pub url: String,
     /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted).

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::db::{events::NewEvent, migrations::MigrationRow};
-use crate::domain::MigrationState;
+use crate::domain::EventType;
 
 pub mod dispatcher;
 pub mod signing;
@@ -106,28 +106,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// Webhook event types (DESIGN.md §3): one per transition, the specific type when there is one.
-pub fn event_type(to: MigrationState) -> &'static str {
-    match to {
-        MigrationState::AwaitingOtp => "migration.awaiting_otp",
-        MigrationState::Completed => "migration.completed",
-        MigrationState::Failed => "migration.failed",
-        MigrationState::Cancelled => "migration.cancelled",
-        _ => "migration.state_changed",
-    }
-}
-
-/// Every event type, for the API docs.
-pub const EVENT_TYPES: [&str; 5] = [
-    "migration.state_changed",
-    "migration.awaiting_otp",
-    "migration.completed",
-    "migration.failed",
-    "migration.cancelled",
-];
-
 /// Whether `event` is delivered as a webhook: transitions only (events that do not change the
-/// state, such as a scheduled retry or a retrieved key, are not).
+/// state, such as a scheduled retry or a retrieved key, are not). A webhook's type is its
+/// audit event's: [`EventType::for_transition`] of the state entered.
 pub fn is_delivered(event: &NewEvent) -> bool {
     event.to_state.is_some() && event.from_state != event.to_state
 }
@@ -136,7 +117,7 @@ pub fn is_delivered(event: &NewEvent) -> bool {
 /// (written to the outbox by `db::migrations::update`, in the statement of the transition).
 pub fn transition_body(row: &MigrationRow) -> String {
     serde_json::to_string(&crate::http::webhooks::WebhookEvent {
-        kind: event_type(row.state()).to_owned(),
+        kind: EventType::for_transition(row.state()).as_str().to_owned(),
         timestamp: row.updated_at,
         sequence: row.version,
         data: crate::http::migrations::Migration::from(row),

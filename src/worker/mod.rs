@@ -32,7 +32,7 @@ use crate::clients::{D360Api, MetaApi};
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
-use crate::domain::{Decision, Flow, MigrationState, RetryPolicy};
+use crate::domain::{Decision, EventType, Flow, MigrationState, RetryPolicy};
 
 pub mod errors;
 pub mod steps;
@@ -477,7 +477,7 @@ impl Worker {
                         obj.insert("retry_in_seconds".into(), json!(delay.as_secs_f64()));
                     }
                     NewEvent {
-                        kind: "migration.step_retry_scheduled",
+                        kind: EventType::StepRetryScheduled,
                         from_state: Some(state.as_str().into()),
                         to_state: Some(state.as_str().into()),
                         data: event_data.clone(),
@@ -550,12 +550,7 @@ fn transition_event(
     to: MigrationState,
     data: serde_json::Value,
 ) -> Option<NewEvent> {
-    Some(NewEvent {
-        kind: "migration.state_changed",
-        from_state: Some(from.as_str().into()),
-        to_state: Some(to.as_str().into()),
-        data,
-    })
+    Some(NewEvent::transition(from.as_str(), to, data))
 }
 
 /// Extends the lease every third of its length until aborted; cancels `lost` when the lease

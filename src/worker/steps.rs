@@ -26,7 +26,9 @@ use super::errors::outcome;
 use crate::clients::{self, CodeMethod, PartnerCredentials, Template};
 use crate::db::{self, migrations as store};
 use crate::domain::values::{E164, digits_only};
-use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, OtpMethod, StepOutcome};
+use crate::domain::{
+    ErrorCode, EventType, Flow, MigrationError, MigrationState, OtpMethod, StepOutcome,
+};
 use crate::precheck;
 
 /// Why a step stopped without an outcome.
@@ -1018,7 +1020,7 @@ async fn generating_api_key(
                 },
                 store::Lease::Keep,
                 Some(db::events::NewEvent {
-                    kind: "migration.api_key_generated",
+                    kind: EventType::ApiKeyGenerated,
                     from_state: Some(state.as_str().into()),
                     to_state: Some(state.as_str().into()),
                     data: json!({ "api_key_id": generated.id }),

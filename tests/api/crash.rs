@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, is_transition};
 
 async fn drive_until(app: &TestApp, worker: &waba_migrator::worker::Worker, id: &str, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,7 +66,7 @@ async fn crash_after_register_does_not_register_twice(pool: PgPool) {
     let events = app.events(&id).await;
     let reg: Vec<&Value> = events
         .iter()
-        .filter(|e| e["from_state"] == "registering" && e["type"] == "migration.state_changed")
+        .filter(|e| e["from_state"] == "registering" && is_transition(e))
         .collect();
     assert_eq!(
         reg.len(),

@@ -519,3 +519,43 @@ async fn the_list_filters_by_number_and_date_and_pages_by_keyset(pool: PgPool) {
     let (status, _, _) = d.get("/dashboard/migrations?from=yesterday").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// The resend action and "Resend available" appear exactly when `POST …/otp/resend` would be
+/// accepted: while a code is awaited, not once the migration completed (nor failed).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn resend_is_offered_only_while_a_code_is_awaited(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let resend_marks = ["Resend available", "Resend code", "/resend\""];
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+
+    let id = app.create("+14155550721").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let (status, _, page) = d.get(&format!("/dashboard/migrations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    for mark in resend_marks {
+        assert!(page.contains(mark), "awaiting_otp page lacks {mark:?}");
+    }
+
+    app.complete(&id).await;
+    let (status, _, page) = d.get(&format!("/dashboard/migrations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Finished: "), "{page}");
+    for mark in resend_marks {
+        assert!(!page.contains(mark), "completed page shows {mark:?}");
+    }
+    // The API agrees: no resend for a completed migration.
+    let res = app
+        .post(&format!("/v1/migrations/{id}/otp/resend"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+
+    // Nor for a failed one (…0001: two-step verification still on).
+    let failed = app.create("+14155550001").await;
+    app.wait_for(&failed, "failed").await;
+    let (_, _, page) = d.get(&format!("/dashboard/migrations/{failed}")).await;
+    assert!(page.contains("Retry from the failed step"), "{page}");
+    for mark in resend_marks {
+        assert!(!page.contains(mark), "failed page shows {mark:?}");
+    }
+}

@@ -422,6 +422,15 @@ impl TestApp {
     }
 }
 
+/// Whether an event of `GET …/events` is a transition (`migration.state_changed` or a type of
+/// its own such as `migration.completed`). Panics on a type the service does not declare.
+pub fn is_transition(event: &Value) -> bool {
+    let kind = event["type"].as_str().expect("a type");
+    kind.parse::<waba_migrator::domain::EventType>()
+        .unwrap_or_else(|e| panic!("{e}: {event}"))
+        .is_transition()
+}
+
 /// Asserts a problem+json response with `code`; returns the body.
 pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, is_transition};
 use crate::webhooks::Consumer;
 
 struct Metrics(Scrape);
@@ -138,7 +138,7 @@ async fn metrics_match_the_api_after_100_migrations(pool: PgPool) {
     let mut transitions_to: HashMap<String, f64> = HashMap::new();
     for id in &ids {
         for e in app.events(id).await {
-            if e["type"] == "migration.state_changed" && e["from_state"] != e["to_state"] {
+            if is_transition(&e) && e["from_state"] != e["to_state"] {
                 transitions += 1.0;
                 *transitions_to
                     .entry(e["to_state"].as_str().unwrap().into())

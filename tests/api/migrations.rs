@@ -5,8 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use waba_migrator::domain::{EventType, MigrationState};
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
@@ -75,7 +76,7 @@ async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
     let events = app.events(&id).await;
     let path: Vec<&str> = events
         .iter()
-        .filter(|e| e["type"] == "migration.state_changed" || e["type"] == "migration.created")
+        .filter(|e| e["type"] == "migration.created" || is_transition(e))
         .map(|e| e["to_state"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -615,4 +616,189 @@ async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
     assert_eq!(m["summary"]["can_send_message"], "AVAILABLE");
     let key = app.stored_key(&id).await;
     assert_eq!(app.key_status(&key).await, StatusCode::OK);
+}
+
+/// The 201 of a create is byte for byte what `GET /v1/migrations/{id}` answers for the same
+/// migration (same fields in the same order), with `Location`; so is an idempotent replay.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn create_answers_the_get_body_and_its_location(pool: PgPool) {
+    // No worker: the migration stays as created, so GET must show exactly the same.
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut body = TestApp::create_body("+14155550741");
+    body["metadata"] = json!({ "zeta": 1, "alpha": { "b": 2, "a": [1, "x"] } });
+    body["callback_url"] = json!("https://hooks.example.com/waba?t=1");
+    let send = || {
+        app.http
+            .post(app.url("/v1/migrations"))
+            .bearer_auth(&app.partner_key)
+            .header("Idempotency-Key", "same-shape-1")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    let created = first.text().await.unwrap();
+    let id = serde_json::from_str::<Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(location, format!("/v1/migrations/{id}"));
+
+    let got = app.get(&location).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    let got = got.text().await.unwrap();
+    assert_eq!(top_level_keys(&created), top_level_keys(&got));
+    pretty_assertions::assert_eq!(created, got);
+
+    // The replay of the same request: the same bytes and the same Location.
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location.as_str());
+    pretty_assertions::assert_eq!(again.text().await.unwrap(), created);
+}
+
+/// The keys of a JSON object in the order the text has them (serde_json's `Value` sorts them).
+fn top_level_keys(json: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(json);
+    struct Keys<'a>(&'a mut Vec<String>);
+    impl<'de> serde::de::Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                self.0.push(k);
+            }
+            Ok(())
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut de, Keys(&mut keys)).unwrap();
+    keys
+}
+
+/// `migrations/20261126000008_event_types.sql` renames the events written before one naming
+/// (transitions into `awaiting_otp`, `completed`, `failed`, `cancelled` recorded as
+/// `migration.state_changed`) to what the service writes now, and touches nothing else.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn old_transition_events_are_renamed_like_their_webhooks(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create("+14155550742").await;
+    let old = [
+        (
+            "migration.state_changed",
+            Some("queued"),
+            Some("prechecking"),
+        ),
+        (
+            "migration.state_changed",
+            Some("requesting_otp"),
+            Some("awaiting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("verifying_otp"),
+            Some("awaiting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("awaiting_otp"),
+            Some("requesting_otp"),
+        ),
+        (
+            "migration.state_changed",
+            Some("generating_api_key"),
+            Some("completed"),
+        ),
+        (
+            "migration.state_changed",
+            Some("registering"),
+            Some("failed"),
+        ),
+        (
+            "migration.state_changed",
+            Some("failed"),
+            Some("registering"),
+        ),
+        (
+            "migration.state_changed",
+            Some("awaiting_otp"),
+            Some("cancelled"),
+        ),
+        (
+            "migration.step_retry_scheduled",
+            Some("registering"),
+            Some("registering"),
+        ),
+        ("migration.api_key_retrieved", None, None),
+    ];
+    for (i, (kind, from, to)) in old.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO migration_events (migration_id, seq, type, from_state, to_state)
+             VALUES ($1::uuid, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(100 + i as i32)
+        .bind(kind)
+        .bind(from)
+        .bind(to)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let sql = include_str!("../../migrations/20261126000008_event_types.sql");
+    sqlx::raw_sql(sql).execute(&app.pool).await.unwrap();
+    // Idempotent: a second run (after a rolling deploy) changes nothing more.
+    sqlx::raw_sql(sql).execute(&app.pool).await.unwrap();
+
+    let renamed: Vec<String> = app
+        .events(&id)
+        .await
+        .iter()
+        .filter(|e| e["seq"].as_i64().unwrap() >= 100)
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        renamed,
+        [
+            "migration.state_changed",
+            "migration.awaiting_otp",
+            "migration.awaiting_otp",
+            "migration.state_changed",
+            "migration.completed",
+            "migration.failed",
+            "migration.state_changed",
+            "migration.cancelled",
+            "migration.step_retry_scheduled",
+            "migration.api_key_retrieved",
+        ]
+    );
+    // What the service writes for the same transitions today.
+    for (kind, (_, from, to)) in renamed.iter().zip(&old) {
+        if let (Some(from), Some(to)) = (from, to)
+            && from != to
+        {
+            let to: MigrationState = to.parse().unwrap();
+            assert_eq!(kind, EventType::for_transition(to).as_str());
+        }
+    }
 }

@@ -51,3 +51,39 @@ fn every_route_is_documented_with_problem_responses() {
         }
     }
 }
+
+/// The audit event's `type` is documented as an enum of exactly the types the service writes
+/// (`EventType::ALL`), each explained; the create response declares its `Location` header.
+#[test]
+fn event_types_and_the_create_location_are_documented() {
+    use waba_migrator::domain::EventType;
+    let json = serde_json::to_value(waba_migrator::http::openapi()).unwrap();
+    let schemas = &json["components"]["schemas"];
+    assert_eq!(
+        schemas["Event"]["properties"]["type"]["$ref"],
+        "#/components/schemas/EventType"
+    );
+    let schema = &schemas["EventType"];
+    let listed: Vec<&str> = schema["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+    assert_eq!(listed, all);
+    let description = schema["description"].as_str().unwrap();
+    assert!(!description.contains('…') && !description.contains("..."));
+    for t in EventType::ALL {
+        assert!(
+            description.contains(&format!("- `{t}`: {}", t.description())),
+            "{t} is not explained"
+        );
+    }
+
+    let created = &json["paths"]["/v1/migrations"]["post"]["responses"]["201"];
+    assert_eq!(
+        created["headers"]["Location"]["schema"]["type"], "string",
+        "{created:#}"
+    );
+}

@@ -14,10 +14,11 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use standardwebhooks::{Webhook, WebhookError};
 use tokio::net::TcpListener;
+use waba_migrator::domain::EventType;
 use waba_migrator::webhooks::signing::SigningKey;
 use waba_migrator::webhooks::{ManualClock, WebhookConfig};
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
 
 /// One request as the consumer saw it.
 #[derive(Clone, Debug)]
@@ -663,12 +664,7 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
                     ..Default::default()
                 },
                 store::Lease::Keep,
-                Some(NewEvent {
-                    kind: "migration.state_changed",
-                    from_state: Some(row.state.clone()),
-                    to_state: Some(to.as_str().into()),
-                    data: json!({}),
-                }),
+                Some(NewEvent::transition(row.state.clone(), to, json!({}))),
             )
             .await
             .unwrap()
@@ -716,4 +712,101 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
             .await
             .is_none()
     );
+}
+
+/// One name per change: every transition's audit event has the `type` (and `seq`) of the
+/// webhook the consumer received for it, for a completed, a cancelled and a failed migration;
+/// and every type in the events table is one the API declares (`EventType`).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn audit_event_types_equal_the_webhook_types_of_the_same_changes(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let consumer = Consumer::start().await;
+    let completed = create_with_callback(&app, "+14155550751", &consumer.url).await;
+    app.complete(&completed).await;
+    app.stored_key(&completed).await;
+    let cancelled = create_with_callback(&app, "+14155550752", &consumer.url).await;
+    app.wait_for(&cancelled, "awaiting_otp").await;
+    cancel(&app, &cancelled).await;
+    // …0001: two-step verification is on, the migration fails.
+    let failed = create_with_callback(&app, "+14155550001", &consumer.url).await;
+    app.wait_for(&failed, "failed").await;
+
+    for (id, last) in [
+        (&completed, "migration.completed"),
+        (&cancelled, "migration.cancelled"),
+        (&failed, "migration.failed"),
+    ] {
+        let events: Vec<(i64, String)> = app
+            .events(id)
+            .await
+            .iter()
+            .filter(|e| is_transition(e))
+            .map(|e| {
+                (
+                    e["seq"].as_i64().unwrap(),
+                    e["type"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(events.last().unwrap().1, last, "{events:?}");
+        let mut received = Vec::new();
+        for _ in 0..200 {
+            received = consumer
+                .accepted()
+                .iter()
+                .map(Received::json)
+                .filter(|b| b["data"]["id"] == json!(id))
+                .map(|b| {
+                    (
+                        b["sequence"].as_i64().unwrap(),
+                        b["type"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            if received.len() >= events.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(events, received, "events vs webhooks of {last}");
+        // The delivery log says the same.
+        let logged: Vec<(i64, String)> = deliveries(&app, id)
+            .await
+            .iter()
+            .map(|d| {
+                (
+                    d["sequence"].as_i64().unwrap(),
+                    d["event_type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(events, logged);
+    }
+    let completed_types: Vec<String> = app
+        .events(&completed)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    for t in [
+        "migration.created",
+        "migration.state_changed",
+        "migration.awaiting_otp",
+        "migration.api_key_generated",
+        "migration.api_key_retrieved",
+    ] {
+        assert!(
+            completed_types.iter().any(|c| c == t),
+            "{t}: {completed_types:?}"
+        );
+    }
+
+    // Nothing writes a type the API does not declare.
+    let written: Vec<String> = sqlx::query_scalar("SELECT DISTINCT type FROM migration_events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for t in &written {
+        assert!(t.parse::<EventType>().is_ok(), "undeclared event type {t}");
+    }
 }
