@@ -87,10 +87,12 @@ static PAGE: LazyLock<String> = LazyLock::new(|| {
     page
 });
 
-/// `/docs`, `/docs/` and `/docs/assets/{file}`; public, like `/openapi.*`.
-/// `/docs` (in the OpenAPI document) and its assets and redirect (not in it).
+/// `/docs`, `/docs/` and `/docs/assets/{file}`, and `/` (to `/docs`); public, like
+/// `/openapi.*`. `/docs` is in the OpenAPI document; its assets and the redirects are not.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
+        // Someone opening the service's address in a browser lands on the reference.
+        .route("/", get(|| async { Redirect::temporary("/docs") }))
         .route("/docs/", get(|| async { Redirect::permanent("/docs") }))
         .route("/docs/assets/{file}", get(asset))
 }

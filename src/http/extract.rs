@@ -1,10 +1,19 @@
 //! Our extractors: JSON bodies, queries and paths whose rejections are problem+json, and the
 //! authenticated caller.
+//!
+//! Bodies and queries are read field by field ([`Fields`], [`QueryParams`]) rather than handed
+//! whole to serde, which stops at the first problem: one 422 names every missing, unknown and
+//! invalid field, each at its JSON pointer (`/phone_number`, `/query/limit`). Each field's value
+//! is still decoded by serde, and the handler only sees a body in which every field was valid.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Path};
+use std::borrow::Cow;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::problem::{ApiError, FieldError};
@@ -12,45 +21,185 @@ use crate::app::AppState;
 use crate::crypto;
 use crate::db;
 
-/// `Json` with problem+json rejections: 415 wrong content type, 400 malformed JSON, 413 too
-/// large, 422 wrong fields (unknown fields are rejected by `deny_unknown_fields` on inputs).
-/// The body must be a JSON object: serde would otherwise also read a struct from an array of
-/// its field values (`[null, null]`).
+/// The problem of a missing required field.
+const MISSING: &str = "required, but missing";
+
+/// An example id for messages.
+pub const EXAMPLE_ID: &str = "019ac3a2-5b1e-7c4d-9a8e-2f1b3c4d5e6f";
+
+/// A JSON Pointer (RFC 6901) of `segments`.
+pub fn pointer<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
+    segments
+        .into_iter()
+        .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
+/// A request body read from a JSON object by [`AppJson`].
+pub trait JsonBody: Sized {
+    /// Reads every field from `f`, recording each problem there (never stopping at the
+    /// first). The value is used only if no problem was recorded; fields left unread are
+    /// reported as unknown.
+    fn read(f: &mut Fields) -> Option<Self>;
+}
+
+/// A JSON body with problem+json rejections: 415 wrong content type, 400 malformed JSON, 413
+/// too large, 422 (`validation_failed`) with one `errors[]` entry per missing, unknown or
+/// invalid field. The body must be a JSON object.
 #[derive(Debug)]
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
 where
-    T: serde::de::DeserializeOwned,
+    T: JsonBody,
     S: Send + Sync,
+    AppState: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
-        if !value.is_object() {
-            return Err(ApiError::validation(vec![FieldError {
-                pointer: "/".into(),
-                message: "the body must be a JSON object".into(),
-            }]));
+        let allow_private = AppState::from_ref(state).webhooks.allow_private;
+        let axum::Json(value) = axum::Json::<Value>::from_request(req, state).await?;
+        let Value::Object(object) = value else {
+            return Err(ApiError::field("/", "the body must be a JSON object"));
+        };
+        let mut fields = Fields::new(object, allow_private);
+        let body = T::read(&mut fields);
+        fields.finish(body).map(AppJson)
+    }
+}
+
+/// The fields of a JSON object body, taken one by one; collects every problem.
+#[derive(Debug)]
+pub struct Fields {
+    rest: Map<String, Value>,
+    read: Vec<&'static str>,
+    errors: Vec<FieldError>,
+    allow_private_callbacks: bool,
+}
+
+impl Fields {
+    pub fn new(object: Map<String, Value>, allow_private_callbacks: bool) -> Self {
+        Self {
+            rest: object,
+            read: Vec::new(),
+            errors: Vec::new(),
+            allow_private_callbacks,
         }
-        serde_path_to_error::deserialize::<_, T>(value)
-            .map(AppJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let message = e.into_inner().to_string();
-                // Unknown and missing fields are reported at their parent; the name is quoted.
-                let pointer = if path == "." {
-                    message
-                        .split('`')
-                        .nth(1)
-                        .map(|f| format!("/{f}"))
-                        .unwrap_or_else(|| "/".into())
-                } else {
-                    format!("/{}", path.replace('.', "/"))
-                };
-                ApiError::validation(vec![FieldError { pointer, message }])
-            })
+    }
+
+    /// `ALLOW_PRIVATE_CALLBACKS`: callback URLs may be plain http and private.
+    pub fn allow_private_callbacks(&self) -> bool {
+        self.allow_private_callbacks
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<Value> {
+        self.read.push(name);
+        self.rest.remove(name)
+    }
+
+    fn decode<T: DeserializeOwned>(&mut self, name: &'static str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut segments = vec![Cow::Borrowed(name)];
+                segments.extend(e.path().iter().filter_map(|s| match s {
+                    serde_path_to_error::Segment::Seq { index } => {
+                        Some(Cow::Owned(index.to_string()))
+                    }
+                    serde_path_to_error::Segment::Map { key } => Some(Cow::Owned(key.clone())),
+                    _ => None,
+                }));
+                self.errors.push(FieldError {
+                    pointer: pointer(segments.iter().map(AsRef::as_ref)),
+                    message: e.into_inner().to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// A field that must be present (`null` is a wrong type). `None`, with the problem
+    /// recorded, when it is missing or invalid.
+    pub fn required<T: DeserializeOwned>(&mut self, name: &'static str) -> Option<T> {
+        match self.take(name) {
+            Some(v) => self.decode(name, v),
+            None => {
+                self.error(name, MISSING);
+                None
+            }
+        }
+    }
+
+    /// A field that may be absent or `null` (both `None`).
+    pub fn optional<T: DeserializeOwned>(&mut self, name: &'static str) -> Option<T> {
+        match self.take(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => self.decode(name, v),
+        }
+    }
+
+    /// A field whose `null` means "clear it": `None` absent, `Some(None)` null.
+    pub fn nullable<T: DeserializeOwned>(&mut self, name: &'static str) -> Option<Option<T>> {
+        match self.take(name) {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => self.decode(name, v).map(Some),
+        }
+    }
+
+    /// `r`'s value, or `None` with its message recorded at the field `name`.
+    pub fn check<T>(&mut self, name: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|message| self.error(name, message)).ok()
+    }
+
+    /// Records a problem with the field `name`.
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            pointer: pointer([name]),
+            message: message.into(),
+        });
+    }
+
+    /// Whether a problem was recorded for the field `name` (to skip checks across fields
+    /// that would only repeat it).
+    pub fn failed(&self, name: &str) -> bool {
+        let p = pointer([name]);
+        self.errors
+            .iter()
+            .any(|e| e.pointer == p || e.pointer.starts_with(&format!("{p}/")))
+    }
+
+    /// The body, or a 422 listing every problem: the recorded ones in field order, then one
+    /// per unknown field.
+    pub fn finish<T>(mut self, body: Option<T>) -> Result<T, ApiError> {
+        let expected = self
+            .read
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for name in self.rest.keys() {
+            self.errors.push(FieldError {
+                pointer: pointer([name.as_str()]),
+                message: format!("unknown field; expected one of {expected}"),
+            });
+        }
+        let mut errors = std::mem::take(&mut self.errors);
+        errors.sort_by_key(|e| {
+            let field = e.pointer.split('/').nth(1).unwrap_or_default();
+            self.read
+                .iter()
+                .position(|n| pointer([*n]) == format!("/{field}"))
+                .unwrap_or(usize::MAX)
+        });
+        match body {
+            Some(body) if errors.is_empty() => Ok(body),
+            _ if errors.is_empty() => Err(ApiError::internal(anyhow::anyhow!(
+                "a body reader returned nothing and recorded no problem"
+            ))),
+            _ => Err(ApiError::validation(errors)),
+        }
     }
 }
 
@@ -67,69 +216,208 @@ impl From<JsonRejection> for ApiError {
                 "malformed_json",
                 format!("The body is not valid JSON: {}", e.body_text()),
             ),
-            JsonRejection::JsonDataError(e) => {
-                let text = e.body_text();
-                // serde's message names the field: "unknown field `x`", "missing field `y`".
-                let pointer = text
-                    .split('`')
-                    .nth(1)
-                    .map(|f| format!("/{f}"))
-                    .unwrap_or_else(|| "/".into());
-                let message = text.split(": ").skip(1).collect::<Vec<_>>().join(": ");
-                ApiError::validation(vec![FieldError {
-                    pointer,
-                    message: if message.is_empty() { text } else { message },
-                }])
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "The request body is too large: at most {} KiB.",
+                        super::BODY_LIMIT / 1024
+                    ),
+                )
             }
-            JsonRejection::BytesRejection(e) => {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "The request body is too large.",
-                    )
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-                }
-            }
+            // A `serde_json::Value` reads any JSON: data errors cannot happen.
             other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
         }
     }
 }
 
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// A query string read by [`AppQuery`].
+pub trait FromQuery: Sized {
+    /// Reads every parameter from `q`, recording each problem there. The value is used only
+    /// if no problem was recorded; parameters left unread are reported as unknown.
+    fn read(q: &mut QueryParams) -> Option<Self>;
+}
+
+/// Query parameters with problem+json rejections: 422 (`validation_failed`) with one
+/// `errors[]` entry per unknown, repeated or invalid parameter, at `/query/<name>`.
+#[derive(Debug)]
 pub struct AppQuery<T>(pub T);
 
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::validation(vec![FieldError {
-            pointer: "/query".into(),
-            message: r.body_text(),
-        }])
+impl<T: FromQuery, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let mut q = QueryParams::parse(parts.uri.query().unwrap_or_default());
+        let value = T::read(&mut q);
+        q.finish(value).map(AppQuery)
     }
 }
 
-/// A UUID path segment; anything else is a 404 (it cannot name a resource).
+#[derive(Debug)]
+struct Param {
+    name: String,
+    value: String,
+    /// As sent, before percent-decoding: a `+` in it was decoded to a space.
+    raw: String,
+}
+
+/// The parameters of a query string, taken one by one; collects every problem.
+#[derive(Debug)]
+pub struct QueryParams {
+    rest: Vec<Param>,
+    read: Vec<&'static str>,
+    errors: Vec<FieldError>,
+}
+
+impl QueryParams {
+    /// Splits and decodes `query` (`application/x-www-form-urlencoded`, as browsers and curl
+    /// send it: `+` is a space).
+    pub fn parse(query: &str) -> Self {
+        let rest = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = url::form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .unwrap_or_default();
+                Param {
+                    name: name.into_owned(),
+                    value: value.into_owned(),
+                    raw: pair.split_once('=').map_or("", |(_, v)| v).to_owned(),
+                }
+            })
+            .collect();
+        Self {
+            rest,
+            read: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The parameter `name` parsed by `parse` (`None` when absent). `parse`'s message should
+    /// say what is expected, with an example. A value that is only wrong because its `+` was
+    /// sent bare (a query string decodes it to a space) gets a message saying so.
+    pub fn get<T>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        self.read.push(name);
+        let (mine, rest): (Vec<Param>, Vec<Param>) = std::mem::take(&mut self.rest)
+            .into_iter()
+            .partition(|p| p.name == name);
+        self.rest = rest;
+        let param = match <[Param; 1]>::try_from(mine) {
+            Ok([param]) => param,
+            Err(mine) if mine.is_empty() => return None,
+            Err(_) => {
+                self.error(name, "given more than once; send it once");
+                return None;
+            }
+        };
+        let message = match parse(&param.value) {
+            Ok(v) => return Some(v),
+            Err(message) => message,
+        };
+        let encoded = param.raw.replace('+', "%2B");
+        let literal = url::form_urlencoded::parse(format!("v={encoded}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned());
+        if param.raw.contains('+') && literal.is_some_and(|v| parse(&v).is_ok()) {
+            self.error(
+                name,
+                format!(
+                    "a `+` in a query string decodes to a space: send it URL-encoded as `%2B`, as in `{name}={encoded}`"
+                ),
+            );
+        } else {
+            self.error(name, message);
+        }
+        None
+    }
+
+    fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            pointer: pointer(["query", name]),
+            message: message.into(),
+        });
+    }
+
+    /// The value, or a 422 listing every problem: the recorded ones, then one per unknown
+    /// parameter.
+    pub fn finish<T>(mut self, value: Option<T>) -> Result<T, ApiError> {
+        let expected = self.read.join(", ");
+        let mut unknown: Vec<String> = Vec::new();
+        for p in std::mem::take(&mut self.rest) {
+            if !unknown.contains(&p.name) {
+                unknown.push(p.name);
+            }
+        }
+        for name in unknown {
+            self.error(
+                &name,
+                format!("unknown query parameter; expected one of {expected}"),
+            );
+        }
+        match value {
+            Some(v) if self.errors.is_empty() => Ok(v),
+            _ if self.errors.is_empty() => Err(ApiError::internal(anyhow::anyhow!(
+                "a query reader returned nothing and recorded no problem"
+            ))),
+            _ => Err(ApiError::validation(self.errors)),
+        }
+    }
+}
+
+/// Page size: `limit`, 1 to 100.
+pub fn parse_limit(s: &str) -> Result<i64, String> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| (1..=100).contains(n))
+        .ok_or_else(|| "expected an integer from 1 to 100, such as 50".to_owned())
+}
+
+/// UUID path segments; anything else is a 404 (it cannot name a resource) that says why.
 pub struct IdPath<T>(pub T);
+
+async fn path_ids<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Vec<Uuid>, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::not_found("resource"))?;
+    params
+        .iter()
+        .map(|(key, value)| {
+            Uuid::parse_str(value).map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "Nothing has this {key}: `{{{key}}}` in the path must be a UUID such as {EXAMPLE_ID}."
+                    ),
+                )
+            })
+        })
+        .collect()
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IdPath<Uuid> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<Uuid>::from_request_parts(parts, state)
-            .await
-            .map_err(|_: PathRejection| ApiError::not_found("resource"))?;
-        Ok(IdPath(id))
+        match path_ids(parts, state).await?[..] {
+            [id] => Ok(IdPath(id)),
+            _ => Err(ApiError::internal(anyhow::anyhow!("route has not one id"))),
+        }
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdPath<(Uuid, Uuid)> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(ids) = Path::<(Uuid, Uuid)>::from_request_parts(parts, state)
-            .await
-            .map_err(|_: PathRejection| ApiError::not_found("resource"))?;
-        Ok(IdPath(ids))
+        match path_ids(parts, state).await?[..] {
+            [a, b] => Ok(IdPath((a, b))),
+            _ => Err(ApiError::internal(anyhow::anyhow!("route has not two ids"))),
+        }
     }
 }
 
@@ -158,6 +446,26 @@ impl Caller {
                 "This route needs the admin key (ADMIN_API_KEY).",
             )),
         }
+    }
+}
+
+/// The admin key, or 403 (or 401). Placed before a body, it refuses a partner key before the
+/// body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_admin()
+            .map(|()| Admin)
     }
 }
 
@@ -204,5 +512,131 @@ where
             .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
         }
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Checks that a reader and the OpenAPI document describe the same input.
+
+    use std::collections::BTreeSet;
+
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{RefOr, Required, Schema};
+
+    use super::*;
+
+    /// `B`'s reader takes exactly the properties of the documented body `D`, and reports
+    /// exactly its `required` ones as missing from `{}`.
+    pub fn assert_body_matches_schema<B: JsonBody, D: utoipa::PartialSchema>() {
+        let mut f = Fields::new(Map::new(), false);
+        let _ = B::read(&mut f);
+        let read: BTreeSet<String> = f.read.iter().map(|n| n.to_string()).collect();
+        let missing: BTreeSet<String> = f
+            .errors
+            .iter()
+            .filter(|e| e.message == MISSING)
+            .map(|e| e.pointer[1..].to_owned())
+            .collect();
+        let RefOr::T(Schema::Object(schema)) = D::schema() else {
+            panic!("not an object schema");
+        };
+        let documented: BTreeSet<String> = schema.properties.keys().cloned().collect();
+        let required: BTreeSet<String> = schema.required.iter().cloned().collect();
+        assert_eq!(read, documented, "fields read vs documented");
+        assert_eq!(missing, required, "fields required vs documented");
+    }
+
+    /// `Q`'s reader takes exactly the documented query parameters, all optional.
+    pub fn assert_query_matches_params<Q: FromQuery + utoipa::IntoParams>() {
+        let mut q = QueryParams::parse("");
+        let _ = Q::read(&mut q);
+        let read: BTreeSet<String> = q.read.iter().map(|n| n.to_string()).collect();
+        let params = Q::into_params(|| Some(ParameterIn::Query));
+        let documented: BTreeSet<String> = params.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(read, documented, "parameters read vs documented");
+        assert!(params.iter().all(|p| p.required == Required::False));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_escape_tilde_and_slash() {
+        assert_eq!(pointer(["a/b", "c~d", "0"]), "/a~1b/c~0d/0");
+        assert_eq!(pointer(["query", "limit"]), "/query/limit");
+    }
+
+    #[test]
+    fn fields_report_every_problem_in_field_order_then_unknowns() {
+        let body = serde_json::json!({ "zz": 1, "b": 5, "aa": true, "c": null });
+        let Value::Object(object) = body else {
+            unreachable!()
+        };
+        let mut f = Fields::new(object, false);
+        let a = f.required::<String>("a");
+        let b = f.required::<String>("b");
+        let c = f.optional::<String>("c");
+        let d = f.nullable::<u8>("d");
+        f.check::<()>("c", Err("a rule".into()));
+        assert_eq!((a, b, c, d), (None, None, None, None));
+        let err = f.finish(Some(())).unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .errors
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a", MISSING),
+                ("/b", "invalid type: integer `5`, expected a string"),
+                ("/c", "a rule"),
+                ("/aa", "unknown field; expected one of `a`, `b`, `c`, `d`"),
+                ("/zz", "unknown field; expected one of `a`, `b`, `c`, `d`"),
+            ]
+        );
+    }
+
+    #[test]
+    fn query_params_spot_a_bare_plus_and_repeats() {
+        let mut q = QueryParams::parse("n=+5&n2=+x&t=1&t=2&ok=%2B5&e=");
+        let plus = |s: &str| {
+            s.strip_prefix('+')
+                .map(str::to_owned)
+                .ok_or_else(|| "no plus".to_owned())
+        };
+        assert_eq!(q.get("n", plus), None);
+        assert_eq!(
+            q.get("n2", |s| s.parse::<i32>().map_err(|e| e.to_string())),
+            None
+        );
+        assert_eq!(q.get("t", |s| Ok::<_, String>(s.to_owned())), None);
+        assert_eq!(q.get("ok", plus).as_deref(), Some("5"));
+        assert_eq!(q.get("absent", plus), None);
+        let err = q.finish(Some(())).unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .errors
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/query/n",
+                    "a `+` in a query string decodes to a space: send it URL-encoded as `%2B`, as in `n=%2B5`"
+                ),
+                // Still wrong with its `+`: the parser's own message.
+                ("/query/n2", "invalid digit found in string"),
+                ("/query/t", "given more than once; send it once"),
+                (
+                    "/query/e",
+                    "unknown query parameter; expected one of n, n2, t, ok, absent"
+                ),
+            ]
+        );
     }
 }

@@ -14,8 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{AppJson, AppQuery, Caller, IdPath};
-use super::problem::{ApiError, FieldError, Problem};
+use super::extract::{
+    AppJson, AppQuery, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody, QueryParams,
+    parse_limit,
+};
+use super::problem::{ApiError, Problem};
 use crate::app::AppState;
 use crate::crypto;
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
@@ -220,11 +223,66 @@ impl From<&store::MigrationRow> for Migration {
     }
 }
 
-struct Validated {
+/// The four ids every migration names, checked.
+struct Accounts {
     phone: E164,
     source: String,
     destination: String,
     business: String,
+}
+
+/// Reads `phone_number`, `source_waba_id`, `destination_waba_id` and `meta_business_id` (the
+/// create and precheck bodies): as sent, and checked once all four are valid.
+struct AccountFields {
+    phone_number: Option<String>,
+    source_waba_id: Option<String>,
+    destination_waba_id: Option<String>,
+    meta_business_id: Option<String>,
+    checked: Option<Accounts>,
+}
+
+impl AccountFields {
+    fn read(f: &mut Fields) -> Self {
+        let phone_number = f.required::<String>("phone_number");
+        let source_waba_id = f.required::<String>("source_waba_id");
+        let destination_waba_id = f.required::<String>("destination_waba_id");
+        let meta_business_id = f.required::<String>("meta_business_id");
+        let phone = phone_number
+            .as_deref()
+            .and_then(|p| f.check("phone_number", E164::parse(p)));
+        let mut id = |name, v: &Option<String>| {
+            v.as_deref()
+                .and_then(|v| f.check(name, values::parse_meta_id(v)))
+        };
+        let source = id("source_waba_id", &source_waba_id);
+        let destination = id("destination_waba_id", &destination_waba_id);
+        let business = id("meta_business_id", &meta_business_id);
+        if source.is_some() && source == destination {
+            f.error("destination_waba_id", "must differ from source_waba_id");
+        }
+        let checked = match (phone, source, destination, business) {
+            (Some(phone), Some(source), Some(destination), Some(business)) => Some(Accounts {
+                phone,
+                source,
+                destination,
+                business,
+            }),
+            _ => None,
+        };
+        Self {
+            phone_number,
+            source_waba_id,
+            destination_waba_id,
+            meta_business_id,
+            checked,
+        }
+    }
+}
+
+/// `POST /v1/migrations`: the body as sent (its idempotency fingerprint) and its checked values.
+struct NewMigrationRequest {
+    body: CreateMigration,
+    accounts: Accounts,
     otp_method: OtpMethod,
     otp_language: String,
     pin: Option<String>,
@@ -232,19 +290,6 @@ struct Validated {
     metadata: Value,
     flow: Flow,
     channel_id: Option<String>,
-}
-
-fn push(errors: &mut Vec<FieldError>, pointer: &str, r: Result<String, String>) -> String {
-    match r {
-        Ok(v) => v,
-        Err(message) => {
-            errors.push(FieldError {
-                pointer: pointer.into(),
-                message,
-            });
-            String::new()
-        }
-    }
 }
 
 /// A webhook URL: `https` to a public host (anything http(s) with `ALLOW_PRIVATE_CALLBACKS`).
@@ -270,116 +315,94 @@ fn contains_nul(v: &Value) -> bool {
     }
 }
 
-fn validate(body: &CreateMigration, allow_private: bool) -> Result<Validated, ApiError> {
-    let mut errors = Vec::new();
-    let phone = match E164::parse(&body.phone_number) {
-        Ok(p) => Some(p),
-        Err(message) => {
-            errors.push(FieldError {
-                pointer: "/phone_number".into(),
-                message,
-            });
-            None
+/// `metadata`: a small JSON object PostgreSQL can store.
+fn check_metadata(metadata: &Value) -> Result<(), String> {
+    match metadata {
+        Value::Object(m) if m.len() > 20 => Err("at most 20 keys".into()),
+        Value::Object(_) if metadata.to_string().len() > 4096 => {
+            Err("at most 4 KiB of JSON".into())
         }
-    };
-    let source = push(
-        &mut errors,
-        "/source_waba_id",
-        values::parse_meta_id(&body.source_waba_id),
-    );
-    let destination = push(
-        &mut errors,
-        "/destination_waba_id",
-        values::parse_meta_id(&body.destination_waba_id),
-    );
-    let business = push(
-        &mut errors,
-        "/meta_business_id",
-        values::parse_meta_id(&body.meta_business_id),
-    );
-    if !source.is_empty() && source == destination {
-        errors.push(FieldError {
-            pointer: "/destination_waba_id".into(),
-            message: "must differ from source_waba_id".into(),
-        });
-    }
-    let otp_language = push(
-        &mut errors,
-        "/otp_language",
-        values::parse_language(body.otp_language.as_deref().unwrap_or("en_US")),
-    );
-    let pin = body
-        .pin
-        .as_deref()
-        .map(|p| push(&mut errors, "/pin", values::parse_six_digits(p)));
-    let callback_url = body.callback_url.as_deref().map(|u| {
-        push(
-            &mut errors,
-            "/callback_url",
-            validate_callback(u, allow_private),
-        )
-    });
-    let metadata = body.metadata.clone().unwrap_or_else(|| json!({}));
-    match &metadata {
-        Value::Object(m) if m.len() > 20 => errors.push(FieldError {
-            pointer: "/metadata".into(),
-            message: "at most 20 keys".into(),
-        }),
-        Value::Object(_) if metadata.to_string().len() > 4096 => errors.push(FieldError {
-            pointer: "/metadata".into(),
-            message: "at most 4 KiB of JSON".into(),
-        }),
         // PostgreSQL's jsonb cannot store U+0000.
-        Value::Object(_) if contains_nul(&metadata) => errors.push(FieldError {
-            pointer: "/metadata".into(),
-            message: "must not contain U+0000 (NUL) in keys or strings".into(),
-        }),
-        Value::Object(_) => {}
-        _ => errors.push(FieldError {
-            pointer: "/metadata".into(),
-            message: "must be a JSON object".into(),
-        }),
+        Value::Object(_) if contains_nul(metadata) => {
+            Err("must not contain U+0000 (NUL) in keys or strings".into())
+        }
+        Value::Object(_) => Ok(()),
+        _ => Err("must be a JSON object".into()),
     }
-    let flow = body.flow.unwrap_or_default();
-    let channel_id = match (flow, body.channel_id.as_deref()) {
-        (Flow::EmbeddedSignup, Some(c))
-            if !c.trim().is_empty()
-                && c.chars().count() <= 64
-                && !c.chars().any(char::is_control) =>
-        {
-            Some(c.trim().to_owned())
-        }
-        (Flow::EmbeddedSignup, _) => {
-            errors.push(FieldError {
-                pointer: "/channel_id".into(),
-                message: "required for flow embedded_signup (from the onboarding redirect)".into(),
-            });
-            None
-        }
-        (Flow::Otp, Some(_)) => {
-            errors.push(FieldError {
-                pointer: "/channel_id".into(),
-                message: "only allowed with flow embedded_signup".into(),
-            });
-            None
-        }
-        (Flow::Otp, None) => None,
-    };
-    match phone {
-        Some(phone) if errors.is_empty() => Ok(Validated {
-            phone,
-            source,
-            destination,
-            business,
-            otp_method: body.otp_method.unwrap_or_default(),
-            otp_language,
-            pin,
-            callback_url,
-            metadata,
-            flow,
-            channel_id,
-        }),
-        _ => Err(ApiError::validation(errors)),
+}
+
+impl JsonBody for NewMigrationRequest {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let accounts = AccountFields::read(f);
+        let otp_method = f.optional::<OtpMethod>("otp_method");
+        let otp_language = f.optional::<String>("otp_language");
+        let pin = f.optional::<String>("pin");
+        let callback_url = f.optional::<String>("callback_url");
+        let metadata = f.optional::<Value>("metadata");
+        let flow = f.optional::<Flow>("flow");
+        let channel_id = f.optional::<String>("channel_id");
+
+        let language = match &otp_language {
+            Some(l) => f.check("otp_language", values::parse_language(l)),
+            None => Some("en_US".to_owned()),
+        };
+        let checked_pin = pin
+            .as_deref()
+            .and_then(|p| f.check("pin", values::parse_six_digits(p)));
+        let allow_private = f.allow_private_callbacks();
+        let checked_callback = callback_url
+            .as_deref()
+            .and_then(|u| f.check("callback_url", validate_callback(u, allow_private)));
+        let checked_metadata = metadata.clone().unwrap_or_else(|| json!({}));
+        f.check("metadata", check_metadata(&checked_metadata));
+        let checked_channel = match (flow.unwrap_or_default(), channel_id.as_deref()) {
+            // Already reported; a rule across both would only repeat it.
+            _ if f.failed("flow") || f.failed("channel_id") => None,
+            (Flow::EmbeddedSignup, Some(c))
+                if !c.trim().is_empty()
+                    && c.chars().count() <= 64
+                    && !c.chars().any(char::is_control) =>
+            {
+                Some(c.trim().to_owned())
+            }
+            (Flow::EmbeddedSignup, _) => {
+                f.error(
+                    "channel_id",
+                    "required for flow embedded_signup (from the onboarding redirect)",
+                );
+                None
+            }
+            (Flow::Otp, Some(_)) => {
+                f.error("channel_id", "only allowed with flow embedded_signup");
+                None
+            }
+            (Flow::Otp, None) => None,
+        };
+
+        // An invalid optional field is `None` here, but its problem rejects the body.
+        Some(Self {
+            body: CreateMigration {
+                phone_number: accounts.phone_number?,
+                source_waba_id: accounts.source_waba_id?,
+                destination_waba_id: accounts.destination_waba_id?,
+                meta_business_id: accounts.meta_business_id?,
+                otp_method,
+                otp_language,
+                pin,
+                callback_url,
+                metadata,
+                flow,
+                channel_id,
+            },
+            accounts: accounts.checked?,
+            otp_method: otp_method.unwrap_or_default(),
+            otp_language: language?,
+            pin: checked_pin,
+            callback_url: checked_callback,
+            metadata: checked_metadata,
+            flow: flow.unwrap_or_default(),
+            channel_id: checked_channel,
+        })
     }
 }
 
@@ -443,10 +466,9 @@ async fn create_migration(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    AppJson(body): AppJson<CreateMigration>,
+    AppJson(v): AppJson<NewMigrationRequest>,
 ) -> Result<Response, ApiError> {
     let partner_id = partner_of(caller)?;
-    let v = validate(&body, state.webhooks.allow_private)?;
     let idem_key = match headers.get("idempotency-key") {
         Some(h) => {
             let k = h
@@ -469,7 +491,7 @@ async fn create_migration(
         // Keyed: the body may hold the PIN.
         let fingerprints = state
             .cipher
-            .fingerprints(canonical(&json!(body)).to_string().as_bytes());
+            .fingerprints(canonical(&json!(v.body)).to_string().as_bytes());
         match idempotency::begin(&mut tx, partner_id, key, &fingerprints).await? {
             idempotency::Begin::New => {}
             idempotency::Begin::Replay { status, body } => {
@@ -505,10 +527,10 @@ async fn create_migration(
         id,
         partner_id,
         flow: v.flow.as_str().into(),
-        phone_number: v.phone.as_str().into(),
-        source_waba_id: v.source,
-        destination_waba_id: v.destination,
-        meta_business_id: v.business,
+        phone_number: v.accounts.phone.as_str().into(),
+        source_waba_id: v.accounts.source,
+        destination_waba_id: v.accounts.destination,
+        meta_business_id: v.accounts.business,
         channel_id: v.channel_id,
         otp_method: v.otp_method.as_str().into(),
         otp_language: v.otp_language,
@@ -521,7 +543,7 @@ async fn create_migration(
         Ok(r) => r,
         Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
             drop(tx);
-            let existing = store::active_for_number(&state.pool, v.phone.as_str()).await?;
+            let existing = store::active_for_number(&state.pool, new.phone_number.as_str()).await?;
             return Err(active_conflict(existing, caller));
         }
         Err(e) => return Err(e.into()),
@@ -546,27 +568,82 @@ fn created(m: &Migration) -> Response {
     res
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// The filters of `GET /v1/migrations`, checked.
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only migrations in this state.
     pub state: Option<MigrationState>,
-    /// Only this number (E.164).
-    #[param(pattern = r"^\+[1-9][0-9]{1,14}$")]
-    pub phone_number: Option<String>,
-    /// Created strictly after (RFC 3339).
+    /// Only this number, E.164 with its `+` URL-encoded: `phone_number=%2B5511987654321`
+    /// (a bare `+` in a query string means a space).
+    #[param(value_type = Option<String>, pattern = r"^\+[1-9][0-9]{1,14}$")]
+    pub phone_number: Option<E164>,
+    /// Created strictly after this RFC 3339 timestamp, e.g. `2026-12-01T00:00:00Z` (an offset's
+    /// `+` URL-encoded as `%2B`).
     pub created_after: Option<DateTime<Utc>>,
-    /// Created strictly before (RFC 3339).
+    /// Created strictly before this RFC 3339 timestamp.
     pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
-    pub cursor: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
+    pub cursor: Option<Uuid>,
     /// Admin only: one partner's migrations.
     pub partner_id: Option<Uuid>,
+}
+
+/// A `created_after`/`created_before` filter: RFC 3339 with a four-digit year (chrono reads
+/// more, PostgreSQL stores less).
+fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    s.parse::<DateTime<Utc>>()
+        .ok()
+        .filter(|t| (0..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(|| "expected an RFC 3339 timestamp such as 2026-12-01T00:00:00Z".to_owned())
+}
+
+impl FromQuery for ListQuery {
+    fn read(q: &mut QueryParams) -> Option<Self> {
+        let state = q.get("state", |s| {
+            s.parse::<MigrationState>().map_err(|_| {
+                let all: Vec<&str> = MigrationState::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "expected a migration state such as awaiting_otp: one of {}",
+                    all.join(", ")
+                )
+            })
+        });
+        let phone_number = q.get("phone_number", |s| {
+            E164::parse(s).map_err(|m| {
+                format!(
+                    "{m}: expected an E.164 number such as +5511987654321, its `+` URL-encoded as `%2B` (`phone_number=%2B5511987654321`)"
+                )
+            })
+        });
+        let created_after = q.get("created_after", parse_timestamp);
+        let created_before = q.get("created_before", parse_timestamp);
+        let limit = q.get("limit", parse_limit);
+        let cursor = q.get("cursor", |s| {
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()
+                .and_then(|b| Uuid::from_slice(&b).ok())
+                .ok_or_else(|| "expected the next_cursor of a previous page, unchanged".to_owned())
+        });
+        let partner_id = q.get("partner_id", |s| {
+            Uuid::parse_str(s)
+                .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
+        });
+        Some(Self {
+            state,
+            phone_number,
+            created_after,
+            created_before,
+            limit,
+            cursor,
+            partner_id,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -593,40 +670,6 @@ async fn list_migrations(
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<axum::Json<MigrationPage>, ApiError> {
     let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::field("/limit", "must be between 1 and 100"));
-    }
-    let before_id = match &q.cursor {
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| Uuid::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::field("/cursor", "not a cursor from this API"))?,
-        ),
-        None => None,
-    };
-    // RFC 3339 years have four digits; chrono reads more, PostgreSQL stores less.
-    for (pointer, t) in [
-        ("/created_after", q.created_after),
-        ("/created_before", q.created_before),
-    ] {
-        if t.is_some_and(|t| !(0..=9999).contains(&chrono::Datelike::year(&t))) {
-            return Err(ApiError::field(
-                pointer,
-                "must be an RFC 3339 date-time (years 0000 to 9999)",
-            ));
-        }
-    }
-    let phone_number = match &q.phone_number {
-        Some(p) => Some(
-            E164::parse(p)
-                .map_err(|m| ApiError::field("/phone_number", m))?
-                .as_str()
-                .to_owned(),
-        ),
-        None => None,
-    };
     let partner_id = match (caller, q.partner_id) {
         (Caller::Partner(p), None) => Some(p),
         (Caller::Partner(p), Some(asked)) if asked == p => Some(p),
@@ -640,10 +683,10 @@ async fn list_migrations(
     let filter = store::ListFilter {
         partner_id,
         state: q.state.map(|s| s.as_str().to_owned()),
-        phone_number,
+        phone_number: q.phone_number.map(|p| p.as_str().to_owned()),
         created_after: q.created_after,
         created_before: q.created_before,
-        before_id,
+        before_id: q.cursor,
         limit,
         ..Default::default()
     };
@@ -821,6 +864,14 @@ pub struct SubmitOtp {
     pub code: String,
 }
 
+impl JsonBody for SubmitOtp {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let code = f.required::<String>("code")?;
+        let code = f.check("code", values::parse_six_digits(code.trim()))?;
+        Some(Self { code })
+    }
+}
+
 /// Submit the verification code.
 ///
 /// Accepted in `awaiting_otp`; the job moves to `verifying_otp`. A wrong code brings it back to
@@ -842,10 +893,8 @@ async fn submit_otp(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
-    AppJson(body): AppJson<SubmitOtp>,
+    AppJson(SubmitOtp { code }): AppJson<SubmitOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let code =
-        values::parse_six_digits(body.code.trim()).map_err(|m| ApiError::field("/code", m))?;
     let row = fetch(&state, caller, id).await?;
     if row.state() != MigrationState::AwaitingOtp {
         return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
@@ -893,6 +942,14 @@ pub struct ResendOtp {
     /// Default: the migration's current method.
     #[serde(default)]
     pub method: Option<OtpMethod>,
+}
+
+impl JsonBody for ResendOtp {
+    fn read(f: &mut Fields) -> Option<Self> {
+        Some(Self {
+            method: f.optional("method"),
+        })
+    }
 }
 
 /// Request a new verification code (SMS or voice).
@@ -1206,6 +1263,23 @@ pub struct PrecheckRequest {
     pub flow: Option<Flow>,
 }
 
+/// `POST /v1/prechecks`, checked.
+struct PrecheckBody {
+    accounts: Accounts,
+    flow: Flow,
+}
+
+impl JsonBody for PrecheckBody {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let accounts = AccountFields::read(f);
+        let flow = f.optional::<Flow>("flow");
+        Some(Self {
+            accounts: accounts.checked?,
+            flow: flow.unwrap_or_default(),
+        })
+    }
+}
+
 /// Dry-run the prechecks without creating a migration.
 #[utoipa::path(
     post, path = "/v1/prechecks", tag = "migrations",
@@ -1221,23 +1295,9 @@ pub struct PrecheckRequest {
 async fn run_precheck(
     State(state): State<AppState>,
     _caller: Caller,
-    AppJson(body): AppJson<PrecheckRequest>,
+    AppJson(body): AppJson<PrecheckBody>,
 ) -> Result<axum::Json<PrecheckReport>, ApiError> {
-    let as_create = CreateMigration {
-        phone_number: body.phone_number,
-        source_waba_id: body.source_waba_id,
-        destination_waba_id: body.destination_waba_id,
-        meta_business_id: body.meta_business_id,
-        otp_method: None,
-        otp_language: None,
-        pin: None,
-        callback_url: None,
-        metadata: None,
-        flow: Some(Flow::Otp),
-        channel_id: None,
-    };
-    let v = validate(&as_create, state.webhooks.allow_private)?;
-    let flow = body.flow.unwrap_or_default();
+    let PrecheckBody { accounts: v, flow } = body;
     if let Some(seeder) = &state.sandbox_seeder {
         seeder
             .seed(v.phone.as_str(), &v.source, &v.destination, &v.business)
@@ -1262,4 +1322,19 @@ async fn run_precheck(
         &v.business,
         &input,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::testing::{assert_body_matches_schema, assert_query_matches_params};
+
+    #[test]
+    fn readers_take_what_the_openapi_document_describes() {
+        assert_body_matches_schema::<NewMigrationRequest, CreateMigration>();
+        assert_body_matches_schema::<PrecheckBody, PrecheckRequest>();
+        assert_body_matches_schema::<SubmitOtp, SubmitOtp>();
+        assert_body_matches_schema::<ResendOtp, ResendOtp>();
+        assert_query_matches_params::<ListQuery>();
+    }
 }

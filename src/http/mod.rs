@@ -30,11 +30,14 @@ use problem::{ApiError, REQUEST_ID};
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// How long a request may take before it is answered 408 `request_timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "waba-migrator",
-        description = "Migrates a client's WhatsApp Business phone number from another provider into 360dialog: prechecks, the verification code, registration, template copy and the 360dialog API key, as one durable job per number.\n\nErrors are RFC 9457 `application/problem+json` with a stable `code`.",
+        description = "Migrates a client's WhatsApp Business phone number from another provider into 360dialog: prechecks, the verification code, registration, template copy and the 360dialog API key, as one durable job per number.\n\nErrors are RFC 9457 `application/problem+json` with a stable `code`, including the ones no operation lists: an unknown route is 404 `route_not_found`, a method the route does not accept is 405 `method_not_allowed` (with `Allow`). A 422 `validation_failed` lists every invalid, missing or unknown input at once in `errors[]`, each at its JSON pointer: `/phone_number` for a body field, `/query/limit` for a query parameter.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
@@ -153,7 +156,7 @@ async fn openapi_json_handler() -> axum::Json<utoipa::openapi::OpenApi> {
 /// The full router with middleware.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
-    router
+    let app = router
         .merge(docs::routes())
         // HTML pages for support staff; not part of the OpenAPI document.
         .merge(crate::dashboard::routes())
@@ -164,7 +167,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            REQUEST_TIMEOUT,
         ))
         .layer(
             TraceLayer::new_for_http()
@@ -190,6 +193,11 @@ pub fn router(state: AppState) -> Router {
                         request_id,
                     )
                 }),
-        )
+        );
+    // Around the whole router (a `Router::layer` wraps each route, inside what axum adds after
+    // it, such as a 405's `Allow`), and inside `request_id` so these problems carry it too.
+    Router::new()
+        .fallback_service(app)
+        .layer(middleware::from_fn(problem::framework_errors))
         .layer(middleware::from_fn(request_id))
 }

@@ -10,8 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{AppJson, AppQuery, Caller, IdPath};
-use super::problem::{ApiError, FieldError, Problem};
+use super::extract::{
+    Admin, AppJson, AppQuery, Caller, Fields, FromQuery, IdPath, JsonBody, QueryParams, parse_limit,
+};
+use super::migrations::validate_callback;
+use super::problem::{ApiError, Problem};
 use crate::app::AppState;
 use crate::crypto;
 use crate::db::{self, partners as store};
@@ -148,8 +151,7 @@ pub struct PartnerPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PartnerListQuery {
     /// 1–100, default 20.
@@ -158,54 +160,69 @@ pub struct PartnerListQuery {
     pub cursor: Option<Uuid>,
 }
 
-fn validate(body: &CreatePartner, allow_private: bool) -> Result<(), ApiError> {
-    let mut errors = Vec::new();
-    let mut check = |ok: bool, pointer: &str, message: &str| {
-        if !ok {
-            errors.push(FieldError {
-                pointer: pointer.into(),
-                message: message.into(),
-            });
-        }
-    };
-    check(
-        valid_name(&body.name),
-        "/name",
-        "1 to 200 characters, not blank, no control characters",
-    );
-    check(
-        !body.d360_partner_id.trim().is_empty()
-            && body.d360_partner_id.len() <= 64
-            && body
-                .d360_partner_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric()),
-        "/d360_partner_id",
-        "the 360dialog partner id: letters and digits, e.g. examplePA",
-    );
-    check(
-        !body.d360_api_key.trim().is_empty()
-            && body.d360_api_key.len() <= 512
-            && body
-                .d360_api_key
-                .trim()
-                .chars()
-                .all(|c| c.is_ascii_graphic()),
-        "/d360_api_key",
-        "the partner's 360dialog API key (printable characters, at most 512)",
-    );
-    if let Some(u) = &body.callback_url
-        && let Err(message) = super::migrations::validate_callback(u, allow_private)
-    {
-        errors.push(FieldError {
-            pointer: "/callback_url".into(),
-            message,
+/// `Ok(value)` if `ok`, else the `rule` it breaks.
+fn ensure<T>(ok: bool, value: T, rule: &str) -> Result<T, String> {
+    if ok { Ok(value) } else { Err(rule.to_owned()) }
+}
+
+const NAME_RULE: &str = "1 to 200 characters, not blank, no control characters";
+
+impl JsonBody for CreatePartner {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let name = f.required::<String>("name");
+        let d360_partner_id = f.required::<String>("d360_partner_id");
+        let d360_api_key = f.required::<String>("d360_api_key");
+        let callback_url = f.optional::<String>("callback_url");
+        let name = name.and_then(|n| f.check("name", ensure(valid_name(&n), n, NAME_RULE)));
+        let d360_partner_id = d360_partner_id.and_then(|id| {
+            let ok = !id.trim().is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric());
+            let rule = "the 360dialog partner id: letters and digits, e.g. examplePA";
+            f.check("d360_partner_id", ensure(ok, id, rule))
         });
+        let d360_api_key = d360_api_key.and_then(|k| {
+            let ok = !k.trim().is_empty()
+                && k.len() <= 512
+                && k.trim().chars().all(|c| c.is_ascii_graphic());
+            let rule = "the partner's 360dialog API key (printable characters, at most 512)";
+            f.check("d360_api_key", ensure(ok, k, rule))
+        });
+        let allow_private = f.allow_private_callbacks();
+        let callback_url = callback_url
+            .and_then(|u| f.check("callback_url", validate_callback(&u, allow_private)));
+        // An invalid optional field is `None` here, but its problem rejects the body.
+        Some(Self {
+            name: name?,
+            d360_partner_id: d360_partner_id?,
+            d360_api_key: d360_api_key?,
+            callback_url,
+        })
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::validation(errors))
+}
+
+impl JsonBody for UpdatePartner {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let name = f
+            .optional::<String>("name")
+            .and_then(|n| f.check("name", ensure(valid_name(&n), n, NAME_RULE)));
+        let allow_private = f.allow_private_callbacks();
+        let callback_url = f
+            .nullable::<String>("callback_url")
+            .map(|u| u.and_then(|u| f.check("callback_url", validate_callback(&u, allow_private))));
+        Some(Self { name, callback_url })
+    }
+}
+
+impl FromQuery for PartnerListQuery {
+    fn read(q: &mut QueryParams) -> Option<Self> {
+        let limit = q.get("limit", parse_limit);
+        let cursor = q.get("cursor", |s| {
+            Uuid::parse_str(s).map_err(|_| {
+                "expected the next_cursor of a previous page (a partner id), unchanged".to_owned()
+            })
+        });
+        Some(Self { limit, cursor })
     }
 }
 
@@ -223,11 +240,9 @@ fn validate(body: &CreatePartner, allow_private: bool) -> Result<(), ApiError> {
 )]
 async fn create_partner(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     AppJson(body): AppJson<CreatePartner>,
 ) -> Result<(StatusCode, axum::Json<PartnerCreated>), ApiError> {
-    caller.require_admin()?;
-    validate(&body, state.webhooks.allow_private)?;
     let created = create_partner_with_key(&state, &body).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
@@ -287,14 +302,10 @@ pub async fn create_partner_with_key(
 )]
 async fn list_partners(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     AppQuery(q): AppQuery<PartnerListQuery>,
 ) -> Result<axum::Json<PartnerPage>, ApiError> {
-    caller.require_admin()?;
     let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::field("/limit", "must be between 1 and 100"));
-    }
     let mut rows = store::list(&state.pool, q.cursor, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -364,31 +375,10 @@ async fn get_partner(
 )]
 async fn update_partner(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     IdPath(id): IdPath<Uuid>,
     AppJson(body): AppJson<UpdatePartner>,
 ) -> Result<axum::Json<Partner>, ApiError> {
-    caller.require_admin()?;
-    let mut errors = Vec::new();
-    if let Some(name) = &body.name
-        && !valid_name(name)
-    {
-        errors.push(FieldError {
-            pointer: "/name".into(),
-            message: "1 to 200 characters, not blank, no control characters".into(),
-        });
-    }
-    if let Some(Some(u)) = &body.callback_url
-        && let Err(message) = super::migrations::validate_callback(u, state.webhooks.allow_private)
-    {
-        errors.push(FieldError {
-            pointer: "/callback_url".into(),
-            message,
-        });
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
     let name = body.name.as_deref().map(str::trim);
     match store::update(
         &state.pool,
@@ -557,4 +547,17 @@ async fn rotate_webhook_secret(
         webhook_secret: secret.expose_secret().to_owned(),
         previous_secret_expires_at,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::testing::{assert_body_matches_schema, assert_query_matches_params};
+
+    #[test]
+    fn readers_take_what_the_openapi_document_describes() {
+        assert_body_matches_schema::<CreatePartner, CreatePartner>();
+        assert_body_matches_schema::<UpdatePartner, UpdatePartner>();
+        assert_query_matches_params::<PartnerListQuery>();
+    }
 }

@@ -79,10 +79,13 @@ async fn nul_characters_are_rejected_before_postgres(pool: PgPool) {
 async fn list_dates_outside_rfc3339_years_are_rejected(pool: PgPool) {
     let app = TestApp::spawn_with(pool, quiet()).await;
     for (query, pointer) in [
-        ("created_after=-100000-01-01T00:00:00Z", "/created_after"),
+        (
+            "created_after=-100000-01-01T00:00:00Z",
+            "/query/created_after",
+        ),
         (
             "created_before=%2B200000-01-01T00:00:00Z",
-            "/created_before",
+            "/query/created_before",
         ),
     ] {
         let res = app.get(&format!("/v1/migrations?{query}")).await;

@@ -5,6 +5,7 @@ mod crash;
 mod dashboard;
 mod docs;
 mod docs_page;
+mod errors;
 mod fuzz_findings;
 mod helpers;
 mod isolation;
