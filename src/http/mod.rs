@@ -153,6 +153,24 @@ async fn openapi_json_handler() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(openapi())
 }
 
+/// A handler that panics answers a problem+json 500 (`internal_error`, with the request id)
+/// instead of dropping the connection; the panic is logged.
+fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
+    fn(Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response,
+> {
+    fn answer(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".to_owned());
+        axum::response::IntoResponse::into_response(ApiError::internal(anyhow::anyhow!(
+            "request handler panicked: {what}"
+        )))
+    }
+    tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
+}
+
 /// The full router with middleware.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
@@ -162,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .fallback(not_found)
         .with_state(state)
+        .layer(catch_panics())
         .layer(middleware::from_fn(track))
         // Enforced by the body extractors, so an oversized body is a problem+json 413.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
@@ -200,4 +219,36 @@ pub fn router(state: AppState) -> Router {
         .fallback_service(app)
         .layer(middleware::from_fn(problem::framework_errors))
         .layer(middleware::from_fn(request_id))
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .layer(super::catch_panics());
+        let res = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal_error");
+        assert!(
+            !body.to_string().contains("boom"),
+            "the panic text stays in the log"
+        );
+    }
 }
