@@ -272,7 +272,8 @@ pub struct SandboxFaultArgs {
     #[arg(long, env = "SANDBOX_FAULT_RATE", default_value_t = 0.0)]
     pub sandbox_fault_rate: f64,
     /// Sandbox: fault kinds drawn from (comma-separated: server_error, rate_limited, timeout,
-    /// connection_reset, lost_response). Default: all.
+    /// connection_reset, lost_response; also garbled_success, success_false: applied, then a
+    /// 200 that is not the upstream's JSON). Default: the first five.
     #[arg(long, env = "SANDBOX_FAULT_KINDS", value_delimiter = ',')]
     pub sandbox_fault_kinds: Vec<String>,
     /// Sandbox: latency added to every upstream request, in milliseconds.

@@ -138,7 +138,8 @@ impl Sandbox {
                 return fault_reply(api, FaultKind::Timeout);
             }
             Some(FaultKind::ConnectionReset) => return drop_connection(conn),
-            Some(FaultKind::LostResponse) | None => {}
+            Some(FaultKind::LostResponse | FaultKind::GarbledSuccess | FaultKind::SuccessFalse)
+            | None => {}
         }
 
         let result = match target.refusal {
@@ -157,8 +158,20 @@ impl Sandbox {
                 result
             }
         };
-        if fault == Some(FaultKind::LostResponse) {
-            return drop_connection(conn);
+        match fault {
+            Some(FaultKind::LostResponse) => return drop_connection(conn),
+            Some(FaultKind::GarbledSuccess) => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    "<html><head><title>200 OK</title></head><body><h1>Request accepted</h1><p>sandbox gateway</p></body></html>",
+                )
+                    .into_response();
+            }
+            Some(FaultKind::SuccessFalse) => {
+                return Reply::ok(json!({ "success": false })).into_response();
+            }
+            _ => {}
         }
         match result {
             Ok(reply) | Err(reply) => reply.into_response(),

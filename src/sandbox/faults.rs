@@ -39,16 +39,34 @@ pub enum FaultKind {
     /// The request **is** applied (state changed, `applied` counted), then the connection is
     /// closed without any HTTP response.
     LostResponse,
+    /// The request **is** applied, then answered `200 OK` with an HTML page instead of the
+    /// upstream's JSON (a gateway or captive proxy on the way). Not in [`FaultKind::ALL`]: only
+    /// drawn when named (a rule, or `SANDBOX_FAULT_KINDS`).
+    GarbledSuccess,
+    /// The request **is** applied, then answered `200 OK` `{"success": false}` (a body that is
+    /// JSON but not the documented success shape). Only drawn when named, like `garbled_success`.
+    SuccessFalse,
 }
 
 impl FaultKind {
-    /// Every kind, the default pool of random faults.
+    /// The default pool of random faults: failures of the transport or the upstream.
     pub const ALL: [FaultKind; 5] = [
         FaultKind::ServerError,
         FaultKind::RateLimited,
         FaultKind::Timeout,
         FaultKind::ConnectionReset,
         FaultKind::LostResponse,
+    ];
+
+    /// Every kind, those only drawn when named included.
+    pub const EVERY: [FaultKind; 7] = [
+        FaultKind::ServerError,
+        FaultKind::RateLimited,
+        FaultKind::Timeout,
+        FaultKind::ConnectionReset,
+        FaultKind::LostResponse,
+        FaultKind::GarbledSuccess,
+        FaultKind::SuccessFalse,
     ];
 
     /// The snake_case name used in JSON and on the command line.
@@ -59,6 +77,8 @@ impl FaultKind {
             FaultKind::Timeout => "timeout",
             FaultKind::ConnectionReset => "connection_reset",
             FaultKind::LostResponse => "lost_response",
+            FaultKind::GarbledSuccess => "garbled_success",
+            FaultKind::SuccessFalse => "success_false",
         }
     }
 }
@@ -72,7 +92,7 @@ impl fmt::Display for FaultKind {
 /// An unknown fault kind name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown fault kind {0:?} (expected server_error, rate_limited, timeout, connection_reset or lost_response)"
+    "unknown fault kind {0:?} (expected server_error, rate_limited, timeout, connection_reset, lost_response, garbled_success or success_false)"
 )]
 pub struct ParseFaultKindError(pub String);
 
@@ -80,7 +100,7 @@ impl FromStr for FaultKind {
     type Err = ParseFaultKindError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FaultKind::ALL
+        FaultKind::EVERY
             .into_iter()
             .find(|k| k.as_str() == s.trim())
             .ok_or_else(|| ParseFaultKindError(s.to_owned()))

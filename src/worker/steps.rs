@@ -377,8 +377,10 @@ async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> 
             })
             .data(json!({ "otp": "already_verified" })))
         }
-        Err(e) if e.is_retryable() && e.maybe_applied() => {
-            // Ambiguous: it may have been sent. Never text the client twice by a retry.
+        Err(e) if e.maybe_applied() => {
+            // Ambiguous: it may have been sent (a timeout or reset after sending, or a 2xx
+            // whose body is not Graph's `{"success": true}`). Never text the client twice by a
+            // retry: treat it as sent; the partner can resend.
             Ok(StepResult::done()
                 .with(|p| otp_timestamps(deps, p))
                 .data(json!({ "otp": "assumed_sent_after_ambiguous_error" })))

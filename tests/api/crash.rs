@@ -183,3 +183,66 @@ async fn a_dead_workers_migration_is_claimed_before_the_backlog(pool: PgPool) {
         .unwrap();
     assert!(none.is_empty());
 }
+
+/// A `request_code` that Meta applied but answered with a 2xx that is not its JSON (a gateway's
+/// HTML page, or `{"success": false}`) is treated as sent: the client is never texted twice,
+/// and the register and verify steps after it are unaffected by such answers either.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_garbled_2xx_never_sends_the_code_twice(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for (phone, fault) in [
+        ("+14155550407", "garbled_success"),
+        ("+14155550408", "success_false"),
+    ] {
+        app.faults(serde_json::json!([
+            { "endpoint": "request_code", "phone_number": phone, "fault": fault, "times": 1 },
+            { "endpoint": "verify_code", "phone_number": phone, "fault": fault, "times": 1 },
+            { "endpoint": "register", "phone_number": phone, "fault": fault, "times": 1 },
+        ]))
+        .await;
+        let id = app.create(phone).await;
+        let m = app.wait_for(&id, "awaiting_otp").await;
+        assert_eq!(app.received(phone, "request_code"), 1, "{fault}: {m:#}");
+        assert_eq!(app.applied(phone, "request_code"), 1, "{fault}");
+        app.submit_otp(&id, "123456").await;
+        app.wait_for(&id, "completed").await;
+        for endpoint in ["request_code", "verify_code", "register"] {
+            assert_eq!(app.applied(phone, endpoint), 1, "{fault}: {endpoint}");
+        }
+        assert_eq!(
+            app.received(phone, "register"),
+            1,
+            "{fault}: read, not called again"
+        );
+    }
+}
+
+/// A worker that dies right after `request_code` was sent (before recording it) leaves its
+/// intent behind: the next worker treats the code as sent instead of texting again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn crash_after_request_code_does_not_text_twice(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550409";
+    let id = app.create(phone).await;
+    let first = app.worker().clone();
+    app.fail_points.arm("after_request_code", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.applied(phone, "request_code") == 0 {
+        first.run_until_idle().await.unwrap();
+        assert!(Instant::now() < deadline, "request_code never sent");
+    }
+    assert_eq!(app.migration(&id).await["state"], "requesting_otp");
+    let second = app.another_worker();
+    drive_until(&app, &second, &id, "awaiting_otp").await;
+    assert_eq!(app.received(phone, "request_code"), 1);
+    let sent = app
+        .events(&id)
+        .await
+        .into_iter()
+        .find(|e| e["to_state"] == "awaiting_otp")
+        .unwrap();
+    assert_eq!(
+        sent["data"]["otp"], "assumed_sent_after_interruption",
+        "{sent:#}"
+    );
+}
