@@ -236,6 +236,9 @@ pub fn worker_config(run: &RunArgs) -> WorkerConfig {
             max_retry_after: Duration::from_secs(3600),
             max_attempts: args.max_step_attempts,
             channel_timeout: Duration::from_secs(args.channel_timeout_seconds),
+            try_later_base: Duration::from_secs(args.try_again_later_base_seconds.max(1)),
+            try_later_cap: Duration::from_secs(900),
+            try_later_total: Duration::from_secs(args.try_again_later_total_seconds),
         },
         otp: OtpPolicy {
             ttl: Duration::from_secs(args.otp_ttl_seconds),

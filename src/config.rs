@@ -203,6 +203,14 @@ pub struct WorkerArgs {
     /// Longest retry delay.
     #[arg(long, env = "RETRY_CAP_SECONDS", default_value_t = 300)]
     pub retry_cap_seconds: u64,
+    /// First delay after Meta's "There was an error migrating this phone number. Please try
+    /// again after some time." (doubles per try, up to 15 minutes).
+    #[arg(long, env = "TRY_AGAIN_LATER_BASE_SECONDS", default_value_t = 60)]
+    pub try_again_later_base_seconds: u64,
+    /// How long a step keeps trying after that answer before the migration fails with
+    /// upstream_unavailable.
+    #[arg(long, env = "TRY_AGAIN_LATER_TOTAL_SECONDS", default_value_t = 21_600)]
+    pub try_again_later_total_seconds: u64,
     /// How long `awaiting_otp` waits for the code before failing with otp_expired.
     #[arg(long, env = "OTP_TTL_SECONDS", default_value_t = 86_400)]
     pub otp_ttl_seconds: u64,

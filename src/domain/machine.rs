@@ -22,6 +22,10 @@ pub enum StepOutcome {
         error: MigrationError,
         retry_after: Option<Duration>,
     },
+    /// Meta asked to try again after some time (2388103, "There was an error migrating this
+    /// phone number"): retried with the long backoff of [`RetryPolicy::try_later_base`] up to
+    /// [`RetryPolicy::try_later_total`] in this state, whatever `is_transient` said.
+    TryLater { error: MigrationError },
     /// A permanent failure: the migration fails with this error.
     Failed(MigrationError),
     /// Meta rejected the submitted verification code.
@@ -58,6 +62,12 @@ pub struct RetryPolicy {
     pub max_attempts: i32,
     /// How long `awaiting_channel` waits for a running channel with API-key permission.
     pub channel_timeout: Duration,
+    /// First delay after Meta's "try again after some time" (doubles per try).
+    pub try_later_base: Duration,
+    /// Longest delay between two such tries.
+    pub try_later_cap: Duration,
+    /// How long a step keeps trying after "try again after some time" before it fails.
+    pub try_later_total: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -68,6 +78,9 @@ impl Default for RetryPolicy {
             max_retry_after: Duration::from_secs(3600),
             max_attempts: 10,
             channel_timeout: Duration::from_secs(3600),
+            try_later_base: Duration::from_secs(60),
+            try_later_cap: Duration::from_secs(900),
+            try_later_total: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -81,6 +94,30 @@ impl RetryPolicy {
         let capped = raw.min(self.cap);
         let half = capped / 2;
         half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// The delay before try `attempt + 1` after "try again after some time": doubling from
+    /// `try_later_base` up to `try_later_cap` (equal jitter), never past the end of
+    /// `try_later_total` (`waited` is the time spent in the state so far), so the last try
+    /// happens at that end.
+    pub fn try_later_delay(&self, attempt: i32, waited: Duration, jitter: f64) -> Duration {
+        let exp = attempt.clamp(1, 30) - 1;
+        let raw = self.try_later_base.saturating_mul(1u32 << exp.min(20));
+        let capped = raw.min(self.try_later_cap);
+        let half = capped / 2;
+        let delay = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+        delay.min(self.try_later_total.saturating_sub(waited))
+    }
+}
+
+/// `1 h 5 min`, `3 min`, `12 s`: a duration as people read it in an error message.
+fn spoken(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60) {
+        (0, 0) => format!("{s} s"),
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
     }
 }
 
@@ -154,6 +191,10 @@ pub fn decide(
             if ctx.attempt >= policy.max_attempts {
                 let mut error = error;
                 error.retryable = true;
+                error.message = format!(
+                    "{} It failed on each of {} tries.",
+                    error.message, ctx.attempt
+                );
                 return Decision::Fail(error);
             }
             let backoff = policy.backoff(ctx.attempt, jitter);
@@ -163,6 +204,24 @@ pub fn decide(
             };
             Decision::Retry {
                 delay,
+                error: Some(error),
+                counts_attempt: true,
+            }
+        }
+        StepOutcome::TryLater { error } => {
+            if ctx.waited >= policy.try_later_total {
+                let mut error = error;
+                error.retryable = true;
+                let tries = ctx.attempt;
+                error.message = format!(
+                    "Meta answered \"There was an error migrating this phone number. Please try again after some time.\" to each of {tries} {} over {}.",
+                    if tries == 1 { "try" } else { "tries" },
+                    spoken(ctx.waited)
+                );
+                return Decision::Fail(error);
+            }
+            Decision::Retry {
+                delay: policy.try_later_delay(ctx.attempt, ctx.waited, jitter),
                 error: Some(error),
                 counts_attempt: true,
             }
@@ -424,5 +483,43 @@ mod tests {
         assert_eq!(retry_target(VerifyingOtp), RequestingOtp);
         assert_eq!(retry_target(Registering), Registering);
         assert_eq!(retry_target(Queued), Prechecking);
+    }
+
+    #[test]
+    fn try_later_retries_with_the_long_backoff_until_the_total_then_counts_the_tries() {
+        let policy = RetryPolicy::default();
+        let error = || err(ErrorCode::UpstreamUnavailable, Initiating);
+        // Well past max_attempts, still within the total: try again, a minute, then doubling.
+        let mut c = ctx(Initiating, 1);
+        match decide(c, StepOutcome::TryLater { error: error() }, &policy, 0.0) {
+            Decision::Retry {
+                delay,
+                counts_attempt,
+                ..
+            } => {
+                assert_eq!(delay, Duration::from_secs(30));
+                assert!(counts_attempt);
+            }
+            other => panic!("{other:?}"),
+        }
+        c.attempt = 25;
+        c.waited = Duration::from_secs(6 * 3600 - 100);
+        match decide(c, StepOutcome::TryLater { error: error() }, &policy, 0.99) {
+            // Capped at 15 min, and never past the end of the total: the last try is at the end.
+            Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(100)),
+            other => panic!("{other:?}"),
+        }
+        c.waited = Duration::from_secs(6 * 3600 + 5 * 60);
+        match decide(c, StepOutcome::TryLater { error: error() }, &policy, 0.5) {
+            Decision::Fail(e) => {
+                assert!(e.retryable);
+                assert!(
+                    e.message.contains("to each of 25 tries over 6 h 5 min"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

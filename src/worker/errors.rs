@@ -110,6 +110,17 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
         clients::Error::Api { upstream, .. } => code_for(upstream, step),
         _ => None,
     };
+    // Meta's "There was an error migrating this phone number. Please try again after some
+    // time.": try again later, with the long backoff, whatever `is_transient` says.
+    if let clients::Error::Api { upstream: u, .. } = err
+        && u.has_code(2388103)
+        && code == Some(ErrorCode::UpstreamUnavailable)
+    {
+        return StepOutcome::TryLater {
+            error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)
+                .with_upstream(Some(upstream)),
+        };
+    }
     let retryable = err.is_retryable() || matches!(err, clients::Error::Decode { .. });
     if retryable && code.is_none_or(|c| c == ErrorCode::UpstreamUnavailable) {
         return StepOutcome::Transient {
@@ -206,7 +217,20 @@ mod tests {
                 "{text}"
             );
         }
-        // The "error migrating" variant is transient and keeps the trace id.
+        // The "error migrating" variant is tried again later and keeps the trace id, also
+        // when Meta marks it `is_transient: false`.
+        let mut not_transient = graph(
+            100,
+            Some(2388103),
+            "There was an error migrating this phone number. Please try again after some time.",
+        );
+        if let clients::Error::Api { upstream, .. } = &mut not_transient {
+            upstream.is_transient = Some(false);
+        }
+        assert!(matches!(
+            outcome(&not_transient, s),
+            StepOutcome::TryLater { .. }
+        ));
         match outcome(
             &graph(
                 100,
@@ -215,7 +239,7 @@ mod tests {
             ),
             s,
         ) {
-            StepOutcome::Transient { error, .. } => {
+            StepOutcome::TryLater { error } => {
                 assert_eq!(error.code, ErrorCode::UpstreamUnavailable);
                 assert_eq!(
                     error.upstream.unwrap().fbtrace_id.as_deref(),

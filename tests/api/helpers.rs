@@ -72,6 +72,9 @@ impl Default for Options {
                     max_retry_after: Duration::from_secs(3),
                     max_attempts: 4,
                     channel_timeout: Duration::from_secs(10),
+                    try_later_base: Duration::from_millis(50),
+                    try_later_cap: Duration::from_millis(200),
+                    try_later_total: Duration::from_millis(1500),
                 },
                 otp: OtpPolicy {
                     ttl: Duration::from_secs(600),

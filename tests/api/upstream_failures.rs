@@ -65,8 +65,25 @@ async fn an_upstream_that_keeps_failing_fails_with_upstream_unavailable(pool: Pg
     assert_eq!(e["retryable"], true);
     assert_eq!(e["upstream"]["subcode"], 2388103);
     assert!(e["upstream"]["fbtrace_id"].as_str().unwrap().len() > 3);
-    // max_attempts = 4 in tests.
-    assert_eq!(app.received(phone, "start_migration"), 4);
+    // "Try again after some time": tried again with the long backoff for the configured total
+    // (50 ms doubling to 200 ms, 1.5 s in tests), not max_attempts (4) times, and the message
+    // says truthfully how many tries were made.
+    let tries = app.received(phone, "start_migration");
+    assert!(tries > 4, "{tries} tries");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("to each of {tries} tries over")),
+        "{tries} tries: {e:#}"
+    );
+    let retries = app
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|ev| ev["type"] == "migration.step_retry_scheduled")
+        .count();
+    assert_eq!(retries as u64, tries - 1);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
