@@ -89,11 +89,7 @@ impl RetryPolicy {
     /// Capped exponential backoff with "equal jitter": half fixed, half random, so retries of
     /// many migrations spread out but never retry immediately. `jitter` is in `[0, 1)`.
     pub fn backoff(&self, attempt: i32, jitter: f64) -> Duration {
-        let exp = attempt.clamp(1, 30) - 1;
-        let raw = self.base.saturating_mul(1u32 << exp.min(20));
-        let capped = raw.min(self.cap);
-        let half = capped / 2;
-        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+        equal_jitter(self.base, self.cap, attempt, jitter)
     }
 
     /// The delay before try `attempt + 1` after "try again after some time": doubling from
@@ -101,13 +97,18 @@ impl RetryPolicy {
     /// `try_later_total` (`waited` is the time spent in the state so far), so the last try
     /// happens at that end.
     pub fn try_later_delay(&self, attempt: i32, waited: Duration, jitter: f64) -> Duration {
-        let exp = attempt.clamp(1, 30) - 1;
-        let raw = self.try_later_base.saturating_mul(1u32 << exp.min(20));
-        let capped = raw.min(self.try_later_cap);
-        let half = capped / 2;
-        let delay = half + half.mul_f64(jitter.clamp(0.0, 1.0));
-        delay.min(self.try_later_total.saturating_sub(waited))
+        equal_jitter(self.try_later_base, self.try_later_cap, attempt, jitter)
+            .min(self.try_later_total.saturating_sub(waited))
     }
+}
+
+/// `base` doubled per attempt after the first, at most `cap`; half of it fixed, half scaled
+/// by `jitter` in `[0, 1)`.
+fn equal_jitter(base: Duration, cap: Duration, attempt: i32, jitter: f64) -> Duration {
+    let exp = attempt.clamp(1, 30) - 1;
+    let capped = base.saturating_mul(1u32 << exp.min(20)).min(cap);
+    let half = capped / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// `1 h 5 min`, `3 min`, `12 s`: a duration as people read it in an error message.

@@ -450,7 +450,8 @@ impl World {
         })
     }
 
-    /// A new phone record appended to the WABA's listing; returns its id.
+    /// A new phone record appended to the WABA's listing; returns its id. `scenario` comes from
+    /// [`World::scenario_of`] (resolved numbers have none).
     pub(crate) fn insert_phone(
         &mut self,
         waba_id: &str,
@@ -467,7 +468,6 @@ impl World {
             .find(|p| p.e164 == e164)
             .map(|p| p.verified_name.clone())
             .unwrap_or_else(|| default_display_name(e164));
-        let scenario = scenario.filter(|_| !self.resolved.contains(e164));
         self.phones.insert(
             id.clone(),
             PhoneRec {
