@@ -250,6 +250,19 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         .click()
         .await
         .unwrap();
+    // The unfiltered list already shows `failing`: wait for the filtered page to load first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !c
+        .current_url()
+        .await
+        .is_ok_and(|u| u.query().is_some_and(|q| q.contains("state=failed")))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the filter never submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let table = wait_text(c, "#migrations", |t| t.contains(failing)).await;
     assert!(!table.contains(waiting), "{table}");
     assert!(!table.contains(others), "{table}");
