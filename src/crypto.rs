@@ -234,6 +234,42 @@ pub fn generate_pin() -> SecretString {
     SecretString::from(format!("{n:06}"))
 }
 
+/// The associated data each sealed value is bound to, so a ciphertext copied into another
+/// row or column does not open. One place for every name, shared by the writers, the readers
+/// and `crate::crypto_rotation`.
+pub mod aad {
+    use uuid::Uuid;
+
+    fn migration(id: Uuid, field: &str) -> String {
+        format!("migration:{id}:{field}")
+    }
+
+    /// A partner's stored 360dialog Partner API key.
+    pub fn partner_key(partner_id: Uuid) -> String {
+        format!("partner:{partner_id}:d360_api_key")
+    }
+
+    /// A partner's webhook signing secret.
+    pub fn webhook_secret(partner_id: Uuid) -> String {
+        format!("partner:{partner_id}:webhook_secret")
+    }
+
+    /// A migration's two-step verification PIN.
+    pub fn pin(id: Uuid) -> String {
+        migration(id, "pin")
+    }
+
+    /// A submitted verification code, until it is verified.
+    pub fn otp_code(id: Uuid) -> String {
+        migration(id, "otp_code")
+    }
+
+    /// The generated 360dialog channel API key.
+    pub fn api_key(id: Uuid) -> String {
+        migration(id, "api_key")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,8 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::crypto::{Cipher, KeyUsed};
+use crate::crypto::{Cipher, KeyUsed, aad};
 use crate::db;
-use crate::http::partners::webhook_secret_aad;
-use crate::worker::steps::{api_key_aad, otp_code_aad, partner_key_aad, pin_aad};
 
 /// One encrypted column: its table (keyed by a uuid `id`), the column, and the associated data
 /// its values are sealed with, from the row id.
@@ -42,16 +40,16 @@ impl EncryptedColumn {
 
 /// Every column sealed under `ENCRYPTION_KEY` (nullable columns included: NULLs are skipped).
 pub static ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
-    EncryptedColumn::new("partners", "d360_api_key_enc", partner_key_aad),
-    EncryptedColumn::new("partners", "webhook_secret_enc", webhook_secret_aad),
+    EncryptedColumn::new("partners", "d360_api_key_enc", aad::partner_key),
+    EncryptedColumn::new("partners", "webhook_secret_enc", aad::webhook_secret),
     EncryptedColumn::new(
         "partners",
         "webhook_secret_previous_enc",
-        webhook_secret_aad,
+        aad::webhook_secret,
     ),
-    EncryptedColumn::new("migrations", "pin_enc", pin_aad),
-    EncryptedColumn::new("migrations", "otp_code_enc", otp_code_aad),
-    EncryptedColumn::new("migrations", "api_key_enc", api_key_aad),
+    EncryptedColumn::new("migrations", "pin_enc", aad::pin),
+    EncryptedColumn::new("migrations", "otp_code_enc", aad::otp_code),
+    EncryptedColumn::new("migrations", "api_key_enc", aad::api_key),
 ];
 
 /// What happened to one column.

@@ -190,30 +190,6 @@ pub fn claimed(lag: Duration) {
     histogram!("waba_claim_lag_seconds").record(lag.as_secs_f64());
 }
 
-/// One upstream HTTP exchange; `status` 0 when no response came.
-pub fn upstream(
-    service: &'static str,
-    endpoint: String,
-    status: u16,
-    error_code: Option<i64>,
-    took: Duration,
-) {
-    histogram!(
-        "waba_upstream_request_duration_seconds",
-        "service" => service,
-        "endpoint" => endpoint.clone()
-    )
-    .record(took.as_secs_f64());
-    counter!(
-        "waba_upstream_requests_total",
-        "service" => service,
-        "endpoint" => endpoint,
-        "status" => status.to_string(),
-        "error_code" => error_code.map(|c| c.to_string()).unwrap_or_default()
-    )
-    .increment(1);
-}
-
 /// `outcome`: `succeeded`, `failed` (will be retried) or `gave_up`.
 pub fn webhook_attempt(outcome: &'static str, took: Duration) {
     counter!("waba_webhook_attempts_total", "outcome" => outcome).increment(1);
@@ -296,46 +272,4 @@ pub async fn render(pool: &sqlx::PgPool) -> String {
     let h = handle();
     h.run_upkeep();
     h.render()
-}
-
-/// An upstream URL path as a low-cardinality label: ids become `:id`. Numeric segments are
-/// Meta ids; the segment after `partners`, `channels` or `clients` is a 360dialog id.
-pub fn endpoint_label(method: &str, path: &str) -> String {
-    let mut out = String::with_capacity(path.len() + 8);
-    out.push_str(method);
-    out.push(' ');
-    let mut previous = "";
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        out.push('/');
-        let is_id = (seg.chars().all(|c| c.is_ascii_digit()))
-            || matches!(previous, "partners" | "channels" | "clients");
-        out.push_str(if is_id { ":id" } else { seg });
-        previous = seg;
-    }
-    if out.ends_with(' ') {
-        out.push('/');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::endpoint_label;
-
-    #[test]
-    fn ids_do_not_become_labels() {
-        assert_eq!(
-            endpoint_label("POST", "/v23.0/1234567890/request_code"),
-            "POST /v23.0/:id/request_code"
-        );
-        assert_eq!(
-            endpoint_label("GET", "/api/v2/partners/srMmoqPA/channels/Xy1Z/api_keys"),
-            "GET /api/v2/partners/:id/channels/:id/api_keys"
-        );
-        assert_eq!(
-            endpoint_label("GET", "/health_status"),
-            "GET /health_status"
-        );
-        assert_eq!(endpoint_label("GET", "/"), "GET /");
-    }
 }

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use metrics::{counter, histogram};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use url::Url;
@@ -121,12 +122,12 @@ async fn send_once(
     }
 
     let started = Instant::now();
-    let endpoint = crate::metrics::endpoint_label(method.as_str(), &path);
+    let endpoint = endpoint_label(method.as_str(), &path);
     let service_label = service.label();
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::upstream(service_label, endpoint, 0, None, started.elapsed());
+            record_exchange(service_label, endpoint, 0, None, started.elapsed());
             let err = transport_error(service, e, false);
             tracing::debug!(
                 method = %method,
@@ -143,7 +144,7 @@ async fn send_once(
     let body = match response.bytes().await {
         Ok(b) => b.to_vec(),
         Err(e) => {
-            crate::metrics::upstream(
+            record_exchange(
                 service_label,
                 endpoint,
                 status.as_u16(),
@@ -169,7 +170,7 @@ async fn send_once(
         latency_ms = started.elapsed().as_millis() as u64,
         "upstream call"
     );
-    crate::metrics::upstream(
+    record_exchange(
         service_label,
         endpoint,
         status.as_u16(),
@@ -426,5 +427,71 @@ mod tests {
             text_message(StatusCode::BAD_GATEWAY, b"<h1>Bad</h1>"),
             "HTTP 502: <h1>Bad</h1>"
         );
+    }
+}
+
+/// Records one upstream HTTP exchange (described in `crate::metrics`); `status` 0 when no response came.
+fn record_exchange(
+    service: &'static str,
+    endpoint: String,
+    status: u16,
+    error_code: Option<i64>,
+    took: Duration,
+) {
+    histogram!(
+        "waba_upstream_request_duration_seconds",
+        "service" => service,
+        "endpoint" => endpoint.clone()
+    )
+    .record(took.as_secs_f64());
+    counter!(
+        "waba_upstream_requests_total",
+        "service" => service,
+        "endpoint" => endpoint,
+        "status" => status.to_string(),
+        "error_code" => error_code.map(|c| c.to_string()).unwrap_or_default()
+    )
+    .increment(1);
+}
+
+/// An upstream URL path as a low-cardinality label: ids become `:id`. Numeric segments are
+/// Meta ids; the segment after `partners`, `channels` or `clients` is a 360dialog id.
+fn endpoint_label(method: &str, path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    out.push_str(method);
+    out.push(' ');
+    let mut previous = "";
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        let is_id = (seg.chars().all(|c| c.is_ascii_digit()))
+            || matches!(previous, "partners" | "channels" | "clients");
+        out.push_str(if is_id { ":id" } else { seg });
+        previous = seg;
+    }
+    if out.ends_with(' ') {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn ids_do_not_become_labels() {
+        assert_eq!(
+            endpoint_label("POST", "/v23.0/1234567890/request_code"),
+            "POST /v23.0/:id/request_code"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/api/v2/partners/srMmoqPA/channels/Xy1Z/api_keys"),
+            "GET /api/v2/partners/:id/channels/:id/api_keys"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/health_status"),
+            "GET /health_status"
+        );
+        assert_eq!(endpoint_label("GET", "/"), "GET /");
     }
 }

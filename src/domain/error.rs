@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::MigrationState;
-use crate::clients::UpstreamError;
+use super::upstream::UpstreamError;
 
 /// Who must act to get a migration moving again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

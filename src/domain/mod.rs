@@ -5,9 +5,12 @@ pub mod error;
 pub mod event;
 pub mod machine;
 pub mod state;
+pub mod templates;
+pub mod upstream;
 pub mod values;
 
 pub use error::{Actor, ErrorCode, MigrationError};
 pub use event::EventType;
 pub use machine::{Decision, RetryPolicy, StepOutcome};
 pub use state::{Flow, MigrationState, OtpMethod};
+pub use templates::{MigratedTemplate, SkippedTemplate, TemplatesReport};

@@ -20,13 +20,12 @@ use super::extract::{
 };
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
-use crate::crypto;
+use crate::crypto::{self, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::machine::retry_target;
 use crate::domain::values::{self, E164};
-use crate::domain::{EventType, Flow, MigrationError, MigrationState, OtpMethod};
+use crate::domain::{EventType, Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport};
 use crate::precheck::{self, PrecheckReport};
-use crate::worker::steps::{self, TemplatesReport};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -535,7 +534,7 @@ async fn create_migration(
         otp_method: v.otp_method.as_str().into(),
         otp_language: v.otp_language,
         otp_attempts_left: state.otp.max_attempts,
-        pin_enc: state.cipher.seal(&pin, &steps::pin_aad(id)),
+        pin_enc: state.cipher.seal(&pin, &aad::pin(id)),
         metadata: v.metadata,
         callback_url: v.callback_url,
     };
@@ -907,7 +906,7 @@ async fn submit_otp(
     }
     let patch = store::Patch {
         state: Some(MigrationState::VerifyingOtp),
-        otp_code_enc: Some(Some(state.cipher.seal(&code, &steps::otp_code_aad(id)))),
+        otp_code_enc: Some(Some(state.cipher.seal(&code, &aad::otp_code(id)))),
         attempt: Some(0),
         run_at: Some(store::RunAt::Now),
         error: Some(None),
@@ -1216,7 +1215,7 @@ async fn get_api_key(
     };
     let key = state
         .cipher
-        .open(enc, &steps::api_key_aad(id))
+        .open(enc, &aad::api_key(id))
         .map_err(ApiError::internal)?;
     let mut conn = state.pool.acquire().await?;
     store::update(

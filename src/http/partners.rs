@@ -17,8 +17,8 @@ use super::migrations::validate_callback;
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
 use crate::crypto;
+use crate::crypto::aad;
 use crate::db::{self, partners as store};
-use crate::worker::steps::partner_key_aad;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -27,11 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_api_key, list_api_keys))
         .routes(routes!(revoke_api_key))
         .routes(routes!(rotate_webhook_secret))
-}
-
-/// AAD of a partner's webhook secret.
-pub fn webhook_secret_aad(partner_id: Uuid) -> String {
-    format!("partner:{partner_id}:webhook_secret")
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -261,11 +256,11 @@ pub async fn create_partner_with_key(
         d360_partner_id: body.d360_partner_id.clone(),
         d360_api_key_enc: state
             .cipher
-            .seal(body.d360_api_key.trim(), &partner_key_aad(id)),
+            .seal(body.d360_api_key.trim(), &aad::partner_key(id)),
         callback_url: body.callback_url.clone(),
         webhook_secret_enc: state
             .cipher
-            .seal(secret.expose_secret(), &webhook_secret_aad(id)),
+            .seal(secret.expose_secret(), &aad::webhook_secret(id)),
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
@@ -538,7 +533,7 @@ async fn rotate_webhook_secret(
         id,
         &state
             .cipher
-            .seal(secret.expose_secret(), &webhook_secret_aad(id)),
+            .seal(secret.expose_secret(), &aad::webhook_secret(id)),
         previous_secret_expires_at,
     )
     .await?;

@@ -274,7 +274,7 @@ impl Dispatcher {
         let row = store::secrets(&self.inner.pool, partner_id)
             .await
             .map_err(|e| format!("could not read the signing secret: {e}"))?;
-        let aad = crate::http::partners::webhook_secret_aad(partner_id);
+        let aad = crate::crypto::aad::webhook_secret(partner_id);
         let open = |enc: &[u8]| -> Result<SigningKey, String> {
             let secret: SecretString = self
                 .inner

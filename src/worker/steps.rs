@@ -15,19 +15,19 @@ use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{info, warn};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Deps;
 use super::errors::outcome;
 use crate::clients::{self, CodeMethod, PartnerCredentials, Template};
+use crate::crypto::aad;
 use crate::db::{self, migrations as store};
 use crate::domain::values::{E164, digits_only};
 use crate::domain::{
-    ErrorCode, EventType, Flow, MigrationError, MigrationState, OtpMethod, StepOutcome,
+    ErrorCode, EventType, Flow, MigratedTemplate, MigrationError, MigrationState, OtpMethod,
+    SkippedTemplate, StepOutcome, TemplatesReport,
 };
 use crate::precheck;
 
@@ -105,26 +105,6 @@ impl StepResult {
 }
 
 type Result<T> = std::result::Result<T, StepError>;
-
-fn aad(id: Uuid, field: &str) -> String {
-    format!("migration:{id}:{field}")
-}
-
-/// AAD for a partner's stored 360dialog key.
-pub fn partner_key_aad(partner_id: Uuid) -> String {
-    format!("partner:{partner_id}:d360_api_key")
-}
-
-/// AAD helpers shared with the HTTP layer.
-pub fn pin_aad(id: Uuid) -> String {
-    aad(id, "pin")
-}
-pub fn otp_code_aad(id: Uuid) -> String {
-    aad(id, "otp_code")
-}
-pub fn api_key_aad(id: Uuid) -> String {
-    aad(id, "api_key")
-}
 
 fn memo(row: &store::MigrationRow, key: &str) -> Option<Value> {
     row.step_memo.get(key).cloned()
@@ -509,7 +489,7 @@ async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> R
         }
     }
     let code = match &row.otp_code_enc {
-        Some(enc) => match deps.cipher.open(enc, &otp_code_aad(row.id)) {
+        Some(enc) => match deps.cipher.open(enc, &aad::otp_code(row.id)) {
             Ok(c) => c,
             Err(_) => {
                 return Ok(StepResult::new(StepOutcome::OtpRejected(
@@ -628,7 +608,7 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
     }
     let pin = deps
         .cipher
-        .open(&row.pin_enc, &pin_aad(row.id))
+        .open(&row.pin_enc, &aad::pin(row.id))
         .map_err(|_| StepError::Corrupt("the stored PIN cannot be decrypted"))?;
     record_intent(deps, row, token, "register").await?;
     let result = deps.meta.register(&pnid, &pin).await;
@@ -637,40 +617,6 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
         Ok(()) => Ok(registered(deps, row, &pnid).await),
         Err(e) => Ok(StepResult::new(outcome(&e, state))),
     }
-}
-
-/// `templates` of a migration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct TemplatesReport {
-    /// `completed` when every eligible template is in the destination, else `partial`.
-    pub status: String,
-    /// Eligible source templates (APPROVED with GREEN or UNKNOWN quality):
-    /// `migrated` + `failed` + those skipped for the destination's template limit.
-    pub eligible: usize,
-    pub migrated: Vec<MigratedTemplate>,
-    /// Source template id → Meta's reason.
-    pub failed: BTreeMap<String, String>,
-    /// Not copied: ineligible at the source (status or quality), or no room left in the
-    /// destination (template limit).
-    pub skipped: Vec<SkippedTemplate>,
-    /// Set when copying stopped on an upstream refusal, e.g. `template_limit_reached`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<MigrationError>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MigratedTemplate {
-    pub name: String,
-    pub language: String,
-    /// The template's id in the destination WABA.
-    pub id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SkippedTemplate {
-    pub name: String,
-    pub language: String,
-    pub reason: String,
 }
 
 fn key(t: &Template) -> (String, String) {
@@ -857,7 +803,7 @@ async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCre
     let partner = db::partners::get(&deps.pool, partner_id).await?;
     let api_key = deps
         .cipher
-        .open(&partner.d360_api_key_enc, &partner_key_aad(partner_id))
+        .open(&partner.d360_api_key_enc, &aad::partner_key(partner_id))
         .map_err(|_| StepError::Corrupt("the partner's 360dialog key cannot be decrypted"))?;
     Ok(PartnerCredentials {
         partner_id: partner.d360_partner_id,
@@ -976,7 +922,7 @@ async fn generating_api_key(
     let key: SecretString = match &row.api_key_enc {
         Some(enc) => deps
             .cipher
-            .open(enc, &api_key_aad(row.id))
+            .open(enc, &aad::api_key(row.id))
             .map_err(|_| StepError::Corrupt("the stored API key cannot be decrypted"))?,
         None => {
             let creds = partner_credentials(deps, row.partner_id).await?;
@@ -1003,7 +949,7 @@ async fn generating_api_key(
             // Persist the key before anything else can go wrong.
             let sealed = deps
                 .cipher
-                .seal(generated.api_key.expose_secret(), &api_key_aad(row.id));
+                .seal(generated.api_key.expose_secret(), &aad::api_key(row.id));
             let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
             let saved = store::update(
                 &mut conn,

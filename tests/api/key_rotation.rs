@@ -7,9 +7,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 use waba_migrator::crypto::Cipher;
+use waba_migrator::crypto::aad;
 use waba_migrator::crypto_rotation::{ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns};
 use waba_migrator::db;
-use waba_migrator::worker::steps::pin_aad;
 
 use crate::helpers::{Options, TestApp};
 
@@ -102,10 +102,10 @@ async fn service_keeps_working_across_a_key_rotation(pool: PgPool) {
         .await
         .unwrap();
     let m0_id = Uuid::parse_str(&m0).unwrap();
-    assert!(cipher(&key_a, None).open(&pin, &pin_aad(m0_id)).is_err());
+    assert!(cipher(&key_a, None).open(&pin, &aad::pin(m0_id)).is_err());
     assert_eq!(
         cipher(&key_b, None)
-            .open(&pin, &pin_aad(m0_id))
+            .open(&pin, &aad::pin(m0_id))
             .unwrap()
             .expose_secret(),
         "246810"
@@ -150,7 +150,7 @@ async fn reencrypt_reseals_every_listed_column_and_reports_strangers(pool: PgPoo
         before.push(sealed);
     }
     sqlx::query("UPDATE migrations SET pin_enc = $1 WHERE id = $2")
-        .bind(cipher(&key_c, None).seal("111111", &pin_aad(stranger)))
+        .bind(cipher(&key_c, None).seal("111111", &aad::pin(stranger)))
         .bind(stranger)
         .execute(&pool)
         .await
@@ -213,7 +213,7 @@ async fn reencrypt_reseals_every_listed_column_and_reports_strangers(pool: PgPoo
         "pin_enc",
         migration,
         pin_before,
-        &only_b.seal("000000", &pin_aad(migration)),
+        &only_b.seal("000000", &aad::pin(migration)),
     )
     .await
     .unwrap();
@@ -239,7 +239,7 @@ async fn reencrypt_reseals_every_listed_column_and_reports_strangers(pool: PgPoo
     assert!(stdout.contains("migrations.pin_enc"), "{stdout}");
     assert!(stdout.contains(&stranger.to_string()), "{stdout}");
     sqlx::query("UPDATE migrations SET pin_enc = $1 WHERE id = $2")
-        .bind(only_b.seal("111111", &pin_aad(stranger)))
+        .bind(only_b.seal("111111", &aad::pin(stranger)))
         .bind(stranger)
         .execute(&pool)
         .await

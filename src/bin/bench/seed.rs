@@ -273,7 +273,7 @@ pub async fn seed_parked(
         let pin = match cipher {
             Some(c) => c.seal(
                 waba_migrator::crypto::generate_pin().expose_secret(),
-                &waba_migrator::worker::steps::pin_aad(id),
+                &waba_migrator::crypto::aad::pin(id),
             ),
             None => vec![0x5a; 34],
         };

@@ -1,0 +1,309 @@
+//! Facts about the upstreams: what the Meta Graph API and 360dialog return (accounts, numbers,
+//! templates, channels) and how a failed call is classified (retryable, maybe applied). Pure
+//! data and rules; the clients in `crate::clients` produce these values from the wire.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which upstream answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// Meta Graph API (`graph.facebook.com`).
+    Meta,
+    /// 360dialog Partner API (`hub.360dialog.io`).
+    D360Partner,
+    /// 360dialog Messaging API (`waba-v2.360dialog.io`).
+    D360Messaging,
+}
+
+impl Service {
+    /// The `service` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Service::Meta => "meta",
+            Service::D360Partner => "d360_partner",
+            Service::D360Messaging => "d360_messaging",
+        }
+    }
+}
+
+/// What an upstream said when it refused a request, kept verbatim for support
+/// (the `upstream` object of our error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UpstreamError {
+    pub service: Service,
+    /// HTTP status of the upstream response, if one arrived.
+    pub http_status: Option<u16>,
+    /// Graph `error.code`, or 360dialog `meta.error_data.code` when numeric.
+    pub code: Option<i64>,
+    /// Graph `error.error_subcode` (the 2388xxx migration errors usually arrive here).
+    pub subcode: Option<i64>,
+    /// Graph `error.fbtrace_id`, for Meta support tickets.
+    pub fbtrace_id: Option<String>,
+    /// Upstream's own message (`error.message`, `error_user_msg`, or 360dialog's
+    /// `meta.developer_message`). Never contains our secrets: upstreams do not echo them.
+    pub message: String,
+    /// Graph `error.is_transient`, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_transient: Option<bool>,
+}
+
+/// A failed upstream call.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No complete response arrived: connect error, timeout, connection reset, or the body
+    /// could not be read. `maybe_applied` is true when the request may have reached the upstream
+    /// and been applied (anything after the request was sent): callers of non-idempotent
+    /// endpoints must read upstream state before calling again.
+    #[error("{service:?} transport error: {message}")]
+    Transport {
+        service: Service,
+        message: String,
+        maybe_applied: bool,
+    },
+    /// The upstream answered with an error status.
+    #[error("{} error (HTTP {:?}, code {:?}/{:?}): {}", .upstream.service_name(), .upstream.http_status, .upstream.code, .upstream.subcode, .upstream.message)]
+    Api {
+        upstream: UpstreamError,
+        /// From `Retry-After` (seconds or HTTP date) or, for Graph throttling,
+        /// `X-Business-Use-Case-Usage.estimated_time_to_regain_access` (minutes).
+        retry_after: Option<Duration>,
+    },
+    /// A 2xx response whose body we could not understand.
+    #[error("{service:?} returned an unexpected body: {message}")]
+    Decode { service: Service, message: String },
+}
+
+impl UpstreamError {
+    fn service_name(&self) -> &'static str {
+        match self.service {
+            Service::Meta => "Meta Graph API",
+            Service::D360Partner => "360dialog Partner API",
+            Service::D360Messaging => "360dialog Messaging API",
+        }
+    }
+
+    /// True when `code` or `subcode` equals `n` (Meta's migration numbers arrive in either).
+    pub fn has_code(&self, n: i64) -> bool {
+        self.code == Some(n) || self.subcode == Some(n)
+    }
+}
+
+impl CallError {
+    /// Whether retrying the same call later can succeed. Classification per
+    /// `meta-graph-api.md` §4: `is_transient` when present, else the documented transient codes,
+    /// HTTP 429 and 5xx; transport errors are retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Transport { .. } => true,
+            CallError::Decode { .. } => false,
+            CallError::Api { upstream, .. } => classify_retryable(upstream),
+        }
+    }
+
+    /// Delay the upstream asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The upstream error object, if the upstream answered.
+    pub fn upstream(&self) -> Option<&UpstreamError> {
+        match self {
+            CallError::Api { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+
+    pub fn service(&self) -> Service {
+        match self {
+            CallError::Transport { service, .. } | CallError::Decode { service, .. } => *service,
+            CallError::Api { upstream, .. } => upstream.service,
+        }
+    }
+
+    /// True when the request may have been applied upstream although we saw no success.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            CallError::Transport { maybe_applied, .. } => *maybe_applied,
+            // A 5xx may have been applied before the upstream failed; 4xx were refused.
+            CallError::Api { upstream, .. } => upstream.http_status.is_none_or(|s| s >= 500),
+            CallError::Decode { .. } => true,
+        }
+    }
+}
+
+/// Graph error codes that are transient per Meta's documentation (`meta-graph-api.md` §4.3).
+const TRANSIENT_GRAPH_CODES: &[i64] = &[
+    1, 2, 4, 17, 32, 341, 613, 80007, 80008, 130429, 131000, 131016, 131056, 131057, 133004,
+    133008, 133009, 133015, 2494100,
+];
+
+fn classify_retryable(e: &UpstreamError) -> bool {
+    if let Some(t) = e.is_transient {
+        return t;
+    }
+    match e.service {
+        Service::Meta => {
+            if TRANSIENT_GRAPH_CODES
+                .iter()
+                .any(|c| e.code == Some(*c) || e.subcode == Some(*c))
+            {
+                return true;
+            }
+            // 2388103 is permanent except for the "error migrating" variant.
+            if e.has_code(2388103) {
+                return e.message.to_ascii_lowercase().contains("error migrating");
+            }
+            if e.code.is_some() {
+                // Any other Graph error code needs a human or a configuration fix
+                // (token, permission, parameter, migration preconditions, ...).
+                return false;
+            }
+            // No Graph error object (a proxy or load balancer answered).
+            matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
+        }
+        Service::D360Partner | Service::D360Messaging => {
+            matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
+        }
+    }
+}
+
+/// Graph `code_method` of `request_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CodeMethod {
+    Sms,
+    Voice,
+}
+
+/// `GET /{waba-id}` fields we read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waba {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `PENDING`, `APPROVED`, `REJECTED` (`RESTRICTED` per OAS).
+    #[serde(default)]
+    pub account_review_status: Option<String>,
+    /// Lower-case as returned live: `verified`, `not_verified`, `pending`, ...
+    #[serde(default)]
+    pub business_verification_status: Option<String>,
+    #[serde(default)]
+    pub owner_business_info: Option<BusinessInfo>,
+    #[serde(default)]
+    pub on_behalf_of_business_info: Option<BusinessInfo>,
+    /// Payment method / credit line; absent when none is attached.
+    #[serde(default)]
+    pub primary_funding_id: Option<String>,
+    #[serde(default)]
+    pub message_template_namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessInfo {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A phone number node (`GET /{phone-number-id}` or an item of `GET /{waba-id}/phone_numbers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneNumber {
+    pub id: String,
+    /// As Meta formats it, e.g. `+1 631-555-5555`; compare digits only.
+    #[serde(default)]
+    pub display_phone_number: Option<String>,
+    #[serde(default)]
+    pub verified_name: Option<String>,
+    /// `GREEN`, `YELLOW`, `RED`, `NA`, `UNKNOWN`.
+    #[serde(default)]
+    pub quality_rating: Option<String>,
+    /// `VERIFIED`, `NOT_VERIFIED`, `EXPIRED` (OTP ownership, not 2FA).
+    #[serde(default)]
+    pub code_verification_status: Option<String>,
+    /// Display name review: must be `APPROVED` to migrate.
+    #[serde(default)]
+    pub name_status: Option<String>,
+    /// Review status of a pending display-name change; a pending change blocks migration.
+    #[serde(default)]
+    pub new_name_status: Option<String>,
+    /// `CONNECTED` once registered on Cloud API; `PENDING`, `DISCONNECTED`, `MIGRATED`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `CLOUD_API`, `ON_PREMISE`, `NOT_APPLICABLE`.
+    #[serde(default)]
+    pub platform_type: Option<String>,
+    #[serde(default)]
+    pub messaging_limit_tier: Option<String>,
+    #[serde(default)]
+    pub is_official_business_account: Option<bool>,
+    /// True when the number is on the WhatsApp Business app (cannot use this flow).
+    #[serde(default)]
+    pub is_on_biz_app: Option<bool>,
+    /// `LIVE` or `SANDBOX`; WhatsApp-issued test numbers are `SANDBOX`.
+    #[serde(default)]
+    pub account_mode: Option<String>,
+}
+
+/// An item of `GET /{waba-id}/subscribed_apps`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedApp {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// An item of `GET /{waba-id}/message_templates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: String,
+    pub name: String,
+    pub language: String,
+    /// `APPROVED`, `PENDING`, `REJECTED`, `PAUSED`, `DISABLED`, ...
+    pub status: String,
+    #[serde(default)]
+    pub category: Option<String>,
+    /// `quality_score.score`: `GREEN`, `YELLOW`, `RED`, `UNKNOWN`.
+    #[serde(default)]
+    pub quality_score: Option<String>,
+}
+
+/// Response of `POST /{dest-waba-id}/migrate_message_templates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateMigration {
+    /// Source template ids that were copied.
+    pub migrated_templates: Vec<String>,
+    /// Source template id → Meta's reason.
+    pub failed_templates: std::collections::BTreeMap<String, String>,
+}
+
+/// A 360dialog channel (one phone number) as listed by `GET /partners/{pid}/channels`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `created`, `unverified`, `verified`, `ready`, `running`, ... (a key can be generated
+    /// only once it is `running`). Unknown values are kept as-is.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub account_mode: Option<String>,
+    /// `setup_info.phone_number`.
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    /// `waba_account.external_id` (the Meta WABA id), when present.
+    #[serde(default)]
+    pub waba_external_id: Option<String>,
+}
+
+/// `GET /health_status` of the Messaging API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// Overall `health_status.can_send_message`: `AVAILABLE`, `LIMITED`, `BLOCKED`.
+    pub can_send_message: Option<String>,
+}
