@@ -13,8 +13,6 @@
 //! says it came from another site. Actions call the API's own transition code
 //! (`http::migrations::{retry, cancel, resend}`), so events, webhooks and metrics match.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -22,8 +20,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::app::AppState;
-use crate::http::problem::ApiError;
+use crate::api::problem::ApiError;
+use crate::core::AppState;
 
 mod pages;
 mod session;
@@ -31,23 +29,7 @@ mod views;
 
 pub use session::{CSRF_FIELD, SESSION_COOKIE};
 
-/// Settings of the dashboard (`DASHBOARD_*`).
-#[derive(Debug, Clone)]
-pub struct DashboardConfig {
-    /// A non-terminal migration not advanced for longer than this is "stuck".
-    pub stuck_after: Duration,
-    /// Add `Secure` to the session cookie (the service is reached over https).
-    pub secure_cookie: bool,
-}
-
-impl Default for DashboardConfig {
-    fn default() -> Self {
-        Self {
-            stuck_after: Duration::from_secs(30 * 60),
-            secure_cookie: false,
-        }
-    }
-}
+pub use crate::core::settings::DashboardConfig;
 
 /// The Content-Security-Policy of every dashboard response: nothing but this origin, no
 /// script, no framing, forms only to this origin.
@@ -56,7 +38,8 @@ form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const STYLESHEET: &str = include_str!("../../assets/dashboard/dashboard.css");
 
-/// The dashboard's routes (merged into `http::router`, outside the OpenAPI document).
+/// The dashboard's routes (served by `http::router` beside the API, outside the OpenAPI
+/// document).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(pages::overview))

@@ -15,11 +15,12 @@ use uuid::Uuid;
 
 use super::session::{CsrfForm, Session};
 use super::{DashError, views};
-use crate::app::AppState;
+use crate::api::Migration;
+use crate::core::AppState;
+use crate::core::Caller;
+use crate::core::migrations as api;
 use crate::db::{self, dashboard as store};
 use crate::domain::{MigrationState, OtpMethod};
-use crate::http::extract::Caller;
-use crate::http::migrations::{self as api, Migration};
 
 /// Rows per list page.
 const PAGE_SIZE: i64 = 25;

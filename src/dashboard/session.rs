@@ -14,10 +14,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{DashError, views};
-use crate::app::AppState;
+use crate::core::AppState;
+use crate::core::Caller;
 use crate::crypto;
 use crate::db;
-use crate::http::extract::Caller;
 
 /// The session cookie: a random id, HttpOnly, SameSite=Strict, Path=/dashboard.
 pub const SESSION_COOKIE: &str = "wm_dash";

@@ -16,11 +16,11 @@ use uuid::Uuid;
 use super::CSRF_FIELD;
 use super::pages::ListParams;
 use super::session::Session;
+use crate::api::Migration;
+use crate::core::Caller;
 use crate::db::events::EventRow;
 use crate::db::webhooks::{AttemptRow, DeliveryRow};
 use crate::domain::{Actor, ErrorCode, MigrationState};
-use crate::http::extract::Caller;
-use crate::http::migrations::Migration;
 
 /// The serde name of an enum value (`snake_case` strings everywhere in this API).
 fn name<T: Serialize>(v: &T) -> String {

@@ -40,6 +40,13 @@ impl NewEvent {
             data,
         }
     }
+
+    /// Whether this event is delivered as a webhook: transitions only (events that do not
+    /// change the state, such as a scheduled retry or a retrieved key, are not). A webhook's
+    /// type is its audit event's: [`EventType::for_transition`] of the state entered.
+    pub fn is_delivered(&self) -> bool {
+        self.to_state.is_some() && self.from_state != self.to_state
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id, seq))]

@@ -161,7 +161,6 @@ pub async fn insert(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
     .bind(EventType::Created.as_str())
     .fetch_one(&mut *conn)
     .await?;
-    crate::metrics::migration_created();
     Ok(row)
 }
 
@@ -444,6 +443,9 @@ impl Patch {
     }
 }
 
+/// Renders a transition's webhook body from the row as the transition leaves it.
+pub type WebhookBody<'a> = &'a (dyn Fn(&MigrationRow) -> String + Send + Sync);
+
 /// Conditions a write needs; all must hold or nothing is written.
 #[derive(Debug, Default, Clone)]
 pub struct Guard {
@@ -472,6 +474,9 @@ pub struct Guard {
 /// (another version) or a callback URL appeared, the write is applied to the fresh row (an
 /// event's `from_state` becomes the state it really leaves); otherwise the guard failed.
 ///
+/// `webhook_body` renders the webhook's request body from the row as the write leaves it (the
+/// public JSON lives above this layer).
+///
 /// Returns the updated row, or `None` if the guard failed.
 #[tracing::instrument(level = "debug", skip_all, fields(migration.id = %row.id, to = ?patch.state))]
 pub async fn update(
@@ -481,13 +486,23 @@ pub async fn update(
     patch: &Patch,
     lease: Lease,
     event: Option<NewEvent>,
+    webhook_body: WebhookBody<'_>,
 ) -> Result<Option<MigrationRow>, Error> {
-    let delivered = event.as_ref().is_some_and(crate::webhooks::is_delivered);
+    let delivered = event.as_ref().is_some_and(NewEvent::is_delivered);
     let render = delivered
         && (row.callback_url.is_some()
             || row.partner_callback_url.is_some()
             || !row.partner_url_known);
-    let mut updated = update_once(conn, row, guard, patch, lease, event.as_ref(), render).await?;
+    let mut updated = update_once(
+        conn,
+        row,
+        guard,
+        patch,
+        lease,
+        event.as_ref(),
+        render.then_some(webhook_body),
+    )
+    .await?;
     let mut event = event;
     if updated.is_none() {
         // Why not? Lock the row so it cannot move again, and look (a savepoint when the
@@ -514,7 +529,7 @@ pub async fn update(
         {
             ev.from_state = Some(fresh.state.clone());
         }
-        let delivered = event.as_ref().is_some_and(crate::webhooks::is_delivered);
+        let delivered = event.as_ref().is_some_and(NewEvent::is_delivered);
         updated = update_once(
             &mut tx,
             &fresh,
@@ -522,17 +537,10 @@ pub async fn update(
             patch,
             lease,
             event.as_ref(),
-            delivered,
+            delivered.then_some(webhook_body),
         )
         .await?;
         tx.commit().await?;
-    }
-    if let Some(u) = &updated
-        && let Some(ev) = &event
-        && let (Some(from), Some(to)) = (&ev.from_state, &ev.to_state)
-        && from != to
-    {
-        crate::metrics::transition(from, u);
     }
     Ok(updated)
 }
@@ -544,7 +552,7 @@ async fn update_once(
     patch: &Patch,
     lease: Lease,
     event: Option<&NewEvent>,
-    render_webhook: bool,
+    render_webhook: Option<WebhookBody<'_>>,
 ) -> Result<Option<MigrationRow>, Error> {
     // PostgreSQL keeps microseconds: the body must show what the row will hold.
     let now = Utc::now().trunc_subsecs(6);
@@ -615,8 +623,8 @@ async fn update_once(
     if guard.otp_unexpired {
         q.push(" AND otp_expires_at > now()");
     }
-    let delivered = event.is_some_and(crate::webhooks::is_delivered);
-    if delivered && !render_webhook {
+    let delivered = event.is_some_and(NewEvent::is_delivered);
+    if delivered && render_webhook.is_none() {
         // No body rendered: only correct while nobody can receive it.
         q.push(
             " AND m.callback_url IS NULL AND NOT EXISTS (SELECT 1 FROM partners p \
@@ -637,9 +645,9 @@ async fn update_once(
         .push(", ")
         .push_bind(ev.data.clone())
         .push(" FROM u)");
-        if delivered && render_webhook {
+        if delivered && let Some(render) = render_webhook {
             let next = patch.apply(row, now, true);
-            let body = crate::webhooks::transition_body(&next);
+            let body = render(&next);
             q.push(
                 ", w AS (INSERT INTO webhook_deliveries (id, partner_id, migration_id, sequence, \
                  event_type, payload, url, next_attempt_at) SELECT ",
@@ -654,7 +662,7 @@ async fn update_once(
                  WHERE COALESCE(u.callback_url, u.partner_callback_url) IS NOT NULL RETURNING id), \
                  nw AS (SELECT pg_notify(",
             )
-            .push_bind(crate::db::webhooks::WEBHOOKS_CHANNEL)
+            .push_bind(super::webhooks::WEBHOOKS_CHANNEL)
             .push(", '') FROM w)");
         }
     }
@@ -665,7 +673,7 @@ async fn update_once(
              AND u.lease_token IS NULL AND u.run_at <= now() + interval '50 milliseconds') \
              SELECT u.*, (SELECT count(*) FROM n)",
         );
-    if delivered && render_webhook {
+    if delivered && render_webhook.is_some() {
         q.push(" + (SELECT count(*) FROM nw)");
     }
     q.push(" AS notified FROM u");

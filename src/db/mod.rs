@@ -5,10 +5,13 @@
 //! schema is young, several statements are genuinely dynamic (list filters, transition patches),
 //! and every statement is exercised against a real PostgreSQL by the integration tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgPool, migrate::Migrator};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub mod dashboard;
 pub mod encrypted;
@@ -110,4 +113,49 @@ pub async fn schema_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.contains(&m.version)))
+}
+
+/// LISTENs on `channel` for wake-ups, reconnecting with backoff; after every (re)connect it
+/// wakes the claim loop once, since notifications sent while disconnected are lost.
+pub async fn listen(
+    pool: PgPool,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        match connected {
+            Ok(mut l) => {
+                backoff = Duration::from_millis(200);
+                wake.notify_one();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        n = l.try_recv() => match n {
+                            Ok(Some(_)) => wake.notify_one(),
+                            // Connection lost; sqlx reconnects on the next call.
+                            Ok(None) => wake.notify_one(),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "listener error; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "listener could not connect"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::problem::{ApiError, FieldError};
-use crate::app::AppState;
+use crate::core::AppState;
 use crate::crypto;
 use crate::db;
 
@@ -421,33 +421,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath<(Uuid, Uuid)> {
     }
 }
 
-/// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// `ADMIN_API_KEY`: sees and manages everything.
-    Admin,
-    /// A partner key: sees only its own migrations.
-    Partner(Uuid),
-}
-
-impl Caller {
-    /// Tenant scope for queries: `None` for the admin.
-    pub fn scope(self) -> Option<Uuid> {
-        match self {
-            Caller::Admin => None,
-            Caller::Partner(p) => Some(p),
-        }
-    }
-
-    pub fn require_admin(self) -> Result<(), ApiError> {
-        match self {
-            Caller::Admin => Ok(()),
-            Caller::Partner(_) => Err(ApiError::forbidden(
-                "This route needs the admin key (ADMIN_API_KEY).",
-            )),
-        }
-    }
-}
+pub use crate::core::Caller;
 
 /// The admin key, or 403 (or 401). Placed before a body, it refuses a partner key before the
 /// body is read.

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::core::AppState;
 use crate::db;
 
 pub fn router() -> OpenApiRouter<AppState> {

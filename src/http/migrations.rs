@@ -19,13 +19,13 @@ use super::extract::{
     parse_limit,
 };
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
-use crate::crypto::{self, aad};
-use crate::db::{self, events::NewEvent, idempotency, migrations as store};
-use crate::domain::machine::retry_target;
+pub use crate::api::migration::*;
+use crate::core::AppState;
+use crate::core::migrations as commands;
+use crate::db::{self, migrations as store};
 use crate::domain::values::{self, E164};
-use crate::domain::{EventType, Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport};
-use crate::precheck::{self, PrecheckReport};
+use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
+use crate::precheck::PrecheckReport;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -85,141 +85,6 @@ pub struct CreateMigration {
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub channel_id: Option<String>,
-}
-
-/// The OTP sub-object.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct OtpOut {
-    pub method: OtpMethod,
-    pub language: String,
-    pub requested_at: Option<DateTime<Utc>>,
-    /// A resend is refused (429) before this time.
-    pub resend_available_at: Option<DateTime<Utc>>,
-    /// Wrong codes still accepted before the migration fails with `otp_invalid`.
-    pub attempts_left: i32,
-    /// The migration fails with `otp_expired` if no valid code arrives by then.
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// API key status (never the key itself; fetch it from `/api_key`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ApiKeyStatus {
-    /// `pending`, `generated` (stored, not yet verified) or `verified`.
-    pub status: String,
-    pub generated_at: Option<DateTime<Utc>>,
-}
-
-/// One property the migration must keep.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Preserved {
-    pub before: Value,
-    pub after: Value,
-    pub preserved: bool,
-}
-
-/// What the source number had at precheck versus the registered number.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PreservedReport {
-    pub display_name: Preserved,
-    pub quality_rating: Preserved,
-    pub messaging_limit_tier: Preserved,
-    pub official_business_account: Preserved,
-}
-
-/// The outcome in one place: what was preserved and whether the number can send.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct MigrationSummary {
-    #[serde(default)]
-    pub preserved: Option<PreservedReport>,
-    /// The Messaging API's `health_status.can_send_message` with the new key:
-    /// `AVAILABLE`, `LIMITED` or `BLOCKED`.
-    #[serde(default)]
-    pub can_send_message: Option<String>,
-}
-
-/// A migration.
-// `Deserialize` reads a stored create response back (an `Idempotency-Key` replay), so that it
-// is written in this field order again.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Migration {
-    pub id: Uuid,
-    pub partner_id: Uuid,
-    pub state: MigrationState,
-    pub flow: Flow,
-    pub phone_number: String,
-    pub source_waba_id: String,
-    pub destination_waba_id: String,
-    pub meta_business_id: String,
-    pub phone_number_id: Option<String>,
-    pub channel_id: Option<String>,
-    pub otp: OtpOut,
-    pub precheck: Option<PrecheckReport>,
-    pub templates: Option<TemplatesReport>,
-    pub api_key: ApiKeyStatus,
-    /// Filled in as the migration registers the number and proves the key.
-    pub summary: Option<MigrationSummary>,
-    /// Why the migration failed (or, in `awaiting_otp`, why the last code was refused).
-    pub error: Option<MigrationError>,
-    #[schema(value_type = Object)]
-    pub metadata: Value,
-    pub callback_url: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-impl From<&store::MigrationRow> for Migration {
-    fn from(r: &store::MigrationRow) -> Self {
-        Migration {
-            id: r.id,
-            partner_id: r.partner_id,
-            state: r.state(),
-            flow: Flow::parse(&r.flow).unwrap_or_default(),
-            phone_number: r.phone_number.clone(),
-            source_waba_id: r.source_waba_id.clone(),
-            destination_waba_id: r.destination_waba_id.clone(),
-            meta_business_id: r.meta_business_id.clone(),
-            phone_number_id: r.phone_number_id.clone(),
-            channel_id: r.channel_id.clone(),
-            otp: OtpOut {
-                method: OtpMethod::parse(&r.otp_method).unwrap_or_default(),
-                language: r.otp_language.clone(),
-                requested_at: r.otp_requested_at,
-                resend_available_at: r.otp_resend_available_at,
-                attempts_left: r.otp_attempts_left,
-                expires_at: r.otp_expires_at,
-            },
-            precheck: r
-                .precheck
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok()),
-            templates: r
-                .templates
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok()),
-            api_key: ApiKeyStatus {
-                status: if r.api_key_verified_at.is_some() {
-                    "verified"
-                } else if r.api_key_enc.is_some() {
-                    "generated"
-                } else {
-                    "pending"
-                }
-                .into(),
-                generated_at: r.api_key_generated_at,
-            },
-            summary: r
-                .summary
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok()),
-            error: r.error.clone().and_then(|v| serde_json::from_value(v).ok()),
-            metadata: r.metadata.clone(),
-            callback_url: r.callback_url.clone(),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            completed_at: r.completed_at,
-        }
-    }
 }
 
 /// The four ids every migration names, checked.
@@ -405,41 +270,6 @@ impl JsonBody for NewMigrationRequest {
     }
 }
 
-/// Sorts object keys so equal JSON bodies hash equally whatever their key order.
-fn canonical(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let sorted: std::collections::BTreeMap<_, _> =
-                m.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
-            json!(sorted)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
-        v => v.clone(),
-    }
-}
-
-fn partner_of(caller: Caller) -> Result<Uuid, ApiError> {
-    match caller {
-        Caller::Partner(p) => Ok(p),
-        Caller::Admin => Err(ApiError::forbidden(
-            "Migrations belong to a partner: use a partner API key (POST /v1/partners/{id}/api_keys).",
-        )),
-    }
-}
-
-fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
-    let mut e = ApiError::conflict(
-        "migration_already_active",
-        "This phone number already has an active migration; cancel it or wait for it to finish.",
-    );
-    if let Some((id, owner)) = existing
-        && caller.scope().is_none_or(|p| p == owner)
-    {
-        e = e.with_extra(json!({ "migration_id": id }));
-    }
-    e
-}
-
 /// Create a migration.
 ///
 /// Starts one durable job for the number. Honours `Idempotency-Key`: the same key with the same
@@ -467,7 +297,6 @@ async fn create_migration(
     headers: HeaderMap,
     AppJson(v): AppJson<NewMigrationRequest>,
 ) -> Result<Response, ApiError> {
-    let partner_id = partner_of(caller)?;
     let idem_key = match headers.get("idempotency-key") {
         Some(h) => {
             let k = h
@@ -484,76 +313,39 @@ async fn create_migration(
         }
         None => None,
     };
-
-    let mut tx = state.pool.begin().await?;
-    if let Some(key) = &idem_key {
-        // Keyed: the body may hold the PIN.
-        let fingerprints = state
-            .cipher
-            .fingerprints(canonical(&json!(v.body)).to_string().as_bytes());
-        match idempotency::begin(&mut tx, partner_id, key, &fingerprints).await? {
-            idempotency::Begin::New => {}
-            idempotency::Begin::Replay { status, body } => {
-                tx.rollback().await?;
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                // The stored body (jsonb) lost the field order: write it as the first time.
-                let mut res = match serde_json::from_value::<Migration>(body.clone()) {
-                    Ok(m) if status == StatusCode::CREATED => created(&m),
-                    _ => (status, axum::Json(body)).into_response(),
-                };
-                res.headers_mut().insert(
-                    "idempotent-replayed",
-                    "true".parse().expect("static header"),
-                );
-                return Ok(res);
-            }
-            idempotency::Begin::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was used with a different request body.",
-                ));
-            }
-        }
-    }
-
-    let id = Uuid::now_v7();
-    let pin = v
-        .pin
-        .clone()
-        .unwrap_or_else(|| crypto::generate_pin().expose_secret().to_owned());
-    let new = store::NewMigration {
-        id,
-        partner_id,
-        flow: v.flow.as_str().into(),
-        phone_number: v.accounts.phone.as_str().into(),
+    let sent = json!(v.body);
+    let idempotency = idem_key
+        .as_deref()
+        .map(|key| commands::Idempotency { key, body: &sent });
+    let input = commands::NewMigrationInput {
+        phone: v.accounts.phone,
         source_waba_id: v.accounts.source,
         destination_waba_id: v.accounts.destination,
         meta_business_id: v.accounts.business,
+        flow: v.flow,
         channel_id: v.channel_id,
-        otp_method: v.otp_method.as_str().into(),
+        otp_method: v.otp_method,
         otp_language: v.otp_language,
-        otp_attempts_left: state.otp.max_attempts,
-        pin_enc: state.cipher.seal(&pin, &aad::pin(id)),
-        metadata: v.metadata,
+        pin: v.pin,
         callback_url: v.callback_url,
+        metadata: v.metadata,
     };
-    let row = match store::insert(&mut tx, &new).await {
-        Ok(r) => r,
-        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-            drop(tx);
-            let existing = store::active_for_number(&state.pool, new.phone_number.as_str()).await?;
-            return Err(active_conflict(existing, caller));
+    match commands::create(&state, caller, idempotency, input).await? {
+        commands::Created::New(m) => Ok(created(&m)),
+        commands::Created::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            // The stored body (jsonb) lost the field order: write it as the first time.
+            let mut res = match serde_json::from_value::<Migration>(body.clone()) {
+                Ok(m) if status == StatusCode::CREATED => created(&m),
+                _ => (status, axum::Json(body)).into_response(),
+            };
+            res.headers_mut().insert(
+                "idempotent-replayed",
+                "true".parse().expect("static header"),
+            );
+            Ok(res)
         }
-        Err(e) => return Err(e.into()),
-    };
-    let out = Migration::from(&row);
-    if let Some(key) = &idem_key {
-        idempotency::finish(&mut tx, partner_id, key, 201, &json!(out)).await?;
     }
-    tx.commit().await?;
-    tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
-    Ok(created(&out))
 }
 
 /// The 201 of `POST /v1/migrations`, first or replayed: the body `GET /v1/migrations/{id}`
@@ -719,20 +511,8 @@ async fn get_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let row = fetch(&state, caller, id).await?;
+    let row = commands::fetch(&state, caller, id).await?;
     Ok(axum::Json(Migration::from(&row)))
-}
-
-pub(crate) async fn fetch(
-    state: &AppState,
-    caller: Caller,
-    id: Uuid,
-) -> Result<store::MigrationRow, ApiError> {
-    match store::get(&state.pool, id, caller.scope()).await {
-        Ok(r) => Ok(r),
-        Err(db::Error::NotFound) => Err(ApiError::not_found("migration")),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// An audit-trail entry.
@@ -779,7 +559,7 @@ async fn list_events(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<EventList>, ApiError> {
-    fetch(&state, caller, id).await?;
+    commands::fetch(&state, caller, id).await?;
     let rows = db::events::list(&state.pool, id).await?;
     Ok(axum::Json(EventList {
         data: rows
@@ -794,65 +574,6 @@ async fn list_events(
             })
             .collect(),
     }))
-}
-
-fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> ApiError {
-    ApiError::conflict(
-        "invalid_state",
-        format!(
-            "Cannot {action} a migration in state `{}`; allowed in: {allowed}.",
-            row.state
-        ),
-    )
-    .with_extra(json!({ "state": row.state }))
-}
-
-/// An API-initiated transition: the guarded write and its event in one transaction. If the
-/// guard fails (the row moved meanwhile), answers 409 with the state it is in now.
-struct ApiTransition<'a> {
-    action: &'a str,
-    allowed: &'a str,
-    guard: store::Guard,
-    patch: store::Patch,
-    event: NewEvent,
-}
-
-impl ApiTransition<'_> {
-    async fn apply(
-        self,
-        state: &AppState,
-        caller: Caller,
-        row: &store::MigrationRow,
-    ) -> Result<store::MigrationRow, ApiError> {
-        // One statement (the change, its event and its webhook): no transaction needed.
-        let mut conn = state.pool.acquire().await?;
-        let updated = match store::update(
-            &mut conn,
-            row,
-            &self.guard,
-            &self.patch,
-            store::Lease::Release,
-            Some(self.event),
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-                drop(conn);
-                let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
-                return Err(active_conflict(existing, caller));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        drop(conn);
-        match updated {
-            Some(r) => Ok(r),
-            None => {
-                let now = fetch(state, caller, row.id).await?;
-                Err(wrong_state(&now, self.action, self.allowed))
-            }
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -894,44 +615,7 @@ async fn submit_otp(
     IdPath(id): IdPath<Uuid>,
     AppJson(SubmitOtp { code }): AppJson<SubmitOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let row = fetch(&state, caller, id).await?;
-    if row.state() != MigrationState::AwaitingOtp {
-        return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
-    }
-    if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::conflict(
-            "otp_expired",
-            "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
-        ));
-    }
-    let patch = store::Patch {
-        state: Some(MigrationState::VerifyingOtp),
-        otp_code_enc: Some(Some(state.cipher.seal(&code, &aad::otp_code(id)))),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        otp_unexpired: true,
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::VerifyingOtp,
-        json!({ "otp": "submitted" }),
-    );
-    let r = ApiTransition {
-        action: "submit a code to",
-        allowed: "awaiting_otp",
-        guard,
-        patch,
-        event,
-    }
-    .apply(&state, caller, &row)
-    .await?;
+    let r = commands::submit_code(&state, caller, id, &code).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
 }
 
@@ -971,67 +655,8 @@ async fn resend_otp(
     IdPath(id): IdPath<Uuid>,
     AppJson(body): AppJson<ResendOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = resend(&state, caller, id, body.method).await?;
+    let r = commands::resend(&state, caller, id, body.method).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
-}
-
-/// `POST …/otp/resend`, shared with the dashboard.
-pub(crate) async fn resend(
-    state: &AppState,
-    caller: Caller,
-    id: Uuid,
-    method: Option<OtpMethod>,
-) -> Result<store::MigrationRow, ApiError> {
-    let row = fetch(state, caller, id).await?;
-    if !row.state().accepts_otp_resend() {
-        return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
-    }
-    if let Some(at) = row.otp_resend_available_at {
-        let wait = (at - Utc::now()).num_milliseconds();
-        if wait > 0 {
-            let secs = (wait as u64).div_ceil(1000);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "otp_resend_too_soon",
-                format!("A code was sent recently; you can request another in {secs} s."),
-            )
-            .with_retry_after(secs)
-            .with_extra(json!({ "resend_available_at": at })));
-        }
-    }
-    let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
-    let mut memo = row.step_memo.clone();
-    if let Some(o) = memo.as_object_mut() {
-        o.remove("request_code");
-    }
-    let patch = store::Patch {
-        state: Some(MigrationState::RequestingOtp),
-        otp_method: Some(method.as_str().into()),
-        step_memo: Some(memo),
-        error: Some(None),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::RequestingOtp,
-        json!({ "otp": "resend_requested", "method": method }),
-    );
-    ApiTransition {
-        action: "resend a code for",
-        allowed: "awaiting_otp",
-        guard,
-        patch,
-        event,
-    }
-    .apply(state, caller, &row)
-    .await
 }
 
 /// Cancel a migration that has not finished.
@@ -1053,49 +678,8 @@ async fn cancel_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let r = cancel(&state, caller, id).await?;
+    let r = commands::cancel(&state, caller, id).await?;
     Ok(axum::Json(Migration::from(&r)))
-}
-
-/// `POST …/cancel`, shared with the dashboard.
-pub(crate) async fn cancel(
-    state: &AppState,
-    caller: Caller,
-    id: Uuid,
-) -> Result<store::MigrationRow, ApiError> {
-    let row = fetch(state, caller, id).await?;
-    let active: Vec<MigrationState> = MigrationState::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .collect();
-    if row.state().is_terminal() {
-        return Err(wrong_state(&row, "cancel", "any non-terminal state"));
-    }
-    let patch = store::Patch {
-        state: Some(MigrationState::Cancelled),
-        otp_code_enc: Some(None),
-        completed_now: false,
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(active),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        row.state.clone(),
-        MigrationState::Cancelled,
-        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-    );
-    ApiTransition {
-        action: "cancel",
-        allowed: "any non-terminal state",
-        guard,
-        patch,
-        event,
-    }
-    .apply(state, caller, &row)
-    .await
 }
 
 /// Resume a failed migration from the step that failed.
@@ -1117,63 +701,8 @@ async fn retry_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = retry(&state, caller, id).await?;
+    let r = commands::retry(&state, caller, id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
-}
-
-/// `POST …/retry`, shared with the dashboard.
-pub(crate) async fn retry(
-    state: &AppState,
-    caller: Caller,
-    id: Uuid,
-) -> Result<store::MigrationRow, ApiError> {
-    let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::Failed {
-        return Err(wrong_state(&row, "retry", "failed"));
-    }
-    let failed_step = row
-        .failed_step
-        .as_deref()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(MigrationState::Prechecking);
-    let target = retry_target(failed_step);
-    let mut memo = row.step_memo.clone();
-    if let Some(o) = memo.as_object_mut() {
-        // A retry that requests a code must really request one; polls start over.
-        if target == MigrationState::RequestingOtp {
-            o.remove("request_code");
-        }
-        o.remove("channel_polls");
-    }
-    let mut patch = store::Patch {
-        state: Some(target),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        failed_step: Some(None),
-        step_memo: Some(memo),
-        ..Default::default()
-    };
-    if target == MigrationState::RequestingOtp {
-        patch.otp_attempts_left = Some(state.otp.max_attempts);
-        patch.otp_expires_at = Some(None);
-        patch.otp_code_enc = Some(None);
-    }
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::Failed]),
-        ..Default::default()
-    };
-    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
-    ApiTransition {
-        action: "retry",
-        allowed: "failed",
-        guard,
-        patch,
-        event,
-    }
-    .apply(state, caller, &row)
-    .await
 }
 
 /// The generated 360dialog API key.
@@ -1203,42 +732,11 @@ async fn get_api_key(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let row = fetch(&state, caller, id).await?;
-    let (MigrationState::Completed, Some(enc)) = (row.state(), &row.api_key_enc) else {
-        return Err(ApiError::conflict(
-            "api_key_not_ready",
-            format!(
-                "The API key is available once the migration is completed (now `{}`).",
-                row.state
-            ),
-        ));
-    };
-    let key = state
-        .cipher
-        .open(enc, &aad::api_key(id))
-        .map_err(ApiError::internal)?;
-    let mut conn = state.pool.acquire().await?;
-    store::update(
-        &mut conn,
-        &row,
-        &store::Guard::default(),
-        &store::Patch::default(),
-        store::Lease::Keep,
-        Some(NewEvent {
-            kind: EventType::ApiKeyRetrieved,
-            from_state: None,
-            to_state: None,
-            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-        }),
-    )
-    .await?;
+    let key = commands::reveal_api_key(&state, caller, id).await?;
     let body = ApiKeyOut {
-        api_key: key.expose_secret().to_owned(),
-        address: row
-            .api_key_address
-            .clone()
-            .unwrap_or_else(|| state.d360_waba_url.clone()),
-        channel_id: row.channel_id.clone(),
+        api_key: key.api_key.expose_secret().to_owned(),
+        address: key.address,
+        channel_id: key.channel_id,
     };
     let mut res = axum::Json(body).into_response();
     res.headers_mut()
@@ -1297,30 +795,18 @@ async fn run_precheck(
     AppJson(body): AppJson<PrecheckBody>,
 ) -> Result<axum::Json<PrecheckReport>, ApiError> {
     let PrecheckBody { accounts: v, flow } = body;
-    if let Some(seeder) = &state.sandbox_seeder {
-        seeder
-            .seed(v.phone.as_str(), &v.source, &v.destination, &v.business)
-            .await;
-    }
-    let input = precheck::gather(state.meta.as_ref(), &v.source, &v.destination)
-        .await
-        .map_err(|e| {
-            let mut err = ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("Reading the WhatsApp accounts failed: {e}"),
-            );
-            if let Some(u) = e.upstream() {
-                err = err.with_extra(json!({ "upstream": u }));
-            }
-            err
-        })?;
-    Ok(axum::Json(precheck::evaluate(
-        flow,
-        &v.phone,
-        &v.business,
-        &input,
-    )))
+    let report = commands::dry_run_precheck(
+        &state,
+        commands::PrecheckInput {
+            phone: &v.phone,
+            source_waba_id: &v.source,
+            destination_waba_id: &v.destination,
+            meta_business_id: &v.business,
+            flow,
+        },
+    )
+    .await?;
+    Ok(axum::Json(report))
 }
 
 #[cfg(test)]

@@ -14,15 +14,16 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::core::AppState;
 
 pub mod docs;
 pub mod extract;
+mod framework_errors;
 pub mod health;
 pub mod migrations;
 pub mod partners;
-pub mod problem;
-pub mod rate_limit;
+pub use crate::api::problem;
+pub use crate::core::rate_limit;
 pub mod webhooks;
 
 use problem::{ApiError, REQUEST_ID};
@@ -171,13 +172,13 @@ fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
     tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
 }
 
-/// The full router with middleware.
-pub fn router(state: AppState) -> Router {
+/// The full router with middleware; `pages` (the dashboard's HTML for support staff, outside
+/// the OpenAPI document) are served beside the API behind the same middleware.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let (router, _) = api_router().split_for_parts();
     let app = router
         .merge(docs::routes())
-        // HTML pages for support staff; not part of the OpenAPI document.
-        .merge(crate::dashboard::routes())
+        .merge(pages)
         .fallback(not_found)
         .with_state(state)
         .layer(catch_panics())
@@ -217,7 +218,7 @@ pub fn router(state: AppState) -> Router {
     // it, such as a 405's `Allow`), and inside `request_id` so these problems carry it too.
     Router::new()
         .fallback_service(app)
-        .layer(middleware::from_fn(problem::framework_errors))
+        .layer(middleware::from_fn(framework_errors::framework_errors))
         .layer(middleware::from_fn(request_id))
 }
 

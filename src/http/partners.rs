@@ -15,7 +15,7 @@ use super::extract::{
 };
 use super::migrations::validate_callback;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
+use crate::core::AppState;
 use crate::crypto;
 use crate::crypto::aad;
 use crate::db::{self, partners as store};

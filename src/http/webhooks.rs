@@ -13,31 +13,14 @@ use uuid::Uuid;
 
 use super::extract::{Caller, IdPath};
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
+pub use crate::api::WebhookEvent;
+use crate::core::AppState;
 use crate::db::{self, webhooks as store};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_deliveries))
         .routes(routes!(redeliver))
-}
-
-/// The body of every webhook POST (see the `webhooks` tag for headers and signatures).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookEvent {
-    /// `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
-    /// `migration.cancelled` for a transition into that state, `migration.state_changed` for
-    /// any other: the `type` of the audit event of the same transition
-    /// (`GET /v1/migrations/{id}/events`).
-    #[serde(rename = "type")]
-    #[schema(example = "migration.awaiting_otp")]
-    pub kind: String,
-    /// When the transition happened.
-    pub timestamp: DateTime<Utc>,
-    /// Increases with every event of one migration; a consumer can order or deduplicate by it.
-    pub sequence: i32,
-    /// The migration after the transition, as `GET /v1/migrations/{id}` showed it then.
-    pub data: super::migrations::Migration,
 }
 
 /// One attempt to deliver a webhook.
@@ -138,7 +121,7 @@ async fn list_deliveries(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<WebhookDeliveryList>, ApiError> {
-    super::migrations::fetch(&state, caller, id).await?;
+    crate::core::migrations::fetch(&state, caller, id).await?;
     let rows = store::list_for_migration(&state.pool, id).await?;
     let mut attempts = store::attempts_for_migration(&state.pool, id).await?;
     let data = rows

@@ -81,7 +81,7 @@ impl Dispatcher {
         let cfg = &self.inner.config;
         info!(concurrency = cfg.concurrency, "webhook dispatcher started");
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(crate::worker::listen(
+        let listener = tokio::spawn(db::listen(
             self.inner.pool.clone(),
             store::WEBHOOKS_CHANNEL,
             wake.clone(),

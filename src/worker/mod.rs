@@ -21,7 +21,6 @@ use chrono::Utc;
 use futures::FutureExt;
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,29 +39,7 @@ pub mod steps;
 /// Most rows one claim statement takes.
 const CLAIM_BATCH: usize = 32;
 
-/// OTP rules shared by the API (resend cooldown, attempts) and the workers.
-#[derive(Debug, Clone)]
-pub struct OtpPolicy {
-    /// How long a migration waits in `awaiting_otp` before failing with `otp_expired`.
-    pub ttl: Duration,
-    /// Minimum time between two codes sent to the client.
-    pub resend_cooldown: Duration,
-    /// Wrong codes accepted before the migration fails with `otp_invalid`.
-    pub max_attempts: i32,
-    /// Call the client (voice) when no code was submitted this long after an SMS; once.
-    pub voice_fallback: Option<Duration>,
-}
-
-impl Default for OtpPolicy {
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(24 * 3600),
-            resend_cooldown: Duration::from_secs(60),
-            max_attempts: 5,
-            voice_fallback: None,
-        }
-    }
-}
+pub use crate::core::settings::OtpPolicy;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -140,7 +117,7 @@ pub struct Deps {
     pub config: WorkerConfig,
     pub fail_points: FailPoints,
     /// Sandbox mode only: tells the simulator about a number before its precheck reads it.
-    pub sandbox_seeder: Option<crate::app::SandboxSeeder>,
+    pub sandbox_seeder: Option<crate::core::SandboxSeeder>,
 }
 
 /// Result of [`Worker::run_next`].
@@ -199,7 +176,7 @@ impl Worker {
             "worker started"
         );
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(
+        let listener = tokio::spawn(db::listen(
             self.deps.pool.clone(),
             db::JOBS_CHANNEL,
             wake.clone(),
@@ -532,7 +509,8 @@ impl Worker {
         };
         // One statement: the change, its event, its webhook and the wake-up commit together.
         let mut conn = self.deps.pool.acquire().await?;
-        let updated = store::update(&mut conn, row, &guard, &patch, lease, event).await?;
+        let updated =
+            crate::core::transition::apply(&mut conn, row, &guard, &patch, lease, event).await?;
         drop(conn);
         if let Some(r) = &updated {
             if r.state != state.as_str() {
@@ -570,50 +548,5 @@ async fn heartbeat(pool: PgPool, id: Uuid, token: Uuid, lease: Duration, lost: C
             // and the guarded writes fail anyway.
             Err(e) => warn!(migration.id = %id, error = %e, "heartbeat failed"),
         }
-    }
-}
-
-/// LISTENs on `channel` for wake-ups, reconnecting with backoff; after every (re)connect it
-/// wakes the claim loop once, since notifications sent while disconnected are lost.
-pub(crate) async fn listen(
-    pool: PgPool,
-    channel: &'static str,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let connected = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(channel).await?;
-            Ok::<_, sqlx::Error>(l)
-        }
-        .await;
-        match connected {
-            Ok(mut l) => {
-                backoff = Duration::from_millis(200);
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        n = l.try_recv() => match n {
-                            Ok(Some(_)) => wake.notify_one(),
-                            // Connection lost; sqlx reconnects on the next call.
-                            Ok(None) => wake.notify_one(),
-                            Err(e) => {
-                                debug!(error = %e, "listener error; reconnecting");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => debug!(error = %e, "listener could not connect"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

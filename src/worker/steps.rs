@@ -123,7 +123,7 @@ async fn record_intent(
     }
     memo[key] = json!(Utc::now());
     let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
-    let updated = store::update(
+    let updated = crate::core::transition::apply(
         &mut conn,
         row,
         &store::Guard {
@@ -951,7 +951,7 @@ async fn generating_api_key(
                 .cipher
                 .seal(generated.api_key.expose_secret(), &aad::api_key(row.id));
             let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
-            let saved = store::update(
+            let saved = crate::core::transition::apply(
                 &mut conn,
                 row,
                 &store::Guard {

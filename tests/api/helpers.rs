@@ -174,7 +174,8 @@ impl TestApp {
         let dispatcher = app.dispatcher.clone().expect("dispatcher");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = waba_migrator::http::router(app.state.clone());
+        let router =
+            waba_migrator::http::router(app.state.clone(), waba_migrator::dashboard::routes());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)

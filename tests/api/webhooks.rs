@@ -652,7 +652,7 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
         let pool = app.pool.clone();
         async move {
             let mut conn = pool.acquire().await.unwrap();
-            store::update(
+            waba_migrator::core::transition::apply(
                 &mut conn,
                 &row,
                 &store::Guard {

@@ -1,0 +1,45 @@
+//! The public JSON: what the API answers, what the webhooks carry and what the dashboard shows,
+//! rendered from the store's rows. Below `http`, `webhooks`, `dashboard` and the application
+//! core, so each of them speaks the same types without importing another.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::migrations::MigrationRow;
+use crate::domain::EventType;
+
+pub mod migration;
+pub mod problem;
+
+pub use migration::Migration;
+
+/// The body of every webhook POST (see the `webhooks` tag for headers and signatures).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookEvent {
+    /// `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
+    /// `migration.cancelled` for a transition into that state, `migration.state_changed` for
+    /// any other: the `type` of the audit event of the same transition
+    /// (`GET /v1/migrations/{id}/events`).
+    #[serde(rename = "type")]
+    #[schema(example = "migration.awaiting_otp")]
+    pub kind: String,
+    /// When the transition happened.
+    pub timestamp: DateTime<Utc>,
+    /// Increases with every event of one migration; a consumer can order or deduplicate by it.
+    pub sequence: i32,
+    /// The migration after the transition, as `GET /v1/migrations/{id}` showed it then.
+    pub data: Migration,
+}
+
+/// The request body of the webhook for the transition that left the migration as `row`
+/// (written to the outbox by `db::migrations::update`, in the statement of the transition).
+pub fn webhook_body(row: &MigrationRow) -> String {
+    serde_json::to_string(&WebhookEvent {
+        kind: EventType::for_transition(row.state()).as_str().to_owned(),
+        timestamp: row.updated_at,
+        sequence: row.version,
+        data: Migration::from(row),
+    })
+    .expect("a migration always serialises")
+}

@@ -1,0 +1,532 @@
+//! The commands on a migration, shared by every edge: create, submit a code, resend, cancel,
+//! retry, reveal the key and the dry-run precheck. Each checks what it may do from the row it
+//! read and writes through [`super::transition`] under a guard, so a row that moved meanwhile
+//! answers 409 with the state it is in now instead of being overwritten.
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{AppState, Caller};
+use crate::api::Migration;
+use crate::api::problem::ApiError;
+use crate::crypto::{self, aad};
+use crate::db::{self, events::NewEvent, idempotency, migrations as store};
+use crate::domain::machine::retry_target;
+use crate::domain::values::E164;
+use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
+use crate::precheck::{self, PrecheckReport};
+
+/// A checked create request.
+#[derive(Debug)]
+pub struct NewMigrationInput {
+    pub phone: E164,
+    pub source_waba_id: String,
+    pub destination_waba_id: String,
+    pub meta_business_id: String,
+    pub flow: Flow,
+    pub channel_id: Option<String>,
+    pub otp_method: OtpMethod,
+    pub otp_language: String,
+    /// The client's two-step verification PIN; one is generated when absent.
+    pub pin: Option<String>,
+    pub callback_url: Option<String>,
+    pub metadata: Value,
+}
+
+/// An `Idempotency-Key` and the body it was sent with (as sent: its fingerprint).
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub body: &'a Value,
+}
+
+/// What a create answers.
+pub enum Created {
+    /// A new migration.
+    New(Migration),
+    /// The stored answer of an earlier request with the same `Idempotency-Key` and body.
+    Replay { status: u16, body: Value },
+}
+
+/// Creates a migration (`POST /v1/migrations`): one `queued` row with its event, or the stored
+/// answer of an earlier request with the same `Idempotency-Key`.
+pub async fn create(
+    state: &AppState,
+    caller: Caller,
+    idempotency: Option<Idempotency<'_>>,
+    v: NewMigrationInput,
+) -> Result<Created, ApiError> {
+    let partner_id = partner_of(caller)?;
+    let mut tx = state.pool.begin().await?;
+    if let Some(idem) = &idempotency {
+        // Keyed: the body may hold the PIN.
+        let fingerprints = state
+            .cipher
+            .fingerprints(canonical(idem.body).to_string().as_bytes());
+        match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
+            idempotency::Begin::New => {}
+            idempotency::Begin::Replay { status, body } => {
+                tx.rollback().await?;
+                return Ok(Created::Replay { status, body });
+            }
+            idempotency::Begin::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request body.",
+                ));
+            }
+        }
+    }
+
+    let id = Uuid::now_v7();
+    let pin = v
+        .pin
+        .clone()
+        .unwrap_or_else(|| crypto::generate_pin().expose_secret().to_owned());
+    let new = store::NewMigration {
+        id,
+        partner_id,
+        flow: v.flow.as_str().into(),
+        phone_number: v.phone.as_str().into(),
+        source_waba_id: v.source_waba_id,
+        destination_waba_id: v.destination_waba_id,
+        meta_business_id: v.meta_business_id,
+        channel_id: v.channel_id,
+        otp_method: v.otp_method.as_str().into(),
+        otp_language: v.otp_language,
+        otp_attempts_left: state.otp.max_attempts,
+        pin_enc: state.cipher.seal(&pin, &aad::pin(id)),
+        metadata: v.metadata,
+        callback_url: v.callback_url,
+    };
+    let row = match super::transition::create(&mut tx, &new).await {
+        Ok(r) => r,
+        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+            drop(tx);
+            let existing = store::active_for_number(&state.pool, new.phone_number.as_str()).await?;
+            return Err(active_conflict(existing, caller));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let out = Migration::from(&row);
+    if let Some(idem) = &idempotency {
+        idempotency::finish(&mut tx, partner_id, idem.key, 201, &json!(out)).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
+    Ok(Created::New(out))
+}
+
+/// Sorts object keys so equal JSON bodies hash equally whatever their key order.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: std::collections::BTreeMap<_, _> =
+                m.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+            json!(sorted)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        v => v.clone(),
+    }
+}
+
+/// Takes the client's code (`POST …/otp`): `awaiting_otp` → `verifying_otp`, the code sealed
+/// until the worker submits it.
+pub async fn submit_code(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    code: &str,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    if row.state() != MigrationState::AwaitingOtp {
+        return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
+    }
+    if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::conflict(
+            "otp_expired",
+            "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
+        ));
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::VerifyingOtp),
+        otp_code_enc: Some(Some(state.cipher.seal(code, &aad::otp_code(id)))),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        error: Some(None),
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::AwaitingOtp]),
+        otp_unexpired: true,
+        ..Default::default()
+    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::VerifyingOtp,
+        json!({ "otp": "submitted" }),
+    );
+    ApiTransition {
+        action: "submit a code to",
+        allowed: "awaiting_otp",
+        guard,
+        patch,
+        event,
+    }
+    .apply(state, caller, &row)
+    .await
+}
+
+/// The channel's 360dialog API key, opened for the caller.
+pub struct RevealedKey {
+    pub api_key: SecretString,
+    /// Messaging API host for this key.
+    pub address: String,
+    pub channel_id: Option<String>,
+}
+
+/// Reveals the key of a completed migration (`GET …/api_key`).
+pub async fn reveal_api_key(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<RevealedKey, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    let (MigrationState::Completed, Some(enc)) = (row.state(), &row.api_key_enc) else {
+        return Err(ApiError::conflict(
+            "api_key_not_ready",
+            format!(
+                "The API key is available once the migration is completed (now `{}`).",
+                row.state
+            ),
+        ));
+    };
+    let key = state
+        .cipher
+        .open(enc, &aad::api_key(id))
+        .map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await?;
+    super::transition::apply(
+        &mut conn,
+        &row,
+        &store::Guard::default(),
+        &store::Patch::default(),
+        store::Lease::Keep,
+        Some(NewEvent {
+            kind: EventType::ApiKeyRetrieved,
+            from_state: None,
+            to_state: None,
+            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+        }),
+    )
+    .await?;
+    Ok(RevealedKey {
+        api_key: key,
+        address: row
+            .api_key_address
+            .clone()
+            .unwrap_or_else(|| state.d360_waba_url.clone()),
+        channel_id: row.channel_id.clone(),
+    })
+}
+
+/// The accounts a precheck reads.
+pub struct PrecheckInput<'a> {
+    pub phone: &'a E164,
+    pub source_waba_id: &'a str,
+    pub destination_waba_id: &'a str,
+    pub meta_business_id: &'a str,
+    pub flow: Flow,
+}
+
+/// Runs the prechecks without creating a migration (`POST /v1/prechecks`).
+pub async fn dry_run_precheck(
+    state: &AppState,
+    v: PrecheckInput<'_>,
+) -> Result<PrecheckReport, ApiError> {
+    if let Some(seeder) = &state.sandbox_seeder {
+        seeder
+            .seed(
+                v.phone.as_str(),
+                v.source_waba_id,
+                v.destination_waba_id,
+                v.meta_business_id,
+            )
+            .await;
+    }
+    let input = precheck::gather(state.meta.as_ref(), v.source_waba_id, v.destination_waba_id)
+        .await
+        .map_err(|e| {
+            let mut err = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("Reading the WhatsApp accounts failed: {e}"),
+            );
+            if let Some(u) = e.upstream() {
+                err = err.with_extra(json!({ "upstream": u }));
+            }
+            err
+        })?;
+    Ok(precheck::evaluate(
+        v.flow,
+        v.phone,
+        v.meta_business_id,
+        &input,
+    ))
+}
+
+/// The partner a migration is created for: only a partner key creates migrations.
+pub fn partner_of(caller: Caller) -> Result<Uuid, ApiError> {
+    match caller {
+        Caller::Partner(p) => Ok(p),
+        Caller::Admin => Err(ApiError::forbidden(
+            "Migrations belong to a partner: use a partner API key (POST /v1/partners/{id}/api_keys).",
+        )),
+    }
+}
+
+/// 409 `migration_already_active`, naming the active migration when the caller may see it.
+pub fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
+    let mut e = ApiError::conflict(
+        "migration_already_active",
+        "This phone number already has an active migration; cancel it or wait for it to finish.",
+    );
+    if let Some((id, owner)) = existing
+        && caller.scope().is_none_or(|p| p == owner)
+    {
+        e = e.with_extra(json!({ "migration_id": id }));
+    }
+    e
+}
+
+/// The migration `id` as `caller` may see it, or 404.
+pub async fn fetch(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    match store::get(&state.pool, id, caller.scope()).await {
+        Ok(r) => Ok(r),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("migration")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// 409 `invalid_state`: `action` is allowed only in `allowed`.
+pub fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> ApiError {
+    ApiError::conflict(
+        "invalid_state",
+        format!(
+            "Cannot {action} a migration in state `{}`; allowed in: {allowed}.",
+            row.state
+        ),
+    )
+    .with_extra(json!({ "state": row.state }))
+}
+
+/// An API-initiated transition: the guarded write and its event in one transaction. If the
+/// guard fails (the row moved meanwhile), answers 409 with the state it is in now.
+struct ApiTransition<'a> {
+    action: &'a str,
+    allowed: &'a str,
+    guard: store::Guard,
+    patch: store::Patch,
+    event: NewEvent,
+}
+
+impl ApiTransition<'_> {
+    async fn apply(
+        self,
+        state: &AppState,
+        caller: Caller,
+        row: &store::MigrationRow,
+    ) -> Result<store::MigrationRow, ApiError> {
+        // One statement (the change, its event and its webhook): no transaction needed.
+        let mut conn = state.pool.acquire().await?;
+        let updated = match crate::core::transition::apply(
+            &mut conn,
+            row,
+            &self.guard,
+            &self.patch,
+            store::Lease::Release,
+            Some(self.event),
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+                drop(conn);
+                let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
+                return Err(active_conflict(existing, caller));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        drop(conn);
+        match updated {
+            Some(r) => Ok(r),
+            None => {
+                let now = fetch(state, caller, row.id).await?;
+                Err(wrong_state(&now, self.action, self.allowed))
+            }
+        }
+    }
+}
+
+/// Asks for a new code (`POST …/otp/resend`, the dashboard's "resend").
+pub async fn resend(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    method: Option<OtpMethod>,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    if !row.state().accepts_otp_resend() {
+        return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
+    }
+    if let Some(at) = row.otp_resend_available_at {
+        let wait = (at - Utc::now()).num_milliseconds();
+        if wait > 0 {
+            let secs = (wait as u64).div_ceil(1000);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "otp_resend_too_soon",
+                format!("A code was sent recently; you can request another in {secs} s."),
+            )
+            .with_retry_after(secs)
+            .with_extra(json!({ "resend_available_at": at })));
+        }
+    }
+    let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
+    let mut memo = row.step_memo.clone();
+    if let Some(o) = memo.as_object_mut() {
+        o.remove("request_code");
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::RequestingOtp),
+        otp_method: Some(method.as_str().into()),
+        step_memo: Some(memo),
+        error: Some(None),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::AwaitingOtp]),
+        ..Default::default()
+    };
+    let event = NewEvent::transition(
+        "awaiting_otp",
+        MigrationState::RequestingOtp,
+        json!({ "otp": "resend_requested", "method": method }),
+    );
+    ApiTransition {
+        action: "resend a code for",
+        allowed: "awaiting_otp",
+        guard,
+        patch,
+        event,
+    }
+    .apply(state, caller, &row)
+    .await
+}
+
+/// Cancels a migration that has not finished (`POST …/cancel`, the dashboard's "cancel").
+pub async fn cancel(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    let active: Vec<MigrationState> = MigrationState::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal())
+        .collect();
+    if row.state().is_terminal() {
+        return Err(wrong_state(&row, "cancel", "any non-terminal state"));
+    }
+    let patch = store::Patch {
+        state: Some(MigrationState::Cancelled),
+        otp_code_enc: Some(None),
+        completed_now: false,
+        ..Default::default()
+    };
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(active),
+        ..Default::default()
+    };
+    let event = NewEvent::transition(
+        row.state.clone(),
+        MigrationState::Cancelled,
+        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
+    );
+    ApiTransition {
+        action: "cancel",
+        allowed: "any non-terminal state",
+        guard,
+        patch,
+        event,
+    }
+    .apply(state, caller, &row)
+    .await
+}
+
+/// Resumes a failed migration from its failed step (`POST …/retry`, the dashboard's "retry").
+pub async fn retry(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    if row.state() != MigrationState::Failed {
+        return Err(wrong_state(&row, "retry", "failed"));
+    }
+    let failed_step = row
+        .failed_step
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MigrationState::Prechecking);
+    let target = retry_target(failed_step);
+    let mut memo = row.step_memo.clone();
+    if let Some(o) = memo.as_object_mut() {
+        // A retry that requests a code must really request one; polls start over.
+        if target == MigrationState::RequestingOtp {
+            o.remove("request_code");
+        }
+        o.remove("channel_polls");
+    }
+    let mut patch = store::Patch {
+        state: Some(target),
+        attempt: Some(0),
+        run_at: Some(store::RunAt::Now),
+        error: Some(None),
+        failed_step: Some(None),
+        step_memo: Some(memo),
+        ..Default::default()
+    };
+    if target == MigrationState::RequestingOtp {
+        patch.otp_attempts_left = Some(state.otp.max_attempts);
+        patch.otp_expires_at = Some(None);
+        patch.otp_code_enc = Some(None);
+    }
+    let guard = store::Guard {
+        partner_id: caller.scope(),
+        states: Some(vec![MigrationState::Failed]),
+        ..Default::default()
+    };
+    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
+    ApiTransition {
+        action: "retry",
+        allowed: "failed",
+        guard,
+        patch,
+        event,
+    }
+    .apply(state, caller, &row)
+    .await
+}
