@@ -45,7 +45,7 @@ pub struct Idempotency<'a> {
 /// What a create answers.
 pub enum Created {
     /// A new migration.
-    New(Migration),
+    New(Box<Migration>),
     /// The stored answer of an earlier request with the same `Idempotency-Key` and body.
     Replay { status: u16, body: Value },
 }
@@ -117,7 +117,7 @@ pub async fn create(
     }
     tx.commit().await?;
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
-    Ok(Created::New(out))
+    Ok(Created::New(Box::new(out)))
 }
 
 /// Sorts object keys so equal JSON bodies hash equally whatever their key order.
