@@ -211,7 +211,8 @@ pub struct WorkerArgs {
     /// upstream_unavailable.
     #[arg(long, env = "TRY_AGAIN_LATER_TOTAL_SECONDS", default_value_t = 21_600)]
     pub try_again_later_total_seconds: u64,
-    /// How long `awaiting_otp` waits for the code before failing with otp_expired.
+    /// How long `awaiting_otp` waits for the code before failing with otp_expired
+    /// (`otp.expires_at`, also `waiting_for.deadline`).
     #[arg(long, env = "OTP_TTL_SECONDS", default_value_t = 86_400)]
     pub otp_ttl_seconds: u64,
     /// Minimum time between two verification codes.
@@ -223,7 +224,8 @@ pub struct WorkerArgs {
     /// Switch to a voice call when no code was submitted this long after an SMS (0 = never).
     #[arg(long, env = "OTP_VOICE_FALLBACK_SECONDS", default_value_t = 0)]
     pub otp_voice_fallback_seconds: u64,
-    /// How long `awaiting_channel` waits for a running channel with key permission.
+    /// How long `awaiting_channel` waits for a running channel with key permission
+    /// (`waiting_for.deadline`); then the migration fails with the `waiting_for.code`.
     #[arg(long, env = "CHANNEL_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub channel_timeout_seconds: u64,
     /// First delay between channel polls (doubles up to a minute).

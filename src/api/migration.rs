@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::migrations::MigrationRow;
-use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport};
+use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport, WaitingFor};
 use crate::precheck::PrecheckReport;
 
 /// The OTP sub-object.
@@ -83,6 +83,9 @@ pub struct Migration {
     pub summary: Option<MigrationSummary>,
     /// Why the migration failed (or, in `awaiting_otp`, why the last code was refused).
     pub error: Option<MigrationError>,
+    /// While the migration waits on someone (`awaiting_otp`, `awaiting_channel`): on whom, for
+    /// what, since when, and the deadline at which it fails; `null` otherwise.
+    pub waiting_for: Option<WaitingFor>,
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub callback_url: Option<String>,
@@ -136,6 +139,10 @@ impl From<&MigrationRow> for Migration {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             error: r.error.clone().and_then(|v| serde_json::from_value(v).ok()),
+            waiting_for: r
+                .waiting_for
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
             metadata: r.metadata.clone(),
             callback_url: r.callback_url.clone(),
             created_at: r.created_at,

@@ -20,23 +20,25 @@ pub struct WebhookEvent {
     /// `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
     /// `migration.cancelled` for a transition into that state, `migration.state_changed` for
     /// any other: the `type` of the audit event of the same transition
-    /// (`GET /v1/migrations/{id}/events`).
+    /// (`GET /v1/migrations/{id}/events`). `migration.waiting_for_changed` when what a
+    /// migration parked in `awaiting_channel` waits for changed to another code
+    /// (`data.waiting_for`).
     #[serde(rename = "type")]
     #[schema(example = "migration.awaiting_otp")]
     pub kind: String,
-    /// When the transition happened.
+    /// When the change happened.
     pub timestamp: DateTime<Utc>,
     /// Increases with every event of one migration; a consumer can order or deduplicate by it.
     pub sequence: i32,
-    /// The migration after the transition, as `GET /v1/migrations/{id}` showed it then.
+    /// The migration after the change, as `GET /v1/migrations/{id}` showed it then.
     pub data: Migration,
 }
 
-/// The request body of the webhook for the transition that left the migration as `row`
-/// (written to the outbox by `db::migrations::update`, in the statement of the transition).
-pub fn webhook_body(row: &MigrationRow) -> String {
+/// The request body of the webhook of type `kind` for the change that left the migration as
+/// `row` (written to the outbox by `db::migrations::update`, in the statement of the change).
+pub fn webhook_body(row: &MigrationRow, kind: EventType) -> String {
     serde_json::to_string(&WebhookEvent {
-        kind: EventType::for_transition(row.state()).as_str().to_owned(),
+        kind: kind.as_str().to_owned(),
         timestamp: row.updated_at,
         sequence: row.version,
         data: Migration::from(row),

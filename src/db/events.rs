@@ -41,11 +41,13 @@ impl NewEvent {
         }
     }
 
-    /// Whether this event is delivered as a webhook: transitions only (events that do not
-    /// change the state, such as a scheduled retry or a retrieved key, are not). A webhook's
-    /// type is its audit event's: [`EventType::for_transition`] of the state entered.
+    /// Whether this event is delivered as a webhook: transitions (events that do not change
+    /// the state, such as a scheduled retry or a retrieved key, are not) and a change of
+    /// `waiting_for`. A webhook's type is its audit event's: [`EventType::for_transition`] of
+    /// the state entered, or `migration.waiting_for_changed`.
     pub fn is_delivered(&self) -> bool {
-        self.to_state.is_some() && self.from_state != self.to_state
+        (self.to_state.is_some() && self.from_state != self.to_state)
+            || self.kind == EventType::WaitingForChanged
     }
 }
 

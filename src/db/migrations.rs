@@ -53,6 +53,9 @@ pub struct MigrationRow {
     #[sqlx(default)]
     pub summary: Option<Value>,
     pub error: Option<Value>,
+    /// `domain::WaitingFor` while the migration waits on someone (see [`Patch::waiting_for`]).
+    #[sqlx(default)]
+    pub waiting_for: Option<Value>,
     pub failed_step: Option<String>,
     pub metadata: Value,
     pub callback_url: Option<String>,
@@ -90,8 +93,9 @@ macro_rules! lean_columns {
         otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
         otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
         api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, \
-        failed_step, metadata, callback_url, run_at, attempt, lease_token, lease_owner, \
-        lease_expires_at, state_entered_at, version, created_at, updated_at, completed_at"
+        waiting_for, failed_step, metadata, callback_url, run_at, attempt, lease_token, \
+        lease_owner, lease_expires_at, state_entered_at, version, created_at, updated_at, \
+        completed_at"
     };
 }
 
@@ -373,6 +377,9 @@ pub struct Patch {
     pub step_memo: Option<Value>,
     pub summary: Option<Value>,
     pub error: Option<Option<Value>>,
+    /// What the migration waits for. A change of `state` clears it unless this sets it: the
+    /// transition that parks writes it, the one that leaves the state ends it.
+    pub waiting_for: Option<Option<Value>>,
     pub failed_step: Option<Option<String>>,
     pub run_at: Option<RunAt>,
     /// Set the step attempt counter (0 after a transition; 1 when the same worker continues).
@@ -406,6 +413,7 @@ macro_rules! patch_fields {
             step_memo,
             summary,
             error,
+            waiting_for,
             failed_step,
             attempt,
         )
@@ -433,6 +441,9 @@ impl Patch {
         if let Some(s) = self.state {
             next.state = s.as_str().to_owned();
             next.state_entered_at = now;
+            if self.waiting_for.is_none() {
+                next.waiting_for = None;
+            }
         }
         if self.completed_now {
             next.completed_at = Some(now);
@@ -444,7 +455,7 @@ impl Patch {
 }
 
 /// Renders a transition's webhook body from the row as the transition leaves it.
-pub type WebhookBody<'a> = &'a (dyn Fn(&MigrationRow) -> String + Send + Sync);
+pub type WebhookBody<'a> = &'a (dyn Fn(&MigrationRow, EventType) -> String + Send + Sync);
 
 /// Conditions a write needs; all must hold or nothing is written.
 #[derive(Debug, Default, Clone)]
@@ -565,6 +576,9 @@ async fn update_once(
     if let Some(s) = patch.state {
         set.push("state = ").push_bind_unseparated(s.as_str());
         set.push("state_entered_at = ").push_bind_unseparated(now);
+        if patch.waiting_for.is_none() {
+            set.push("waiting_for = NULL");
+        }
     }
     macro_rules! set_opt {
         ($($field:ident),* $(,)?) => {$(
@@ -647,14 +661,19 @@ async fn update_once(
         .push(" FROM u)");
         if delivered && let Some(render) = render_webhook {
             let next = patch.apply(row, now, true);
-            let body = render(&next);
+            let kind = if ev.kind.is_transition() {
+                EventType::for_transition(next.state())
+            } else {
+                ev.kind
+            };
+            let body = render(&next, kind);
             q.push(
                 ", w AS (INSERT INTO webhook_deliveries (id, partner_id, migration_id, sequence, \
                  event_type, payload, url, next_attempt_at) SELECT ",
             )
             .push_bind(Uuid::now_v7())
             .push(", u.partner_id, u.id, u.version, ")
-            .push_bind(EventType::for_transition(next.state()).as_str())
+            .push_bind(kind.as_str())
             .push(", ")
             .push_bind(body)
             .push(

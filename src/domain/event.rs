@@ -33,11 +33,13 @@ pub enum EventType {
     ApiKeyGenerated,
     /// `migration.api_key_retrieved`
     ApiKeyRetrieved,
+    /// `migration.waiting_for_changed`
+    WaitingForChanged,
 }
 
 impl EventType {
     /// Every type the service writes.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         Self::Created,
         Self::StateChanged,
         Self::AwaitingOtp,
@@ -47,6 +49,7 @@ impl EventType {
         Self::StepRetryScheduled,
         Self::ApiKeyGenerated,
         Self::ApiKeyRetrieved,
+        Self::WaitingForChanged,
     ];
 
     /// The type of the transition into `to`, for its audit event and its webhook alike: the
@@ -94,6 +97,7 @@ impl EventType {
             Self::StepRetryScheduled => "migration.step_retry_scheduled",
             Self::ApiKeyGenerated => "migration.api_key_generated",
             Self::ApiKeyRetrieved => "migration.api_key_retrieved",
+            Self::WaitingForChanged => "migration.waiting_for_changed",
         }
     }
 
@@ -132,6 +136,12 @@ impl EventType {
             Self::ApiKeyRetrieved => {
                 "the API key was fetched with `GET /v1/migrations/{id}/api_key` (`data.by`: \
                  `partner` or `admin`); no state. No webhook."
+            }
+            Self::WaitingForChanged => {
+                "what a migration parked in `awaiting_channel` waits for changed to another \
+                 code (`data.waiting_for` is the new `waiting_for`, `data.previous` the code \
+                 before, `null` when none was set); the state does not change. Sent as a \
+                 webhook of this type."
             }
         }
     }

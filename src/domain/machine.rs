@@ -176,14 +176,27 @@ pub fn decide(
             to: skip_to.unwrap_or_else(|| successor(ctx.state, ctx.flow)),
         },
         StepOutcome::NotYet { after, waiting_for } => {
-            if ctx.state == MigrationState::AwaitingChannel && ctx.waited >= policy.channel_timeout
-            {
-                let error = waiting_for
+            if ctx.state != MigrationState::AwaitingChannel {
+                return Decision::Retry {
+                    delay: after,
+                    error: None,
+                    counts_attempt: false,
+                };
+            }
+            // The deadline of `waiting_for`: fail with the reason of the wait (its code, actor
+            // and remediation), and never poll past it.
+            if ctx.waited >= policy.channel_timeout {
+                let mut error = waiting_for
                     .unwrap_or_else(|| MigrationError::new(ErrorCode::ChannelTimeout, ctx.state));
+                error.message = format!(
+                    "{} Waited {} for it.",
+                    error.message,
+                    spoken(policy.channel_timeout)
+                );
                 return Decision::Fail(error);
             }
             Decision::Retry {
-                delay: after,
+                delay: after.min(policy.channel_timeout - ctx.waited),
                 error: None,
                 counts_attempt: false,
             }
@@ -416,20 +429,42 @@ mod tests {
                 counts_attempt: false
             }
         );
+        // The last poll is at the deadline, not up to a poll interval after it.
+        let mut near = ctx(AwaitingChannel, 3);
+        near.waited = p.channel_timeout - Duration::from_secs(2);
+        match decide(
+            near,
+            StepOutcome::NotYet {
+                after: Duration::from_secs(5),
+                waiting_for: Some(waiting.clone()),
+            },
+            &p,
+            0.3,
+        ) {
+            Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(2)),
+            other => panic!("{other:?}"),
+        }
         let mut late = ctx(AwaitingChannel, 3);
         late.waited = p.channel_timeout;
-        assert_eq!(
-            decide(
-                late,
-                StepOutcome::NotYet {
-                    after: Duration::from_secs(5),
-                    waiting_for: Some(waiting.clone())
-                },
-                &p,
-                0.3
-            ),
-            Decision::Fail(waiting)
-        );
+        match decide(
+            late,
+            StepOutcome::NotYet {
+                after: Duration::from_secs(5),
+                waiting_for: Some(waiting.clone()),
+            },
+            &p,
+            0.3,
+        ) {
+            // The reason it waited for: same code, actor and remediation.
+            Decision::Fail(e) => {
+                assert_eq!(
+                    (e.code, e.actor, &e.remediation),
+                    (waiting.code, waiting.actor, &waiting.remediation)
+                );
+                assert!(e.message.ends_with("Waited 1 h for it."), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
         match decide(
             late,
             StepOutcome::NotYet {

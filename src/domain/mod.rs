@@ -8,9 +8,11 @@ pub mod state;
 pub mod templates;
 pub mod upstream;
 pub mod values;
+pub mod waiting;
 
 pub use error::{Actor, ErrorCode, MigrationError};
 pub use event::EventType;
 pub use machine::{Decision, RetryPolicy, StepOutcome};
 pub use state::{Flow, MigrationState, OtpMethod};
 pub use templates::{MigratedTemplate, SkippedTemplate, TemplatesReport};
+pub use waiting::WaitingFor;

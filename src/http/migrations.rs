@@ -543,6 +543,7 @@ pub struct EventList {
 /// change no state (`migration.created`, `migration.step_retry_scheduled`,
 /// `migration.api_key_generated`, `migration.api_key_retrieved`) send no webhook. `EventType`
 /// lists every type.
+/// `migration.waiting_for_changed` changes no state either, but is sent as a webhook.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/events", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),

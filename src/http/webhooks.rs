@@ -50,7 +50,7 @@ pub struct WebhookDelivery {
     pub sequence: i32,
     /// The body's `type`: `migration.awaiting_otp`, `migration.completed`, `migration.failed`,
     /// `migration.cancelled` or `migration.state_changed`, as the audit event of the same
-    /// transition.
+    /// transition, or `migration.waiting_for_changed`.
     pub event_type: String,
     pub url: String,
     /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted).

@@ -1,10 +1,11 @@
 //! Webhooks to partners: a transactional outbox, signed (Standard Webhooks) deliveries with
 //! retries for more than a day, and callback URLs that cannot reach private networks.
 //!
-//! * **Outbox** ([`crate::api::webhook_body`]): every state change of a migration writes a delivery
-//!   row in the same statement as the change (`db::migrations::update`, so no transition can
-//!   forget it). The body is rendered then, so it shows the migration as it was at that event,
-//!   and it never changes: retries send the same bytes with the same `webhook-id`.
+//! * **Outbox** ([`crate::api::webhook_body`]): every state change of a migration (and every
+//!   change of what a parked one waits for) writes a delivery row in the same statement as the
+//!   change (`db::migrations::update`, so no transition can forget it). The body is rendered
+//!   then, so it shows the migration as it was at that event, and it never changes: retries
+//!   send the same bytes with the same `webhook-id`.
 //! * **Order**: deliveries carry the migration's version as `sequence`, and the dispatcher
 //!   only sends the oldest pending delivery of a migration, so a consumer sees one migration's
 //!   events in order even across retries.

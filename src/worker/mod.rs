@@ -31,7 +31,9 @@ use crate::clients::{D360Api, MetaApi};
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
-use crate::domain::{Decision, EventType, Flow, MigrationState, RetryPolicy};
+use crate::domain::{
+    Decision, EventType, Flow, MigrationState, RetryPolicy, StepOutcome, WaitingFor,
+};
 
 pub mod errors;
 pub mod steps;
@@ -396,6 +398,14 @@ impl Worker {
             otp_attempts_left: row.otp_attempts_left,
             waited,
         };
+        // What a poll of a parked migration found missing (its `waiting_for` if it keeps waiting).
+        let reason = match &step.outcome {
+            StepOutcome::NotYet {
+                waiting_for: Some(reason),
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        };
         let decision = decide(ctx, step.outcome, &cfg.retry, rand::random::<f64>());
         let mut patch = step.patch;
         let guard = store::Guard {
@@ -412,6 +422,11 @@ impl Worker {
                 if to == MigrationState::Completed {
                     patch.completed_now = true;
                 }
+                // Parking: say on whom and for what, until when (a state change clears it).
+                if to == MigrationState::AwaitingChannel {
+                    let wait = WaitingFor::channel(Utc::now(), cfg.retry.channel_timeout);
+                    patch.waiting_for = Some(Some(json!(wait)));
+                }
                 patch.run_at = Some(if to == MigrationState::AwaitingOtp {
                     let expires = patch
                         .otp_expires_at
@@ -421,6 +436,7 @@ impl Worker {
                             Utc::now() + chrono::Duration::from_std(cfg.otp.ttl).unwrap_or_default()
                         });
                     patch.otp_expires_at = Some(Some(expires));
+                    patch.waiting_for = Some(Some(json!(WaitingFor::otp(Utc::now(), expires))));
                     let method = patch.otp_method.as_deref().unwrap_or(&row.otp_method);
                     let requested = patch.otp_requested_at.or(row.otp_requested_at);
                     let memo = patch.step_memo.as_ref().unwrap_or(&row.step_memo);
@@ -447,6 +463,9 @@ impl Worker {
                 }
                 patch.run_at = Some(store::RunAt::After(delay));
                 patch.uncount_attempt = !counts_attempt;
+                let waiting = reason
+                    .filter(|_| state == MigrationState::AwaitingChannel)
+                    .and_then(|reason| still_waiting(row, &reason, cfg.retry.channel_timeout));
                 let event = error.map(|e| {
                     if let Some(obj) = event_data.as_object_mut() {
                         obj.insert("error".into(), json!(e));
@@ -460,6 +479,19 @@ impl Worker {
                         data: event_data.clone(),
                     }
                 });
+                let event = match waiting {
+                    Some((wait, changed)) => {
+                        let previous = row.waiting_for.as_ref().map(|w| w["code"].clone());
+                        patch.waiting_for = Some(Some(json!(wait)));
+                        changed.then(|| NewEvent {
+                            kind: EventType::WaitingForChanged,
+                            from_state: Some(state.as_str().into()),
+                            to_state: Some(state.as_str().into()),
+                            data: json!({ "waiting_for": wait, "previous": previous }),
+                        })
+                    }
+                    None => event,
+                };
                 (store::Lease::Release, event, false)
             }
             Decision::OtpRejected { error } => {
@@ -477,6 +509,9 @@ impl Worker {
                     None => store::RunAt::After(cfg.otp.ttl),
                 });
                 patch.error = Some(Some(json!(error)));
+                if let Some(expires) = row.otp_expires_at {
+                    patch.waiting_for = Some(Some(json!(WaitingFor::otp(Utc::now(), expires))));
+                }
                 if let Some(obj) = event_data.as_object_mut() {
                     obj.insert("error".into(), json!(error));
                 }
@@ -521,6 +556,24 @@ impl Worker {
         }
         Ok(updated.map(|r| (r, cont)))
     }
+}
+
+/// A poll of a parked `awaiting_channel` migration found `reason` missing: the `waiting_for`
+/// to write if it differs from the stored one, and whether its code changed.
+fn still_waiting(
+    row: &store::MigrationRow,
+    reason: &crate::domain::MigrationError,
+    timeout: Duration,
+) -> Option<(WaitingFor, bool)> {
+    let stored: Option<WaitingFor> = row
+        .waiting_for
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    // Nothing stored (resumed by `retry`): the wait began when the state was entered.
+    let fresh = WaitingFor::channel(row.state_entered_at, timeout);
+    let (next, changed) =
+        WaitingFor::after_poll(stored.as_ref(), reason, fresh.since, fresh.deadline);
+    next.map(|w| (w, changed))
 }
 
 fn transition_event(

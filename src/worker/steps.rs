@@ -865,7 +865,7 @@ async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> Result<Step
     let client_id = channel.client_id.clone();
     if !status.eq_ignore_ascii_case("running") {
         return Ok(not_yet(
-            MigrationError::new(ErrorCode::ChannelTimeout, state).with_message(format!(
+            MigrationError::new(ErrorCode::ChannelNotRunning, state).with_message(format!(
                 "The 360dialog channel {channel_id} is `{status}`, not `running`."
             )),
         )

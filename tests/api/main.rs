@@ -18,4 +18,5 @@ mod scenarios;
 mod secrets;
 mod shutdown;
 mod upstream_failures;
+mod waiting;
 mod webhooks;
