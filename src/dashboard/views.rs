@@ -489,6 +489,27 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
             p { "Step " strong { (m.state.as_str()) } " for " strong { (since(d.in_state_since)) } "; waiting for " (waiting_for(m.state)) "." }
         }
 
+        @if let Some(w) = &m.waiting_for {
+            section.waiting-box aria-labelledby="h-waiting" {
+                h2 #h-waiting { "Waiting for: " code { (w.code.as_str()) } }
+                p { (w.message) }
+                p.remediation { "What to do: " (w.remediation) }
+                dl.facts {
+                    dt { "Who must act" } dd { (actor_text(w.actor)) }
+                    dt { "Waiting since" } dd { (when(w.since)) " (" (since(w.since)) ")" }
+                    dt { "Deadline" } dd {
+                        (when(w.deadline))
+                        @if w.deadline > now { " (in " (duration(w.deadline - now)) ")" }
+                        @if m.state == MigrationState::AwaitingOtp {
+                            "; then it fails with " code { "otp_expired" }
+                        } @else {
+                            "; then it fails with " code { (w.code.as_str()) }
+                        }
+                    }
+                }
+            }
+        }
+
         @if let Some(e) = &m.error {
             section.error-box aria-labelledby="h-error" {
                 h2 #h-error { "Error: " code { (e.code.as_str()) } }

@@ -559,3 +559,34 @@ async fn resend_is_offered_only_while_a_code_is_awaited(pool: PgPool) {
         assert!(!page.contains(mark), "failed page shows {mark:?}");
     }
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_detail_page_says_what_a_parked_migration_waits_for(pool: PgPool) {
+    let mut opts = crate::helpers::Options::default();
+    opts.worker.retry.channel_timeout = std::time::Duration::from_secs(120);
+    let app = TestApp::spawn_with(pool, opts).await;
+    // Scenario 0020: parked in `awaiting_channel` until the client grants key permission.
+    let id = app.create("+14155550020").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app
+        .wait_until(&id, |m| {
+            m["waiting_for"]["code"] == "api_key_permission_missing"
+        })
+        .await;
+    let w = &m["waiting_for"];
+    let deadline: chrono::DateTime<chrono::Utc> = w["deadline"].as_str().unwrap().parse().unwrap();
+
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    let (status, _, page) = d.get(&format!("/dashboard/migrations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("api_key_permission_missing"), "{page}");
+    assert!(page.contains(w["message"].as_str().unwrap()), "{page}");
+    assert!(page.contains(w["remediation"].as_str().unwrap()), "{page}");
+    assert!(page.contains("the client (owner of the number)"), "{page}");
+    assert!(
+        page.contains(&deadline.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        "{page}"
+    );
+}
