@@ -1,9 +1,11 @@
 //! The migration domain: states, the pure transition rules, error codes and validated values.
 //! Nothing here does I/O or knows about HTTP, SQL or upstream clients.
 
+pub mod commands;
 pub mod error;
 pub mod event;
 pub mod machine;
+pub mod memo;
 pub mod state;
 pub mod templates;
 pub mod upstream;
