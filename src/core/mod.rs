@@ -16,8 +16,10 @@ use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::Cipher;
 
 pub mod migrations;
+pub mod partners;
 pub mod rate_limit;
 pub mod settings;
+pub mod ssrf;
 pub mod transition;
 
 use rate_limit::RateLimiter;

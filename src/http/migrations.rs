@@ -165,7 +165,7 @@ pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String
     if url.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    crate::webhooks::ssrf::check_url(url, allow_private)
+    crate::core::ssrf::check_url(url, allow_private)
         .map(|_| url.to_owned())
         .map_err(|e| e.to_string())
 }
