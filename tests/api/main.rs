@@ -10,6 +10,7 @@ mod fuzz_findings;
 mod helpers;
 mod isolation;
 mod key_rotation;
+mod live_key;
 mod metrics;
 mod migrations;
 mod openapi;
