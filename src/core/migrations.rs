@@ -19,6 +19,7 @@ use crate::clients::D360Api;
 use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::machine::retry_target;
+use crate::domain::memo::{MemoEdits, MemoKey};
 use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
@@ -456,14 +457,11 @@ pub async fn resend(
         }
     }
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
-    let mut memo = row.step_memo.clone();
-    if let Some(o) = memo.as_object_mut() {
-        o.remove("request_code");
-    }
     let patch = store::Patch {
         state: Some(MigrationState::RequestingOtp),
         otp_method: Some(method.as_str().into()),
-        step_memo: Some(memo),
+        // The new code must really be requested.
+        memo: MemoEdits::default().remove(MemoKey::RequestCode),
         error: Some(None),
         attempt: Some(0),
         run_at: Some(store::RunAt::Now),
@@ -555,13 +553,10 @@ pub async fn retry(
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
     let target = retry_target(failed_step);
-    let mut memo = row.step_memo.clone();
-    if let Some(o) = memo.as_object_mut() {
-        // A retry that requests a code must really request one; polls start over.
-        if target == MigrationState::RequestingOtp {
-            o.remove("request_code");
-        }
-        o.remove("channel_polls");
+    // A retry that requests a code must really request one; polls start over.
+    let mut memo = MemoEdits::default().remove(MemoKey::ChannelPolls);
+    if target == MigrationState::RequestingOtp {
+        memo = memo.remove(MemoKey::RequestCode);
     }
     let mut patch = store::Patch {
         state: Some(target),
@@ -569,7 +564,7 @@ pub async fn retry(
         run_at: Some(store::RunAt::Now),
         error: Some(None),
         failed_step: Some(None),
-        step_memo: Some(memo),
+        memo,
         ..Default::default()
     };
     if target == MigrationState::RequestingOtp {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
+use crate::domain::memo::MemoEdits;
 use crate::domain::{EventType, MigrationState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -405,7 +406,11 @@ pub struct Patch {
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<Option<DateTime<Utc>>>,
     pub api_key_superseded_at: Option<Option<DateTime<Utc>>>,
+    /// Replaces the whole memo. Only for a writer holding the lease (nobody else writes the
+    /// memo meanwhile); everyone else edits it by key with [`Patch::memo`].
     pub step_memo: Option<Value>,
+    /// Key-wise memo changes, applied after `step_memo` (jsonb key operations).
+    pub memo: MemoEdits,
     pub summary: Option<Value>,
     pub error: Option<Option<Value>>,
     pub failed_step: Option<Option<String>>,
@@ -439,7 +444,6 @@ macro_rules! patch_fields {
             api_key_generated_at,
             api_key_verified_at,
             api_key_superseded_at,
-            step_memo,
             summary,
             error,
             failed_step,
@@ -466,6 +470,12 @@ impl Patch {
             )*};
         }
         patch_fields!(apply);
+        if let Some(whole) = &self.step_memo {
+            next.step_memo = whole.clone();
+        }
+        if !self.memo.is_empty() {
+            next.step_memo = self.memo.applied_to(&next.step_memo);
+        }
         if let Some(s) = self.state {
             next.state = s.as_str().to_owned();
             next.state_entered_at = now;
@@ -615,6 +625,29 @@ async fn update_once(
         )*};
     }
     patch_fields!(set_opt);
+    if patch.memo.is_empty() {
+        if let Some(whole) = &patch.step_memo {
+            set.push("step_memo = ")
+                .push_bind_unseparated(whole.clone());
+        }
+    } else {
+        // Key operations on what the row holds when the statement runs (or on this patch's
+        // whole memo, when it has one: one SET per column).
+        set.push("step_memo = (COALESCE(")
+            .push_bind_unseparated(patch.step_memo.clone())
+            .push_unseparated(", step_memo) - ")
+            .push_bind_unseparated(
+                patch
+                    .memo
+                    .removed()
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<String>>(),
+            )
+            .push_unseparated("::text[]) || ")
+            .push_bind_unseparated(patch.memo.set_object())
+            .push_unseparated("::jsonb");
+    }
     if patch.uncount_attempt {
         set.push("attempt = GREATEST(attempt - 1, 0)");
     }

@@ -1,0 +1,153 @@
+//! The step memo: what a migration's steps remember between attempts. Its intents (written
+//! before an irreversible upstream call) are what keeps a crash or a lost answer from repeating
+//! that call. Writers change it by key ([`MemoEdits`], applied with jsonb key operations in the
+//! same statement as the rest of a write), never by writing back a whole document read earlier,
+//! so a key another writer changed meanwhile is not undone.
+
+use serde_json::{Map, Value};
+
+/// Every key of the step memo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoKey {
+    /// Intent: `POST /{phone-number-id}/request_code` may have been sent.
+    RequestCode,
+    /// Intent: `POST /{phone-number-id}/verify_code` may have been sent.
+    VerifyCode,
+    /// Intent: `POST /{phone-number-id}/register` may have been sent.
+    Register,
+    /// Intent: a 360dialog API key may have been generated.
+    ApiKeys,
+    /// The template copy ran at least once (later attempts retry only the missing ids).
+    TemplatesCopied,
+    /// How often the channel was polled while waiting for it.
+    ChannelPolls,
+    /// The automatic switch from SMS to a voice call happened.
+    VoiceFallback,
+}
+
+impl MemoKey {
+    pub const ALL: [MemoKey; 7] = [
+        MemoKey::RequestCode,
+        MemoKey::VerifyCode,
+        MemoKey::Register,
+        MemoKey::ApiKeys,
+        MemoKey::TemplatesCopied,
+        MemoKey::ChannelPolls,
+        MemoKey::VoiceFallback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoKey::RequestCode => "request_code",
+            MemoKey::VerifyCode => "verify_code",
+            MemoKey::Register => "register",
+            MemoKey::ApiKeys => "api_keys",
+            MemoKey::TemplatesCopied => "templates_copied",
+            MemoKey::ChannelPolls => "channel_polls",
+            MemoKey::VoiceFallback => "voice_fallback",
+        }
+    }
+
+    /// True for the keys recorded before an irreversible upstream call.
+    pub fn is_intent(self) -> bool {
+        matches!(
+            self,
+            MemoKey::RequestCode | MemoKey::VerifyCode | MemoKey::Register | MemoKey::ApiKeys
+        )
+    }
+}
+
+/// Key-wise changes to the step memo: keys removed, then keys set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoEdits {
+    remove: Vec<&'static str>,
+    set: Map<String, Value>,
+}
+
+impl MemoEdits {
+    /// Sets `key` to `value`.
+    pub fn set(mut self, key: MemoKey, value: Value) -> Self {
+        self.remove.retain(|k| *k != key.as_str());
+        self.set.insert(key.as_str().to_owned(), value);
+        self
+    }
+
+    /// Removes `key` (nothing if it is absent).
+    pub fn remove(mut self, key: MemoKey) -> Self {
+        self.set.remove(key.as_str());
+        if !self.remove.contains(&key.as_str()) {
+            self.remove.push(key.as_str());
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    /// The keys removed (for SQL `step_memo - $1::text[]`).
+    pub fn removed(&self) -> &[&'static str] {
+        &self.remove
+    }
+
+    /// The keys set, as one object (for SQL `|| $2::jsonb`).
+    pub fn set_object(&self) -> Value {
+        Value::Object(self.set.clone())
+    }
+
+    /// `memo` with these edits (what the SQL computes).
+    pub fn applied_to(&self, memo: &Value) -> Value {
+        let mut out = match memo {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        for k in &self.remove {
+            out.remove(*k);
+        }
+        for (k, v) in &self.set {
+            out.insert(k.clone(), v.clone());
+        }
+        Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn edits_touch_only_their_keys() {
+        let edits = MemoEdits::default()
+            .remove(MemoKey::RequestCode)
+            .set(MemoKey::VoiceFallback, json!("t"));
+        // A key another writer added after this writer read the memo survives.
+        let now = json!({ "request_code": "x", "register": "y" });
+        assert_eq!(
+            edits.applied_to(&now),
+            json!({ "register": "y", "voice_fallback": "t" })
+        );
+        assert_eq!(edits.removed(), ["request_code"]);
+    }
+
+    #[test]
+    fn the_last_edit_of_a_key_wins() {
+        let e = MemoEdits::default()
+            .set(MemoKey::ChannelPolls, json!(1))
+            .remove(MemoKey::ChannelPolls);
+        assert_eq!(e.applied_to(&json!({ "channel_polls": 3 })), json!({}));
+        let e = MemoEdits::default()
+            .remove(MemoKey::ChannelPolls)
+            .set(MemoKey::ChannelPolls, json!(1));
+        assert_eq!(e.applied_to(&json!({})), json!({ "channel_polls": 1 }));
+        assert!(e.removed().is_empty());
+    }
+
+    #[test]
+    fn keys_are_distinct() {
+        let names: std::collections::HashSet<_> = MemoKey::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), MemoKey::ALL.len());
+        assert_eq!(MemoKey::ALL.iter().filter(|k| k.is_intent()).count(), 4);
+    }
+}
