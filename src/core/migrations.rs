@@ -18,8 +18,7 @@ use crate::api::problem::ApiError;
 use crate::clients::D360Api;
 use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
-use crate::domain::machine::retry_target;
-use crate::domain::memo::{MemoEdits, MemoKey};
+use crate::domain::commands::{self, Command, Plan};
 use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
@@ -179,42 +178,28 @@ pub async fn submit_code(
     code: &str,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::AwaitingOtp {
-        return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
-    }
+    let plan = plan_for(&row, Command::SubmitCode)?;
     if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::conflict(
             "otp_expired",
             "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
         ));
     }
-    let patch = store::Patch {
-        state: Some(MigrationState::VerifyingOtp),
-        otp_code_enc: Some(Some(state.cipher.seal(code, &aad::otp_code(id)))),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        otp_unexpired: true,
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::VerifyingOtp,
-        json!({ "otp": "submitted" }),
-    );
-    ApiTransition {
-        action: "submit a code to",
-        allowed: "awaiting_otp",
-        guard,
+    let mut patch = plan_patch(state, &plan);
+    patch.otp_code_enc = Some(Some(state.cipher.seal(code, &aad::otp_code(id))));
+    let mut guard = plan_guard(caller, &plan);
+    guard.otp_unexpired = true;
+    let data = json!({ "otp": "submitted" });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::SubmitCode,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -384,50 +369,89 @@ pub fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> Ap
     .with_extra(json!({ "state": row.state }))
 }
 
-/// An API-initiated transition: the guarded write and its event in one transaction. If the
-/// guard fails (the row moved meanwhile), answers 409 with the state it is in now.
-struct ApiTransition<'a> {
-    action: &'a str,
-    allowed: &'a str,
-    guard: store::Guard,
-    patch: store::Patch,
-    event: NewEvent,
+/// The plan of `command` for `row`, or 409 `invalid_state`.
+fn plan_for(row: &store::MigrationRow, command: Command) -> Result<Plan, ApiError> {
+    commands::plan(command, row.state()).map_err(|e| wrong_state(row, e.action, e.allowed))
 }
 
-impl ApiTransition<'_> {
-    async fn apply(
-        self,
-        state: &AppState,
-        caller: Caller,
-        row: &store::MigrationRow,
-    ) -> Result<store::MigrationRow, ApiError> {
-        // One statement (the change, its event and its webhook): no transaction needed.
-        let mut conn = state.pool.acquire().await?;
-        let updated = match crate::core::transition::apply(
-            &mut conn,
-            row,
-            &self.guard,
-            &self.patch,
-            store::Lease::Release,
-            Some(self.event),
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-                drop(conn);
-                let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
-                return Err(active_conflict(existing, caller));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        drop(conn);
-        match updated {
-            Some(r) => Ok(r),
-            None => {
-                let now = fetch(state, caller, row.id).await?;
-                Err(wrong_state(&now, self.action, self.allowed))
-            }
+/// The write a plan makes (commands add their own fields).
+fn plan_patch(state: &AppState, plan: &Plan) -> store::Patch {
+    let mut patch = store::Patch {
+        state: Some(plan.to),
+        memo: plan.memo.clone(),
+        ..Default::default()
+    };
+    if plan.run_now {
+        patch.run_at = Some(store::RunAt::Now);
+    }
+    if plan.clear_error {
+        patch.error = Some(None);
+        patch.failed_step = Some(None);
+        patch.attempt = Some(0);
+    }
+    if plan.reset_otp {
+        patch.otp_attempts_left = Some(state.otp.max_attempts);
+        patch.otp_expires_at = Some(None);
+    }
+    if plan.clear_code {
+        patch.otp_code_enc = Some(None);
+    }
+    patch
+}
+
+fn plan_guard(caller: Caller, plan: &Plan) -> store::Guard {
+    store::Guard {
+        partner_id: caller.scope(),
+        states: Some(plan.from.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// Writes a command's plan: the guarded change, its event and its webhook in one statement,
+/// releasing any lease. If the guard fails (the row moved meanwhile), answers 409 with the
+/// state it is in now.
+#[allow(clippy::too_many_arguments)]
+async fn apply_plan(
+    state: &AppState,
+    caller: Caller,
+    row: &store::MigrationRow,
+    command: Command,
+    plan: &Plan,
+    patch: store::Patch,
+    guard: store::Guard,
+    data: Value,
+) -> Result<store::MigrationRow, ApiError> {
+    let event = NewEvent {
+        kind: plan.event,
+        from_state: Some(row.state.clone()),
+        to_state: Some(plan.to.as_str().to_owned()),
+        data,
+    };
+    let mut conn = state.pool.acquire().await?;
+    let updated = match super::transition::apply(
+        &mut conn,
+        row,
+        &guard,
+        &patch,
+        store::Lease::Release,
+        Some(event),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+            drop(conn);
+            let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
+            return Err(active_conflict(existing, caller));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    drop(conn);
+    match updated {
+        Some(r) => Ok(r),
+        None => {
+            let now = fetch(state, caller, row.id).await?;
+            Err(wrong_state(&now, command.action(), command.allowed_text()))
         }
     }
 }
@@ -440,9 +464,7 @@ pub async fn resend(
     method: Option<OtpMethod>,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if !row.state().accepts_otp_resend() {
-        return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
-    }
+    let plan = plan_for(&row, Command::Resend)?;
     if let Some(at) = row.otp_resend_available_at {
         let wait = (at - Utc::now()).num_milliseconds();
         if wait > 0 {
@@ -457,34 +479,20 @@ pub async fn resend(
         }
     }
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
-    let patch = store::Patch {
-        state: Some(MigrationState::RequestingOtp),
-        otp_method: Some(method.as_str().into()),
-        // The new code must really be requested.
-        memo: MemoEdits::default().remove(MemoKey::RequestCode),
-        error: Some(None),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::RequestingOtp,
-        json!({ "otp": "resend_requested", "method": method }),
-    );
-    ApiTransition {
-        action: "resend a code for",
-        allowed: "awaiting_otp",
-        guard,
+    let mut patch = plan_patch(state, &plan);
+    patch.otp_method = Some(method.as_str().into());
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "otp": "resend_requested", "method": method });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::Resend,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -495,45 +503,29 @@ pub async fn cancel(
     id: Uuid,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let active: Vec<MigrationState> = MigrationState::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .collect();
-    if row.state().is_terminal() {
-        return Err(wrong_state(&row, "cancel", "any non-terminal state"));
-    }
+    let plan = plan_for(&row, Command::Cancel)?;
     if row.completed_at.is_some() {
-        // Completed once: a key rotation is running, and the number stays migrated.
+        // Completed once: this is a key rotation (`generating_api_key` again), and the number
+        // stays migrated whatever happens to the new key.
         return Err(ApiError::conflict(
             "invalid_state",
             "This migration completed and is rotating its API key; a rotation cannot be cancelled. It completes again with the new key.",
         )
         .with_extra(json!({ "state": row.state })));
     }
-    let patch = store::Patch {
-        state: Some(MigrationState::Cancelled),
-        otp_code_enc: Some(None),
-        completed_now: false,
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(active),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        row.state.clone(),
-        MigrationState::Cancelled,
-        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-    );
-    ApiTransition {
-        action: "cancel",
-        allowed: "any non-terminal state",
-        guard,
+    let patch = plan_patch(state, &plan);
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::Cancel,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -544,49 +536,17 @@ pub async fn retry(
     id: Uuid,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::Failed {
-        return Err(wrong_state(&row, "retry", "failed"));
-    }
     let failed_step = row
         .failed_step
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
-    let target = retry_target(failed_step);
-    // A retry that requests a code must really request one; polls start over.
-    let mut memo = MemoEdits::default().remove(MemoKey::ChannelPolls);
-    if target == MigrationState::RequestingOtp {
-        memo = memo.remove(MemoKey::RequestCode);
-    }
-    let mut patch = store::Patch {
-        state: Some(target),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        failed_step: Some(None),
-        memo,
-        ..Default::default()
-    };
-    if target == MigrationState::RequestingOtp {
-        patch.otp_attempts_left = Some(state.otp.max_attempts);
-        patch.otp_expires_at = Some(None);
-        patch.otp_code_enc = Some(None);
-    }
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::Failed]),
-        ..Default::default()
-    };
-    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
-    ApiTransition {
-        action: "retry",
-        allowed: "failed",
-        guard,
-        patch,
-        event,
-    }
-    .apply(state, caller, &row)
-    .await
+    let command = Command::Retry { failed_step };
+    let plan = plan_for(&row, command)?;
+    let patch = plan_patch(state, &plan);
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "retry_of": failed_step });
+    apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
 }
 
 /// How long `create` waits for 360dialog to say whether a completed migration's key still works
@@ -747,9 +707,7 @@ pub async fn rotate_api_key(
     id: Uuid,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::Completed {
-        return Err(wrong_state(&row, "rotate the API key of", "completed"));
-    }
+    let plan = plan_for(&row, Command::RotateApiKey)?;
     // Another completed migration of the number or channel whose key still works (this one's
     // was superseded): a new key would revoke it.
     match live_key_holder(
@@ -767,38 +725,27 @@ pub async fn rotate_api_key(
         LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
         LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
     }
-    let patch = store::Patch {
-        state: Some(MigrationState::GeneratingApiKey),
-        api_key_superseded_at: Some(Some(Utc::now())),
-        api_key_verified_at: Some(None),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::Completed]),
-        api_key_id: row.api_key_id.clone(),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "completed",
-        MigrationState::GeneratingApiKey,
-        json!({
-            "api_key": "rotation_requested",
-            "by": if caller == Caller::Admin { "admin" } else { "partner" },
-            "superseded_api_key_id": row.api_key_id,
-        }),
-    );
-    let updated = ApiTransition {
-        action: "rotate the API key of",
-        allowed: "completed",
-        guard,
+    let mut patch = plan_patch(state, &plan);
+    patch.api_key_superseded_at = Some(Some(Utc::now()));
+    patch.api_key_verified_at = Some(None);
+    let mut guard = plan_guard(caller, &plan);
+    // The key this request supersedes is still the one held.
+    guard.api_key_id = row.api_key_id.clone();
+    let data = json!({
+        "api_key": "rotation_requested",
+        "by": if caller == Caller::Admin { "admin" } else { "partner" },
+        "superseded_api_key_id": row.api_key_id,
+    });
+    let updated = apply_plan(
+        state,
+        caller,
+        &row,
+        Command::RotateApiKey,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await?;
     tracing::info!(migration.id = %id, "API key rotation requested");
     Ok(updated)
