@@ -39,18 +39,7 @@ impl Command {
         use MigrationState::*;
         match self {
             Command::SubmitCode | Command::Resend => &[AwaitingOtp],
-            Command::Cancel => &[
-                Queued,
-                Prechecking,
-                Initiating,
-                RequestingOtp,
-                AwaitingOtp,
-                VerifyingOtp,
-                Registering,
-                CopyingTemplates,
-                AwaitingChannel,
-                GeneratingApiKey,
-            ],
+            Command::Cancel => &MigrationState::ACTIVE,
             Command::Retry { .. } => &[Failed],
             Command::RotateApiKey => &[Completed],
         }
@@ -254,6 +243,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.to, Prechecking);
+    }
+
+    #[test]
+    fn active_is_every_state_but_the_terminal_ones() {
+        let active: Vec<_> = MigrationState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(active, MigrationState::ACTIVE);
     }
 
     #[test]
