@@ -81,6 +81,8 @@ pub struct AppState {
     /// SHA-256 of `ADMIN_API_KEY`, if set.
     pub admin_key_hash: Option<Vec<u8>>,
     pub meta: Arc<dyn MetaApi>,
+    /// The 360dialog APIs: whether a completed migration's key still works (create, rotate).
+    pub d360: Arc<dyn D360Api>,
     pub otp: OtpPolicy,
     /// Messaging API base, reported as a key's address when 360dialog gave none.
     pub d360_waba_url: String,
