@@ -1,18 +1,22 @@
 //! The commands on a migration, shared by every edge: create, submit a code, resend, cancel,
-//! retry, reveal the key and the dry-run precheck. Each checks what it may do from the row it
-//! read and writes through [`super::transition`] under a guard, so a row that moved meanwhile
-//! answers 409 with the state it is in now instead of being overwritten.
+//! retry, reveal the key, rotate the key and the dry-run precheck. Each checks what it may do
+//! from the row it read and writes through [`super::transition`] under a guard, so a row that
+//! moved meanwhile answers 409 with the state it is in now instead of being overwritten.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AppState, Caller};
 use crate::api::Migration;
 use crate::api::problem::ApiError;
-use crate::crypto::{self, aad};
+use crate::clients::D360Api;
+use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::commands::{self, Command, Plan};
 use crate::domain::values::E164;
@@ -59,27 +63,59 @@ pub async fn create(
     v: NewMigrationInput,
 ) -> Result<Created, ApiError> {
     let partner_id = partner_of(caller)?;
-    let mut tx = state.pool.begin().await?;
-    if let Some(idem) = &idempotency {
-        // Keyed: the body may hold the PIN.
-        let fingerprints = state
-            .cipher
-            .fingerprints(canonical(idem.body).to_string().as_bytes());
-        match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
-            idempotency::Begin::New => {}
-            idempotency::Begin::Replay { status, body } => {
-                tx.rollback().await?;
-                return Ok(Created::Replay { status, body });
-            }
-            idempotency::Begin::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was used with a different request body.",
-                ));
+    // One live key per number: a completed migration of the number whose key 360dialog still
+    // accepts refuses the create (see `live_key_holder`). The stored state decides inside the
+    // transaction; only when it names a holder is 360dialog asked, with no transaction held,
+    // and the decision taken again.
+    let mut asked_upstream = false;
+    let mut tx = loop {
+        let mut tx = state.pool.begin().await?;
+        if let Some(idem) = &idempotency {
+            // Keyed: the body may hold the PIN.
+            let fingerprints = state
+                .cipher
+                .fingerprints(canonical(idem.body).to_string().as_bytes());
+            match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
+                idempotency::Begin::New => {}
+                idempotency::Begin::Replay { status, body } => {
+                    tx.rollback().await?;
+                    return Ok(Created::Replay { status, body });
+                }
+                idempotency::Begin::Mismatch => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "This Idempotency-Key was used with a different request body.",
+                    ));
+                }
             }
         }
-    }
+        let holders = store::live_key_holders(&mut *tx, v.phone.as_str(), None, None).await?;
+        let Some(holder) = holders.first().map(KeyHolder::of) else {
+            break tx;
+        };
+        drop(tx);
+        if asked_upstream {
+            // A holder 360dialog was not asked about (it completed meanwhile): refuse.
+            return Err(already_migrated(&holder, caller, false));
+        }
+        asked_upstream = true;
+        match live_key_holder(
+            &state.pool,
+            &state.cipher,
+            state.d360.as_ref(),
+            v.phone.as_str(),
+            None,
+            None,
+            Some(CREATE_CHECK_TIMEOUT),
+        )
+        .await?
+        {
+            LiveKey::None => continue,
+            LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
+            LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
+        }
+    };
 
     let id = Uuid::now_v7();
     let pin = v
@@ -183,14 +219,33 @@ pub async fn reveal_api_key(
 ) -> Result<RevealedKey, ApiError> {
     let row = fetch(state, caller, id).await?;
     let (MigrationState::Completed, Some(enc)) = (row.state(), &row.api_key_enc) else {
-        return Err(ApiError::conflict(
-            "api_key_not_ready",
+        let detail = if row.api_key_superseded_at.is_some() && row.state() == MigrationState::Failed
+        {
+            format!(
+                "The API key rotation failed (see `error`); POST /v1/migrations/{id}/retry generates the new key."
+            )
+        } else if row.api_key_superseded_at.is_some() {
+            format!(
+                "A new API key is being generated (the migration is `{}`); it is available once the migration is completed again.",
+                row.state
+            )
+        } else {
             format!(
                 "The API key is available once the migration is completed (now `{}`).",
                 row.state
+            )
+        };
+        return Err(ApiError::conflict("api_key_not_ready", detail));
+    };
+    if row.api_key_superseded_at.is_some() {
+        return Err(ApiError::conflict(
+            "api_key_superseded",
+            format!(
+                "360dialog no longer accepts this migration's API key: a newer key was generated for the channel, or the number left 360dialog. If the number still runs on channel {}, get a new key with POST /v1/migrations/{id}/api_key/rotate.",
+                row.channel_id.as_deref().unwrap_or("(unknown)")
             ),
         ));
-    };
+    }
     let key = state
         .cipher
         .open(enc, &aad::api_key(id))
@@ -449,6 +504,15 @@ pub async fn cancel(
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let plan = plan_for(&row, Command::Cancel)?;
+    if row.completed_at.is_some() {
+        // Completed once: this is a key rotation (`generating_api_key` again), and the number
+        // stays migrated whatever happens to the new key.
+        return Err(ApiError::conflict(
+            "invalid_state",
+            "This migration completed and is rotating its API key; a rotation cannot be cancelled. It completes again with the new key.",
+        )
+        .with_extra(json!({ "state": row.state })));
+    }
     let patch = plan_patch(state, &plan);
     let guard = plan_guard(caller, &plan);
     let data = json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } });
@@ -483,4 +547,206 @@ pub async fn retry(
     let guard = plan_guard(caller, &plan);
     let data = json!({ "retry_of": failed_step });
     apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
+}
+
+/// How long `create` waits for 360dialog to say whether a completed migration's key still works
+/// (no answer: the create is refused, the key is kept).
+const CREATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A completed migration holding a 360dialog key for a number (or its channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+}
+
+impl KeyHolder {
+    fn of(row: &store::MigrationRow) -> Self {
+        Self {
+            id: row.id,
+            partner_id: row.partner_id,
+        }
+    }
+}
+
+/// What [`live_key_holder`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveKey {
+    /// No completed migration holds a key 360dialog still accepts: a new key revokes nothing
+    /// anyone holds.
+    None,
+    /// This migration's key still works (`GET /health_status` answered 200).
+    Live(KeyHolder),
+    /// Not established (360dialog did not answer, or the stored key cannot be opened): treated
+    /// as live by the callers, so a key is never revoked on a guess.
+    Unknown(KeyHolder),
+}
+
+/// **One live key per number.** Generating a channel key revokes every earlier key of that
+/// channel, so before a number is migrated again (create) or a key is generated (the
+/// `generating_api_key` step, a rotation), the completed migrations of the number or channel
+/// (other than `except`) whose key is not known to be superseded are asked about: the key is
+/// live if 360dialog's Messaging API accepts it (`GET /health_status` → 200). A key 360dialog
+/// rejects (401: another key was generated since, or the number left 360dialog) is marked
+/// `superseded` on its migration, with a `migration.api_key_superseded` event, and no longer
+/// counts. No transaction is held during the calls; `timeout` bounds each one.
+pub async fn live_key_holder(
+    pool: &PgPool,
+    cipher: &Cipher,
+    d360: &dyn D360Api,
+    phone_number: &str,
+    channel_id: Option<&str>,
+    except: Option<Uuid>,
+    timeout: Option<Duration>,
+) -> Result<LiveKey, db::Error> {
+    for row in store::live_key_holders(pool, phone_number, channel_id, except).await? {
+        let holder = KeyHolder::of(&row);
+        let Some(key) = row
+            .api_key_enc
+            .as_ref()
+            .and_then(|enc| cipher.open(enc, &aad::api_key(row.id)).ok())
+        else {
+            tracing::warn!(migration.id = %row.id, "a completed migration's key cannot be decrypted; treating it as live");
+            return Ok(LiveKey::Unknown(holder));
+        };
+        let asked = d360.health_status(&key);
+        let answer = match timeout {
+            Some(t) => tokio::time::timeout(t, asked).await.ok(),
+            None => Some(asked.await),
+        };
+        match answer {
+            Some(Ok(_)) => return Ok(LiveKey::Live(holder)),
+            Some(Err(e)) if e.upstream().is_some_and(|u| u.http_status == Some(401)) => {
+                supersede_rejected_key(pool, &row).await?;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(migration.id = %row.id, error = %e, "could not check whether a completed migration's key still works");
+                return Ok(LiveKey::Unknown(holder));
+            }
+            None => {
+                tracing::warn!(migration.id = %row.id, "360dialog did not answer in time whether a completed migration's key still works");
+                return Ok(LiveKey::Unknown(holder));
+            }
+        }
+    }
+    Ok(LiveKey::None)
+}
+
+/// Marks the key of the completed migration `row` superseded: 360dialog rejected it.
+async fn supersede_rejected_key(pool: &PgPool, row: &store::MigrationRow) -> Result<(), db::Error> {
+    let mut conn = pool.acquire().await?;
+    let updated = super::transition::apply(
+        &mut conn,
+        row,
+        &store::Guard {
+            states: Some(vec![MigrationState::Completed]),
+            api_key_id: row.api_key_id.clone(),
+            api_key_live: true,
+            ..Default::default()
+        },
+        &store::Patch {
+            api_key_superseded_at: Some(Some(Utc::now())),
+            ..Default::default()
+        },
+        store::Lease::Keep,
+        Some(NewEvent {
+            kind: EventType::ApiKeySuperseded,
+            from_state: None,
+            to_state: None,
+            data: json!({ "api_key_id": row.api_key_id, "reason": "rejected_by_360dialog" }),
+        }),
+    )
+    .await?;
+    if updated.is_some() {
+        tracing::info!(migration.id = %row.id, "360dialog rejects this completed migration's key: marked superseded");
+    }
+    Ok(())
+}
+
+/// 409 `number_already_migrated`, naming the migration that holds the live key when the caller
+/// may see it. `confirmed`: 360dialog said the key works (else it could not be asked).
+pub fn already_migrated(holder: &KeyHolder, caller: Caller, confirmed: bool) -> ApiError {
+    let visible = caller.scope().is_none_or(|p| p == holder.partner_id);
+    let id = holder.id;
+    let which = if visible {
+        format!("This phone number was already migrated (migration {id})")
+    } else {
+        "This phone number was already migrated".to_owned()
+    };
+    let status = if confirmed {
+        "360dialog still accepts the API key that migration holds, and migrating the number again would revoke it"
+    } else {
+        "360dialog could not be asked whether the API key that migration holds still works, so it is kept; try again later if the number left 360dialog"
+    };
+    let next = if visible {
+        format!(
+            " Use its key (GET /v1/migrations/{id}/api_key) or replace it with POST /v1/migrations/{id}/api_key/rotate."
+        )
+    } else {
+        String::new()
+    };
+    let mut e = ApiError::conflict(
+        "number_already_migrated",
+        format!("{which}: {status}.{next}"),
+    );
+    if visible {
+        e = e.with_extra(json!({ "migration_id": id }));
+    }
+    e
+}
+
+/// Replaces the 360dialog key of a completed migration (`POST …/api_key/rotate`): `completed`
+/// → `generating_api_key`, the key held marked superseded (`api_key.status` `superseded`, never
+/// `verified` again). The worker then generates the new key through the same guarded step as a
+/// first key (the intent recorded before the call, the key stored the instant it arrives, never
+/// generated again once stored), verifies it and completes the migration again; `GET …/api_key`
+/// answers the new key from then on.
+pub async fn rotate_api_key(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    let plan = plan_for(&row, Command::RotateApiKey)?;
+    // Another completed migration of the number or channel whose key still works (this one's
+    // was superseded): a new key would revoke it.
+    match live_key_holder(
+        &state.pool,
+        &state.cipher,
+        state.d360.as_ref(),
+        &row.phone_number,
+        row.channel_id.as_deref(),
+        Some(row.id),
+        Some(CREATE_CHECK_TIMEOUT),
+    )
+    .await?
+    {
+        LiveKey::None => {}
+        LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
+        LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
+    }
+    let mut patch = plan_patch(state, &plan);
+    patch.api_key_superseded_at = Some(Some(Utc::now()));
+    patch.api_key_verified_at = Some(None);
+    let mut guard = plan_guard(caller, &plan);
+    // The key this request supersedes is still the one held.
+    guard.api_key_id = row.api_key_id.clone();
+    let data = json!({
+        "api_key": "rotation_requested",
+        "by": if caller == Caller::Admin { "admin" } else { "partner" },
+        "superseded_api_key_id": row.api_key_id,
+    });
+    let updated = apply_plan(
+        state,
+        caller,
+        &row,
+        Command::RotateApiKey,
+        &plan,
+        patch,
+        guard,
+        data,
+    )
+    .await?;
+    tracing::info!(migration.id = %id, "API key rotation requested");
+    Ok(updated)
 }

@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_migration))
         .routes(routes!(retry_migration))
         .routes(routes!(get_api_key))
+        .routes(routes!(rotate_api_key))
         .routes(routes!(run_precheck))
 }
 
@@ -165,7 +166,7 @@ pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String
     if url.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    crate::webhooks::ssrf::check_url(url, allow_private)
+    crate::core::ssrf::check_url(url, allow_private)
         .map(|_| url.to_owned())
         .map_err(|e| e.to_string())
 }
@@ -273,7 +274,9 @@ impl JsonBody for NewMigrationRequest {
 /// Create a migration.
 ///
 /// Starts one durable job for the number. Honours `Idempotency-Key`: the same key with the same
-/// body returns the original response; with a different body, 422.
+/// body returns the original response; with a different body, 422. A number whose completed
+/// migration still holds the channel's live key is refused (`number_already_migrated`); its key
+/// is replaced only by `POST /v1/migrations/{id}/api_key/rotate`.
 #[utoipa::path(
     post, path = "/v1/migrations", tag = "migrations",
     request_body = CreateMigration,
@@ -284,7 +287,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
-        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -541,7 +544,8 @@ pub struct EventList {
 /// change: `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
 /// `migration.cancelled` for those states, `migration.state_changed` for any other. Events that
 /// change no state (`migration.created`, `migration.step_retry_scheduled`,
-/// `migration.api_key_generated`, `migration.api_key_retrieved`) send no webhook. `EventType`
+/// `migration.api_key_generated`, `migration.api_key_retrieved`,
+/// `migration.api_key_superseded`) send no webhook. `EventType`
 /// lists every type.
 /// `migration.waiting_for_changed` changes no state either, but is sent as a webhook.
 #[utoipa::path(
@@ -722,7 +726,7 @@ pub struct ApiKeyOut {
     params(("id" = Uuid, Path, description = "Migration id")),
     responses(
         (status = 200, description = "The key", body = ApiKeyOut),
-        (status = 409, description = "Not available yet (`api_key_not_ready`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not available yet (`api_key_not_ready`: not completed, or a rotation is generating the new key), or 360dialog no longer accepts the key this migration held (`api_key_superseded`)", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -743,6 +747,35 @@ async fn get_api_key(
     res.headers_mut()
         .insert("cache-control", "no-store".parse().expect("static header"));
     Ok(res)
+}
+
+/// Replace the channel's 360dialog API key of a completed migration.
+///
+/// Generating a key revokes every earlier key of the channel, so this is the only way this
+/// service replaces a key it delivered. The migration goes back to `generating_api_key` with
+/// `api_key.status` `superseded` (the key held is never reported `verified` again); the worker
+/// generates the new key once (its intent recorded before the call, the key stored the instant
+/// it arrives), verifies it and completes the migration again (a `migration.completed`
+/// webhook): `GET /v1/migrations/{id}/api_key` then answers the new key. Each accepted call
+/// generates one new key.
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/api_key/rotate", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 202, description = "Accepted: the migration, now `generating_api_key` with `api_key.status` `superseded`", body = Migration),
+        (status = 409, description = "Not completed (`invalid_state`, also while a rotation runs), another completed migration of the number holds the channel's live key (`number_already_migrated`, with `migration_id` when the caller may see it), or another migration of the number is active (`migration_already_active`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn rotate_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
+    let r = commands::rotate_api_key(&state, caller, id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
 }
 
 /// Body of `POST /v1/prechecks`.

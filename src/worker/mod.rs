@@ -419,7 +419,8 @@ impl Worker {
                 patch.state = Some(to);
                 patch.attempt = Some(i32::from(cont));
                 patch.error = Some(None);
-                if to == MigrationState::Completed {
+                // A key rotation completes a migration again: it keeps its first `completed_at`.
+                if to == MigrationState::Completed && row.completed_at.is_none() {
                     patch.completed_now = true;
                 }
                 // Parking: say on whom and for what, until when (a state change clears it).

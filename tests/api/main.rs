@@ -11,6 +11,7 @@ mod fuzz_findings;
 mod helpers;
 mod isolation;
 mod key_rotation;
+mod live_key;
 mod metrics;
 mod migrations;
 mod openapi;
