@@ -695,13 +695,9 @@ pub fn already_migrated(holder: &KeyHolder, caller: Caller, confirmed: bool) -> 
     e
 }
 
-/// Replaces the 360dialog key of a completed migration (`POST …/api_key/rotate`): `completed`
-/// → `generating_api_key`, the key held marked superseded (`api_key.status` `superseded`, never
-/// `verified` again). The worker then generates the new key through the same guarded step as a
-/// first key (the intent recorded before the call, the key stored the instant it arrives, never
-/// generated again once stored), verifies it and completes the migration again; `GET …/api_key`
-/// answers the new key from then on.
-pub async fn rotate_api_key(
+/// Records a rotation: the migration goes back to `generating_api_key` with its key
+/// superseded; the worker generates the new key through the guarded key step.
+async fn request_rotation(
     state: &AppState,
     caller: Caller,
     id: Uuid,
@@ -749,4 +745,55 @@ pub async fn rotate_api_key(
     .await?;
     tracing::info!(migration.id = %id, "API key rotation requested");
     Ok(updated)
+}
+
+/// How a rotation ended for its caller.
+pub enum Rotation {
+    /// The new key, generated and verified.
+    Done(RevealedKey),
+    /// Not finished within the wait: the migration as it is now (the key is fetched with
+    /// `GET …/api_key` once it is completed again).
+    Pending(Box<store::MigrationRow>),
+}
+
+/// Replaces the key of a completed migration (`POST …/api_key/rotate`) and waits up to `wait`
+/// for the worker to generate and verify it. The new key is generated exactly once, by the
+/// worker's key step (its intent recorded before the call), whoever waits for it.
+pub async fn rotate_api_key(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    wait: std::time::Duration,
+) -> Result<Rotation, ApiError> {
+    let requested = request_rotation(state, caller, id).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut row = requested;
+    loop {
+        match row.state() {
+            MigrationState::Completed => {
+                return Ok(Rotation::Done(reveal_api_key(state, caller, id).await?));
+            }
+            MigrationState::Failed | MigrationState::Cancelled => {
+                let error: Option<crate::domain::MigrationError> = row
+                    .error
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                let (code, detail) = match &error {
+                    Some(e) => (e.code.as_str(), e.message.clone()),
+                    None => (
+                        "invalid_state",
+                        format!("The rotation ended in `{}`.", row.state),
+                    ),
+                };
+                return Err(ApiError::conflict(code, detail)
+                    .with_extra(json!({ "state": row.state, "error": error })));
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Ok(Rotation::Pending(Box::new(row)));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        row = fetch(state, caller, id).await?;
+    }
 }

@@ -738,6 +738,11 @@ async fn get_api_key(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let key = commands::reveal_api_key(&state, caller, id).await?;
+    Ok(key_response(key))
+}
+
+/// A key, never cached.
+fn key_response(key: commands::RevealedKey) -> Response {
     let body = ApiKeyOut {
         api_key: key.api_key.expose_secret().to_owned(),
         address: key.address,
@@ -746,7 +751,7 @@ async fn get_api_key(
     let mut res = axum::Json(body).into_response();
     res.headers_mut()
         .insert("cache-control", "no-store".parse().expect("static header"));
-    Ok(res)
+    res
 }
 
 /// Replace the channel's 360dialog API key of a completed migration.
@@ -756,14 +761,18 @@ async fn get_api_key(
 /// `api_key.status` `superseded` (the key held is never reported `verified` again); the worker
 /// generates the new key once (its intent recorded before the call, the key stored the instant
 /// it arrives), verifies it and completes the migration again (a `migration.completed`
-/// webhook): `GET /v1/migrations/{id}/api_key` then answers the new key. Each accepted call
-/// generates one new key.
+/// webhook). The request waits for that, up to 25 s, and answers the new key. If 360dialog
+/// makes it wait longer (it allows one new key per channel per 30 s), the answer is 202 with
+/// the migration, and `GET /v1/migrations/{id}/api_key` answers the new key once it is
+/// completed again. Each accepted call generates one new key.
 #[utoipa::path(
     post, path = "/v1/migrations/{id}/api_key/rotate", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
     responses(
-        (status = 202, description = "Accepted: the migration, now `generating_api_key` with `api_key.status` `superseded`", body = Migration),
-        (status = 409, description = "Not completed (`invalid_state`, also while a rotation runs), another completed migration of the number holds the channel's live key (`number_already_migrated`, with `migration_id` when the caller may see it), or another migration of the number is active (`migration_already_active`)", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The new key (the old one is `superseded`)", body = ApiKeyOut,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 202, description = "Still generating after 25 s: the migration, `generating_api_key` with `api_key.status` `superseded`; fetch the key from `/api_key` once it is `completed`", body = Migration),
+        (status = 409, description = "Not completed (`invalid_state`, also while a rotation runs), another completed migration of the number holds the channel's live key (`number_already_migrated`, with `migration_id` when the caller may see it), another migration of the number is active (`migration_already_active`), or the rotation failed (the migration's error code, e.g. `api_key_permission_missing`; `retry` resumes it)", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -773,10 +782,17 @@ async fn rotate_api_key(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
-) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = commands::rotate_api_key(&state, caller, id).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+) -> Result<Response, ApiError> {
+    match commands::rotate_api_key(&state, caller, id, ROTATE_WAIT).await? {
+        commands::Rotation::Done(key) => Ok(key_response(key)),
+        commands::Rotation::Pending(row) => {
+            Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&*row))).into_response())
+        }
+    }
 }
+
+/// How long `POST …/api_key/rotate` waits for the new key: inside the request timeout.
+const ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Body of `POST /v1/prechecks`.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -31,13 +31,36 @@ async fn create_keyed(
     (res.status(), res.json().await.unwrap())
 }
 
-async fn rotate_as(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
-    app.http
+/// Sends `POST …/api_key/rotate`; the request waits for the new key, which the test's worker
+/// makes once driven: see [`finish`].
+fn rotate_pending(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let req = app
+        .http
         .post(app.url(&format!("/v1/migrations/{id}/api_key/rotate")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
+        .bearer_auth(key);
+    tokio::spawn(async move { req.send().await.unwrap() })
+}
+
+/// Runs the worker until the request answers.
+async fn finish(
+    app: &TestApp,
+    req: tokio::task::JoinHandle<reqwest::Response>,
+) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !req.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "no answer");
+        app.worker().run_until_idle().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    req.await.unwrap()
+}
+
+async fn rotate_as(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
+    finish(app, rotate_pending(app, key, id)).await
 }
 
 /// Runs the app's worker (no background worker) until the migration is in `state`.
@@ -131,12 +154,13 @@ async fn rotate_supersedes_the_old_key_and_delivers_a_new_verified_one(pool: PgP
     let old = app.stored_key(&id).await;
     assert_eq!(app.key_status(&old).await, StatusCode::OK);
 
-    let res = rotate_as(&app, &app.partner_key, &id).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let m: Value = res.json().await.unwrap();
-    assert_eq!(m["state"], "generating_api_key", "{m:#}");
+    let rotation = rotate_pending(&app, &app.partner_key, &id);
+    // While the request waits for the worker: superseded, no key to fetch, no second
+    // rotation, no cancelling it.
+    let m = app
+        .wait_until(&id, |m| m["state"] == "generating_api_key")
+        .await;
     assert_eq!(m["api_key"]["status"], "superseded", "{m:#}");
-    // Until the worker ran: no key to fetch, no second rotation, no cancelling it.
     assert_problem(
         app.get(&format!("/v1/migrations/{id}/api_key")).await,
         StatusCode::CONFLICT,
@@ -144,7 +168,8 @@ async fn rotate_supersedes_the_old_key_and_delivers_a_new_verified_one(pool: PgP
     )
     .await;
     assert_problem(
-        rotate_as(&app, &app.partner_key, &id).await,
+        // Refused at once (the worker must not run here: it would finish the first one).
+        rotate_pending(&app, &app.partner_key, &id).await.unwrap(),
         StatusCode::CONFLICT,
         "invalid_state",
     )
@@ -179,6 +204,12 @@ async fn rotate_supersedes_the_old_key_and_delivers_a_new_verified_one(pool: PgP
     assert_eq!(app.applied(NUMBER, "api_keys"), 2);
     let new = app.stored_key(&id).await;
     assert_ne!(new, old);
+    // The waiting request answers the new key.
+    let res = finish(&app, rotation).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["api_key"], new.as_str(), "{body:#}");
     assert_eq!(app.key_status(&old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(app.key_status(&new).await, StatusCode::OK);
 
@@ -216,11 +247,13 @@ async fn rotate_supersedes_the_old_key_and_delivers_a_new_verified_one(pool: PgP
     app.faults(json!([{ "endpoint": "api_keys", "phone_number": NUMBER, "fault": "lost_response", "times": 1 }]))
         .await;
     let res = rotate_as(&app, ADMIN_KEY, &id).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.status(), StatusCode::OK);
+    let answered: Value = res.json().await.unwrap();
     let m = drive(&app, &id, "completed").await;
     assert_eq!(m["api_key"]["status"], "verified");
     assert_eq!(app.applied(NUMBER, "api_keys"), 4);
     let newest = app.stored_key(&id).await;
+    assert_eq!(answered["api_key"], newest.as_str());
     assert_eq!(app.key_status(&new).await, StatusCode::UNAUTHORIZED);
     assert_eq!(app.key_status(&newest).await, StatusCode::OK);
 }
@@ -419,7 +452,7 @@ async fn a_rotation_inside_the_key_rate_window_waits_for_it(pool: PgPool) {
 
     assert_eq!(
         rotate_as(&app, &app.partner_key, &id).await.status(),
-        StatusCode::ACCEPTED
+        StatusCode::OK
     );
     let m = drive(&app, &id, "completed").await;
     assert_eq!(m["api_key"]["status"], "verified");
