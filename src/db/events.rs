@@ -77,3 +77,24 @@ pub async fn list(
     .fetch_all(ex)
     .await?)
 }
+
+/// Whether the migration's current API key was handed out already: a
+/// `migration.api_key_retrieved` event after its latest `migration.api_key_generated` one.
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id))]
+pub async fn api_key_revealed(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<bool, super::Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM migration_events r
+              WHERE r.migration_id = $1 AND r.type = $2
+                AND NOT EXISTS (SELECT 1 FROM migration_events g
+                                 WHERE g.migration_id = $1 AND g.type = $3 AND g.seq > r.seq))",
+    )
+    .bind(migration_id)
+    .bind(EventType::ApiKeyRetrieved.as_str())
+    .bind(EventType::ApiKeyGenerated.as_str())
+    .fetch_one(ex)
+    .await?)
+}

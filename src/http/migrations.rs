@@ -1188,6 +1188,9 @@ pub struct ApiKeyOut {
 }
 
 /// Fetch the channel's 360dialog API key (after `completed`).
+///
+/// The first fetch of a key is recorded in the audit trail (`migration.api_key_retrieved`);
+/// fetching it again is a pure read: no event, and the migration's `updated_at` stays.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/api_key", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
@@ -1218,21 +1221,13 @@ async fn get_api_key(
         .cipher
         .open(enc, &steps::api_key_aad(id))
         .map_err(ApiError::internal)?;
-    let mut conn = state.pool.acquire().await?;
-    store::update(
-        &mut conn,
-        &row,
-        &store::Guard::default(),
-        &store::Patch::default(),
-        store::Lease::Keep,
-        Some(NewEvent {
-            kind: EventType::ApiKeyRetrieved,
-            from_state: None,
-            to_state: None,
-            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-        }),
-    )
-    .await?;
+    let by = if caller == Caller::Admin {
+        "admin"
+    } else {
+        "partner"
+    };
+    record_first_reveal(&state, &row, by).await?;
+    tracing::info!(migration.id = %id, by, "api key revealed");
     let body = ApiKeyOut {
         api_key: key.expose_secret().to_owned(),
         address: row
@@ -1245,6 +1240,40 @@ async fn get_api_key(
     res.headers_mut()
         .insert("cache-control", "no-store".parse().expect("static header"));
     Ok(res)
+}
+
+/// Records the first time the migration's stored key is handed out: one
+/// `migration.api_key_retrieved` event (by `partner` or `admin`). Every later fetch is a pure
+/// read: no event, no change to `updated_at` (each one is logged, without the key).
+async fn record_first_reveal(
+    state: &AppState,
+    row: &store::MigrationRow,
+    by: &str,
+) -> Result<(), ApiError> {
+    if db::events::api_key_revealed(&state.pool, row.id).await? {
+        return Ok(());
+    }
+    let mut tx = state.pool.begin().await?;
+    // Checked again under the row's lock: first fetches at the same time record one reveal.
+    store::lock(&mut tx, row.id).await?;
+    if !db::events::api_key_revealed(&mut *tx, row.id).await? {
+        store::update(
+            &mut tx,
+            row,
+            &store::Guard::default(),
+            &store::Patch::default(),
+            store::Lease::Keep,
+            Some(NewEvent {
+                kind: EventType::ApiKeyRetrieved,
+                from_state: None,
+                to_state: None,
+                data: json!({ "by": by }),
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Body of `POST /v1/prechecks`.

@@ -1,6 +1,7 @@
 //! Integration tests: the real service over HTTP, a real PostgreSQL (one fresh database per
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
+mod api_key_reads;
 mod crash;
 mod dashboard;
 mod docs;
