@@ -14,6 +14,7 @@ mod key_rotation;
 mod metrics;
 mod migrations;
 mod openapi;
+mod paging;
 mod partners;
 mod scenarios;
 mod secrets;
