@@ -797,15 +797,31 @@ async fn run(cfg: Config) {
             violations.push(format!("{number}: stored API key answers {status}"));
         }
 
-        // The audit trail is one unbroken path with no duplicated transition.
-        let events = call(&http, &bases, &partner_key, |h, b| {
-            h.get(format!("{b}/v1/migrations/{id}/events"))
-        })
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-        let events = events["data"].as_array().unwrap();
+        // The audit trail (every page) is one unbroken path with no duplicated transition.
+        let mut events: Vec<Value> = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = call(&http, &bases, &partner_key, |h, b| {
+                h.get(format!(
+                    "{b}/v1/migrations/{id}/events?limit=100{}",
+                    if cursor.is_empty() {
+                        String::new()
+                    } else {
+                        format!("&cursor={cursor}")
+                    }
+                ))
+            })
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+            events.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        let events = &events;
         transitions.insert(
             id.to_owned(),
             events

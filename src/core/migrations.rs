@@ -250,21 +250,13 @@ pub async fn reveal_api_key(
         .cipher
         .open(enc, &aad::api_key(id))
         .map_err(ApiError::internal)?;
-    let mut conn = state.pool.acquire().await?;
-    super::transition::apply(
-        &mut conn,
-        &row,
-        &store::Guard::default(),
-        &store::Patch::default(),
-        store::Lease::Keep,
-        Some(NewEvent {
-            kind: EventType::ApiKeyRetrieved,
-            from_state: None,
-            to_state: None,
-            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-        }),
-    )
-    .await?;
+    let by = if caller == Caller::Admin {
+        "admin"
+    } else {
+        "partner"
+    };
+    record_first_reveal(state, &row, by).await?;
+    tracing::info!(migration.id = %id, by, "api key revealed");
     Ok(RevealedKey {
         api_key: key,
         address: row
@@ -273,6 +265,40 @@ pub async fn reveal_api_key(
             .unwrap_or_else(|| state.d360_waba_url.clone()),
         channel_id: row.channel_id.clone(),
     })
+}
+
+/// Records the first time the migration's stored key is handed out: one
+/// `migration.api_key_retrieved` event (by `partner` or `admin`). Every later fetch is a pure
+/// read: no event, no change to `updated_at` (each one is logged, without the key).
+async fn record_first_reveal(
+    state: &AppState,
+    row: &store::MigrationRow,
+    by: &str,
+) -> Result<(), ApiError> {
+    if db::events::api_key_revealed(&state.pool, row.id).await? {
+        return Ok(());
+    }
+    let mut tx = state.pool.begin().await?;
+    // Checked again under the row's lock: first fetches at the same time record one reveal.
+    store::lock(&mut tx, row.id).await?;
+    if !db::events::api_key_revealed(&mut *tx, row.id).await? {
+        super::transition::apply(
+            &mut tx,
+            row,
+            &store::Guard::default(),
+            &store::Patch::default(),
+            store::Lease::Keep,
+            Some(NewEvent {
+                kind: EventType::ApiKeyRetrieved,
+                from_state: None,
+                to_state: None,
+                data: json!({ "by": by }),
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The accounts a precheck reads.

@@ -787,6 +787,16 @@ async fn update_once(
     }))
 }
 
+/// Locks the migration's row until the caller's transaction ends, so that writers that check
+/// something before writing (e.g. the first reveal of an API key) take turns.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
+    sqlx::query("SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Gives a lease back and makes the row due now (graceful shutdown).
 pub async fn release(ex: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<bool, Error> {
     let r = sqlx::query(

@@ -140,8 +140,9 @@ impl EventType {
                  change. No webhook."
             }
             Self::ApiKeyRetrieved => {
-                "the API key was fetched with `GET /v1/migrations/{id}/api_key` (`data.by`: \
-                 `partner` or `admin`); no state. No webhook."
+                "the API key was handed out for the first time by \
+                 `GET /v1/migrations/{id}/api_key` (`data.by`: `partner` or `admin`); later \
+                 fetches of the same key record nothing. No state. No webhook."
             }
             Self::ApiKeySuperseded => {
                 "360dialog no longer accepts the key this completed migration holds \

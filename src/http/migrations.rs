@@ -3,8 +3,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -16,7 +14,7 @@ use uuid::Uuid;
 
 use super::extract::{
     AppJson, AppQuery, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody, QueryParams,
-    parse_limit,
+    SequencePage, encode_cursor, parse_cursor, parse_limit,
 };
 use super::problem::{ApiError, Problem};
 pub use crate::api::migration::*;
@@ -417,13 +415,7 @@ impl FromQuery for ListQuery {
         let created_after = q.get("created_after", parse_timestamp);
         let created_before = q.get("created_before", parse_timestamp);
         let limit = q.get("limit", parse_limit);
-        let cursor = q.get("cursor", |s| {
-            URL_SAFE_NO_PAD
-                .decode(s)
-                .ok()
-                .and_then(|b| Uuid::from_slice(&b).ok())
-                .ok_or_else(|| "expected the next_cursor of a previous page, unchanged".to_owned())
-        });
+        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
         let partner_id = q.get("partner_id", |s| {
             Uuid::parse_str(s)
                 .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
@@ -487,7 +479,7 @@ async fn list_migrations(
     let mut rows = store::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))
+        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
     } else {
         None
     };
@@ -536,9 +528,14 @@ pub struct Event {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventList {
     pub data: Vec<Event>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// A migration's audit trail, oldest first.
+///
+/// A page at a time: `limit` events (default 50, at most 100), then the next page from the
+/// `cursor` the previous one returned as `next_cursor` (null on the last page).
 ///
 /// Every transition is one event whose `type` is the `type` of the webhook sent for the same
 /// change: `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
@@ -550,9 +547,9 @@ pub struct EventList {
 /// `migration.waiting_for_changed` changes no state either, but is sent as a webhook.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/events", tag = "migrations",
-    params(("id" = Uuid, Path, description = "Migration id")),
+    params(("id" = Uuid, Path, description = "Migration id"), SequencePage),
     responses(
-        (status = 200, description = "Events", body = EventList),
+        (status = 200, description = "A page of events", body = EventList),
         (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -563,10 +560,13 @@ async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
+    AppQuery(page): AppQuery<SequencePage>,
 ) -> Result<axum::Json<EventList>, ApiError> {
     commands::fetch(&state, caller, id).await?;
-    let rows = db::events::list(&state.pool, id).await?;
+    let mut rows = db::events::page(&state.pool, id, page.cursor, page.limit()).await?;
+    let next_cursor = page.finish(&mut rows, |e| e.seq);
     Ok(axum::Json(EventList {
+        next_cursor,
         data: rows
             .into_iter()
             .map(|e| Event {
@@ -721,6 +721,9 @@ pub struct ApiKeyOut {
 }
 
 /// Fetch the channel's 360dialog API key (after `completed`).
+///
+/// The first fetch of a key is recorded in the audit trail (`migration.api_key_retrieved`);
+/// fetching it again is a pure read: no event, and the migration's `updated_at` stays.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/api_key", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
@@ -871,5 +874,6 @@ mod tests {
         assert_body_matches_schema::<SubmitOtp, SubmitOtp>();
         assert_body_matches_schema::<ResendOtp, ResendOtp>();
         assert_query_matches_params::<ListQuery>();
+        assert_query_matches_params::<SequencePage>();
     }
 }
