@@ -281,7 +281,8 @@ pub struct SandboxFaultArgs {
     pub sandbox_fault_rate: f64,
     /// Sandbox: fault kinds drawn from (comma-separated: server_error, rate_limited, timeout,
     /// connection_reset, lost_response; also garbled_success, success_false: applied, then a
-    /// 200 that is not the upstream's JSON). Default: the first five.
+    /// 200 that is not the upstream's JSON; slow: held SANDBOX_HANG_MS, then applied).
+    /// Default: the first five.
     #[arg(long, env = "SANDBOX_FAULT_KINDS", value_delimiter = ',')]
     pub sandbox_fault_kinds: Vec<String>,
     /// Sandbox: latency added to every upstream request, in milliseconds.
@@ -290,7 +291,8 @@ pub struct SandboxFaultArgs {
     /// Sandbox: 360dialog allows one API-key generation per channel per this window, in ms.
     #[arg(long, env = "SANDBOX_API_KEY_WINDOW_MS", default_value_t = 30_000)]
     pub sandbox_api_key_window_ms: u64,
-    /// Sandbox: how long a `timeout` fault hangs before answering 504, in ms.
+    /// Sandbox: how long a `timeout` fault hangs before answering 504 (and a `slow` one holds
+    /// the request before applying it), in ms.
     #[arg(long, env = "SANDBOX_HANG_MS", default_value_t = 30_000)]
     pub sandbox_hang_ms: u64,
     /// Sandbox: delay between registration and the 360dialog channel running, in ms.
