@@ -39,6 +39,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_waba-migrator");
 const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdef";
 const LEASE_SECONDS: u64 = 3;
 const RETRY_CAP_SECONDS: u64 = 2;
+const UPSTREAM_TIMEOUT_SECONDS: u64 = 2;
+/// At least the upstream timeout + 1 s: the service refuses to start otherwise.
+const SHUTDOWN_GRACE_SECONDS: u64 = 3;
 const BUSINESS: &str = "100000000000000";
 /// A killed replica's migrations must be claimed again within this: the lease, the longest
 /// backoff, and two polling intervals of slack.
@@ -232,11 +235,11 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
         .env("RETRY_BASE_MS", "100")
         .env("RETRY_CAP_SECONDS", RETRY_CAP_SECONDS.to_string())
         .env("MAX_STEP_ATTEMPTS", "100")
-        .env("UPSTREAM_TIMEOUT_SECONDS", "2")
+        .env("UPSTREAM_TIMEOUT_SECONDS", UPSTREAM_TIMEOUT_SECONDS.to_string())
         .env("OTP_RESEND_COOLDOWN_SECONDS", "1")
         .env("OTP_MAX_ATTEMPTS", "10")
         .env("CHANNEL_POLL_MS", "100")
-        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        .env("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS.to_string())
         // The driver polls hundreds of migrations with one key; limits are tested elsewhere.
         .env("RATE_LIMIT_PER_SECOND", "0")
         // The webhook consumer is on loopback; retry every second instead of the day-long schedule.
@@ -1222,10 +1225,10 @@ async fn sigterm_handover() {
         handover < Duration::from_secs(1),
         "resumed {handover:?} after SIGTERM"
     );
-    // SHUTDOWN_GRACE_SECONDS is 2 for the replicas; a second of slack for process exit.
+    // The replicas' grace period, and a second of slack for process exit.
     let stopping = exited_at.duration_since(signalled_at);
     assert!(
-        stopping <= Duration::from_secs(3),
-        "A took {stopping:?} to exit after SIGTERM (grace 2 s)"
+        stopping <= Duration::from_secs(SHUTDOWN_GRACE_SECONDS + 1),
+        "A took {stopping:?} to exit after SIGTERM (grace {SHUTDOWN_GRACE_SECONDS} s)"
     );
 }
