@@ -54,6 +54,7 @@ impl App {
                 .as_ref()
                 .map(|k| crypto::hash_api_key(k.expose_secret())),
             meta: meta.clone(),
+            d360: d360.clone(),
             otp: settings.worker.otp.clone(),
             d360_waba_url: settings
                 .upstreams

@@ -16,7 +16,6 @@ use crate::config::{ApiArgs, Cli, Command, DbArgs, RunArgs, SandboxArgs, Sandbox
 use crate::crypto::{self, Cipher};
 use crate::domain::RetryPolicy;
 use crate::embedded_pg::EmbeddedPostgres;
-use crate::http::partners::{CreatePartner, create_partner_with_key};
 use crate::sandbox::{FaultKind, Sandbox, SandboxConfig};
 use crate::webhooks::{SystemClock, WebhookConfig};
 use crate::worker::{OtpPolicy, WorkerConfig, default_owner};
@@ -451,20 +450,20 @@ async fn development_partner_key(app: &App, pool: &PgPool) -> anyhow::Result<Sec
             .await?;
             key
         }
-        None => SecretString::from(
-            create_partner_with_key(
+        None => {
+            crate::core::partners::create(
                 &app.state,
-                &CreatePartner {
-                    name: DEV_PARTNER.into(),
-                    d360_partner_id: "sandboxPA".into(),
-                    d360_api_key: "sandbox-partner-api-key".into(),
+                crate::core::partners::NewPartner {
+                    name: DEV_PARTNER,
+                    d360_partner_id: "sandboxPA",
+                    d360_api_key: "sandbox-partner-api-key",
                     callback_url: None,
                 },
             )
             .await
             .map_err(|e| anyhow::anyhow!("could not create the development partner: {e:?}"))?
-            .api_key,
-        ),
+            .api_key
+        }
     })
 }
 

@@ -169,7 +169,10 @@ pub fn transition(from: &str, row: &MigrationRow) {
             .to_owned();
         counter!("waba_migration_failures_total", "code" => code).increment(1);
     }
-    if state.is_terminal() {
+    // A key rotation ends in a terminal state again: the migration's duration was recorded when
+    // it first completed.
+    let completed_before = row.completed_at.is_some_and(|t| t < row.updated_at);
+    if state.is_terminal() && !completed_before {
         let took = (row.updated_at - row.created_at)
             .to_std()
             .unwrap_or_default();

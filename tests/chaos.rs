@@ -434,10 +434,15 @@ async fn run(cfg: Config) {
     let (pg, pg_port, database_url) = start_database(&pg_dir).await;
     let mut pg = Some(pg);
 
-    // The sandbox, with random faults of every kind.
+    // The sandbox, with random faults of every kind: the garbled 2xx answers (applied, then an
+    // HTML page or `{"success": false}`) are drawn only when named.
     let (mut sandbox, sandbox_url) = start_sandbox(
         &[
             ("SANDBOX_FAULT_RATE", cfg.fault_rate.to_string()),
+            (
+                "SANDBOX_FAULT_KINDS",
+                "server_error,rate_limited,timeout,connection_reset,lost_response,garbled_success,success_false".into(),
+            ),
             ("SANDBOX_SEED", "7".into()),
             ("SANDBOX_CHANNEL_DELAY_MS", "200".into()),
             ("SANDBOX_API_KEY_WINDOW_MS", "1000".into()),
@@ -792,15 +797,31 @@ async fn run(cfg: Config) {
             violations.push(format!("{number}: stored API key answers {status}"));
         }
 
-        // The audit trail is one unbroken path with no duplicated transition.
-        let events = call(&http, &bases, &partner_key, |h, b| {
-            h.get(format!("{b}/v1/migrations/{id}/events"))
-        })
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-        let events = events["data"].as_array().unwrap();
+        // The audit trail (every page) is one unbroken path with no duplicated transition.
+        let mut events: Vec<Value> = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = call(&http, &bases, &partner_key, |h, b| {
+                h.get(format!(
+                    "{b}/v1/migrations/{id}/events?limit=100{}",
+                    if cursor.is_empty() {
+                        String::new()
+                    } else {
+                        format!("&cursor={cursor}")
+                    }
+                ))
+            })
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+            events.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        let events = &events;
         transitions.insert(
             id.to_owned(),
             events
@@ -874,6 +895,7 @@ async fn run(cfg: Config) {
     println!("| migrations | {} |", cfg.migrations);
     println!("| replicas | {} |", cfg.replicas);
     println!("| upstream fault rate | {:.0} % |", cfg.fault_rate * 100.0);
+    println!("| fault kinds | all 7, garbled 2xx (`garbled_success`, `success_false`) included |");
     println!("| final states | {final_states:?} |");
     println!(
         "| replicas SIGKILLed / restarted | {} / {} |",

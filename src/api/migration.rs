@@ -27,7 +27,10 @@ pub struct OtpOut {
 /// API key status (never the key itself; fetch it from `/api_key`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyStatus {
-    /// `pending`, `generated` (stored, not yet verified) or `verified`.
+    /// `pending` (none yet), `generated` (stored, not yet verified), `verified` (360dialog's
+    /// Messaging API accepted it), or `superseded`: the key held is no longer the channel's
+    /// (a rotation is replacing it, or 360dialog rejected it); never `verified` again.
+    #[schema(example = "verified")]
     pub status: String,
     pub generated_at: Option<DateTime<Utc>>,
 }
@@ -121,7 +124,9 @@ impl From<&MigrationRow> for Migration {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             api_key: ApiKeyStatus {
-                status: if r.api_key_verified_at.is_some() {
+                status: if r.api_key_superseded_at.is_some() {
+                    "superseded"
+                } else if r.api_key_verified_at.is_some() {
                     "verified"
                 } else if r.api_key_enc.is_some() {
                     "generated"

@@ -1,21 +1,24 @@
 //! The commands on a migration, shared by every edge: create, submit a code, resend, cancel,
-//! retry, reveal the key and the dry-run precheck. Each checks what it may do from the row it
-//! read and writes through [`super::transition`] under a guard, so a row that moved meanwhile
-//! answers 409 with the state it is in now instead of being overwritten.
+//! retry, reveal the key, rotate the key and the dry-run precheck. Each checks what it may do
+//! from the row it read and writes through [`super::transition`] under a guard, so a row that
+//! moved meanwhile answers 409 with the state it is in now instead of being overwritten.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AppState, Caller};
 use crate::api::Migration;
 use crate::api::problem::ApiError;
-use crate::crypto::{self, aad};
+use crate::clients::D360Api;
+use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
-use crate::domain::machine::retry_target;
-use crate::domain::memo::{MemoEdits, MemoKey};
+use crate::domain::commands::{self, Command, Plan};
 use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
@@ -60,27 +63,59 @@ pub async fn create(
     v: NewMigrationInput,
 ) -> Result<Created, ApiError> {
     let partner_id = partner_of(caller)?;
-    let mut tx = state.pool.begin().await?;
-    if let Some(idem) = &idempotency {
-        // Keyed: the body may hold the PIN.
-        let fingerprints = state
-            .cipher
-            .fingerprints(canonical(idem.body).to_string().as_bytes());
-        match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
-            idempotency::Begin::New => {}
-            idempotency::Begin::Replay { status, body } => {
-                tx.rollback().await?;
-                return Ok(Created::Replay { status, body });
-            }
-            idempotency::Begin::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was used with a different request body.",
-                ));
+    // One live key per number: a completed migration of the number whose key 360dialog still
+    // accepts refuses the create (see `live_key_holder`). The stored state decides inside the
+    // transaction; only when it names a holder is 360dialog asked, with no transaction held,
+    // and the decision taken again.
+    let mut asked_upstream = false;
+    let mut tx = loop {
+        let mut tx = state.pool.begin().await?;
+        if let Some(idem) = &idempotency {
+            // Keyed: the body may hold the PIN.
+            let fingerprints = state
+                .cipher
+                .fingerprints(canonical(idem.body).to_string().as_bytes());
+            match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
+                idempotency::Begin::New => {}
+                idempotency::Begin::Replay { status, body } => {
+                    tx.rollback().await?;
+                    return Ok(Created::Replay { status, body });
+                }
+                idempotency::Begin::Mismatch => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "This Idempotency-Key was used with a different request body.",
+                    ));
+                }
             }
         }
-    }
+        let holders = store::live_key_holders(&mut *tx, v.phone.as_str(), None, None).await?;
+        let Some(holder) = holders.first().map(KeyHolder::of) else {
+            break tx;
+        };
+        drop(tx);
+        if asked_upstream {
+            // A holder 360dialog was not asked about (it completed meanwhile): refuse.
+            return Err(already_migrated(&holder, caller, false));
+        }
+        asked_upstream = true;
+        match live_key_holder(
+            &state.pool,
+            &state.cipher,
+            state.d360.as_ref(),
+            v.phone.as_str(),
+            None,
+            None,
+            Some(CREATE_CHECK_TIMEOUT),
+        )
+        .await?
+        {
+            LiveKey::None => continue,
+            LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
+            LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
+        }
+    };
 
     let id = Uuid::now_v7();
     let pin = v
@@ -143,42 +178,28 @@ pub async fn submit_code(
     code: &str,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::AwaitingOtp {
-        return Err(wrong_state(&row, "submit a code to", "awaiting_otp"));
-    }
+    let plan = plan_for(&row, Command::SubmitCode)?;
     if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::conflict(
             "otp_expired",
             "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
         ));
     }
-    let patch = store::Patch {
-        state: Some(MigrationState::VerifyingOtp),
-        otp_code_enc: Some(Some(state.cipher.seal(code, &aad::otp_code(id)))),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        otp_unexpired: true,
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::VerifyingOtp,
-        json!({ "otp": "submitted" }),
-    );
-    ApiTransition {
-        action: "submit a code to",
-        allowed: "awaiting_otp",
-        guard,
+    let mut patch = plan_patch(state, &plan);
+    patch.otp_code_enc = Some(Some(state.cipher.seal(code, &aad::otp_code(id))));
+    let mut guard = plan_guard(caller, &plan);
+    guard.otp_unexpired = true;
+    let data = json!({ "otp": "submitted" });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::SubmitCode,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -198,33 +219,44 @@ pub async fn reveal_api_key(
 ) -> Result<RevealedKey, ApiError> {
     let row = fetch(state, caller, id).await?;
     let (MigrationState::Completed, Some(enc)) = (row.state(), &row.api_key_enc) else {
-        return Err(ApiError::conflict(
-            "api_key_not_ready",
+        let detail = if row.api_key_superseded_at.is_some() && row.state() == MigrationState::Failed
+        {
+            format!(
+                "The API key rotation failed (see `error`); POST /v1/migrations/{id}/retry generates the new key."
+            )
+        } else if row.api_key_superseded_at.is_some() {
+            format!(
+                "A new API key is being generated (the migration is `{}`); it is available once the migration is completed again.",
+                row.state
+            )
+        } else {
             format!(
                 "The API key is available once the migration is completed (now `{}`).",
                 row.state
+            )
+        };
+        return Err(ApiError::conflict("api_key_not_ready", detail));
+    };
+    if row.api_key_superseded_at.is_some() {
+        return Err(ApiError::conflict(
+            "api_key_superseded",
+            format!(
+                "360dialog no longer accepts this migration's API key: a newer key was generated for the channel, or the number left 360dialog. If the number still runs on channel {}, get a new key with POST /v1/migrations/{id}/api_key/rotate.",
+                row.channel_id.as_deref().unwrap_or("(unknown)")
             ),
         ));
-    };
+    }
     let key = state
         .cipher
         .open(enc, &aad::api_key(id))
         .map_err(ApiError::internal)?;
-    let mut conn = state.pool.acquire().await?;
-    super::transition::apply(
-        &mut conn,
-        &row,
-        &store::Guard::default(),
-        &store::Patch::default(),
-        store::Lease::Keep,
-        Some(NewEvent {
-            kind: EventType::ApiKeyRetrieved,
-            from_state: None,
-            to_state: None,
-            data: json!({ "by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-        }),
-    )
-    .await?;
+    let by = if caller == Caller::Admin {
+        "admin"
+    } else {
+        "partner"
+    };
+    record_first_reveal(state, &row, by).await?;
+    tracing::info!(migration.id = %id, by, "api key revealed");
     Ok(RevealedKey {
         api_key: key,
         address: row
@@ -233,6 +265,40 @@ pub async fn reveal_api_key(
             .unwrap_or_else(|| state.d360_waba_url.clone()),
         channel_id: row.channel_id.clone(),
     })
+}
+
+/// Records the first time the migration's stored key is handed out: one
+/// `migration.api_key_retrieved` event (by `partner` or `admin`). Every later fetch is a pure
+/// read: no event, no change to `updated_at` (each one is logged, without the key).
+async fn record_first_reveal(
+    state: &AppState,
+    row: &store::MigrationRow,
+    by: &str,
+) -> Result<(), ApiError> {
+    if db::events::api_key_revealed(&state.pool, row.id).await? {
+        return Ok(());
+    }
+    let mut tx = state.pool.begin().await?;
+    // Checked again under the row's lock: first fetches at the same time record one reveal.
+    store::lock(&mut tx, row.id).await?;
+    if !db::events::api_key_revealed(&mut *tx, row.id).await? {
+        super::transition::apply(
+            &mut tx,
+            row,
+            &store::Guard::default(),
+            &store::Patch::default(),
+            store::Lease::Keep,
+            Some(NewEvent {
+                kind: EventType::ApiKeyRetrieved,
+                from_state: None,
+                to_state: None,
+                data: json!({ "by": by }),
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The accounts a precheck reads.
@@ -329,50 +395,89 @@ pub fn wrong_state(row: &store::MigrationRow, action: &str, allowed: &str) -> Ap
     .with_extra(json!({ "state": row.state }))
 }
 
-/// An API-initiated transition: the guarded write and its event in one transaction. If the
-/// guard fails (the row moved meanwhile), answers 409 with the state it is in now.
-struct ApiTransition<'a> {
-    action: &'a str,
-    allowed: &'a str,
-    guard: store::Guard,
-    patch: store::Patch,
-    event: NewEvent,
+/// The plan of `command` for `row`, or 409 `invalid_state`.
+fn plan_for(row: &store::MigrationRow, command: Command) -> Result<Plan, ApiError> {
+    commands::plan(command, row.state()).map_err(|e| wrong_state(row, e.action, e.allowed))
 }
 
-impl ApiTransition<'_> {
-    async fn apply(
-        self,
-        state: &AppState,
-        caller: Caller,
-        row: &store::MigrationRow,
-    ) -> Result<store::MigrationRow, ApiError> {
-        // One statement (the change, its event and its webhook): no transaction needed.
-        let mut conn = state.pool.acquire().await?;
-        let updated = match crate::core::transition::apply(
-            &mut conn,
-            row,
-            &self.guard,
-            &self.patch,
-            store::Lease::Release,
-            Some(self.event),
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-                drop(conn);
-                let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
-                return Err(active_conflict(existing, caller));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        drop(conn);
-        match updated {
-            Some(r) => Ok(r),
-            None => {
-                let now = fetch(state, caller, row.id).await?;
-                Err(wrong_state(&now, self.action, self.allowed))
-            }
+/// The write a plan makes (commands add their own fields).
+fn plan_patch(state: &AppState, plan: &Plan) -> store::Patch {
+    let mut patch = store::Patch {
+        state: Some(plan.to),
+        memo: plan.memo.clone(),
+        ..Default::default()
+    };
+    if plan.run_now {
+        patch.run_at = Some(store::RunAt::Now);
+    }
+    if plan.clear_error {
+        patch.error = Some(None);
+        patch.failed_step = Some(None);
+        patch.attempt = Some(0);
+    }
+    if plan.reset_otp {
+        patch.otp_attempts_left = Some(state.otp.max_attempts);
+        patch.otp_expires_at = Some(None);
+    }
+    if plan.clear_code {
+        patch.otp_code_enc = Some(None);
+    }
+    patch
+}
+
+fn plan_guard(caller: Caller, plan: &Plan) -> store::Guard {
+    store::Guard {
+        partner_id: caller.scope(),
+        states: Some(plan.from.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// Writes a command's plan: the guarded change, its event and its webhook in one statement,
+/// releasing any lease. If the guard fails (the row moved meanwhile), answers 409 with the
+/// state it is in now.
+#[allow(clippy::too_many_arguments)]
+async fn apply_plan(
+    state: &AppState,
+    caller: Caller,
+    row: &store::MigrationRow,
+    command: Command,
+    plan: &Plan,
+    patch: store::Patch,
+    guard: store::Guard,
+    data: Value,
+) -> Result<store::MigrationRow, ApiError> {
+    let event = NewEvent {
+        kind: plan.event,
+        from_state: Some(row.state.clone()),
+        to_state: Some(plan.to.as_str().to_owned()),
+        data,
+    };
+    let mut conn = state.pool.acquire().await?;
+    let updated = match super::transition::apply(
+        &mut conn,
+        row,
+        &guard,
+        &patch,
+        store::Lease::Release,
+        Some(event),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
+            drop(conn);
+            let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
+            return Err(active_conflict(existing, caller));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    drop(conn);
+    match updated {
+        Some(r) => Ok(r),
+        None => {
+            let now = fetch(state, caller, row.id).await?;
+            Err(wrong_state(&now, command.action(), command.allowed_text()))
         }
     }
 }
@@ -385,9 +490,7 @@ pub async fn resend(
     method: Option<OtpMethod>,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if !row.state().accepts_otp_resend() {
-        return Err(wrong_state(&row, "resend a code for", "awaiting_otp"));
-    }
+    let plan = plan_for(&row, Command::Resend)?;
     if let Some(at) = row.otp_resend_available_at {
         let wait = (at - Utc::now()).num_milliseconds();
         if wait > 0 {
@@ -402,34 +505,20 @@ pub async fn resend(
         }
     }
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
-    let patch = store::Patch {
-        state: Some(MigrationState::RequestingOtp),
-        otp_method: Some(method.as_str().into()),
-        // The new code must really be requested.
-        memo: MemoEdits::default().remove(MemoKey::RequestCode),
-        error: Some(None),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::AwaitingOtp]),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        "awaiting_otp",
-        MigrationState::RequestingOtp,
-        json!({ "otp": "resend_requested", "method": method }),
-    );
-    ApiTransition {
-        action: "resend a code for",
-        allowed: "awaiting_otp",
-        guard,
+    let mut patch = plan_patch(state, &plan);
+    patch.otp_method = Some(method.as_str().into());
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "otp": "resend_requested", "method": method });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::Resend,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -440,37 +529,29 @@ pub async fn cancel(
     id: Uuid,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let active: Vec<MigrationState> = MigrationState::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .collect();
-    if row.state().is_terminal() {
-        return Err(wrong_state(&row, "cancel", "any non-terminal state"));
+    let plan = plan_for(&row, Command::Cancel)?;
+    if row.completed_at.is_some() {
+        // Completed once: this is a key rotation (`generating_api_key` again), and the number
+        // stays migrated whatever happens to the new key.
+        return Err(ApiError::conflict(
+            "invalid_state",
+            "This migration completed and is rotating its API key; a rotation cannot be cancelled. It completes again with the new key.",
+        )
+        .with_extra(json!({ "state": row.state })));
     }
-    let patch = store::Patch {
-        state: Some(MigrationState::Cancelled),
-        otp_code_enc: Some(None),
-        completed_now: false,
-        ..Default::default()
-    };
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(active),
-        ..Default::default()
-    };
-    let event = NewEvent::transition(
-        row.state.clone(),
-        MigrationState::Cancelled,
-        json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } }),
-    );
-    ApiTransition {
-        action: "cancel",
-        allowed: "any non-terminal state",
-        guard,
+    let patch = plan_patch(state, &plan);
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } });
+    apply_plan(
+        state,
+        caller,
+        &row,
+        Command::Cancel,
+        &plan,
         patch,
-        event,
-    }
-    .apply(state, caller, &row)
+        guard,
+        data,
+    )
     .await
 }
 
@@ -481,47 +562,264 @@ pub async fn retry(
     id: Uuid,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if row.state() != MigrationState::Failed {
-        return Err(wrong_state(&row, "retry", "failed"));
-    }
     let failed_step = row
         .failed_step
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
-    let target = retry_target(failed_step);
-    // A retry that requests a code must really request one; polls start over.
-    let mut memo = MemoEdits::default().remove(MemoKey::ChannelPolls);
-    if target == MigrationState::RequestingOtp {
-        memo = memo.remove(MemoKey::RequestCode);
+    let command = Command::Retry { failed_step };
+    let plan = plan_for(&row, command)?;
+    let patch = plan_patch(state, &plan);
+    let guard = plan_guard(caller, &plan);
+    let data = json!({ "retry_of": failed_step });
+    apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
+}
+
+/// How long `create` waits for 360dialog to say whether a completed migration's key still works
+/// (no answer: the create is refused, the key is kept).
+const CREATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A completed migration holding a 360dialog key for a number (or its channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+}
+
+impl KeyHolder {
+    fn of(row: &store::MigrationRow) -> Self {
+        Self {
+            id: row.id,
+            partner_id: row.partner_id,
+        }
     }
-    let mut patch = store::Patch {
-        state: Some(target),
-        attempt: Some(0),
-        run_at: Some(store::RunAt::Now),
-        error: Some(None),
-        failed_step: Some(None),
-        memo,
-        ..Default::default()
-    };
-    if target == MigrationState::RequestingOtp {
-        patch.otp_attempts_left = Some(state.otp.max_attempts);
-        patch.otp_expires_at = Some(None);
-        patch.otp_code_enc = Some(None);
+}
+
+/// What [`live_key_holder`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveKey {
+    /// No completed migration holds a key 360dialog still accepts: a new key revokes nothing
+    /// anyone holds.
+    None,
+    /// This migration's key still works (`GET /health_status` answered 200).
+    Live(KeyHolder),
+    /// Not established (360dialog did not answer, or the stored key cannot be opened): treated
+    /// as live by the callers, so a key is never revoked on a guess.
+    Unknown(KeyHolder),
+}
+
+/// **One live key per number.** Generating a channel key revokes every earlier key of that
+/// channel, so before a number is migrated again (create) or a key is generated (the
+/// `generating_api_key` step, a rotation), the completed migrations of the number or channel
+/// (other than `except`) whose key is not known to be superseded are asked about: the key is
+/// live if 360dialog's Messaging API accepts it (`GET /health_status` → 200). A key 360dialog
+/// rejects (401: another key was generated since, or the number left 360dialog) is marked
+/// `superseded` on its migration, with a `migration.api_key_superseded` event, and no longer
+/// counts. No transaction is held during the calls; `timeout` bounds each one.
+pub async fn live_key_holder(
+    pool: &PgPool,
+    cipher: &Cipher,
+    d360: &dyn D360Api,
+    phone_number: &str,
+    channel_id: Option<&str>,
+    except: Option<Uuid>,
+    timeout: Option<Duration>,
+) -> Result<LiveKey, db::Error> {
+    for row in store::live_key_holders(pool, phone_number, channel_id, except).await? {
+        let holder = KeyHolder::of(&row);
+        let Some(key) = row
+            .api_key_enc
+            .as_ref()
+            .and_then(|enc| cipher.open(enc, &aad::api_key(row.id)).ok())
+        else {
+            tracing::warn!(migration.id = %row.id, "a completed migration's key cannot be decrypted; treating it as live");
+            return Ok(LiveKey::Unknown(holder));
+        };
+        let asked = d360.health_status(&key);
+        let answer = match timeout {
+            Some(t) => tokio::time::timeout(t, asked).await.ok(),
+            None => Some(asked.await),
+        };
+        match answer {
+            Some(Ok(_)) => return Ok(LiveKey::Live(holder)),
+            Some(Err(e)) if e.upstream().is_some_and(|u| u.http_status == Some(401)) => {
+                supersede_rejected_key(pool, &row).await?;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(migration.id = %row.id, error = %e, "could not check whether a completed migration's key still works");
+                return Ok(LiveKey::Unknown(holder));
+            }
+            None => {
+                tracing::warn!(migration.id = %row.id, "360dialog did not answer in time whether a completed migration's key still works");
+                return Ok(LiveKey::Unknown(holder));
+            }
+        }
     }
-    let guard = store::Guard {
-        partner_id: caller.scope(),
-        states: Some(vec![MigrationState::Failed]),
-        ..Default::default()
+    Ok(LiveKey::None)
+}
+
+/// Marks the key of the completed migration `row` superseded: 360dialog rejected it.
+async fn supersede_rejected_key(pool: &PgPool, row: &store::MigrationRow) -> Result<(), db::Error> {
+    let mut conn = pool.acquire().await?;
+    let updated = super::transition::apply(
+        &mut conn,
+        row,
+        &store::Guard {
+            states: Some(vec![MigrationState::Completed]),
+            api_key_id: row.api_key_id.clone(),
+            api_key_live: true,
+            ..Default::default()
+        },
+        &store::Patch {
+            api_key_superseded_at: Some(Some(Utc::now())),
+            ..Default::default()
+        },
+        store::Lease::Keep,
+        Some(NewEvent {
+            kind: EventType::ApiKeySuperseded,
+            from_state: None,
+            to_state: None,
+            data: json!({ "api_key_id": row.api_key_id, "reason": "rejected_by_360dialog" }),
+        }),
+    )
+    .await?;
+    if updated.is_some() {
+        tracing::info!(migration.id = %row.id, "360dialog rejects this completed migration's key: marked superseded");
+    }
+    Ok(())
+}
+
+/// 409 `number_already_migrated`, naming the migration that holds the live key when the caller
+/// may see it. `confirmed`: 360dialog said the key works (else it could not be asked).
+pub fn already_migrated(holder: &KeyHolder, caller: Caller, confirmed: bool) -> ApiError {
+    let visible = caller.scope().is_none_or(|p| p == holder.partner_id);
+    let id = holder.id;
+    let which = if visible {
+        format!("This phone number was already migrated (migration {id})")
+    } else {
+        "This phone number was already migrated".to_owned()
     };
-    let event = NewEvent::transition("failed", target, json!({ "retry_of": failed_step }));
-    ApiTransition {
-        action: "retry",
-        allowed: "failed",
-        guard,
+    let status = if confirmed {
+        "360dialog still accepts the API key that migration holds, and migrating the number again would revoke it"
+    } else {
+        "360dialog could not be asked whether the API key that migration holds still works, so it is kept; try again later if the number left 360dialog"
+    };
+    let next = if visible {
+        format!(
+            " Use its key (GET /v1/migrations/{id}/api_key) or replace it with POST /v1/migrations/{id}/api_key/rotate."
+        )
+    } else {
+        String::new()
+    };
+    let mut e = ApiError::conflict(
+        "number_already_migrated",
+        format!("{which}: {status}.{next}"),
+    );
+    if visible {
+        e = e.with_extra(json!({ "migration_id": id }));
+    }
+    e
+}
+
+/// Records a rotation: the migration goes back to `generating_api_key` with its key
+/// superseded; the worker generates the new key through the guarded key step.
+async fn request_rotation(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    let plan = plan_for(&row, Command::RotateApiKey)?;
+    // Another completed migration of the number or channel whose key still works (this one's
+    // was superseded): a new key would revoke it.
+    match live_key_holder(
+        &state.pool,
+        &state.cipher,
+        state.d360.as_ref(),
+        &row.phone_number,
+        row.channel_id.as_deref(),
+        Some(row.id),
+        Some(CREATE_CHECK_TIMEOUT),
+    )
+    .await?
+    {
+        LiveKey::None => {}
+        LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
+        LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
+    }
+    let mut patch = plan_patch(state, &plan);
+    patch.api_key_superseded_at = Some(Some(Utc::now()));
+    patch.api_key_verified_at = Some(None);
+    let mut guard = plan_guard(caller, &plan);
+    // The key this request supersedes is still the one held.
+    guard.api_key_id = row.api_key_id.clone();
+    let data = json!({
+        "api_key": "rotation_requested",
+        "by": if caller == Caller::Admin { "admin" } else { "partner" },
+        "superseded_api_key_id": row.api_key_id,
+    });
+    let updated = apply_plan(
+        state,
+        caller,
+        &row,
+        Command::RotateApiKey,
+        &plan,
         patch,
-        event,
+        guard,
+        data,
+    )
+    .await?;
+    tracing::info!(migration.id = %id, "API key rotation requested");
+    Ok(updated)
+}
+
+/// How a rotation ended for its caller.
+pub enum Rotation {
+    /// The new key, generated and verified.
+    Done(RevealedKey),
+    /// Not finished within the wait: the migration as it is now (the key is fetched with
+    /// `GET …/api_key` once it is completed again).
+    Pending(Box<store::MigrationRow>),
+}
+
+/// Replaces the key of a completed migration (`POST …/api_key/rotate`) and waits up to `wait`
+/// for the worker to generate and verify it. The new key is generated exactly once, by the
+/// worker's key step (its intent recorded before the call), whoever waits for it.
+pub async fn rotate_api_key(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    wait: std::time::Duration,
+) -> Result<Rotation, ApiError> {
+    let requested = request_rotation(state, caller, id).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut row = requested;
+    loop {
+        match row.state() {
+            MigrationState::Completed => {
+                return Ok(Rotation::Done(reveal_api_key(state, caller, id).await?));
+            }
+            MigrationState::Failed | MigrationState::Cancelled => {
+                let error: Option<crate::domain::MigrationError> = row
+                    .error
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                let (code, detail) = match &error {
+                    Some(e) => (e.code.as_str(), e.message.clone()),
+                    None => (
+                        "invalid_state",
+                        format!("The rotation ended in `{}`.", row.state),
+                    ),
+                };
+                return Err(ApiError::conflict(code, detail)
+                    .with_extra(json!({ "state": row.state, "error": error })));
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Ok(Rotation::Pending(Box::new(row)));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        row = fetch(state, caller, id).await?;
     }
-    .apply(state, caller, &row)
-    .await
 }

@@ -16,8 +16,10 @@ use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::Cipher;
 
 pub mod migrations;
+pub mod partners;
 pub mod rate_limit;
 pub mod settings;
+pub mod ssrf;
 pub mod transition;
 
 use rate_limit::RateLimiter;
@@ -79,6 +81,8 @@ pub struct AppState {
     /// SHA-256 of `ADMIN_API_KEY`, if set.
     pub admin_key_hash: Option<Vec<u8>>,
     pub meta: Arc<dyn MetaApi>,
+    /// The 360dialog APIs: whether a completed migration's key still works (create, rotate).
+    pub d360: Arc<dyn D360Api>,
     pub otp: OtpPolicy,
     /// Messaging API base, reported as a key's address when 360dialog gave none.
     pub d360_waba_url: String,

@@ -530,7 +530,12 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
                         button type="submit" #resend { "Resend code" }
                     }
                 }
-                @if !m.state.is_terminal() {
+                // A migration that completed once and is back in `generating_api_key` is
+                // rotating its key: that cannot be cancelled.
+                @if !m.state.is_terminal() && m.completed_at.is_some() {
+                    p.muted { "Rotating the API key: the migration completes again with the new key." }
+                }
+                @if !m.state.is_terminal() && m.completed_at.is_none() {
                     details {
                         summary { "Cancel this migration…" }
                         p { "Upstream changes already made (e.g. a registered number) are not undone." }

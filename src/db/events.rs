@@ -84,3 +84,45 @@ pub async fn list(
     .fetch_all(ex)
     .await?)
 }
+
+/// A page of a migration's events, oldest first: those after the sequence `after` (a page's
+/// cursor), at most `limit + 1` so the caller knows whether a next page exists. Reads the
+/// `(migration_id, seq)` unique index.
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id))]
+pub async fn page(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    after: Option<i32>,
+    limit: i64,
+) -> Result<Vec<EventRow>, super::Error> {
+    Ok(sqlx::query_as::<_, EventRow>(
+        "SELECT id, migration_id, seq, type, from_state, to_state, data, created_at
+         FROM migration_events WHERE migration_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(migration_id)
+    .bind(after.unwrap_or(i32::MIN))
+    .bind(limit + 1)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Whether the migration's current API key was handed out already: a
+/// `migration.api_key_retrieved` event after its latest `migration.api_key_generated` one.
+#[tracing::instrument(level = "debug", skip_all, fields(migration.id = %migration_id))]
+pub async fn api_key_revealed(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<bool, super::Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM migration_events r
+              WHERE r.migration_id = $1 AND r.type = $2
+                AND NOT EXISTS (SELECT 1 FROM migration_events g
+                                 WHERE g.migration_id = $1 AND g.type = $3 AND g.seq > r.seq))",
+    )
+    .bind(migration_id)
+    .bind(EventType::ApiKeyRetrieved.as_str())
+    .bind(EventType::ApiKeyGenerated.as_str())
+    .fetch_one(ex)
+    .await?)
+}

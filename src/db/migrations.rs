@@ -50,6 +50,9 @@ pub struct MigrationRow {
     pub api_key_address: Option<String>,
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<DateTime<Utc>>,
+    /// When the key held here stopped being the channel's key (a rotation, or 360dialog
+    /// rejected it): `api_key.status` `superseded`.
+    pub api_key_superseded_at: Option<DateTime<Utc>>,
     pub step_memo: Value,
     #[sqlx(default)]
     pub summary: Option<Value>,
@@ -90,7 +93,8 @@ macro_rules! lean_columns {
         destination_waba_id, meta_business_id, phone_number_id, channel_id, d360_client_id, \
         otp_method, otp_language, otp_requested_at, otp_resend_available_at, otp_attempts_left, \
         otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
-        api_key_address, api_key_generated_at, api_key_verified_at, step_memo, error, \
+        api_key_address, api_key_generated_at, api_key_verified_at, api_key_superseded_at, \
+        step_memo, error, \
         failed_step, metadata, callback_url, run_at, attempt, lease_token, lease_owner, \
         lease_expires_at, state_entered_at, version, created_at, updated_at, completed_at"
     };
@@ -201,6 +205,36 @@ pub async fn active_for_number(
     )
     .bind(phone_number)
     .fetch_optional(ex)
+    .await?)
+}
+
+/// The completed migrations other than `except` that hold a key not known to be superseded, for
+/// the number `phone_number` or (when given) the channel `channel_id`: the migrations whose live
+/// key a new key for that channel would revoke. Newest first; normally none or one.
+pub async fn live_key_holders(
+    ex: impl PgExecutor<'_>,
+    phone_number: &str,
+    channel_id: Option<&str>,
+    except: Option<Uuid>,
+) -> Result<Vec<MigrationRow>, Error> {
+    // Two index lookups (`migrations_phone_number`, `migrations_live_key_channel`), not an OR.
+    Ok(sqlx::query_as::<_, MigrationRow>(&format!(
+        "SELECT {COLUMNS} FROM migrations
+          WHERE id IN (
+                SELECT id FROM migrations WHERE phone_number = $1
+                   AND state = 'completed' AND api_key_enc IS NOT NULL
+                   AND api_key_superseded_at IS NULL
+                UNION
+                SELECT id FROM migrations WHERE channel_id = $2
+                   AND state = 'completed' AND api_key_enc IS NOT NULL
+                   AND api_key_superseded_at IS NULL)
+            AND ($3::uuid IS NULL OR id <> $3)
+          ORDER BY id DESC"
+    ))
+    .bind(phone_number)
+    .bind(channel_id)
+    .bind(except)
+    .fetch_all(ex)
     .await?)
 }
 
@@ -370,7 +404,8 @@ pub struct Patch {
     pub api_key_id: Option<Option<String>>,
     pub api_key_address: Option<Option<String>>,
     pub api_key_generated_at: Option<DateTime<Utc>>,
-    pub api_key_verified_at: Option<DateTime<Utc>>,
+    pub api_key_verified_at: Option<Option<DateTime<Utc>>>,
+    pub api_key_superseded_at: Option<Option<DateTime<Utc>>>,
     /// Replaces the whole memo. Only for a writer holding the lease (nobody else writes the
     /// memo meanwhile); everyone else edits it by key with [`Patch::memo`].
     pub step_memo: Option<Value>,
@@ -408,6 +443,7 @@ macro_rules! patch_fields {
             api_key_address,
             api_key_generated_at,
             api_key_verified_at,
+            api_key_superseded_at,
             summary,
             error,
             failed_step,
@@ -467,6 +503,10 @@ pub struct Guard {
     pub states: Option<Vec<MigrationState>>,
     /// The OTP must not have expired.
     pub otp_unexpired: bool,
+    /// The row must still hold the 360dialog key with this id.
+    pub api_key_id: Option<String>,
+    /// The key the row holds must not be superseded.
+    pub api_key_live: bool,
 }
 
 /// Applies `patch` to `row` if `guard` holds; appends `event` (with the bumped version as its
@@ -656,6 +696,12 @@ async fn update_once(
     if guard.otp_unexpired {
         q.push(" AND otp_expires_at > now()");
     }
+    if let Some(key_id) = &guard.api_key_id {
+        q.push(" AND api_key_id = ").push_bind(key_id.clone());
+    }
+    if guard.api_key_live {
+        q.push(" AND api_key_superseded_at IS NULL");
+    }
     let delivered = event.is_some_and(NewEvent::is_delivered);
     if delivered && render_webhook.is_none() {
         // No body rendered: only correct while nobody can receive it.
@@ -721,6 +767,16 @@ async fn update_once(
         u.summary = patch.summary.clone().or_else(|| row.summary.clone());
         u
     }))
+}
+
+/// Locks the migration's row until the caller's transaction ends, so that writers that check
+/// something before writing (e.g. the first reveal of an API key) take turns.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
+    sqlx::query("SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Gives a lease back and makes the row due now (graceful shutdown).

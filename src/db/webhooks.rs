@@ -204,6 +204,43 @@ pub async fn attempts_for_migration(
     .await?)
 }
 
+/// A page of a migration's deliveries, in event order: those after the sequence `after` (a
+/// page's cursor), at most `limit + 1` so the caller knows whether a next page exists. Reads the
+/// `(migration_id, sequence)` unique index.
+pub async fn page_for_migration(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    after: Option<i32>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+          WHERE migration_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+    ))
+    .bind(migration_id)
+    .bind(after.unwrap_or(i32::MIN))
+    .bind(limit + 1)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Every attempt of the deliveries `ids`, each delivery's oldest first.
+pub async fn attempts_for_deliveries(
+    ex: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<AttemptRow>, Error> {
+    Ok(sqlx::query_as::<_, AttemptRow>(
+        "SELECT delivery_id, attempt, url, started_at, status_code, latency_ms, outcome, error,
+                next_attempt_at
+           FROM webhook_delivery_attempts
+          WHERE delivery_id = ANY($1)
+          ORDER BY delivery_id, attempt",
+    )
+    .bind(ids)
+    .fetch_all(ex)
+    .await?)
+}
+
 /// One delivery, optionally scoped to a tenant (another tenant's id is "not found").
 pub async fn get(
     ex: impl PgExecutor<'_>,

@@ -51,6 +51,7 @@ pub enum ErrorCode {
     ChannelTimeout,
     ApiKeyPermissionMissing,
     ApiKeyRejected,
+    NumberAlreadyMigrated,
     UpstreamAuth,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -59,7 +60,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         Self::TwoFactorEnabled,
         Self::AddDirectlyNotMigration,
         Self::DisplayNameNotApproved,
@@ -84,6 +85,7 @@ impl ErrorCode {
         Self::ChannelTimeout,
         Self::ApiKeyPermissionMissing,
         Self::ApiKeyRejected,
+        Self::NumberAlreadyMigrated,
         Self::UpstreamAuth,
         Self::UpstreamRejected,
         Self::UpstreamUnavailable,
@@ -118,6 +120,7 @@ impl ErrorCode {
             Self::ChannelTimeout => "channel_timeout",
             Self::ApiKeyPermissionMissing => "api_key_permission_missing",
             Self::ApiKeyRejected => "api_key_rejected",
+            Self::NumberAlreadyMigrated => "number_already_migrated",
             Self::UpstreamAuth => "upstream_auth",
             Self::UpstreamRejected => "upstream_rejected",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -271,6 +274,12 @@ impl ErrorCode {
             Self::ApiKeyRejected => (
                 "The generated 360dialog API key is no longer accepted (another key was generated since).",
                 "Generate a new key in the Partner Hub if it was not you; contact support if this persists.",
+                Partner,
+                false,
+            ),
+            Self::NumberAlreadyMigrated => (
+                "The number was already migrated: another completed migration holds the channel's 360dialog API key, and 360dialog still accepts it.",
+                "Nothing to migrate: use that migration's key (GET /v1/migrations/{id}/api_key) or replace it with POST /v1/migrations/{id}/api_key/rotate. If the number really left 360dialog, retry once its old key no longer works.",
                 Partner,
                 false,
             ),

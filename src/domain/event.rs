@@ -33,11 +33,13 @@ pub enum EventType {
     ApiKeyGenerated,
     /// `migration.api_key_retrieved`
     ApiKeyRetrieved,
+    /// `migration.api_key_superseded`
+    ApiKeySuperseded,
 }
 
 impl EventType {
     /// Every type the service writes.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         Self::Created,
         Self::StateChanged,
         Self::AwaitingOtp,
@@ -47,6 +49,7 @@ impl EventType {
         Self::StepRetryScheduled,
         Self::ApiKeyGenerated,
         Self::ApiKeyRetrieved,
+        Self::ApiKeySuperseded,
     ];
 
     /// The type of the transition into `to`, for its audit event and its webhook alike: the
@@ -94,6 +97,7 @@ impl EventType {
             Self::StepRetryScheduled => "migration.step_retry_scheduled",
             Self::ApiKeyGenerated => "migration.api_key_generated",
             Self::ApiKeyRetrieved => "migration.api_key_retrieved",
+            Self::ApiKeySuperseded => "migration.api_key_superseded",
         }
     }
 
@@ -108,8 +112,9 @@ impl EventType {
                 "a transition into any state without a type of its own (`prechecking`, \
                  `initiating`, `requesting_otp`, `verifying_otp`, `registering`, \
                  `copying_templates`, `awaiting_channel`, `generating_api_key`, or back to one \
-                 of them by `retry` or a code resend); `data` says why when an action caused it \
-                 (`otp`, `retry_of`)."
+                 of them by `retry` or a code resend, or from `completed` back to \
+                 `generating_api_key` by a key rotation); `data` says why when an action caused \
+                 it (`otp`, `retry_of`, `api_key`: `rotation_requested`)."
             }
             Self::AwaitingOtp => {
                 "a transition into `awaiting_otp`: a code was requested, or a submitted code \
@@ -126,12 +131,21 @@ impl EventType {
             }
             Self::ApiKeyGenerated => {
                 "the channel's 360dialog API key was generated and stored \
-                 (`data.api_key_id`), in `generating_api_key`; the state does not change. \
-                 No webhook."
+                 (`data.api_key_id`), in `generating_api_key`; after a rotation \
+                 `data.replaces_api_key_id` names the key it supersedes. The state does not \
+                 change. No webhook."
             }
             Self::ApiKeyRetrieved => {
-                "the API key was fetched with `GET /v1/migrations/{id}/api_key` (`data.by`: \
-                 `partner` or `admin`); no state. No webhook."
+                "the API key was handed out for the first time by \
+                 `GET /v1/migrations/{id}/api_key` (`data.by`: `partner` or `admin`); later \
+                 fetches of the same key record nothing. No state. No webhook."
+            }
+            Self::ApiKeySuperseded => {
+                "360dialog no longer accepts the key this completed migration holds \
+                 (`data.api_key_id`; `data.reason` `rejected_by_360dialog`): a newer key was \
+                 generated for the channel elsewhere, or the number left 360dialog. Found when \
+                 another migration of the number checked the key before migrating it again; \
+                 `api_key.status` is now `superseded`. No state. No webhook."
             }
         }
     }

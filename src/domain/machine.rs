@@ -153,15 +153,22 @@ pub fn successor(state: MigrationState, flow: Flow) -> MigrationState {
     }
 }
 
-/// Where `retry` resumes a migration that failed in `step`. A code cannot be verified again
-/// once it expired or was rejected, so OTP failures resume by requesting a new code.
-pub fn retry_target(step: MigrationState) -> MigrationState {
+pub use super::commands::retry_target;
+
+/// The worker's edges besides [`successor`]: a step may skip ahead when upstream state shows
+/// later steps are already done, and the voice fallback goes back to request a new code.
+/// Anything else a step asks for is refused by [`decide`].
+pub fn skip_allowed(from: MigrationState, to: MigrationState, flow: Flow) -> bool {
     use MigrationState::*;
-    match step {
-        Queued => Prechecking,
-        AwaitingOtp | VerifyingOtp => RequestingOtp,
-        s => s,
-    }
+    matches!(
+        (from, to, flow),
+        // The precheck found the number already in the destination.
+        (Prechecking, RequestingOtp | Registering | CopyingTemplates, Flow::Otp)
+            // Meta says the number is already verified (136024, or `code_verification_status`).
+            | (RequestingOtp, Registering, _)
+            // No code by SMS in time: call the client instead.
+            | (AwaitingOtp, RequestingOtp, _)
+    )
 }
 
 /// Decide what happens after a step ran. Pure: `jitter` is the only randomness, passed in.
@@ -172,9 +179,21 @@ pub fn decide(
     jitter: f64,
 ) -> Decision {
     match outcome {
-        StepOutcome::Done { skip_to } => Decision::Advance {
-            to: skip_to.unwrap_or_else(|| successor(ctx.state, ctx.flow)),
+        StepOutcome::Done { skip_to: None } => Decision::Advance {
+            to: successor(ctx.state, ctx.flow),
         },
+        StepOutcome::Done { skip_to: Some(to) } => {
+            if to == successor(ctx.state, ctx.flow) || skip_allowed(ctx.state, to, ctx.flow) {
+                Decision::Advance { to }
+            } else {
+                let mut error = MigrationError::new(ErrorCode::InternalError, ctx.state);
+                error.message = format!(
+                    "The {} step asked to go to {to}, which the state machine does not allow.",
+                    ctx.state
+                );
+                Decision::Fail(error)
+            }
+        }
         StepOutcome::NotYet { after, waiting_for } => {
             if ctx.state == MigrationState::AwaitingChannel && ctx.waited >= policy.channel_timeout
             {
@@ -522,5 +541,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn skips_follow_the_table_and_nothing_else() {
+        let mut allowed = 0;
+        for flow in [Flow::Otp, Flow::EmbeddedSignup] {
+            for from in MigrationState::ALL {
+                for to in MigrationState::ALL {
+                    let d = decide(
+                        StepContext {
+                            flow,
+                            ..ctx(from, 1)
+                        },
+                        StepOutcome::Done { skip_to: Some(to) },
+                        &RetryPolicy::default(),
+                        0.5,
+                    );
+                    let expected = to == successor(from, flow) || skip_allowed(from, to, flow);
+                    match d {
+                        Decision::Advance { to: got } => {
+                            assert!(expected, "{from} -> {to} ({flow:?})");
+                            assert_eq!(got, to);
+                            allowed += usize::from(to != successor(from, flow));
+                        }
+                        Decision::Fail(e) => {
+                            assert!(!expected, "{from} -> {to} ({flow:?})");
+                            assert_eq!(e.code, ErrorCode::InternalError);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+        // Prechecking has 3 skips in the OTP flow; the other two hold in both flows.
+        assert_eq!(allowed, 3 + 2 * 2);
+        // Never backwards past the code, never out of a terminal state.
+        assert!(!skip_allowed(Registering, RequestingOtp, Flow::Otp));
+        assert!(!skip_allowed(Failed, Completed, Flow::Otp));
     }
 }

@@ -1,6 +1,7 @@
 //! The migration domain: states, the pure transition rules, error codes and validated values.
 //! Nothing here does I/O or knows about HTTP, SQL or upstream clients.
 
+pub mod commands;
 pub mod error;
 pub mod event;
 pub mod machine;

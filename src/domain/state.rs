@@ -39,6 +39,18 @@ impl MigrationState {
         Self::Cancelled,
     ];
 
+    /// Every state a migration can still leave by itself or by a command: all but the
+    /// terminal ones.
+    pub const ACTIVE: [MigrationState; 10] = {
+        let mut out = [Self::Queued; 10];
+        let mut i = 0;
+        while i < 10 {
+            out[i] = Self::ALL[i];
+            i += 1;
+        }
+        out
+    };
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

@@ -12,6 +12,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -376,6 +378,65 @@ pub fn parse_limit(s: &str) -> Result<i64, String> {
         .ok()
         .filter(|n| (1..=100).contains(n))
         .ok_or_else(|| "expected an integer from 1 to 100, such as 50".to_owned())
+}
+
+/// A page's `next_cursor`: the key of its last item, opaque (base64url, no padding).
+pub fn encode_cursor(key: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+/// A `cursor` parameter: the key [`encode_cursor`] wrote, read back by `key` (`None` for bytes
+/// that are not such a key, e.g. another list's cursor).
+pub fn parse_cursor<T>(s: &str, key: impl FnOnce(&[u8]) -> Option<T>) -> Result<T, String> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| key(&b))
+        .ok_or_else(|| "expected the next_cursor of a previous page, unchanged".to_owned())
+}
+
+/// `limit` and `cursor` of a list ordered by a migration's event sequence (its audit trail, its
+/// webhook deliveries): oldest first, keyset-paged on the sequence.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SequencePage {
+    /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9_-]{5}[AQgw]$")]
+    pub cursor: Option<i32>,
+}
+
+impl SequencePage {
+    /// The page size when `limit` is not given.
+    pub const DEFAULT_LIMIT: i64 = 50;
+
+    pub fn limit(&self) -> i64 {
+        self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
+
+    /// Cuts `rows` (fetched with `limit + 1`) to the page; the cursor after its last row when
+    /// more follow.
+    pub fn finish<R>(&self, rows: &mut Vec<R>, sequence: impl Fn(&R) -> i32) -> Option<String> {
+        let limit = self.limit() as usize;
+        if rows.len() <= limit {
+            return None;
+        }
+        rows.truncate(limit);
+        rows.last()
+            .map(|r| encode_cursor(&sequence(r).to_be_bytes()))
+    }
+}
+
+impl FromQuery for SequencePage {
+    fn read(q: &mut QueryParams) -> Option<Self> {
+        let limit = q.get("limit", parse_limit);
+        let cursor = q.get("cursor", |s| {
+            parse_cursor(s, |b| <[u8; 4]>::try_from(b).ok().map(i32::from_be_bytes))
+        });
+        Some(Self { limit, cursor })
+    }
 }
 
 /// UUID path segments; anything else is a 404 (it cannot name a resource) that says why.

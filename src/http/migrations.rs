@@ -3,8 +3,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -16,7 +14,7 @@ use uuid::Uuid;
 
 use super::extract::{
     AppJson, AppQuery, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody, QueryParams,
-    parse_limit,
+    SequencePage, encode_cursor, parse_cursor, parse_limit,
 };
 use super::problem::{ApiError, Problem};
 pub use crate::api::migration::*;
@@ -37,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_migration))
         .routes(routes!(retry_migration))
         .routes(routes!(get_api_key))
+        .routes(routes!(rotate_api_key))
         .routes(routes!(run_precheck))
 }
 
@@ -165,7 +164,7 @@ pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String
     if url.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    crate::webhooks::ssrf::check_url(url, allow_private)
+    crate::core::ssrf::check_url(url, allow_private)
         .map(|_| url.to_owned())
         .map_err(|e| e.to_string())
 }
@@ -273,7 +272,9 @@ impl JsonBody for NewMigrationRequest {
 /// Create a migration.
 ///
 /// Starts one durable job for the number. Honours `Idempotency-Key`: the same key with the same
-/// body returns the original response; with a different body, 422.
+/// body returns the original response; with a different body, 422. A number whose completed
+/// migration still holds the channel's live key is refused (`number_already_migrated`); its key
+/// is replaced only by `POST /v1/migrations/{id}/api_key/rotate`.
 #[utoipa::path(
     post, path = "/v1/migrations", tag = "migrations",
     request_body = CreateMigration,
@@ -284,7 +285,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
-        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -414,13 +415,7 @@ impl FromQuery for ListQuery {
         let created_after = q.get("created_after", parse_timestamp);
         let created_before = q.get("created_before", parse_timestamp);
         let limit = q.get("limit", parse_limit);
-        let cursor = q.get("cursor", |s| {
-            URL_SAFE_NO_PAD
-                .decode(s)
-                .ok()
-                .and_then(|b| Uuid::from_slice(&b).ok())
-                .ok_or_else(|| "expected the next_cursor of a previous page, unchanged".to_owned())
-        });
+        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
         let partner_id = q.get("partner_id", |s| {
             Uuid::parse_str(s)
                 .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
@@ -484,7 +479,7 @@ async fn list_migrations(
     let mut rows = store::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))
+        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
     } else {
         None
     };
@@ -533,21 +528,27 @@ pub struct Event {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventList {
     pub data: Vec<Event>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// A migration's audit trail, oldest first.
+///
+/// A page at a time: `limit` events (default 50, at most 100), then the next page from the
+/// `cursor` the previous one returned as `next_cursor` (null on the last page).
 ///
 /// Every transition is one event whose `type` is the `type` of the webhook sent for the same
 /// change: `migration.awaiting_otp`, `migration.completed`, `migration.failed` or
 /// `migration.cancelled` for those states, `migration.state_changed` for any other. Events that
 /// change no state (`migration.created`, `migration.step_retry_scheduled`,
-/// `migration.api_key_generated`, `migration.api_key_retrieved`) send no webhook. `EventType`
+/// `migration.api_key_generated`, `migration.api_key_retrieved`,
+/// `migration.api_key_superseded`) send no webhook. `EventType`
 /// lists every type.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/events", tag = "migrations",
-    params(("id" = Uuid, Path, description = "Migration id")),
+    params(("id" = Uuid, Path, description = "Migration id"), SequencePage),
     responses(
-        (status = 200, description = "Events", body = EventList),
+        (status = 200, description = "A page of events", body = EventList),
         (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -558,10 +559,13 @@ async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
+    AppQuery(page): AppQuery<SequencePage>,
 ) -> Result<axum::Json<EventList>, ApiError> {
     commands::fetch(&state, caller, id).await?;
-    let rows = db::events::list(&state.pool, id).await?;
+    let mut rows = db::events::page(&state.pool, id, page.cursor, page.limit()).await?;
+    let next_cursor = page.finish(&mut rows, |e| e.seq);
     Ok(axum::Json(EventList {
+        next_cursor,
         data: rows
             .into_iter()
             .map(|e| Event {
@@ -716,12 +720,15 @@ pub struct ApiKeyOut {
 }
 
 /// Fetch the channel's 360dialog API key (after `completed`).
+///
+/// The first fetch of a key is recorded in the audit trail (`migration.api_key_retrieved`);
+/// fetching it again is a pure read: no event, and the migration's `updated_at` stays.
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/api_key", tag = "migrations",
     params(("id" = Uuid, Path, description = "Migration id")),
     responses(
         (status = 200, description = "The key", body = ApiKeyOut),
-        (status = 409, description = "Not available yet (`api_key_not_ready`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not available yet (`api_key_not_ready`: not completed, or a rotation is generating the new key), or 360dialog no longer accepts the key this migration held (`api_key_superseded`)", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -733,6 +740,11 @@ async fn get_api_key(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let key = commands::reveal_api_key(&state, caller, id).await?;
+    Ok(key_response(key))
+}
+
+/// A key, never cached.
+fn key_response(key: commands::RevealedKey) -> Response {
     let body = ApiKeyOut {
         api_key: key.api_key.expose_secret().to_owned(),
         address: key.address,
@@ -741,8 +753,48 @@ async fn get_api_key(
     let mut res = axum::Json(body).into_response();
     res.headers_mut()
         .insert("cache-control", "no-store".parse().expect("static header"));
-    Ok(res)
+    res
 }
+
+/// Replace the channel's 360dialog API key of a completed migration.
+///
+/// Generating a key revokes every earlier key of the channel, so this is the only way this
+/// service replaces a key it delivered. The migration goes back to `generating_api_key` with
+/// `api_key.status` `superseded` (the key held is never reported `verified` again); the worker
+/// generates the new key once (its intent recorded before the call, the key stored the instant
+/// it arrives), verifies it and completes the migration again (a `migration.completed`
+/// webhook). The request waits for that, up to 25 s, and answers the new key. If 360dialog
+/// makes it wait longer (it allows one new key per channel per 30 s), the answer is 202 with
+/// the migration, and `GET /v1/migrations/{id}/api_key` answers the new key once it is
+/// completed again. Each accepted call generates one new key.
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/api_key/rotate", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "The new key (the old one is `superseded`)", body = ApiKeyOut,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 202, description = "Still generating after 25 s: the migration, `generating_api_key` with `api_key.status` `superseded`; fetch the key from `/api_key` once it is `completed`", body = Migration),
+        (status = 409, description = "Not completed (`invalid_state`, also while a rotation runs), another completed migration of the number holds the channel's live key (`number_already_migrated`, with `migration_id` when the caller may see it), another migration of the number is active (`migration_already_active`), or the rotation failed (the migration's error code, e.g. `api_key_permission_missing`; `retry` resumes it)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn rotate_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<Response, ApiError> {
+    match commands::rotate_api_key(&state, caller, id, ROTATE_WAIT).await? {
+        commands::Rotation::Done(key) => Ok(key_response(key)),
+        commands::Rotation::Pending(row) => {
+            Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&*row))).into_response())
+        }
+    }
+}
+
+/// How long `POST …/api_key/rotate` waits for the new key: inside the request timeout.
+const ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Body of `POST /v1/prechecks`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -821,5 +873,6 @@ mod tests {
         assert_body_matches_schema::<SubmitOtp, SubmitOtp>();
         assert_body_matches_schema::<ResendOtp, ResendOtp>();
         assert_query_matches_params::<ListQuery>();
+        assert_query_matches_params::<SequencePage>();
     }
 }

@@ -242,45 +242,25 @@ async fn create_partner(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
-/// Creates a partner and its first key in one transaction (also used for the sandbox's
-/// development partner).
+/// Creates a partner and its first key ([`crate::core::partners::create`]) and answers them.
 pub async fn create_partner_with_key(
     state: &AppState,
     body: &CreatePartner,
 ) -> Result<PartnerCreated, ApiError> {
-    let id = Uuid::now_v7();
-    let secret = crypto::generate_webhook_secret();
-    let row = store::PartnerRow {
-        id,
-        name: body.name.trim().to_owned(),
-        d360_partner_id: body.d360_partner_id.clone(),
-        d360_api_key_enc: state
-            .cipher
-            .seal(body.d360_api_key.trim(), &aad::partner_key(id)),
-        callback_url: body.callback_url.clone(),
-        webhook_secret_enc: state
-            .cipher
-            .seal(secret.expose_secret(), &aad::webhook_secret(id)),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
-    let (key, prefix) = crypto::generate_api_key();
-    let mut tx = state.pool.begin().await?;
-    let partner = store::insert(&mut *tx, &row).await?;
-    let key_row = store::insert_api_key(
-        &mut *tx,
-        Uuid::now_v7(),
-        id,
-        &prefix,
-        &crypto::hash_api_key(key.expose_secret()),
+    let created = crate::core::partners::create(
+        state,
+        crate::core::partners::NewPartner {
+            name: &body.name,
+            d360_partner_id: &body.d360_partner_id,
+            d360_api_key: &body.d360_api_key,
+            callback_url: body.callback_url.clone(),
+        },
     )
     .await?;
-    tx.commit().await?;
-    tracing::info!(partner.id = %id, key.prefix = %key_row.prefix, "partner created");
     Ok(PartnerCreated {
-        partner: Partner::from(&partner),
-        api_key: key.expose_secret().to_owned(),
-        webhook_secret: secret.expose_secret().to_owned(),
+        partner: Partner::from(&created.row),
+        api_key: created.api_key.expose_secret().to_owned(),
+        webhook_secret: created.webhook_secret.expose_secret().to_owned(),
     })
 }
 

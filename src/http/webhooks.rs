@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{Caller, IdPath};
+use super::extract::{AppQuery, Caller, IdPath, SequencePage};
 use super::problem::{ApiError, Problem};
 pub use crate::api::WebhookEvent;
 use crate::core::AppState;
@@ -71,6 +71,8 @@ pub struct WebhookDelivery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDeliveryList {
     pub data: Vec<WebhookDelivery>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 fn delivery(row: store::DeliveryRow, attempts: Vec<DeliveryAttempt>) -> WebhookDelivery {
@@ -105,11 +107,14 @@ fn attempt(a: store::AttemptRow) -> DeliveryAttempt {
 }
 
 /// A migration's webhooks, in event order, each with every delivery attempt.
+///
+/// A page at a time: `limit` deliveries (default 50, at most 100), then the next page from the
+/// `cursor` the previous one returned as `next_cursor` (null on the last page).
 #[utoipa::path(
     get, path = "/v1/migrations/{id}/webhook_deliveries", tag = "webhooks",
-    params(("id" = Uuid, Path, description = "Migration id")),
+    params(("id" = Uuid, Path, description = "Migration id"), SequencePage),
     responses(
-        (status = 200, description = "Deliveries with their attempts", body = WebhookDeliveryList),
+        (status = 200, description = "A page of deliveries with their attempts", body = WebhookDeliveryList),
         (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -120,10 +125,13 @@ async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
+    AppQuery(page): AppQuery<SequencePage>,
 ) -> Result<axum::Json<WebhookDeliveryList>, ApiError> {
     crate::core::migrations::fetch(&state, caller, id).await?;
-    let rows = store::list_for_migration(&state.pool, id).await?;
-    let mut attempts = store::attempts_for_migration(&state.pool, id).await?;
+    let mut rows = store::page_for_migration(&state.pool, id, page.cursor, page.limit()).await?;
+    let next_cursor = page.finish(&mut rows, |r| r.sequence);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut attempts = store::attempts_for_deliveries(&state.pool, &ids).await?;
     let data = rows
         .into_iter()
         .map(|row| {
@@ -133,7 +141,7 @@ async fn list_deliveries(
             delivery(row, mine.into_iter().map(attempt).collect())
         })
         .collect();
-    Ok(axum::Json(WebhookDeliveryList { data }))
+    Ok(axum::Json(WebhookDeliveryList { data, next_cursor }))
 }
 
 /// Send a webhook again now, with a fresh retry schedule and the same `webhook-id`.

@@ -18,7 +18,7 @@
 
 pub mod dispatcher;
 pub mod signing;
-pub mod ssrf;
+pub use crate::core::ssrf;
 
 pub use crate::core::settings::{Clock, DEFAULT_SCHEDULE, ManualClock, SystemClock, WebhookConfig};
 pub use dispatcher::Dispatcher;

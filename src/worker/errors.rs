@@ -121,7 +121,7 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
                 .with_upstream(Some(upstream)),
         };
     }
-    let retryable = err.is_retryable() || matches!(err, clients::Error::Decode { .. });
+    let retryable = err.is_retryable();
     if retryable && code.is_none_or(|c| c == ErrorCode::UpstreamUnavailable) {
         return StepOutcome::Transient {
             error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)

@@ -409,7 +409,8 @@ impl Worker {
                 patch.state = Some(to);
                 patch.attempt = Some(i32::from(cont));
                 patch.error = Some(None);
-                if to == MigrationState::Completed {
+                // A key rotation completes a migration again: it keeps its first `completed_at`.
+                if to == MigrationState::Completed && row.completed_at.is_none() {
                     patch.completed_now = true;
                 }
                 patch.run_at = Some(if to == MigrationState::AwaitingOtp {

@@ -9,7 +9,10 @@
 //!   intent); `VERIFIED` / `CONNECTED` means done.
 //! * `api_keys`: a key is persisted the moment it arrives, before anything else; an intent with
 //!   no stored key means the response was lost and nobody holds that key, so a new call only
-//!   revokes a key nobody has. A stored key is never replaced by this service.
+//!   revokes a key nobody has. A stored key is replaced only by an explicit rotation
+//!   (`POST …/api_key/rotate`, which marks it superseded first), and never a key another
+//!   completed migration of the number still holds and 360dialog still accepts: that is
+//!   checked before every call (`core::migrations::live_key_holder`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -23,6 +26,7 @@ use uuid::Uuid;
 use super::Deps;
 use super::errors::outcome;
 use crate::clients::{self, CodeMethod, PartnerCredentials, Template};
+use crate::core::migrations::{LiveKey, live_key_holder};
 use crate::crypto::aad;
 use crate::db::{self, migrations as store};
 use crate::domain::values::{E164, digits_only};
@@ -919,12 +923,57 @@ async fn generating_api_key(
         )));
     };
     let mut saved_row = None;
+    // A rotation marked the key held superseded: a new one is generated in its place.
+    let replaces = row
+        .api_key_superseded_at
+        .and(row.api_key_id.clone())
+        .filter(|_| row.api_key_enc.is_some());
     let key: SecretString = match &row.api_key_enc {
-        Some(enc) => deps
+        Some(enc) if row.api_key_superseded_at.is_none() => deps
             .cipher
             .open(enc, &aad::api_key(row.id))
             .map_err(|_| StepError::Corrupt("the stored API key cannot be decrypted"))?,
-        None => {
+        _ => {
+            // One live key per number: never revoke a key another completed migration of this
+            // number holds while 360dialog still accepts it.
+            match live_key_holder(
+                &deps.pool,
+                &deps.cipher,
+                deps.d360.as_ref(),
+                &row.phone_number,
+                Some(&channel_id),
+                Some(row.id),
+                None,
+            )
+            .await?
+            {
+                LiveKey::None => {}
+                LiveKey::Live(holder) => {
+                    let whose = if holder.partner_id == row.partner_id {
+                        format!("migration {}", holder.id)
+                    } else {
+                        "a migration of another partner".to_owned()
+                    };
+                    return Ok(StepResult::new(StepOutcome::Failed(
+                        MigrationError::new(ErrorCode::NumberAlreadyMigrated, state).with_message(
+                            format!(
+                                "The number was already migrated: {whose} completed and 360dialog still accepts its API key for channel {channel_id}. No key was generated, so that key keeps working."
+                            ),
+                        ),
+                    )));
+                }
+                LiveKey::Unknown(_) => {
+                    let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, state)
+                        .with_message(
+                            "Could not confirm with 360dialog that the API key of an earlier migration of this number no longer works; no key was generated.",
+                        );
+                    error.actor = crate::domain::Actor::None;
+                    return Ok(StepResult::new(StepOutcome::Transient {
+                        error,
+                        retry_after: None,
+                    }));
+                }
+            }
             let creds = partner_credentials(deps, row.partner_id).await?;
             if memo(row, "api_keys").is_some() {
                 info!(
@@ -963,6 +1012,8 @@ async fn generating_api_key(
                     api_key_id: Some(generated.id.clone()),
                     api_key_address: Some(generated.address.clone()),
                     api_key_generated_at: Some(Utc::now()),
+                    api_key_verified_at: Some(None),
+                    api_key_superseded_at: Some(None),
                     step_memo: Some(without(&memo_after, "api_keys")),
                     ..Default::default()
                 },
@@ -971,7 +1022,12 @@ async fn generating_api_key(
                     kind: EventType::ApiKeyGenerated,
                     from_state: Some(state.as_str().into()),
                     to_state: Some(state.as_str().into()),
-                    data: json!({ "api_key_id": generated.id }),
+                    data: match &replaces {
+                        Some(old) => {
+                            json!({ "api_key_id": generated.id, "replaces_api_key_id": old })
+                        }
+                        None => json!({ "api_key_id": generated.id }),
+                    },
                 }),
             )
             .await?;
@@ -987,7 +1043,7 @@ async fn generating_api_key(
             let summary = summary_with(row, "can_send_message", json!(h.can_send_message));
             StepResult::done()
                 .with(|p| {
-                    p.api_key_verified_at = Some(Utc::now());
+                    p.api_key_verified_at = Some(Some(Utc::now()));
                     p.summary = Some(summary);
                 })
                 .data(json!({ "can_send_message": h.can_send_message }))

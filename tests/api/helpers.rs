@@ -369,11 +369,25 @@ impl TestApp {
             .await
     }
 
+    /// The whole audit trail, oldest first (every page).
     pub async fn events(&self, id: &str) -> Vec<Value> {
-        let res = self.get(&format!("/v1/migrations/{id}/events")).await;
-        assert_eq!(res.status(), StatusCode::OK);
-        let body: Value = res.json().await.unwrap();
-        body["data"].as_array().unwrap().clone()
+        self.all_pages(&format!("/v1/migrations/{id}/events")).await
+    }
+
+    /// Every item of a paged list (`{data, next_cursor}`), following `next_cursor`.
+    pub async fn all_pages(&self, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut url = format!("{path}?limit=100");
+        loop {
+            let res = self.get(&url).await;
+            assert_eq!(res.status(), StatusCode::OK, "{url}");
+            let body: Value = res.json().await.unwrap();
+            items.extend(body["data"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(c) => url = format!("{path}?limit=100&cursor={c}"),
+                None => return items,
+            }
+        }
     }
 
     /// How many times the sandbox applied `endpoint` for `phone`.

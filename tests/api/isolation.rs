@@ -97,6 +97,8 @@ const ROUTES: &[Route] = &[
     route("GET", "/v1/migrations/{id}", Migration(Completed), None, 200),
     route("GET", "/v1/migrations/{id}/events", Migration(Completed), None, 200),
     route("GET", "/v1/migrations/{id}/api_key", Migration(Completed), None, 200),
+    // No worker runs here: the rotation answers 202 once its 25 s wait for the new key ends.
+    route("POST", "/v1/migrations/{id}/api_key/rotate", Migration(Completed), None, 202),
     route("POST", "/v1/migrations/{id}/otp", Migration(AwaitingOtp), Some(r#"{"code": "123456"}"#), 202),
     route("POST", "/v1/migrations/{id}/otp/resend", Migration(AwaitingOtp), Some(r#"{"method": "voice"}"#), 202),
     route("POST", "/v1/migrations/{id}/cancel", Migration(AwaitingOtp), None, 200),

@@ -1,6 +1,7 @@
 //! Integration tests: the real service over HTTP, a real PostgreSQL (one fresh database per
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
+mod api_key_reads;
 mod core_commands;
 mod crash;
 mod dashboard;
@@ -11,9 +12,11 @@ mod fuzz_findings;
 mod helpers;
 mod isolation;
 mod key_rotation;
+mod live_key;
 mod metrics;
 mod migrations;
 mod openapi;
+mod paging;
 mod partners;
 mod scenarios;
 mod secrets;

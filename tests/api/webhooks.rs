@@ -123,14 +123,8 @@ async fn create_with_callback(app: &TestApp, phone: &str, url: &str) -> String {
 }
 
 pub async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
-    let res = app
-        .get(&format!("/v1/migrations/{id}/webhook_deliveries"))
-        .await;
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json::<Value>().await.unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .clone()
+    app.all_pages(&format!("/v1/migrations/{id}/webhook_deliveries"))
+        .await
 }
 
 /// The transitions in the audit trail, as (sequence, to_state).
