@@ -149,7 +149,7 @@ say "starting waba-migrator serve on $base_url (sandbox mode; log: $server_log)"
   unset META_ACCESS_TOKEN
   export DATABASE_URL=$fuzz_url RUN_MIGRATIONS=true BIND_ADDR=127.0.0.1:$port \
     ADMIN_API_KEY=$admin_key ENCRYPTION_KEY=$encryption_key DATA_DIR=$report_dir/data \
-    RUST_LOG=${FUZZ_RUST_LOG:-info,sqlx=warn} SHUTDOWN_GRACE_SECONDS=2 \
+    RUST_LOG=${FUZZ_RUST_LOG:-info,sqlx=warn} UPSTREAM_TIMEOUT_SECONDS=5 SHUTDOWN_GRACE_SECONDS=6 \
     RATE_LIMIT_PER_SECOND=0
   # No rate limit: otherwise most generated requests would only meet the limiter (it has its
   # own test), not the operations under test.

@@ -171,7 +171,8 @@ pub struct UpstreamArgs {
         default_value = "https://waba-v2.360dialog.io"
     )]
     pub d360_waba_url: Url,
-    /// Timeout of one upstream HTTP request.
+    /// Timeout of one upstream HTTP request (at least 1; SHUTDOWN_GRACE_SECONDS must be at
+    /// least this + 1).
     #[arg(long, env = "UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30.0)]
     pub upstream_timeout_seconds: f64,
     /// Tell a standalone sandbox (at META_GRAPH_URL) about each new migration's number.
@@ -191,8 +192,9 @@ pub struct WorkerArgs {
     /// Polling fallback when no NOTIFY arrives.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
-    /// Time a stopping worker gives in-flight steps before releasing their leases.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20.0)]
+    /// Time a stopping worker gives in-flight steps before releasing their leases; at least
+    /// UPSTREAM_TIMEOUT_SECONDS + 1, so an upstream call in flight at SIGTERM ends within it.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 35.0)]
     pub shutdown_grace_seconds: f64,
     /// Attempts of one step before a transient upstream error fails the migration.
     #[arg(long, env = "MAX_STEP_ATTEMPTS", default_value_t = 10)]
@@ -281,7 +283,8 @@ pub struct SandboxFaultArgs {
     pub sandbox_fault_rate: f64,
     /// Sandbox: fault kinds drawn from (comma-separated: server_error, rate_limited, timeout,
     /// connection_reset, lost_response; also garbled_success, success_false: applied, then a
-    /// 200 that is not the upstream's JSON). Default: the first five.
+    /// 200 that is not the upstream's JSON; slow: held SANDBOX_HANG_MS, then applied).
+    /// Default: the first five.
     #[arg(long, env = "SANDBOX_FAULT_KINDS", value_delimiter = ',')]
     pub sandbox_fault_kinds: Vec<String>,
     /// Sandbox: latency added to every upstream request, in milliseconds.
@@ -290,7 +293,8 @@ pub struct SandboxFaultArgs {
     /// Sandbox: 360dialog allows one API-key generation per channel per this window, in ms.
     #[arg(long, env = "SANDBOX_API_KEY_WINDOW_MS", default_value_t = 30_000)]
     pub sandbox_api_key_window_ms: u64,
-    /// Sandbox: how long a `timeout` fault hangs before answering 504, in ms.
+    /// Sandbox: how long a `timeout` fault hangs before answering 504 (and a `slow` one holds
+    /// the request before applying it), in ms.
     #[arg(long, env = "SANDBOX_HANG_MS", default_value_t = 30_000)]
     pub sandbox_hang_ms: u64,
     /// Sandbox: delay between registration and the 360dialog channel running, in ms.
@@ -324,6 +328,14 @@ pub struct SandboxArgs {
     #[command(flatten)]
     pub faults: SandboxFaultArgs,
 }
+
+/// How much longer than one upstream request (`UPSTREAM_TIMEOUT_SECONDS`) the shutdown grace
+/// period must be. No step starts an irreversible call once the worker is stopping, so every
+/// call in flight at SIGTERM began before it and returns (answer or timeout) within the upstream
+/// timeout; the margin covers what follows before the step can let go: recording the outcome
+/// (one guarded statement, milliseconds) and the runtime's scheduling. A second is ample for
+/// that and still lets tests run with small values.
+pub const SHUTDOWN_GRACE_MARGIN_SECONDS: f64 = 1.0;
 
 impl DbArgs {
     /// A malformed `DATABASE_URL` is named without echoing it (it holds a password).
@@ -379,6 +391,7 @@ impl RunArgs {
         if w.lease_seconds < 1.0 {
             return Err("LEASE_SECONDS must be at least 1".into());
         }
+        validate_shutdown_grace(w.shutdown_grace_seconds, u.upstream_timeout_seconds)?;
         if w.worker_concurrency == 0 {
             return Err("WORKER_CONCURRENCY must be at least 1".into());
         }
@@ -421,11 +434,37 @@ impl RunArgs {
     }
 }
 
+/// `UPSTREAM_TIMEOUT_SECONDS` as applied: at least one second.
+fn effective_upstream_timeout(seconds: f64) -> f64 {
+    if seconds.is_nan() {
+        1.0
+    } else {
+        seconds.max(1.0)
+    }
+}
+
+/// An upstream call in flight when SIGTERM arrives must be able to end within the shutdown grace
+/// period: otherwise the step would be cut off mid-call (its lease then left to expire) instead
+/// of recording the call's outcome and handing the migration over at once.
+pub fn validate_shutdown_grace(
+    grace_seconds: f64,
+    upstream_timeout_seconds: f64,
+) -> Result<(), String> {
+    let timeout = effective_upstream_timeout(upstream_timeout_seconds);
+    let needed = timeout + SHUTDOWN_GRACE_MARGIN_SECONDS;
+    if grace_seconds >= needed && grace_seconds.is_finite() {
+        return Ok(());
+    }
+    Err(format!(
+        "SHUTDOWN_GRACE_SECONDS ({grace_seconds}) must be at least UPSTREAM_TIMEOUT_SECONDS ({timeout}) + {SHUTDOWN_GRACE_MARGIN_SECONDS} = {needed}: an upstream call in flight at shutdown must be able to finish within the grace period; raise SHUTDOWN_GRACE_SECONDS or lower UPSTREAM_TIMEOUT_SECONDS"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::Cli;
+    use super::{Cli, Command, validate_shutdown_grace};
 
     /// The long flags `waba-migrator <sub> --help` lists.
     fn flags(sub: &str) -> Vec<String> {
@@ -506,6 +545,58 @@ mod tests {
                 "sandbox --help lacks {flag}"
             );
         }
+    }
+
+    /// `waba-migrator worker` parsed from `args` (flags; no environment needed for them).
+    fn worker_args(args: &[&str]) -> super::RunArgs {
+        let cli =
+            Cli::try_parse_from(["waba-migrator", "worker"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Worker(run) => run,
+            other => panic!("not worker: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shutdown_grace_must_outlast_the_upstream_timeout() {
+        // The defaults pass.
+        assert_eq!(worker_args(&[]).validate(), Ok(()));
+        assert_eq!(validate_shutdown_grace(35.0, 30.0), Ok(()));
+        assert_eq!(validate_shutdown_grace(31.0, 30.0), Ok(()));
+        assert_eq!(validate_shutdown_grace(3.0, 2.0), Ok(()));
+
+        // The old default grace (20 s) against the default timeout (30 s): a clear error naming
+        // both settings and their values.
+        let err = worker_args(&["--shutdown-grace-seconds", "20"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "SHUTDOWN_GRACE_SECONDS (20) must be at least UPSTREAM_TIMEOUT_SECONDS (30) + 1 = 31: \
+             an upstream call in flight at shutdown must be able to finish within the grace \
+             period; raise SHUTDOWN_GRACE_SECONDS or lower UPSTREAM_TIMEOUT_SECONDS"
+        );
+        // Equal is not enough: the margin is required.
+        let err = worker_args(&[
+            "--shutdown-grace-seconds",
+            "2",
+            "--upstream-timeout-seconds",
+            "2",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "SHUTDOWN_GRACE_SECONDS (2) must be at least UPSTREAM_TIMEOUT_SECONDS (2) + 1 = 3"
+            ),
+            "{err}"
+        );
+        // The timeout as applied (at least 1 s), and nonsense values, are checked too.
+        assert!(validate_shutdown_grace(1.5, 0.1).is_err());
+        assert_eq!(validate_shutdown_grace(2.0, 0.1), Ok(()));
+        assert!(validate_shutdown_grace(f64::NAN, 30.0).is_err());
+        assert!(validate_shutdown_grace(f64::INFINITY, 30.0).is_err());
+        assert!(validate_shutdown_grace(-1.0, 30.0).is_err());
     }
 
     #[test]

@@ -39,6 +39,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_waba-migrator");
 const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdef";
 const LEASE_SECONDS: u64 = 3;
 const RETRY_CAP_SECONDS: u64 = 2;
+const UPSTREAM_TIMEOUT_SECONDS: u64 = 2;
+/// At least the upstream timeout + 1 s: the service refuses to start otherwise.
+const SHUTDOWN_GRACE_SECONDS: u64 = 3;
 const BUSINESS: &str = "100000000000000";
 /// A killed replica's migrations must be claimed again within this: the lease, the longest
 /// backoff, and two polling intervals of slack.
@@ -138,6 +141,8 @@ struct Env {
     database_url: String,
     sandbox_url: String,
     encryption_key: String,
+    /// Settings that replace the harness's defaults (see [`spawn_replica`]).
+    overrides: Vec<(&'static str, String)>,
 }
 
 impl Env {
@@ -148,6 +153,7 @@ impl Env {
             encryption_key: waba_migrator::crypto::Cipher::generate_key()
                 .expose_secret()
                 .to_owned(),
+            overrides: Vec::new(),
         }
     }
 }
@@ -232,11 +238,14 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
         .env("RETRY_BASE_MS", "100")
         .env("RETRY_CAP_SECONDS", RETRY_CAP_SECONDS.to_string())
         .env("MAX_STEP_ATTEMPTS", "100")
-        .env("UPSTREAM_TIMEOUT_SECONDS", "2")
+        .env(
+            "UPSTREAM_TIMEOUT_SECONDS",
+            UPSTREAM_TIMEOUT_SECONDS.to_string(),
+        )
         .env("OTP_RESEND_COOLDOWN_SECONDS", "1")
         .env("OTP_MAX_ATTEMPTS", "10")
         .env("CHANNEL_POLL_MS", "100")
-        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        .env("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS.to_string())
         // The driver polls hundreds of migrations with one key; limits are tested elsewhere.
         .env("RATE_LIMIT_PER_SECOND", "0")
         // The webhook consumer is on loopback; retry every second instead of the day-long schedule.
@@ -244,6 +253,7 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
         .env("WEBHOOK_TIMEOUT_SECONDS", "2")
         .env("WEBHOOK_RETRY_SCHEDULE", vec!["1"; 40].join(","))
         .env("RUST_LOG", "warn,waba_migrator=info")
+        .envs(w.overrides.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -1244,10 +1254,257 @@ async fn sigterm_handover() {
         handover < Duration::from_secs(1),
         "resumed {handover:?} after SIGTERM"
     );
-    // SHUTDOWN_GRACE_SECONDS is 2 for the replicas; a second of slack for process exit.
+    // The replicas' grace period, and a second of slack for process exit.
     let stopping = exited_at.duration_since(signalled_at);
     assert!(
-        stopping <= Duration::from_secs(3),
-        "A took {stopping:?} to exit after SIGTERM (grace 2 s)"
+        stopping <= Duration::from_secs(SHUTDOWN_GRACE_SECONDS + 1),
+        "A took {stopping:?} to exit after SIGTERM (grace {SHUTDOWN_GRACE_SECONDS} s)"
     );
+}
+
+/// SIGTERM while `register` is in flight and slower than the grace period (a `slow` sandbox
+/// fault: Meta applies it late, after the caller's timeout, whether or not it still waits). The
+/// stopping replica exits within its grace period but must not hand the migration over before
+/// Meta could have applied the call: its lease is left to expire, so the other replica claims it
+/// only afterwards, reads the number `CONNECTED` and never calls `register` again.
+#[test]
+fn sigterm_during_a_slow_register_never_registers_twice() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(sigterm_slow_register());
+}
+
+async fn sigterm_slow_register() {
+    // The replicas' upstream timeout and grace period (valid: grace ≥ timeout + 1 s), Meta's
+    // delay before it applies the held `register` (longer than both), and a lease that outlasts
+    // that delay.
+    const TIMEOUT_S: u64 = 3;
+    const GRACE_S: u64 = 4;
+    const HOLD_MS: u64 = 7000;
+    const LEASE_S: u64 = 12;
+    let phone = "+14155557788";
+
+    let dir = fresh_dir("waba-sigterm-register");
+    let (pg, _, database_url) = start_database(&dir.join("postgres")).await;
+    let (mut sandbox, sandbox_url) = start_sandbox(
+        &[("SANDBOX_HANG_MS", HOLD_MS.to_string())],
+        &dir.join("sandbox.log"),
+    )
+    .await;
+    let mut env = Env::new(&database_url, &sandbox_url);
+    env.overrides = vec![
+        ("UPSTREAM_TIMEOUT_SECONDS", TIMEOUT_S.to_string()),
+        ("SHUTDOWN_GRACE_SECONDS", GRACE_S.to_string()),
+        ("LEASE_SECONDS", LEASE_S.to_string()),
+    ];
+    let http = reqwest::Client::new();
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+
+    // Two replicas, both up before the migration becomes due: whichever claims it is "first".
+    let mut replicas = [
+        Replica::new(dir.join("a.log")),
+        Replica::new(dir.join("b.log")),
+    ];
+    for r in replicas.iter_mut() {
+        spawn_replica(&env, r).await;
+    }
+    for r in &replicas {
+        wait_healthy(&http, &r.base()).await;
+    }
+    let base = replicas[0].base();
+    let res = http
+        .post(format!("{base}/v1/partners"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "name": "p", "d360_partner_id": "pPA", "d360_api_key": "k" }))
+        .send()
+        .await
+        .unwrap();
+    let key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = http
+        .post(format!("{base}/v1/migrations"))
+        .bearer_auth(&key)
+        .json(&json!({
+            "phone_number": phone,
+            "source_waba_id": "201111111112",
+            "destination_waba_id": "301111111112",
+            "meta_business_id": BUSINESS,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id: uuid::Uuid = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM migrations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state().await != "awaiting_otp" {
+        assert!(Instant::now() < deadline, "never reached awaiting_otp");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Meta will hold the next `register` of this number for HOLD_MS, then apply it.
+    let res = http
+        .post(format!("{sandbox_url}/_sandbox/faults"))
+        .json(&json!({ "rules": [{ "endpoint": "register", "phone_number": phone, "fault": "slow" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let res = http
+        .post(format!("{base}/v1/migrations/{id}/otp"))
+        .bearer_auth(&key)
+        .json(&json!({ "code": "123456" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let register = || async {
+        let c: Value = http
+            .get(format!("{sandbox_url}/_sandbox/counters/{phone}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            c["register"]["received"].as_u64().unwrap_or(0),
+            c["register"]["applied"].as_u64().unwrap_or(0),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while register().await.0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "register never reached the sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received_at = Instant::now();
+
+    // SIGTERM the replica whose `register` Meta is holding.
+    let owner = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT lease_owner FROM migrations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let holder = owner()
+        .await
+        .expect("the registering replica holds the lease");
+    let prefix = |r: &Replica| format!("local:{}:", r.child.as_ref().unwrap().id().unwrap());
+    let first = replicas
+        .iter()
+        .position(|r| holder.starts_with(&prefix(r)))
+        .unwrap_or_else(|| panic!("lease held by an unknown owner {holder}"));
+    let second_owner = prefix(&replicas[1 - first]);
+    let first_pid = replicas[first].child.as_ref().unwrap().id().unwrap();
+    let signalled_at = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &first_pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+
+    // Watch until the other replica holds the migration (or it moved past `registering`): when
+    // it took over, what Meta had received and applied of `register` by then, when Meta applied
+    // the first one, when the first replica exited.
+    let (mut applied_at, mut taken_over, mut exit) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken_over.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica never took the migration over"
+        );
+        if exit.is_none()
+            && let Some(status) = replicas[first].child.as_mut().unwrap().try_wait().unwrap()
+        {
+            exit = Some((status, Instant::now()));
+        }
+        let moved_on = !matches!(state().await.as_str(), "registering" | "verifying_otp");
+        if owner().await.is_some_and(|o| o.starts_with(&second_owner)) || moved_on {
+            taken_over = Some((Instant::now(), register().await));
+        } else if applied_at.is_none() && register().await == (1, 1) {
+            applied_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, exited_at) = match exit {
+        Some(e) => e,
+        None => {
+            let status = replicas[first]
+                .child
+                .as_mut()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            (status, Instant::now())
+        }
+    };
+    let (taken_over_at, register_then) = taken_over.unwrap();
+    let ms = |t: Instant| t.duration_since(received_at).as_millis();
+    println!(
+        "slow register: SIGTERM {} ms after Meta received it; first replica exited at {} ms; Meta applied it at {:?} ms; the other replica took over at {} ms, register (received, applied) then {register_then:?} (hold {HOLD_MS} ms, timeout {TIMEOUT_S} s, grace {GRACE_S} s, lease {LEASE_S} s)",
+        ms(signalled_at),
+        ms(exited_at),
+        applied_at.map(ms),
+        ms(taken_over_at),
+    );
+
+    // The migration still completes, on the other replica.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let final_state = loop {
+        let s = state().await;
+        if matches!(s.as_str(), "completed" | "failed" | "cancelled") || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let counts = register().await;
+
+    for r in replicas.iter_mut() {
+        if let Some(mut c) = r.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+    let _ = sandbox.start_kill();
+    let _ = sandbox.wait().await;
+    db.close().await;
+    pg.stop().await.unwrap();
+
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+    let stopping = exited_at.duration_since(signalled_at);
+    assert!(
+        stopping <= Duration::from_secs(GRACE_S + 1),
+        "the first replica took {stopping:?} to exit after SIGTERM (grace {GRACE_S} s)"
+    );
+    assert_eq!(
+        register_then,
+        (1, 1),
+        "register (received, applied) when the other replica took the migration over, {} ms after Meta received the first one: it must not take over before Meta applied that call",
+        ms(taken_over_at)
+    );
+    assert_eq!(counts, (1, 1), "register (received, applied): exactly once");
+    assert_eq!(final_state, "completed");
+    let _ = std::fs::remove_dir_all(&dir);
 }

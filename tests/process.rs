@@ -84,6 +84,29 @@ async fn a_bad_setting_exits_with_one_line_naming_it() {
         assert!(started.elapsed() < Duration::from_secs(10), "{setting}");
     }
 
+    // A grace period an upstream call in flight at SIGTERM could outlast (the old default, 20 s,
+    // against the default upstream timeout, 30 s): one line naming both settings and values.
+    let (status, stderr) = serve_with(&[
+        ("DATABASE_URL", unreachable),
+        ("ENCRYPTION_KEY", KEY),
+        ("SHUTDOWN_GRACE_SECONDS", "20"),
+    ])
+    .await;
+    assert!(!status.success(), "exited {status:?}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for named in [
+        "SHUTDOWN_GRACE_SECONDS (20)",
+        "UPSTREAM_TIMEOUT_SECONDS (30)",
+    ] {
+        assert!(lines[0].contains(named), "does not name {named}: {stderr}");
+    }
+    // The defaults pass that check: a start with them fails only on the unreachable database.
+    let (status, stderr) =
+        serve_with(&[("DATABASE_URL", unreachable), ("ENCRYPTION_KEY", KEY)]).await;
+    assert!(!status.success());
+    assert!(!stderr.contains("SHUTDOWN_GRACE_SECONDS"), "{stderr}");
+
     // Values clap parses: the first line names the setting too.
     for (setting, value) in [
         ("BIND_ADDR", "nowhere"),
@@ -148,7 +171,9 @@ async fn json_logs_carry_request_ids_and_migration_ids() {
         .env("ENCRYPTION_KEY", KEY)
         .env("SANDBOX_CHANNEL_DELAY_MS", "50")
         .env("CHANNEL_POLL_MS", "50")
-        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        // The grace period must outlast one upstream request (startup checks it).
+        .env("UPSTREAM_TIMEOUT_SECONDS", "5")
+        .env("SHUTDOWN_GRACE_SECONDS", "6")
         .env("RUST_LOG", "info,waba_migrator=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -375,7 +400,9 @@ impl EmbeddedServe {
             .env("SANDBOX_BIND", format!("127.0.0.1:{sandbox_port}"))
             .env("SANDBOX_CHANNEL_DELAY_MS", "50")
             .env("CHANNEL_POLL_MS", "50")
-            .env("SHUTDOWN_GRACE_SECONDS", "2")
+            // The grace period must outlast one upstream request (startup checks it).
+            .env("UPSTREAM_TIMEOUT_SECONDS", "5")
+            .env("SHUTDOWN_GRACE_SECONDS", "6")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

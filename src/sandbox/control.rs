@@ -212,7 +212,7 @@ pub(crate) async fn index() -> Json<Value> {
             "POST /_sandbox/wabas/{waba_id}/templates": "{\"count\": 1200} gives a WABA many generated templates",
             "GET /_sandbox/counters": "calls per number per endpoint (received, applied)",
             "GET /_sandbox/counters/{e164}": "calls of one number",
-            "GET|POST|DELETE /_sandbox/faults": "fault injection rules (server_error, rate_limited, timeout, connection_reset, lost_response)",
+            "GET|POST|DELETE /_sandbox/faults": "fault injection rules (server_error, rate_limited, timeout, connection_reset, lost_response; when named: garbled_success, success_false, slow)",
             "POST /_sandbox/reset": "forget every WABA, number, channel and counter",
         },
         "otp_code": super::SANDBOX_OTP_CODE,

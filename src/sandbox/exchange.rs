@@ -1,5 +1,7 @@
 //! The request pipeline every simulated endpoint goes through:
 //! latency → resolve numbers → count `received` → fault → refusal (auth) → apply → count `applied`.
+//!
+//! It runs to its end even when the client hangs up (see [`detached`]).
 
 use std::convert::Infallible;
 
@@ -138,6 +140,14 @@ impl Sandbox {
                 return fault_reply(api, FaultKind::Timeout);
             }
             Some(FaultKind::ConnectionReset) => return drop_connection(conn),
+            Some(FaultKind::Slow) => {
+                // Then applied and answered as usual, whether or not the client still waits.
+                let mut cut = self.shared.hang_cut.subscribe();
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config().hang_for) => {}
+                    _ = cut.changed() => {}
+                }
+            }
             Some(FaultKind::LostResponse | FaultKind::GarbledSuccess | FaultKind::SuccessFalse)
             | None => {}
         }
@@ -175,6 +185,23 @@ impl Sandbox {
         }
         match result {
             Ok(reply) | Err(reply) => reply.into_response(),
+        }
+    }
+}
+
+/// Runs every sandbox request in a task of its own, so that a client hanging up (its timeout,
+/// its process stopped) does not cancel the request half-way: as on a real upstream, what was
+/// received is processed to the end (latency, a `timeout` hang, a `slow` fault's late
+/// application included).
+pub(crate) async fn detached(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "sandbox: request handler failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }

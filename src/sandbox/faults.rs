@@ -46,6 +46,11 @@ pub enum FaultKind {
     /// The request **is** applied, then answered `200 OK` `{"success": false}` (a body that is
     /// JSON but not the documented success shape). Only drawn when named, like `garbled_success`.
     SuccessFalse,
+    /// The request is held for [`SandboxConfig::hang_for`], then **applied** and answered as
+    /// usual, also when the client stopped waiting meanwhile (an upstream finishes what it
+    /// received): a call slower than the caller's timeout or shutdown grace that still takes
+    /// effect, late. Only drawn when named, like `garbled_success`.
+    Slow,
 }
 
 impl FaultKind {
@@ -59,7 +64,7 @@ impl FaultKind {
     ];
 
     /// Every kind, those only drawn when named included.
-    pub const EVERY: [FaultKind; 7] = [
+    pub const EVERY: [FaultKind; 8] = [
         FaultKind::ServerError,
         FaultKind::RateLimited,
         FaultKind::Timeout,
@@ -67,6 +72,7 @@ impl FaultKind {
         FaultKind::LostResponse,
         FaultKind::GarbledSuccess,
         FaultKind::SuccessFalse,
+        FaultKind::Slow,
     ];
 
     /// The snake_case name used in JSON and on the command line.
@@ -79,6 +85,7 @@ impl FaultKind {
             FaultKind::LostResponse => "lost_response",
             FaultKind::GarbledSuccess => "garbled_success",
             FaultKind::SuccessFalse => "success_false",
+            FaultKind::Slow => "slow",
         }
     }
 }
@@ -92,7 +99,7 @@ impl fmt::Display for FaultKind {
 /// An unknown fault kind name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown fault kind {0:?} (expected server_error, rate_limited, timeout, connection_reset, lost_response, garbled_success or success_false)"
+    "unknown fault kind {0:?} (expected server_error, rate_limited, timeout, connection_reset, lost_response, garbled_success, success_false or slow)"
 )]
 pub struct ParseFaultKindError(pub String);
 

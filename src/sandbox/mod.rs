@@ -135,6 +135,10 @@
 //! served through [`serve`], the connection's socket is poisoned so no byte reaches the client;
 //! with [`Sandbox::router`] under another server, the response body fails before its first frame,
 //! which makes hyper drop the connection before the buffered head is written.
+//!
+//! A request is processed to its end even when the client hangs up meanwhile (each runs in a
+//! task of its own), as a real upstream does: a `slow` fault holds the request for
+//! [`SandboxConfig::hang_for`] and then applies it, whether or not the caller still waits.
 
 mod control;
 mod exchange;
@@ -330,6 +334,7 @@ impl Sandbox {
             )
             .route("/_sandbox/scenarios", get(control::scenarios))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn(exchange::detached))
             .with_state(self.clone())
     }
 

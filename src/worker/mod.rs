@@ -6,16 +6,22 @@
 //!   replica once its lease runs out.
 //! * Wake-ups: LISTEN on [`db::JOBS_CHANNEL`] (NOTIFY is sent in the transactions that make a
 //!   row due now) as a hint only, with a polling fallback.
-//! * Heartbeats extend the lease while a step runs; a lost lease aborts the step's writes.
+//! * Heartbeats extend the lease while a step runs (a task owned by the step, aborted with it);
+//!   a lost lease stops the step before its next intent write or irreversible call and discards
+//!   its writes (see [`lease`]).
 //! * Bounded concurrency with a semaphore; graceful shutdown stops claiming, lets in-flight steps
-//!   finish within the grace period, then releases their leases so another replica resumes them
-//!   at once.
+//!   finish within the grace period (no step starts a new irreversible call once stopping),
+//!   then releases their leases so another replica resumes them at once. Never while an
+//!   irreversible call (`request_code`, `verify_code`, `register`, `api_keys`) is in flight or
+//!   ended without a settling answer: the upstream may still apply it, so that lease is left to
+//!   expire and nobody reads the number before then. `SHUTDOWN_GRACE_SECONDS` is validated at
+//!   startup to exceed `UPSTREAM_TIMEOUT_SECONDS`, so calls in flight at SIGTERM end within it.
 //! * Parked migrations (`awaiting_otp`) are due only at their OTP deadline: no worker, no poll.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -34,7 +40,10 @@ use crate::domain::machine::{StepContext, decide};
 use crate::domain::{Decision, EventType, Flow, MigrationState, RetryPolicy};
 
 pub mod errors;
+pub mod lease;
 pub mod steps;
+
+use lease::StepLease;
 
 /// Most rows one claim statement takes.
 const CLAIM_BATCH: usize = 32;
@@ -63,7 +72,7 @@ impl Default for WorkerConfig {
             concurrency: 8,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(35),
             channel_poll: Duration::from_secs(2),
             retry: RetryPolicy::default(),
             otp: OtpPolicy::default(),
@@ -130,7 +139,8 @@ pub enum RunOutcome {
 #[derive(Clone)]
 pub struct Worker {
     deps: Arc<Deps>,
-    in_flight: Arc<Mutex<HashMap<Uuid, Uuid>>>,
+    /// Leases held by this worker's running steps.
+    in_flight: Arc<Mutex<HashMap<Uuid, Arc<StepLease>>>>,
 }
 
 impl Worker {
@@ -148,12 +158,14 @@ impl Worker {
     /// Claims one due migration and advances it as far as it can go now.
     pub async fn run_next(&self) -> anyhow::Result<RunOutcome> {
         let cfg = &self.deps.config;
+        let claimed_at = Instant::now();
         let mut rows = store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await?;
         let Some(row) = rows.pop() else {
             return Ok(RunOutcome::Empty);
         };
         let id = row.id;
-        self.process(row, CancellationToken::new()).await;
+        self.process(row, claimed_at, CancellationToken::new())
+            .await;
         Ok(RunOutcome::Ran(id))
     }
 
@@ -206,6 +218,7 @@ impl Worker {
                 }
             }
             let asked = held.len();
+            let claimed_at = Instant::now();
             match store::claim(&self.deps.pool, &cfg.owner, cfg.lease, asked as i64).await {
                 Ok(rows) => {
                     db_backoff = cfg.poll_interval;
@@ -215,7 +228,7 @@ impl Worker {
                         let this = self.clone();
                         let stop = shutdown.clone();
                         tasks.spawn(async move {
-                            this.process(row, stop).await;
+                            this.process(row, claimed_at, stop).await;
                             drop(permit);
                         });
                     }
@@ -252,19 +265,39 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        // Steps still running past the grace period are aborted. One whose irreversible call is
+        // in flight keeps its lease: the upstream may apply the call after we hang up, and no
+        // other replica may read the number before it could have. Its lease expires on its own
+        // (LEASE_SECONDS after the last heartbeat). Sealing first means none starts one now.
+        let mut calls_in_flight = HashSet::new();
         if drained.is_err() {
+            for (id, lease) in self.in_flight.lock().expect("in-flight lock").iter() {
+                if lease.seal() {
+                    calls_in_flight.insert(*id);
+                }
+            }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        // Whatever is still leased by us (aborted steps) goes back to the queue now.
-        let leftovers: Vec<(Uuid, Uuid)> = self
+        // Whatever else is still leased by us (aborted steps) goes back to the queue now.
+        let leftovers: Vec<Arc<StepLease>> = self
             .in_flight
             .lock()
             .expect("in-flight lock")
             .drain()
+            .map(|(_, lease)| lease)
             .collect();
-        for (id, token) in leftovers {
-            match store::release(&self.deps.pool, id, token).await {
+        for lease in leftovers {
+            let id = lease.id();
+            if calls_in_flight.contains(&id) {
+                warn!(
+                    migration.id = %id,
+                    lease_s = cfg.lease.as_secs_f64(),
+                    "an irreversible upstream call was still in flight after the grace period: lease left to expire"
+                );
+                continue;
+            }
+            match store::release(&self.deps.pool, id, lease.token()).await {
                 Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
                 Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
             }
@@ -275,31 +308,35 @@ impl Worker {
     }
 
     /// Advances one claimed migration step by step while it stays runnable and ours.
-    async fn process(&self, mut row: store::MigrationRow, shutdown: CancellationToken) {
+    /// `claimed_at`: when the claim statement that took its lease was sent.
+    async fn process(
+        &self,
+        mut row: store::MigrationRow,
+        claimed_at: Instant,
+        shutdown: CancellationToken,
+    ) {
         let Some(token) = row.lease_token else {
             return;
         };
         let id = row.id;
+        let cfg = &self.deps.config;
+        let lease = StepLease::new(id, token, cfg.lease, claimed_at, shutdown.clone());
         self.in_flight
             .lock()
             .expect("in-flight lock")
-            .insert(id, token);
-        let lost = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(
-            self.deps.pool.clone(),
-            id,
-            token,
-            self.deps.config.lease,
-            lost.clone(),
-        ));
+            .insert(id, lease.clone());
+        // Lives exactly as long as this step: dropped (and aborted) when it returns or when its
+        // task is aborted at the end of the grace period, never left running detached.
+        let _heartbeat = lease::spawn_heartbeat(self.deps.pool.clone(), lease.clone());
         let mut keep_lease = false;
+        let mut hand_over = false;
         crate::metrics::claimed((Utc::now() - row.run_at).to_std().unwrap_or_default());
 
         loop {
             let state = row.state();
             let span = info_span!("step", migration.id = %id, step = %state, attempt = row.attempt);
             let started = std::time::Instant::now();
-            let result = AssertUnwindSafe(steps::execute(&self.deps, &row, token))
+            let result = AssertUnwindSafe(steps::execute(&self.deps, &row, &lease))
                 .catch_unwind()
                 .instrument(span.clone())
                 .await;
@@ -310,6 +347,14 @@ impl Worker {
                     // Crash simulation or lost lease: leave the row exactly as it is.
                     keep_lease = true;
                     span.in_scope(|| warn!("step abandoned; lease left to expire"));
+                    break;
+                }
+                Ok(Err(steps::StepError::Stopping)) => {
+                    // Stopping before an irreversible call: nothing was sent, nothing written.
+                    hand_over = true;
+                    span.in_scope(|| {
+                        info!("worker stopping: step handed over before its irreversible call")
+                    });
                     break;
                 }
                 Ok(Err(steps::StepError::Corrupt(what))) => {
@@ -336,13 +381,14 @@ impl Worker {
                     steps::StepResult::internal_error(state, &msg)
                 }
             };
-            if lost.is_cancelled() {
+            if lease.token_lost() {
                 span.in_scope(|| warn!("lease lost during step; result discarded"));
                 keep_lease = true;
                 break;
             }
+            let unresolved = lease.take_unresolved();
             match self
-                .record(&row, token, step, shutdown.is_cancelled())
+                .record(&row, &lease, step, shutdown.is_cancelled(), unresolved)
                 .await
             {
                 Ok(Some((next, true))) => {
@@ -363,10 +409,16 @@ impl Worker {
                 }
             }
         }
-        heartbeat.abort();
-        // Finished normally (lease released or handed on) or abandoned with the lease left to
-        // expire (a simulated crash, a lost lease, a database error mid-step): either way this
-        // worker must not release it at shutdown.
+        if hand_over {
+            match store::release(&self.deps.pool, id, token).await {
+                Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
+                Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
+            }
+        }
+        // Finished normally (lease released, handed on, or kept to expire after an unresolved
+        // irreversible call), handed over, or abandoned with the lease left to expire (a
+        // simulated crash, a lost lease, a database error mid-step): either way this worker
+        // must not release it at shutdown.
         self.in_flight.lock().expect("in-flight lock").remove(&id);
         if keep_lease {
             debug!(migration.id = %id, "lease left to expire");
@@ -374,12 +426,18 @@ impl Worker {
     }
 
     /// Persists a step's result. Returns the new row and whether to continue with it.
+    ///
+    /// `stopping`: the worker is shutting down (nothing continues; the lease is released).
+    /// `unresolved`: an irreversible call of this step ended without an answer that settles it.
+    /// Stopping with such a call to retry, the lease is kept to expire instead of released, so
+    /// no replica reads the number before the upstream could have applied the call.
     async fn record(
         &self,
         row: &store::MigrationRow,
-        token: Uuid,
+        lease: &StepLease,
         mut step: steps::StepResult,
         stopping: bool,
+        unresolved: bool,
     ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
         let saved = step.row.take();
         let row = saved.as_deref().unwrap_or(row);
@@ -397,13 +455,14 @@ impl Worker {
             waited,
         };
         let decision = decide(ctx, step.outcome, &cfg.retry, rand::random::<f64>());
+        let retrying = matches!(decision, Decision::Retry { .. });
         let mut patch = step.patch;
         let guard = store::Guard {
-            lease_token: Some(token),
+            lease_token: Some(lease.token()),
             ..Default::default()
         };
         let mut event_data = step.event_data;
-        let (lease, event, cont) = match decision {
+        let (lease_write, event, cont) = match decision {
             Decision::Advance { to } => {
                 let cont = !to.is_terminal() && !to.is_parked() && !stopping;
                 patch.state = Some(to);
@@ -431,12 +490,12 @@ impl Worker {
                 } else {
                     store::RunAt::Now
                 });
-                let lease = if cont {
+                let lease_write = if cont {
                     store::Lease::Extend(cfg.lease)
                 } else {
                     store::Lease::Release
                 };
-                (lease, transition_event(state, to, event_data), cont)
+                (lease_write, transition_event(state, to, event_data), cont)
             }
             Decision::Retry {
                 delay,
@@ -503,16 +562,28 @@ impl Worker {
                 )
             }
         };
-        let lease = if stopping && lease != store::Lease::Release {
+        let lease_write = if stopping && retrying && unresolved {
+            warn!(
+                migration.id = %row.id,
+                step = %state,
+                "stopping after an irreversible call without a settling answer: lease left to expire"
+            );
+            store::Lease::Keep
+        } else if stopping {
             store::Lease::Release
         } else {
-            lease
+            lease_write
         };
         // One statement: the change, its event, its webhook and the wake-up commit together.
+        let sent = Instant::now();
         let mut conn = self.deps.pool.acquire().await?;
         let updated =
-            crate::core::transition::apply(&mut conn, row, &guard, &patch, lease, event).await?;
+            crate::core::transition::apply(&mut conn, row, &guard, &patch, lease_write, event)
+                .await?;
         drop(conn);
+        if updated.is_some() && matches!(lease_write, store::Lease::Extend(_)) {
+            lease.extended(sent);
+        }
         if let Some(r) = &updated {
             if r.state != state.as_str() {
                 info!(migration.id = %r.id, step = %state, from = %state, to = %r.state, "transition");
@@ -530,24 +601,4 @@ fn transition_event(
     data: serde_json::Value,
 ) -> Option<NewEvent> {
     Some(NewEvent::transition(from.as_str(), to, data))
-}
-
-/// Extends the lease every third of its length until aborted; cancels `lost` when the lease
-/// is gone.
-async fn heartbeat(pool: PgPool, id: Uuid, token: Uuid, lease: Duration, lost: CancellationToken) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match store::heartbeat(&pool, id, token, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                lost.cancel();
-                return;
-            }
-            // The database is unreachable: keep trying; if it stays away the lease expires
-            // and the guarded writes fail anyway.
-            Err(e) => warn!(migration.id = %id, error = %e, "heartbeat failed"),
-        }
-    }
 }

@@ -13,6 +13,13 @@
 //!   (`POST …/api_key/rotate`, which marks it superseded first), and never a key another
 //!   completed migration of the number still holds and 360dialog still accepts: that is
 //!   checked before every call (`core::migrations::live_key_holder`).
+//!
+//! The lease is checked before every intent write and again right before every irreversible
+//! call ([`StepLease::may_start`], [`StepLease::irreversible`]): a step whose lease is lost stops
+//! without calling upstream, and once the worker is stopping no new intent is written (the step
+//! hands the migration over untouched). The call itself runs inside an
+//! [`IrreversibleCall`](super::lease::IrreversibleCall) guard, which keeps a stopping worker
+//! from releasing the lease while the call is in flight.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -25,6 +32,7 @@ use uuid::Uuid;
 
 use super::Deps;
 use super::errors::outcome;
+use super::lease::StepLease;
 use crate::clients::{self, CodeMethod, PartnerCredentials, Template};
 use crate::core::migrations::{LiveKey, live_key_holder};
 use crate::crypto::aad;
@@ -41,6 +49,9 @@ use crate::precheck;
 pub enum StepError {
     /// Lease lost or a fail point fired: write nothing more.
     Abandon,
+    /// The worker is stopping and the step reached an irreversible call it has not started:
+    /// nothing was sent; the migration is handed over as it is (lease released at once).
+    Stopping,
     Db(db::Error),
     /// Our own data is unusable (a secret that does not decrypt): retrying cannot help, so the
     /// migration fails with `internal_error` instead of being retried forever.
@@ -115,13 +126,15 @@ fn memo(row: &store::MigrationRow, key: &str) -> Option<Value> {
     row.step_memo.get(key).cloned()
 }
 
-/// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease.
+/// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease; first
+/// checks that the lease is still held and the worker not stopping.
 async fn record_intent(
     deps: &Deps,
     row: &store::MigrationRow,
-    token: Uuid,
+    lease: &StepLease,
     key: &str,
 ) -> Result<Value> {
+    lease.may_start()?;
     let mut memo = row.step_memo.clone();
     if !memo.is_object() {
         memo = json!({});
@@ -132,7 +145,7 @@ async fn record_intent(
         &mut conn,
         row,
         &store::Guard {
-            lease_token: Some(token),
+            lease_token: Some(lease.token()),
             ..Default::default()
         },
         &store::Patch {
@@ -166,20 +179,24 @@ fn crash_point(deps: &Deps, name: &str) -> Result<()> {
 }
 
 /// Runs the step of `row.state`.
-pub async fn execute(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+pub async fn execute(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+) -> Result<StepResult> {
     use MigrationState::*;
     let state = row.state();
     match state {
         Queued => Ok(StepResult::done()),
         Prechecking => prechecking(deps, row).await,
         Initiating => initiating(deps, row).await,
-        RequestingOtp => requesting_otp(deps, row, token).await,
+        RequestingOtp => requesting_otp(deps, row, lease).await,
         AwaitingOtp => Ok(awaiting_otp(deps, row)),
-        VerifyingOtp => verifying_otp(deps, row, token).await,
-        Registering => registering(deps, row, token).await,
+        VerifyingOtp => verifying_otp(deps, row, lease).await,
+        Registering => registering(deps, row, lease).await,
         CopyingTemplates => copying_templates(deps, row).await,
         AwaitingChannel => awaiting_channel(deps, row).await,
-        GeneratingApiKey => generating_api_key(deps, row, token).await,
+        GeneratingApiKey => generating_api_key(deps, row, lease).await,
         Completed | Failed | Cancelled => Ok(StepResult::new(StepOutcome::NotYet {
             after: Duration::from_secs(3600),
             waiting_for: None,
@@ -318,7 +335,11 @@ fn otp_timestamps(deps: &Deps, patch: &mut store::Patch) {
     ));
 }
 
-async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+async fn requesting_otp(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+) -> Result<StepResult> {
     let state = MigrationState::RequestingOtp;
     let pnid = match phone_number_id(row, state) {
         Ok(id) => id,
@@ -342,15 +363,17 @@ async fn requesting_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> 
         Ok(_) => {}
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
-    let memo_after = record_intent(deps, row, token, "request_code").await?;
+    let memo_after = record_intent(deps, row, lease, "request_code").await?;
     let method = match OtpMethod::parse(&row.otp_method).unwrap_or_default() {
         OtpMethod::Sms => CodeMethod::Sms,
         OtpMethod::Voice => CodeMethod::Voice,
     };
+    let call = lease.irreversible("request_code")?;
     let result = deps
         .meta
         .request_code(&pnid, method, &row.otp_language)
         .await;
+    call.finish(&result);
     crash_point(deps, "after_request_code")?;
     match result {
         Ok(()) => Ok(StepResult::done()
@@ -475,7 +498,11 @@ fn is_connected(n: &clients::PhoneNumber) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED"))
 }
 
-async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+async fn verifying_otp(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+) -> Result<StepResult> {
     let state = MigrationState::VerifyingOtp;
     let pnid = match phone_number_id(row, state) {
         Ok(id) => id,
@@ -511,8 +538,10 @@ async fn verifying_otp(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> R
             )));
         }
     };
-    let memo_after = record_intent(deps, row, token, "verify_code").await?;
+    let memo_after = record_intent(deps, row, lease, "verify_code").await?;
+    let call = lease.irreversible("verify_code")?;
     let result = deps.meta.verify_code(&pnid, &code).await;
+    call.finish(&result);
     let cleared = without(&memo_after, "verify_code");
     match result {
         Ok(()) => Ok(StepResult::done().with(|p| {
@@ -590,7 +619,11 @@ async fn registered(deps: &Deps, row: &store::MigrationRow, pnid: &str) -> StepR
     }
 }
 
-async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Result<StepResult> {
+async fn registering(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+) -> Result<StepResult> {
     let state = MigrationState::Registering;
     let pnid = match phone_number_id(row, state) {
         Ok(id) => id,
@@ -614,8 +647,10 @@ async fn registering(deps: &Deps, row: &store::MigrationRow, token: Uuid) -> Res
         .cipher
         .open(&row.pin_enc, &aad::pin(row.id))
         .map_err(|_| StepError::Corrupt("the stored PIN cannot be decrypted"))?;
-    record_intent(deps, row, token, "register").await?;
+    record_intent(deps, row, lease, "register").await?;
+    let call = lease.irreversible("register")?;
     let result = deps.meta.register(&pnid, &pin).await;
+    call.finish(&result);
     crash_point(deps, "after_register")?;
     match result {
         Ok(()) => Ok(registered(deps, row, &pnid).await),
@@ -913,7 +948,7 @@ async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> Result<Step
 async fn generating_api_key(
     deps: &Deps,
     row: &store::MigrationRow,
-    token: Uuid,
+    lease: &StepLease,
 ) -> Result<StepResult> {
     let state = MigrationState::GeneratingApiKey;
     let Some(channel_id) = row.channel_id.clone() else {
@@ -980,8 +1015,11 @@ async fn generating_api_key(
                     "api_keys intent without a stored key: the earlier response was lost; generating again"
                 );
             }
-            let memo_after = record_intent(deps, row, token, "api_keys").await?;
-            let generated = match deps.d360.generate_api_key(&creds, &channel_id).await {
+            let memo_after = record_intent(deps, row, lease, "api_keys").await?;
+            let call = lease.irreversible("api_keys")?;
+            let result = deps.d360.generate_api_key(&creds, &channel_id).await;
+            call.finish(&result);
+            let generated = match result {
                 Ok(k) => k,
                 Err(e) => {
                     let o = outcome(&e, state);
@@ -1004,7 +1042,7 @@ async fn generating_api_key(
                 &mut conn,
                 row,
                 &store::Guard {
-                    lease_token: Some(token),
+                    lease_token: Some(lease.token()),
                     ..Default::default()
                 },
                 &store::Patch {

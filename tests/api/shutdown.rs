@@ -73,3 +73,77 @@ async fn a_step_past_the_grace_period_is_aborted_and_released(pool: PgPool) {
     let app = TestApp::spawn_with(pool, slow(Duration::ZERO)).await;
     stop_mid_step_then_resume(&app).await;
 }
+
+/// Past the grace period a step whose irreversible call is in flight is aborted, but its lease is
+/// not released: Meta may still apply the call (here `register`, held by a `slow` fault and
+/// applied late). Another worker takes over only once the lease expired, reads the number
+/// registered and never registers it again. (A zero grace period is what the startup check
+/// forbids against any upstream timeout; it makes this fallback reachable.)
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool) {
+    let mut opts = Options {
+        background_worker: false,
+        ..Options::default()
+    };
+    opts.worker.lease = Duration::from_secs(4);
+    opts.worker.shutdown_grace = Duration::ZERO;
+    opts.sandbox.hang_for = Duration::from_secs(2);
+    opts.upstream_timeout = Duration::from_secs(10);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550602";
+    let id = app.create(phone).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(
+        serde_json::json!([{ "endpoint": "register", "phone_number": phone, "fault": "slow" }]),
+    )
+    .await;
+    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+
+    let a = app.worker().clone();
+    let stop_a = CancellationToken::new();
+    let handle = tokio::spawn({
+        let stop = stop_a.clone();
+        async move { a.run(stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.received(phone, "register") == 0 {
+        assert!(Instant::now() < deadline, "register never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent_at = Instant::now();
+    stop_a.cancel();
+    handle.await.unwrap().unwrap();
+    assert_eq!(app.applied(phone, "register"), 0, "still held by Meta");
+    assert!(
+        lease_owner(&app, &id).await.is_some(),
+        "the lease of a step with register in flight must not be released"
+    );
+
+    let b = app.another_worker();
+    let stop_b = app.shutdown.clone();
+    tokio::spawn(async move { b.run(stop_b).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.migration(&id).await;
+        if m["state"] != "registering" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never left registering: {m:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sent_at.elapsed() >= Duration::from_secs(2),
+        "taken over {:?} after register was sent, before Meta applied it",
+        sent_at.elapsed()
+    );
+    app.wait_for(&id, "completed").await;
+    assert_eq!(
+        (
+            app.received(phone, "register"),
+            app.applied(phone, "register")
+        ),
+        (1, 1),
+        "register exactly once"
+    );
+}

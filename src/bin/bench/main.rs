@@ -188,7 +188,9 @@ impl Env {
             ("WORKER_CONCURRENCY", workers.to_string()),
             ("CHANNEL_POLL_MS", a.channel_poll_ms.to_string()),
             ("RATE_LIMIT_PER_SECOND", "0".into()),
-            ("SHUTDOWN_GRACE_SECONDS", "2".into()),
+            // At least the upstream timeout (default 30 s) + 1 s, as startup checks; a stop
+            // with nothing in flight is immediate anyway.
+            ("SHUTDOWN_GRACE_SECONDS", "31".into()),
             ("RUST_LOG", a.service_log.clone()),
         ]
         .into_iter()

@@ -1,0 +1,327 @@
+//! The lease of one claimed migration as its step, its heartbeat and the worker's shutdown see
+//! it.
+//!
+//! * **Held or lost.** The lease is lost when the heartbeat finds another token on the row, or
+//!   when its expiry passed locally without a confirmed extension (the database was
+//!   unreachable): another replica may claim it from then on. The expiry is tracked from the
+//!   moment each extending statement was *sent*, so the local bound is never later than the
+//!   database's.
+//! * **Before an intent write** a step calls [`StepLease::may_start`]: it fails on a lost lease
+//!   ([`StepError::Abandon`]) and once the worker is stopping ([`StepError::Stopping`]): no new
+//!   irreversible call starts after SIGTERM, so every call in flight at the signal began before
+//!   it and ends within `UPSTREAM_TIMEOUT_SECONDS`, which the grace period exceeds.
+//! * **Right before the irreversible call** it takes an [`IrreversibleCall`] with
+//!   [`StepLease::irreversible`], which checks the lease again. While one is alive, the shutdown
+//!   path never releases the lease: past the grace period such a step is aborted and its lease
+//!   left to expire, because the upstream may still apply a call we hung up on, and no other
+//!   replica may read the number before it could have.
+//! * A call that ended without an answer that settles it (timeout, reset, 5xx, a 2xx we could
+//!   not read: [`clients::Error::maybe_applied`]) leaves the lease *unresolved*: a stopping
+//!   worker records the retry but keeps the lease instead of handing the migration over at once.
+//! * The heartbeat ([`spawn_heartbeat`]) is owned by the step: dropping its handle (the step
+//!   ended, or its task was aborted) aborts it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::steps::StepError;
+use crate::clients;
+use crate::db::migrations as store;
+
+/// One claimed migration's lease (shared by the step, its heartbeat and the shutdown path).
+#[derive(Debug)]
+pub struct StepLease {
+    id: Uuid,
+    token: Uuid,
+    length: Duration,
+    /// The worker is stopping (SIGTERM): no new irreversible call may start.
+    stopping: CancellationToken,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Local bound of the lease's expiry: when the last extending statement was sent + length.
+    valid_until: Instant,
+    /// The row no longer carries our token.
+    lost: bool,
+    /// Irreversible calls in flight.
+    calls: usize,
+    /// An irreversible call of the current step ended without an answer that settles it.
+    unresolved: bool,
+    /// Set by the shutdown path past the grace period: no call may start any more.
+    sealed: bool,
+}
+
+impl StepLease {
+    /// The lease a claim statement sent at `claimed_at` took for `length`.
+    pub fn new(
+        id: Uuid,
+        token: Uuid,
+        length: Duration,
+        claimed_at: Instant,
+        stopping: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            token,
+            length,
+            stopping,
+            state: Mutex::new(State {
+                valid_until: claimed_at + length,
+                lost: false,
+                calls: 0,
+                unresolved: false,
+                sealed: false,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The token the row's guarded writes need.
+    pub fn token(&self) -> Uuid {
+        self.token
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Plain counters and flags: a panic elsewhere cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A statement sent at `sent` pushed the expiry out by the lease's length.
+    pub fn extended(&self, sent: Instant) {
+        let mut s = self.state();
+        s.valid_until = s.valid_until.max(sent + self.length);
+    }
+
+    /// The row no longer carries our token.
+    pub fn mark_lost(&self) {
+        self.state().lost = true;
+    }
+
+    /// Whether the heartbeat found another token on the row.
+    pub fn token_lost(&self) -> bool {
+        self.state().lost
+    }
+
+    /// Whether another replica may hold (or claim) the migration now.
+    pub fn is_lost(&self) -> bool {
+        let s = self.state();
+        s.lost || Instant::now() >= s.valid_until
+    }
+
+    /// Whether the worker is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Before an intent write: the lease must be held and the worker not stopping.
+    pub fn may_start(&self) -> Result<(), StepError> {
+        if self.is_lost() {
+            warn!(migration.id = %self.id, "lease lost: not starting an irreversible call");
+            return Err(StepError::Abandon);
+        }
+        if self.stopping() {
+            return Err(StepError::Stopping);
+        }
+        Ok(())
+    }
+
+    /// Right before an irreversible upstream call: checks the lease again and marks the call
+    /// in flight until the returned guard is finished or dropped.
+    pub fn irreversible(&self, what: &'static str) -> Result<IrreversibleCall<'_>, StepError> {
+        let mut s = self.state();
+        if s.lost || Instant::now() >= s.valid_until {
+            warn!(migration.id = %self.id, call = what, "lease lost: not calling upstream");
+            return Err(StepError::Abandon);
+        }
+        if s.sealed {
+            return Err(StepError::Stopping);
+        }
+        s.calls += 1;
+        Ok(IrreversibleCall {
+            lease: self,
+            finished: false,
+        })
+    }
+
+    /// Irreversible calls in flight now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.state().calls
+    }
+
+    /// Past the grace period: no call may start any more. Returns whether one is in flight.
+    pub fn seal(&self) -> bool {
+        let mut s = self.state();
+        s.sealed = true;
+        s.calls > 0
+    }
+
+    /// Whether an irreversible call of the step that just ended was left unresolved; resets
+    /// it for the next step.
+    pub fn take_unresolved(&self) -> bool {
+        std::mem::take(&mut self.state().unresolved)
+    }
+}
+
+/// An irreversible upstream call in flight (see [`StepLease::irreversible`]).
+#[must_use = "finish the call with its result"]
+pub struct IrreversibleCall<'a> {
+    lease: &'a StepLease,
+    finished: bool,
+}
+
+impl IrreversibleCall<'_> {
+    /// The call returned: it is settled unless the upstream may still apply it.
+    pub fn finish<T>(mut self, result: &Result<T, clients::Error>) {
+        let unresolved = result.as_ref().err().is_some_and(|e| e.maybe_applied());
+        let mut s = self.lease.state();
+        s.calls -= 1;
+        s.unresolved |= unresolved;
+        self.finished = true;
+    }
+}
+
+impl Drop for IrreversibleCall<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped mid-call (the step was aborted): nobody knows what the upstream did.
+            let mut s = self.lease.state();
+            s.calls -= 1;
+            s.unresolved = true;
+        }
+    }
+}
+
+/// Extends the lease every third of its length while the returned handle lives; marks it lost
+/// when the row no longer carries our token. Dropping the handle aborts the heartbeat.
+pub fn spawn_heartbeat(pool: PgPool, lease: Arc<StepLease>) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lease.length / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let sent = Instant::now();
+            match store::heartbeat(&pool, lease.id, lease.token, lease.length).await {
+                Ok(true) => lease.extended(sent),
+                Ok(false) => {
+                    lease.mark_lost();
+                    return;
+                }
+                // The database is unreachable: keep trying; the local expiry stops new
+                // irreversible calls, and the guarded writes fail once another worker claimed.
+                Err(e) => warn!(migration.id = %lease.id, error = %e, "heartbeat failed"),
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_lease(length: Duration) -> (Arc<StepLease>, CancellationToken) {
+        let stop = CancellationToken::new();
+        (
+            StepLease::new(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                length,
+                Instant::now(),
+                stop.clone(),
+            ),
+            stop,
+        )
+    }
+
+    fn timeout() -> clients::Error {
+        clients::Error::Transport {
+            service: clients::Service::Meta,
+            message: "timeout".into(),
+            maybe_applied: true,
+        }
+    }
+
+    #[test]
+    fn a_call_is_in_flight_until_finished_or_dropped() {
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        let call = lease.irreversible("register").unwrap();
+        assert_eq!(lease.calls_in_flight(), 1);
+        call.finish(&Ok::<(), clients::Error>(()));
+        assert_eq!(lease.calls_in_flight(), 0);
+        assert!(!lease.take_unresolved());
+
+        let call = lease.irreversible("register").unwrap();
+        drop(call);
+        assert_eq!(lease.calls_in_flight(), 0);
+        assert!(
+            lease.take_unresolved(),
+            "a call dropped mid-flight is unresolved"
+        );
+        assert!(!lease.take_unresolved(), "taken once per step");
+    }
+
+    #[test]
+    fn an_ambiguous_error_leaves_the_call_unresolved() {
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        lease
+            .irreversible("verify_code")
+            .unwrap()
+            .finish(&Err::<(), _>(timeout()));
+        assert!(lease.take_unresolved());
+    }
+
+    #[test]
+    fn no_new_call_once_stopping_lost_expired_or_sealed() {
+        let (lease, stop) = new_lease(Duration::from_secs(60));
+        assert!(lease.may_start().is_ok());
+        stop.cancel();
+        assert!(matches!(lease.may_start(), Err(StepError::Stopping)));
+        // A call whose intent is already recorded still goes out while stopping...
+        lease
+            .irreversible("request_code")
+            .unwrap()
+            .finish(&Ok::<(), clients::Error>(()));
+        // ...but not once the grace period is over.
+        assert!(!lease.seal());
+        assert!(matches!(
+            lease.irreversible("request_code"),
+            Err(StepError::Stopping)
+        ));
+
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        lease.mark_lost();
+        assert!(matches!(lease.may_start(), Err(StepError::Abandon)));
+        assert!(matches!(
+            lease.irreversible("register"),
+            Err(StepError::Abandon)
+        ));
+
+        let (expired, _) = new_lease(Duration::ZERO);
+        assert!(
+            expired.is_lost(),
+            "an expiry passed without an extension is lost"
+        );
+        assert!(matches!(expired.may_start(), Err(StepError::Abandon)));
+        expired.extended(Instant::now() + Duration::from_secs(5));
+        assert!(!expired.is_lost());
+    }
+
+    #[test]
+    fn seal_reports_calls_in_flight() {
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        let call = lease.irreversible("register").unwrap();
+        assert!(lease.seal());
+        call.finish(&Ok::<(), clients::Error>(()));
+        assert!(!lease.seal());
+    }
+}
