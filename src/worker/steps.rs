@@ -5,7 +5,8 @@
 //! earlier call's outcome is unknown, so read upstream state before calling again:
 //! * `request_code`: an intent means the code may have been sent; it is treated as sent (the
 //!   partner can resend), so the client is never texted twice by a retry.
-//! * `verify_code` / `register`: read the phone number; `VERIFIED` / `CONNECTED` means done.
+//! * `verify_code` / `register`: read the phone number before every call (with or without an
+//!   intent); `VERIFIED` / `CONNECTED` means done.
 //! * `api_keys`: a key is persisted the moment it arrives, before anything else; an intent with
 //!   no stored key means the response was lost and nobody holds that key, so a new call only
 //!   revokes a key nobody has. A stored key is replaced only by an explicit rotation
@@ -507,17 +508,17 @@ async fn verifying_otp(
         Ok(id) => id,
         Err(failed) => return Ok(*failed),
     };
-    if memo(row, "verify_code").is_some() {
-        match phone_status(deps, &pnid).await {
-            Ok(n) if is_verified(&n) => {
-                return Ok(StepResult::done().with(|p| {
-                    p.otp_code_enc = Some(None);
-                    p.step_memo = Some(without(&row.step_memo, "verify_code"));
-                }));
-            }
-            Ok(_) => {}
-            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    // Read before calling, intent or not: an earlier call of ours may have been applied (the
+    // intent says so), and a number already `VERIFIED` must not be verified again either.
+    match phone_status(deps, &pnid).await {
+        Ok(n) if is_verified(&n) => {
+            return Ok(StepResult::done().with(|p| {
+                p.otp_code_enc = Some(None);
+                p.step_memo = Some(without(&row.step_memo, "verify_code"));
+            }));
         }
+        Ok(_) => {}
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
     let code = match &row.otp_code_enc {
         Some(enc) => match deps.cipher.open(enc, &aad::otp_code(row.id)) {
@@ -628,20 +629,19 @@ async fn registering(
         Ok(id) => id,
         Err(failed) => return Ok(*failed),
     };
-    if memo(row, "register").is_some() {
-        // An earlier register may have been applied: read before calling again
-        // (10 registrations per 72 h, then a 72 h block).
-        match phone_status(deps, &pnid).await {
-            Ok(n) if is_connected(&n) => {
-                info!("number already registered: not calling register again");
-                let summary = summary_with(row, "preserved", preserved(row, &n));
-                return Ok(StepResult::done()
-                    .with(|p| p.summary = Some(summary))
-                    .data(json!({ "register": "already_registered" })));
-            }
-            Ok(_) => {}
-            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    // Read before calling, intent or not: an earlier register of ours may have been applied,
+    // and a number already `CONNECTED` must not be registered again either (10 registrations
+    // per 72 h, then a 72 h block; a PIN mismatch would fail a number that works).
+    match phone_status(deps, &pnid).await {
+        Ok(n) if is_connected(&n) => {
+            info!("number already registered: not calling register again");
+            let summary = summary_with(row, "preserved", preserved(row, &n));
+            return Ok(StepResult::done()
+                .with(|p| p.summary = Some(summary))
+                .data(json!({ "register": "already_registered" })));
         }
+        Ok(_) => {}
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
     let pin = deps
         .cipher
