@@ -16,8 +16,8 @@ pub use d360::D360Client;
 pub use meta::MetaClient;
 
 pub use crate::domain::upstream::{
-    Applied, BusinessInfo, CallError as Error, Channel, CodeMethod, HealthStatus, PhoneNumber,
-    Service, SubscribedApp, Template, TemplateMigration, UpstreamError, Waba,
+    BusinessInfo, CallError as Error, Channel, CodeMethod, HealthStatus, PhoneNumber, Service,
+    SubscribedApp, Template, TemplateMigration, UpstreamError, Waba,
 };
 
 /// The Meta Graph API as the migration uses it. Ids are Graph ids (numeric strings).

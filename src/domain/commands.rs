@@ -246,6 +246,14 @@ mod tests {
     }
 
     #[test]
+    fn retry_resumes_otp_failures_with_a_new_code() {
+        assert_eq!(retry_target(AwaitingOtp), RequestingOtp);
+        assert_eq!(retry_target(VerifyingOtp), RequestingOtp);
+        assert_eq!(retry_target(Registering), Registering);
+        assert_eq!(retry_target(Queued), Prechecking);
+    }
+
+    #[test]
     fn active_is_every_state_but_the_terminal_ones() {
         let active: Vec<_> = MigrationState::ALL
             .into_iter()

@@ -153,8 +153,6 @@ pub fn successor(state: MigrationState, flow: Flow) -> MigrationState {
     }
 }
 
-pub use super::commands::retry_target;
-
 /// The worker's edges besides [`successor`]: a step may skip ahead when upstream state shows
 /// later steps are already done, and the voice fallback goes back to request a new code.
 /// Anything else a step asks for is refused by [`decide`].
@@ -530,14 +528,6 @@ mod tests {
             decide(ctx(Initiating, 1), StepOutcome::Failed(e.clone()), &p, 0.0),
             Decision::Fail(e)
         );
-    }
-
-    #[test]
-    fn retry_resumes_otp_failures_with_a_new_code() {
-        assert_eq!(retry_target(AwaitingOtp), RequestingOtp);
-        assert_eq!(retry_target(VerifyingOtp), RequestingOtp);
-        assert_eq!(retry_target(Registering), Registering);
-        assert_eq!(retry_target(Queued), Prechecking);
     }
 
     #[test]

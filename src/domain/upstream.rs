@@ -91,39 +91,17 @@ impl UpstreamError {
     }
 }
 
-/// Whether a failed call changed anything upstream, as far as the caller can know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// Refused (a 4xx), or it never left (a connect error): calling again is a first call.
-    No,
-    /// It may have been applied: a timeout or reset after sending, a 5xx, or a 2xx whose body
-    /// is not the documented success. A non-idempotent call must not be repeated blind: read
-    /// upstream state first (or, for `request_code`, treat the code as sent).
-    Maybe,
-}
-
 impl CallError {
     /// Whether retrying the same call later can succeed: the one classification every caller
     /// uses. Per `meta-graph-api.md` §4: `is_transient` when present, else the documented
     /// transient codes, HTTP 429 and 5xx; transport errors are retryable, and so is a 2xx whose
     /// body is not the upstream's JSON (a proxy's or gateway's page). Whether it is *safe* to
-    /// retry a non-idempotent call is [`CallError::applied`]'s question.
+    /// retry a non-idempotent call is [`CallError::maybe_applied`]'s question.
     pub fn is_retryable(&self) -> bool {
         match self {
             CallError::Transport { .. } | CallError::Decode { .. } => true,
             CallError::Api { upstream, .. } => classify_retryable(upstream),
         }
-    }
-
-    /// Whether the call may have been applied upstream although no success was seen.
-    pub fn applied(&self) -> Applied {
-        let maybe = match self {
-            CallError::Transport { maybe_applied, .. } => *maybe_applied,
-            // A 5xx may have been applied before the upstream failed; 4xx were refused.
-            CallError::Api { upstream, .. } => upstream.http_status.is_none_or(|s| s >= 500),
-            CallError::Decode { .. } => true,
-        };
-        if maybe { Applied::Maybe } else { Applied::No }
     }
 
     /// Delay the upstream asked for, if any.
@@ -149,9 +127,18 @@ impl CallError {
         }
     }
 
-    /// True when the request may have been applied upstream although we saw no success.
+    /// True when the request may have been applied upstream although we saw no success: a
+    /// timeout or reset after sending, a 5xx, or a 2xx whose body is not the documented
+    /// success. A non-idempotent call must then not be repeated blind: read upstream state
+    /// first (or, for `request_code`, treat the code as sent). False when it was refused (a
+    /// 4xx) or never left (a connect error).
     pub fn maybe_applied(&self) -> bool {
-        self.applied() == Applied::Maybe
+        match self {
+            CallError::Transport { maybe_applied, .. } => *maybe_applied,
+            // A 5xx may have been applied before the upstream failed; 4xx were refused.
+            CallError::Api { upstream, .. } => upstream.http_status.is_none_or(|s| s >= 500),
+            CallError::Decode { .. } => true,
+        }
     }
 }
 
