@@ -8,11 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::rate_limit::RateLimiter;
+use crate::core::{AppState, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig};
 use crate::crypto::{self, Cipher};
-use crate::webhooks::{Clock, Dispatcher, WebhookConfig};
+use crate::webhooks::Dispatcher;
 use crate::worker::{Deps, FailPoints, Worker, WorkerConfig};
-
-pub use crate::core::{AppState, SandboxSeeder, Upstreams};
 
 /// Everything `App::new` needs besides the pool.
 #[derive(Clone)]
@@ -29,7 +28,7 @@ pub struct Settings {
     /// Requests per second and burst per API key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
     /// The support dashboard's settings.
-    pub dashboard: crate::dashboard::DashboardConfig,
+    pub dashboard: DashboardConfig,
 }
 
 /// The service: API state plus (optionally) a worker.

@@ -11,14 +11,15 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use url::Url;
 
-use crate::app::{App, SandboxSeeder, Settings, Upstreams};
+use crate::app::{App, Settings};
 use crate::config::{ApiArgs, Cli, Command, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs};
+use crate::core::settings::{OtpPolicy, SystemClock, WebhookConfig};
+use crate::core::{SandboxSeeder, Upstreams};
 use crate::crypto::{self, Cipher};
 use crate::domain::RetryPolicy;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::sandbox::{FaultKind, Sandbox, SandboxConfig};
-use crate::webhooks::{SystemClock, WebhookConfig};
-use crate::worker::{OtpPolicy, WorkerConfig, default_owner};
+use crate::worker::{WorkerConfig, default_owner};
 use crate::{db, shutdown};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -394,7 +395,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
                 .map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
             dashboard: api
                 .as_ref()
-                .map(|a| crate::dashboard::DashboardConfig {
+                .map(|a| crate::core::DashboardConfig {
                     stuck_after: Duration::from_secs(a.dashboard_stuck_minutes.saturating_mul(60)),
                     secure_cookie: a.dashboard_secure_cookie,
                 })

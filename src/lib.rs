@@ -34,4 +34,5 @@ pub mod telemetry;
 pub mod webhooks;
 pub mod worker;
 
-pub use app::{App, AppState, Settings, Upstreams};
+pub use app::{App, Settings};
+pub use core::{AppState, Upstreams};

@@ -29,8 +29,6 @@ mod views;
 
 pub use session::{CSRF_FIELD, SESSION_COOKIE};
 
-pub use crate::core::settings::DashboardConfig;
-
 /// The Content-Security-Policy of every dashboard response: nothing but this origin, no
 /// script, no framing, forms only to this origin.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \

@@ -23,7 +23,6 @@ pub mod health;
 pub mod migrations;
 pub mod partners;
 pub use crate::api::problem;
-pub use crate::core::rate_limit;
 pub mod webhooks;
 
 use problem::{ApiError, REQUEST_ID};

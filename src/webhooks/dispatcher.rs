@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::signing::{self, SigningKey};
-use super::ssrf::{self, PublicResolver};
-use super::{Clock, WebhookConfig};
+use crate::core::ssrf::{self, PublicResolver};
+use crate::core::{Clock, WebhookConfig};
 use crate::crypto::Cipher;
 use crate::db::{self, webhooks as store};
 

@@ -14,12 +14,10 @@
 //!   attempts over 27.5 h); every attempt logged with status, latency and the next attempt.
 //! * **Signing** ([`signing`]): `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`
 //!   with the partner's `whsec_` secret, plus the previous secret during a rotation's overlap.
-//! * **Safety** ([`ssrf`]): only `https` URLs whose resolved addresses are all public, checked at
+//! * **Safety** ([`crate::core::ssrf`]): only `https` URLs whose resolved addresses are all public, checked at
 //!   connect time by the resolver itself, redirects not followed.
 
 pub mod dispatcher;
 pub mod signing;
-pub use crate::core::ssrf;
 
-pub use crate::core::settings::{Clock, DEFAULT_SCHEDULE, ManualClock, SystemClock, WebhookConfig};
 pub use dispatcher::Dispatcher;

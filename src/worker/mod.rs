@@ -34,6 +34,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::clients::{D360Api, MetaApi};
+use crate::core::OtpPolicy;
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
@@ -49,8 +50,6 @@ use lease::StepLease;
 
 /// Most rows one claim statement takes.
 const CLAIM_BATCH: usize = 32;
-
-pub use crate::core::settings::OtpPolicy;
 
 /// Worker settings.
 #[derive(Debug, Clone)]

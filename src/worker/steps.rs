@@ -404,7 +404,7 @@ async fn requesting_otp(
 /// When an SMS code still unanswered should be followed by a voice call, if configured and
 /// not done yet.
 pub fn voice_fallback_at(
-    otp: &super::OtpPolicy,
+    otp: &crate::core::OtpPolicy,
     method: &str,
     requested_at: Option<chrono::DateTime<Utc>>,
     memo: &Value,
@@ -419,7 +419,7 @@ pub fn voice_fallback_at(
 /// When a parked `awaiting_otp` row should be looked at: its deadline, or the automatic switch
 /// to a voice call if that comes first.
 pub fn awaiting_otp_due(
-    otp: &super::OtpPolicy,
+    otp: &crate::core::OtpPolicy,
     method: &str,
     requested_at: Option<chrono::DateTime<Utc>>,
     expires_at: chrono::DateTime<Utc>,

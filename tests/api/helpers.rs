@@ -10,13 +10,16 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
-use waba_migrator::app::{App, SandboxSeeder, Settings, Upstreams};
+use waba_migrator::app::{App, Settings};
+use waba_migrator::core::settings::SystemClock;
+use waba_migrator::core::{
+    Clock, DashboardConfig, OtpPolicy, SandboxSeeder, Upstreams, WebhookConfig,
+};
 use waba_migrator::crypto::Cipher;
-use waba_migrator::dashboard::DashboardConfig;
 use waba_migrator::domain::RetryPolicy;
 use waba_migrator::sandbox::{Sandbox, SandboxConfig};
-use waba_migrator::webhooks::{Clock, Dispatcher, SystemClock, WebhookConfig};
-use waba_migrator::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
+use waba_migrator::webhooks::Dispatcher;
+use waba_migrator::worker::{Deps, FailPoints, Worker, WorkerConfig};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 /// The sandbox's default business (owner of WABAs it creates on first use).

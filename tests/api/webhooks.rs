@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use standardwebhooks::{Webhook, WebhookError};
 use tokio::net::TcpListener;
+use waba_migrator::core::WebhookConfig;
+use waba_migrator::core::settings::ManualClock;
 use waba_migrator::domain::EventType;
 use waba_migrator::webhooks::signing::SigningKey;
-use waba_migrator::webhooks::{ManualClock, WebhookConfig};
 
 use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
 

@@ -14,11 +14,12 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
+use waba_migrator::core::OtpPolicy;
 use waba_migrator::crypto::{Cipher, aad};
 use waba_migrator::db::{migrations as store, partners};
 use waba_migrator::domain::RetryPolicy;
 use waba_migrator::domain::memo::MemoKey;
-use waba_migrator::worker::{Deps, FailPoints, OtpPolicy, Worker, WorkerConfig};
+use waba_migrator::worker::{Deps, FailPoints, Worker, WorkerConfig};
 
 use crate::fakes::{FakeChannel, FakeD360, FakeMeta, FakePhone, Kind};
 
