@@ -7,18 +7,6 @@ use sqlx::PgPool;
 
 use crate::helpers::{ADMIN_KEY, TestApp};
 
-async fn event_count(app: &TestApp, id: &str, kind: Option<&str>) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM migration_events
-          WHERE migration_id = $1::uuid AND ($2::text IS NULL OR type = $2)",
-    )
-    .bind(id)
-    .bind(kind)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
-}
-
 /// Fetching the key 5 times neither appends events nor moves `updated_at`; the first reveal
 /// is recorded once.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -31,10 +19,11 @@ async fn fetching_the_api_key_again_writes_nothing(pool: PgPool) {
     // The first reveal: one `migration.api_key_retrieved` event.
     let key = app.stored_key(&id).await;
     assert_eq!(
-        event_count(&app, &id, Some("migration.api_key_retrieved")).await,
+        app.event_count(&id, Some("migration.api_key_retrieved"))
+            .await,
         1
     );
-    let events = event_count(&app, &id, None).await;
+    let events = app.event_count(&id, None).await;
     let before = app.migration(&id).await;
 
     for _ in 0..5 {
@@ -47,7 +36,7 @@ async fn fetching_the_api_key_again_writes_nothing(pool: PgPool) {
     assert_eq!(admin.status(), StatusCode::OK);
 
     assert_eq!(
-        event_count(&app, &id, None).await,
+        app.event_count(&id, None).await,
         events,
         "fetching the key appended events"
     );
@@ -58,7 +47,8 @@ async fn fetching_the_api_key_again_writes_nothing(pool: PgPool) {
     );
     assert_eq!(after, before);
     assert_eq!(
-        event_count(&app, &id, Some("migration.api_key_retrieved")).await,
+        app.event_count(&id, Some("migration.api_key_retrieved"))
+            .await,
         1
     );
 }
@@ -75,7 +65,8 @@ async fn concurrent_first_fetches_record_one_reveal(pool: PgPool) {
         assert_eq!(res.status(), StatusCode::OK);
     }
     assert_eq!(
-        event_count(&app, &id, Some("migration.api_key_retrieved")).await,
+        app.event_count(&id, Some("migration.api_key_retrieved"))
+            .await,
         1
     );
 }

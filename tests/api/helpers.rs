@@ -373,6 +373,19 @@ impl TestApp {
     }
 
     /// The whole audit trail, oldest first (every page).
+    /// Stored audit events of the migration (of type `kind`, when given).
+    pub async fn event_count(&self, id: &str, kind: Option<&str>) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM migration_events
+              WHERE migration_id = $1::uuid AND ($2::text IS NULL OR type = $2)",
+        )
+        .bind(id)
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
     pub async fn events(&self, id: &str) -> Vec<Value> {
         self.all_pages(&format!("/v1/migrations/{id}/events")).await
     }

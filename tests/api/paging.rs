@@ -55,25 +55,13 @@ async fn add_events(app: &TestApp, id: &str, n: i32) {
     .unwrap();
 }
 
-async fn event_count(app: &TestApp, id: &str, kind: Option<&str>) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM migration_events
-          WHERE migration_id = $1::uuid AND ($2::text IS NULL OR type = $2)",
-    )
-    .bind(id)
-    .bind(kind)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
-}
-
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn events_page_oldest_first_with_no_duplicates_or_gaps(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let id = app.create("+5511987651110").await;
     app.complete(&id).await;
     add_events(&app, &id, 120).await;
-    let total = event_count(&app, &id, None).await as usize;
+    let total = app.event_count(&id, None).await as usize;
     assert!(total > 130, "{total}");
     let path = format!("/v1/migrations/{id}/events");
     let key = app.partner_key.clone();
