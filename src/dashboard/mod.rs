@@ -11,7 +11,7 @@
 //! the key ends it at the next request. Every POST carries the session's synchronizer CSRF
 //! token (compared in constant time) and is refused when its `Origin` or `Sec-Fetch-Site`
 //! says it came from another site. Actions call the API's own transition code
-//! (`http::migrations::{retry, cancel, resend}`), so events, webhooks and metrics match.
+//! (`core::migrations::{retry, cancel, resend}`), so events, webhooks and metrics match.
 
 use axum::Router;
 use axum::extract::Request;
@@ -25,6 +25,7 @@ use crate::core::AppState;
 
 mod pages;
 mod session;
+mod sign_in;
 mod views;
 
 pub use session::{CSRF_FIELD, SESSION_COOKIE};
@@ -44,9 +45,9 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/", get(|| async { Redirect::to("/dashboard") }))
         .route(
             "/dashboard/login",
-            get(session::login_page).post(session::login),
+            get(sign_in::login_page).post(sign_in::login),
         )
-        .route("/dashboard/logout", post(session::logout))
+        .route("/dashboard/logout", post(sign_in::logout))
         .route("/dashboard/migrations", get(pages::list))
         .route("/dashboard/migrations/{id}", get(pages::detail))
         .route("/dashboard/migrations/{id}/retry", post(pages::retry))

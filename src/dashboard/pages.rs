@@ -13,8 +13,9 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::DashError;
 use super::session::{CsrfForm, Session};
-use super::{DashError, views};
+use super::views::{self, ListParams};
 use crate::api::Migration;
 use crate::core::AppState;
 use crate::core::Caller;
@@ -63,25 +64,6 @@ pub async fn overview(
         names,
     };
     Ok(views::overview(&session, &data).into_response())
-}
-
-/// Query of the list page; every field optional, empty strings ignored.
-#[derive(Debug, Default, Deserialize)]
-pub struct ListParams {
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub partner_id: String,
-    #[serde(default)]
-    pub phone: String,
-    /// `YYYY-MM-DD`: created on or after this day (UTC).
-    #[serde(default)]
-    pub from: String,
-    /// `YYYY-MM-DD`: created on or before this day (UTC).
-    #[serde(default)]
-    pub to: String,
-    #[serde(default)]
-    pub cursor: String,
 }
 
 fn day(s: &str, field: &str) -> Result<Option<NaiveDate>, DashError> {

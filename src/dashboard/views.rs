@@ -10,17 +10,35 @@ use axum::http::StatusCode;
 use axum::response::Html;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::CSRF_FIELD;
-use super::pages::ListParams;
 use super::session::Session;
 use crate::api::Migration;
 use crate::core::Caller;
 use crate::db::events::EventRow;
 use crate::db::webhooks::{AttemptRow, DeliveryRow};
 use crate::domain::{Actor, ErrorCode, MigrationState};
+
+/// Query of the list page; every field optional, empty strings ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub partner_id: String,
+    #[serde(default)]
+    pub phone: String,
+    /// `YYYY-MM-DD`: created on or after this day (UTC).
+    #[serde(default)]
+    pub from: String,
+    /// `YYYY-MM-DD`: created on or before this day (UTC).
+    #[serde(default)]
+    pub to: String,
+    #[serde(default)]
+    pub cursor: String,
+}
 
 /// The serde name of an enum value (`snake_case` strings everywhere in this API).
 fn name<T: Serialize>(v: &T) -> String {

@@ -409,10 +409,8 @@ pub struct Patch {
     pub api_key_generated_at: Option<DateTime<Utc>>,
     pub api_key_verified_at: Option<Option<DateTime<Utc>>>,
     pub api_key_superseded_at: Option<Option<DateTime<Utc>>>,
-    /// Replaces the whole memo. Only for a writer holding the lease (nobody else writes the
-    /// memo meanwhile); everyone else edits it by key with [`Patch::memo`].
-    pub step_memo: Option<Value>,
-    /// Key-wise memo changes, applied after `step_memo` (jsonb key operations).
+    /// Step memo changes, key by key (jsonb key operations on what the row holds when the
+    /// statement runs): no writer ever writes back a whole memo it read earlier.
     pub memo: MemoEdits,
     pub summary: Option<Value>,
     pub error: Option<Option<Value>>,
@@ -477,9 +475,6 @@ impl Patch {
             )*};
         }
         patch_fields!(apply);
-        if let Some(whole) = &self.step_memo {
-            next.step_memo = whole.clone();
-        }
         if !self.memo.is_empty() {
             next.step_memo = self.memo.applied_to(&next.step_memo);
         }
@@ -638,17 +633,9 @@ async fn update_once(
         )*};
     }
     patch_fields!(set_opt);
-    if patch.memo.is_empty() {
-        if let Some(whole) = &patch.step_memo {
-            set.push("step_memo = ")
-                .push_bind_unseparated(whole.clone());
-        }
-    } else {
-        // Key operations on what the row holds when the statement runs (or on this patch's
-        // whole memo, when it has one: one SET per column).
-        set.push("step_memo = (COALESCE(")
-            .push_bind_unseparated(patch.step_memo.clone())
-            .push_unseparated(", step_memo) - ")
+    if !patch.memo.is_empty() {
+        // Key operations on what the row holds when the statement runs.
+        set.push("step_memo = (step_memo - ")
             .push_bind_unseparated(
                 patch
                     .memo

@@ -48,6 +48,11 @@ impl MemoKey {
         }
     }
 
+    /// This key's value in `memo` (a migration's `step_memo`), if set.
+    pub fn read(self, memo: &Value) -> Option<&Value> {
+        memo.get(self.as_str())
+    }
+
     /// True for the keys recorded before an irreversible upstream call.
     pub fn is_intent(self) -> bool {
         matches!(

@@ -1,7 +1,28 @@
 //! Maps upstream failures to our error codes and to retry-or-fail outcomes.
 
 use crate::clients::{self, Service, UpstreamError};
+use crate::db;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+
+/// Why a step stopped without an outcome.
+#[derive(Debug)]
+pub enum StepError {
+    /// Lease lost or a fail point fired: write nothing more.
+    Abandon,
+    /// The worker is stopping and the step reached an irreversible call it has not started:
+    /// nothing was sent; the migration is handed over as it is (lease released at once).
+    Stopping,
+    Db(db::Error),
+    /// Our own data is unusable (a secret that does not decrypt): retrying cannot help, so the
+    /// migration fails with `internal_error` instead of being retried forever.
+    Corrupt(&'static str),
+}
+
+impl From<db::Error> for StepError {
+    fn from(e: db::Error) -> Self {
+        StepError::Db(e)
+    }
+}
 
 /// Our code for a permanent upstream error, from Meta's code/subcode and, for the 2388103
 /// family, its text (Meta distinguishes the variants only by message).

@@ -30,7 +30,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 use uuid::Uuid;
 
-use super::steps::StepError;
+use super::errors::StepError;
 use crate::clients;
 use crate::db::migrations as store;
 

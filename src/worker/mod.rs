@@ -344,13 +344,13 @@ impl Worker {
             crate::metrics::step_ran(state, started.elapsed());
             let step = match result {
                 Ok(Ok(step)) => step,
-                Ok(Err(steps::StepError::Abandon)) => {
+                Ok(Err(errors::StepError::Abandon)) => {
                     // Crash simulation or lost lease: leave the row exactly as it is.
                     keep_lease = true;
                     span.in_scope(|| warn!("step abandoned; lease left to expire"));
                     break;
                 }
-                Ok(Err(steps::StepError::Stopping)) => {
+                Ok(Err(errors::StepError::Stopping)) => {
                     // Stopping before an irreversible call: nothing was sent, nothing written.
                     hand_over = true;
                     span.in_scope(|| {
@@ -358,7 +358,7 @@ impl Worker {
                     });
                     break;
                 }
-                Ok(Err(steps::StepError::Corrupt(what))) => {
+                Ok(Err(errors::StepError::Corrupt(what))) => {
                     span.in_scope(|| {
                         error!(
                             problem = what,
@@ -367,7 +367,7 @@ impl Worker {
                     });
                     steps::StepResult::corrupt(state, what)
                 }
-                Ok(Err(steps::StepError::Db(e))) => {
+                Ok(Err(errors::StepError::Db(e))) => {
                     span.in_scope(|| warn!(error = %e, "database error during step; will retry after lease expiry"));
                     keep_lease = true;
                     break;
@@ -498,9 +498,9 @@ impl Worker {
                     patch.waiting_for = Some(Some(json!(WaitingFor::otp(Utc::now(), expires))));
                     let method = patch.otp_method.as_deref().unwrap_or(&row.otp_method);
                     let requested = patch.otp_requested_at.or(row.otp_requested_at);
-                    let memo = patch.step_memo.as_ref().unwrap_or(&row.step_memo);
-                    store::RunAt::At(steps::awaiting_otp_due(
-                        &cfg.otp, method, requested, expires, memo,
+                    let memo = patch.memo.applied_to(&row.step_memo);
+                    store::RunAt::At(steps::otp::awaiting_otp_due(
+                        &cfg.otp, method, requested, expires, &memo,
                     ))
                 } else {
                     store::RunAt::Now
@@ -558,7 +558,7 @@ impl Worker {
                 patch.attempt = Some(0);
                 patch.otp_attempts_left = Some(row.otp_attempts_left - 1);
                 patch.run_at = Some(match row.otp_expires_at {
-                    Some(t) => store::RunAt::At(steps::awaiting_otp_due(
+                    Some(t) => store::RunAt::At(steps::otp::awaiting_otp_due(
                         &cfg.otp,
                         &row.otp_method,
                         row.otp_requested_at,

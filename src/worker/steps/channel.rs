@@ -1,0 +1,98 @@
+//! `awaiting_channel`: polls 360dialog until the channel runs and a key may be made for it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Result, StepResult, partner_credentials};
+use crate::db::migrations as store;
+use crate::domain::memo::MemoKey;
+use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+use crate::worker::Deps;
+use crate::worker::errors::outcome;
+
+pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::AwaitingChannel;
+    let creds = partner_credentials(deps, row.partner_id).await?;
+    let polls = MemoKey::ChannelPolls
+        .read(&row.step_memo)
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let after = deps
+        .config
+        .channel_poll
+        .saturating_mul(1u32 << polls.min(5))
+        .min(Duration::from_secs(60));
+    let found = match &row.channel_id {
+        Some(cid) => {
+            deps.d360
+                .get_channel(&creds, cid, Some(&row.phone_number))
+                .await
+        }
+        None => {
+            deps.d360
+                .find_channel_by_number(&creds, &row.phone_number)
+                .await
+        }
+    };
+    let channel = match found {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(StepResult::new(outcome(&e, state)));
+        }
+    };
+    let not_yet = |why: MigrationError| {
+        StepResult::new(StepOutcome::NotYet {
+            after,
+            waiting_for: Some(why),
+        })
+        .remember(MemoKey::ChannelPolls, json!(polls + 1))
+    };
+    let Some(channel) = channel else {
+        return Ok(not_yet(
+            MigrationError::new(ErrorCode::ChannelTimeout, state)
+                .with_message("360dialog does not list a channel for this number yet."),
+        ));
+    };
+    let status = channel.status.clone().unwrap_or_default();
+    let channel_id = channel.id.clone();
+    let client_id = channel.client_id.clone();
+    if !status.eq_ignore_ascii_case("running") {
+        return Ok(not_yet(
+            MigrationError::new(ErrorCode::ChannelNotRunning, state).with_message(format!(
+                "The 360dialog channel {channel_id} is `{status}`, not `running`."
+            )),
+        )
+        .with(|p| {
+            p.channel_id = Some(channel_id.clone());
+            p.d360_client_id = client_id.clone();
+        }));
+    }
+    if let Some(client) = &client_id {
+        match deps
+            .d360
+            .has_api_key_permission(&creds, client, &channel_id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(not_yet(MigrationError::new(
+                    ErrorCode::ApiKeyPermissionMissing,
+                    state,
+                ))
+                .with(|p| {
+                    p.channel_id = Some(channel_id.clone());
+                    p.d360_client_id = client_id.clone();
+                }));
+            }
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        }
+    }
+    Ok(StepResult::done()
+        .with(|p| {
+            p.channel_id = Some(channel_id.clone());
+            p.d360_client_id = client_id.clone();
+        })
+        .forget(MemoKey::ChannelPolls)
+        .data(json!({ "channel_id": channel_id })))
+}

@@ -1,0 +1,237 @@
+//! One executor per state: the upstream calls of that step and what to persist, one file per
+//! step (`precheck`, `otp`, `register`, `templates`, `channel`, `api_key`); this module holds
+//! what they share: the result type, intents, and reading the number.
+//!
+//! Non-idempotent calls (`request_code`, `register`, `api_keys`) follow one rule: record the
+//! intent (guarded by the lease) before calling; when an intent is found on a later attempt, the
+//! earlier call's outcome is unknown, so read upstream state before calling again:
+//! * `request_code`: an intent means the code may have been sent; it is treated as sent (the
+//!   partner can resend), so the client is never texted twice by a retry.
+//! * `verify_code` / `register`: read the phone number before every call (with or without an
+//!   intent); `VERIFIED` / `CONNECTED` means done.
+//! * `api_keys`: a key is persisted the moment it arrives, before anything else; an intent with
+//!   no stored key means the response was lost and nobody holds that key, so a new call only
+//!   revokes a key nobody has. A stored key is replaced only by an explicit rotation
+//!   (`POST …/api_key/rotate`, which marks it superseded first), and never a key another
+//!   completed migration of the number still holds and 360dialog still accepts: that is
+//!   checked before every call (`core::migrations::live_key_holder`).
+//!
+//! The lease is checked before every intent write and again right before every irreversible
+//! call ([`StepLease::may_start`], [`StepLease::irreversible`]): a step whose lease is lost stops
+//! without calling upstream, and once the worker is stopping no new intent is written (the step
+//! hands the migration over untouched). The call itself runs inside an
+//! [`IrreversibleCall`](super::lease::IrreversibleCall) guard, which keeps a stopping worker
+//! from releasing the lease while the call is in flight.
+
+mod api_key;
+mod channel;
+pub(super) mod otp;
+mod precheck;
+mod register;
+mod templates;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::Deps;
+use super::errors::StepError;
+use super::lease::StepLease;
+use crate::clients::{self, PartnerCredentials};
+use crate::crypto::aad;
+use crate::db::{self, migrations as store};
+use crate::domain::memo::{MemoEdits, MemoKey};
+use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+
+/// A step's outcome and the columns to write with it.
+pub struct StepResult {
+    pub outcome: StepOutcome,
+    pub patch: store::Patch,
+    /// Extra data for the event (never secrets).
+    pub event_data: Value,
+    /// The row as the step's own writes left it (it saved something, bumping the version):
+    /// the result is recorded on top of this one.
+    pub row: Option<Box<store::MigrationRow>>,
+}
+
+impl StepResult {
+    fn new(outcome: StepOutcome) -> Self {
+        Self {
+            outcome,
+            patch: store::Patch::default(),
+            event_data: json!({}),
+            row: None,
+        }
+    }
+
+    fn done() -> Self {
+        Self::new(StepOutcome::Done { skip_to: None })
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut store::Patch)) -> Self {
+        f(&mut self.patch);
+        self
+    }
+
+    fn data(mut self, data: Value) -> Self {
+        self.event_data = data;
+        self
+    }
+
+    /// Sets one memo key with the result (other keys are left as they are).
+    fn remember(mut self, key: MemoKey, value: Value) -> Self {
+        self.patch.memo = std::mem::take(&mut self.patch.memo).set(key, value);
+        self
+    }
+
+    /// Removes one memo key with the result (an intent whose call is settled).
+    fn forget(mut self, key: MemoKey) -> Self {
+        self.patch.memo = std::mem::take(&mut self.patch.memo).remove(key);
+        self
+    }
+
+    /// Our own data is unusable: fail visibly with `internal_error`.
+    pub fn corrupt(state: MigrationState, what: &str) -> Self {
+        Self::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::InternalError, state)
+                .with_message(format!("An internal error stopped this step: {what}.")),
+        ))
+    }
+
+    /// A step that panicked: retried like a transient failure, then failed.
+    pub fn internal_error(state: MigrationState, msg: &str) -> Self {
+        let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, state)
+            .with_message("An internal error interrupted this step.");
+        error.actor = crate::domain::Actor::None;
+        Self::new(StepOutcome::Transient {
+            error,
+            retry_after: None,
+        })
+        .data(json!({ "internal": msg.chars().take(200).collect::<String>() }))
+    }
+}
+
+type Result<T> = std::result::Result<T, StepError>;
+
+/// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease; first
+/// checks that the lease is still held and the worker not stopping. Only this key is written.
+async fn record_intent(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+    key: MemoKey,
+) -> Result<()> {
+    debug_assert!(key.is_intent(), "{key:?} is not an intent");
+    lease.may_start()?;
+    let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
+    let updated = crate::core::transition::apply(
+        &mut conn,
+        row,
+        &store::Guard {
+            lease_token: Some(lease.token()),
+            ..Default::default()
+        },
+        &store::Patch {
+            memo: MemoEdits::default().set(key, json!(Utc::now())),
+            ..Default::default()
+        },
+        store::Lease::Keep,
+        None,
+    )
+    .await?;
+    if updated.is_none() {
+        return Err(StepError::Abandon);
+    }
+    Ok(())
+}
+
+fn crash_point(deps: &Deps, name: &str) -> Result<()> {
+    if deps.fail_points.hit(name) {
+        warn!(fail_point = name, "fail point hit: simulating a crash");
+        return Err(StepError::Abandon);
+    }
+    Ok(())
+}
+
+/// Runs the step of `row.state`.
+pub async fn execute(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+) -> Result<StepResult> {
+    use MigrationState::*;
+    let state = row.state();
+    match state {
+        Queued => Ok(StepResult::done()),
+        Prechecking => precheck::prechecking(deps, row).await,
+        Initiating => precheck::initiating(deps, row).await,
+        RequestingOtp => otp::requesting_otp(deps, row, lease).await,
+        AwaitingOtp => Ok(otp::awaiting_otp(deps, row)),
+        VerifyingOtp => otp::verifying_otp(deps, row, lease).await,
+        Registering => register::registering(deps, row, lease).await,
+        CopyingTemplates => templates::copying_templates(deps, row).await,
+        AwaitingChannel => channel::awaiting_channel(deps, row).await,
+        GeneratingApiKey => api_key::generating_api_key(deps, row, lease).await,
+        Completed | Failed | Cancelled => Ok(StepResult::new(StepOutcome::NotYet {
+            after: Duration::from_secs(3600),
+            waiting_for: None,
+        })),
+    }
+}
+
+async fn phone_status(
+    deps: &Deps,
+    pnid: &str,
+) -> std::result::Result<clients::PhoneNumber, clients::Error> {
+    deps.meta.get_phone_number(pnid).await
+}
+
+/// The phone number id that `initiating` (or the precheck) stored, or the failure to report.
+fn phone_number_id(
+    row: &store::MigrationRow,
+    state: MigrationState,
+) -> std::result::Result<String, Box<StepResult>> {
+    row.phone_number_id.clone().ok_or_else(|| {
+        Box::new(StepResult::new(StepOutcome::Failed(
+            MigrationError::new(ErrorCode::UpstreamRejected, state)
+                .with_message("No phone number id: the migration was not initiated."),
+        )))
+    })
+}
+
+fn is_verified(n: &clients::PhoneNumber) -> bool {
+    n.code_verification_status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("VERIFIED"))
+}
+
+fn is_connected(n: &clients::PhoneNumber) -> bool {
+    n.status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("CONNECTED"))
+}
+
+/// `summary` with `key` set to `value` (other keys kept).
+fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
+    let mut s = row.summary.clone().unwrap_or_else(|| json!({}));
+    if !s.is_object() {
+        s = json!({});
+    }
+    s[key] = value;
+    s
+}
+
+async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCredentials> {
+    let partner = db::partners::get(&deps.pool, partner_id).await?;
+    let api_key = deps
+        .cipher
+        .open(&partner.d360_api_key_enc, &aad::partner_key(partner_id))
+        .map_err(|_| StepError::Corrupt("the partner's 360dialog key cannot be decrypted"))?;
+    Ok(PartnerCredentials {
+        partner_id: partner.d360_partner_id,
+        api_key,
+    })
+}

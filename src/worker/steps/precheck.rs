@@ -1,0 +1,133 @@
+//! `prechecking` and `initiating`: the read-only checks, and finding the number in the
+//! destination WABA.
+
+use serde_json::json;
+
+use super::{Result, StepResult};
+use crate::clients;
+use crate::db::migrations as store;
+use crate::domain::values::{E164, digits_only};
+use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, StepOutcome};
+use crate::precheck;
+use crate::worker::Deps;
+use crate::worker::errors::{StepError, outcome};
+
+pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::Prechecking;
+    let flow = Flow::parse(&row.flow).unwrap_or_default();
+    let phone = match E164::parse(&row.phone_number) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(StepResult::new(StepOutcome::Failed(
+                MigrationError::new(ErrorCode::NumberNotFoundOnSource, state)
+                    .with_message(format!("Stored phone number is invalid: {e}")),
+            )));
+        }
+    };
+    if let Some(seeder) = &deps.sandbox_seeder {
+        seeder
+            .seed(
+                &row.phone_number,
+                &row.source_waba_id,
+                &row.destination_waba_id,
+                &row.meta_business_id,
+            )
+            .await;
+    }
+    let input = match precheck::gather(
+        deps.meta.as_ref(),
+        &row.source_waba_id,
+        &row.destination_waba_id,
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    };
+    let report = precheck::evaluate(flow, &phone, &row.meta_business_id, &input);
+    let report_json = json!(report);
+    let summary = json!({ "precheck_status": report.status });
+    if let Some(check) = report.failure() {
+        let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.status == precheck::CheckStatus::Fail)
+            .map(|c| c.id.as_str())
+            .collect();
+        let mut error = MigrationError::new(code, state).with_message(check.message.clone());
+        if failed.len() > 1 {
+            error.message = format!(
+                "{} (failed checks: {}; see precheck.checks)",
+                check.message,
+                failed.join(", ")
+            );
+        }
+        return Ok(StepResult::new(StepOutcome::Failed(error))
+            .with(|p| p.precheck = Some(report_json))
+            .data(summary));
+    }
+    let skip_to = match (flow, report.destination_phone_number_id.is_some()) {
+        (Flow::Otp, true) if report.destination_registered => {
+            Some(MigrationState::CopyingTemplates)
+        }
+        (Flow::Otp, true) if report.destination_verified => Some(MigrationState::Registering),
+        (Flow::Otp, true) => Some(MigrationState::RequestingOtp),
+        _ => None,
+    };
+    let pnid = report.destination_phone_number_id.clone();
+    Ok(StepResult::new(StepOutcome::Done { skip_to })
+        .with(|p| {
+            p.precheck = Some(report_json);
+            if pnid.is_some() {
+                p.phone_number_id = pnid;
+            }
+        })
+        .data(summary))
+}
+
+pub(super) async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::Initiating;
+    if row.phone_number_id.is_some() {
+        return Ok(StepResult::done());
+    }
+    let phone = E164::parse(&row.phone_number)
+        .map_err(|_| StepError::Corrupt("the stored phone number is not valid E.164"))?;
+    let cc = phone.country_code().to_string();
+    match deps
+        .meta
+        .start_migration(&row.destination_waba_id, &cc, phone.national())
+        .await
+    {
+        Ok(id) => Ok(StepResult::done().with(|p| p.phone_number_id = Some(id))),
+        // Already in the destination (e.g. our earlier call was applied but its response
+        // lost): look the number up instead of failing.
+        Err(e) if e.upstream().is_some_and(|u| u.has_code(2388012)) => {
+            match find_in_waba(deps, &row.destination_waba_id, &row.phone_number).await {
+                Ok(Some(id)) => Ok(StepResult::done()
+                    .with(|p| p.phone_number_id = Some(id))
+                    .data(json!({ "already_in_destination": true }))),
+                Ok(None) => Ok(StepResult::new(outcome(&e, state))),
+                Err(e) => Ok(StepResult::new(outcome(&e, state))),
+            }
+        }
+        Err(e) => Ok(StepResult::new(outcome(&e, state))),
+    }
+}
+
+async fn find_in_waba(
+    deps: &Deps,
+    waba_id: &str,
+    e164: &str,
+) -> std::result::Result<Option<String>, clients::Error> {
+    let want = digits_only(e164);
+    let numbers = deps.meta.list_phone_numbers(waba_id).await?;
+    Ok(numbers
+        .into_iter()
+        .find(|n| {
+            n.display_phone_number
+                .as_deref()
+                .is_some_and(|d| digits_only(d) == want)
+        })
+        .map(|n| n.id))
+}
