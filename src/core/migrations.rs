@@ -18,7 +18,7 @@ use crate::api::problem::ApiError;
 use crate::clients::D360Api;
 use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
-use crate::domain::commands::{self, Command, Plan};
+use crate::domain::commands::{self, Command, CreateOver, Found, Plan, create_over};
 use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
@@ -91,16 +91,23 @@ pub async fn create(
             }
         }
         let holders = store::live_key_holders(&mut *tx, v.phone.as_str(), None, None).await?;
-        let Some(holder) = holders.first().map(KeyHolder::of) else {
-            break tx;
+        let found = match holders.first() {
+            None => Found::Nothing,
+            Some(_) => Found::KeyHolder {
+                asked_before: asked_upstream,
+            },
         };
-        drop(tx);
-        if asked_upstream {
-            // A holder 360dialog was not asked about (it completed meanwhile): refuse.
-            return Err(already_migrated(&holder, caller, false));
+        let holder = holders.first().map(KeyHolder::of);
+        match (create_over(found), holder) {
+            (CreateOver::Create, _) => break tx,
+            (CreateOver::AlreadyMigrated { confirmed }, Some(holder)) => {
+                return Err(already_migrated(&holder, caller, confirmed));
+            }
+            // `AskUpstream`, with no transaction held.
+            _ => drop(tx),
         }
         asked_upstream = true;
-        match live_key_holder(
+        let (found, holder) = match live_key_holder(
             &state.pool,
             &state.cipher,
             state.d360.as_ref(),
@@ -111,9 +118,16 @@ pub async fn create(
         )
         .await?
         {
-            LiveKey::None => continue,
-            LiveKey::Live(holder) => return Err(already_migrated(&holder, caller, true)),
-            LiveKey::Unknown(holder) => return Err(already_migrated(&holder, caller, false)),
+            LiveKey::None => (Found::KeysRejected, None),
+            LiveKey::Live(holder) => (Found::KeyAccepted, Some(holder)),
+            LiveKey::Unknown(holder) => (Found::KeyUnchecked, Some(holder)),
+        };
+        match (create_over(found), holder) {
+            (CreateOver::AlreadyMigrated { confirmed }, Some(holder)) => {
+                return Err(already_migrated(&holder, caller, confirmed));
+            }
+            // `LookAgain`: the rejected keys are marked superseded now.
+            _ => continue,
         }
     };
 

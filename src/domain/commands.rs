@@ -1,10 +1,15 @@
 //! The commands a person or a partner sends to a migration (submit a code, resend, cancel,
-//! retry, rotate the API key), as pure rules: from which states each is allowed, where it leads, which memo keys it
-//! edits and what it resets. The application core turns a [`Plan`] into one guarded write;
-//! the worker's own edges are in [`super::machine`]. Together they are the whole state machine.
+//! retry, rotate the API key), as pure rules: from which states each is allowed, where it leads,
+//! which memo keys it edits and what it resets. The application core turns a [`Plan`] into one
+//! guarded write; the worker's own edges are in [`super::machine`]. Together they are the whole
+//! state machine, with the two rules that decide around a migration rather than inside one:
+//! what a create does over an earlier migration of the number ([`create_over`]) and when a
+//! parked code expires ([`otp_window`]).
+
+use chrono::{DateTime, Utc};
 
 use super::memo::{MemoEdits, MemoKey};
-use super::{EventType, MigrationState};
+use super::{ErrorCode, EventType, MigrationError, MigrationState};
 
 /// A command on one migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +152,79 @@ pub fn plan(command: Command, state: MigrationState) -> Result<Plan, WrongState>
     })
 }
 
+/// What a create found for its number: first in the store, then (for a key holder) from
+/// 360dialog's Messaging API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No active migration of the number, and no completed one holding a key not known to be
+    /// superseded.
+    Nothing,
+    /// An active migration of the number (the one-active-per-number index refused the insert).
+    Active,
+    /// A completed migration of the number holds a key not known to be superseded.
+    /// `asked_before`: 360dialog was already asked in this request (the holder completed or
+    /// appeared meanwhile).
+    KeyHolder { asked_before: bool },
+    /// 360dialog accepts the holder's key.
+    KeyAccepted,
+    /// 360dialog did not answer, or the key could not be opened: treated as live.
+    KeyUnchecked,
+    /// 360dialog rejected every held key (each is now marked superseded).
+    KeysRejected,
+}
+
+/// What a create does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOver {
+    /// Insert the new migration.
+    Create,
+    /// Ask 360dialog whether the held key still works (no transaction held meanwhile).
+    AskUpstream,
+    /// Read the store again (the answer may have changed it).
+    LookAgain,
+    /// Refuse with 409 `migration_already_active`.
+    AlreadyActive,
+    /// Refuse with 409 `number_already_migrated`; `confirmed`: 360dialog said the key works
+    /// (else it could not be asked, and the key is kept on doubt).
+    AlreadyMigrated { confirmed: bool },
+}
+
+/// **One live key per number, one active migration per number.** A create over an earlier
+/// migration of the same number: an active one refuses it (`migration_already_active`); a
+/// completed one whose key 360dialog still accepts, or cannot confirm it rejects, refuses it
+/// (`number_already_migrated`: a new key would revoke the one in use); a number whose keys
+/// 360dialog rejects (it left and came back) is migrated again.
+pub fn create_over(found: Found) -> CreateOver {
+    match found {
+        Found::Nothing => CreateOver::Create,
+        Found::Active => CreateOver::AlreadyActive,
+        Found::KeyHolder {
+            asked_before: false,
+        } => CreateOver::AskUpstream,
+        // Asked once already; a holder seen again was not part of that answer: keep its key.
+        Found::KeyHolder { asked_before: true } | Found::KeyUnchecked => {
+            CreateOver::AlreadyMigrated { confirmed: false }
+        }
+        Found::KeyAccepted => CreateOver::AlreadyMigrated { confirmed: true },
+        Found::KeysRejected => CreateOver::LookAgain,
+    }
+}
+
+/// **Expire.** The end of the open code window of a migration parked in `awaiting_otp`, or,
+/// once it has closed (or there is none), the `otp_expired` failure it ends with.
+pub fn otp_window(
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, Box<MigrationError>> {
+    match expires_at {
+        Some(t) if t > now => Ok(t),
+        _ => Err(Box::new(MigrationError::new(
+            ErrorCode::OtpExpired,
+            MigrationState::AwaitingOtp,
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +346,46 @@ mod tests {
         assert_eq!(p.memo.removed(), ["request_code"]);
         assert!(p.memo.set_object().as_object().unwrap().is_empty());
         assert!(p.run_now && p.clear_error);
+    }
+
+    #[test]
+    fn a_create_over_an_earlier_migration_of_the_number() {
+        use CreateOver::*;
+        let table = [
+            (Found::Nothing, Create),
+            (Found::Active, AlreadyActive),
+            (
+                Found::KeyHolder {
+                    asked_before: false,
+                },
+                AskUpstream,
+            ),
+            (
+                Found::KeyHolder { asked_before: true },
+                AlreadyMigrated { confirmed: false },
+            ),
+            (Found::KeyAccepted, AlreadyMigrated { confirmed: true }),
+            (Found::KeyUnchecked, AlreadyMigrated { confirmed: false }),
+            (Found::KeysRejected, LookAgain),
+        ];
+        for (found, next) in table {
+            assert_eq!(create_over(found), next, "{found:?}");
+        }
+    }
+
+    #[test]
+    fn a_parked_code_expires_at_its_deadline_not_before() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        assert_eq!(otp_window(t(0), Some(t(1))), Ok(t(1)));
+        let at = otp_window(t(1), Some(t(1))).unwrap_err();
+        assert_eq!(
+            (at.code, at.step),
+            (ErrorCode::OtpExpired, Some(AwaitingOtp))
+        );
+        assert!(otp_window(t(2), Some(t(1))).is_err());
+        assert!(
+            otp_window(t(0), None).is_err(),
+            "no window: nothing to wait for"
+        );
     }
 }

@@ -11,6 +11,7 @@ use super::{
 use crate::clients::CodeMethod;
 use crate::crypto::aad;
 use crate::db::migrations as store;
+use crate::domain::commands::otp_window;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, OtpMethod, StepOutcome};
 use crate::worker::Deps;
@@ -125,12 +126,12 @@ pub(crate) fn awaiting_otp_due(
 
 pub(super) fn awaiting_otp(deps: &Deps, row: &store::MigrationRow) -> StepResult {
     let now = Utc::now();
-    let Some(expires) = row.otp_expires_at.filter(|t| *t > now) else {
-        return StepResult::new(StepOutcome::Failed(MigrationError::new(
-            ErrorCode::OtpExpired,
-            MigrationState::AwaitingOtp,
-        )))
-        .with(|p| p.otp_code_enc = Some(None));
+    let expires = match otp_window(now, row.otp_expires_at) {
+        Ok(t) => t,
+        Err(expired) => {
+            return StepResult::new(StepOutcome::Failed(*expired))
+                .with(|p| p.otp_code_enc = Some(None));
+        }
     };
     let fallback = voice_fallback_at(
         &deps.config.otp,
