@@ -5,7 +5,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tracing::info;
 
-use super::{Result, StepResult, crash_point, partner_credentials, record_intent, summary_with};
+use super::{
+    Result, StepResult, crash_point, partner_credentials, record_intent, save_under_lease,
+    summary_with,
+};
 use crate::core::migrations::{LiveKey, live_key_holder};
 use crate::crypto::aad;
 use crate::db::{self, migrations as store};
@@ -106,41 +109,27 @@ pub(super) async fn generating_api_key(
             let sealed = deps
                 .cipher
                 .seal(generated.api_key.expose_secret(), &aad::api_key(row.id));
-            let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
-            let saved = crate::core::transition::apply(
-                &mut conn,
-                row,
-                &store::Guard {
-                    lease_token: Some(lease.token()),
-                    ..Default::default()
-                },
-                &store::Patch {
-                    api_key_enc: Some(sealed),
-                    api_key_id: Some(generated.id.clone()),
-                    api_key_address: Some(generated.address.clone()),
-                    api_key_generated_at: Some(Utc::now()),
-                    api_key_verified_at: Some(None),
-                    api_key_superseded_at: Some(None),
-                    memo: MemoEdits::default().remove(MemoKey::ApiKeys),
-                    ..Default::default()
-                },
-                store::Lease::Keep,
-                Some(db::events::NewEvent {
-                    kind: EventType::ApiKeyGenerated,
-                    from_state: Some(state.as_str().into()),
-                    to_state: Some(state.as_str().into()),
-                    data: match &replaces {
-                        Some(old) => {
-                            json!({ "api_key_id": generated.id, "replaces_api_key_id": old })
-                        }
-                        None => json!({ "api_key_id": generated.id }),
-                    },
-                }),
-            )
-            .await?;
-            let Some(saved) = saved else {
-                return Err(StepError::Abandon);
+            let patch = store::Patch {
+                api_key_enc: Some(sealed),
+                api_key_id: Some(generated.id.clone()),
+                api_key_address: Some(generated.address.clone()),
+                api_key_generated_at: Some(Utc::now()),
+                api_key_verified_at: Some(None),
+                api_key_superseded_at: Some(None),
+                memo: MemoEdits::default().remove(MemoKey::ApiKeys),
+                ..Default::default()
             };
+            let data = match &replaces {
+                Some(old) => json!({ "api_key_id": generated.id, "replaces_api_key_id": old }),
+                None => json!({ "api_key_id": generated.id }),
+            };
+            let event = db::events::NewEvent {
+                kind: EventType::ApiKeyGenerated,
+                from_state: Some(state.as_str().into()),
+                to_state: Some(state.as_str().into()),
+                data,
+            };
+            let saved = save_under_lease(deps, row, lease, &patch, Some(event)).await?;
             saved_row = Some(Box::new(saved));
             generated.api_key
         }

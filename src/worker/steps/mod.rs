@@ -116,6 +116,25 @@ impl StepResult {
 
 type Result<T> = std::result::Result<T, StepError>;
 
+/// Writes `patch` (and `event`) while this step still holds its lease; a lost lease abandons
+/// the step. Returns the row as written.
+async fn save_under_lease(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    lease: &StepLease,
+    patch: &store::Patch,
+    event: Option<db::events::NewEvent>,
+) -> Result<store::MigrationRow> {
+    let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
+    let guard = store::Guard {
+        lease_token: Some(lease.token()),
+        ..Default::default()
+    };
+    crate::core::transition::apply(&mut conn, row, &guard, patch, store::Lease::Keep, event)
+        .await?
+        .ok_or(StepError::Abandon)
+}
+
 /// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease; first
 /// checks that the lease is still held and the worker not stopping. Only this key is written.
 async fn record_intent(
@@ -126,25 +145,11 @@ async fn record_intent(
 ) -> Result<()> {
     debug_assert!(key.is_intent(), "{key:?} is not an intent");
     lease.may_start()?;
-    let mut conn = deps.pool.acquire().await.map_err(db::Error::from)?;
-    let updated = crate::core::transition::apply(
-        &mut conn,
-        row,
-        &store::Guard {
-            lease_token: Some(lease.token()),
-            ..Default::default()
-        },
-        &store::Patch {
-            memo: MemoEdits::default().set(key, json!(Utc::now())),
-            ..Default::default()
-        },
-        store::Lease::Keep,
-        None,
-    )
-    .await?;
-    if updated.is_none() {
-        return Err(StepError::Abandon);
-    }
+    let patch = store::Patch {
+        memo: MemoEdits::default().set(key, json!(Utc::now())),
+        ..Default::default()
+    };
+    save_under_lease(deps, row, lease, &patch, None).await?;
     Ok(())
 }
 
