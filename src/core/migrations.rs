@@ -325,19 +325,24 @@ pub async fn dry_run_precheck(
             )
             .await;
     }
-    let input = precheck::gather(state.meta.as_ref(), v.source_waba_id, v.destination_waba_id)
-        .await
-        .map_err(|e| {
-            let mut err = ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("Reading the WhatsApp accounts failed: {e}"),
-            );
-            if let Some(u) = e.upstream() {
-                err = err.with_extra(json!({ "upstream": u }));
-            }
-            err
-        })?;
+    let input = precheck::gather(
+        state.meta.as_ref(),
+        v.phone,
+        v.source_waba_id,
+        v.destination_waba_id,
+    )
+    .await
+    .map_err(|e| {
+        let mut err = ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("Reading the WhatsApp accounts failed: {e}"),
+        );
+        if let Some(u) = e.upstream() {
+            err = err.with_extra(json!({ "upstream": u }));
+        }
+        err
+    })?;
     Ok(precheck::evaluate(
         v.flow,
         v.phone,
