@@ -378,7 +378,9 @@ async fn second_active_migration_for_a_number_is_409(pool: PgPool) {
         .await;
     let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
     assert_eq!(body["migration_id"], id);
-    // Another tenant learns that the number is busy, not which migration it is.
+    assert!(body["detail"].as_str().unwrap().contains("cancel it"));
+    // Another tenant learns that the number is busy, not which migration it is or whose, and
+    // is not told to cancel what it cannot see.
     let (_, other_key) = app.other_partner().await;
     let res = app
         .post_as(
@@ -389,6 +391,16 @@ async fn second_active_migration_for_a_number_is_409(pool: PgPool) {
         .await;
     let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
     assert!(body.get("migration_id").is_none());
+    let detail = body["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        "This phone number is being migrated by another partner; it can be migrated again once that migration ends."
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains(&id) && !text.contains(&app.partner_id),
+        "{text}"
+    );
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
