@@ -80,19 +80,46 @@ pub struct PrecheckInput {
     pub source_templates: Vec<Template>,
 }
 
-/// Reads the inputs with six parallel Graph GETs.
+/// Reads the inputs: six Graph GETs in parallel (the two WABAs, the number looked up on each,
+/// the destination's subscribed apps and the source's templates), whatever the WABAs' size.
+///
+/// The number is looked up directly ([`MetaApi::find_phone_numbers`]: Graph's `filtering` on
+/// `display_phone_number`), not found by paging through every number of both WABAs. Meta
+/// documents `filtering` on this edge only for `account_mode` (beta), so an answer is believed
+/// only when it can be checked:
+/// * every row is the number asked for (a Graph that ignores the filter answers others);
+/// * "none" means absent only when the same filter found the number on the other WABA (or its
+///   Brazilian other form on the source): that shows Graph matches the form we send.
+///
+/// Otherwise (Graph refuses the filter, ignores it, or finds the number on neither WABA) that
+/// WABA's numbers are listed in full, page by page.
 pub async fn gather(
     meta: &dyn MetaApi,
+    phone: &E164,
     source_waba_id: &str,
     destination_waba_id: &str,
 ) -> Result<PrecheckInput, clients::Error> {
-    let (source, destination, source_numbers, destination_numbers, destination_apps, templates) = tokio::try_join!(
+    let (source, destination, on_source, in_destination, destination_apps, templates) = tokio::try_join!(
         meta.get_waba(source_waba_id),
         meta.get_waba(destination_waba_id),
-        meta.list_phone_numbers(source_waba_id),
-        meta.list_phone_numbers(destination_waba_id),
+        lookup(meta, source_waba_id, phone.as_str()),
+        lookup(meta, destination_waba_id, phone.as_str()),
         meta.list_subscribed_apps(destination_waba_id),
         meta.list_templates(source_waba_id),
+    )?;
+    let mut on_source = on_source;
+    // Only the other form of a Brazilian mobile may be registered: the check names it.
+    if let Some(alternate) = brazil_alternate_form(phone.as_str())
+        && on_source.as_ref().is_some_and(Vec::is_empty)
+    {
+        on_source = lookup(meta, source_waba_id, &alternate).await?;
+    }
+    let found = |rows: &Option<Vec<PhoneNumber>>| rows.as_ref().is_some_and(|r| !r.is_empty());
+    let proven = found(&on_source) || found(&in_destination);
+    let believed = |rows: Option<Vec<PhoneNumber>>| rows.filter(|r| proven || !r.is_empty());
+    let (source_numbers, destination_numbers) = tokio::try_join!(
+        or_listed(meta, source_waba_id, believed(on_source)),
+        or_listed(meta, destination_waba_id, believed(in_destination)),
     )?;
     Ok(PrecheckInput {
         source,
@@ -104,6 +131,45 @@ pub async fn gather(
     })
 }
 
+/// The number `e164` on `waba_id`, looked up directly when Graph's answer can be believed
+/// (see [`gather`]), else found in the full listing.
+pub async fn find_number(
+    meta: &dyn MetaApi,
+    waba_id: &str,
+    e164: &str,
+) -> Result<Option<PhoneNumber>, clients::Error> {
+    let rows = lookup(meta, waba_id, e164)
+        .await?
+        .filter(|rows| !rows.is_empty());
+    let numbers = or_listed(meta, waba_id, rows).await?;
+    Ok(find(&numbers, e164).cloned())
+}
+
+/// What the display-number filter answers for `e164` on `waba_id`, or `None` when Graph refused
+/// it or answered another number (it ignored the filter).
+async fn lookup(
+    meta: &dyn MetaApi,
+    waba_id: &str,
+    e164: &str,
+) -> Result<Option<Vec<PhoneNumber>>, clients::Error> {
+    let Some(rows) = meta.find_phone_numbers(waba_id, e164).await? else {
+        return Ok(None);
+    };
+    let only_this = rows.len() == rows.iter().filter(|n| is(n, e164)).count();
+    Ok(only_this.then_some(rows))
+}
+
+async fn or_listed(
+    meta: &dyn MetaApi,
+    waba_id: &str,
+    rows: Option<Vec<PhoneNumber>>,
+) -> Result<Vec<PhoneNumber>, clients::Error> {
+    match rows {
+        Some(rows) => Ok(rows),
+        None => meta.list_phone_numbers(waba_id).await,
+    }
+}
+
 /// Whether a template is copied by Meta's template migration.
 pub fn template_eligible(t: &Template) -> bool {
     t.status.eq_ignore_ascii_case("APPROVED")
@@ -113,12 +179,15 @@ pub fn template_eligible(t: &Template) -> bool {
 }
 
 fn find<'a>(numbers: &'a [PhoneNumber], e164: &str) -> Option<&'a PhoneNumber> {
+    numbers.iter().find(|n| is(n, e164))
+}
+
+/// Whether `n` is the number `e164` (Graph shows it formatted: `+1 631-555-5555`).
+fn is(n: &PhoneNumber, e164: &str) -> bool {
     let want = digits_only(e164);
-    numbers.iter().find(|n| {
-        n.display_phone_number
-            .as_deref()
-            .is_some_and(|d| digits_only(d) == want)
-    })
+    n.display_phone_number
+        .as_deref()
+        .is_some_and(|d| digits_only(d) == want)
 }
 
 struct Builder(Vec<Check>);
@@ -663,5 +732,199 @@ mod tests {
         assert!(template_eligible(&t("APPROVED", Some("UNKNOWN"))));
         assert!(!template_eligible(&t("APPROVED", Some("RED"))));
         assert!(!template_eligible(&t("PENDING", Some("GREEN"))));
+    }
+}
+
+/// [`gather`] against a Graph stand-in over HTTP, counting the phone-number reads.
+#[cfg(test)]
+mod gather_tests {
+    use std::collections::HashMap;
+
+    use secrecy::SecretString;
+    use serde_json::{Value, json};
+    use url::Url;
+    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+    use super::*;
+    use crate::clients::MetaClient;
+    use crate::domain::values::display_phone_number;
+
+    const SOURCE: &str = "1001";
+    const DEST: &str = "2002";
+    const BUSINESS: &str = "777";
+    const PHONE: &str = "+14155550123";
+
+    /// What the stand-in does with `filtering` on `/{waba}/phone_numbers`.
+    #[derive(Clone, Copy)]
+    enum Filter {
+        Honoured,
+        /// Graph error 100, as for an unknown parameter.
+        Refused,
+        /// Answered as if it were not there.
+        Ignored,
+    }
+
+    struct Graph {
+        filter: Filter,
+        /// WABA → display numbers, in listing order.
+        numbers: HashMap<&'static str, Vec<String>>,
+    }
+
+    impl Respond for Graph {
+        fn respond(&self, req: &Request) -> ResponseTemplate {
+            let path: Vec<&str> = req.url.path().split('/').skip(2).collect();
+            let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+            let ok = |v: Value| ResponseTemplate::new(200).set_body_json(v);
+            match path.as_slice() {
+                [waba] => ok(json!({
+                    "id": waba, "account_review_status": "APPROVED",
+                    "business_verification_status": "verified",
+                    "owner_business_info": {"id": BUSINESS, "name": "Acme"},
+                    "primary_funding_id": "555",
+                })),
+                [_, "subscribed_apps"] => ok(json!({"data": [
+                    {"whatsapp_business_api_data": {"id": "1", "name": "App"}}
+                ]})),
+                [_, "message_templates"] => ok(json!({"data": []})),
+                [waba, "phone_numbers"] => {
+                    let all = &self.numbers[waba];
+                    let mut rows: Vec<Value> = all
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| json!({"id": format!("{waba}{i:05}"), "display_phone_number": d}))
+                        .collect();
+                    if let Some(filtering) = query.get("filtering") {
+                        match self.filter {
+                            Filter::Refused => {
+                                return ResponseTemplate::new(400).set_body_json(json!({
+                                    "error": {"message": "Invalid parameter", "type": "OAuthException",
+                                              "code": 100, "fbtrace_id": "T"}
+                                }));
+                            }
+                            Filter::Ignored => {}
+                            Filter::Honoured => {
+                                let f: Value = serde_json::from_str(filtering).unwrap();
+                                assert_eq!(f[0]["field"], "display_phone_number");
+                                assert_eq!(f[0]["operator"], "EQUAL");
+                                rows.retain(|r| r["display_phone_number"] == f[0]["value"]);
+                            }
+                        }
+                    }
+                    let start: usize = query
+                        .get("after")
+                        .map_or(0, |a| a.parse::<usize>().unwrap() + 1);
+                    let page: Vec<Value> = rows.iter().skip(start).take(100).cloned().collect();
+                    let last = start + page.len();
+                    let mut body = json!({"data": page});
+                    if last < rows.len() {
+                        body["paging"] = json!({"cursors": {"after": (last - 1).to_string()},
+                                                "next": "https://graph.invalid/next"});
+                    }
+                    ok(body)
+                }
+                other => panic!("unexpected request {other:?}"),
+            }
+        }
+    }
+
+    /// `count` numbers shown like Meta shows them, none of them `PHONE`.
+    fn fillers(exchange: u32, count: u32) -> Vec<String> {
+        (0..count)
+            .map(|i| display_phone_number(&format!("+1415{exchange}{:04}", 1000 + i)))
+            .collect()
+    }
+
+    /// Runs `gather` for `PHONE`; returns the report and the phone-number reads as
+    /// (filtered, listed page).
+    async fn run(
+        filter: Filter,
+        source: Vec<String>,
+        dest: Vec<String>,
+    ) -> (PrecheckReport, usize, usize) {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(Graph {
+                filter,
+                numbers: HashMap::from([(SOURCE, source), (DEST, dest)]),
+            })
+            .mount(&server)
+            .await;
+        let meta = MetaClient::new(
+            Url::parse(&server.uri()).unwrap(),
+            "v23.0".into(),
+            SecretString::from("token"),
+            reqwest::Client::new(),
+        );
+        let phone = E164::parse(PHONE).unwrap();
+        let input = gather(&meta, &phone, SOURCE, DEST).await.unwrap();
+        let report = evaluate(Flow::Otp, &phone, BUSINESS, &input);
+        let reads: Vec<Request> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.url.path().ends_with("/phone_numbers"))
+            .collect();
+        let filtered = reads
+            .iter()
+            .filter(|r| r.url.query_pairs().any(|(k, _)| k == "filtering"))
+            .count();
+        (report, filtered, reads.len() - filtered)
+    }
+
+    fn status_of(report: &PrecheckReport, id: &str) -> CheckStatus {
+        report.checks.iter().find(|c| c.id == id).unwrap().status
+    }
+
+    fn with_phone(mut numbers: Vec<String>) -> Vec<String> {
+        numbers.push(display_phone_number(PHONE));
+        numbers
+    }
+
+    #[tokio::test]
+    async fn thousands_of_numbers_cost_one_read_per_waba() {
+        let (report, filtered, listed) = run(
+            Filter::Honoured,
+            with_phone(fillers(201, 3000)),
+            fillers(202, 3000),
+        )
+        .await;
+        assert_eq!((filtered, listed), (2, 0));
+        assert_eq!(status_of(&report, "number_on_source"), CheckStatus::Pass);
+        assert_eq!(status_of(&report, "not_in_destination"), CheckStatus::Pass);
+        assert_eq!(report.destination_phone_number_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_ignored_filter_falls_back_to_listing_every_page() {
+        for filter in [Filter::Refused, Filter::Ignored] {
+            let (report, filtered, listed) = run(
+                filter,
+                with_phone(fillers(201, 250)),
+                with_phone(fillers(202, 150)),
+            )
+            .await;
+            // 251 numbers are 3 pages, 151 are 2.
+            assert_eq!((filtered, listed), (2, 5));
+            assert_eq!(status_of(&report, "number_on_source"), CheckStatus::Pass);
+            assert_eq!(status_of(&report, "not_in_destination"), CheckStatus::Warn);
+            assert!(report.destination_phone_number_id.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn finding_the_number_nowhere_is_confirmed_by_listing() {
+        // The filter may not match the form we send: an empty answer on both WABAs proves
+        // nothing, so both are listed before the number is reported missing.
+        let (report, filtered, listed) =
+            run(Filter::Honoured, fillers(201, 150), fillers(202, 50)).await;
+        assert_eq!((filtered, listed), (2, 3));
+        assert_eq!(status_of(&report, "number_on_source"), CheckStatus::Fail);
+        // Found only by listing (the filter missed it): still found.
+        let mut source = fillers(201, 150);
+        source.push("+1 (415) 555 0123".into());
+        let (report, _, listed) = run(Filter::Honoured, source, fillers(202, 50)).await;
+        assert_eq!(listed, 3);
+        assert_eq!(status_of(&report, "number_on_source"), CheckStatus::Pass);
     }
 }

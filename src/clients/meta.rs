@@ -26,6 +26,7 @@ use super::{
     CodeMethod, Error, MetaApi, PhoneNumber, Service, SubscribedApp, Template, TemplateMigration,
     UpstreamError, Waba,
 };
+use crate::domain::values::display_phone_number;
 
 const SERVICE: Service = Service::Meta;
 
@@ -223,6 +224,33 @@ impl MetaApi for MetaClient {
     async fn list_phone_numbers(&self, waba_id: &str) -> Result<Vec<PhoneNumber>, Error> {
         self.get_all(waba_id, "phone_numbers", Some(PHONE_NUMBER_FIELDS))
             .await
+    }
+
+    #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
+    async fn find_phone_numbers(
+        &self,
+        waba_id: &str,
+        e164: &str,
+    ) -> Result<Option<Vec<PhoneNumber>>, Error> {
+        let filter = json!([{
+            "field": "display_phone_number",
+            "operator": "EQUAL",
+            "value": display_phone_number(e164),
+        }]);
+        let mut url = self.url(&[waba_id, "phone_numbers"])?;
+        url.query_pairs_mut()
+            .append_pair("fields", PHONE_NUMBER_FIELDS)
+            .append_pair("filtering", &filter.to_string())
+            .append_pair("limit", PAGE_LIMIT);
+        match self.call(Method::GET, url, None, &[]).await {
+            Ok(response) => {
+                let page: Page<PhoneNumber> = decode(&response.body, "phone_numbers")?;
+                Ok(Some(page.data))
+            }
+            // "Invalid parameter": this Graph does not filter on the display number.
+            Err(e) if e.upstream().is_some_and(|u| u.has_code(100)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(phone_number_id = %phone_number_id))]

@@ -27,6 +27,16 @@ pub trait MetaApi: Send + Sync {
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error>;
     /// `GET /{waba-id}/phone_numbers?fields=...`, following `paging.cursors.after` to the end.
     async fn list_phone_numbers(&self, waba_id: &str) -> Result<Vec<PhoneNumber>, Error>;
+    /// `GET /{waba-id}/phone_numbers?fields=...&filtering=[{"field":"display_phone_number",
+    /// "operator":"EQUAL","value":"+1 631-555-5555"}]`, one page: the numbers Graph answers for
+    /// the number `e164` (written as Meta displays it), or `None` when Graph refuses the filter
+    /// (error code 100). Meta documents `filtering` on this edge only for `account_mode` (beta),
+    /// so the answer must be checked before it is believed (see `precheck::gather`).
+    async fn find_phone_numbers(
+        &self,
+        waba_id: &str,
+        e164: &str,
+    ) -> Result<Option<Vec<PhoneNumber>>, Error>;
     /// `GET /{phone-number-id}?fields=...`
     async fn get_phone_number(&self, phone_number_id: &str) -> Result<PhoneNumber, Error>;
     /// `GET /{waba-id}/subscribed_apps`

@@ -339,19 +339,24 @@ pub async fn dry_run_precheck(
             )
             .await;
     }
-    let input = precheck::gather(state.meta.as_ref(), v.source_waba_id, v.destination_waba_id)
-        .await
-        .map_err(|e| {
-            let mut err = ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("Reading the WhatsApp accounts failed: {e}"),
-            );
-            if let Some(u) = e.upstream() {
-                err = err.with_extra(json!({ "upstream": u }));
-            }
-            err
-        })?;
+    let input = precheck::gather(
+        state.meta.as_ref(),
+        v.phone,
+        v.source_waba_id,
+        v.destination_waba_id,
+    )
+    .await
+    .map_err(|e| {
+        let mut err = ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("Reading the WhatsApp accounts failed: {e}"),
+        );
+        if let Some(u) = e.upstream() {
+            err = err.with_extra(json!({ "upstream": u }));
+        }
+        err
+    })?;
     Ok(precheck::evaluate(
         v.flow,
         v.phone,
@@ -371,17 +376,26 @@ pub fn partner_of(caller: Caller) -> Result<Uuid, ApiError> {
 }
 
 /// 409 `migration_already_active`, naming the active migration when the caller may see it.
+///
+/// Another partner learns only that the number is busy (no id, no owner): one active migration
+/// per number is global (DESIGN.md §2; Meta migrates a number once at a time), so any refusal
+/// tells that much, and saying so lets them act (wait) instead of guessing.
 pub fn active_conflict(existing: Option<(Uuid, Uuid)>, caller: Caller) -> ApiError {
-    let mut e = ApiError::conflict(
-        "migration_already_active",
-        "This phone number already has an active migration; cancel it or wait for it to finish.",
-    );
-    if let Some((id, owner)) = existing
-        && caller.scope().is_none_or(|p| p == owner)
-    {
-        e = e.with_extra(json!({ "migration_id": id }));
+    match existing {
+        Some((id, owner)) if caller.scope().is_none_or(|p| p == owner) => ApiError::conflict(
+            "migration_already_active",
+            "This phone number already has an active migration (migration_id); cancel it or wait for it to finish.",
+        )
+        .with_extra(json!({ "migration_id": id })),
+        Some(_) => ApiError::conflict(
+            "migration_already_active",
+            "This phone number is being migrated by another partner; it can be migrated again once that migration ends.",
+        ),
+        None => ApiError::conflict(
+            "migration_already_active",
+            "This phone number had an active migration a moment ago; try again.",
+        ),
     }
-    e
 }
 
 /// The migration `id` as `caller` may see it, or 404.

@@ -47,6 +47,8 @@ pub enum Decision {
     OtpRejected { error: MigrationError },
     /// Terminal `failed`.
     Fail(MigrationError),
+    /// The last attempt's code was rejected too: terminal `failed`, with no attempt left.
+    OtpExhausted(MigrationError),
 }
 
 /// Retry and timeout knobs, from configuration.
@@ -262,7 +264,7 @@ pub fn decide(
             if ctx.otp_attempts_left <= 1 {
                 let mut error = error;
                 error.retryable = true;
-                Decision::Fail(error)
+                Decision::OtpExhausted(error)
             } else {
                 Decision::OtpRejected { error }
             }
@@ -513,8 +515,9 @@ mod tests {
         last.otp_attempts_left = 1;
         assert!(matches!(
             decide(last, StepOutcome::OtpRejected(e), &p, 0.0),
-            Decision::Fail(MigrationError {
+            Decision::OtpExhausted(MigrationError {
                 code: ErrorCode::OtpInvalid,
+                retryable: true,
                 ..
             })
         ));

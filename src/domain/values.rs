@@ -80,6 +80,41 @@ pub fn digits_only(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
 
+/// How Meta's `display_phone_number` writes an E.164 number: libphonenumber's international
+/// format, e.g. `+1 631-555-5555` or `+55 11 98765-4321`. Numbers the numbering-plan metadata
+/// cannot group (fictional ranges, old Brazilian 8-digit mobiles) get `+cc AA BBBB-CCCC`. The
+/// sandbox shows numbers this way, and the precheck asks Graph for a number by this form.
+pub fn display_phone_number(e164: &str) -> String {
+    let Ok(number) = phonenumber::parse(None, e164) else {
+        return e164.to_owned();
+    };
+    let cc = number.code().value().to_string();
+    let Some(national) = e164
+        .strip_prefix('+')
+        .unwrap_or(e164)
+        .strip_prefix(cc.as_str())
+    else {
+        return e164.to_owned();
+    };
+    let formatted = number
+        .format()
+        .mode(phonenumber::Mode::International)
+        .to_string();
+    let grouped = formatted
+        .strip_prefix(&format!("+{cc} "))
+        .is_some_and(|rest| rest.contains([' ', '-']));
+    if grouped {
+        return formatted;
+    }
+    if national.len() < 8 {
+        return format!("+{cc} {national}");
+    }
+    let area_len = if cc == "1" { 3 } else { 2 };
+    let (area, rest) = national.split_at(area_len);
+    let (head, tail) = rest.split_at(rest.len() - 4);
+    format!("+{cc} {area} {head}-{tail}")
+}
+
 /// A Meta Graph object id: 1 to 32 digits.
 pub fn parse_meta_id(s: &str) -> Result<String, String> {
     let s = s.trim();

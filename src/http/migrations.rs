@@ -285,7 +285,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
-        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id` when the caller may see it: another partner learns only that the number is busy), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),

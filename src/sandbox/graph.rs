@@ -401,12 +401,14 @@ pub(crate) async fn get_edge(
                     return Err(no_such_object(&id).reply());
                 };
                 let items: Vec<Value> = match endpoint {
-                    "list_phone_numbers" => waba
-                        .phone_ids
-                        .iter()
-                        .filter_map(|pid| w.phones.get(pid))
-                        .map(World::phone_json)
-                        .collect(),
+                    "list_phone_numbers" => {
+                        let all = waba
+                            .phone_ids
+                            .iter()
+                            .filter_map(|pid| w.phones.get(pid))
+                            .map(World::phone_json);
+                        filter_phones(all, &params).map_err(GraphError::reply)?
+                    }
                     "list_templates" => waba.templates.iter().map(template_json).collect(),
                     _ => {
                         let data = if w.waba_has_app(waba) {
@@ -571,6 +573,66 @@ fn page(
         paging["next"] = json!(format!("{base}?{}", serializer.finish()));
     }
     Ok(json!({ "data": data, "paging": paging }))
+}
+
+/// Fields `filtering` takes on `GET /{waba}/phone_numbers`, each with `EQUAL`. Meta documents
+/// `account_mode` (beta) and names `messaging_limit_tier` and `is_official_business_account`;
+/// `display_phone_number`, matched exactly as Meta displays it (`+1 631-555-5555`), is how the
+/// precheck looks one number up (undocumented by Meta: the service checks the answer and falls
+/// back to paging when a Graph refuses or ignores it).
+const FILTER_FIELDS: &[&str] = &[
+    "account_mode",
+    "messaging_limit_tier",
+    "is_official_business_account",
+    "display_phone_number",
+];
+
+/// Graph's `filtering` parameter: a JSON array of `{field, operator, value}` that must all hold
+/// (Meta's own examples quote it with `'`, which Graph takes too). A malformed filter, or a
+/// field or operator outside [`FILTER_FIELDS`], is error 100.
+fn filter_phones(
+    items: impl Iterator<Item = Value>,
+    params: &Params,
+) -> Result<Vec<Value>, GraphError> {
+    let Some(raw) = params.str("filtering") else {
+        return Ok(items.collect());
+    };
+    let parsed = serde_json::from_str::<Value>(&raw)
+        .or_else(|_| serde_json::from_str::<Value>(&raw.replace('\'', "\"")))
+        .map_err(|_| invalid_param("filtering must be a JSON array"))?;
+    let Value::Array(conditions) = parsed else {
+        return Err(invalid_param("filtering must be a JSON array"));
+    };
+    let mut wanted = Vec::with_capacity(conditions.len());
+    for c in &conditions {
+        let text = |key: &str| match c.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            _ => None,
+        };
+        let (Some(field), Some(operator), Some(value)) =
+            (text("field"), text("operator"), text("value"))
+        else {
+            return Err(invalid_param(
+                "each filtering entry needs field, operator and value",
+            ));
+        };
+        if !FILTER_FIELDS.contains(&field.as_str()) || operator != "EQUAL" {
+            return Err(invalid_param(format!(
+                "Filtering field {field} with operation {operator} is not supported"
+            )));
+        }
+        wanted.push((field, value));
+    }
+    Ok(items
+        .filter(|item| {
+            wanted.iter().all(|(field, value)| match item.get(field) {
+                Some(Value::String(s)) => s == value,
+                Some(Value::Bool(b)) => b.to_string() == *value,
+                _ => false,
+            })
+        })
+        .collect())
 }
 
 fn encode_cursor(index: usize) -> String {

@@ -15,7 +15,8 @@
 //!
 //! * **Meta Graph** (`Authorization: Bearer <anything>` or an `access_token` parameter, else
 //!   HTTP 401 / code 190): `GET /{v}/{waba-id}`, `GET /{v}/{phone-number-id}`,
-//!   `GET /{v}/{waba-id}/phone_numbers|subscribed_apps|message_templates` (cursor paging),
+//!   `GET /{v}/{waba-id}/phone_numbers|subscribed_apps|message_templates` (cursor paging;
+//!   `phone_numbers` also takes Graph's `filtering`, see `graph::FILTER_FIELDS`),
 //!   `POST /{v}/{dest-waba-id}/phone_numbers` (start a migration), `POST /{v}/{phone-id}/request_code`,
 //!   `…/verify_code`, `…/register` and `POST /{v}/{dest-waba-id}/migrate_message_templates`.
 //!   Parameters are read from the JSON body, a form-encoded body or the query string. Errors use

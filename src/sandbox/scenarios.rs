@@ -3,8 +3,6 @@
 //! A number whose last four digits are `00xx` (`xx` = 01..=24) triggers one failure; WABA-level
 //! scenarios also apply to WABA ids ending in the same four digits.
 
-use phonenumber::Mode;
-
 /// `(last four digits, our error code, description)` of every scenario number.
 pub const SCENARIOS: &[(&str, &str, &str)] = &[
     (
@@ -255,29 +253,10 @@ pub(crate) fn digits(e164: &str) -> &str {
     e164.strip_prefix('+').unwrap_or(e164)
 }
 
-/// Meta's `display_phone_number` style, e.g. `+1 555-123-4567`. Numbers the numbering-plan
-/// metadata cannot format (fictional ranges, old Brazilian 8-digit mobiles) get a generic
-/// `+cc AA BBBB-CCCC` grouping.
+/// Meta's `display_phone_number` style, e.g. `+1 555-123-4567`
+/// ([`crate::domain::values::display_phone_number`]).
 pub(crate) fn display(e164: &str) -> String {
-    let Some((cc, national)) = split_cc(e164) else {
-        return e164.to_owned();
-    };
-    if let Ok(number) = phonenumber::parse(None, e164) {
-        let formatted = number.format().mode(Mode::International).to_string();
-        let grouped = formatted
-            .strip_prefix(&format!("+{cc} "))
-            .is_some_and(|rest| rest.contains([' ', '-']));
-        if grouped {
-            return formatted;
-        }
-    }
-    if national.len() < 8 {
-        return format!("+{cc} {national}");
-    }
-    let area_len = if cc == "1" { 3 } else { 2 };
-    let (area, rest) = national.split_at(area_len);
-    let (head, tail) = rest.split_at(rest.len() - 4);
-    format!("+{cc} {area} {head}-{tail}")
+    crate::domain::values::display_phone_number(e164)
 }
 
 /// The other form of a Brazilian mobile number (with/without the mobile `9` after the area code),

@@ -815,6 +815,54 @@ async fn form_encoded_and_query_parameters_are_accepted() {
 }
 
 #[tokio::test]
+async fn graph_filters_phone_numbers_like_meta() {
+    let s = start(test_config()).await;
+    for i in 0..30 {
+        s.seed(&format!("+4915112345{i:03}"), SOURCE, None).await;
+    }
+    let filtered = |filtering: &str| {
+        let mut url = url::Url::parse(&format!("{}/v23.0/{SOURCE}/phone_numbers", s.base)).unwrap();
+        url.query_pairs_mut().append_pair("filtering", filtering);
+        s.http.get(url).bearer_auth("sandbox-token")
+    };
+    // One number among 30, by its display form (what the precheck sends).
+    let one = s
+        .send(filtered(
+            r#"[{"field":"display_phone_number","operator":"EQUAL","value":"+49 1511 2345017"}]"#,
+        ))
+        .await;
+    assert_eq!(one.status, 200, "{:#}", one.body);
+    let data = one.body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{:#}", one.body);
+    assert_eq!(data[0]["display_phone_number"], "+49 1511 2345017");
+    // Another spelling of it is another value: EQUAL matches the display form exactly.
+    let none = s
+        .send(filtered(
+            r#"[{"field":"display_phone_number","operator":"EQUAL","value":"+4915112345017"}]"#,
+        ))
+        .await;
+    assert_eq!(none.body["data"], json!([]));
+    // Meta's documented example, quoted with ' as in Meta's docs.
+    let live = s
+        .send(filtered(
+            "[{'field':'account_mode','operator':'EQUAL','value':'LIVE'}]",
+        ))
+        .await;
+    assert_eq!(live.body["data"].as_array().map(Vec::len), Some(25));
+    // Anything else is Graph error 100.
+    for bad in [
+        r#"[{"field":"verified_name","operator":"EQUAL","value":"x"}]"#,
+        r#"[{"field":"display_phone_number","operator":"CONTAIN","value":"+49"}]"#,
+        "not json",
+        r#"{"field":"account_mode"}"#,
+    ] {
+        let refused = s.send(filtered(bad)).await;
+        assert_eq!(refused.status, 400, "{bad}");
+        assert_eq!(refused.body["error"]["code"], 100, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn graph_lists_page_with_cursors() {
     let s = start(test_config()).await;
     for i in 0..30 {

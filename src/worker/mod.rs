@@ -465,6 +465,7 @@ impl Worker {
         };
         let decision = decide(ctx, step.outcome, &cfg.retry, rand::random::<f64>());
         let retrying = matches!(decision, Decision::Retry { .. });
+        let otp_exhausted = matches!(decision, Decision::OtpExhausted(_));
         let mut patch = step.patch;
         let guard = store::Guard {
             lease_token: Some(lease.token()),
@@ -580,7 +581,11 @@ impl Worker {
                     false,
                 )
             }
-            Decision::Fail(error) => {
+            Decision::Fail(error) | Decision::OtpExhausted(error) => {
+                if otp_exhausted {
+                    // The rejected code used the last attempt: none is left.
+                    patch.otp_attempts_left = Some(0);
+                }
                 patch.state = Some(MigrationState::Failed);
                 patch.attempt = Some(0);
                 patch.failed_step = Some(Some(state.as_str().into()));

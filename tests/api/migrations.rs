@@ -143,6 +143,47 @@ async fn wrong_codes_exhaust_attempts_into_failed(pool: PgPool) {
     let m = app.wait_for(&id, "failed").await;
     assert_eq!(m["error"]["code"], "otp_invalid");
     assert_eq!(m["error"]["step"], "verifying_otp");
+    assert_eq!(m["otp"]["attempts_left"], 0);
+}
+
+/// Issue 15: after the last wrong code the failed migration showed `attempts_left: 1`.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn five_wrong_codes_leave_no_attempt(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.otp.max_attempts = 5;
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550109";
+    let id = app.create(phone).await;
+    let m = app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(m["otp"]["attempts_left"], 5);
+    for left in (1..5).rev() {
+        assert_eq!(
+            app.submit_otp(&id, "000000").await.status(),
+            StatusCode::ACCEPTED
+        );
+        app.wait_until(&id, |m| {
+            m["state"] == "awaiting_otp" && m["otp"]["attempts_left"] == left
+        })
+        .await;
+    }
+    assert_eq!(
+        app.submit_otp(&id, "000000").await.status(),
+        StatusCode::ACCEPTED
+    );
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "otp_invalid");
+    assert_eq!(m["error"]["retryable"], true);
+    assert_eq!(m["otp"]["attempts_left"], 0, "{m:#}");
+    assert_eq!(app.received(phone, "verify_code"), 5);
+    // No code is accepted any more; `retry` starts over with every attempt.
+    let res = app.submit_otp(&id, "123456").await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let m = app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(m["otp"]["attempts_left"], 5);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -337,7 +378,9 @@ async fn second_active_migration_for_a_number_is_409(pool: PgPool) {
         .await;
     let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
     assert_eq!(body["migration_id"], id);
-    // Another tenant learns that the number is busy, not which migration it is.
+    assert!(body["detail"].as_str().unwrap().contains("cancel it"));
+    // Another tenant learns that the number is busy, not which migration it is or whose, and
+    // is not told to cancel what it cannot see.
     let (_, other_key) = app.other_partner().await;
     let res = app
         .post_as(
@@ -348,6 +391,16 @@ async fn second_active_migration_for_a_number_is_409(pool: PgPool) {
         .await;
     let body = assert_problem(res, StatusCode::CONFLICT, "migration_already_active").await;
     assert!(body.get("migration_id").is_none());
+    let detail = body["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        "This phone number is being migrated by another partner; it can be migrated again once that migration ends."
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains(&id) && !text.contains(&app.partner_id),
+        "{text}"
+    );
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use waba_migrator::sandbox::NumberSeed;
+
 use crate::helpers::{BUSINESS, Options, TestApp};
 
 struct Case {
@@ -612,4 +614,67 @@ async fn precheck_dry_run_explains_each_precheck_scenario_without_side_effects(p
         }
     }
     assert_eq!(app.count_migrations().await, 0);
+}
+
+/// Issue 15: the precheck looked through every number of both WABAs (100 a page) to find one;
+/// now it looks the number up, so WABAs with thousands of numbers cost one read each.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn precheck_reads_one_page_however_many_numbers_the_wabas_hold(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (source, destination) = ("4000000001111", "5000000001111");
+    // 3,000 numbers on each WABA, listed before the one migrated.
+    for i in 0..3000 {
+        for (waba, exchange) in [(source, 201), (destination, 202)] {
+            app.sandbox
+                .add_number(&NumberSeed {
+                    phone_number: format!("+1415{exchange}{:04}", 1000 + i),
+                    source_waba_id: waba.into(),
+                    destination_waba_id: None,
+                    business_id: None,
+                })
+                .unwrap();
+        }
+    }
+    let phone = "+14155550123";
+    let res = app
+        .post(
+            "/v1/prechecks",
+            json!({
+                "phone_number": phone,
+                "source_waba_id": source,
+                "destination_waba_id": destination,
+                "meta_business_id": BUSINESS,
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    let status = |id: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(
+        status("number_on_source"),
+        Some(json!("pass")),
+        "{report:#}"
+    );
+    assert_eq!(
+        status("not_in_destination"),
+        Some(json!("pass")),
+        "{report:#}"
+    );
+    // The sandbox counts each read of a WABA's phone_numbers against every number on it.
+    let reads = |filler: &str| app.sandbox.count(filler, "list_phone_numbers").0;
+    assert_eq!(reads("+14152011000"), 1, "reads of the source's numbers");
+    assert_eq!(
+        reads("+14152021000"),
+        1,
+        "reads of the destination's numbers"
+    );
+    // The migrated number counts against both WABAs (its own and the one it is bound for).
+    assert_eq!(reads(phone), 2);
 }

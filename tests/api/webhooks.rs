@@ -511,6 +511,106 @@ async fn callbacks_to_private_addresses_are_refused(pool: PgPool) {
     assert_eq!(log[0]["status"], "pending", "retried later, on schedule");
 }
 
+/// Issue 15: 6to4 (`2002:7f00:1::`) and local-use NAT64 (`64:ff9b:1::7f00:1`) spell 127.0.0.1.
+/// Teredo (`2001::/32`) hides its client's address inverted in the last 32 bits.
+const LOOPBACK_IN_DISGUISE: [&str; 3] = [
+    "https://[2002:7f00:1::]/",
+    "https://[64:ff9b:1::7f00:1]/",
+    "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",
+];
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn transition_addresses_of_loopback_are_refused_and_never_dialled(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_dispatcher: false,
+            webhooks: WebhookConfig {
+                allow_private: false,
+                ..WebhookConfig::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let partners = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM partners")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let partners_before = partners().await;
+    for url in LOOPBACK_IN_DISGUISE {
+        // A partner's default callback, at creation and by PATCH.
+        let res = app
+            .post_as(
+                ADMIN_KEY,
+                "/v1/partners",
+                json!({ "name": "Probe", "d360_partner_id": "probePA", "d360_api_key": "k",
+                        "callback_url": url }),
+            )
+            .await;
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["pointer"], "/callback_url", "{url}");
+        assert!(
+            problem["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|d| d.contains("carrying 127.0.0.1")),
+            "{url}: {problem:#}"
+        );
+        let res = app
+            .http
+            .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "callback_url": url }))
+            .send()
+            .await
+            .unwrap();
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["pointer"], "/callback_url", "{url}");
+        // A migration's own callback.
+        let mut body = TestApp::create_body("+14155550509");
+        body["callback_url"] = json!(url);
+        let res = app.post("/v1/migrations", body).await;
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["pointer"], "/callback_url", "{url}");
+    }
+    assert_eq!(app.count_migrations().await, 0);
+    assert_eq!(partners().await, partners_before);
+    let partner = app
+        .get_as(ADMIN_KEY, &format!("/v1/partners/{}", app.partner_id))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(partner["callback_url"].is_null(), "{partner:#}");
+
+    // A URL stored before this rule (written straight into the table) is refused again at
+    // delivery, before any connection: the attempt records the refusal, not a connect error.
+    sqlx::query("UPDATE partners SET callback_url = $1 WHERE id = $2::uuid")
+        .bind(LOOPBACK_IN_DISGUISE[0])
+        .bind(&app.partner_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let id = app.create("+14155550510").await;
+    cancel(&app, &id).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log[0]["url"], LOOPBACK_IN_DISGUISE[0]);
+    let attempt = &log[0]["attempts"][0];
+    assert_eq!(attempt["outcome"], "failed");
+    assert!(attempt["response_status"].is_null());
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("callback URL refused: points to a non-public address: 2002:7f00:1:: is 6to4 carrying 127.0.0.1"),
+        "{error}"
+    );
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn partner_default_callback_is_used_and_can_be_cleared(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

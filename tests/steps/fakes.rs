@@ -407,6 +407,23 @@ impl MetaApi for FakeMeta {
             .collect())
     }
 
+    async fn find_phone_numbers(
+        &self,
+        waba_id: &str,
+        e164: &str,
+    ) -> Result<Option<Vec<PhoneNumber>>, Error> {
+        let mut inner = self.lock();
+        inner.ledger.read("find_phone_numbers");
+        Ok(Some(
+            inner
+                .phones
+                .values()
+                .filter(|p| p.waba_id == waba_id && p.e164 == e164)
+                .map(FakePhone::node)
+                .collect(),
+        ))
+    }
+
     async fn get_phone_number(&self, phone_number_id: &str) -> Result<PhoneNumber, Error> {
         let mut inner = self.lock();
         inner.ledger.read("get_phone_number");

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::{Result, StepResult};
 use crate::clients;
 use crate::db::migrations as store;
-use crate::domain::values::{E164, digits_only};
+use crate::domain::values::E164;
 use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, StepOutcome};
 use crate::precheck;
 use crate::worker::Deps;
@@ -36,6 +36,7 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
     }
     let input = match precheck::gather(
         deps.meta.as_ref(),
+        &phone,
         &row.source_waba_id,
         &row.destination_waba_id,
     )
@@ -120,14 +121,6 @@ async fn find_in_waba(
     waba_id: &str,
     e164: &str,
 ) -> std::result::Result<Option<String>, clients::Error> {
-    let want = digits_only(e164);
-    let numbers = deps.meta.list_phone_numbers(waba_id).await?;
-    Ok(numbers
-        .into_iter()
-        .find(|n| {
-            n.display_phone_number
-                .as_deref()
-                .is_some_and(|d| digits_only(d) == want)
-        })
-        .map(|n| n.id))
+    let number = precheck::find_number(deps.meta.as_ref(), waba_id, e164).await?;
+    Ok(number.map(|n| n.id))
 }
