@@ -62,7 +62,10 @@ impl Dispatcher {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(4);
         if !config.allow_private {
-            http = http.dns_resolver(Arc::new(PublicResolver));
+            // Every resolved address is checked at connect time; a proxy from `HTTPS_PROXY` /
+            // `ALL_PROXY` would resolve and dial the callback host itself, past that check, so
+            // deliveries never go through one.
+            http = http.dns_resolver(Arc::new(PublicResolver)).no_proxy();
         }
         Ok(Self {
             inner: Arc::new(Inner {
