@@ -5,11 +5,12 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::core::rate_limit::RateLimiter;
 use crate::core::{AppState, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig};
 use crate::crypto::{self, Cipher};
+use crate::http::server::ServeConfig;
+use crate::shutdown::Stop;
 use crate::webhooks::Dispatcher;
 use crate::worker::{Deps, FailPoints, Worker, WorkerConfig};
 
@@ -99,23 +100,33 @@ impl App {
         })
     }
 
-    /// Serves the API on `listener` (if given) and runs the worker until `shutdown`; HTTP is
-    /// drained and in-flight steps finish or release their leases before this returns.
+    /// Serves the API on `listener` (if given) and runs the worker until `stop`. On SIGTERM the
+    /// API drains for `config.drain` first (on another stop it does not); it returns once its
+    /// connections are closed, at most `config.shutdown_timeout` after that. The worker stops
+    /// claiming at once and its in-flight steps finish or release their leases.
     pub async fn run(
         self,
-        listener: Option<TcpListener>,
-        shutdown: CancellationToken,
+        listener: Option<(TcpListener, ServeConfig)>,
+        stop: Stop,
     ) -> anyhow::Result<()> {
+        let shutdown = stop.token().clone();
         let mut tasks = tokio::task::JoinSet::new();
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        if let Some(listener) = listener {
+        if let Some((listener, config)) = listener {
             let router = crate::http::router(self.state.clone(), crate::dashboard::routes());
-            let stop = shutdown.clone();
+            let stop = stop.clone();
+            let drain = config.drain;
+            let signalled = async move {
+                stop.token().cancelled().await;
+                if stop.by_sigterm() {
+                    drain
+                } else {
+                    std::time::Duration::ZERO
+                }
+            };
             tasks.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
+                crate::http::server::serve(listener, router, config, signalled).await;
+                Ok(())
             });
         }
         if let Some(worker) = self.worker {
@@ -135,7 +146,7 @@ impl App {
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "a service task failed; shutting down");
-                shutdown.cancel();
+                stop.cancel();
                 result = Err(e);
             }
         }

@@ -12,12 +12,15 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::app::{App, Settings};
-use crate::config::{ApiArgs, Cli, Command, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs};
+use crate::config::{
+    ApiArgs, Cli, Command, ConnectionArgs, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs,
+};
 use crate::core::settings::{OtpPolicy, SystemClock, WebhookConfig};
 use crate::core::{SandboxSeeder, Upstreams};
 use crate::crypto::{self, Cipher};
 use crate::domain::RetryPolicy;
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::http::server::{self, ServeConfig};
 use crate::sandbox::{FaultKind, Sandbox, SandboxConfig};
 use crate::worker::{WorkerConfig, default_owner};
 use crate::{db, shutdown};
@@ -268,6 +271,25 @@ pub fn webhook_config(run: &RunArgs) -> WebhookConfig {
     }
 }
 
+/// The HTTP server's limits and shutdown from the command line; warns when the connection cap
+/// does not fit the open-file limit.
+pub fn serve_config(args: &ConnectionArgs) -> ServeConfig {
+    let open_files = server::open_file_limit();
+    let max_connections = args
+        .http_max_connections
+        .unwrap_or_else(|| server::default_max_connections(open_files));
+    if let Some(warning) = server::files_warning(max_connections, open_files) {
+        warn!("{warning}");
+    }
+    ServeConfig {
+        header_read_timeout: Duration::from_secs_f64(args.http_header_read_timeout_seconds),
+        idle_timeout: Duration::from_secs_f64(args.http_idle_timeout_seconds),
+        max_connections,
+        drain: Duration::from_secs_f64(args.shutdown_drain_seconds),
+        shutdown_timeout: Duration::from_secs_f64(args.http_shutdown_timeout_seconds),
+    }
+}
+
 const DEV_PARTNER: &str = "Development partner (sandbox)";
 
 /// Where the built-in sandbox listens by default (`SANDBOX_BIND`, like `waba-migrator sandbox`).
@@ -333,7 +355,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         api.validate().map_err(anyhow::Error::msg)?;
     }
     run.validate().map_err(anyhow::Error::msg)?;
-    let stop = shutdown::on_signal();
+    let stop = shutdown::on_signals();
     // The key first: a bad one is reported before anything connects or starts.
     let cipher = encryption_key(&run, run.db.database_url.is_none())?;
     let (pool, embedded) = database(&run.db, run.run_migrations).await?;
@@ -356,7 +378,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         .then(|| SandboxSeeder::Remote(reqwest::Client::new(), up.meta_graph_url.clone()));
     let mut sandbox_addr = None;
     if sandbox_mode {
-        let (sb, addr) = start_sandbox(&run, &pool, &stop).await?;
+        let (sb, addr) = start_sandbox(&run, &pool, stop.token()).await?;
         seeder = Some(SandboxSeeder::InProcess(sb));
         upstreams.meta_graph_url = Url::parse(&format!("http://{addr}"))?;
         upstreams.d360_hub_url = Url::parse(&format!("http://{addr}/api/v2"))?;
@@ -408,13 +430,20 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             let l = TcpListener::bind(api.bind_addr)
                 .await
                 .with_context(|| format!("cannot listen on BIND_ADDR {}", api.bind_addr))?;
-            info!(addr = %l.local_addr()?, "API listening");
-            Some(l)
+            let config = serve_config(&api.connections);
+            info!(
+                addr = %l.local_addr()?,
+                max_connections = config.max_connections,
+                header_read_timeout_seconds = config.header_read_timeout.as_secs_f64(),
+                idle_timeout_seconds = config.idle_timeout.as_secs_f64(),
+                "API listening"
+            );
+            Some((l, config))
         }
         None => None,
     };
 
-    if let (Some(listener), Some(admin_key)) = (&listener, &dev_admin_key) {
+    if let (Some((listener, _)), Some(admin_key)) = (&listener, &dev_admin_key) {
         let partner_key = development_partner_key(&app, &pool).await?;
         let banner = dev_banner(
             listener.local_addr()?,
@@ -426,7 +455,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         eprintln!("{banner}");
     }
 
-    let result = app.run(listener, stop.clone()).await;
+    let result = app.run(listener, stop).await;
     pool.close().await;
     if let Some(pg) = embedded
         && let Err(e) = pg.stop().await

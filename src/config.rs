@@ -98,6 +98,36 @@ pub struct ApiArgs {
     /// https, e.g. behind a TLS-terminating proxy).
     #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
     pub dashboard_secure_cookie: bool,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// How the HTTP API bounds its connections and its shutdown (`serve` only).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP connections and shutdown")]
+pub struct ConnectionArgs {
+    /// A request's headers must be complete this long after its connection opened (or after
+    /// the request's first byte, on a kept-alive connection); otherwise the connection is
+    /// closed.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub http_header_read_timeout_seconds: f64,
+    /// How long a kept-alive connection may wait for its next request (keep it above the load
+    /// balancer's idle timeout), and a response for the client to read it.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 75.0)]
+    pub http_idle_timeout_seconds: f64,
+    /// Connections served at once; beyond them, up to 32 more are answered for /healthz and
+    /// /readyz only (503 too_many_connections otherwise). Default: half of the open-file limit
+    /// left after 256, between 16 and 1024 (384 under `ulimit -n 1024`).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// On SIGTERM: how long /readyz answers 503 while requests are still served (each with
+    /// `Connection: close`), before the listener closes. SIGINT (Ctrl-C) skips it.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 10.0)]
+    pub shutdown_drain_seconds: f64,
+    /// After the drain: how long in-flight requests may take before the connections still
+    /// open are closed (so the API stops within SHUTDOWN_DRAIN_SECONDS + this).
+    #[arg(long, env = "HTTP_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub http_shutdown_timeout_seconds: f64,
 }
 
 /// What every process that advances migrations needs (`serve` and `worker`): the database,
@@ -378,6 +408,38 @@ impl ApiArgs {
         if self.dashboard_stuck_minutes == 0 {
             return Err("DASHBOARD_STUCK_MINUTES must be at least 1".into());
         }
+        self.connections.validate()
+    }
+}
+
+impl ConnectionArgs {
+    /// Checks ranges; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value, min) in [
+            (
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                self.http_header_read_timeout_seconds,
+                0.1,
+            ),
+            (
+                "HTTP_IDLE_TIMEOUT_SECONDS",
+                self.http_idle_timeout_seconds,
+                0.1,
+            ),
+            ("SHUTDOWN_DRAIN_SECONDS", self.shutdown_drain_seconds, 0.0),
+            (
+                "HTTP_SHUTDOWN_TIMEOUT_SECONDS",
+                self.http_shutdown_timeout_seconds,
+                0.0,
+            ),
+        ] {
+            if !(min..=3600.0).contains(&value) {
+                return Err(format!("{name} must be between {min} and 3600"));
+            }
+        }
+        if self.http_max_connections == Some(0) {
+            return Err("HTTP_MAX_CONNECTIONS must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -491,6 +553,11 @@ mod tests {
         "--rate-limit-burst",
         "--dashboard-stuck-minutes",
         "--dashboard-secure-cookie",
+        "--http-header-read-timeout-seconds",
+        "--http-idle-timeout-seconds",
+        "--http-max-connections",
+        "--shutdown-drain-seconds",
+        "--http-shutdown-timeout-seconds",
     ];
 
     #[test]
@@ -599,6 +666,39 @@ mod tests {
         assert!(validate_shutdown_grace(f64::NAN, 30.0).is_err());
         assert!(validate_shutdown_grace(f64::INFINITY, 30.0).is_err());
         assert!(validate_shutdown_grace(-1.0, 30.0).is_err());
+    }
+
+    #[test]
+    fn connection_settings_are_checked() {
+        let serve = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["waba-migrator", "serve"].iter().chain(args)).expect("parses");
+            match cli.command {
+                Command::Serve(serve) => serve.api.validate(),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        assert_eq!(serve(&[]), Ok(()));
+        assert_eq!(serve(&["--shutdown-drain-seconds=0"]), Ok(()));
+        for (arg, named) in [
+            (
+                "--http-header-read-timeout-seconds=0",
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+            ),
+            (
+                "--http-idle-timeout-seconds=NaN",
+                "HTTP_IDLE_TIMEOUT_SECONDS",
+            ),
+            ("--http-max-connections=0", "HTTP_MAX_CONNECTIONS"),
+            ("--shutdown-drain-seconds=-1", "SHUTDOWN_DRAIN_SECONDS"),
+            (
+                "--http-shutdown-timeout-seconds=86400",
+                "HTTP_SHUTDOWN_TIMEOUT_SECONDS",
+            ),
+        ] {
+            let err = serve(&[arg]).unwrap_err();
+            assert!(err.starts_with(named), "{arg}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! | `waba_http_requests_total` | counter | `method`, `route`, `status` |
 //! | `waba_http_request_duration_seconds` | histogram | `method`, `route` |
 //! | `waba_db_pool_connections` | gauge | `state` (`idle`, `in_use`, `max`) |
+//! | `waba_http_connections` | gauge, open API connections | `slot` (`regular`, `over_limit`) |
+//! | `waba_http_connections_dropped_total` | counter, connections the server closed | `reason` |
 //!
 //! Counters are per process (sum them across replicas); transition counters are incremented
 //! with the database write, so a transaction that then fails to commit (the database went away
@@ -143,6 +145,14 @@ fn describe() {
         "waba_db_pool_connections",
         "Database connections of this process."
     );
+    describe_gauge!(
+        "waba_http_connections",
+        "Open API connections: `regular` (up to HTTP_MAX_CONNECTIONS) or `over_limit` (beyond it: health checks only)."
+    );
+    describe_counter!(
+        "waba_http_connections_dropped_total",
+        "API connections the server closed: header_timeout, idle_timeout, write_timeout, evicted, over_limit_full, shutdown."
+    );
 }
 
 /// A migration was inserted.
@@ -213,6 +223,21 @@ pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
         "route" => route.to_owned()
     )
     .record(took.as_secs_f64());
+}
+
+/// An API connection opened; `slot`: `regular` or `over_limit`.
+pub fn http_connection_opened(slot: &'static str) {
+    gauge!("waba_http_connections", "slot" => slot).increment(1.0);
+}
+
+pub fn http_connection_closed(slot: &'static str) {
+    gauge!("waba_http_connections", "slot" => slot).decrement(1.0);
+}
+
+/// The server closed an API connection before its client did (`reason`: a timeout, `evicted`,
+/// `over_limit_full` or `shutdown`).
+pub fn http_connection_dropped(reason: &'static str) {
+    counter!("waba_http_connections_dropped_total", "reason" => reason).increment(1);
 }
 
 /// How long the terminal states' `waba_migrations` gauges may be reused: counting them reads

@@ -246,6 +246,8 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
         .env("OTP_MAX_ATTEMPTS", "10")
         .env("CHANNEL_POLL_MS", "100")
         .env("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS.to_string())
+        // SIGTERM tests time the workers' hand-over: no HTTP drain before the exit.
+        .env("SHUTDOWN_DRAIN_SECONDS", "0")
         // The driver polls hundreds of migrations with one key; limits are tested elsewhere.
         .env("RATE_LIMIT_PER_SECOND", "0")
         // The webhook consumer is on loopback; retry every second instead of the day-long schedule.

@@ -174,6 +174,8 @@ async fn json_logs_carry_request_ids_and_migration_ids() {
         // The grace period must outlast one upstream request (startup checks it).
         .env("UPSTREAM_TIMEOUT_SECONDS", "5")
         .env("SHUTDOWN_GRACE_SECONDS", "6")
+        // No HTTP drain on SIGTERM: the test waits for the exit.
+        .env("SHUTDOWN_DRAIN_SECONDS", "0")
         .env("RUST_LOG", "info,waba_migrator=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -403,6 +405,8 @@ impl EmbeddedServe {
             // The grace period must outlast one upstream request (startup checks it).
             .env("UPSTREAM_TIMEOUT_SECONDS", "5")
             .env("SHUTDOWN_GRACE_SECONDS", "6")
+            // No HTTP drain on SIGTERM: the test waits for each exit.
+            .env("SHUTDOWN_DRAIN_SECONDS", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -722,4 +726,349 @@ fn test_script_names_missing_packages_when_it_cannot_install() {
         missing[1].contains("sudo apt-get install -y chromium-driver"),
         "{stderr}"
     );
+}
+
+/// `waba-migrator serve` on a fresh database, in sandbox mode with its own sandbox port, with
+/// `env` on top; under `ulimit -n <files>` when given. Its stdout (log lines) is collected.
+struct Served {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    base: String,
+    stdout: tokio::task::JoinHandle<String>,
+}
+
+impl Served {
+    async fn start(env: &[(&str, &str)], files: Option<u32>) -> Self {
+        let (database_url, _name) = fresh_database().await;
+        let port = free_port();
+        let mut cmd = match files {
+            // `exec` keeps the PID: the test stops the service itself by it.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" serve"), BIN]);
+                c
+            }
+            None => {
+                let mut c = Command::new(BIN);
+                c.arg("serve");
+                c
+            }
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &database_url)
+            .env("RUN_MIGRATIONS", "true")
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("SANDBOX_BIND", format!("127.0.0.1:{}", free_port()))
+            .env("ADMIN_API_KEY", ADMIN_KEY)
+            .env("ENCRYPTION_KEY", KEY)
+            .env("UPSTREAM_TIMEOUT_SECONDS", "5")
+            .env("SHUTDOWN_GRACE_SECONDS", "6")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            let mut all = String::new();
+            let _ = out.read_to_string(&mut all).await;
+            all
+        });
+        let served = Self {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            stdout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(format!("{}/readyz", served.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the service never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        served
+    }
+
+    async fn sigterm(&self) {
+        let pid = self.child.id().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// A connection that sends the unfinished request head and nothing more.
+    async fn unfinished_head(&self) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        s
+    }
+
+    /// GET `path` on a connection of its own.
+    async fn fresh_get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap();
+        let mut req = http.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on a connection of its own: {e}"))
+    }
+}
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The probe: connections whose request head never ends. Under `ulimit -n 512` the
+/// service caps its connections below the file limit (128 by default there), more such
+/// connections than it has files cannot make `/healthz` unreachable, each is closed within the
+/// header timeout, and the API serves again afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn unfinished_request_heads_are_closed_and_health_checks_answer_at_the_cap() {
+    const HEADER_TIMEOUT_S: u64 = 3;
+    let served = Served::start(
+        &[
+            (
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                &HEADER_TIMEOUT_S.to_string(),
+            ),
+            ("SHUTDOWN_DRAIN_SECONDS", "0"),
+        ],
+        Some(512),
+    )
+    .await;
+
+    // 600 unfinished heads: more than the process may open files.
+    let opened = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..600 {
+        slow.push(served.unfinished_head().await);
+    }
+
+    // The cap is reached, and health checks are still answered (on connections of their own,
+    // closed after the answer); the API asks to come back later.
+    let health = served.fresh_get("/healthz", None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.headers()["connection"], "close");
+    let ready = served.fresh_get("/readyz", None).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let busy = served.fresh_get("/v1/partners", Some(ADMIN_KEY)).await;
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(busy.headers()["content-type"], "application/problem+json");
+    let problem: Value = busy.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_connections", "{problem}");
+
+    // Every unfinished head is closed within the header timeout (plus a loaded machine's slack).
+    let bound = Duration::from_secs(HEADER_TIMEOUT_S + 15);
+    for (i, s) in slow.iter_mut().enumerate() {
+        let left = bound.saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(s, left).await,
+            "connection {i} still open {:?} after it sent its unfinished head",
+            opened.elapsed()
+        );
+    }
+
+    // The API serves normally again.
+    let partners = served.fresh_get("/v1/partners", Some(ADMIN_KEY)).await;
+    assert_eq!(partners.status(), StatusCode::OK);
+    assert!(
+        partners
+            .headers()
+            .get("connection")
+            .is_none_or(|v| v != "close")
+    );
+
+    served.sigterm().await;
+    let Served {
+        mut child, stdout, ..
+    } = served;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let logs = stdout.await.unwrap();
+    let listening = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "API listening")
+        .expect("an `API listening` line");
+    // Half of the 512 files left after 256 for everything else.
+    assert_eq!(listening["max_connections"], 128, "{listening}");
+    assert!(!logs.contains("Too many open files"), "{logs}");
+}
+
+/// SIGTERM with requests in flight, kept-alive clients and clients that never finish their
+/// request head: `/readyz` answers 503 for the drain while every request is still answered;
+/// then the request in flight is answered too and the process exits within drain + shutdown
+/// timeout, although the slow clients are still connected (their header timeout is 60 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_answers_in_flight_requests_and_exits_within_the_bound() {
+    const DRAIN_S: u64 = 2;
+    const TIMEOUT_S: u64 = 6;
+    let served = Served::start(
+        &[
+            ("SHUTDOWN_DRAIN_SECONDS", &DRAIN_S.to_string()),
+            ("HTTP_SHUTDOWN_TIMEOUT_SECONDS", &TIMEOUT_S.to_string()),
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "60"),
+            // A dry-run precheck waits this long for the sandbox's answers: in flight across
+            // the end of the drain.
+            ("SANDBOX_LATENCY_MS", "4000"),
+        ],
+        None,
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let res = http
+        .post(format!("{}/v1/partners", served.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "Drain", "d360_partner_id": "drainPA", "d360_api_key": "drain-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        slow.push(served.unfinished_head().await);
+    }
+    // A kept-alive client.
+    assert_eq!(
+        http.get(format!("{}/healthz", served.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let precheck = tokio::spawn(
+        http.post(format!("{}/v1/prechecks", served.base))
+            .bearer_auth(&key)
+            .json(&json!({
+                "phone_number": "+14155558802",
+                "source_waba_id": "200000000000001",
+                "destination_waba_id": "300000000000001",
+                "meta_business_id": "100000000000000",
+            }))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let signalled = Instant::now();
+    served.sigterm().await;
+
+    // The drain: not ready, but every request is answered (each with `Connection: close`).
+    let mut saw_draining = false;
+    let mut answered = 0;
+    while signalled.elapsed() < Duration::from_millis(DRAIN_S * 1000 - 700) {
+        let res = http
+            .get(format!("{}/readyz", served.base))
+            .send()
+            .await
+            .expect("requests during the drain are answered");
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(res.headers()["connection"], "close");
+            assert_eq!(res.json::<Value>().await.unwrap()["status"], "draining");
+            saw_draining = true;
+            let res = http
+                .get(format!("{}/v1/migrations", served.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("requests during the drain are answered");
+            assert_eq!(res.status(), StatusCode::OK);
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_draining && answered > 0, "/readyz never answered 503");
+
+    // The request in flight at SIGTERM (and past the drain) is answered.
+    let precheck = precheck
+        .await
+        .unwrap()
+        .expect("the in-flight precheck is answered");
+    assert_eq!(precheck.status(), StatusCode::OK);
+    assert!(
+        signalled.elapsed() > Duration::from_secs(DRAIN_S),
+        "the precheck ended within the drain; make it slower"
+    );
+
+    // Gone within drain + shutdown timeout, though the slow clients still hold their
+    // connections: the bound, not the clients, ended it.
+    let Served {
+        mut child, stdout, ..
+    } = served;
+    let exit = tokio::time::timeout(Duration::from_secs(DRAIN_S + TIMEOUT_S + 15), child.wait())
+        .await
+        .expect("the process exits within drain + shutdown timeout")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        took >= Duration::from_secs(DRAIN_S + TIMEOUT_S),
+        "exited {took:?} after SIGTERM: before the slow clients were cut?"
+    );
+    let logs = stdout.await.unwrap();
+    assert!(
+        logs.contains("closing the connections still open at HTTP_SHUTDOWN_TIMEOUT_SECONDS"),
+        "{logs}"
+    );
+    for s in &mut slow {
+        assert!(closed_within(s, Duration::from_secs(1)).await);
+    }
+}
+
+/// Ctrl-C (SIGINT) in a terminal skips the drain: with a 60 s drain configured, the process
+/// still stops within seconds, and the listener is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_skips_the_drain() {
+    let served = Served::start(&[("SHUTDOWN_DRAIN_SECONDS", "60")], None).await;
+    let pid = served.child.id().expect("running");
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let Served { mut child, .. } = served;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("SIGINT does not wait for the 60 s drain")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
 }

@@ -1,5 +1,6 @@
 //! Liveness and readiness.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -7,6 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::server::Draining;
 use crate::core::AppState;
 use crate::db;
 
@@ -33,7 +35,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `unavailable` / `schema_outdated`.
+    /// `ok`, or `unavailable` / `schema_outdated` / `draining` (shutting down).
     pub status: String,
 }
 
@@ -46,13 +48,26 @@ async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Readiness: the database answers and its schema is current.
+/// Readiness: the database answers, its schema is current and the process is not stopping.
+///
+/// From SIGTERM on, for `SHUTDOWN_DRAIN_SECONDS`, it answers 503 `draining` while every other
+/// request is still served.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Not ready", body = Health),
     ))]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+async fn readyz(
+    State(state): State<AppState>,
+    draining: Option<Extension<Draining>>,
+) -> (StatusCode, axum::Json<Health>) {
+    if draining.is_some_and(|Extension(d)| d.is_draining()) {
+        let status = "draining".into();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health { status }),
+        );
+    }
     let check = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         db::schema_current(&state.pool),

@@ -22,6 +22,7 @@ mod framework_errors;
 pub mod health;
 pub mod migrations;
 pub mod partners;
+pub mod server;
 pub use crate::api::problem;
 pub mod webhooks;
 

@@ -191,6 +191,8 @@ impl Env {
             // At least the upstream timeout (default 30 s) + 1 s, as startup checks; a stop
             // with nothing in flight is immediate anyway.
             ("SHUTDOWN_GRACE_SECONDS", "31".into()),
+            // The bench stops `serve` with SIGTERM and waits 10 s: no HTTP drain first.
+            ("SHUTDOWN_DRAIN_SECONDS", "0".into()),
             ("RUST_LOG", a.service_log.clone()),
         ]
         .into_iter()
