@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::auth::{AuthConfig, AuthGuard};
 use crate::core::rate_limit::RateLimiter;
 use crate::core::{AppState, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig};
 use crate::crypto::{self, Cipher};
@@ -27,6 +28,8 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per API key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Failed-authentication limits per client address; trusted proxies.
+    pub auth: AuthConfig,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
 }
@@ -68,6 +71,7 @@ impl App {
                 .rate_limit
                 .and_then(|(rate, burst)| RateLimiter::new(rate, burst))
                 .map(Arc::new),
+            auth: Arc::new(AuthGuard::new(&settings.auth)),
             dashboard: settings.dashboard.clone(),
         };
         let dispatcher = if settings.run_workers {
@@ -112,10 +116,13 @@ impl App {
             let router = crate::http::router(self.state.clone(), crate::dashboard::routes());
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .map_err(anyhow::Error::from)
             });
         }
         if let Some(worker) = self.worker {
