@@ -38,7 +38,7 @@ use crate::db;
 
 /// How long an unknown key is answered from memory.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
-/// How long a key that authenticated stays exempt from its address's failure limit.
+/// How long after its last success a key stays exempt from its address's failure limit.
 pub const KNOWN_GOOD_TTL: Duration = Duration::from_secs(3600);
 /// Keys (hashes) remembered per cache.
 const CACHE_CAPACITY: u64 = 50_000;
@@ -168,8 +168,8 @@ impl AuthGuard {
 
     fn precheck(&self, client: Option<IpAddr>, key: &KeyHash) -> Precheck {
         if self.failures.is_some()
-            && !self.known_good.contains_key(key)
             && let Some(until) = client.and_then(|ip| self.blocked.get(&bucket(ip)))
+            && !self.known_good.contains_key(key)
         {
             let now = Instant::now();
             if until > now {
@@ -279,6 +279,7 @@ pub async fn authenticate(
             let found = db::partners::partner_for_key_hash(&state.pool, &hash).await?;
             if let Some(partner) = found {
                 crate::metrics::api_key_lookup("found");
+                // Re-inserted on every success: the hour counts from the key's last use.
                 guard.known_good.insert(hash, ());
                 return Ok(Caller::Partner(partner));
             }
