@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::core::auth::{AuthConfig, AuthGuard};
 use crate::core::rate_limit::RateLimiter;
 use crate::core::{AppState, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig};
 use crate::crypto::{self, Cipher};
@@ -28,6 +29,8 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per API key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Failed-authentication limits per client address; trusted proxies.
+    pub auth: AuthConfig,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
 }
@@ -69,6 +72,7 @@ impl App {
                 .rate_limit
                 .and_then(|(rate, burst)| RateLimiter::new(rate, burst))
                 .map(Arc::new),
+            auth: Arc::new(AuthGuard::new(&settings.auth)),
             dashboard: settings.dashboard.clone(),
         };
         let dispatcher = if settings.run_workers {

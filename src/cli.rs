@@ -15,6 +15,7 @@ use crate::app::{App, Settings};
 use crate::config::{
     ApiArgs, Cli, Command, ConnectionArgs, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs,
 };
+use crate::core::auth::AuthConfig;
 use crate::core::settings::{OtpPolicy, SystemClock, WebhookConfig};
 use crate::core::{SandboxSeeder, Upstreams};
 use crate::crypto::{self, Cipher};
@@ -415,6 +416,13 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             rate_limit: api
                 .as_ref()
                 .map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
+            auth: api
+                .as_ref()
+                .map(|a| AuthConfig {
+                    failure_limit: Some((a.auth_failures_per_minute, a.auth_failure_burst)),
+                    trusted_proxies: a.trusted_proxies.clone(),
+                })
+                .unwrap_or_default(),
             dashboard: api
                 .as_ref()
                 .map(|a| crate::core::DashboardConfig {

@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use url::Url;
 
+/// `TRUSTED_PROXIES`, parsed as a whole (an alias, so clap reads one value, not a list).
+pub type TrustedProxies = Vec<ipnet::IpNet>;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "waba-migrator",
@@ -90,6 +93,18 @@ pub struct ApiArgs {
     /// Requests an API key may send in a burst above the sustained rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// Failed authentications (unknown or revoked keys) allowed per client address per minute,
+    /// sustained; past the burst, unknown keys from the address get 429 until it recovers
+    /// (0 = no limit).
+    #[arg(long, env = "AUTH_FAILURES_PER_MINUTE", default_value_t = 6)]
+    pub auth_failures_per_minute: u32,
+    /// Failed authentications a client address may make at once.
+    #[arg(long, env = "AUTH_FAILURE_BURST", default_value_t = 10)]
+    pub auth_failure_burst: u32,
+    /// Proxies (comma-separated addresses or CIDR blocks) whose `X-Forwarded-For` names the
+    /// client address; empty: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = crate::core::auth::parse_trusted_proxies)]
+    pub trusted_proxies: TrustedProxies,
     /// Dashboard: a non-terminal migration that has not changed state for this many minutes
     /// is listed as stuck.
     #[arg(long, env = "DASHBOARD_STUCK_MINUTES", default_value_t = 30)]
@@ -403,6 +418,11 @@ impl ApiArgs {
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(
                 "RATE_LIMIT_BURST must be at least 1 when RATE_LIMIT_PER_SECOND is set".into(),
+            );
+        }
+        if self.auth_failures_per_minute > 0 && self.auth_failure_burst == 0 {
+            return Err(
+                "AUTH_FAILURE_BURST must be at least 1 when AUTH_FAILURES_PER_MINUTE is set".into(),
             );
         }
         if self.dashboard_stuck_minutes == 0 {

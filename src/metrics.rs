@@ -20,6 +20,7 @@
 //! | `waba_db_pool_connections` | gauge | `state` (`idle`, `in_use`, `max`) |
 //! | `waba_http_connections` | gauge, open API connections | `slot` (`regular`, `over_limit`) |
 //! | `waba_http_connections_dropped_total` | counter, connections the server closed | `reason` |
+//! | `waba_api_key_lookups_total` | counter | `outcome` (`found`, `not_found`: the database; `cached_not_found`: the negative cache; `refused`: 429 before any lookup) |
 //!
 //! Counters are per process (sum them across replicas); transition counters are incremented
 //! with the database write, so a transaction that then fails to commit (the database went away
@@ -153,6 +154,10 @@ fn describe() {
         "waba_http_connections_dropped_total",
         "API connections the server closed: header_timeout, idle_timeout, write_timeout, evicted, over_limit_full, shutdown."
     );
+    describe_counter!(
+        "waba_api_key_lookups_total",
+        "API keys checked (not the admin key), by where the answer came from."
+    );
 }
 
 /// A migration was inserted.
@@ -207,6 +212,12 @@ pub fn claimed(lag: Duration) {
 pub fn webhook_attempt(outcome: &'static str, took: Duration) {
     counter!("waba_webhook_attempts_total", "outcome" => outcome).increment(1);
     histogram!("waba_webhook_attempt_duration_seconds").record(took.as_secs_f64());
+}
+
+/// An API key checked: `found` / `not_found` in the database, `cached_not_found` (the negative
+/// cache, no database), `refused` (the address is over its failure limit, no lookup).
+pub fn api_key_lookup(outcome: &'static str) {
+    counter!("waba_api_key_lookups_total", "outcome" => outcome).increment(1);
 }
 
 pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {

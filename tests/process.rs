@@ -111,6 +111,7 @@ async fn a_bad_setting_exits_with_one_line_naming_it() {
     for (setting, value) in [
         ("BIND_ADDR", "nowhere"),
         ("WEBHOOK_RETRY_SCHEDULE", "5,soon"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.local"),
     ] {
         let (status, stderr) = serve_with(&[(setting, value)]).await;
         assert_eq!(status.code(), Some(2), "{setting}: {stderr}");

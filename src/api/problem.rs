@@ -11,6 +11,11 @@ use crate::db;
 /// Base of our problem `type` URIs.
 pub const TYPE_BASE: &str = "https://waba-migrator.dev/problems/";
 
+/// `WWW-Authenticate` of a 401 without credentials (RFC 6750 §3).
+pub const BEARER_CHALLENGE: &str = r#"Bearer realm="waba-migrator""#;
+/// `WWW-Authenticate` of a 401 for a token that is not a valid key (RFC 6750 §3.1).
+pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="waba-migrator", error="invalid_token", error_description="The API key is unknown or revoked""#;
+
 /// One invalid field.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FieldError {
@@ -67,6 +72,8 @@ pub struct ApiErrorInner {
     pub detail: String,
     pub errors: Vec<FieldError>,
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub www_authenticate: Option<&'static str>,
     pub extra: Option<Value>,
     source: Option<anyhow::Error>,
 }
@@ -92,6 +99,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            www_authenticate: None,
             extra: None,
             source: None,
         }))
@@ -105,12 +113,26 @@ impl ApiError {
         )
     }
 
+    /// 401 for a request without a bearer token.
     pub fn unauthorized() -> Self {
-        Self::new(
+        let mut e = Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Send `Authorization: Bearer <api key>` with a valid, unrevoked key.",
-        )
+        );
+        e.www_authenticate = Some(BEARER_CHALLENGE);
+        e
+    }
+
+    /// 401 for a bearer token that is not a valid key (unknown or revoked).
+    pub fn invalid_token() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The API key is unknown or revoked. Send `Authorization: Bearer <api key>` with a valid, unrevoked key.",
+        );
+        e.www_authenticate = Some(INVALID_TOKEN_CHALLENGE);
+        e
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -225,6 +247,12 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(challenge) = this.www_authenticate {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         res
     }

@@ -15,6 +15,7 @@ use crate::api::problem::ApiError;
 use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::Cipher;
 
+pub mod auth;
 pub mod migrations;
 pub mod partners;
 pub mod rate_limit;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Per-key request limits; `None`: unlimited.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Failed-authentication limits per client address and the negative key cache.
+    pub auth: Arc<auth::AuthGuard>,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
 }

@@ -3,7 +3,7 @@
 use axum::Form;
 use axum::extract::State;
 use axum::extract::rejection::FormRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use serde::Deserialize;
@@ -14,7 +14,9 @@ use super::session::{
     set_cookie,
 };
 use super::{DashError, views};
+use crate::api::problem::ApiError;
 use crate::core::AppState;
+use crate::core::auth::{self, ClientIp};
 use crate::crypto;
 use crate::db;
 
@@ -44,6 +46,7 @@ pub struct LoginForm {
 /// `POST /dashboard/login`: verifies the key like the API does and starts a session.
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, DashError> {
@@ -56,26 +59,39 @@ pub async fn login(
     }
     let key = form.key.trim();
     let hash = crypto::hash_api_key(key);
-    let partner = if key.is_empty() {
-        None
-    } else if let Some(admin) = &state.admin_key_hash
-        && crypto::constant_time_eq(admin, &hash)
-    {
-        Some(None)
+    // The same checks as the API's: failed sign-ins count against the address's limit.
+    let caller = if key.is_empty() {
+        Err(ApiError::unauthorized())
     } else {
-        db::partners::partner_for_key_hash(&state.pool, &hash)
-            .await?
-            .map(Some)
+        auth::authenticate(&state, client, &hash).await
     };
-    let Some(partner_id) = partner else {
-        tracing::info!("dashboard sign-in refused: unknown or revoked key");
-        return Ok(login_form(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            Some(
-                "That key is not valid (unknown or revoked). Use the admin key or a partner API key.",
-            ),
-        ));
+    let partner_id = match caller {
+        Ok(caller) => caller.scope(),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            tracing::info!("dashboard sign-in refused: unknown or revoked key");
+            return Ok(login_form(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some(
+                    "That key is not valid (unknown or revoked). Use the admin key or a partner API key.",
+                ),
+            ));
+        }
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            let wait = e.retry_after.unwrap_or(1);
+            tracing::info!("dashboard sign-in refused: too many failed attempts from the address");
+            let mut res = login_form(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many invalid keys were tried from your address. Try again in {wait} s."
+                )),
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(res);
+        }
+        Err(e) => return Err(e.into()),
     };
     let id = random_token();
     let csrf = random_token();

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -19,9 +19,10 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::problem::{ApiError, FieldError};
+use super::strict_json;
 use crate::core::AppState;
+use crate::core::auth::{self, ClientIp};
 use crate::crypto;
-use crate::db;
 
 /// The problem of a missing required field.
 const MISSING: &str = "required, but missing";
@@ -45,9 +46,10 @@ pub trait JsonBody: Sized {
     fn read(f: &mut Fields) -> Option<Self>;
 }
 
-/// A JSON body with problem+json rejections: 415 wrong content type, 400 malformed JSON, 413
-/// too large, 422 (`validation_failed`) with one `errors[]` entry per missing, unknown or
-/// invalid field. The body must be a JSON object.
+/// A JSON body with problem+json rejections: 415 wrong content type, 400 malformed JSON, 400
+/// `duplicate_json_key` (an object repeats a key, at any depth), 413 too large, 422
+/// (`validation_failed`) with one `errors[]` entry per missing, unknown or invalid field. The
+/// body must be a JSON object.
 #[derive(Debug)]
 pub struct AppJson<T>(pub T);
 
@@ -61,7 +63,7 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let allow_private = AppState::from_ref(state).webhooks.allow_private;
-        let axum::Json(value) = axum::Json::<Value>::from_request(req, state).await?;
+        let value = json_body(req, state).await?;
         let Value::Object(object) = value else {
             return Err(ApiError::field("/", "the body must be a JSON object"));
         };
@@ -205,33 +207,68 @@ impl Fields {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Send the body as JSON with `Content-Type: application/json`.",
-            ),
-            JsonRejection::JsonSyntaxError(e) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("The body is not valid JSON: {}", e.body_text()),
-            ),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "The request body is too large: at most {} KiB.",
-                        super::BODY_LIMIT / 1024
-                    ),
-                )
-            }
-            // A `serde_json::Value` reads any JSON: data errors cannot happen.
-            other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
-        }
+/// Whether `Content-Type` is JSON: `application/json` or `application/<anything>+json`.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(essence) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence.split_once('/').is_some_and(|(kind, sub)| {
+        kind == "application" && (sub == "json" || sub.ends_with("+json"))
+    })
+}
+
+/// The request body as one JSON value: 415 unless the content type is JSON, 413 over
+/// [`super::BODY_LIMIT`], 400 `malformed_json`, 400 `duplicate_json_key` when an object
+/// repeats a key (at any depth; the pointer in `errors[]`).
+async fn json_body<S: Send + Sync>(
+    req: axum::extract::Request,
+    state: &S,
+) -> Result<Value, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body as JSON with `Content-Type: application/json`.",
+        ));
     }
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "The request body is too large: at most {} KiB.",
+                    super::BODY_LIMIT / 1024
+                ),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+        }
+    })?;
+    strict_json::parse(&bytes).map_err(|e| match e {
+        strict_json::Error::Syntax(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("The body is not valid JSON: {e}"),
+        ),
+        strict_json::Error::DuplicateKey(pointer) => {
+            let mut err = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "duplicate_json_key",
+                "An object in the body has the same key twice; send each key once (see `errors`).",
+            );
+            err.errors = vec![FieldError {
+                pointer,
+                message: "this key appears more than once in its object".to_owned(),
+            }];
+            err
+        }
+    })
 }
 
 /// A query string read by [`AppQuery`].
@@ -511,30 +548,22 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let header = parts
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(s);
+        let Ok(ClientIp(client)) = ClientIp::from_request_parts(parts, s).await;
+        let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::unauthorized)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         let hash = crypto::hash_api_key(token);
-        let caller = if let Some(admin) = &state.admin_key_hash
-            && crypto::constant_time_eq(admin, &hash)
-        {
-            Caller::Admin
-        } else {
-            match db::partners::partner_for_key_hash(&state.pool, &hash).await? {
-                Some(p) => Caller::Partner(p),
-                None => return Err(ApiError::unauthorized()),
-            }
-        };
+        let caller = auth::authenticate(&state, client, &hash).await?;
         // Only valid keys are counted: a stranger cannot exhaust a partner's budget.
         if let Some(limiter) = &state.rate_limiter
             && let Err(wait) = limiter.check(&hash)

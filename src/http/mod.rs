@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 
 use crate::core::AppState;
 
+mod common_responses;
 pub mod docs;
 pub mod extract;
 mod framework_errors;
@@ -24,6 +25,7 @@ pub mod migrations;
 pub mod partners;
 pub mod server;
 pub use crate::api::problem;
+mod strict_json;
 pub mod webhooks;
 
 use problem::{ApiError, REQUEST_ID};
@@ -82,7 +84,9 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    common_responses::add(&mut doc);
+    doc
 }
 
 /// `openapi.yaml` as committed.
@@ -92,14 +96,25 @@ pub fn openapi_yaml() -> String {
 
 static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Accepts a sane `x-request-id` or makes one, exposes it to handlers (problem bodies) and
-/// returns it on the response.
+/// Whether a caller's `x-request-id` is kept: 1 to 64 of `A-Z a-z 0-9 . _ : -` (a UUID, a
+/// trace id, `req-42`). Anything else (quotes, spaces, `%`, markup, a long value) could
+/// mislead a log reader or a support tool, so it is replaced.
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Accepts a safe `x-request-id` ([`acceptable_request_id`]) or makes one (a UUIDv7), puts it
+/// on the request (the access log's span reads it there), exposes it to handlers (problem
+/// bodies) and returns it on the response.
 async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .filter(|v| acceptable_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -251,5 +266,65 @@ mod panic_tests {
             !body.to_string().contains("boom"),
             "the panic text stays in the log"
         );
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// What the layers inside `request_id` (the access log's span, handlers) see as the id, and
+    /// what the response carries.
+    async fn seen_and_returned(sent: &str) -> (String, String) {
+        async fn echo(headers: HeaderMap) -> String {
+            headers["x-request-id"].to_str().unwrap().to_owned()
+        }
+        let app = Router::new()
+            .route("/", axum::routing::get(echo))
+            .layer(middleware::from_fn(request_id));
+        let res = app
+            .oneshot(
+                Request::get("/")
+                    .header("x-request-id", sent)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let returned = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        (String::from_utf8(body.to_vec()).unwrap(), returned)
+    }
+
+    #[test]
+    fn only_short_plain_ids_are_acceptable() {
+        for ok in ["a", "req-1", "A.b_c:d-9", &"x".repeat(64)] {
+            assert!(acceptable_request_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(65),
+            "a b",
+            "a\"b",
+            "<x>",
+            "a/b",
+            "a%20",
+            "é",
+        ] {
+            assert!(!acceptable_request_id(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_log_and_the_response_use_the_accepted_or_generated_id() {
+        let (seen, returned) = seen_and_returned("trace-42").await;
+        assert_eq!((seen.as_str(), returned.as_str()), ("trace-42", "trace-42"));
+        let (seen, returned) = seen_and_returned(r#"x", "level":"ERROR"#).await;
+        assert_eq!(seen, returned);
+        assert!(uuid::Uuid::parse_str(&seen).is_ok(), "{seen}");
     }
 }

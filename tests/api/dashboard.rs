@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use waba_migrator::domain::ErrorCode;
 
-use crate::helpers::{ADMIN_KEY, TestApp};
+use waba_migrator::core::auth::AuthConfig;
+
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
 
 /// A browser-like client: keeps the dashboard cookies, does not follow redirects.
 struct Dash {
@@ -589,4 +591,46 @@ async fn the_detail_page_says_what_a_parked_migration_waits_for(pool: PgPool) {
         page.contains(&deadline.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
         "{page}"
     );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn failed_sign_ins_count_against_the_address_like_api_keys(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            auth: AuthConfig {
+                failure_limit: Some((1, 2)),
+                trusted_proxies: Vec::new(),
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut d = Dash::new(&app);
+    for i in 0..2 {
+        d.get("/dashboard/login").await;
+        let csrf = d.csrf.clone();
+        let key = format!("wm_guess_{i}");
+        let (status, _, _) = d
+            .post("/dashboard/login", &[("key", &key), ("csrf", &csrf)], &[])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    d.get("/dashboard/login").await;
+    let csrf = d.csrf.clone();
+    let (status, headers, body) = d
+        .post(
+            "/dashboard/login",
+            &[("key", "wm_guess_2"), ("csrf", &csrf)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("Too many invalid keys"), "{body}");
+    // The API shares the address's budget…
+    let res = app.get_as("wm_guess_api", "/v1/migrations").await;
+    assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures").await;
+    // …and the admin key still signs in.
+    d.sign_in(ADMIN_KEY).await;
 }

@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use waba_migrator::app::{App, Settings};
+use waba_migrator::core::auth::AuthConfig;
 use waba_migrator::core::settings::SystemClock;
 use waba_migrator::core::{
-    Clock, DashboardConfig, OtpPolicy, SandboxSeeder, Upstreams, WebhookConfig,
+    AppState, Clock, DashboardConfig, OtpPolicy, SandboxSeeder, Upstreams, WebhookConfig,
 };
 use waba_migrator::crypto::Cipher;
 use waba_migrator::domain::RetryPolicy;
@@ -54,6 +55,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Failed-authentication limits per client address (default: none).
+    pub auth: AuthConfig,
     /// The secrets cipher (default: a fresh random key).
     pub cipher: Option<Cipher>,
     /// The support dashboard's settings.
@@ -103,6 +106,7 @@ impl Default for Options {
             background_dispatcher: true,
             clock: Arc::new(SystemClock),
             rate_limit: None,
+            auth: AuthConfig::default(),
             cipher: None,
             dashboard: DashboardConfig::default(),
         }
@@ -121,6 +125,8 @@ pub struct TestApp {
     /// The partner's webhook signing secret.
     pub webhook_secret: String,
     pub dispatcher: Dispatcher,
+    /// The API's state (e.g. `state.auth` to observe key lookups).
+    pub state: AppState,
     worker: Worker,
     settings: Settings,
     pub shutdown: CancellationToken,
@@ -169,6 +175,7 @@ impl TestApp {
             webhooks: opts.webhooks.clone(),
             clock: opts.clock.clone(),
             rate_limit: opts.rate_limit,
+            auth: opts.auth.clone(),
             dashboard: opts.dashboard.clone(),
         };
         let app = App::new(pool.clone(), settings.clone()).unwrap();
@@ -181,10 +188,13 @@ impl TestApp {
             waba_migrator::http::router(app.state.clone(), waba_migrator::dashboard::routes());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .unwrap();
         });
         if opts.background_worker {
             let w = worker.clone();
@@ -218,6 +228,7 @@ impl TestApp {
             partner_key: body["api_key"].as_str().unwrap().to_owned(),
             webhook_secret: body["webhook_secret"].as_str().unwrap().to_owned(),
             dispatcher,
+            state: app.state.clone(),
             http,
             pool,
             fail_points,

@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod docs;
 mod docs_page;
+mod edge;
 mod errors;
 mod fuzz_findings;
 mod helpers;
