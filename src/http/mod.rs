@@ -23,6 +23,7 @@ pub mod health;
 pub mod migrations;
 pub mod partners;
 pub use crate::api::problem;
+mod spec;
 pub mod webhooks;
 
 use problem::{ApiError, REQUEST_ID};
@@ -79,9 +80,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(docs::page))
 }
 
-/// The OpenAPI document generated from the routes.
+/// The OpenAPI document generated from the routes, with what annotations cannot say (see
+/// `spec`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    spec::finish(&mut doc);
+    doc
 }
 
 /// `openapi.yaml` as committed.
