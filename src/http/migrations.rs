@@ -1,6 +1,7 @@
 //! `/v1/migrations…` and `/v1/prechecks`: DTOs, handlers and their OpenAPI docs.
 
-use axum::extract::State;
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -311,6 +312,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
         (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id`), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The admin key: migrations belong to a partner (refused before the body is read)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -319,7 +321,7 @@ impl JsonBody for NewMigrationRequest {
 )]
 async fn create_migration(
     State(state): State<AppState>,
-    caller: Caller,
+    PartnerCaller(caller): PartnerCaller,
     headers: HeaderMap,
     AppJson(v): AppJson<NewMigrationRequest>,
 ) -> Result<Response, ApiError> {
@@ -371,6 +373,24 @@ async fn create_migration(
             );
             Ok(res)
         }
+    }
+}
+
+/// The caller of `POST /v1/migrations`: a partner. The admin key is refused (403) before the
+/// body is read, whatever the body: its problems are not the admin's to fix.
+struct PartnerCaller(Caller);
+
+impl<S> FromRequestParts<S> for PartnerCaller
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        commands::partner_of(caller)?;
+        Ok(Self(caller))
     }
 }
 
