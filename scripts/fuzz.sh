@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Property-based API fuzzing: runs Schemathesis (pinned in scripts/fuzz-requirements.txt) against
-# the committed openapi.yaml and a real `waba-migrator serve`, and fails on any server error or
-# any response that the spec does not declare (status code, content type, headers, body schema).
+# a real `waba-migrator serve` and the OpenAPI document it serves (/openapi.yaml, the committed
+# openapi.yaml: a test fails when they drift), and fails on any server error, any response the
+# document does not declare (status code, content type, headers, body schema), any request the
+# document allows that the service refuses or the other way round, and any stateful phase that
+# followed no link.
 #
 #   ./scripts/fuzz.sh
 #
@@ -12,14 +15,18 @@
 #   simulator), with a random ADMIN_API_KEY and ENCRYPTION_KEY, against a fresh database
 #   `fuzz_<random>` on the server at DATABASE_URL (dropped afterwards). DATABASE_URL unset: a
 #   throwaway PostgreSQL is started as in scripts/test.sh (scripts/test-pg.sh).
-# * Fuzzing: every operation, every check, all phases, twice: with the admin key and with a partner
-#   key (made through POST /v1/partners), since the two see different resources (only a partner
-#   creates migrations; only the admin manages partners). scripts/schemathesis.toml holds the
-#   settings and the one allowance: a 422 for schema-valid input that JSON Schema cannot rule out
-#   (phone numbers not valid for their country, rules across fields) on three operations.
-#   FUZZ_MAX_EXAMPLES (default 200) bounds the cases per operation and phase, FUZZ_SEED (default
-#   20261127) makes the run reproducible. Reports (JUnit XML and the console output of each run) and
-#   the service log go to FUZZ_REPORT_DIR (default $CARGO_TARGET_DIR/fuzz-report).
+# * Fuzzing: every operation, every check (`--checks all`), all phases (examples, coverage,
+#   fuzzing, and the stateful phase, which follows the document's links: create a migration,
+#   then act on it; create a partner, then its keys), twice: with a partner key (made through
+#   POST /v1/partners), then with the admin key, since the two see different resources (only
+#   a partner creates migrations; only the admin manages partners). scripts/schemathesis.toml
+#   holds the settings: the one allowance (a 422 for schema-valid input, limited by
+#   scripts/fuzz_hooks.py to the rules JSON Schema cannot state, such as a phone number outside
+#   its country's ranges), real phone numbers mixed into the generated ones
+#   (scripts/fuzz-phone-numbers.dict), and the links only. FUZZ_MAX_EXAMPLES (default 200)
+#   bounds the cases per operation and phase (and the stateful phase's scenarios), FUZZ_SEED
+#   (default 20261127) makes the run reproducible. Reports (JUnit XML and the console output of
+#   each run) and the service log go to FUZZ_REPORT_DIR (default $CARGO_TARGET_DIR/fuzz-report).
 #
 # Exit status: 0 when Schemathesis found nothing, non-zero otherwise.
 set -euo pipefail
@@ -150,10 +157,13 @@ say "starting waba-migrator serve on $base_url (sandbox mode; log: $server_log)"
   export DATABASE_URL=$fuzz_url RUN_MIGRATIONS=true BIND_ADDR=127.0.0.1:$port \
     ADMIN_API_KEY=$admin_key ENCRYPTION_KEY=$encryption_key DATA_DIR=$report_dir/data \
     RUST_LOG=${FUZZ_RUST_LOG:-info,sqlx=warn} UPSTREAM_TIMEOUT_SECONDS=5 SHUTDOWN_GRACE_SECONDS=6 \
-    RATE_LIMIT_PER_SECOND=0 AUTH_FAILURES_PER_MINUTE=0
+    RATE_LIMIT_PER_SECOND=0 AUTH_FAILURES_PER_MINUTE=0 SANDBOX_API_KEY_WINDOW_MS=0
   # No rate limits: otherwise most generated requests would only meet the limiter (it has its
   # own test), not the operations under test; and Schemathesis' invalid-key probes (one per
   # operation) would meet the failed-authentication limit (429) instead of the 401 it checks.
+  # No wait between two API keys of a channel in the sandbox's 360dialog (it has its own test):
+  # POST …/api_key/rotate waits for the new key, up to 25 s, and the fuzzer rotates the keys of
+  # the migrations it completed many times.
   exec "$bin" serve
 ) >"$server_log" 2>&1 &
 server_pid=$!
@@ -200,7 +210,7 @@ run_schemathesis() {
   local who=$1 key=$2 rc=0 out=$report_dir/$1.txt
   local args=(
     --config-file scripts/schemathesis.toml --no-color
-    run openapi.yaml --url "$base_url" --checks all --mode all
+    run "$base_url/openapi.yaml" --url "$base_url" --checks all --mode all
     --max-examples "$max_examples" --seed "$seed" --generation-database none
     --workers 1 --request-timeout 10
     --report junit --report-junit-path "$report_dir/$who.junit.xml"
@@ -211,10 +221,21 @@ run_schemathesis() {
   FUZZ_API_KEY=$key HYPOTHESIS_STORAGE_DIRECTORY=$report_dir/hypothesis \
     "$venv/bin/schemathesis" "${args[@]}" 2>&1 | tee "$out" || rc=$?
   results+=("$who: $(grep -E '^=+ .* in [0-9.]+s =+$' "$out" | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//')")
+  # What the stateful phase ran: scenarios (sequences of calls) and the links it followed.
+  local stateful covered
+  stateful=$(grep -E '^ +(Scenarios|API Links): ' "$out" | sed 's/^ *//;s/  */ /g' | paste -sd ';' | sed 's/;/; /g')
+  results+=("$who, stateful phase: ${stateful:-did not run}")
+  covered=$(sed -nE 's/^ +API Links: +([0-9]+) covered.*/\1/p' "$out" | tail -n 1)
+  if ((${covered:-0} == 0)); then
+    say "as $who: the stateful phase followed no link (no sequence of calls was tested)"
+    rc=1
+  fi
   ((rc == 0)) || failed+=("$who")
 }
-run_schemathesis admin "$admin_key"
+# The partner first: its migrations are then there for the admin's run to read (the admin
+# creates none), and nothing the admin's run does to the partner (a key revoked) can spoil it.
 run_schemathesis partner "$partner_key"
+run_schemathesis admin "$admin_key"
 
 server_errors=$(grep -c '"request failed"' "$server_log" || true)
 say "summary ($(($(date +%s) - started_at)) s, seed $seed, at most $max_examples examples per operation and phase):"

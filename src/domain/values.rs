@@ -1,6 +1,7 @@
 //! Validated inputs ("parse, don't validate"): each type can only hold a valid value.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 /// A phone number in E.164 form (`+5511987654321`), checked with libphonenumber's metadata.
 #[derive(Clone, PartialEq, Eq)]
@@ -24,6 +25,11 @@ impl E164 {
             return Err("not a valid number for its country".into());
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        // libphonenumber also reads a national form after the country code (`+44 07…`, with the
+        // trunk prefix); E.164 has none, and the API takes numbers exactly as E.164 writes them.
+        if e164 != s {
+            return Err(format!("not in E.164 form: write it as {e164}"));
+        }
         let country_code = parsed.country().code();
         let national = parsed.national().to_string();
         // Italian-style leading zeros are part of the national number.
@@ -73,6 +79,69 @@ impl fmt::Debug for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "E164({})", self.e164)
     }
+}
+
+/// What [`E164::parse`] accepts, as closely as a regular expression (ECMA-262, for the OpenAPI
+/// document) can say it: `+`, a country calling code libphonenumber knows, and a national
+/// number of a length and leading digits that code's numbering plan allows (the metadata's
+/// general description of every region of the code). Whether the number lies in a range the
+/// country assigned to a type of line (fixed, mobile, toll-free, …) is the one rule left to
+/// [`E164::parse`]. Built from the same metadata `phonenumber` validates with, so a new crate
+/// version changes both together.
+pub fn e164_pattern() -> &'static str {
+    static PATTERN: LazyLock<String> = LazyLock::new(|| {
+        use phonenumber::metadata::DATABASE;
+        // Every calling code (1 to 3 digits) with metadata; `DATABASE.iter()` would yield the
+        // non-geographic ones (+800, +882, …) once for all, under their shared region "001".
+        let alternatives: Vec<String> = (1..1000u16)
+            .filter_map(|code| Some((code, DATABASE.by_code(&code)?)))
+            .map(|(code, regions)| {
+                let mut national: Vec<String> = Vec::new();
+                for meta in regions {
+                    let general =
+                        ecma_digits(meta.descriptors().general().national_number().as_str());
+                    if !national.contains(&general) {
+                        national.push(general);
+                    }
+                }
+                format!("{code}(?:{})", national.join("|"))
+            })
+            .collect();
+        format!(r"^\+(?:{})$", alternatives.join("|"))
+    });
+    &PATTERN
+}
+
+/// A libphonenumber pattern in the ECMA-262 dialect JSON Schema uses, meaning the same in
+/// every engine: without the whitespace the metadata formats it with, and `\d` written as
+/// `[0-9]` (Unicode-aware engines, Python's among them, read `\d` as any decimal digit).
+fn ecma_digits(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut in_class = false;
+    let mut chars = pattern.chars().filter(|c| !c.is_whitespace());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('d') if in_class => out.push_str("0-9"),
+                Some('d') => out.push_str("[0-9]"),
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => out.push('\\'),
+            },
+            '[' => {
+                in_class = true;
+                out.push(c);
+            }
+            ']' => {
+                in_class = false;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Keeps only the digits of a formatted number (`+1 631-555-5555` → `16315555555`).
@@ -187,6 +256,111 @@ mod tests {
         assert!(E164::parse("+55 11 98765-4321").is_err());
         assert!(E164::parse("+1").is_err());
         assert!(E164::parse("+999123").is_err());
+        // The two numbers the OpenAPI pattern used to let through: too short for +1, and a
+        // 14-digit national number +7 only has for 8-prefixed toll-free numbers.
+        assert!(E164::parse("+10").is_err());
+        assert!(E164::parse("+746859440850270").is_err());
+    }
+
+    #[test]
+    fn takes_only_the_e164_form() {
+        // A national form after the country code is a valid number, written wrongly.
+        assert_eq!(
+            E164::parse("+4407912345678").unwrap_err(),
+            "not in E.164 form: write it as +447912345678"
+        );
+        assert!(E164::parse("+447912345678").is_ok());
+        // Italian fixed lines keep their leading 0 in E.164.
+        assert_eq!(
+            E164::parse("+390236618300").unwrap().as_str(),
+            "+390236618300"
+        );
+    }
+
+    /// The pattern accepts every number of libphonenumber's metadata (an example of each type
+    /// of line of each region) that [`E164::parse`] accepts, and refuses what it refuses for
+    /// its length or leading digits.
+    #[test]
+    fn the_pattern_accepts_what_parse_accepts() {
+        use phonenumber::metadata::DATABASE;
+        let pattern = regex::Regex::new(e164_pattern()).unwrap();
+        let mut accepted = 0;
+        for meta in (1..1000u16).flat_map(|code| DATABASE.by_code(&code).unwrap_or_default()) {
+            let d = meta.descriptors();
+            for desc in [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(example) = desc.example() else {
+                    continue;
+                };
+                let number = format!("+{}{example}", meta.country_code());
+                if E164::parse(&number).is_ok() {
+                    accepted += 1;
+                    assert!(pattern.is_match(&number), "{number} ({})", meta.id());
+                }
+            }
+        }
+        assert!(accepted > 1000, "only {accepted} example numbers");
+        for number in [
+            "+10",
+            "+746859440850270",
+            "+1415555267",
+            "+14155552671234",
+            "+0123456789",
+            "+999123456",
+            "+4407912345678",
+            "5511987654321",
+            "+55 11 98765 4321",
+            "+５511987654321",
+        ] {
+            assert!(E164::parse(number).is_err(), "{number}");
+            assert!(!pattern.is_match(number), "{number}");
+        }
+        for number in [
+            "+5511987654321",
+            "+14155552671",
+            "+390236618300",
+            "+80012345678",
+        ] {
+            assert!(E164::parse(number).is_ok(), "{number}");
+            assert!(pattern.is_match(number), "{number}");
+        }
+        assert!(
+            !e164_pattern().contains(r"\d"),
+            "\\d reads as any digit in Python"
+        );
+    }
+
+    /// The phone numbers scripts/fuzz.sh mixes into generated requests are ones the API takes.
+    #[test]
+    fn the_fuzzers_phone_numbers_are_valid() {
+        let dict = include_str!("../../scripts/fuzz-phone-numbers.dict");
+        let pattern = regex::Regex::new(e164_pattern()).unwrap();
+        let numbers: Vec<&str> = dict
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.trim_matches('"'))
+            .collect();
+        assert!(numbers.len() > 200, "{}", numbers.len());
+        for number in numbers {
+            assert_eq!(
+                E164::parse(number).map(|n| n.to_string()),
+                Ok(number.to_owned())
+            );
+            assert!(pattern.is_match(number), "{number}");
+        }
     }
 
     #[test]

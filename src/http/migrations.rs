@@ -1,12 +1,15 @@
 //! `/v1/migrations…` and `/v1/prechecks`: DTOs, handlers and their OpenAPI docs.
 
-use axum::extract::State;
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -39,12 +42,35 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(run_precheck))
 }
 
+/// The `PhoneNumber` schema: a number in E.164 form, as [`E164::parse`] takes it.
+pub struct PhoneNumber;
+
+impl utoipa::PartialSchema for PhoneNumber {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "E.164: `+`, the country calling code and the national number, digits only \
+                 (`+5511987654321`; no spaces, no trunk prefix such as the `0` of `+44 07…`). \
+                 The pattern, built from libphonenumber's metadata, checks the country code and \
+                 the national number's length and leading digits; a number outside the ranges \
+                 its country assigned to phone lines still fails with 422 `validation_failed` \
+                 (`not a valid number for its country`).",
+            ))
+            .pattern(Some(values::e164_pattern()))
+            .examples(["+5511987654321"])
+            .into()
+    }
+}
+
+impl ToSchema for PhoneNumber {}
+
 /// Body of `POST /v1/migrations`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMigration {
-    /// E.164, e.g. `+5511987654321`.
-    #[schema(example = "+5511987654321", pattern = r"^\+[1-9][0-9]{1,14}$")]
+    /// The number to migrate.
+    #[schema(value_type = PhoneNumber)]
     pub phone_number: String,
     /// Meta id of the WABA the number is on today.
     #[schema(example = "102290129340398", pattern = "^[0-9]{1,32}$")]
@@ -286,6 +312,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
         (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id` when the caller may see it: another partner learns only that the number is busy), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The admin key: migrations belong to a partner (refused before the body is read)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
@@ -294,7 +321,7 @@ impl JsonBody for NewMigrationRequest {
 )]
 async fn create_migration(
     State(state): State<AppState>,
-    caller: Caller,
+    PartnerCaller(caller): PartnerCaller,
     headers: HeaderMap,
     AppJson(v): AppJson<NewMigrationRequest>,
 ) -> Result<Response, ApiError> {
@@ -349,6 +376,24 @@ async fn create_migration(
     }
 }
 
+/// The caller of `POST /v1/migrations`: a partner. The admin key is refused (403) before the
+/// body is read, whatever the body: its problems are not the admin's to fix.
+struct PartnerCaller(Caller);
+
+impl<S> FromRequestParts<S> for PartnerCaller
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        commands::partner_of(caller)?;
+        Ok(Self(caller))
+    }
+}
+
 /// The 201 of `POST /v1/migrations`, first or replayed: the body `GET /v1/migrations/{id}`
 /// answers (same fields, same order) and the `Location` of the migration.
 fn created(m: &Migration) -> Response {
@@ -368,7 +413,7 @@ pub struct ListQuery {
     pub state: Option<MigrationState>,
     /// Only this number, E.164 with its `+` URL-encoded: `phone_number=%2B5511987654321`
     /// (a bare `+` in a query string means a space).
-    #[param(value_type = Option<String>, pattern = r"^\+[1-9][0-9]{1,14}$")]
+    #[param(value_type = Option<PhoneNumber>)]
     pub phone_number: Option<E164>,
     /// Created strictly after this RFC 3339 timestamp, e.g. `2026-12-01T00:00:00Z` (an offset's
     /// `+` URL-encoded as `%2B`).
@@ -801,7 +846,7 @@ const ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrecheckRequest {
-    #[schema(example = "+5511987654321", pattern = r"^\+[1-9][0-9]{1,14}$")]
+    #[schema(value_type = PhoneNumber)]
     pub phone_number: String,
     #[schema(example = "102290129340398", pattern = "^[0-9]{1,32}$")]
     pub source_waba_id: String,

@@ -25,6 +25,7 @@ pub mod migrations;
 pub mod partners;
 pub mod server;
 pub use crate::api::problem;
+mod spec;
 mod strict_json;
 pub mod webhooks;
 
@@ -82,10 +83,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(docs::page))
 }
 
-/// The OpenAPI document generated from the routes.
+/// The OpenAPI document generated from the routes, with what annotations cannot say (see
+/// `spec`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().split_for_parts().1;
     common_responses::add(&mut doc);
+    spec::finish(&mut doc);
     doc
 }
 

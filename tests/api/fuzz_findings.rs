@@ -141,3 +141,33 @@ async fn bodies_that_are_not_objects_are_rejected(pool: PgPool) {
     let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert_eq!(problem["errors"][0]["pointer"], "/phone_number");
 }
+
+/// Metadata numbers at the ends of the f64 range come back as sent: PostgreSQL's jsonb writes
+/// 1.7976931348623157e308 out as a 309-digit integer, which serde_json's default (fast, not
+/// exact) float parsing read as out of range: the create answered 500 after storing the row.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn metadata_numbers_at_the_ends_of_the_f64_range_round_trip(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, quiet()).await;
+    let metadata = json!({
+        "max": f64::MAX,
+        "min": f64::MIN,
+        "tiny": 4.9e-324,
+        "small": 1.401298464324817e-45,
+        "big": 1.0e300,
+        "int": u64::MAX,
+    });
+    let mut body = TestApp::create_body("+14155550902");
+    body["metadata"] = metadata.clone();
+    let res = app.post("/v1/migrations", body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let created: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(created["metadata"], metadata);
+    let id = created["id"].as_str().unwrap();
+    let read: serde_json::Value = app
+        .get(&format!("/v1/migrations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["metadata"], metadata);
+}

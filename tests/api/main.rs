@@ -20,6 +20,7 @@ mod openapi;
 mod paging;
 mod partners;
 mod scenarios;
+mod schema_agreement;
 mod secrets;
 mod shutdown;
 mod upstream_failures;

@@ -593,6 +593,22 @@ async fn bad_input_gets_problem_json_and_writes_nothing(pool: PgPool) {
     assert_eq!(app.count_migrations().await, 0);
 }
 
+/// Only a partner creates migrations: the admin key is a 403 whatever the body, valid or not
+/// (it used to be a 422 for an invalid body, as if fixing it would help).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_admin_key_cannot_create_whatever_the_body(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for body in [
+        TestApp::create_body("+14155550110"),
+        json!({ "phone_number": "+10" }),
+        json!({}),
+    ] {
+        let res = app.post_as(ADMIN_KEY, "/v1/migrations", body).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    assert_eq!(app.count_migrations().await, 0);
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn api_key_is_not_available_before_completion(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
