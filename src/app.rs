@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 
 use crate::core::auth::{AuthConfig, AuthGuard};
 use crate::core::rate_limit::RateLimiter;
-use crate::core::{AppState, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig};
+use crate::core::{
+    AppState, ClientPageConfig, Clock, DashboardConfig, SandboxSeeder, Upstreams, WebhookConfig,
+};
 use crate::crypto::{self, Cipher};
 use crate::http::server::ServeConfig;
 use crate::shutdown::Stop;
@@ -33,6 +35,13 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
+    /// The end client's page.
+    pub client_page: ClientPageConfig,
+}
+
+/// The HTML pages served beside the API: the support dashboard and the end client's page.
+pub fn pages() -> axum::Router<AppState> {
+    crate::dashboard::routes().merge(crate::client_page::routes())
 }
 
 /// The service: API state plus (optionally) a worker.
@@ -74,6 +83,8 @@ impl App {
                 .map(Arc::new),
             auth: Arc::new(AuthGuard::new(&settings.auth)),
             dashboard: settings.dashboard.clone(),
+            client_page: settings.client_page.clone(),
+            client_page_limits: Default::default(),
         };
         let dispatcher = if settings.run_workers {
             Some(Dispatcher::new(
@@ -117,7 +128,7 @@ impl App {
         let mut tasks = tokio::task::JoinSet::new();
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
         if let Some((listener, config)) = listener {
-            let router = crate::http::router(self.state.clone(), crate::dashboard::routes());
+            let router = crate::http::router(self.state.clone(), pages());
             let stop = stop.clone();
             let drain = config.drain;
             let signalled = async move {

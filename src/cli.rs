@@ -430,6 +430,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
                     secure_cookie: a.dashboard_secure_cookie,
                 })
                 .unwrap_or_default(),
+            client_page: api.as_ref().map(|a| a.client_page()).unwrap_or_default(),
         },
     )?;
 

@@ -113,8 +113,54 @@ pub struct ApiArgs {
     /// https, e.g. behind a TLS-terminating proxy).
     #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
     pub dashboard_secure_cookie: bool,
+    /// The service's address as end clients reach it (scheme, host, optional port and path
+    /// prefix): client page links are `{PUBLIC_BASE_URL}/c/{token}`. Default: `http://` and
+    /// BIND_ADDR (127.0.0.1 when it is an unspecified address). Set it in production.
+    #[arg(long, env = "PUBLIC_BASE_URL", value_parser = parse_public_base_url)]
+    pub public_base_url: Option<String>,
+    /// How long a client page link works after it was issued or rotated.
+    #[arg(long, env = "CLIENT_PAGE_TTL_SECONDS", default_value_t = 604_800)]
+    pub client_page_ttl_seconds: u64,
+    /// How long a client page still shows a completed or failed migration's outcome; then
+    /// its link stops working.
+    #[arg(long, env = "CLIENT_PAGE_LINGER_SECONDS", default_value_t = 900)]
+    pub client_page_linger_seconds: u64,
     #[command(flatten)]
     pub connections: ConnectionArgs,
+}
+
+/// `PUBLIC_BASE_URL`: an absolute http(s) URL without query or fragment.
+fn parse_public_base_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".into());
+    }
+    Ok(url.into())
+}
+
+impl ApiArgs {
+    /// The client page's settings: [`Self::public_base_url`], or one made from the bind address.
+    pub fn client_page(&self) -> crate::core::ClientPageConfig {
+        let base = self
+            .public_base_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .unwrap_or_else(|| {
+                let mut addr = self.bind_addr;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                url::Url::parse(&format!("http://{addr}")).expect("a socket address makes a URL")
+            });
+        crate::core::ClientPageConfig {
+            public_base_url: base,
+            ttl: std::time::Duration::from_secs(self.client_page_ttl_seconds),
+            linger: std::time::Duration::from_secs(self.client_page_linger_seconds),
+        }
+    }
 }
 
 /// How the HTTP API bounds its connections and its shutdown (`serve` only).

@@ -115,6 +115,21 @@ impl Cipher {
     }
 
     /// Whether a previous key is configured.
+    /// Secrets derived for `purpose` from `input` under each key, the primary key's first:
+    /// values the service can compute again whenever it needs them (a client page's token),
+    /// so they are never stored. Different purposes never give the same secret.
+    pub fn derived_secrets(&self, purpose: &str, input: &[u8]) -> Vec<[u8; 32]> {
+        let mut bytes = Vec::with_capacity(purpose.len() + 1 + input.len());
+        bytes.extend_from_slice(b"derive:");
+        bytes.extend_from_slice(purpose.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(input);
+        self.fingerprints(&bytes)
+            .into_iter()
+            .map(|f| f.try_into().expect("HMAC-SHA256 is 32 bytes"))
+            .collect()
+    }
+
     pub fn has_old_key(&self) -> bool {
         self.old.is_some()
     }

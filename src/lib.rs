@@ -16,6 +16,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client_page;
 pub mod clients;
 pub mod config;
 pub mod core;

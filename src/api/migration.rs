@@ -63,6 +63,34 @@ pub struct MigrationSummary {
     pub can_send_message: Option<String>,
 }
 
+/// Whether a new migration gets an end client page (`client_page` in the create body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientPageMode {
+    /// A page at `client_page.url` walks the client through its part.
+    #[default]
+    Hosted,
+    /// No page: the partner runs its own screens.
+    Disabled,
+}
+
+/// The client page link of a migration, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClientPage {
+    /// The link (`…/c/{token}`). Whoever holds it can act for the client on this migration
+    /// (see its state, submit the verification code, ask for another): send it to the client
+    /// only. `POST /v1/migrations/{id}/client_page/rotate` replaces it.
+    pub url: String,
+    /// When the link stops working, at the latest. It also stops working when the migration
+    /// is cancelled, and 15 minutes (`CLIENT_PAGE_LINGER_SECONDS`) after it completes or
+    /// fails; from then on it answers 404 "link no longer valid".
+    pub expires_at: DateTime<Utc>,
+    /// When the client first opened this link; `null`: not yet.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// Codes and resend requests sent through this link.
+    pub submissions: i32,
+}
+
 /// A migration.
 // `Deserialize` reads a stored create response back (an `Idempotency-Key` replay), so that it
 // is written in this field order again.
@@ -89,6 +117,13 @@ pub struct Migration {
     /// While the migration waits on someone (`awaiting_otp`, `awaiting_channel`): on whom, for
     /// what, since when, and the deadline at which it fails; `null` otherwise.
     pub waiting_for: Option<WaitingFor>,
+    /// The end client's page: a link to send the client, which walks it through its part of
+    /// the migration (README "Send this link to your client"); `null` when the migration was
+    /// created with `"client_page": "disabled"`. Only in answers to the owner partner and the
+    /// admin: webhooks and stored answers never carry it (it is a capability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ClientPage>)]
+    pub client_page: Option<Option<ClientPage>>,
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub callback_url: Option<String>,
@@ -148,6 +183,7 @@ impl From<&MigrationRow> for Migration {
                 .waiting_for
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
+            client_page: None,
             metadata: r.metadata.clone(),
             callback_url: r.callback_url.clone(),
             created_at: r.created_at,

@@ -23,6 +23,27 @@ use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
 
+/// Where a code or a resend request came from, recorded as `source` in its event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The HTTP API (`POST …/otp`, `POST …/otp/resend`).
+    Api,
+    /// The end client's page (`/c/{token}`).
+    ClientPage,
+    /// The support dashboard.
+    Dashboard,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::ClientPage => "client_page",
+            Source::Dashboard => "dashboard",
+        }
+    }
+}
+
 /// A checked create request.
 #[derive(Debug)]
 pub struct NewMigrationInput {
@@ -38,6 +59,8 @@ pub struct NewMigrationInput {
     pub pin: Option<String>,
     pub callback_url: Option<String>,
     pub metadata: Value,
+    /// Give the migration a client page link (`"client_page": "hosted"`, the default).
+    pub client_page: bool,
 }
 
 /// An `Idempotency-Key` and the body it was sent with (as sent: its fingerprint).
@@ -50,8 +73,14 @@ pub struct Idempotency<'a> {
 pub enum Created {
     /// A new migration.
     New(Box<Migration>),
-    /// The stored answer of an earlier request with the same `Idempotency-Key` and body.
-    Replay { status: u16, body: Value },
+    /// The stored answer of an earlier request with the same `Idempotency-Key` and body:
+    /// the migration it created (with its `client_page` as it is now, which is never stored),
+    /// or the stored body of another answer.
+    Replay {
+        status: u16,
+        body: Value,
+        migration: Option<Box<Migration>>,
+    },
 }
 
 /// Creates a migration (`POST /v1/migrations`): one `queued` row with its event, or the stored
@@ -79,7 +108,15 @@ pub async fn create(
                 idempotency::Begin::New => {}
                 idempotency::Begin::Replay { status, body } => {
                     tx.rollback().await?;
-                    return Ok(Created::Replay { status, body });
+                    let migration = match serde_json::from_value::<Migration>(body.clone()) {
+                        Ok(m) if status == 201 => Some(Box::new(replayed(state, m).await?)),
+                        _ => None,
+                    };
+                    return Ok(Created::Replay {
+                        status,
+                        body,
+                        migration,
+                    });
                 }
                 idempotency::Begin::Mismatch => {
                     return Err(ApiError::new(
@@ -161,13 +198,34 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     };
-    let out = Migration::from(&row);
+    let page = if v.client_page {
+        Some(super::client_page::issue(&mut tx, state, id).await?)
+    } else {
+        None
+    };
+    let mut out = Migration::from(&row);
     if let Some(idem) = &idempotency {
+        // Without the link: a stored answer must not hold a capability.
         idempotency::finish(&mut tx, partner_id, idem.key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
+    out.client_page = Some(
+        page.as_ref()
+            .map(|p| super::client_page::present(state, &row, p)),
+    );
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
     Ok(Created::New(Box::new(out)))
+}
+
+/// A replayed create answer with its migration's `client_page` as it is now.
+async fn replayed(state: &AppState, mut m: Migration) -> Result<Migration, ApiError> {
+    let row = store::get(&state.pool, m.id, None).await?;
+    let page = db::client_pages::get(&state.pool, m.id).await?;
+    m.client_page = Some(
+        page.as_ref()
+            .map(|p| super::client_page::present(state, &row, p)),
+    );
+    Ok(m)
 }
 
 /// Sorts object keys so equal JSON bodies hash equally whatever their key order.
@@ -190,6 +248,7 @@ pub async fn submit_code(
     caller: Caller,
     id: Uuid,
     code: &str,
+    source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let plan = plan_for(&row, Command::SubmitCode)?;
@@ -203,7 +262,7 @@ pub async fn submit_code(
     patch.otp_code_enc = Some(Some(state.cipher.seal(code, &aad::otp_code(id))));
     let mut guard = plan_guard(caller, &plan);
     guard.otp_unexpired = true;
-    let data = json!({ "otp": "submitted" });
+    let data = json!({ "otp": "submitted", "source": source.as_str() });
     apply_plan(
         state,
         caller,
@@ -516,6 +575,7 @@ pub async fn resend(
     caller: Caller,
     id: Uuid,
     method: Option<OtpMethod>,
+    source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let plan = plan_for(&row, Command::Resend)?;
@@ -536,7 +596,7 @@ pub async fn resend(
     let mut patch = plan_patch(state, &plan);
     patch.otp_method = Some(method.as_str().into());
     let guard = plan_guard(caller, &plan);
-    let data = json!({ "otp": "resend_requested", "method": method });
+    let data = json!({ "otp": "resend_requested", "method": method, "source": source.as_str() });
     apply_plan(
         state,
         caller,

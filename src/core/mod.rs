@@ -16,6 +16,7 @@ use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::Cipher;
 
 pub mod auth;
+pub mod client_page;
 pub mod migrations;
 pub mod partners;
 pub mod rate_limit;
@@ -23,6 +24,7 @@ pub mod settings;
 pub mod ssrf;
 pub mod transition;
 
+pub use client_page::ClientPageConfig;
 use rate_limit::RateLimiter;
 pub use settings::{Clock, DashboardConfig, OtpPolicy, WebhookConfig};
 
@@ -98,6 +100,10 @@ pub struct AppState {
     pub auth: Arc<auth::AuthGuard>,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
+    /// The end client's page: where links point, how long they work.
+    pub client_page: ClientPageConfig,
+    /// Submission limits of the client page, per link and per address.
+    pub client_page_limits: Arc<client_page::PageLimits>,
 }
 
 impl FromRef<AppState> for PgPool {

@@ -233,7 +233,10 @@ async fn act(
     let (name, result) = match action {
         Action::Retry => ("retry", api::retry(state, session.caller, id).await),
         Action::Cancel => ("cancel", api::cancel(state, session.caller, id).await),
-        Action::Resend(m) => ("resend", api::resend(state, session.caller, id, m).await),
+        Action::Resend(m) => (
+            "resend",
+            api::resend(state, session.caller, id, m, api::Source::Dashboard).await,
+        ),
     };
     match result {
         Ok(_) => {

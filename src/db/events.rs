@@ -47,7 +47,10 @@ impl NewEvent {
     /// the state entered, or `migration.waiting_for_changed`.
     pub fn is_delivered(&self) -> bool {
         (self.to_state.is_some() && self.from_state != self.to_state)
-            || self.kind == EventType::WaitingForChanged
+            || matches!(
+                self.kind,
+                EventType::WaitingForChanged | EventType::ClientPageOpened
+            )
     }
 }
 

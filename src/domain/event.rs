@@ -37,11 +37,15 @@ pub enum EventType {
     ApiKeySuperseded,
     /// `migration.waiting_for_changed`
     WaitingForChanged,
+    /// `migration.client_page_opened`
+    ClientPageOpened,
+    /// `migration.client_page_rotated`
+    ClientPageRotated,
 }
 
 impl EventType {
     /// Every type the service writes.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         Self::Created,
         Self::StateChanged,
         Self::AwaitingOtp,
@@ -53,6 +57,8 @@ impl EventType {
         Self::ApiKeyRetrieved,
         Self::ApiKeySuperseded,
         Self::WaitingForChanged,
+        Self::ClientPageOpened,
+        Self::ClientPageRotated,
     ];
 
     /// The type of the transition into `to`, for its audit event and its webhook alike: the
@@ -102,6 +108,8 @@ impl EventType {
             Self::ApiKeyRetrieved => "migration.api_key_retrieved",
             Self::ApiKeySuperseded => "migration.api_key_superseded",
             Self::WaitingForChanged => "migration.waiting_for_changed",
+            Self::ClientPageOpened => "migration.client_page_opened",
+            Self::ClientPageRotated => "migration.client_page_rotated",
         }
     }
 
@@ -156,6 +164,16 @@ impl EventType {
                  code (`data.waiting_for` is the new `waiting_for`, `data.previous` the code \
                  before, `null` when none was set); the state does not change. Sent as a \
                  webhook of this type."
+            }
+            Self::ClientPageOpened => {
+                "the end client opened the migration's client page link for the first time \
+                 (each link once: a rotated link is opened anew); `data.generation` counts the \
+                 link's rotations. The state does not change. Sent as a webhook of this type."
+            }
+            Self::ClientPageRotated => {
+                "the client page link was replaced (`POST /v1/migrations/{id}/client_page/rotate`, \
+                 `data.by`: `partner` or `admin`); the previous link stopped working. No state. \
+                 No webhook."
             }
         }
     }

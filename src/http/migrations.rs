@@ -22,6 +22,7 @@ use super::extract::{
 use super::problem::{ApiError, Problem};
 pub use crate::api::migration::*;
 use crate::core::AppState;
+use crate::core::client_page;
 use crate::core::migrations as commands;
 use crate::db::{self, migrations as store};
 use crate::domain::values::{self, E164};
@@ -39,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_migration))
         .routes(routes!(get_api_key))
         .routes(routes!(rotate_api_key))
+        .routes(routes!(rotate_client_page))
         .routes(routes!(run_precheck))
 }
 
@@ -110,6 +112,13 @@ pub struct CreateMigration {
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub channel_id: Option<String>,
+    /// `hosted` (the default): the migration gets an end client page, whose link
+    /// (`client_page.url`) you send to your client; `disabled`: no page (you run your own
+    /// screens and relay the code).
+    // Left out when absent, so a body's idempotency fingerprint is what it was before this
+    // field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_page: Option<ClientPageMode>,
 }
 
 /// The four ids every migration names, checked.
@@ -179,6 +188,7 @@ struct NewMigrationRequest {
     metadata: Value,
     flow: Flow,
     channel_id: Option<String>,
+    client_page: ClientPageMode,
 }
 
 /// A webhook URL: `https` to a public host (anything http(s) with `ALLOW_PRIVATE_CALLBACKS`).
@@ -230,6 +240,7 @@ impl JsonBody for NewMigrationRequest {
         let metadata = f.optional::<Value>("metadata");
         let flow = f.optional::<Flow>("flow");
         let channel_id = f.optional::<String>("channel_id");
+        let client_page = f.optional::<ClientPageMode>("client_page");
 
         let language = match &otp_language {
             Some(l) => f.check("otp_language", values::parse_language(l)),
@@ -282,6 +293,7 @@ impl JsonBody for NewMigrationRequest {
                 metadata,
                 flow,
                 channel_id,
+                client_page,
             },
             accounts: accounts.checked?,
             otp_method: otp_method.unwrap_or_default(),
@@ -291,6 +303,7 @@ impl JsonBody for NewMigrationRequest {
             metadata: checked_metadata,
             flow: flow.unwrap_or_default(),
             channel_id: checked_channel,
+            client_page: client_page.unwrap_or_default(),
         })
     }
 }
@@ -357,15 +370,20 @@ async fn create_migration(
         pin: v.pin,
         callback_url: v.callback_url,
         metadata: v.metadata,
+        client_page: v.client_page == ClientPageMode::Hosted,
     };
     match commands::create(&state, caller, idempotency, input).await? {
         commands::Created::New(m) => Ok(created(&m)),
-        commands::Created::Replay { status, body } => {
+        commands::Created::Replay {
+            status,
+            body,
+            migration,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             // The stored body (jsonb) lost the field order: write it as the first time.
-            let mut res = match serde_json::from_value::<Migration>(body.clone()) {
-                Ok(m) if status == StatusCode::CREATED => created(&m),
-                _ => (status, axum::Json(body)).into_response(),
+            let mut res = match migration {
+                Some(m) => created(&m),
+                None => (status, axum::Json(body)).into_response(),
             };
             res.headers_mut().insert(
                 "idempotent-replayed",
@@ -528,10 +546,9 @@ async fn list_migrations(
     } else {
         None
     };
-    Ok(axum::Json(MigrationPage {
-        data: rows.iter().map(Migration::from).collect(),
-        next_cursor,
-    }))
+    let mut data: Vec<Migration> = rows.iter().map(Migration::from).collect();
+    client_page::attach(&state, &rows, &mut data).await?;
+    Ok(axum::Json(MigrationPage { data, next_cursor }))
 }
 
 /// Get one migration.
@@ -552,7 +569,7 @@ async fn get_migration(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
     let row = commands::fetch(&state, caller, id).await?;
-    Ok(axum::Json(Migration::from(&row)))
+    shown(&state, &row).await
 }
 
 /// An audit-trail entry.
@@ -665,8 +682,8 @@ async fn submit_otp(
     IdPath(id): IdPath<Uuid>,
     AppJson(SubmitOtp { code }): AppJson<SubmitOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = commands::submit_code(&state, caller, id, &code).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+    let r = commands::submit_code(&state, caller, id, &code, commands::Source::Api).await?;
+    Ok((StatusCode::ACCEPTED, shown(&state, &r).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -705,8 +722,8 @@ async fn resend_otp(
     IdPath(id): IdPath<Uuid>,
     AppJson(body): AppJson<ResendOtp>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = commands::resend(&state, caller, id, body.method).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+    let r = commands::resend(&state, caller, id, body.method, commands::Source::Api).await?;
+    Ok((StatusCode::ACCEPTED, shown(&state, &r).await?))
 }
 
 /// Cancel a migration that has not finished.
@@ -729,7 +746,7 @@ async fn cancel_migration(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
     let r = commands::cancel(&state, caller, id).await?;
-    Ok(axum::Json(Migration::from(&r)))
+    shown(&state, &r).await
 }
 
 /// Resume a failed migration from the step that failed.
@@ -752,7 +769,7 @@ async fn retry_migration(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
     let r = commands::retry(&state, caller, id).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&r))))
+    Ok((StatusCode::ACCEPTED, shown(&state, &r).await?))
 }
 
 /// The generated 360dialog API key.
@@ -834,9 +851,45 @@ async fn rotate_api_key(
     match commands::rotate_api_key(&state, caller, id, ROTATE_WAIT).await? {
         commands::Rotation::Done(key) => Ok(key_response(key)),
         commands::Rotation::Pending(row) => {
-            Ok((StatusCode::ACCEPTED, axum::Json(Migration::from(&*row))).into_response())
+            Ok((StatusCode::ACCEPTED, shown(&state, &row).await?).into_response())
         }
     }
+}
+
+/// A migration as its owner sees it: the public JSON with its `client_page`.
+async fn shown(
+    state: &AppState,
+    row: &store::MigrationRow,
+) -> Result<axum::Json<Migration>, ApiError> {
+    Ok(axum::Json(client_page::with_page(state, row).await?))
+}
+
+/// Replace the client page link.
+///
+/// The migration's end client page gets a new link (`client_page.url`, with a new
+/// `expires_at`); the previous link stops working at once and answers 404 "link no longer
+/// valid". Use it when a link reached the wrong person, or expired before the client acted.
+#[utoipa::path(
+    post, path = "/v1/migrations/{id}/client_page/rotate", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    responses(
+        (status = 200, description = "The migration with its new `client_page`", body = Migration),
+        (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The migration has no client page (`client_page_disabled`: created with `\"client_page\": \"disabled\"`), or it is `completed` or `cancelled` (`invalid_state`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn rotate_client_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Migration>, ApiError> {
+    let (row, page) = client_page::rotate(&state, caller, id).await?;
+    let mut m = Migration::from(&row);
+    m.client_page = Some(Some(page));
+    Ok(axum::Json(m))
 }
 
 /// How long `POST …/api_key/rotate` waits for the new key: inside the request timeout.

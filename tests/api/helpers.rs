@@ -14,7 +14,8 @@ use waba_migrator::app::{App, Settings};
 use waba_migrator::core::auth::AuthConfig;
 use waba_migrator::core::settings::SystemClock;
 use waba_migrator::core::{
-    AppState, Clock, DashboardConfig, OtpPolicy, SandboxSeeder, Upstreams, WebhookConfig,
+    AppState, ClientPageConfig, Clock, DashboardConfig, OtpPolicy, SandboxSeeder, Upstreams,
+    WebhookConfig,
 };
 use waba_migrator::crypto::Cipher;
 use waba_migrator::domain::RetryPolicy;
@@ -61,6 +62,8 @@ pub struct Options {
     pub cipher: Option<Cipher>,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
+    /// The client page's settings (its `public_base_url` is set to the test server's).
+    pub client_page: ClientPageConfig,
 }
 
 impl Default for Options {
@@ -109,6 +112,7 @@ impl Default for Options {
             auth: AuthConfig::default(),
             cipher: None,
             dashboard: DashboardConfig::default(),
+            client_page: ClientPageConfig::default(),
         }
     }
 }
@@ -155,6 +159,8 @@ impl TestApp {
             shutdown.clone().cancelled_owned(),
         ));
         let sandbox_url = format!("http://{sb_addr}");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let settings = Settings {
             upstreams: Upstreams {
                 meta_graph_url: Url::parse(&sandbox_url).unwrap(),
@@ -177,15 +183,16 @@ impl TestApp {
             rate_limit: opts.rate_limit,
             auth: opts.auth.clone(),
             dashboard: opts.dashboard.clone(),
+            client_page: ClientPageConfig {
+                public_base_url: Url::parse(&base).unwrap(),
+                ..opts.client_page.clone()
+            },
         };
         let app = App::new(pool.clone(), settings.clone()).unwrap();
         let fail_points = app.fail_points.clone();
         let worker = app.worker.clone().expect("worker");
         let dispatcher = app.dispatcher.clone().expect("dispatcher");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router =
-            waba_migrator::http::router(app.state.clone(), waba_migrator::dashboard::routes());
+        let router = waba_migrator::http::router(app.state.clone(), waba_migrator::app::pages());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(

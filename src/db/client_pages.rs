@@ -1,0 +1,142 @@
+//! Client page links (`client_pages`): one row per migration whose end client has a page.
+//! Only the SHA-256 of a link's token is stored; see `core::client_page` for the token.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use super::Error;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClientPageRow {
+    pub migration_id: Uuid,
+    pub generation: i32,
+    pub token_hash: Vec<u8>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub submissions: i32,
+    pub last_submission_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "migration_id, generation, token_hash, issued_at, expires_at, opened_at, \
+    submissions, last_submission_at";
+
+/// The first link of a migration (in the create's transaction).
+pub async fn insert(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    token_hash: &[u8],
+    expires_at: DateTime<Utc>,
+) -> Result<ClientPageRow, Error> {
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "INSERT INTO client_pages (migration_id, generation, token_hash, expires_at)
+         VALUES ($1, 1, $2, $3) RETURNING {COLUMNS}"
+    ))
+    .bind(migration_id)
+    .bind(token_hash)
+    .bind(expires_at)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// The link of one migration, if it has one.
+pub async fn get(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+) -> Result<Option<ClientPageRow>, Error> {
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "SELECT {COLUMNS} FROM client_pages WHERE migration_id = $1"
+    ))
+    .bind(migration_id)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// The links of several migrations (a list page), in no particular order.
+pub async fn get_many(
+    ex: impl PgExecutor<'_>,
+    migration_ids: &[Uuid],
+) -> Result<Vec<ClientPageRow>, Error> {
+    if migration_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "SELECT {COLUMNS} FROM client_pages WHERE migration_id = ANY($1)"
+    ))
+    .bind(migration_ids)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The link whose token has this SHA-256.
+pub async fn by_token_hash(
+    ex: impl PgExecutor<'_>,
+    token_hash: &[u8],
+) -> Result<Option<ClientPageRow>, Error> {
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "SELECT {COLUMNS} FROM client_pages WHERE token_hash = $1"
+    ))
+    .bind(token_hash)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Replaces generation `from` of the link by `from + 1`, whose token has `token_hash`: a new
+/// expiry, not opened, no submissions yet. `None` when the link is not at `from` (a rotation
+/// raced this one) or the migration has none.
+pub async fn rotate(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    from: i32,
+    token_hash: &[u8],
+    expires_at: DateTime<Utc>,
+) -> Result<Option<ClientPageRow>, Error> {
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "UPDATE client_pages
+            SET generation = generation + 1, token_hash = $3, issued_at = now(), expires_at = $4,
+                opened_at = NULL, submissions = 0, last_submission_at = NULL
+          WHERE migration_id = $1 AND generation = $2
+          RETURNING {COLUMNS}"
+    ))
+    .bind(migration_id)
+    .bind(from)
+    .bind(token_hash)
+    .bind(expires_at)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Marks this generation of the link opened; true only for the first opening.
+pub async fn mark_opened(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    generation: i32,
+) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE client_pages SET opened_at = now()
+          WHERE migration_id = $1 AND generation = $2 AND opened_at IS NULL",
+    )
+    .bind(migration_id)
+    .bind(generation)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Counts one submission (a code or a resend request) through this generation of the link.
+pub async fn count_submission(
+    ex: impl PgExecutor<'_>,
+    migration_id: Uuid,
+    generation: i32,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE client_pages SET submissions = submissions + 1, last_submission_at = now()
+          WHERE migration_id = $1 AND generation = $2",
+    )
+    .bind(migration_id)
+    .bind(generation)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
