@@ -26,7 +26,14 @@ const ONLY: &[(&str, &[&str])] = &[
 ];
 
 /// The edges call the core; no other module imports them but the roots.
-const EDGES: &[&str] = &["http", "dashboard", "cli", "worker", "webhooks"];
+const EDGES: &[&str] = &[
+    "http",
+    "dashboard",
+    "client_page",
+    "cli",
+    "worker",
+    "webhooks",
+];
 
 /// The composition roots wire the edges together: `app` (the service), `cli` (the commands,
 /// which also prints `http`'s OpenAPI document) and the entry points.

@@ -53,6 +53,10 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/migrations/{id}/retry", post(pages::retry))
         .route("/dashboard/migrations/{id}/cancel", post(pages::cancel))
         .route("/dashboard/migrations/{id}/resend", post(pages::resend))
+        .route(
+            "/dashboard/migrations/{id}/client_page/rotate",
+            post(pages::rotate_link),
+        )
         .route("/dashboard/assets/dashboard.css", get(stylesheet))
         .layer(middleware::from_fn(guard))
 }

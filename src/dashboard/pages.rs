@@ -176,7 +176,7 @@ async fn render_detail(
         Caller::Partner(_) => session.who.clone(),
     };
     let data = views::Detail {
-        m: Migration::from(&row),
+        m: crate::core::client_page::with_page(state, &row).await?,
         in_state_since: row.state_entered_at,
         partner,
         events,
@@ -200,6 +200,9 @@ pub async fn detail(
         "retry" => Some("Retried: the migration resumes from the step that failed.".to_owned()),
         "cancel" => Some("Cancelled.".to_owned()),
         "resend" => Some("A new verification code will be requested.".to_owned()),
+        "rotate_link" => Some(
+            "The client page link was replaced; the previous one no longer works.".to_owned(),
+        ),
         _ => None,
     };
     render_detail(&state, &session, id, notice, None, StatusCode::OK).await
@@ -218,6 +221,7 @@ enum Action {
     Retry,
     Cancel,
     Resend(Option<OtpMethod>),
+    RotateLink,
 }
 
 /// Runs an action through the API's code; success redirects to the detail page (so a reload
@@ -236,6 +240,12 @@ async fn act(
         Action::Resend(m) => (
             "resend",
             api::resend(state, session.caller, id, m, api::Source::Dashboard).await,
+        ),
+        Action::RotateLink => (
+            "rotate_link",
+            crate::core::client_page::rotate(state, session.caller, id)
+                .await
+                .map(|(row, _)| row),
         ),
     };
     match result {
@@ -275,6 +285,17 @@ pub async fn cancel(
 ) -> Result<Response, DashError> {
     session.check_csrf(&form(f)?.csrf)?;
     act(&state, &session, &id, Action::Cancel).await
+}
+
+/// `POST /dashboard/migrations/{id}/client_page/rotate`.
+pub async fn rotate_link(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    f: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Response, DashError> {
+    session.check_csrf(&form(f)?.csrf)?;
+    act(&state, &session, &id, Action::RotateLink).await
 }
 
 /// `POST /dashboard/migrations/{id}/resend`.

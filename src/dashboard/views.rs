@@ -493,6 +493,44 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> Markup {
     html! { @if let Some(v) = v { (v) } @else { span.muted { "—" } } }
 }
 
+/// The end client's page link: its state (never the link itself) and a rotate button.
+fn client_page_section(session: &Session, m: &Migration, now: DateTime<Utc>) -> Markup {
+    let can_rotate = !matches!(
+        m.state,
+        MigrationState::Completed | MigrationState::Cancelled
+    );
+    html! {
+        section aria-labelledby="h-client-page" {
+            h2 #h-client-page { "Client page" }
+            @match &m.client_page {
+                Some(Some(p)) => {
+                    dl.facts #client-page-state {
+                        dt { "Opened" } dd {
+                            @if let Some(t) = p.opened_at { (when(t)) " (" (since(t)) " ago)" }
+                            @else { span.muted { "not yet" } }
+                        }
+                        dt { "Submissions" } dd { (p.submissions) " (codes and resend requests through the page)" }
+                        dt { "Link valid until" } dd {
+                            (when(p.expires_at))
+                            @if p.expires_at > now { " (in " (duration(p.expires_at - now)) ")" }
+                            @else { " — " strong { "no longer valid" } }
+                        }
+                    }
+                    @if can_rotate {
+                        form method="post" action={ "/dashboard/migrations/" (m.id) "/client_page/rotate" } {
+                            input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
+                            button type="submit" #rotate-client-page { "Replace the link" }
+                        }
+                        p.muted { "The current link stops working at once; the partner reads the new one from "
+                            code { "GET /v1/migrations/" (m.id) } " (" code { "client_page.url" } ")." }
+                    }
+                }
+                _ => { p.muted { "Disabled: the migration was created with " code { "\"client_page\": \"disabled\"" } "." } }
+            }
+        }
+    }
+}
+
 pub fn detail(session: &Session, d: &Detail) -> Html<String> {
     let m = &d.m;
     let now = Utc::now();
@@ -589,6 +627,8 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
                 }
             }
         }
+
+        (client_page_section(session, m, now))
 
         div.grid {
             section aria-labelledby="h-facts" {
