@@ -9,156 +9,20 @@
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;
+mod browser;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser::{Browser, wait_text};
+use fantoccini::{Client, Locator};
 use helpers::TestApp;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use waba_migrator::domain::ErrorCode;
 
-/// chromedriver (a child process of this test, killed on drop) and a browser session.
-struct Browser {
-    driver: Child,
-    client: Client,
-    _profile: TempDir,
-}
-
-/// A scratch directory removed on drop (the browser profile).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn binary(var: &str, default: &str, package: &str) -> String {
-    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} not found: the browser tests need the Debian package `{package}` \
-         (apt-get install -y chromium chromium-driver), or set {var} to its path"
-    );
-    path
-}
-
-impl Browser {
-    async fn start() -> Self {
-        let chromium = binary("CHROMIUM", "/usr/bin/chromium", "chromium");
-        let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver", "chromium-driver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {chromedriver}: {e}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(format!("{url}/status")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not answer on {url} within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let profile =
-            std::env::temp_dir().join(format!("wm-dash-chromium-{}", uuid::Uuid::new_v4()));
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu",
-                    "--disable-dev-shm-usage", "--window-size=1366,900",
-                    "--no-first-run", "--no-default-browser-check",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("could not open a Chromium session through {url}: {e}"));
-        Browser {
-            driver,
-            client,
-            _profile: TempDir(profile),
-        }
-    }
-}
-
-fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("dashboard-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Saves the whole page (the window is made tall enough for it first).
-async fn save_screenshot(c: &Client, name: &str) {
-    let height = c
-        .execute("return document.documentElement.scrollHeight;", vec![])
-        .await
-        .unwrap()
-        .as_u64()
-        .unwrap_or(900)
-        .clamp(900, 4000);
-    c.set_window_size(1366, height as u32 + 100).await.unwrap();
-    let png = c.screenshot().await.unwrap();
-    c.set_window_size(1366, 900).await.unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let path = screenshot_dir().join(format!("{name}.png"));
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
-}
-
-/// The text of the first element matching `css`, once `ok` holds for it (20 s at most).
-async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = c.find(Locator::Css(css)).await
-            && let Ok(t) = e.text().await
-        {
-            if ok(&t) {
-                return t;
-            }
-            last = t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{css}` never matched; last text: {last:?}; url {:?}",
-            c.current_url().await.map(|u| u.to_string())
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+fn screenshots() -> PathBuf {
+    browser::screenshot_dir("dashboard", None)
 }
 
 async fn sign_in(c: &Client, app: &TestApp, key: &str) {
@@ -228,7 +92,7 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
     let svg = c.find(Locator::Css("svg.chart")).await.unwrap();
     let failed_bars = svg.find_all(Locator::Css("rect.bar-failed")).await.unwrap();
     assert_eq!(failed_bars.len(), 12, "one failed bar per 5 minutes");
-    save_screenshot(c, "overview").await;
+    browser.save_screenshot(&screenshots(), "overview").await;
 
     // Filter the list to failed migrations.
     c.find(Locator::LinkText("Migrations"))
@@ -303,7 +167,7 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         .await
         .unwrap();
     assert!(h1.contains("failed"), "{h1}");
-    save_screenshot(c, "detail").await;
+    browser.save_screenshot(&screenshots(), "detail").await;
 
     // The cause is gone; press retry and watch the migration move.
     let res = app
