@@ -1,5 +1,26 @@
-//! TEMPORARY stub until the views land.
+//! The end client's page (`/c/{token}`, DESIGN.md §5): what the owner of the number must do
+//! now, in English, Portuguese (Brazil) or Spanish.
+//!
+//! [`view::model_from_row`] turns a migration row into a [`view::PageModel`], [`view::page`]
+//! and [`view::link_invalid`] render HTML, [`i18n`] holds the languages and picks one per
+//! request.
+//!
+//! The page works without JavaScript; [`PAGE_JS`] only adds live updates and countdowns.
+//! Neither asset needs an inline script or style: the page is served under
+//! `Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; …`.
+
+pub mod i18n;
+pub mod view;
+
 use crate::core::AppState;
+
+/// The page's stylesheet, served at [`view::CSS_PATH`].
+pub const PAGE_CSS: &str = include_str!("../../assets/client_page/page.css");
+
+/// The page's script, served at [`view::JS_PATH`].
+pub const PAGE_JS: &str = include_str!("../../assets/client_page/page.js");
+
+/// TEMPORARY stub until the handlers land (they replace it).
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
 }
