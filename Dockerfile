@@ -21,6 +21,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin waba-migrator
+# All of the context (.dockerignore leaves out target/, .data/, .git/): the build embeds
+# locales/*/client_page.ftl, assets/ and migrations/ into the binary, which needs nothing else.
 COPY . .
 # Queries are runtime-checked (no sqlx macros), so no database is needed at build time;
 # SQLX_OFFLINE guards against one being reached by accident.
