@@ -6,10 +6,10 @@
 //! test fails, saying so, when either is missing. `CHROMIUM` and `CHROMEDRIVER` override the
 //! paths. Screenshots go to `target/dashboard-screenshots/` (`$CARGO_TARGET_DIR` when set).
 
+mod browser;
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;
-mod browser;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -10,17 +10,13 @@
 //! `Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; …`.
 
 pub mod i18n;
+mod routes;
 pub mod view;
 
-use crate::core::AppState;
+pub use routes::routes;
 
 /// The page's stylesheet, served at [`view::CSS_PATH`].
 pub const PAGE_CSS: &str = include_str!("../../assets/client_page/page.css");
 
 /// The page's script, served at [`view::JS_PATH`].
 pub const PAGE_JS: &str = include_str!("../../assets/client_page/page.js");
-
-/// TEMPORARY stub until the handlers land (they replace it).
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-}

@@ -200,9 +200,9 @@ pub async fn detail(
         "retry" => Some("Retried: the migration resumes from the step that failed.".to_owned()),
         "cancel" => Some("Cancelled.".to_owned()),
         "resend" => Some("A new verification code will be requested.".to_owned()),
-        "rotate_link" => Some(
-            "The client page link was replaced; the previous one no longer works.".to_owned(),
-        ),
+        "rotate_link" => {
+            Some("The client page link was replaced; the previous one no longer works.".to_owned())
+        }
         _ => None,
     };
     render_detail(&state, &session, id, notice, None, StatusCode::OK).await

@@ -173,4 +173,3 @@ pub async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Stri
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-

@@ -1,0 +1,408 @@
+//! The end client's page over HTTP: `GET /c/{token}` (the page), `GET /c/{token}/status` (what
+//! the page's script polls), `POST /c/{token}/otp` and `POST /c/{token}/resend` (its forms),
+//! and the page's stylesheet and script. Every answer carries the headers of [`secure`]; every
+//! refusal of a link (unknown, rotated, expired, ended) is the same neutral 404 page.
+
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::i18n::{self, Lang};
+use super::view::{self, Notice};
+use crate::api::problem::ApiError;
+use crate::core::AppState;
+use crate::core::auth::ClientIp;
+use crate::core::client_page::{self as core, NotTaken, Opened, Refused};
+use crate::domain::OtpMethod;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(view::CSS_PATH, get(css))
+        .route(view::JS_PATH, get(js))
+        .route("/c/{token}", get(page))
+        .route("/c/{token}/status", get(status))
+        .route("/c/{token}/otp", post(submit_code))
+        .route("/c/{token}/resend", post(resend))
+        .layer(middleware::from_fn(secure))
+}
+
+/// The page's headers: no script but its own file, no inline style, no framing, no referrer
+/// (the URL is a capability), nothing cached.
+async fn secure(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, name: &'static str, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "x-frame-options", "DENY");
+    set(h, "x-content-type-options", "nosniff");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, "cache-control", "no-store");
+    }
+    res
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", super::PAGE_CSS)
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", super::PAGE_JS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PageQuery {
+    lang: Option<String>,
+    notice: Option<String>,
+}
+
+/// The page's language: `?lang=`, else `Accept-Language`, else the migration's `otp_language`.
+fn language(query_lang: Option<&str>, headers: &HeaderMap, otp_language: &str) -> Lang {
+    let accept = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    i18n::negotiate(query_lang, accept, otp_language)
+}
+
+fn html(status: StatusCode, markup: maud::Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// The one answer to a link that gives nothing: 404 (or 429 for an address that keeps
+/// trying), in the browser's language, naming nothing.
+fn refused(r: Refused, query_lang: Option<&str>, headers: &HeaderMap) -> Response {
+    let lang = language(query_lang, headers, "en_US");
+    match r {
+        Refused::Invalid => html(StatusCode::NOT_FOUND, view::link_invalid(lang)),
+        Refused::Throttled(wait) => {
+            let mut res = html(StatusCode::TOO_MANY_REQUESTS, view::link_invalid(lang));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after(wait.as_secs_f64()));
+            res
+        }
+        Refused::Internal(e) => e.into_response(),
+    }
+}
+
+fn retry_after(secs: f64) -> HeaderValue {
+    HeaderValue::from(secs.ceil().max(1.0) as u64)
+}
+
+/// Renders the page of `o` with `notice`.
+fn render(
+    state: &AppState,
+    o: &Opened,
+    token: &str,
+    lang: Lang,
+    notice: Option<Notice>,
+    status: StatusCode,
+) -> Response {
+    let now = Utc::now();
+    let csrf = core::csrf_token(state, o, now);
+    let model = view::model_from_row(
+        &o.row,
+        &o.partner_name,
+        o.signup_url.as_deref(),
+        lang,
+        token,
+        &csrf,
+        notice,
+        now,
+    );
+    html(status, view::page(&model))
+}
+
+async fn page(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+    Path(token): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let o = match core::open(&state, &token, client).await {
+        Ok(o) => o,
+        Err(r) => return refused(r, q.lang.as_deref(), &headers),
+    };
+    if let Err(e) = core::record_opened(&state, &o).await {
+        return e.into_response();
+    }
+    let lang = language(q.lang.as_deref(), &headers, &o.row.otp_language);
+    let notice = match q.notice.as_deref() {
+        Some("received") => Some(Notice::CodeReceived),
+        Some("sent_sms") => Some(Notice::ResendSent {
+            method: OtpMethod::Sms,
+        }),
+        Some("sent_voice") => Some(Notice::ResendSent {
+            method: OtpMethod::Voice,
+        }),
+        _ => None,
+    };
+    render(&state, &o, &token, lang, notice, StatusCode::OK)
+}
+
+/// What the page's script polls: an opaque version that changes whenever what the page shows
+/// changes. 404 once the link gives nothing.
+async fn status(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+    Path(token): Path<String>,
+) -> Response {
+    match core::open(&state, &token, client).await {
+        Ok(o) => {
+            axum::Json(json!({ "version": view::page_version(&o.row, o.signup_url.as_deref()) }))
+                .into_response()
+        }
+        Err(Refused::Internal(e)) => e.into_response(),
+        Err(Refused::Throttled(wait)) => {
+            let mut res = StatusCode::TOO_MANY_REQUESTS.into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after(wait.as_secs_f64()));
+            res
+        }
+        Err(Refused::Invalid) => {
+            (StatusCode::NOT_FOUND, axum::Json(json!({ "valid": false }))).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CodeForm {
+    csrf: String,
+    code: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ResendForm {
+    csrf: String,
+    method: String,
+}
+
+/// A form post the page may act on: the link is valid and the migration active, the post
+/// comes from the page itself (`Sec-Fetch-Site`/`Origin`) with a form token it rendered.
+/// Otherwise the answer to give.
+async fn acting(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    token: &str,
+    query_lang: Option<&str>,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(Opened, Lang), Response> {
+    let o = match core::open(state, token, client).await {
+        Ok(o) if o.can_act => o,
+        Ok(_) => return Err(refused(Refused::Invalid, query_lang, headers)),
+        Err(r) => return Err(refused(r, query_lang, headers)),
+    };
+    let lang = language(query_lang, headers, &o.row.otp_language);
+    if !same_origin(headers) || !core::csrf_valid(state, &o, csrf, Utc::now()) {
+        // Nothing is done; the page is shown again with a fresh form.
+        return Err(render(
+            state,
+            &o,
+            token,
+            lang,
+            Some(Notice::NotNow),
+            StatusCode::FORBIDDEN,
+        ));
+    }
+    Ok((o, lang))
+}
+
+/// Whether a form post comes from this site: a browser says so in `Sec-Fetch-Site`, or in
+/// `Origin` (which must name the `Host` it was sent to); a client that sends neither is not
+/// a browser another site could drive.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (header("origin"), header("host")) {
+        (Some("null"), _) => false,
+        (Some(origin), Some(host)) => url::Url::parse(origin).is_ok_and(|u| {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            u.host_str()
+                .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(host))
+        }),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// Where the page goes after a form was taken (post/redirect/get), in the page's language.
+fn back(token: &str, notice: &str, lang: Lang) -> Response {
+    Redirect::to(&format!("/c/{token}?notice={notice}&lang={}", lang.code())).into_response()
+}
+
+/// The page's answer to a submission that was not taken.
+fn not_taken(state: &AppState, o: &Opened, token: &str, lang: Lang, e: NotTaken) -> Response {
+    match e {
+        NotTaken::Throttled(wait) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut res = render(
+                state,
+                o,
+                token,
+                lang,
+                Some(Notice::Throttled {
+                    retry_after_secs: secs,
+                }),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res
+        }
+        NotTaken::Refused(e) => refusal(state, o, token, lang, e),
+    }
+}
+
+/// A command's refusal as the page shows it.
+fn refusal(state: &AppState, o: &Opened, token: &str, lang: Lang, e: ApiError) -> Response {
+    match e.code {
+        "otp_resend_too_soon" => {
+            let at = e
+                .extra
+                .as_ref()
+                .and_then(|x| x.get("resend_available_at"))
+                .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v.clone()).ok())
+                .unwrap_or_else(Utc::now);
+            let mut res = render(
+                state,
+                o,
+                token,
+                lang,
+                Some(Notice::ResendTooSoon { available_at: at }),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            if let Some(secs) = e.retry_after {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            res
+        }
+        "not_found" => refused(Refused::Invalid, None, &HeaderMap::new()),
+        _ if e.status.is_client_error() => {
+            // The migration moved on (a wrong state, the code window closed): show what to
+            // do now, from a fresh read.
+            render(
+                state,
+                o,
+                token,
+                lang,
+                Some(Notice::NotNow),
+                StatusCode::CONFLICT,
+            )
+        }
+        _ => e.into_response(),
+    }
+}
+
+async fn submit_code(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+    Path(token): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    form: Result<axum::Form<CodeForm>, FormRejection>,
+) -> Response {
+    // An unreadable form is an empty one: refused below for its missing form token.
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let query_lang = q.lang.as_deref();
+    let (o, lang) = match acting(&state, client, &token, query_lang, &headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return render(
+            &state,
+            &o,
+            &token,
+            lang,
+            Some(Notice::InvalidCode),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    }
+    match core::submit_code(&state, &o, &code, client).await {
+        Ok(_) => back(&token, "received", lang),
+        Err(e) => {
+            let o = reread(&state, o).await;
+            not_taken(&state, &o, &token, lang, e)
+        }
+    }
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+    Path(token): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    form: Result<axum::Form<ResendForm>, FormRejection>,
+) -> Response {
+    // An unreadable form is an empty one: refused below for its missing form token.
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let query_lang = q.lang.as_deref();
+    let (o, lang) = match acting(&state, client, &token, query_lang, &headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let Some(method) = OtpMethod::parse(&form.method) else {
+        return render(
+            &state,
+            &o,
+            &token,
+            lang,
+            Some(Notice::NotNow),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    };
+    match core::resend(&state, &o, method, client).await {
+        Ok(_) => back(&token, &format!("sent_{}", method.as_str()), lang),
+        Err(e) => {
+            let o = reread(&state, o).await;
+            not_taken(&state, &o, &token, lang, e)
+        }
+    }
+}
+
+/// The migration as it is now (a refused command may have raced a change).
+async fn reread(state: &AppState, mut o: Opened) -> Opened {
+    if let Ok(row) = crate::db::migrations::get(&state.pool, o.row.id, None).await {
+        o.row = row;
+    }
+    o
+}
