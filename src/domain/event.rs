@@ -37,11 +37,13 @@ pub enum EventType {
     ApiKeySuperseded,
     /// `migration.waiting_for_changed`
     WaitingForChanged,
+    /// `migration.channel_id_set`
+    ChannelIdSet,
 }
 
 impl EventType {
     /// Every type the service writes.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         Self::Created,
         Self::StateChanged,
         Self::AwaitingOtp,
@@ -53,6 +55,7 @@ impl EventType {
         Self::ApiKeyRetrieved,
         Self::ApiKeySuperseded,
         Self::WaitingForChanged,
+        Self::ChannelIdSet,
     ];
 
     /// The type of the transition into `to`, for its audit event and its webhook alike: the
@@ -66,6 +69,7 @@ impl EventType {
             MigrationState::Cancelled => Self::Cancelled,
             MigrationState::Queued
             | MigrationState::Prechecking
+            | MigrationState::AwaitingSignup
             | MigrationState::Initiating
             | MigrationState::RequestingOtp
             | MigrationState::VerifyingOtp
@@ -102,6 +106,7 @@ impl EventType {
             Self::ApiKeyRetrieved => "migration.api_key_retrieved",
             Self::ApiKeySuperseded => "migration.api_key_superseded",
             Self::WaitingForChanged => "migration.waiting_for_changed",
+            Self::ChannelIdSet => "migration.channel_id_set",
         }
     }
 
@@ -114,7 +119,7 @@ impl EventType {
             }
             Self::StateChanged => {
                 "a transition into any state without a type of its own (`prechecking`, \
-                 `initiating`, `requesting_otp`, `verifying_otp`, `registering`, \
+                 `awaiting_signup`, `initiating`, `requesting_otp`, `verifying_otp`, `registering`, \
                  `copying_templates`, `awaiting_channel`, `generating_api_key`, or back to one \
                  of them by `retry` or a code resend, or from `completed` back to \
                  `generating_api_key` by a key rotation); `data` says why when an action caused \
@@ -152,10 +157,17 @@ impl EventType {
                  `api_key.status` is now `superseded`. No state. No webhook."
             }
             Self::WaitingForChanged => {
-                "what a migration parked in `awaiting_channel` waits for changed to another \
+                "what a migration waiting in `awaiting_signup` or `awaiting_channel` waits for changed to another \
                  code (`data.waiting_for` is the new `waiting_for`, `data.previous` the code \
                  before, `null` when none was set); the state does not change. Sent as a \
                  webhook of this type."
+            }
+            Self::ChannelIdSet => {
+                "the partner (`data.by`: `partner` or `admin`) set the 360dialog channel id of an \
+                 Embedded Signup migration with `PATCH /v1/migrations/{id}` (`data.channel_id`, \
+                 `data.previous` the id before, `null` when none was set); the state does not \
+                 change, a migration in `awaiting_signup` looks the channel up at once. No \
+                 webhook: the partner made the change and has the answer."
             }
         }
     }

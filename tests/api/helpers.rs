@@ -78,6 +78,7 @@ impl Default for Options {
                     max_retry_after: Duration::from_secs(3),
                     max_attempts: 4,
                     channel_timeout: Duration::from_secs(10),
+                    signup_timeout: Duration::from_secs(60),
                     try_later_base: Duration::from_millis(50),
                     try_later_cap: Duration::from_millis(200),
                     try_later_total: Duration::from_millis(1500),
