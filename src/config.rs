@@ -321,9 +321,19 @@ pub struct WorkerArgs {
     /// (`waiting_for.deadline`); then the migration fails with the `waiting_for.code`.
     #[arg(long, env = "CHANNEL_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub channel_timeout_seconds: u64,
-    /// First delay between channel polls (doubles up to a minute).
+    /// First delay between channel polls (doubles up to a minute; in `awaiting_signup` up to
+    /// SIGNUP_POLL_MAX_SECONDS).
     #[arg(long, env = "CHANNEL_POLL_MS", default_value_t = 2000)]
     pub channel_poll_ms: u64,
+    /// How long `awaiting_signup` waits for the client to finish Embedded Signup (a channel
+    /// for the number on the partner's 360dialog account; `waiting_for.deadline`); then the
+    /// migration fails with signup_not_completed. Default 7 days.
+    #[arg(long, env = "SIGNUP_TIMEOUT_SECONDS", default_value_t = 604_800)]
+    pub signup_timeout_seconds: u64,
+    /// Longest delay between two looks for the channel in `awaiting_signup` (from
+    /// CHANNEL_POLL_MS, doubling).
+    #[arg(long, env = "SIGNUP_POLL_MAX_SECONDS", default_value_t = 60)]
+    pub signup_poll_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -114,7 +114,8 @@ pub struct Migration {
     pub summary: Option<MigrationSummary>,
     /// Why the migration failed (or, in `awaiting_otp`, why the last code was refused).
     pub error: Option<MigrationError>,
-    /// While the migration waits on someone (`awaiting_otp`, `awaiting_channel`): on whom, for
+    /// While the migration waits on someone (`awaiting_signup`, `awaiting_otp`,
+    /// `awaiting_channel`): on whom, for
     /// what, since when, and the deadline at which it fails; `null` otherwise.
     pub waiting_for: Option<WaitingFor>,
     /// The end client's page: a link to send the client, which walks it through its part of

@@ -21,8 +21,8 @@ pub struct WebhookEvent {
     /// `migration.cancelled` for a transition into that state, `migration.state_changed` for
     /// any other: the `type` of the audit event of the same transition
     /// (`GET /v1/migrations/{id}/events`). `migration.waiting_for_changed` when what a
-    /// migration parked in `awaiting_channel` waits for changed to another code
-    /// (`data.waiting_for`).
+    /// migration waiting in `awaiting_signup` or `awaiting_channel` waits for changed to
+    /// another code (`data.waiting_for`).
     #[serde(rename = "type")]
     #[schema(example = "migration.awaiting_otp")]
     pub kind: String,

@@ -244,7 +244,7 @@ pub fn phase_of(state: MigrationState) -> Phase {
         Queued | Prechecking | Initiating | RequestingOtp => Phase::Preparing,
         AwaitingOtp => Phase::EnterCode,
         VerifyingOtp => Phase::CheckingCode,
-        // AwaitingSignup => Phase::Signup (added at merge)
+        AwaitingSignup => Phase::Signup,
         Registering | CopyingTemplates | AwaitingChannel | GeneratingApiKey => Phase::Finishing,
         Completed => Phase::Done,
         Failed | Cancelled => Phase::Failed,
@@ -845,7 +845,7 @@ mod tests {
             Phase::Preparing => MigrationState::Prechecking,
             Phase::EnterCode => MigrationState::AwaitingOtp,
             Phase::CheckingCode => MigrationState::VerifyingOtp,
-            Phase::Signup => MigrationState::Prechecking,
+            Phase::Signup => MigrationState::AwaitingSignup,
             Phase::Finishing => MigrationState::CopyingTemplates,
             Phase::Done => MigrationState::Completed,
             Phase::Failed => MigrationState::Failed,

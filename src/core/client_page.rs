@@ -389,7 +389,7 @@ async fn check(
     Ok(Some(Opened {
         can_act: !row.state().is_terminal(),
         partner_name: partner.name,
-        signup_url: None,
+        signup_url: partner.signup_url,
         row,
         page,
     }))

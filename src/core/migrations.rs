@@ -1,5 +1,5 @@
 //! The commands on a migration, shared by every edge: create, submit a code, resend, cancel,
-//! retry, reveal the key, rotate the key and the dry-run precheck. Each checks what it may do
+//! retry, set the channel id, reveal the key, rotate the key and the dry-run precheck. Each checks what it may do
 //! from the row it read and writes through [`super::transition`] under a guard, so a row that
 //! moved meanwhile answers 409 with the state it is in now instead of being overwritten.
 
@@ -490,7 +490,8 @@ fn plan_for(row: &store::MigrationRow, command: Command) -> Result<Plan, ApiErro
 /// The write a plan makes (commands add their own fields).
 fn plan_patch(state: &AppState, plan: &Plan) -> store::Patch {
     let mut patch = store::Patch {
-        state: Some(plan.to),
+        // A command that changes no state leaves it, its clock and its `waiting_for` alone.
+        state: plan.changes_state().then_some(plan.to),
         memo: plan.memo.clone(),
         ..Default::default()
     };
@@ -534,10 +535,12 @@ async fn apply_plan(
     guard: store::Guard,
     data: Value,
 ) -> Result<store::MigrationRow, ApiError> {
+    // A command that changes no state records an event without states (no webhook).
+    let moves = plan.changes_state();
     let event = NewEvent {
         kind: plan.event,
-        from_state: Some(row.state.clone()),
-        to_state: Some(plan.to.as_str().to_owned()),
+        from_state: moves.then(|| row.state.clone()),
+        to_state: moves.then(|| plan.to.as_str().to_owned()),
         data,
     };
     let mut conn = state.pool.acquire().await?;
@@ -608,6 +611,57 @@ pub async fn resend(
         data,
     )
     .await
+}
+
+/// Sets the 360dialog channel of an Embedded Signup migration (`PATCH /v1/migrations/{id}`
+/// `{"channel_id"}`) before it found one itself: in `queued` or `prechecking` the migration
+/// skips `awaiting_signup`; in `awaiting_signup` it looks that channel up at once. One guarded
+/// write with a `migration.channel_id_set` event; the state does not change. Sending the id it
+/// already has outside `awaiting_signup` writes nothing.
+pub async fn set_channel_id(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    channel_id: &str,
+) -> Result<store::MigrationRow, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    if Flow::parse(&row.flow) != Some(Flow::EmbeddedSignup) {
+        return Err(ApiError::conflict(
+            "flow_mismatch",
+            format!(
+                "Only an Embedded Signup migration takes a channel_id; this one has flow `{}`: the service registers the number itself and finds its channel.",
+                row.flow
+            ),
+        )
+        .with_extra(json!({ "flow": row.flow })));
+    }
+    let plan = plan_for(&row, Command::SetChannelId)?;
+    if row.channel_id.as_deref() == Some(channel_id)
+        && row.state() != MigrationState::AwaitingSignup
+    {
+        return Ok(row);
+    }
+    let mut patch = plan_patch(state, &plan);
+    patch.channel_id = Some(channel_id.to_owned());
+    let guard = plan_guard(caller, &plan);
+    let data = json!({
+        "channel_id": channel_id,
+        "previous": row.channel_id,
+        "by": if caller == Caller::Admin { "admin" } else { "partner" },
+    });
+    let updated = apply_plan(
+        state,
+        caller,
+        &row,
+        Command::SetChannelId,
+        &plan,
+        patch,
+        guard,
+        data,
+    )
+    .await?;
+    tracing::info!(migration.id = %id, state = %updated.state, "channel id set");
+    Ok(updated)
 }
 
 /// Cancels a migration that has not finished (`POST …/cancel`, the dashboard's "cancel").

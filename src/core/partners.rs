@@ -43,6 +43,7 @@ pub async fn create(state: &AppState, p: NewPartner<'_>) -> Result<CreatedPartne
         webhook_secret_enc: state
             .cipher
             .seal(secret.expose_secret(), &aad::webhook_secret(id)),
+        signup_url: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
@@ -64,4 +65,64 @@ pub async fn create(state: &AppState, p: NewPartner<'_>) -> Result<CreatedPartne
         api_key: key,
         webhook_secret: secret,
     })
+}
+
+/// The partner's 360dialog signup link (`signup_url`), which the client page offers as the
+/// button to continue an Embedded Signup migration; `None` when the partner set none.
+pub async fn signup_url(state: &AppState, partner_id: Uuid) -> Result<Option<String>, ApiError> {
+    match store::get(&state.pool, partner_id).await {
+        Ok(p) => Ok(p.signup_url),
+        Err(crate::db::Error::NotFound) => Err(ApiError::not_found("partner")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A partner's `signup_url`: an absolute `https://` URL with a host and no credentials, at
+/// most 2048 characters. It is a link for the client's browser, never fetched by the service.
+pub fn check_signup_url(url: &str) -> Result<String, String> {
+    if url.len() > 2048 {
+        return Err("at most 2048 characters".into());
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    let parsed =
+        url::Url::parse(url).map_err(|e| format!("must be an absolute https:// URL ({e})"))?;
+    if parsed.scheme() != "https" {
+        return Err("must be an absolute https:// URL".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not contain a user name or password".into());
+    }
+    Ok(url.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_signup_url;
+
+    #[test]
+    fn signup_urls_are_absolute_https_links() {
+        let ok = "https://hub.360dialog.com/dashboard/app/abcPA/permissions?next=x";
+        assert_eq!(check_signup_url(ok).as_deref(), Ok(ok));
+        for bad in [
+            "http://hub.360dialog.com/x",
+            "not a url",
+            "/relative/path",
+            "https://",
+            "https://user:pw@example.com/",
+            "https://example.com/a b",
+            "javascript:alert(1)",
+        ] {
+            assert!(check_signup_url(bad).is_err(), "{bad}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert_eq!(
+            check_signup_url(&long),
+            Err("at most 2048 characters".into())
+        );
+    }
 }

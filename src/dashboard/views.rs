@@ -73,7 +73,9 @@ fn state_badge(s: MigrationState) -> Markup {
         MigrationState::Completed => ("ok", "✓"),
         MigrationState::Failed => ("bad", "✗"),
         MigrationState::Cancelled => ("off", "⊘"),
-        MigrationState::AwaitingOtp | MigrationState::AwaitingChannel => ("wait", "…"),
+        MigrationState::AwaitingOtp
+        | MigrationState::AwaitingSignup
+        | MigrationState::AwaitingChannel => ("wait", "…"),
         _ => ("run", "▶"),
     };
     html! { span class={ "state " (class) } { span aria-hidden="true" { (symbol) " " } (s.as_str()) } }
@@ -94,6 +96,9 @@ fn waiting_for(s: MigrationState) -> &'static str {
     match s {
         MigrationState::Queued => "a free worker",
         MigrationState::Prechecking => "the read-only checks against Meta",
+        MigrationState::AwaitingSignup => {
+            "the client to finish 360dialog's Embedded Signup (a channel for the number on the partner's account)"
+        }
         MigrationState::Initiating => "Meta to add the number to the destination WABA",
         MigrationState::RequestingOtp => "Meta to send the verification code",
         MigrationState::AwaitingOtp => "the partner to submit the code the client received",

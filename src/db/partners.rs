@@ -14,6 +14,8 @@ pub struct PartnerRow {
     pub d360_api_key_enc: Vec<u8>,
     pub callback_url: Option<String>,
     pub webhook_secret_enc: Vec<u8>,
+    /// The partner's 360dialog signup link, offered to its clients by the client page.
+    pub signup_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -28,13 +30,13 @@ pub struct ApiKeyRow {
 }
 
 const PARTNER_COLUMNS: &str = "id, name, d360_partner_id, d360_api_key_enc, callback_url, \
-                               webhook_secret_enc, created_at, updated_at";
+                               webhook_secret_enc, signup_url, created_at, updated_at";
 
 #[tracing::instrument(level = "debug", skip_all, fields(partner.id = %p.id))]
 pub async fn insert(ex: impl PgExecutor<'_>, p: &PartnerRow) -> Result<PartnerRow, Error> {
     Ok(sqlx::query_as::<_, PartnerRow>(&format!(
-        "INSERT INTO partners (id, name, d360_partner_id, d360_api_key_enc, callback_url, webhook_secret_enc)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PARTNER_COLUMNS}"
+        "INSERT INTO partners (id, name, d360_partner_id, d360_api_key_enc, callback_url, webhook_secret_enc, signup_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {PARTNER_COLUMNS}"
     ))
     .bind(p.id)
     .bind(&p.name)
@@ -42,6 +44,7 @@ pub async fn insert(ex: impl PgExecutor<'_>, p: &PartnerRow) -> Result<PartnerRo
     .bind(&p.d360_api_key_enc)
     .bind(&p.callback_url)
     .bind(&p.webhook_secret_enc)
+    .bind(&p.signup_url)
     .fetch_one(ex)
     .await?)
 }
@@ -73,18 +76,20 @@ pub async fn list(
     .await?)
 }
 
-/// Sets the name and/or default callback URL (`Some(None)` clears the URL).
+/// Sets the name, the default callback URL and/or the signup link (`Some(None)` clears a URL).
 #[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
 pub async fn update(
     ex: impl PgExecutor<'_>,
     id: Uuid,
     name: Option<&str>,
     callback_url: Option<Option<&str>>,
+    signup_url: Option<Option<&str>>,
 ) -> Result<PartnerRow, Error> {
     Ok(sqlx::query_as::<_, PartnerRow>(&format!(
         "UPDATE partners
             SET name = COALESCE($2, name),
-                callback_url = CASE WHEN $3 THEN $4 ELSE callback_url END
+                callback_url = CASE WHEN $3 THEN $4 ELSE callback_url END,
+                signup_url = CASE WHEN $5 THEN $6 ELSE signup_url END
           WHERE id = $1
          RETURNING {PARTNER_COLUMNS}"
     ))
@@ -92,6 +97,8 @@ pub async fn update(
     .bind(name)
     .bind(callback_url.is_some())
     .bind(callback_url.flatten())
+    .bind(signup_url.is_some())
+    .bind(signup_url.flatten())
     .fetch_one(ex)
     .await?)
 }

@@ -49,6 +49,7 @@ pub enum ErrorCode {
     RegisterLimitReached,
     PinMismatch,
     TemplateLimitReached,
+    SignupNotCompleted,
     ChannelTimeout,
     ChannelNotRunning,
     ApiKeyPermissionMissing,
@@ -62,7 +63,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::TwoFactorEnabled,
         Self::AddDirectlyNotMigration,
         Self::DisplayNameNotApproved,
@@ -85,6 +86,7 @@ impl ErrorCode {
         Self::RegisterLimitReached,
         Self::PinMismatch,
         Self::TemplateLimitReached,
+        Self::SignupNotCompleted,
         Self::ChannelTimeout,
         Self::ChannelNotRunning,
         Self::ApiKeyPermissionMissing,
@@ -122,6 +124,7 @@ impl ErrorCode {
             Self::RegisterLimitReached => "register_limit_reached",
             Self::PinMismatch => "pin_mismatch",
             Self::TemplateLimitReached => "template_limit_reached",
+            Self::SignupNotCompleted => "signup_not_completed",
             Self::ChannelTimeout => "channel_timeout",
             Self::ChannelNotRunning => "channel_not_running",
             Self::ApiKeyPermissionMissing => "api_key_permission_missing",
@@ -270,6 +273,12 @@ impl ErrorCode {
                 "Delete unused templates in the destination WABA, then re-create the missing ones.",
                 Partner,
                 false,
+            ),
+            Self::SignupNotCompleted => (
+                "The client has not finished 360dialog's Embedded Signup for this number: 360dialog shows no channel for it on the partner's account.",
+                "The client opens the partner's 360dialog signup link (the button on the client page), logs in with Facebook, answers \"Yes, this number is connected to WhatsApp Business API\", creates a new WhatsApp Business Account and finishes. While the migration waits it continues by itself once 360dialog lists the channel, or at once when the partner sends its id with PATCH /v1/migrations/{id}; after it failed, retry it.",
+                Client,
+                true,
             ),
             Self::ChannelTimeout => (
                 "360dialog did not show the number as a running channel in time.",

@@ -41,11 +41,13 @@ pub enum EventType {
     ClientPageOpened,
     /// `migration.client_page_rotated`
     ClientPageRotated,
+    /// `migration.channel_id_set`
+    ChannelIdSet,
 }
 
 impl EventType {
     /// Every type the service writes.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 14] = [
         Self::Created,
         Self::StateChanged,
         Self::AwaitingOtp,
@@ -59,6 +61,7 @@ impl EventType {
         Self::WaitingForChanged,
         Self::ClientPageOpened,
         Self::ClientPageRotated,
+        Self::ChannelIdSet,
     ];
 
     /// The type of the transition into `to`, for its audit event and its webhook alike: the
@@ -72,6 +75,7 @@ impl EventType {
             MigrationState::Cancelled => Self::Cancelled,
             MigrationState::Queued
             | MigrationState::Prechecking
+            | MigrationState::AwaitingSignup
             | MigrationState::Initiating
             | MigrationState::RequestingOtp
             | MigrationState::VerifyingOtp
@@ -110,6 +114,7 @@ impl EventType {
             Self::WaitingForChanged => "migration.waiting_for_changed",
             Self::ClientPageOpened => "migration.client_page_opened",
             Self::ClientPageRotated => "migration.client_page_rotated",
+            Self::ChannelIdSet => "migration.channel_id_set",
         }
     }
 
@@ -122,7 +127,7 @@ impl EventType {
             }
             Self::StateChanged => {
                 "a transition into any state without a type of its own (`prechecking`, \
-                 `initiating`, `requesting_otp`, `verifying_otp`, `registering`, \
+                 `awaiting_signup`, `initiating`, `requesting_otp`, `verifying_otp`, `registering`, \
                  `copying_templates`, `awaiting_channel`, `generating_api_key`, or back to one \
                  of them by `retry` or a code resend, or from `completed` back to \
                  `generating_api_key` by a key rotation); `data` says why when an action caused \
@@ -160,7 +165,7 @@ impl EventType {
                  `api_key.status` is now `superseded`. No state. No webhook."
             }
             Self::WaitingForChanged => {
-                "what a migration parked in `awaiting_channel` waits for changed to another \
+                "what a migration waiting in `awaiting_signup` or `awaiting_channel` waits for changed to another \
                  code (`data.waiting_for` is the new `waiting_for`, `data.previous` the code \
                  before, `null` when none was set); the state does not change. Sent as a \
                  webhook of this type."
@@ -174,6 +179,13 @@ impl EventType {
                 "the client page link was replaced (`POST /v1/migrations/{id}/client_page/rotate`, \
                  `data.by`: `partner` or `admin`); the previous link stopped working. No state. \
                  No webhook."
+            }
+            Self::ChannelIdSet => {
+                "the partner (`data.by`: `partner` or `admin`) set the 360dialog channel id of an \
+                 Embedded Signup migration with `PATCH /v1/migrations/{id}` (`data.channel_id`, \
+                 `data.previous` the id before, `null` when none was set); the state does not \
+                 change, a migration in `awaiting_signup` looks the channel up at once. No \
+                 webhook: the partner made the change and has the answer."
             }
         }
     }

@@ -64,6 +64,9 @@ pub struct RetryPolicy {
     pub max_attempts: i32,
     /// How long `awaiting_channel` waits for a running channel with API-key permission.
     pub channel_timeout: Duration,
+    /// How long `awaiting_signup` waits for the client to finish Embedded Signup (360dialog
+    /// to list a channel for the number).
+    pub signup_timeout: Duration,
     /// First delay after Meta's "try again after some time" (doubles per try).
     pub try_later_base: Duration,
     /// Longest delay between two such tries.
@@ -80,6 +83,7 @@ impl Default for RetryPolicy {
             max_retry_after: Duration::from_secs(3600),
             max_attempts: 10,
             channel_timeout: Duration::from_secs(3600),
+            signup_timeout: Duration::from_secs(7 * 86_400),
             try_later_base: Duration::from_secs(60),
             try_later_cap: Duration::from_secs(900),
             try_later_total: Duration::from_secs(6 * 3600),
@@ -88,6 +92,20 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The states that poll for someone else's action until a deadline: how long each waits,
+    /// and the code it fails with at the deadline when the poll named no reason.
+    pub fn wait_limit(&self, state: MigrationState) -> Option<(Duration, ErrorCode)> {
+        match state {
+            MigrationState::AwaitingSignup => {
+                Some((self.signup_timeout, ErrorCode::SignupNotCompleted))
+            }
+            MigrationState::AwaitingChannel => {
+                Some((self.channel_timeout, ErrorCode::ChannelTimeout))
+            }
+            _ => None,
+        }
+    }
+
     /// Capped exponential backoff with "equal jitter": half fixed, half random, so retries of
     /// many migrations spread out but never retry immediately. `jitter` is in `[0, 1)`.
     pub fn backoff(&self, attempt: i32, jitter: f64) -> Duration {
@@ -113,9 +131,18 @@ fn equal_jitter(base: Duration, cap: Duration, attempt: i32, jitter: f64) -> Dur
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// `1 h 5 min`, `3 min`, `12 s`: a duration as people read it in an error message.
+/// `7 days`, `1 day 2 h`, `1 h 5 min`, `3 min`, `12 s`: a duration as people read it in an
+/// error message.
 fn spoken(d: Duration) -> String {
     let s = d.as_secs();
+    let days = s / 86_400;
+    if days > 0 {
+        let unit = if days == 1 { "day" } else { "days" };
+        return match (s % 86_400) / 3600 {
+            0 => format!("{days} {unit}"),
+            h => format!("{days} {unit} {h} h"),
+        };
+    }
     match (s / 3600, (s % 3600) / 60) {
         (0, 0) => format!("{s} s"),
         (0, m) => format!("{m} min"),
@@ -142,7 +169,8 @@ pub fn successor(state: MigrationState, flow: Flow) -> MigrationState {
     match (state, flow) {
         (Queued, _) => Prechecking,
         (Prechecking, Flow::Otp) => Initiating,
-        (Prechecking, Flow::EmbeddedSignup) => CopyingTemplates,
+        (Prechecking, Flow::EmbeddedSignup) => AwaitingSignup,
+        (AwaitingSignup, _) => CopyingTemplates,
         (Initiating, _) => RequestingOtp,
         (RequestingOtp, _) => AwaitingOtp,
         (AwaitingOtp, _) => VerifyingOtp,
@@ -164,6 +192,9 @@ pub fn skip_allowed(from: MigrationState, to: MigrationState, flow: Flow) -> boo
         (from, to, flow),
         // The precheck found the number already in the destination.
         (Prechecking, RequestingOtp | Registering | CopyingTemplates, Flow::Otp)
+            // Embedded Signup with a known channel id (given at create, or set with
+            // `PATCH /v1/migrations/{id}` while prechecking): no signup to wait for.
+            | (Prechecking, CopyingTemplates, Flow::EmbeddedSignup)
             // Meta says the number is already verified (136024, or `code_verification_status`).
             | (RequestingOtp, Registering, _)
             // No code by SMS in time: call the client instead.
@@ -195,27 +226,22 @@ pub fn decide(
             }
         }
         StepOutcome::NotYet { after, waiting_for } => {
-            if ctx.state != MigrationState::AwaitingChannel {
+            let Some((timeout, code)) = policy.wait_limit(ctx.state) else {
                 return Decision::Retry {
                     delay: after,
                     error: None,
                     counts_attempt: false,
                 };
-            }
+            };
             // The deadline of `waiting_for`: fail with the reason of the wait (its code, actor
             // and remediation), and never poll past it.
-            if ctx.waited >= policy.channel_timeout {
-                let mut error = waiting_for
-                    .unwrap_or_else(|| MigrationError::new(ErrorCode::ChannelTimeout, ctx.state));
-                error.message = format!(
-                    "{} Waited {} for it.",
-                    error.message,
-                    spoken(policy.channel_timeout)
-                );
+            if ctx.waited >= timeout {
+                let mut error = waiting_for.unwrap_or_else(|| MigrationError::new(code, ctx.state));
+                error.message = format!("{} Waited {} for it.", error.message, spoken(timeout));
                 return Decision::Fail(error);
             }
             Decision::Retry {
-                delay: after.min(policy.channel_timeout - ctx.waited),
+                delay: after.min(timeout - ctx.waited),
                 error: None,
                 counts_attempt: false,
             }
@@ -319,11 +345,102 @@ mod tests {
 
     #[test]
     fn embedded_signup_skips_otp_steps() {
+        // Without a channel id: the signup is awaited, then the path of a finished signup.
+        let mut s = Queued;
+        let mut path = vec![s];
+        while s != Completed {
+            s = successor(s, Flow::EmbeddedSignup);
+            path.push(s);
+        }
         assert_eq!(
-            successor(Prechecking, Flow::EmbeddedSignup),
-            CopyingTemplates
+            path,
+            [
+                Queued,
+                Prechecking,
+                AwaitingSignup,
+                CopyingTemplates,
+                AwaitingChannel,
+                GeneratingApiKey,
+                Completed
+            ]
         );
+        // With one: straight from the precheck to the templates, as before `awaiting_signup`.
+        let es = StepContext {
+            flow: Flow::EmbeddedSignup,
+            ..ctx(Prechecking, 1)
+        };
+        assert_eq!(
+            decide(
+                es,
+                StepOutcome::Done {
+                    skip_to: Some(CopyingTemplates)
+                },
+                &RetryPolicy::default(),
+                0.5
+            ),
+            Decision::Advance {
+                to: CopyingTemplates
+            }
+        );
+        // Only the Embedded Signup flow waits for a signup.
+        assert!(!skip_allowed(Prechecking, AwaitingSignup, Flow::Otp));
         assert_eq!(successor(Failed, Flow::Otp), Failed);
+    }
+
+    #[test]
+    fn signup_wait_polls_then_times_out_with_signup_not_completed() {
+        let p = RetryPolicy {
+            signup_timeout: Duration::from_secs(7 * 86_400),
+            ..RetryPolicy::default()
+        };
+        let es = |waited: Duration| StepContext {
+            flow: Flow::EmbeddedSignup,
+            waited,
+            ..ctx(AwaitingSignup, 3)
+        };
+        let not_yet = |waiting_for| StepOutcome::NotYet {
+            after: Duration::from_secs(60),
+            waiting_for,
+        };
+        // Polls well past the channel timeout: the signup has its own, longer one.
+        assert_eq!(
+            decide(es(p.channel_timeout * 2), not_yet(None), &p, 0.5),
+            Decision::Retry {
+                delay: Duration::from_secs(60),
+                error: None,
+                counts_attempt: false
+            }
+        );
+        // The last poll is at the deadline.
+        match decide(
+            es(p.signup_timeout - Duration::from_secs(10)),
+            not_yet(None),
+            &p,
+            0.5,
+        ) {
+            Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(10)),
+            other => panic!("{other:?}"),
+        }
+        let reason = err(ErrorCode::SignupNotCompleted, AwaitingSignup);
+        for waiting_for in [Some(reason.clone()), None] {
+            match decide(es(p.signup_timeout), not_yet(waiting_for), &p, 0.5) {
+                Decision::Fail(e) => {
+                    assert_eq!(e.code, ErrorCode::SignupNotCompleted);
+                    assert_eq!(e.actor, crate::domain::Actor::Client);
+                    assert_eq!(e.step, Some(AwaitingSignup));
+                    assert!(e.retryable);
+                    assert_eq!(e.remediation, reason.remediation);
+                    assert!(
+                        e.message.ends_with("Waited 7 days for it."),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(spoken(Duration::from_secs(86_400 + 7200)), "1 day 2 h");
+        assert_eq!(spoken(Duration::from_secs(90)), "1 min");
     }
 
     #[test]
@@ -602,8 +719,9 @@ mod tests {
                 }
             }
         }
-        // Prechecking has 3 skips in the OTP flow; the other two hold in both flows.
-        assert_eq!(allowed, 3 + 2 * 2);
+        // Prechecking has 3 skips in the OTP flow and 1 in the Embedded Signup flow; the other
+        // two hold in both flows.
+        assert_eq!(allowed, 3 + 1 + 2 * 2);
         // Never backwards past the code, never out of a terminal state.
         assert!(!skip_allowed(Registering, RequestingOtp, Flow::Otp));
         assert!(!skip_allowed(Failed, Completed, Flow::Otp));

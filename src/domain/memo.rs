@@ -19,7 +19,8 @@ pub enum MemoKey {
     ApiKeys,
     /// The template copy ran at least once (later attempts retry only the missing ids).
     TemplatesCopied,
-    /// How often the channel was polled while waiting for it.
+    /// How often 360dialog was asked for the channel while waiting for it (in
+    /// `awaiting_signup`, then from 0 again in `awaiting_channel`): the polls' backoff.
     ChannelPolls,
     /// The automatic switch from SMS to a voice call happened.
     VoiceFallback,

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 pub enum MigrationState {
     Queued,
     Prechecking,
+    AwaitingSignup,
     Initiating,
     RequestingOtp,
     AwaitingOtp,
@@ -23,9 +24,10 @@ pub enum MigrationState {
 }
 
 impl MigrationState {
-    pub const ALL: [MigrationState; 13] = [
+    pub const ALL: [MigrationState; 14] = [
         Self::Queued,
         Self::Prechecking,
+        Self::AwaitingSignup,
         Self::Initiating,
         Self::RequestingOtp,
         Self::AwaitingOtp,
@@ -41,10 +43,10 @@ impl MigrationState {
 
     /// Every state a migration can still leave by itself or by a command: all but the
     /// terminal ones.
-    pub const ACTIVE: [MigrationState; 10] = {
-        let mut out = [Self::Queued; 10];
+    pub const ACTIVE: [MigrationState; 11] = {
+        let mut out = [Self::Queued; 11];
         let mut i = 0;
-        while i < 10 {
+        while i < 11 {
             out[i] = Self::ALL[i];
             i += 1;
         }
@@ -55,6 +57,7 @@ impl MigrationState {
         match self {
             Self::Queued => "queued",
             Self::Prechecking => "prechecking",
+            Self::AwaitingSignup => "awaiting_signup",
             Self::Initiating => "initiating",
             Self::RequestingOtp => "requesting_otp",
             Self::AwaitingOtp => "awaiting_otp",
@@ -115,8 +118,10 @@ pub enum Flow {
     /// The service drives Meta's programmatic migration: initiate, OTP, register.
     #[default]
     Otp,
-    /// The client already finished 360dialog's Embedded Signup (which did the OTP and created
-    /// the channel); the job checks templates, waits for the channel and generates the key.
+    /// The client goes through 360dialog's Embedded Signup (which does the OTP and creates the
+    /// channel): created with the `channel_id` of a finished signup, or without one, waiting in
+    /// `awaiting_signup` until 360dialog shows the channel; then the job checks templates,
+    /// waits for the channel to run and generates the key.
     EmbeddedSignup,
 }
 
@@ -193,6 +198,17 @@ mod tests {
         );
         assert!(MigrationState::AwaitingOtp.is_parked());
         assert!(!MigrationState::AwaitingChannel.is_parked());
+        // Polled with backoff like `awaiting_channel`, not parked until a deadline.
+        assert!(!MigrationState::AwaitingSignup.is_parked());
+        assert!(MigrationState::ACTIVE.contains(&MigrationState::AwaitingSignup));
+        assert_eq!(
+            MigrationState::ALL[..3],
+            [
+                MigrationState::Queued,
+                MigrationState::Prechecking,
+                MigrationState::AwaitingSignup
+            ]
+        );
         let resendable: Vec<_> = MigrationState::ALL
             .into_iter()
             .filter(|s| s.accepts_otp_resend())

@@ -16,8 +16,9 @@ use super::{Actor, ErrorCode, MigrationError, MigrationState};
 pub struct WaitingFor {
     /// Why it waits, as a stable code from the error codes: in `awaiting_channel` the
     /// `error.code` it fails with at `deadline` (`channel_timeout`: no channel listed yet,
-    /// `channel_not_running`, `api_key_permission_missing`); in `awaiting_otp`
-    /// `otp_not_submitted` (at `deadline` it fails with `otp_expired`).
+    /// `channel_not_running`, `api_key_permission_missing`); in `awaiting_signup`
+    /// `signup_not_completed`; in `awaiting_otp` `otp_not_submitted` (at `deadline` it fails
+    /// with `otp_expired`).
     pub code: ErrorCode,
     /// What is missing, in words.
     pub message: String,
@@ -28,7 +29,8 @@ pub struct WaitingFor {
     /// When the migration began waiting in this state (kept when the reason changes).
     pub since: DateTime<Utc>,
     /// When the migration fails if it is still waiting: `otp.expires_at` in `awaiting_otp`,
-    /// `since` + `CHANNEL_TIMEOUT_SECONDS` in `awaiting_channel`.
+    /// `since` + `CHANNEL_TIMEOUT_SECONDS` in `awaiting_channel`, `since` +
+    /// `SIGNUP_TIMEOUT_SECONDS` in `awaiting_signup`.
     pub deadline: DateTime<Utc>,
 }
 
@@ -63,11 +65,27 @@ impl WaitingFor {
             .with_message(
                 "Waiting for 360dialog to list this number as a running channel with API-key permission.",
             );
-        let deadline = chrono::Duration::from_std(timeout)
-            .ok()
-            .and_then(|d| since.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        Self::new(&reason, since, deadline)
+        Self::new(&reason, since, after(since, timeout))
+    }
+
+    /// `awaiting_signup` as it is entered: the client's Embedded Signup (a channel for the
+    /// number on the partner's 360dialog account), until `timeout` from now.
+    pub fn signup(since: DateTime<Utc>, timeout: Duration) -> Self {
+        let reason = MigrationError::new(
+            ErrorCode::SignupNotCompleted,
+            MigrationState::AwaitingSignup,
+        );
+        Self::new(&reason, since, after(since, timeout))
+    }
+
+    /// What a migration polling in `state` (`awaiting_signup`, `awaiting_channel`) waits for
+    /// as it enters it, until `timeout` from `since`; `None` for the other states.
+    pub fn polled(state: MigrationState, since: DateTime<Utc>, timeout: Duration) -> Option<Self> {
+        match state {
+            MigrationState::AwaitingSignup => Some(Self::signup(since, timeout)),
+            MigrationState::AwaitingChannel => Some(Self::channel(since, timeout)),
+            _ => None,
+        }
     }
 
     /// After a poll of a parked migration found `reason`: the `waiting_for` to store if it
@@ -90,6 +108,14 @@ impl WaitingFor {
     }
 }
 
+/// `since` + `timeout`, or the end of time.
+fn after(since: DateTime<Utc>, timeout: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(timeout)
+        .ok()
+        .and_then(|d| since.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +133,26 @@ mod tests {
         let c = WaitingFor::channel(t(5), Duration::from_secs(3600));
         assert_eq!(c.code, ErrorCode::ChannelTimeout);
         assert_eq!(c.deadline, t(3605));
+        let s = WaitingFor::signup(t(5), Duration::from_secs(7 * 86_400));
+        assert_eq!(s.code, ErrorCode::SignupNotCompleted);
+        assert_eq!(s.actor, Actor::Client);
+        assert_eq!(s.deadline, t(5 + 7 * 86_400));
+        assert_eq!(
+            WaitingFor::polled(MigrationState::AwaitingSignup, t(5), Duration::from_secs(1)),
+            Some(WaitingFor::signup(t(5), Duration::from_secs(1)))
+        );
+        assert_eq!(
+            WaitingFor::polled(
+                MigrationState::AwaitingChannel,
+                t(5),
+                Duration::from_secs(1)
+            ),
+            Some(WaitingFor::channel(t(5), Duration::from_secs(1)))
+        );
+        assert_eq!(
+            WaitingFor::polled(MigrationState::Registering, t(5), Duration::from_secs(1)),
+            None
+        );
         let json = serde_json::to_string(&c).unwrap();
         let at = |k: &str| json.find(&format!("\"{k}\":")).unwrap();
         let order = [

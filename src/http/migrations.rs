@@ -32,7 +32,7 @@ use crate::precheck::PrecheckReport;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_migration, list_migrations))
-        .routes(routes!(get_migration))
+        .routes(routes!(get_migration, update_migration))
         .routes(routes!(list_events))
         .routes(routes!(submit_otp))
         .routes(routes!(resend_otp))
@@ -105,7 +105,9 @@ pub struct CreateMigration {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub flow: Option<Flow>,
-    /// 360dialog channel id from the onboarding redirect (`embedded_signup` only).
+    /// 360dialog channel id from the onboarding redirect (`embedded_signup` only). Without it,
+    /// an `embedded_signup` migration waits in `awaiting_signup` until 360dialog shows a channel
+    /// for the number (or the id is sent with `PATCH /v1/migrations/{id}`).
     #[serde(default)]
     #[schema(
         max_length = 64,
@@ -191,6 +193,16 @@ struct NewMigrationRequest {
     client_page: ClientPageMode,
 }
 
+/// A 360dialog channel id as sent (create, `PATCH`): 1 to 64 characters, not blank, no control
+/// characters; surrounding spaces trimmed.
+fn check_channel_id(c: &str) -> Result<String, String> {
+    if !c.trim().is_empty() && c.chars().count() <= 64 && !c.chars().any(char::is_control) {
+        Ok(c.trim().to_owned())
+    } else {
+        Err("a 360dialog channel id: 1 to 64 characters, not blank, no control characters".into())
+    }
+}
+
 /// A webhook URL: `https` to a public host (anything http(s) with `ALLOW_PRIVATE_CALLBACKS`).
 /// The resolved address is checked again at each delivery.
 pub(super) fn validate_callback(url: &str, allow_private: bool) -> Result<String, String> {
@@ -258,20 +270,9 @@ impl JsonBody for NewMigrationRequest {
         let checked_channel = match (flow.unwrap_or_default(), channel_id.as_deref()) {
             // Already reported; a rule across both would only repeat it.
             _ if f.failed("flow") || f.failed("channel_id") => None,
-            (Flow::EmbeddedSignup, Some(c))
-                if !c.trim().is_empty()
-                    && c.chars().count() <= 64
-                    && !c.chars().any(char::is_control) =>
-            {
-                Some(c.trim().to_owned())
-            }
-            (Flow::EmbeddedSignup, _) => {
-                f.error(
-                    "channel_id",
-                    "required for flow embedded_signup (from the onboarding redirect)",
-                );
-                None
-            }
+            (Flow::EmbeddedSignup, Some(c)) => f.check("channel_id", check_channel_id(c)),
+            // The client has not finished Embedded Signup yet: `awaiting_signup` waits for it.
+            (Flow::EmbeddedSignup, None) => None,
             (Flow::Otp, Some(_)) => {
                 f.error("channel_id", "only allowed with flow embedded_signup");
                 None
@@ -570,6 +571,61 @@ async fn get_migration(
 ) -> Result<axum::Json<Migration>, ApiError> {
     let row = commands::fetch(&state, caller, id).await?;
     shown(&state, &row).await
+}
+
+/// Body of `PATCH /v1/migrations/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMigration {
+    /// The 360dialog channel id of the number, from the Embedded Signup redirect: 1 to 64
+    /// characters, not blank, no control characters.
+    #[schema(
+        example = "abc123CH",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub channel_id: String,
+}
+
+impl JsonBody for UpdateMigration {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let channel_id = f.required::<String>("channel_id")?;
+        let channel_id = f.check("channel_id", check_channel_id(&channel_id))?;
+        Some(Self { channel_id })
+    }
+}
+
+/// Set the 360dialog channel of an Embedded Signup migration.
+///
+/// For a migration created with `flow` `embedded_signup` and no `channel_id`, once the client
+/// finished Embedded Signup and the partner got the channel id from its redirect. Allowed in
+/// `queued` and `prechecking` (the migration then skips `awaiting_signup`) and in
+/// `awaiting_signup`, where it looks the channel up at once instead of at its next poll. The
+/// state does not change; the audit trail records `migration.channel_id_set` (no webhook).
+/// Sending the id the migration already has outside `awaiting_signup` changes nothing.
+#[utoipa::path(
+    patch, path = "/v1/migrations/{id}", tag = "migrations",
+    params(("id" = Uuid, Path, description = "Migration id")),
+    request_body = UpdateMigration,
+    responses(
+        (status = 200, description = "The migration, with its `channel_id`", body = Migration),
+        (status = 404, description = "No such migration for this key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not an Embedded Signup migration (`flow_mismatch`), or past the point where a channel id can be set (`invalid_state`, with `state`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown fields (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_migration(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppJson(body): AppJson<UpdateMigration>,
+) -> Result<axum::Json<Migration>, ApiError> {
+    let row = commands::set_channel_id(&state, caller, id, &body.channel_id).await?;
+    Ok(axum::Json(Migration::from(&row)))
 }
 
 /// An audit-trail entry.
@@ -971,6 +1027,7 @@ mod tests {
         assert_body_matches_schema::<PrecheckBody, PrecheckRequest>();
         assert_body_matches_schema::<SubmitOtp, SubmitOtp>();
         assert_body_matches_schema::<ResendOtp, ResendOtp>();
+        assert_body_matches_schema::<UpdateMigration, UpdateMigration>();
         assert_query_matches_params::<ListQuery>();
         assert_query_matches_params::<SequencePage>();
     }

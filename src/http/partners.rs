@@ -60,6 +60,9 @@ pub struct Partner {
     pub name: String,
     pub d360_partner_id: String,
     pub callback_url: Option<String>,
+    /// The partner's 360dialog signup link, which the client page of an Embedded Signup
+    /// migration offers as the button to continue; `null` when none is set.
+    pub signup_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -71,6 +74,7 @@ impl From<&store::PartnerRow> for Partner {
             name: p.name.clone(),
             d360_partner_id: p.d360_partner_id.clone(),
             callback_url: p.callback_url.clone(),
+            signup_url: p.signup_url.clone(),
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -124,6 +128,16 @@ pub struct UpdatePartner {
         pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
     )]
     pub callback_url: Option<Option<String>>,
+    /// The partner's 360dialog signup link (its Embedded Signup / Integrated Onboarding URL),
+    /// offered to its clients by the client page: an absolute `https://` URL, at most 2048
+    /// characters; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(
+        value_type = Option<String>,
+        max_length = 2048,
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
+    pub signup_url: Option<Option<String>>,
 }
 
 /// A partner's display name: 1 to 200 characters, not blank, no control characters.
@@ -205,7 +219,14 @@ impl JsonBody for UpdatePartner {
         let callback_url = f
             .nullable::<String>("callback_url")
             .map(|u| u.and_then(|u| f.check("callback_url", validate_callback(&u, allow_private))));
-        Some(Self { name, callback_url })
+        let signup_url = f.nullable::<String>("signup_url").map(|u| {
+            u.and_then(|u| f.check("signup_url", crate::core::partners::check_signup_url(&u)))
+        });
+        Some(Self {
+            name,
+            callback_url,
+            signup_url,
+        })
     }
 }
 
@@ -334,7 +355,11 @@ async fn get_partner(
     Ok(axum::Json(Partner::from(&p)))
 }
 
-/// Change a partner's name or default webhook URL (admin).
+/// Change a partner's name, default webhook URL or signup link (admin).
+///
+/// Only the fields sent change; `null` removes a URL. `signup_url` is the partner's 360dialog
+/// signup link, which the client page of an Embedded Signup migration offers as the button to
+/// continue.
 #[utoipa::path(
     patch, path = "/v1/partners/{id}", tag = "partners",
     params(("id" = Uuid, Path, description = "Partner id")),
@@ -360,6 +385,7 @@ async fn update_partner(
         id,
         name,
         body.callback_url.as_ref().map(Option::as_deref),
+        body.signup_url.as_ref().map(Option::as_deref),
     )
     .await
     {

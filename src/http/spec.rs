@@ -78,7 +78,9 @@ fn create_migration_rules(doc: &mut OpenApi) {
         .schema_type(Type::Object)
         .title(Some("flow embedded_signup"))
         .description(Some(
-            "`flow` `embedded_signup`: `channel_id` (from the onboarding redirect) is required.",
+            "`flow` `embedded_signup`: `channel_id` (from the onboarding redirect) when the \
+             client already finished Embedded Signup; without it (absent or null) the migration \
+             waits in `awaiting_signup` until 360dialog shows a channel for the number.",
         ))
         .property(
             "flow",
@@ -86,9 +88,11 @@ fn create_migration_rules(doc: &mut OpenApi) {
                 .schema_type(Type::String)
                 .enum_values(Some(["embedded_signup"])),
         )
-        .property("channel_id", ObjectBuilder::new().schema_type(Type::String))
-        .required("flow")
-        .required("channel_id");
+        .property(
+            "channel_id",
+            ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])),
+        )
+        .required("flow");
     let schema = AllOfBuilder::new()
         .schema_type(Type::Object)
         .description(description)
@@ -111,6 +115,7 @@ fn no_nul_string() -> ObjectBuilder {
 const MIGRATION_SOURCES: &[(&str, &str, &str)] = &[
     ("create_migration", "201", "$response.body#/id"),
     ("get_migration", "200", "$response.body#/id"),
+    ("update_migration", "200", "$response.body#/id"),
     ("submit_otp", "202", "$response.body#/id"),
     ("resend_otp", "202", "$response.body#/id"),
     ("cancel_migration", "200", "$response.body#/id"),

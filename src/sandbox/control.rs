@@ -199,6 +199,45 @@ pub(crate) async fn resolve_number(
     }
 }
 
+/// Body of `POST /_sandbox/numbers/{e164}/complete_signup` (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CompleteSignupRequest {
+    /// Accepted for the record: every partner sees every sandbox channel.
+    #[serde(default)]
+    #[allow(dead_code)]
+    partner_id: Option<String>,
+    /// Where the number goes, when the sandbox does not know it from seeding.
+    #[serde(default)]
+    destination_waba_id: Option<String>,
+}
+
+/// `POST /_sandbox/numbers/{e164}/complete_signup` `{"partner_id"?, "destination_waba_id"?}`
+/// (with `+`, `%2B` or digits only; the body may be empty): the client finished Embedded
+/// Signup, see [`Sandbox::complete_signup`]. Answers the channel JSON of
+/// `GET /_sandbox/channels/{channel_id}`.
+pub(crate) async fn complete_signup(
+    State(sandbox): State<Sandbox>,
+    Path(phone): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: CompleteSignupRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CompleteSignupRequest::default()
+    } else {
+        match parse_json(&body) {
+            Ok(request) => request,
+            Err(message) => return bad_request(message),
+        }
+    };
+    match sandbox.complete_signup(&phone, request.destination_waba_id.as_deref()) {
+        Ok(channel_id) => {
+            sandbox.flush().await;
+            channel_response(&sandbox.lock(), &channel_id)
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
 /// `GET /_sandbox`: what the control API offers, for people exploring it with curl.
 pub(crate) async fn index() -> Json<Value> {
     Json(json!({
@@ -206,6 +245,7 @@ pub(crate) async fn index() -> Json<Value> {
         "control": {
             "GET /_sandbox/scenarios": "the failure-scenario numbers (last four digits 00xx) and the error code each leads to",
             "POST /_sandbox/numbers/{e164}/resolve": "a scenario number behaves as a happy-path number from now on (two-step verification turned off, display name approved, permission granted, ...): retry its migration",
+    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA and a running channel with API-key permission appears (an embedded_signup migration waiting in awaiting_signup continues)",
             "POST /_sandbox/channels/{channel_id}/permission": "{\"granted\": true} lets the partner generate the channel's API key (scenario 0020)",
             "GET /_sandbox/channels/{channel_id}": "a 360dialog channel: status, permission, keys issued",
             "POST /_sandbox/numbers": "{\"phone_number\", \"source_waba_id\", \"destination_waba_id\"?, \"business_id\"?} registers a number on a source WABA (the service does this itself)",

@@ -31,6 +31,8 @@
 //!   `GET /counters`, `GET /counters/{e164}`, `POST /reset`, `GET|POST|DELETE /faults`,
 //!   `GET /channels/{id}`, `POST /channels/{id}/permission` (API-key permission, below),
 //!   `POST /numbers` (seeding, below), `POST /numbers/{e164}/resolve` (scenarios, below),
+//!   `POST /numbers/{e164}/complete_signup` (the client finished Embedded Signup: the number
+//!   is registered in its destination WABA and a running channel appears),
 //!   `POST /wabas/{id}/templates` (many templates, below), `GET /scenarios` and `GET /_sandbox`
 //!   (this list, as JSON).
 //!
@@ -330,6 +332,10 @@ impl Sandbox {
                 post(control::resolve_number),
             )
             .route(
+                "/_sandbox/numbers/{phone}/complete_signup",
+                post(control::complete_signup),
+            )
+            .route(
                 "/_sandbox/wabas/{waba_id}/templates",
                 post(control::set_templates),
             )
@@ -403,6 +409,22 @@ impl Sandbox {
         let number = scenarios::normalize_e164(phone_e164)
             .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
         Ok(self.lock().world.resolve(&number, &self.shared.config))
+    }
+
+    /// The client finished 360dialog's Embedded Signup for `phone_e164`, exactly like
+    /// `POST /_sandbox/numbers/{e164}/complete_signup`: the number is registered in its
+    /// destination WABA (`destination_waba_id`, else the one the sandbox knows from seeding)
+    /// and a `running` channel with API-key permission exists for it. Returns the channel id.
+    pub fn complete_signup(
+        &self,
+        phone_e164: &str,
+        destination_waba_id: Option<&str>,
+    ) -> Result<String, String> {
+        let number = scenarios::normalize_e164(phone_e164)
+            .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
+        self.lock()
+            .world
+            .complete_signup(&number, destination_waba_id, &self.shared.config)
     }
 
     /// The world (WABAs, numbers, templates, channels, keys) as JSON bytes; counters and fault

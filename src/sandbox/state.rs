@@ -374,6 +374,80 @@ impl World {
         })
     }
 
+    /// `POST /_sandbox/numbers/{e164}/complete_signup`: the client finished 360dialog's
+    /// Embedded Signup. The number is in its destination WABA (`destination`, else the one the
+    /// number was seeded or migrated into), verified and registered (`CONNECTED`, its source
+    /// records `MIGRATED`), and a `running` 360dialog channel with API-key permission exists
+    /// for it (the one it had, made running and permitted, or a new one). Returns the
+    /// channel's id; `Err` when the destination WABA is unknown or the number is scenario 0019
+    /// (its channel never appears).
+    pub(crate) fn complete_signup(
+        &mut self,
+        e164: &str,
+        destination: Option<&str>,
+        config: &SandboxConfig,
+    ) -> Result<String, String> {
+        if let Some(dest) = destination {
+            check_id("destination_waba_id", dest)?;
+        }
+        let dest = destination
+            .map(str::to_owned)
+            .or_else(|| {
+                self.phones
+                    .values()
+                    .find(|p| p.e164 == e164 && p.role == Role::Destination)
+                    .map(|p| p.waba_id.clone())
+            })
+            .or_else(|| {
+                self.wabas
+                    .values()
+                    .find(|w| w.dest_numbers.contains(e164))
+                    .map(|w| w.id.clone())
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the sandbox does not know the destination WABA of {e164} (the service tells it when the migration prechecks): send {{\"destination_waba_id\": \"...\"}}"
+                )
+            })?;
+        if self.scenario_of(e164) == Some(Scenario::ChannelTimeout) {
+            return Err(format!(
+                "{e164} is scenario 0019 (channel_timeout): its channel never appears; POST /_sandbox/numbers/{e164}/resolve first"
+            ));
+        }
+        let waba = self.ensure_waba(&dest, None);
+        waba.dest_numbers.insert(e164.to_owned());
+        waba.current_dest = Some(e164.to_owned());
+        let phone_id = match self.phone_in_waba(&dest, e164) {
+            Some(id) => id,
+            None => self.insert_phone(
+                &dest,
+                e164,
+                Role::Destination,
+                self.scenario_of(e164),
+                true,
+                "CONNECTED",
+            ),
+        };
+        if let Some(phone) = self.phones.get_mut(&phone_id) {
+            phone.verified = true;
+            phone.status = "CONNECTED".to_owned();
+        }
+        self.mark_source_copies_migrated(e164, &phone_id);
+        let running_now = SandboxConfig {
+            channel_running_after: Duration::ZERO,
+            ..config.clone()
+        };
+        let id = self
+            .ensure_channel(e164, &phone_id, Some(&dest), None, &running_now)
+            .ok_or_else(|| format!("no channel could be made for {e164}"))?;
+        if let Some(channel) = self.channels.get_mut(&id) {
+            let now = Utc::now();
+            channel.running_at = channel.running_at.min(now);
+            channel.permission = true;
+        }
+        Ok(id)
+    }
+
     /// Every number associated with the WABA (counters of WABA-level calls).
     pub(crate) fn waba_numbers(&self, waba_id: &str) -> Vec<String> {
         let Some(waba) = self.wabas.get(waba_id) else {

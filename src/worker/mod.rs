@@ -17,6 +17,8 @@
 //!   expire and nobody reads the number before then. `SHUTDOWN_GRACE_SECONDS` is validated at
 //!   startup to exceed `UPSTREAM_TIMEOUT_SECONDS`, so calls in flight at SIGTERM end within it.
 //! * Parked migrations (`awaiting_otp`) are due only at their OTP deadline: no worker, no poll.
+//!   Migrations waiting on a channel (`awaiting_signup`, `awaiting_channel`) are polled with a
+//!   growing delay, each poll a short claim, until their deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -60,8 +62,12 @@ pub struct WorkerConfig {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
-    /// First delay between two looks at the 360dialog channel; doubles up to a minute.
+    /// First delay between two looks at the 360dialog channel; doubles up to a minute
+    /// (`awaiting_channel`) or up to `signup_poll_max` (`awaiting_signup`).
     pub channel_poll: Duration,
+    /// Longest delay between two looks for the channel while the client's Embedded Signup is
+    /// awaited.
+    pub signup_poll_max: Duration,
     pub retry: RetryPolicy,
     pub otp: OtpPolicy,
 }
@@ -75,6 +81,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(35),
             channel_poll: Duration::from_secs(2),
+            signup_poll_max: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             otp: OtpPolicy::default(),
         }
@@ -483,8 +490,9 @@ impl Worker {
                     patch.completed_now = true;
                 }
                 // Parking: say on whom and for what, until when (a state change clears it).
-                if to == MigrationState::AwaitingChannel {
-                    let wait = WaitingFor::channel(Utc::now(), cfg.retry.channel_timeout);
+                if let Some((timeout, _)) = cfg.retry.wait_limit(to)
+                    && let Some(wait) = WaitingFor::polled(to, Utc::now(), timeout)
+                {
                     patch.waiting_for = Some(Some(json!(wait)));
                 }
                 patch.run_at = Some(if to == MigrationState::AwaitingOtp {
@@ -524,8 +532,8 @@ impl Worker {
                 patch.run_at = Some(store::RunAt::After(delay));
                 patch.uncount_attempt = !counts_attempt;
                 let waiting = reason
-                    .filter(|_| state == MigrationState::AwaitingChannel)
-                    .and_then(|reason| still_waiting(row, &reason, cfg.retry.channel_timeout));
+                    .zip(cfg.retry.wait_limit(state))
+                    .and_then(|(reason, (timeout, _))| still_waiting(row, &reason, timeout));
                 let event = error.map(|e| {
                     if let Some(obj) = event_data.as_object_mut() {
                         obj.insert("error".into(), json!(e));
@@ -634,8 +642,9 @@ impl Worker {
     }
 }
 
-/// A poll of a parked `awaiting_channel` migration found `reason` missing: the `waiting_for`
-/// to write if it differs from the stored one, and whether its code changed.
+/// A poll of a waiting migration (`awaiting_signup`, `awaiting_channel`) found `reason`
+/// missing: the `waiting_for` to write if it differs from the stored one, and whether its code
+/// changed.
 fn still_waiting(
     row: &store::MigrationRow,
     reason: &crate::domain::MigrationError,
@@ -646,7 +655,7 @@ fn still_waiting(
         .clone()
         .and_then(|v| serde_json::from_value(v).ok());
     // Nothing stored (resumed by `retry`): the wait began when the state was entered.
-    let fresh = WaitingFor::channel(row.state_entered_at, timeout);
+    let fresh = WaitingFor::polled(row.state(), row.state_entered_at, timeout)?;
     let (next, changed) =
         WaitingFor::after_poll(stored.as_ref(), reason, fresh.since, fresh.deadline);
     next.map(|w| (w, changed))

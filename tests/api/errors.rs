@@ -71,6 +71,7 @@ async fn json_bodies_report_every_wrong_missing_and_unknown_field(pool: PgPool) 
             "pin": "12",
             "metadata": "not an object",
             "flow": "embedded_signup",
+            "channel_id": " ",
             "surprise": 1,
             "also/this": true,
         }),

@@ -25,6 +25,8 @@ use crate::helpers::{ADMIN_KEY, Options, TestApp};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fixture {
     AwaitingOtp,
+    /// An Embedded Signup migration created without a channel id, waiting for the signup.
+    AwaitingSignup,
     Failed,
     Completed,
 }
@@ -45,7 +47,7 @@ enum Class {
 }
 
 use Class::{Admin, Delivery, Migration, Public, Tenant};
-use Fixture::{AwaitingOtp, Completed, Failed};
+use Fixture::{AwaitingOtp, AwaitingSignup, Completed, Failed};
 
 struct Route {
     method: &'static str,
@@ -95,6 +97,7 @@ const ROUTES: &[Route] = &[
     route("POST", "/v1/prechecks", Tenant, Some(PRECHECK), 200),
     // Partner-scoped, on a migration.
     route("GET", "/v1/migrations/{id}", Migration(Completed), None, 200),
+    route("PATCH", "/v1/migrations/{id}", Migration(AwaitingSignup), Some(r#"{"channel_id": "isoSignup01CH"}"#), 200),
     route("GET", "/v1/migrations/{id}/events", Migration(Completed), None, 200),
     route("GET", "/v1/migrations/{id}/api_key", Migration(Completed), None, 200),
     // No worker runs here: the rotation answers 202 once its 25 s wait for the new key ends.
@@ -285,9 +288,14 @@ async fn fixture(app: &TestApp, fixture: Fixture, n: u32) -> String {
         Failed => format!("+1415{:03}0011", 550 + n),
         _ => format!("+1415555{:04}", 4100 + n),
     };
-    let id = app.create(&phone).await;
+    let mut body = TestApp::create_body(&phone);
+    if fixture == AwaitingSignup {
+        body["flow"] = json!("embedded_signup");
+    }
+    let id = app.create_with(body).await;
     match fixture {
         AwaitingOtp => drive(app, &id, "awaiting_otp").await,
+        AwaitingSignup => drive(app, &id, "awaiting_signup").await,
         Failed => drive(app, &id, "failed").await,
         Completed => {
             drive(app, &id, "awaiting_otp").await;

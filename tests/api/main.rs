@@ -24,6 +24,7 @@ mod scenarios;
 mod schema_agreement;
 mod secrets;
 mod shutdown;
+mod signup;
 mod upstream_failures;
 mod waiting;
 mod webhooks;

@@ -1,5 +1,5 @@
 //! One executor per state: the upstream calls of that step and what to persist, one file per
-//! step (`precheck`, `otp`, `register`, `templates`, `channel`, `api_key`); this module holds
+//! step (`precheck`, `signup`, `otp`, `register`, `templates`, `channel`, `api_key`); this module holds
 //! what they share: the result type, intents, and reading the number.
 //!
 //! Non-idempotent calls (`request_code`, `register`, `api_keys`) follow one rule: record the
@@ -28,6 +28,7 @@ mod channel;
 pub(super) mod otp;
 mod precheck;
 mod register;
+mod signup;
 mod templates;
 
 use std::time::Duration;
@@ -172,6 +173,7 @@ pub async fn execute(
     match state {
         Queued => Ok(StepResult::done()),
         Prechecking => precheck::prechecking(deps, row).await,
+        AwaitingSignup => signup::awaiting_signup(deps, row).await,
         Initiating => precheck::initiating(deps, row).await,
         RequestingOtp => otp::requesting_otp(deps, row, lease).await,
         AwaitingOtp => Ok(otp::awaiting_otp(deps, row)),

@@ -74,6 +74,10 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         }
         (Flow::Otp, true) if report.destination_verified => Some(MigrationState::Registering),
         (Flow::Otp, true) => Some(MigrationState::RequestingOtp),
+        // The channel id is known (given at create or set since): no signup to wait for.
+        (Flow::EmbeddedSignup, _) if row.channel_id.is_some() => {
+            Some(MigrationState::CopyingTemplates)
+        }
         _ => None,
     };
     let pnid = report.destination_phone_number_id.clone();

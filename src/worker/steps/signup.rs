@@ -1,0 +1,67 @@
+//! `awaiting_signup`: waits for the client to finish 360dialog's Embedded Signup, seen as a
+//! 360dialog channel for the number on the partner's account (or the channel the partner named
+//! with `PATCH /v1/migrations/{id}`). Polled with a doubling delay from `CHANNEL_POLL_MS` up to
+//! `SIGNUP_POLL_MAX_SECONDS`, each poll a short claim; `decide` fails it at its deadline.
+
+use serde_json::{Value, json};
+
+use super::{Result, StepResult, partner_credentials};
+use crate::db::migrations as store;
+use crate::domain::memo::MemoKey;
+use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+use crate::worker::Deps;
+use crate::worker::errors::outcome;
+
+pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
+    let state = MigrationState::AwaitingSignup;
+    let creds = partner_credentials(deps, row.partner_id).await?;
+    let polls = MemoKey::ChannelPolls
+        .read(&row.step_memo)
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let after = deps
+        .config
+        .channel_poll
+        .saturating_mul(1u32 << polls.min(20))
+        .min(deps.config.signup_poll_max);
+    let found = match &row.channel_id {
+        Some(cid) => {
+            deps.d360
+                .get_channel(&creds, cid, Some(&row.phone_number))
+                .await
+        }
+        None => {
+            deps.d360
+                .find_channel_by_number(&creds, &row.phone_number)
+                .await
+        }
+    };
+    let channel = match found {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    };
+    let Some(channel) = channel else {
+        let mut reason = MigrationError::new(ErrorCode::SignupNotCompleted, state);
+        if let Some(cid) = &row.channel_id {
+            reason.message = format!(
+                "360dialog does not list the channel {cid} for this number on the partner's account (yet): the client has not finished Embedded Signup, or the channel id is not this number's."
+            );
+        }
+        return Ok(StepResult::new(StepOutcome::NotYet {
+            after,
+            waiting_for: Some(reason),
+        })
+        .remember(MemoKey::ChannelPolls, json!(polls + 1)));
+    };
+    // The signup is done; whether the channel runs and a key may be made for it is
+    // `awaiting_channel`'s to find out, with its own polls.
+    let channel_id = channel.id.clone();
+    let client_id = channel.client_id.clone();
+    Ok(StepResult::done()
+        .with(|p| {
+            p.channel_id = Some(channel_id.clone());
+            p.d360_client_id = client_id;
+        })
+        .forget(MemoKey::ChannelPolls)
+        .data(json!({ "channel_id": channel_id, "channel_status": channel.status })))
+}

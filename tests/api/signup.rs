@@ -1,0 +1,536 @@
+//! Embedded Signup before the channel exists: `flow: "embedded_signup"` without `channel_id`
+//! waits in `awaiting_signup` (`waiting_for.code` `signup_not_completed`, actor client) until
+//! 360dialog shows a channel for the number, or the partner sends it with
+//! `PATCH /v1/migrations/{id}`; at its deadline it fails with `signup_not_completed`. Partners
+//! store their signup link as `signup_url`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
+
+fn at(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// An Embedded Signup create body without `channel_id`.
+fn signup_body(phone: &str) -> Value {
+    let mut body = TestApp::create_body(phone);
+    body["flow"] = json!("embedded_signup");
+    body
+}
+
+/// `POST /_sandbox/numbers/{phone}/complete_signup`: the client finished Embedded Signup.
+async fn complete_signup(app: &TestApp, phone: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let digits = phone.trim_start_matches('+');
+    let mut req = app.http.post(format!(
+        "{}/_sandbox/numbers/{digits}/complete_signup",
+        app.sandbox_url
+    ));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+async fn patch_as(app: &TestApp, key: &str, path: &str, body: Value) -> reqwest::Response {
+    app.http
+        .request(Method::PATCH, app.url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The states the migration entered, in order (`queued` first).
+async fn path_of(app: &TestApp, id: &str) -> Vec<String> {
+    app.events(id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "migration.created" || is_transition(e))
+        .map(|e| e["to_state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The stored row's `updated_at` and its number of events: what a refused request must leave.
+async fn footprint(app: &TestApp, id: &str) -> (DateTime<Utc>, i64) {
+    let updated_at: DateTime<Utc> =
+        sqlx::query_scalar("SELECT updated_at FROM migrations WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    (updated_at, app.event_count(id, None).await)
+}
+
+/// Created without a channel id, the migration prechecks and waits for the client's signup
+/// (on the client, with a deadline); when the client finishes it (the sandbox's
+/// `complete_signup`), it finds the channel by the number and completes with that channel and
+/// a verified key.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn without_a_channel_id_it_waits_for_the_signup_then_completes(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552301";
+    let res = app.post("/v1/migrations", signup_body(phone)).await;
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(created["flow"], "embedded_signup", "{created:#}");
+    assert_eq!(created["channel_id"], Value::Null);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let m = app.wait_for(&id, "awaiting_signup").await;
+    let w = &m["waiting_for"];
+    assert_eq!(w["code"], "signup_not_completed", "{m:#}");
+    assert_eq!(w["actor"], "client");
+    let remediation = w["remediation"].as_str().unwrap();
+    assert!(remediation.contains("signup link"), "{remediation}");
+    assert!(
+        remediation.contains("PATCH /v1/migrations/{id}"),
+        "{remediation}"
+    );
+    assert!(w["message"].as_str().unwrap().contains("Embedded Signup"));
+    // The test configuration waits 60 s for the signup.
+    assert_eq!(
+        at(&w["deadline"]) - at(&w["since"]),
+        chrono::Duration::seconds(60)
+    );
+    assert_eq!(m["channel_id"], Value::Null);
+    assert_eq!(m["precheck"]["status"], "pass", "{m:#}");
+    // It keeps looking without moving on while there is no channel.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(app.received(phone, "list_channels") >= 2);
+    assert_eq!(app.migration(&id).await["state"], "awaiting_signup");
+
+    let (status, channel) = complete_signup(&app, phone, None).await;
+    assert_eq!(status, StatusCode::OK, "{channel:#}");
+    assert_eq!(channel["status"], "running");
+    assert_eq!(channel["permission"], true);
+    assert_eq!(channel["phone_number"], phone);
+    let channel_id = channel["id"].as_str().unwrap().to_owned();
+
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], channel_id.as_str());
+    assert_eq!(m["api_key"]["status"], "verified", "{m:#}");
+    assert_eq!(m["waiting_for"], Value::Null);
+    let key = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&key).await, StatusCode::OK);
+    for endpoint in ["start_migration", "request_code", "verify_code", "register"] {
+        assert_eq!(app.received(phone, endpoint), 0, "{endpoint}");
+    }
+    assert_eq!(
+        path_of(&app, &id).await,
+        [
+            "queued",
+            "prechecking",
+            "awaiting_signup",
+            "copying_templates",
+            "awaiting_channel",
+            "generating_api_key",
+            "completed"
+        ]
+    );
+}
+
+/// With `channel_id` at create the path is the one it always was: no `awaiting_signup`.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn with_a_channel_id_the_path_is_unchanged(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut body = signup_body("+14155552302");
+    body["channel_id"] = json!("esKnown01CH");
+    let id = app.create_with(body).await;
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], "esKnown01CH");
+    assert_eq!(
+        path_of(&app, &id).await,
+        [
+            "queued",
+            "prechecking",
+            "copying_templates",
+            "awaiting_channel",
+            "generating_api_key",
+            "completed"
+        ]
+    );
+    assert_eq!(
+        app.event_count(&id, Some("migration.channel_id_set")).await,
+        0
+    );
+}
+
+/// `PATCH …` `{"channel_id"}` while it waits: the migration looks the channel up at once (the
+/// next poll would be 60 s away) and completes with it; the audit trail records who set it.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_patched_channel_id_continues_at_once(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.channel_poll = Duration::from_secs(60);
+    opts.worker.signup_poll_max = Duration::from_secs(60);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155552303";
+    let id = app.create_with(signup_body(phone)).await;
+    app.wait_for(&id, "awaiting_signup").await;
+    // The first look found nothing; the next is 60 s away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.received(phone, "list_channels") == 0 {
+        assert!(Instant::now() < deadline, "no first look");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sent = Instant::now();
+    let res = patch_as(
+        &app,
+        &app.partner_key,
+        &format!("/v1/migrations/{id}"),
+        json!({ "channel_id": " esPatched01CH " }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let patched: Value = res.json().await.unwrap();
+    assert_eq!(patched["channel_id"], "esPatched01CH", "trimmed");
+    assert_eq!(patched["id"], id.as_str());
+
+    let m = app.wait_for(&id, "completed").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "continued at once, not at the next poll: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(m["channel_id"], "esPatched01CH");
+    assert_eq!(m["api_key"]["status"], "verified");
+
+    let events = app.events(&id).await;
+    let set: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "migration.channel_id_set")
+        .collect();
+    assert_eq!(set.len(), 1, "{events:#?}");
+    assert_eq!(
+        set[0]["data"],
+        json!({ "channel_id": "esPatched01CH", "previous": null, "by": "partner" })
+    );
+    // No state change, so no states and no webhook.
+    assert_eq!(set[0]["from_state"], Value::Null);
+    assert_eq!(set[0]["to_state"], Value::Null);
+    let webhooks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE migration_id = $1::uuid AND event_type = 'migration.channel_id_set'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(webhooks, 0);
+}
+
+/// Set while still queued (the admin key may too), the channel id makes the precheck go
+/// straight to the templates: no `awaiting_signup`.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_channel_id_set_before_the_precheck_skips_the_wait(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create_with(signup_body("+14155552304")).await;
+    let res = patch_as(
+        &app,
+        ADMIN_KEY,
+        &format!("/v1/migrations/{id}"),
+        json!({ "channel_id": "esEarly01CH" }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(
+        (m["state"].as_str(), m["channel_id"].as_str()),
+        (Some("queued"), Some("esEarly01CH"))
+    );
+    // The same id again changes nothing.
+    let before = footprint(&app, &id).await;
+    let res = patch_as(
+        &app,
+        &app.partner_key,
+        &format!("/v1/migrations/{id}"),
+        json!({ "channel_id": "esEarly01CH" }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(footprint(&app, &id).await, before);
+
+    app.worker().run_until_idle().await.unwrap();
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], "esEarly01CH");
+    let path = path_of(&app, &id).await;
+    assert!(!path.contains(&"awaiting_signup".to_owned()), "{path:?}");
+    let set = app.events(&id).await;
+    let set = set
+        .iter()
+        .find(|e| e["type"] == "migration.channel_id_set")
+        .unwrap();
+    assert_eq!(set["data"]["by"], "admin");
+}
+
+/// Refusals write nothing: an OTP-flow migration (409 `flow_mismatch`), a state past the
+/// signup (409 `invalid_state`), bad bodies (422 with pointers), another partner's migration
+/// (404).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn refused_patches_write_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let key = app.partner_key.clone();
+    let otp = app.create("+14155552305").await;
+    let es = app.create_with(signup_body("+14155552306")).await;
+    let cancelled = app.create_with(signup_body("+14155552307")).await;
+    let res = app
+        .post(&format!("/v1/migrations/{cancelled}/cancel"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let before_otp = footprint(&app, &otp).await;
+    let res = patch_as(
+        &app,
+        &key,
+        &format!("/v1/migrations/{otp}"),
+        json!({ "channel_id": "x1CH" }),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::CONFLICT, "flow_mismatch").await;
+    assert_eq!(problem["flow"], "otp");
+    assert_eq!(footprint(&app, &otp).await, before_otp);
+
+    let before_cancelled = footprint(&app, &cancelled).await;
+    let res = patch_as(
+        &app,
+        &key,
+        &format!("/v1/migrations/{cancelled}"),
+        json!({ "channel_id": "x2CH" }),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+    assert_eq!(problem["state"], "cancelled");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("queued, prechecking or awaiting_signup"),
+        "{problem:#}"
+    );
+    assert_eq!(footprint(&app, &cancelled).await, before_cancelled);
+
+    let before = footprint(&app, &es).await;
+    for (body, pointers) in [
+        (json!({}), vec!["/channel_id"]),
+        (json!({ "channel_id": null }), vec!["/channel_id"]),
+        (json!({ "channel_id": 42 }), vec!["/channel_id"]),
+        (json!({ "channel_id": "" }), vec!["/channel_id"]),
+        (json!({ "channel_id": "   " }), vec!["/channel_id"]),
+        (json!({ "channel_id": "a".repeat(65) }), vec!["/channel_id"]),
+        (
+            json!({ "channel_id": "ok1CH", "state": "completed" }),
+            vec!["/state"],
+        ),
+        (
+            json!({ "channel": "ok1CH" }),
+            vec!["/channel_id", "/channel"],
+        ),
+    ] {
+        let res = patch_as(&app, &key, &format!("/v1/migrations/{es}"), body.clone()).await;
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        let got: Vec<&str> = problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["pointer"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, pointers, "{body}: {problem:#}");
+    }
+    // A key twice is refused before the body is read.
+    let res = app
+        .http
+        .patch(app.url(&format!("/v1/migrations/{es}")))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(r#"{"channel_id": "a1CH", "channel_id": "b1CH"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::BAD_REQUEST, "duplicate_json_key").await;
+    assert_eq!(footprint(&app, &es).await, before);
+
+    // Another partner's migration does not exist for its key.
+    let (_, other_key) = app.other_partner().await;
+    let res = patch_as(
+        &app,
+        &other_key,
+        &format!("/v1/migrations/{es}"),
+        json!({ "channel_id": "x3CH" }),
+    )
+    .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(footprint(&app, &es).await, before);
+    assert_eq!(app.migration(&es).await["channel_id"], Value::Null);
+}
+
+/// At `SIGNUP_TIMEOUT_SECONDS` the migration fails with `signup_not_completed` on the client,
+/// saying how long it waited. `retry` can help (the client may still finish the signup): it
+/// waits again, and completes once the channel is there.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_wait_times_out_with_signup_not_completed(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.signup_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155552308";
+    let id = app.create_with(signup_body(phone)).await;
+    let waiting = app.wait_for(&id, "awaiting_signup").await;
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "signup_not_completed", "{m:#}");
+    assert_eq!(e["actor"], "client");
+    assert_eq!(e["step"], "awaiting_signup");
+    assert_eq!(e["retryable"], true);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("Waited 2 s for it."),
+        "{e:#}"
+    );
+    assert_eq!(m["waiting_for"], Value::Null);
+    // It failed at the deadline it announced, not a poll interval later.
+    let failed_at = at(&m["updated_at"]);
+    let deadline = at(&waiting["waiting_for"]["deadline"]);
+    assert!(failed_at >= deadline, "{failed_at} < {deadline}");
+    assert!(
+        failed_at - deadline < chrono::Duration::seconds(5),
+        "{failed_at} vs {deadline}"
+    );
+
+    let (status, channel) = complete_signup(&app, phone, None).await;
+    assert_eq!(status, StatusCode::OK, "{channel:#}");
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], channel["id"]);
+}
+
+/// The sandbox's `complete_signup` takes the destination WABA when it does not know it, and
+/// says so when it cannot tell.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_sandbox_completes_a_signup_it_was_told_about(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, body) = complete_signup(&app, "+14155552309", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("destination_waba_id"),
+        "{body}"
+    );
+    let (status, channel) = complete_signup(
+        &app,
+        "+14155552309",
+        Some(json!({ "partner_id": "testPA", "destination_waba_id": "300000000000009" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{channel}");
+    assert_eq!(
+        (channel["status"].as_str(), channel["permission"].as_bool()),
+        (Some("running"), Some(true))
+    );
+    // Done twice: the same channel.
+    let (_, again) = complete_signup(&app, "+14155552309", None).await;
+    assert_eq!(again["id"], channel["id"]);
+}
+
+/// `signup_url` on the partner: set, shown, cleared; refused (and unchanged) when it is not an
+/// absolute https URL.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn partners_store_their_signup_url(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let path = format!("/v1/partners/{}", app.partner_id);
+    let partner_uuid: uuid::Uuid = app.partner_id.parse().unwrap();
+    let get = || async {
+        let res = app.get_as(ADMIN_KEY, &path).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(get().await["signup_url"], Value::Null);
+    assert_eq!(
+        waba_migrator::core::partners::signup_url(&app.state, partner_uuid)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let url = "https://hub.360dialog.com/dashboard/app/testPA/permissions?redirect_url=https%3A%2F%2Fexample.com";
+    let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": url })).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["signup_url"], url);
+    let shown = get().await;
+    assert_eq!(shown["signup_url"], url);
+    assert_eq!(shown["name"], "Test partner", "other fields kept");
+    assert_eq!(
+        waba_migrator::core::partners::signup_url(&app.state, partner_uuid)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(url)
+    );
+
+    for bad in [
+        json!("http://hub.360dialog.com/x"),
+        json!("not a url"),
+        json!("/relative"),
+        json!(7),
+        json!(format!("https://example.com/{}", "a".repeat(2048))),
+    ] {
+        let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": bad })).await;
+        let problem =
+            assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(
+            problem["errors"][0]["pointer"], "/signup_url",
+            "{bad}: {problem:#}"
+        );
+        assert_eq!(get().await["signup_url"], url, "unchanged after {bad}");
+    }
+    // Only the admin changes a partner.
+    let res = patch_as(&app, &app.partner_key, &path, json!({ "signup_url": null })).await;
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+
+    let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": null })).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(get().await["signup_url"], Value::Null);
+}
