@@ -321,6 +321,7 @@ async fn a_link_is_refused_after_completion_cancel_rotation_or_expiry(pool: PgPo
 
     // Completed.
     let done = app.create("+5511987651007").await;
+    app.wait_for(&done, "awaiting_otp").await;
     let done_url = link(&app, &done).await;
     let (_, _, html) = open(&done_url).await;
     let csrf = csrf_in(&html);
@@ -428,6 +429,7 @@ async fn another_migrations_link_acts_only_on_its_own(pool: PgPool) {
     let b_csrf = csrf_in(&b_html);
     let other_csrf = {
         let c = app.create("+5511987651013").await;
+        app.wait_for(&c, "awaiting_otp").await;
         let (_, _, html) = open(&link(&app, &c).await).await;
         csrf_in(&html)
     };
