@@ -22,7 +22,8 @@ pub struct WebhookEvent {
     /// any other: the `type` of the audit event of the same transition
     /// (`GET /v1/migrations/{id}/events`). `migration.waiting_for_changed` when what a
     /// migration waiting in `awaiting_signup` or `awaiting_channel` waits for changed to
-    /// another code (`data.waiting_for`).
+    /// another code (`data.waiting_for`). `migration.client_page_opened` the first time the end
+    /// client opens a client page link (`data` never carries the link itself).
     #[serde(rename = "type")]
     #[schema(example = "migration.awaiting_otp")]
     pub kind: String,

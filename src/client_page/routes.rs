@@ -130,6 +130,16 @@ fn render(
 ) -> Response {
     let now = Utc::now();
     let csrf = core::csrf_token(state, o, now);
+    // Back waiting for a code after one was refused (Meta may answer before the redirect
+    // after the form is followed): say so, rather than "received" or nothing.
+    let refused = o.row.state() == crate::domain::MigrationState::AwaitingOtp
+        && o.row.error.as_ref().and_then(|e| e.get("code")) == Some(&json!("otp_invalid"));
+    let notice = match notice {
+        None | Some(Notice::CodeReceived) if refused => Some(Notice::CodeRejected {
+            attempts_left: o.row.otp_attempts_left,
+        }),
+        n => n,
+    };
     let model = view::model_from_row(
         &o.row,
         &o.partner_name,
