@@ -5,6 +5,9 @@
 //! test fails, saying so, when either is missing. `CHROMIUM` and `CHROMEDRIVER` override the
 //! paths.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
