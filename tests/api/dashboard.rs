@@ -634,3 +634,66 @@ async fn failed_sign_ins_count_against_the_address_like_api_keys(pool: PgPool) {
     // …and the admin key still signs in.
     d.sign_in(ADMIN_KEY).await;
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_detail_page_shows_the_client_link_and_replaces_it(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    let id = app.create("+14155550731").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let old = app.migration(&id).await["client_page"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let path = format!("/dashboard/migrations/{id}");
+    let (status, _, page) = d.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    let state = |page: &str| {
+        let from = page
+            .find(r#"id="client-page-state""#)
+            .expect("the link's state");
+        let to = from + page[from..].find("</dl>").unwrap();
+        page[from..to].to_owned()
+    };
+    assert!(state(&page).contains("not yet"), "not opened yet: {page}");
+    // The state, never the link.
+    assert!(
+        !page.contains(old.rsplit('/').next().unwrap()),
+        "the link is on the page"
+    );
+
+    // The client opens it: the dashboard says when.
+    assert_eq!(reqwest::get(&old).await.unwrap().status(), StatusCode::OK);
+    let (_, _, page) = d.get(&path).await;
+    assert!(!state(&page).contains("not yet"), "{page}");
+
+    let csrf = d.csrf.clone();
+    let (status, headers, body) = d
+        .post(
+            &format!("{path}/client_page/rotate"),
+            &[("csrf", &csrf)],
+            &[("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[LOCATION], format!("{path}?done=rotate_link"));
+    let new = app.migration(&id).await["client_page"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        reqwest::get(&old).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(reqwest::get(&new).await.unwrap().status(), StatusCode::OK);
+    let (_, _, page) = d.get(&format!("{path}?done=rotate_link")).await;
+    assert!(page.contains("The client page link was replaced"), "{page}");
+    assert_eq!(
+        app.event_count(&id, Some("migration.client_page_rotated"))
+            .await,
+        1
+    );
+}
