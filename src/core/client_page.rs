@@ -402,6 +402,8 @@ pub async fn record_opened(state: &AppState, o: &Opened) -> Result<(), ApiError>
     }
     let mut tx = state.pool.begin().await?;
     if store::mark_opened(&mut *tx, o.row.id, o.page.generation).await? {
+        // The event's sequence number follows the row's version: hold the row still.
+        migrations::lock(&mut tx, o.row.id).await?;
         let row = migrations::get(&mut *tx, o.row.id, None).await?;
         super::transition::apply(
             &mut tx,

@@ -105,6 +105,7 @@ const ROUTES: &[Route] = &[
     route("POST", "/v1/migrations/{id}/otp", Migration(AwaitingOtp), Some(r#"{"code": "123456"}"#), 202),
     route("POST", "/v1/migrations/{id}/otp/resend", Migration(AwaitingOtp), Some(r#"{"method": "voice"}"#), 202),
     route("POST", "/v1/migrations/{id}/cancel", Migration(AwaitingOtp), None, 200),
+    route("POST", "/v1/migrations/{id}/client_page/rotate", Migration(Failed), None, 200),
     route("POST", "/v1/migrations/{id}/retry", Migration(Failed), None, 202),
     // Webhook deliveries.
     route("GET", "/v1/migrations/{id}/webhook_deliveries", Migration(Completed), None, 200),
