@@ -220,24 +220,44 @@ struct ResendForm {
     method: String,
 }
 
+/// A form of the page: what every one carries.
+trait PageForm: Default {
+    fn csrf(&self) -> &str;
+}
+
+impl PageForm for CodeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl PageForm for ResendForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// A form post the page may act on: the link is valid and the migration active, the post
 /// comes from the page itself (`Sec-Fetch-Site`/`Origin`) with a form token it rendered.
-/// Otherwise the answer to give.
-async fn acting(
+/// Otherwise the answer to give. An unreadable form is an empty one, refused for its
+/// missing form token.
+async fn acting<F: PageForm>(
     state: &AppState,
     client: Option<std::net::IpAddr>,
     token: &str,
-    query_lang: Option<&str>,
+    q: &PageQuery,
     headers: &HeaderMap,
-    csrf: &str,
-) -> Result<(Opened, Lang), Response> {
+    form: Result<axum::Form<F>, FormRejection>,
+) -> Result<(Opened, Lang, F), Response> {
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let query_lang = q.lang.as_deref();
     let o = match core::open(state, token, client).await {
         Ok(o) if o.can_act => o,
         Ok(_) => return Err(refused(Refused::Invalid, query_lang, headers)),
         Err(r) => return Err(refused(r, query_lang, headers)),
     };
     let lang = language(query_lang, headers, &o.row.otp_language);
-    if !same_origin(headers) || !core::csrf_valid(state, &o, csrf, Utc::now()) {
+    if !same_origin(headers) || !core::csrf_valid(state, &o, form.csrf(), Utc::now()) {
         // Nothing is done; the page is shown again with a fresh form.
         return Err(render(
             state,
@@ -248,7 +268,7 @@ async fn acting(
             StatusCode::FORBIDDEN,
         ));
     }
-    Ok((o, lang))
+    Ok((o, lang, form))
 }
 
 /// Whether a form post comes from this site: a browser says so in `Sec-Fetch-Site`, or in
@@ -348,10 +368,7 @@ async fn submit_code(
     headers: HeaderMap,
     form: Result<axum::Form<CodeForm>, FormRejection>,
 ) -> Response {
-    // An unreadable form is an empty one: refused below for its missing form token.
-    let form = form.map(|f| f.0).unwrap_or_default();
-    let query_lang = q.lang.as_deref();
-    let (o, lang) = match acting(&state, client, &token, query_lang, &headers, &form.csrf).await {
+    let (o, lang, form) = match acting(&state, client, &token, &q, &headers, form).await {
         Ok(v) => v,
         Err(res) => return res,
     };
@@ -383,10 +400,7 @@ async fn resend(
     headers: HeaderMap,
     form: Result<axum::Form<ResendForm>, FormRejection>,
 ) -> Response {
-    // An unreadable form is an empty one: refused below for its missing form token.
-    let form = form.map(|f| f.0).unwrap_or_default();
-    let query_lang = q.lang.as_deref();
-    let (o, lang) = match acting(&state, client, &token, query_lang, &headers, &form.csrf).await {
+    let (o, lang, form) = match acting(&state, client, &token, &q, &headers, form).await {
         Ok(v) => v,
         Err(res) => return res,
     };

@@ -91,8 +91,12 @@ pub fn check_signup_url(url: &str) -> Result<String, String> {
     if parsed.scheme() != "https" {
         return Err("must be an absolute https:// URL".into());
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("must name a host".into());
+    match parsed.host() {
+        None => return Err("must name a host".into()),
+        Some(url::Host::Domain(d)) if !super::ssrf::dns_name(d) => {
+            return Err(super::ssrf::UrlError::BadHost.to_string());
+        }
+        Some(_) => {}
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain a user name or password".into());
@@ -116,6 +120,8 @@ mod tests {
             "https://user:pw@example.com/",
             "https://example.com/a b",
             "javascript:alert(1)",
+            "https://A*/",
+            "https://hub_360dialog.com/",
         ] {
             assert!(check_signup_url(bad).is_err(), "{bad}");
         }

@@ -27,6 +27,8 @@ pub enum UrlError {
     Credentials,
     #[error("must name a host")]
     NoHost,
+    #[error("the host must be a DNS name (letters, digits, hyphens and dots) or an IP address")]
+    BadHost,
     #[error("points to a non-public address: {0}")]
     NotPublic(NotPublic),
 }
@@ -44,6 +46,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, UrlError> {
     }
     let ip = match url.host() {
         None => return Err(UrlError::NoHost),
+        Some(Host::Domain(d)) if !dns_name(d) => return Err(UrlError::BadHost),
         Some(Host::Domain(_)) => None,
         Some(Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
         Some(Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
@@ -54,6 +57,18 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, UrlError> {
         check_ip(ip).map_err(UrlError::NotPublic)?;
     }
     Ok(url)
+}
+
+/// Whether `host` is a DNS name as a URL sent to a server can carry one: dot-separated
+/// labels of ASCII letters, digits and hyphens, the last (the top-level domain) starting with
+/// a letter. A URL parser accepts more (`*`, `_`, `!`…), which no public name has.
+pub fn dns_name(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.iter().all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) && labels
+        .last()
+        .is_some_and(|tld| tld.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()))
 }
 
 /// True for addresses a callback may be delivered to: see [`check_ip`].
@@ -480,6 +495,14 @@ mod tests {
     #[test]
     fn urls_must_be_https_without_credentials_or_private_literals() {
         assert!(check_url("https://hooks.example.com/x?token=1", false).is_ok());
+        for bad in [
+            "https://A*",
+            "https://hooks_x.example.com/",
+            "https://a..b/",
+            "https://example.1x/",
+        ] {
+            assert_eq!(check_url(bad, true), Err(UrlError::BadHost), "{bad}");
+        }
         assert_eq!(
             check_url("http://hooks.example.com/x", false),
             Err(UrlError::NotHttps)

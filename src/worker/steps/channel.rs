@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, partner_credentials};
+use super::{Result, StepResult, channel_of, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -23,18 +23,7 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
         .channel_poll
         .saturating_mul(1u32 << polls.min(5))
         .min(Duration::from_secs(60));
-    let found = match &row.channel_id {
-        Some(cid) => {
-            deps.d360
-                .get_channel(&creds, cid, Some(&row.phone_number))
-                .await
-        }
-        None => {
-            deps.d360
-                .find_channel_by_number(&creds, &row.phone_number)
-                .await
-        }
-    };
+    let found = channel_of(deps, &creds, row).await;
     let channel = match found {
         Ok(c) => c,
         Err(e) => {

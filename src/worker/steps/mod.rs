@@ -231,6 +231,27 @@ fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
     s
 }
 
+/// The number's 360dialog channel on the partner's account: the one the migration names, or
+/// the number's (`awaiting_signup`, `awaiting_channel`).
+async fn channel_of(
+    deps: &Deps,
+    creds: &PartnerCredentials,
+    row: &store::MigrationRow,
+) -> std::result::Result<Option<clients::Channel>, clients::Error> {
+    match &row.channel_id {
+        Some(cid) => {
+            deps.d360
+                .get_channel(creds, cid, Some(&row.phone_number))
+                .await
+        }
+        None => {
+            deps.d360
+                .find_channel_by_number(creds, &row.phone_number)
+                .await
+        }
+    }
+}
+
 async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCredentials> {
     let partner = db::partners::get(&deps.pool, partner_id).await?;
     let api_key = deps

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, partner_credentials};
+use super::{Result, StepResult, channel_of, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -24,18 +24,7 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         .channel_poll
         .saturating_mul(1u32 << polls.min(20))
         .min(deps.config.signup_poll_max);
-    let found = match &row.channel_id {
-        Some(cid) => {
-            deps.d360
-                .get_channel(&creds, cid, Some(&row.phone_number))
-                .await
-        }
-        None => {
-            deps.d360
-                .find_channel_by_number(&creds, &row.phone_number)
-                .await
-        }
-    };
+    let found = channel_of(deps, &creds, row).await;
     let channel = match found {
         Ok(c) => c,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
