@@ -64,11 +64,12 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, UrlError> {
 /// a letter. A URL parser accepts more (`*`, `_`, `!`…), which no public name has.
 pub fn dns_name(host: &str) -> bool {
     let labels: Vec<&str> = host.split('.').collect();
-    labels.iter().all(|l| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    }) && labels
-        .last()
-        .is_some_and(|tld| tld.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()))
+    labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()))
 }
 
 /// True for addresses a callback may be delivered to: see [`check_ip`].
