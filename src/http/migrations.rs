@@ -625,7 +625,7 @@ async fn update_migration(
     AppJson(body): AppJson<UpdateMigration>,
 ) -> Result<axum::Json<Migration>, ApiError> {
     let row = commands::set_channel_id(&state, caller, id, &body.channel_id).await?;
-    Ok(axum::Json(Migration::from(&row)))
+    shown(&state, &row).await
 }
 
 /// An audit-trail entry.

@@ -195,6 +195,8 @@ async fn a_patched_channel_id_continues_at_once(pool: PgPool) {
     let patched: Value = res.json().await.unwrap();
     assert_eq!(patched["channel_id"], "esPatched01CH", "trimmed");
     assert_eq!(patched["id"], id.as_str());
+    // The owner's answer carries the client page link, like every other answer.
+    assert!(patched["client_page"]["url"].is_string(), "{patched}");
 
     let m = app.wait_for(&id, "completed").await;
     assert!(
