@@ -262,7 +262,7 @@ async fn a_5000_row_csv_is_checked_by_row_and_column_then_created(pool: PgPool) 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn csv_header_and_query_problems_are_named(pool: PgPool) {
     let app = TestApp::spawn_with(pool, no_worker()).await;
-    let csv = format!("phone_number,colour\n+14155551000,red\n");
+    let csv = "phone_number,colour\n+14155551000,red\n".to_owned();
     let res = post_csv(&app, "?name=X", csv, None).await;
     let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert_eq!(body["errors"][0]["pointer"], "/rows/1/colour", "{body:#}");
