@@ -416,12 +416,20 @@ pub async fn cancel(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch,
     store::set_cancelled(&state.pool, row.id).await?;
     let open = store::migrations(&state.pool, row.id, &store::MigrationFilter::default()).await?;
     for m in open.iter().filter(|m| !m.state().is_terminal()) {
-        match single::cancel(state, caller, m.id).await {
-            Ok(_) => {}
-            Err(e) if e.status == StatusCode::CONFLICT => {
-                tracing::info!(migration.id = %m.id, code = e.code, "batch cancel: migration left as it is");
+        // A worker may move the migration between the read and the guarded write (409): read
+        // it again and cancel it in its new state, unless it finished or is rotating its key.
+        for _ in 0..5 {
+            match single::cancel(state, caller, m.id).await {
+                Ok(_) => break,
+                Err(e) if e.status == StatusCode::CONFLICT => {
+                    let now = single::fetch(state, caller, m.id).await?;
+                    if now.state().is_terminal() || now.completed_at.is_some() {
+                        tracing::info!(migration.id = %m.id, code = e.code, "batch cancel: migration left as it is");
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     let row = fetch(state, caller, id).await?;
