@@ -954,3 +954,56 @@ async fn retry_failed(
         batch: r.batch,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::testing::{assert_body_matches_schema, assert_query_matches_params};
+
+    #[test]
+    fn readers_take_what_the_openapi_document_describes() {
+        assert_body_matches_schema::<BatchRequest, CreateBatch>();
+        assert_query_matches_params::<BatchListQuery>();
+        assert_query_matches_params::<BatchMigrationsQuery>();
+    }
+
+    const ROW: &str = "102290129340398,104996122399160,180505742745347";
+
+    #[test]
+    fn csv_problems_are_named_by_spreadsheet_row_and_column() {
+        let text = format!(
+            "phone_number,source_waba_id,destination_waba_id,meta_business_id,otp_method\n\
+             +5511987650001,{ROW},sms\n+5511987650002,{ROW},fax\n+5511987650001,{ROW},\n"
+        );
+        let Err(e) = read_csv(&text, false) else {
+            panic!("accepted")
+        };
+        let got: Vec<(String, Option<u64>, Option<String>)> = e
+            .errors
+            .iter()
+            .map(|e| (e.pointer.clone(), e.row, e.column.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/rows/3/otp_method".into(),
+                    Some(3),
+                    Some("otp_method".into())
+                ),
+                (
+                    "/rows/4/phone_number".into(),
+                    Some(4),
+                    Some("phone_number".into())
+                ),
+            ]
+        );
+        let ok = read_csv(
+            &format!("phone_number,source_waba_id,destination_waba_id,meta_business_id\n+5511987650001,{ROW}\n"),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{:?}", e.errors));
+        assert_eq!(ok.items.len(), 1);
+        assert!(ok.errors.is_empty());
+    }
+}
