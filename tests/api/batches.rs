@@ -395,10 +395,24 @@ async fn reads_report_retry_failed_and_cancel(pool: PgPool) {
     assert_eq!(batch["finished_at"], Value::Null);
 
     // Filters and paging.
-    let failed = app
-        .all_pages(&format!("/v1/batches/{id}/migrations?state=failed&limit=1"))
-        .await;
+    let mut failed = Vec::new();
+    let mut path = format!("/v1/batches/{id}/migrations?state=failed&limit=1");
+    loop {
+        let page = json_of(app.get(&path).await, StatusCode::OK).await;
+        failed.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!("/v1/batches/{id}/migrations?state=failed&limit=1&cursor={c}")
+            }
+            None => break,
+        }
+    }
     assert_eq!(failed.len(), 2);
+    assert!(
+        failed
+            .iter()
+            .all(|m| m["state"] == "failed" && m["batch_id"] == json!(id))
+    );
     let res = app
         .get(&format!(
             "/v1/batches/{id}/migrations?error_code=two_factor_enabled"
