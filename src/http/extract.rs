@@ -117,6 +117,7 @@ impl Fields {
                 self.errors.push(FieldError {
                     pointer: pointer(segments.iter().map(AsRef::as_ref)),
                     message: e.into_inner().to_string(),
+                    ..Default::default()
                 });
                 None
             }
@@ -162,6 +163,7 @@ impl Fields {
         self.errors.push(FieldError {
             pointer: pointer([name]),
             message: message.into(),
+            ..Default::default()
         });
     }
 
@@ -174,9 +176,32 @@ impl Fields {
             .any(|e| e.pointer == p || e.pointer.starts_with(&format!("{p}/")))
     }
 
+    /// Records problems found inside the field `name` (an item of a list, read with its own
+    /// [`Fields`]): each at `/name/<its pointer>`.
+    pub fn nested(&mut self, name: &str, errors: Vec<FieldError>) {
+        let prefix = pointer([name]);
+        self.errors.extend(errors.into_iter().map(|e| FieldError {
+            pointer: format!("{prefix}{}", e.pointer),
+            ..e
+        }));
+    }
+
     /// The body, or a 422 listing every problem: the recorded ones in field order, then one
     /// per unknown field.
-    pub fn finish<T>(mut self, body: Option<T>) -> Result<T, ApiError> {
+    pub fn finish<T>(self, body: Option<T>) -> Result<T, ApiError> {
+        match self.outcome(body) {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => Err(ApiError::internal(anyhow::anyhow!(
+                "a body reader returned nothing and recorded no problem"
+            ))),
+            Err(errors) => Err(ApiError::validation(errors)),
+        }
+    }
+
+    /// The body, or every problem ([`Self::finish`] without the 422 around them): for an
+    /// object read as one item of a larger body. `Ok(None)`: no body and no problem (a reader
+    /// bug).
+    pub fn outcome<T>(mut self, body: Option<T>) -> Result<Option<T>, Vec<FieldError>> {
         let expected = self
             .read
             .iter()
@@ -187,6 +212,7 @@ impl Fields {
             self.errors.push(FieldError {
                 pointer: pointer([name.as_str()]),
                 message: format!("unknown field; expected one of {expected}"),
+                ..Default::default()
             });
         }
         let mut errors = std::mem::take(&mut self.errors);
@@ -197,12 +223,10 @@ impl Fields {
                 .position(|n| pointer([*n]) == format!("/{field}"))
                 .unwrap_or(usize::MAX)
         });
-        match body {
-            Some(body) if errors.is_empty() => Ok(body),
-            _ if errors.is_empty() => Err(ApiError::internal(anyhow::anyhow!(
-                "a body reader returned nothing and recorded no problem"
-            ))),
-            _ => Err(ApiError::validation(errors)),
+        if errors.is_empty() {
+            Ok(body)
+        } else {
+            Err(errors)
         }
     }
 }
@@ -265,6 +289,7 @@ async fn json_body<S: Send + Sync>(
             err.errors = vec![FieldError {
                 pointer,
                 message: "this key appears more than once in its object".to_owned(),
+                ..Default::default()
             }];
             err
         }
@@ -376,10 +401,12 @@ impl QueryParams {
         None
     }
 
-    fn error(&mut self, name: &str, message: impl Into<String>) {
+    /// Records a problem with the parameter `name`.
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
             pointer: pointer(["query", name]),
             message: message.into(),
+            ..Default::default()
         });
     }
 
