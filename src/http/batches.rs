@@ -62,8 +62,13 @@ pub struct CreateBatchItem {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBatch {
-    /// 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200, example = "Acme portfolio, December")]
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        example = "Acme portfolio, December",
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// 1 to 5,000 create bodies, each as `POST /v1/migrations` takes it, plus `reference`.
     #[schema(min_items = 1, max_items = 5000)]
@@ -295,11 +300,15 @@ fn read_csv_query(q: &mut QueryParams, allow_private: bool) -> Option<CsvQuery> 
         },
         None => None,
     };
-    if name.is_none() {
-        q.error("name", "required with a CSV body: the batch's name");
-    }
+    // Absent: named after the upload (a query parameter cannot be required for one content
+    // type only, so the schema cannot demand it). An invalid one is reported by `get`.
     Some(CsvQuery {
-        name: name?,
+        name: name.unwrap_or_else(|| {
+            format!(
+                "CSV upload {}",
+                chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+            )
+        }),
         max_in_flight: max_in_flight.unwrap_or(commands::DEFAULT_MAX_IN_FLIGHT),
         callback_url,
         raw_callback_url,
@@ -455,7 +464,13 @@ fn is_csv(headers: &HeaderMap) -> bool {
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CsvParams {
-    /// The batch's name (required with a CSV body; the JSON body has `name`).
+    /// The batch's name (CSV bodies; the JSON body has `name`). Default: `CSV upload` and the
+    /// time of the upload.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
     /// 1 to 1000, default 20 (CSV bodies; the JSON body has `max_in_flight`).
     #[param(minimum = 1, maximum = 1000)]
@@ -707,7 +722,7 @@ pub struct BatchMigrationsQuery {
     /// Only migrations in this state.
     pub state: Option<MigrationState>,
     /// Only failed migrations with this `error.code`.
-    #[param(example = "otp_invalid")]
+    #[param(example = "otp_invalid", pattern = "^[a-z0-9_]{1,64}$")]
     pub error_code: Option<String>,
     /// Page size, 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]

@@ -270,7 +270,7 @@ async fn csv_header_and_query_problems_are_named(pool: PgPool) {
     assert_eq!(body["errors"][0]["column"], "colour");
 
     let csv = format!("{CSV_HEADER}\n{}\n", csv_rows(1).join("\n"));
-    let res = post_csv(&app, "?max_in_flight=2000", csv.clone(), None).await;
+    let res = post_csv(&app, "?name=%20&max_in_flight=2000", csv.clone(), None).await;
     let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     let pointers: Vec<&str> = body["errors"]
         .as_array()
