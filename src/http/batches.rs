@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{
-    AppJson, AppQuery, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody, QueryParams,
-    encode_cursor, parse_cursor, parse_limit,
+    AppJson, AppQuery, BodyLimit, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody,
+    QueryParams, body_refused, encode_cursor, parse_cursor, parse_limit,
 };
 use super::migrations::{
     CreateMigration, MigrationPage, NewMigrationRequest, PartnerCaller, idempotency_key,
@@ -45,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_batch))
         .routes(routes!(retry_failed))
         .layer(axum::extract::DefaultBodyLimit::max(BATCH_BODY_LIMIT))
+        .layer(axum::Extension(BodyLimit(BATCH_BODY_LIMIT)))
 }
 
 /// One item of `POST /v1/batches`: a create body with an optional `reference`.
@@ -87,6 +88,9 @@ pub struct CreateBatch {
 struct BatchRequest {
     sent: Value,
     input: NewBatchInput,
+    /// Whether the body named `max_in_flight` and `callback_url` (else the query may).
+    gave_max: bool,
+    gave_callback: bool,
 }
 
 /// A batch's name: 1 to 200 characters, no control characters.
@@ -216,6 +220,7 @@ impl JsonBody for BatchRequest {
         let name = f.required::<String>("name");
         let migrations = f.required::<Vec<Value>>("migrations");
         let max_in_flight = f.optional::<i64>("max_in_flight");
+        let max_in_flight_given = max_in_flight.is_some();
         let callback_url = f.optional::<String>("callback_url");
         let checked_name = name.as_deref().and_then(|n| f.check("name", check_name(n)));
         let checked_max = match max_in_flight {
@@ -258,6 +263,8 @@ impl JsonBody for BatchRequest {
         let name = checked_name?;
         let max_in_flight = checked_max?;
         Some(Self {
+            gave_max: max_in_flight_given,
+            gave_callback: callback_url.is_some(),
             sent: json!({
                 "name": name,
                 "max_in_flight": max_in_flight,
@@ -274,10 +281,11 @@ impl JsonBody for BatchRequest {
     }
 }
 
-/// The query of a CSV upload: what the JSON body says besides its items.
+/// The query of `POST /v1/batches`: for a CSV upload, what a JSON body says besides its items;
+/// for a JSON body, defaults for what the body leaves out.
 struct CsvQuery {
     name: String,
-    max_in_flight: i32,
+    max_in_flight: Option<i32>,
     callback_url: Option<String>,
     raw_callback_url: Option<String>,
 }
@@ -309,7 +317,7 @@ fn read_csv_query(q: &mut QueryParams, allow_private: bool) -> Option<CsvQuery> 
                 chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
             )
         }),
-        max_in_flight: max_in_flight.unwrap_or(commands::DEFAULT_MAX_IN_FLIGHT),
+        max_in_flight,
         callback_url,
         raw_callback_url,
     })
@@ -460,22 +468,23 @@ fn is_csv(headers: &HeaderMap) -> bool {
         .is_some_and(|e| e.trim().eq_ignore_ascii_case("text/csv"))
 }
 
-/// The query parameters of `POST /v1/batches` (CSV bodies only).
+/// The query parameters of `POST /v1/batches`: a CSV upload's settings; with a JSON body,
+/// defaults for the fields the body leaves out (the body's own fields win).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CsvParams {
-    /// The batch's name (CSV bodies; the JSON body has `name`). Default: `CSV upload` and the
-    /// time of the upload.
+    /// The batch's name (a JSON body's `name` wins). Default: `CSV upload` and the time of the
+    /// upload.
     #[param(
         min_length = 1,
         max_length = 200,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: Option<String>,
-    /// 1 to 1000, default 20 (CSV bodies; the JSON body has `max_in_flight`).
+    /// 1 to 1000, default 20 (a JSON body's `max_in_flight` wins).
     #[param(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
-    /// The batch's webhook URL (CSV bodies; the JSON body has `callback_url`).
+    /// The batch's webhook URL (a JSON body's `callback_url` wins).
     pub callback_url: Option<String>,
 }
 
@@ -528,24 +537,14 @@ async fn create_batch(
     let idem_key = idempotency_key(&headers)?;
     let allow_private = state.webhooks.allow_private;
     let query = req.uri().query().unwrap_or_default().to_owned();
-    let BatchRequest { sent, input } = if is_csv(&headers) {
-        let mut q = QueryParams::parse(&query);
-        let parsed = read_csv_query(&mut q, allow_private);
-        let params = q.finish(parsed)?;
-        let bytes = Bytes::from_request(req, &state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "The request body is too large: at most {} MiB.",
-                        BATCH_BODY_LIMIT / 1024 / 1024
-                    ),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-            }
-        })?;
+    // Checked for both content types; a JSON body's own fields win over it.
+    let mut q = QueryParams::parse(&query);
+    let parsed = read_csv_query(&mut q, allow_private);
+    let params = q.finish(parsed)?;
+    let (sent, input) = if is_csv(&headers) {
+        let bytes = Bytes::from_request(req, &state)
+            .await
+            .map_err(|e| body_refused(e, BATCH_BODY_LIMIT))?;
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -554,28 +553,40 @@ async fn create_batch(
             )
         })?;
         let items = read_csv(text, allow_private)?;
-        BatchRequest {
-            sent: json!({
+        let max_in_flight = params
+            .max_in_flight
+            .unwrap_or(commands::DEFAULT_MAX_IN_FLIGHT);
+        (
+            json!({
                 "csv": text,
                 "name": params.name,
-                "max_in_flight": params.max_in_flight,
+                "max_in_flight": max_in_flight,
                 "callback_url": params.raw_callback_url,
             }),
-            input: NewBatchInput {
+            NewBatchInput {
                 name: params.name,
-                max_in_flight: params.max_in_flight,
+                max_in_flight,
                 callback_url: params.callback_url,
                 items: items.items,
             },
-        }
+        )
     } else {
-        if !query.is_empty() {
-            let q = QueryParams::parse(&query);
-            q.finish(Some(()))
-                .map_err(|e| with_detail(e, "Query parameters are for CSV bodies only: a JSON body has `name`, `max_in_flight` and `callback_url`."))?;
-        }
         let AppJson(body) = AppJson::<BatchRequest>::from_request(req, &state).await?;
-        body
+        let BatchRequest {
+            mut sent,
+            mut input,
+            gave_max,
+            gave_callback,
+        } = body;
+        if let (false, Some(max)) = (gave_max, params.max_in_flight) {
+            input.max_in_flight = max;
+            sent["max_in_flight"] = json!(max);
+        }
+        if let (false, Some(url)) = (gave_callback, params.callback_url) {
+            input.callback_url = Some(url);
+            sent["callback_url"] = json!(params.raw_callback_url);
+        }
+        (sent, input)
     };
     let idempotency = idem_key
         .as_deref()
@@ -598,11 +609,6 @@ async fn create_batch(
             Ok(res)
         }
     }
-}
-
-fn with_detail(mut e: ApiError, detail: &str) -> ApiError {
-    e.detail = detail.to_owned();
-    e
 }
 
 fn created(body: &Value, id: Uuid) -> Response {

@@ -246,6 +246,29 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
     })
 }
 
+/// A route's body limit when it is not [`super::BODY_LIMIT`], set as a request extension next
+/// to its `DefaultBodyLimit`, so a 413 states the limit that applied.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A body that could not be read: 413 stating `limit`, else 400.
+pub fn body_refused(e: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let limit = if limit >= 1024 * 1024 {
+            format!("{} MiB", limit / 1024 / 1024)
+        } else {
+            format!("{} KiB", limit / 1024)
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body is too large: at most {limit}."),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    }
+}
+
 /// The request body as one JSON value: 415 unless the content type is JSON, 413 over
 /// [`super::BODY_LIMIT`], 400 `malformed_json`, 400 `duplicate_json_key` when an object
 /// repeats a key (at any depth; the pointer in `errors[]`).
@@ -260,20 +283,13 @@ async fn json_body<S: Send + Sync>(
             "Send the body as JSON with `Content-Type: application/json`.",
         ));
     }
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "The request body is too large: at most {} KiB.",
-                    super::BODY_LIMIT / 1024
-                ),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-        }
-    })?;
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(super::BODY_LIMIT, |l| l.0);
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(|e| body_refused(e, limit))?;
     strict_json::parse(&bytes).map_err(|e| match e {
         strict_json::Error::Syntax(e) => ApiError::new(
             StatusCode::BAD_REQUEST,
