@@ -98,6 +98,9 @@ pub struct ClientPage {
 pub struct Migration {
     pub id: Uuid,
     pub partner_id: Uuid,
+    /// The batch it was created in (`POST /v1/batches`); `null` for a single create.
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
     pub state: MigrationState,
     pub flow: Flow,
     pub phone_number: String,
@@ -138,6 +141,7 @@ impl From<&MigrationRow> for Migration {
         Migration {
             id: r.id,
             partner_id: r.partner_id,
+            batch_id: r.batch_id,
             state: r.state(),
             flow: Flow::parse(&r.flow).unwrap_or_default(),
             phone_number: r.phone_number.clone(),

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use crate::db::migrations::MigrationRow;
 use crate::domain::EventType;
 
+pub mod batch;
 pub mod migration;
 pub mod problem;
 

@@ -17,12 +17,19 @@ pub const BEARER_CHALLENGE: &str = r#"Bearer realm="waba-migrator""#;
 pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="waba-migrator", error="invalid_token", error_description="The API key is unknown or revoked""#;
 
 /// One invalid field.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct FieldError {
     /// JSON Pointer (RFC 6901) to the input: a body field (`/phone_number`) or a query
     /// parameter (`/query/created_after`).
     pub pointer: String,
     pub message: String,
+    /// A CSV upload (`POST /v1/batches` as `text/csv`): the row as a spreadsheet numbers it
+    /// (the header is row 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    /// A CSV upload: the column's name in the header row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
 }
 
 /// An `application/problem+json` body.
@@ -153,6 +160,7 @@ impl ApiError {
         Self::validation(vec![FieldError {
             pointer: pointer.into(),
             message: message.into(),
+            ..Default::default()
         }])
     }
 

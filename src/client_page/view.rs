@@ -1356,6 +1356,8 @@ mod tests {
             created_at: now,
             updated_at: now,
             completed_at: None,
+            batch_id: None,
+            batch_reference: None,
             partner_callback_url: None,
             partner_url_known: false,
         }

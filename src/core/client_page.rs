@@ -219,6 +219,20 @@ pub async fn issue(
     Ok(store::insert(&mut *conn, migration_id, &token_hash(token), expires_at).await?)
 }
 
+/// Issues the first links of many new migrations (a batch), in the create's transaction.
+pub async fn issue_many(
+    conn: &mut PgConnection,
+    state: &AppState,
+    migration_ids: &[Uuid],
+) -> Result<Vec<ClientPageRow>, ApiError> {
+    let hashes: Vec<Vec<u8>> = migration_ids
+        .iter()
+        .map(|id| token_hash(&tokens(&state.cipher, *id, 1)[0]))
+        .collect();
+    let expires_at = Utc::now() + ttl(&state.client_page);
+    Ok(store::insert_many(&mut *conn, migration_ids, &hashes, expires_at).await?)
+}
+
 fn ttl(config: &ClientPageConfig) -> chrono::Duration {
     chrono::Duration::from_std(config.ttl).unwrap_or(chrono::Duration::days(7))
 }

@@ -229,7 +229,7 @@ async fn replayed(state: &AppState, mut m: Migration) -> Result<Migration, ApiEr
 }
 
 /// Sorts object keys so equal JSON bodies hash equally whatever their key order.
-fn canonical(v: &Value) -> Value {
+pub(crate) fn canonical(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
             let sorted: std::collections::BTreeMap<_, _> =

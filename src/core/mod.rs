@@ -16,6 +16,7 @@ use crate::clients::{D360Api, D360Client, MetaApi, MetaClient};
 use crate::crypto::Cipher;
 
 pub mod auth;
+pub mod batches;
 pub mod client_page;
 pub mod migrations;
 pub mod partners;

@@ -16,6 +16,21 @@ pub async fn create(conn: &mut PgConnection, m: &NewMigration) -> Result<Migrati
     Ok(row)
 }
 
+/// Inserts the `queued` migrations of a batch with their `created` events (see
+/// [`db::batches::insert_migrations`]): the rows inserted (a number that became active
+/// meanwhile is skipped).
+pub async fn create_many(
+    conn: &mut PgConnection,
+    batch_id: uuid::Uuid,
+    rows: &[(NewMigration, Option<String>)],
+) -> Result<Vec<MigrationRow>, db::Error> {
+    let inserted = db::batches::insert_migrations(conn, batch_id, rows).await?;
+    for _ in &inserted {
+        crate::metrics::migration_created();
+    }
+    Ok(inserted)
+}
+
 /// Applies `patch` under `guard` with `event`, its webhook and its wake-up in one statement
 /// (see [`store::update`]). `None`: the guard failed and nothing was written.
 pub async fn apply(

@@ -140,3 +140,22 @@ pub async fn count_submission(
     .await?;
     Ok(())
 }
+
+/// The first links of many new migrations (a batch create, in its transaction).
+pub async fn insert_many(
+    ex: impl PgExecutor<'_>,
+    migration_ids: &[Uuid],
+    token_hashes: &[Vec<u8>],
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<ClientPageRow>, Error> {
+    Ok(sqlx::query_as::<_, ClientPageRow>(&format!(
+        "INSERT INTO client_pages (migration_id, generation, token_hash, expires_at)
+         SELECT u.id, 1, u.hash, $3 FROM unnest($1::uuid[], $2::bytea[]) AS u(id, hash)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(migration_ids)
+    .bind(token_hashes)
+    .bind(expires_at)
+    .fetch_all(ex)
+    .await?)
+}

@@ -73,6 +73,12 @@ pub struct MigrationRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The batch it was created in (`POST /v1/batches`); never changes.
+    #[sqlx(default)]
+    pub batch_id: Option<Uuid>,
+    /// The item's `reference` in its batch.
+    #[sqlx(default)]
+    pub batch_reference: Option<String>,
     /// The partner's default callback URL, read with the row by [`claim`] and [`update`] (the
     /// worker's rows): lets a write skip rendering a webhook body nobody would receive.
     #[sqlx(default)]
@@ -99,7 +105,7 @@ macro_rules! lean_columns {
         api_key_address, api_key_generated_at, api_key_verified_at, api_key_superseded_at, \
         step_memo, error, waiting_for, failed_step, metadata, callback_url, run_at, attempt, \
         lease_token, lease_owner, lease_expires_at, state_entered_at, version, created_at, \
-        updated_at, completed_at"
+        updated_at, completed_at, batch_id, batch_reference"
     };
 }
 

@@ -13,6 +13,7 @@ use sqlx::{Connection, PgPool, migrate::Migrator};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub mod batches;
 pub mod client_pages;
 pub mod dashboard;
 pub mod encrypted;

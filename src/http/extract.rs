@@ -117,6 +117,7 @@ impl Fields {
                 self.errors.push(FieldError {
                     pointer: pointer(segments.iter().map(AsRef::as_ref)),
                     message: e.into_inner().to_string(),
+                    ..Default::default()
                 });
                 None
             }
@@ -162,6 +163,7 @@ impl Fields {
         self.errors.push(FieldError {
             pointer: pointer([name]),
             message: message.into(),
+            ..Default::default()
         });
     }
 
@@ -174,9 +176,32 @@ impl Fields {
             .any(|e| e.pointer == p || e.pointer.starts_with(&format!("{p}/")))
     }
 
+    /// Records problems found inside the field `name` (an item of a list, read with its own
+    /// [`Fields`]): each at `/name/<its pointer>`.
+    pub fn nested(&mut self, name: &str, errors: Vec<FieldError>) {
+        let prefix = pointer([name]);
+        self.errors.extend(errors.into_iter().map(|e| FieldError {
+            pointer: format!("{prefix}{}", e.pointer),
+            ..e
+        }));
+    }
+
     /// The body, or a 422 listing every problem: the recorded ones in field order, then one
     /// per unknown field.
-    pub fn finish<T>(mut self, body: Option<T>) -> Result<T, ApiError> {
+    pub fn finish<T>(self, body: Option<T>) -> Result<T, ApiError> {
+        match self.outcome(body) {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => Err(ApiError::internal(anyhow::anyhow!(
+                "a body reader returned nothing and recorded no problem"
+            ))),
+            Err(errors) => Err(ApiError::validation(errors)),
+        }
+    }
+
+    /// The body, or every problem ([`Self::finish`] without the 422 around them): for an
+    /// object read as one item of a larger body. `Ok(None)`: no body and no problem (a reader
+    /// bug).
+    pub fn outcome<T>(mut self, body: Option<T>) -> Result<Option<T>, Vec<FieldError>> {
         let expected = self
             .read
             .iter()
@@ -187,6 +212,7 @@ impl Fields {
             self.errors.push(FieldError {
                 pointer: pointer([name.as_str()]),
                 message: format!("unknown field; expected one of {expected}"),
+                ..Default::default()
             });
         }
         let mut errors = std::mem::take(&mut self.errors);
@@ -197,12 +223,10 @@ impl Fields {
                 .position(|n| pointer([*n]) == format!("/{field}"))
                 .unwrap_or(usize::MAX)
         });
-        match body {
-            Some(body) if errors.is_empty() => Ok(body),
-            _ if errors.is_empty() => Err(ApiError::internal(anyhow::anyhow!(
-                "a body reader returned nothing and recorded no problem"
-            ))),
-            _ => Err(ApiError::validation(errors)),
+        if errors.is_empty() {
+            Ok(body)
+        } else {
+            Err(errors)
         }
     }
 }
@@ -222,6 +246,29 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
     })
 }
 
+/// A route's body limit when it is not [`super::BODY_LIMIT`], set as a request extension next
+/// to its `DefaultBodyLimit`, so a 413 states the limit that applied.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A body that could not be read: 413 stating `limit`, else 400.
+pub fn body_refused(e: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let limit = if limit >= 1024 * 1024 {
+            format!("{} MiB", limit / 1024 / 1024)
+        } else {
+            format!("{} KiB", limit / 1024)
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body is too large: at most {limit}."),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    }
+}
+
 /// The request body as one JSON value: 415 unless the content type is JSON, 413 over
 /// [`super::BODY_LIMIT`], 400 `malformed_json`, 400 `duplicate_json_key` when an object
 /// repeats a key (at any depth; the pointer in `errors[]`).
@@ -236,20 +283,13 @@ async fn json_body<S: Send + Sync>(
             "Send the body as JSON with `Content-Type: application/json`.",
         ));
     }
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "The request body is too large: at most {} KiB.",
-                    super::BODY_LIMIT / 1024
-                ),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-        }
-    })?;
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(super::BODY_LIMIT, |l| l.0);
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(|e| body_refused(e, limit))?;
     strict_json::parse(&bytes).map_err(|e| match e {
         strict_json::Error::Syntax(e) => ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -265,6 +305,7 @@ async fn json_body<S: Send + Sync>(
             err.errors = vec![FieldError {
                 pointer,
                 message: "this key appears more than once in its object".to_owned(),
+                ..Default::default()
             }];
             err
         }
@@ -376,10 +417,12 @@ impl QueryParams {
         None
     }
 
-    fn error(&mut self, name: &str, message: impl Into<String>) {
+    /// Records a problem with the parameter `name`.
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
             pointer: pointer(["query", name]),
             message: message.into(),
+            ..Default::default()
         });
     }
 

@@ -179,9 +179,10 @@ impl AccountFields {
     }
 }
 
-/// `POST /v1/migrations`: the body as sent (its idempotency fingerprint) and its checked values.
-struct NewMigrationRequest {
-    body: CreateMigration,
+/// `POST /v1/migrations` (and each item of `POST /v1/batches`): the body as sent (its
+/// idempotency fingerprint) and its checked values.
+pub(super) struct NewMigrationRequest {
+    pub(super) body: CreateMigration,
     accounts: Accounts,
     otp_method: OtpMethod,
     otp_language: String,
@@ -239,6 +240,46 @@ fn check_metadata(metadata: &Value) -> Result<(), String> {
         }
         Value::Object(_) => Ok(()),
         _ => Err("must be a JSON object".into()),
+    }
+}
+
+impl NewMigrationRequest {
+    /// Reads one create body from a JSON object: the one reader of `POST /v1/migrations`
+    /// (through [`AppJson`]) and of each item of `POST /v1/batches`. Every problem, each at
+    /// its pointer inside the object.
+    pub(super) fn read_object(
+        object: serde_json::Map<String, Value>,
+        allow_private_callbacks: bool,
+    ) -> Result<Self, Vec<super::problem::FieldError>> {
+        let mut f = Fields::new(object, allow_private_callbacks);
+        let body = <Self as JsonBody>::read(&mut f);
+        match f.outcome(body) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(vec![super::problem::FieldError {
+                pointer: String::new(),
+                message: "invalid".into(),
+                ..Default::default()
+            }]),
+            Err(errors) => Err(errors),
+        }
+    }
+
+    /// The checked values, for the create command.
+    pub(super) fn into_input(self) -> commands::NewMigrationInput {
+        commands::NewMigrationInput {
+            phone: self.accounts.phone,
+            source_waba_id: self.accounts.source,
+            destination_waba_id: self.accounts.destination,
+            meta_business_id: self.accounts.business,
+            flow: self.flow,
+            channel_id: self.channel_id,
+            otp_method: self.otp_method,
+            otp_language: self.otp_language,
+            pin: self.pin,
+            callback_url: self.callback_url,
+            metadata: self.metadata,
+            client_page: self.client_page == ClientPageMode::Hosted,
+        }
     }
 }
 
@@ -339,40 +380,12 @@ async fn create_migration(
     headers: HeaderMap,
     AppJson(v): AppJson<NewMigrationRequest>,
 ) -> Result<Response, ApiError> {
-    let idem_key = match headers.get("idempotency-key") {
-        Some(h) => {
-            let k = h
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::field(
-                        "/headers/Idempotency-Key",
-                        "must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Some(k.to_owned())
-        }
-        None => None,
-    };
+    let idem_key = idempotency_key(&headers)?;
     let sent = json!(v.body);
     let idempotency = idem_key
         .as_deref()
         .map(|key| commands::Idempotency { key, body: &sent });
-    let input = commands::NewMigrationInput {
-        phone: v.accounts.phone,
-        source_waba_id: v.accounts.source,
-        destination_waba_id: v.accounts.destination,
-        meta_business_id: v.accounts.business,
-        flow: v.flow,
-        channel_id: v.channel_id,
-        otp_method: v.otp_method,
-        otp_language: v.otp_language,
-        pin: v.pin,
-        callback_url: v.callback_url,
-        metadata: v.metadata,
-        client_page: v.client_page == ClientPageMode::Hosted,
-    };
+    let input = v.into_input();
     match commands::create(&state, caller, idempotency, input).await? {
         commands::Created::New(m) => Ok(created(&m)),
         commands::Created::Replay {
@@ -395,9 +408,29 @@ async fn create_migration(
     }
 }
 
+/// The `Idempotency-Key` header of a create, checked.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(h) => {
+            let k = h
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "/headers/Idempotency-Key",
+                        "must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Ok(Some(k.to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The caller of `POST /v1/migrations`: a partner. The admin key is refused (403) before the
 /// body is read, whatever the body: its problems are not the admin's to fix.
-struct PartnerCaller(Caller);
+pub(super) struct PartnerCaller(pub(super) Caller);
 
 impl<S> FromRequestParts<S> for PartnerCaller
 where

@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 
 use crate::core::AppState;
 
+pub mod batches;
 mod common_responses;
 pub mod docs;
 pub mod extract;
@@ -48,6 +49,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     components(schemas(webhooks::WebhookEvent)),
     tags(
         (name = "migrations", description = "Migration jobs"),
+        (name = "batches", description = "Portfolio moves: up to 5,000 migrations created at once (JSON or CSV), their progress and a report. Each migration of a batch is an ordinary migration (its own API, webhooks and `batch_id`)."),
         (name = "partners", description = "Tenants and their keys (admin)"),
         (name = "webhooks", description = "Every state change of a migration is POSTed to its `callback_url` (or the partner's default) as a `WebhookEvent` `{type, timestamp, sequence, data: <Migration>}`; `type` is `migration.awaiting_otp`, `migration.completed`, `migration.failed` or `migration.cancelled` for a transition into that state and `migration.state_changed` for any other, the same `type` as the audit event of the same transition (`GET /v1/migrations/{id}/events`, whose `seq` is the webhook's `sequence`), `migration.waiting_for_changed` when what a parked migration waits for (`waiting_for`) changes to another code, and `migration.client_page_opened` the first time the end client opens its client page link (webhooks never carry `client_page`: the link is a capability); `sequence` increases with each event of a migration, and one migration's events are delivered in order. Signed per Standard Webhooks: headers `webhook-id` (stable across retries: deduplicate on it), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the partner's `whsec_` secret; after a rotation, one signature per valid secret, space-separated). Any 2xx acknowledges; anything else is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h. Only public https URLs are called."),
         (name = "ops", description = "Health and documents"),
@@ -75,6 +77,7 @@ impl Modify for BearerAuth {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(migrations::router())
+        .merge(batches::router())
         .merge(partners::router())
         .merge(webhooks::router())
         .merge(health::router())

@@ -132,9 +132,17 @@ const PARTNER_SOURCES: &[(&str, &str, &str)] = &[
     ("update_partner", "200", "$response.body#/id"),
 ];
 
-/// Adds `links` to the responses that return a migration, a partner, an API key or a list of
+/// Batches made or read by the caller.
+const BATCH_SOURCES: &[(&str, &str, &str)] = &[
+    ("create_batch", "201", "$response.body#/batch/id"),
+    ("get_batch", "200", "$response.body#/id"),
+    ("cancel_batch", "200", "$response.body#/id"),
+    ("retry_failed", "200", "$response.body#/batch/id"),
+];
+
+/// Adds `links` to the responses that return a migration, a partner, a batch, an API key or a list of
 /// webhook deliveries, to every operation on that resource (each operation under
-/// `/v1/migrations/{id}` or `/v1/partners/{id}`, found in the document, so a new one gets its
+/// `/v1/migrations/{id}`, `/v1/partners/{id}` or `/v1/batches/{id}`, found in the document, so a new one gets its
 /// links without an edit here).
 fn links(doc: &mut OpenApi) {
     let targets = |prefix: &str| -> Vec<String> {
@@ -149,9 +157,11 @@ fn links(doc: &mut OpenApi) {
     };
     let migration_ops = targets("/v1/migrations/{id}");
     let partner_ops = targets("/v1/partners/{id}");
+    let batch_ops = targets("/v1/batches/{id}");
     for (sources, to) in [
         (MIGRATION_SOURCES, &migration_ops),
         (PARTNER_SOURCES, &partner_ops),
+        (BATCH_SOURCES, &batch_ops),
     ] {
         for &(from, status, id) in sources {
             for op in to {

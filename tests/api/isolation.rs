@@ -42,11 +42,13 @@ enum Class {
     Migration(Fixture),
     /// Partner-scoped on a webhook delivery `{id}` (of a migration in `awaiting_otp`).
     Delivery,
+    /// Partner-scoped on a batch `{id}` (one `queued` migration).
+    Batch,
     /// Admin only (`ADMIN_API_KEY`): a partner key is a 403, even on its own partner `{id}`.
     Admin,
 }
 
-use Class::{Admin, Delivery, Migration, Public, Tenant};
+use Class::{Admin, Batch, Delivery, Migration, Public, Tenant};
 use Fixture::{AwaitingOtp, AwaitingSignup, Completed, Failed};
 
 struct Route {
@@ -79,6 +81,9 @@ const CREATE: &str = r#"{"phone_number": "+14155554999", "source_waba_id": "2000
     "destination_waba_id": "300000000000001", "meta_business_id": "100000000000000"}"#;
 const PRECHECK: &str = r#"{"phone_number": "+14155554998", "source_waba_id": "200000000000001",
     "destination_waba_id": "300000000000001", "meta_business_id": "100000000000000"}"#;
+const BATCH: &str = r#"{"name": "Matrix batch", "migrations": [{"phone_number": "+14155554997",
+    "source_waba_id": "200000000000001", "destination_waba_id": "300000000000001",
+    "meta_business_id": "100000000000000", "reference": "m-1"}]}"#;
 const PARTNER: &str = r#"{"name": "Matrix", "d360_partner_id": "matrixPA", "d360_api_key": "k"}"#;
 
 /// Every operation the service serves. A new route must be added here, with its class.
@@ -95,6 +100,14 @@ const ROUTES: &[Route] = &[
     route("GET", "/v1/migrations", Tenant, None, 200),
     route("POST", "/v1/migrations", Tenant, Some(CREATE), 201),
     route("POST", "/v1/prechecks", Tenant, Some(PRECHECK), 200),
+    route("GET", "/v1/batches", Tenant, None, 200),
+    route("POST", "/v1/batches", Tenant, Some(BATCH), 201),
+    // Partner-scoped, on a batch.
+    route("GET", "/v1/batches/{id}", Batch, None, 200),
+    route("GET", "/v1/batches/{id}/migrations", Batch, None, 200),
+    route("GET", "/v1/batches/{id}/report.csv", Batch, None, 200),
+    route("POST", "/v1/batches/{id}/cancel", Batch, None, 200),
+    route("POST", "/v1/batches/{id}/retry_failed", Batch, None, 200),
     // Partner-scoped, on a migration.
     route("GET", "/v1/migrations/{id}", Migration(Completed), None, 200),
     route("PATCH", "/v1/migrations/{id}", Migration(AwaitingSignup), Some(r#"{"channel_id": "isoSignup01CH"}"#), 200),
@@ -174,6 +187,7 @@ async fn snapshot(pool: &PgPool) -> Value {
         "migration_events",
         "idempotency_keys",
         "webhook_deliveries",
+        "batches",
     ] {
         let rows: Option<Value> = sqlx::query_scalar(&format!(
             "SELECT jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text) FROM {table} t"
@@ -422,18 +436,35 @@ async fn tenant_isolation_matrix(pool: PgPool) {
                     reply.text
                 );
             }
-            Migration(_) | Delivery => {
-                // A fresh migration per route: the owner's call below may change it.
+            Migration(_) | Delivery | Batch => {
+                // A fresh migration (or batch) per route: the owner's call below may change it.
                 let f = match r.class {
                     Migration(f) => f,
                     _ => AwaitingOtp,
                 };
-                let migration = fixture(&app, f, n as u32).await;
-                let phone = app.migration(&migration).await["phone_number"].clone();
-                let id = if r.class == Delivery {
-                    first_delivery(&app, &migration).await
+                let (id, phone) = if r.class == Batch {
+                    let phone = format!("+1415555{:04}", 4600 + n);
+                    let res = app
+                        .post_as(
+                            &own_key,
+                            "/v1/batches",
+                            json!({ "name": "Fixture", "migrations": [TestApp::create_body(&phone)] }),
+                        )
+                        .await;
+                    assert_eq!(res.status(), StatusCode::CREATED);
+                    let body: Value = res.json().await.unwrap();
+                    (
+                        body["batch"]["id"].as_str().unwrap().to_owned(),
+                        json!(phone),
+                    )
                 } else {
-                    migration
+                    let migration = fixture(&app, f, n as u32).await;
+                    let phone = app.migration(&migration).await["phone_number"].clone();
+                    if r.class == Delivery {
+                        (first_delivery(&app, &migration).await, phone)
+                    } else {
+                        (migration, phone)
+                    }
                 };
                 let concrete = path.replace("{id}", &id);
                 assert_refused(

@@ -2,6 +2,7 @@
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
 mod api_key_reads;
+mod batches;
 mod client_page;
 mod core_commands;
 mod crash;

@@ -1,0 +1,97 @@
+//! The batch object (`POST /v1/batches`) as the API shows it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::migration::ClientPage;
+
+/// Where a batch is: `active` while some of its migrations have not finished, `finished` once
+/// every one is `completed`, `failed` or `cancelled`, `cancelled` after
+/// `POST /v1/batches/{id}/cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Active,
+    Finished,
+    Cancelled,
+}
+
+/// A batch: a set of migrations created together, with its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Batch {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub name: String,
+    pub state: BatchState,
+    /// How many of its migrations may be past `queued` and before `awaiting_otp` at once
+    /// (stored now; the pacing itself comes in the next increment).
+    pub max_in_flight: i32,
+    /// Webhook URL for the batch's own events (stored now; batch webhooks come in the next
+    /// increment). Each migration keeps its own `callback_url`.
+    pub callback_url: Option<String>,
+    /// Migrations created in this batch (items rejected at creation are not counted).
+    pub total: i64,
+    /// Migrations in a terminal state (`completed`, `failed` or `cancelled`).
+    pub finished: i64,
+    /// `finished / total` (1 for an empty batch).
+    pub progress: f64,
+    /// Migrations by state (only the states that occur).
+    #[schema(value_type = Object)]
+    pub counts_by_state: BTreeMap<String, i64>,
+    /// Failed migrations by `error.code`.
+    #[schema(value_type = Object)]
+    pub counts_by_error_code: BTreeMap<String, i64>,
+    /// Seconds until every migration has finished at the completion rate so far; `null` until
+    /// one has finished (and once the batch is cancelled), 0 when all have.
+    pub estimated_seconds_left: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    /// When its last migration finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// What happened to one item of `POST /v1/batches`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// A migration was created (`migration_id`).
+    Created,
+    /// Not created (`error`): the number has an active migration
+    /// (`migration_already_active`) or a completed one holding a live key
+    /// (`number_already_migrated`).
+    Rejected,
+}
+
+/// One item of the batch create answer, in the order sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchItem {
+    /// The item's position in `migrations` (0-based; CSV: the data row, 0 for spreadsheet row 2).
+    pub index: usize,
+    pub reference: Option<String>,
+    pub phone_number: String,
+    pub status: ItemStatus,
+    pub migration_id: Option<Uuid>,
+    /// Why the item was rejected: `code` (as the single create's 409 would say), `detail`,
+    /// and `migration_id` of the active migration when the caller may see it.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    /// The created migration's client page link (send it to that client); `null` when created
+    /// with `"client_page": "disabled"`. Never stored with an `Idempotency-Key`: a replay
+    /// shows the link as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ClientPage>)]
+    pub client_page: Option<Option<ClientPage>>,
+}
+
+/// The answer of `POST /v1/batches`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchCreated {
+    pub batch: Batch,
+    pub items: Vec<BatchItem>,
+}

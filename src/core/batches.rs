@@ -1,0 +1,490 @@
+//! The commands on a batch (`/v1/batches…`): create many migrations in one transaction, read
+//! a batch's progress, cancel what has not finished, retry the retryable failures. Each
+//! migration of a batch is an ordinary migration: cancel and retry go through the same
+//! commands (and guards, events and webhooks) as `POST /v1/migrations/{id}/cancel|retry`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::migrations::{
+    self as single, Idempotency, KeyHolder, LiveKey, NewMigrationInput, partner_of,
+};
+use super::{AppState, Caller};
+use crate::api::batch::{Batch, BatchCreated, BatchItem, BatchState, ItemStatus};
+use crate::api::problem::ApiError;
+use crate::crypto::{self, aad};
+use crate::db::{self, batches as store, idempotency, migrations as migrations_store};
+use crate::domain::{MigrationError, MigrationState};
+
+/// At most this many migrations in one batch.
+pub const MAX_ITEMS: usize = 5000;
+/// `max_in_flight` when the request does not say.
+pub const DEFAULT_MAX_IN_FLIGHT: i32 = 20;
+
+/// One checked item of a batch create.
+pub struct NewItem {
+    pub reference: Option<String>,
+    pub input: NewMigrationInput,
+}
+
+/// A checked batch create request (every item already validated).
+pub struct NewBatchInput {
+    pub name: String,
+    pub max_in_flight: i32,
+    pub callback_url: Option<String>,
+    pub items: Vec<NewItem>,
+}
+
+/// What a batch create answers.
+pub enum Created {
+    New(Box<BatchCreated>),
+    /// The stored answer of an earlier request with the same `Idempotency-Key` and body (the
+    /// created items' `client_page` as it is now, never stored).
+    Replay {
+        status: u16,
+        body: Value,
+    },
+}
+
+/// How long a create waits for 360dialog to say whether a completed migration's key still
+/// works (per number that has one).
+const KEY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The problem of a rejected item, as JSON: its `code`, `detail` and extras.
+fn item_error(e: &ApiError) -> Value {
+    let mut v = json!({ "code": e.code, "detail": e.detail });
+    if let (Some(Value::Object(extra)), Value::Object(out)) = (&e.extra, &mut v) {
+        out.extend(extra.clone());
+    }
+    v
+}
+
+/// Creates a batch and its migrations in one transaction (`POST /v1/batches`). Items whose
+/// number is busy (an active migration) or already migrated (a completed migration holding a
+/// key 360dialog may still accept) are rejected one by one; the rest are created.
+pub async fn create(
+    state: &AppState,
+    caller: Caller,
+    idempotency: Option<Idempotency<'_>>,
+    v: NewBatchInput,
+) -> Result<Created, ApiError> {
+    let partner_id = partner_of(caller)?;
+    let numbers: Vec<String> = v
+        .items
+        .iter()
+        .map(|i| i.input.phone.as_str().to_owned())
+        .collect();
+    // Numbers whose holder 360dialog was asked about: whether it said the key works.
+    let mut asked: Option<HashMap<String, (KeyHolder, bool)>> = None;
+    let (mut tx, holders) = loop {
+        let mut tx = state.pool.begin().await?;
+        if let Some(idem) = &idempotency {
+            let fingerprints = state
+                .cipher
+                .fingerprints(single::canonical(idem.body).to_string().as_bytes());
+            match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
+                idempotency::Begin::New => {}
+                idempotency::Begin::Replay { status, body } => {
+                    tx.rollback().await?;
+                    let body = if status == 201 {
+                        replayed(state, body).await?
+                    } else {
+                        body
+                    };
+                    return Ok(Created::Replay { status, body });
+                }
+                idempotency::Begin::Mismatch => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "This Idempotency-Key was used with a different request body.",
+                    ));
+                }
+            }
+        }
+        let with_holder = store::numbers_with_key_holders(&mut *tx, &numbers).await?;
+        match asked {
+            Some(found) => {
+                break (tx, (with_holder, found));
+            }
+            None if with_holder.is_empty() => break (tx, (with_holder, HashMap::new())),
+            None => {
+                // Ask 360dialog with no transaction held, then decide again.
+                drop(tx);
+                let mut found = HashMap::new();
+                for number in &with_holder {
+                    match single::live_key_holder(
+                        &state.pool,
+                        &state.cipher,
+                        state.d360.as_ref(),
+                        number,
+                        None,
+                        None,
+                        Some(KEY_CHECK_TIMEOUT),
+                    )
+                    .await?
+                    {
+                        LiveKey::None => {}
+                        LiveKey::Live(h) => {
+                            found.insert(number.clone(), (h, true));
+                        }
+                        LiveKey::Unknown(h) => {
+                            found.insert(number.clone(), (h, false));
+                        }
+                    }
+                }
+                asked = Some(found);
+            }
+        }
+    };
+    let (with_holder, confirmed) = holders;
+    let with_holder: HashSet<String> = with_holder.into_iter().collect();
+    let active: HashMap<String, (Uuid, Uuid)> = store::active_for_numbers(&mut *tx, &numbers)
+        .await?
+        .into_iter()
+        .map(|(n, id, owner)| (n, (id, owner)))
+        .collect();
+
+    let batch_id = Uuid::now_v7();
+    let mut items: Vec<BatchItem> = Vec::with_capacity(v.items.len());
+    let mut to_insert = Vec::new();
+    let mut hosted: HashSet<Uuid> = HashSet::new();
+    for (index, item) in v.items.into_iter().enumerate() {
+        let phone = item.input.phone.as_str().to_owned();
+        let rejected = if let Some(existing) = active.get(&phone) {
+            Some(single::active_conflict(Some(*existing), caller))
+        } else if with_holder.contains(&phone) {
+            let (holder, sure) = confirmed.get(&phone).cloned().unwrap_or_else(|| {
+                // A holder that appeared after 360dialog was asked: kept, unconfirmed.
+                (
+                    KeyHolder {
+                        id: Uuid::nil(),
+                        partner_id: Uuid::nil(),
+                    },
+                    false,
+                )
+            });
+            Some(single::already_migrated(&holder, caller, sure))
+        } else {
+            None
+        };
+        if let Some(e) = rejected {
+            items.push(BatchItem {
+                index,
+                reference: item.reference,
+                phone_number: phone,
+                status: ItemStatus::Rejected,
+                migration_id: None,
+                error: Some(item_error(&e)),
+                client_page: None,
+            });
+            continue;
+        }
+        let id = Uuid::now_v7();
+        let input = item.input;
+        let pin = input
+            .pin
+            .clone()
+            .unwrap_or_else(|| crypto::generate_pin().expose_secret().to_owned());
+        if input.client_page {
+            hosted.insert(id);
+        }
+        to_insert.push((
+            migrations_store::NewMigration {
+                id,
+                partner_id,
+                flow: input.flow.as_str().into(),
+                phone_number: phone.clone(),
+                source_waba_id: input.source_waba_id,
+                destination_waba_id: input.destination_waba_id,
+                meta_business_id: input.meta_business_id,
+                channel_id: input.channel_id,
+                otp_method: input.otp_method.as_str().into(),
+                otp_language: input.otp_language,
+                otp_attempts_left: state.otp.max_attempts,
+                pin_enc: state.cipher.seal(&pin, &aad::pin(id)),
+                metadata: input.metadata,
+                callback_url: input.callback_url,
+            },
+            item.reference.clone(),
+        ));
+        items.push(BatchItem {
+            index,
+            reference: item.reference,
+            phone_number: phone,
+            status: ItemStatus::Created,
+            migration_id: Some(id),
+            error: None,
+            client_page: None,
+        });
+    }
+
+    store::insert(
+        &mut tx,
+        &store::NewBatch {
+            id: batch_id,
+            partner_id,
+            name: v.name,
+            max_in_flight: v.max_in_flight,
+            callback_url: v.callback_url,
+            total: i32::try_from(to_insert.len()).unwrap_or(i32::MAX),
+        },
+    )
+    .await?;
+    let rows = super::transition::create_many(&mut tx, batch_id, &to_insert).await?;
+    if rows.len() != to_insert.len() {
+        // A number became active meanwhile (a single create that committed first).
+        let inserted: HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
+        for item in items.iter_mut() {
+            if let Some(id) = item.migration_id.filter(|id| !inserted.contains(id)) {
+                hosted.remove(&id);
+                let existing =
+                    migrations_store::active_for_number(&mut *tx, &item.phone_number).await?;
+                item.status = ItemStatus::Rejected;
+                item.migration_id = None;
+                item.error = Some(item_error(&single::active_conflict(existing, caller)));
+            }
+        }
+        store::set_total(&mut *tx, batch_id, rows.len() as i32).await?;
+    }
+    let hosted_ids: Vec<Uuid> = rows
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| hosted.contains(id))
+        .collect();
+    let pages = super::client_page::issue_many(&mut tx, state, &hosted_ids).await?;
+    let batch = store::get(&mut *tx, batch_id, None).await?;
+    let counts = store::counts(&mut tx, batch_id).await?;
+    let mut out = BatchCreated {
+        batch: present(&batch, &counts),
+        items,
+    };
+    if let Some(idem) = &idempotency {
+        // Without the links: a stored answer must not hold a capability.
+        idempotency::finish(&mut tx, partner_id, idem.key, 201, &json!(out)).await?;
+    }
+    tx.commit().await?;
+    let by_id: HashMap<Uuid, &migrations_store::MigrationRow> =
+        rows.iter().map(|r| (r.id, r)).collect();
+    let pages: HashMap<Uuid, _> = pages.into_iter().map(|p| (p.migration_id, p)).collect();
+    for item in &mut out.items {
+        if let Some(row) = item.migration_id.and_then(|id| by_id.get(&id)) {
+            item.client_page = Some(
+                pages
+                    .get(&row.id)
+                    .map(|p| super::client_page::present(state, row, p)),
+            );
+        }
+    }
+    tracing::info!(
+        batch.id = %batch_id,
+        partner.id = %partner_id,
+        created = rows.len(),
+        rejected = out.items.len() - rows.len(),
+        "batch created"
+    );
+    Ok(Created::New(Box::new(out)))
+}
+
+/// A replayed create answer with each created migration's `client_page` as it is now.
+async fn replayed(state: &AppState, body: Value) -> Result<Value, ApiError> {
+    let Ok(mut out) = serde_json::from_value::<BatchCreated>(body.clone()) else {
+        return Ok(body);
+    };
+    let rows = store::migrations(
+        &state.pool,
+        out.batch.id,
+        &store::MigrationFilter::default(),
+    )
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let pages = db::client_pages::get_many(&state.pool, &ids).await?;
+    for item in &mut out.items {
+        if let Some(row) = rows.iter().find(|r| Some(r.id) == item.migration_id) {
+            item.client_page = Some(
+                pages
+                    .iter()
+                    .find(|p| p.migration_id == row.id)
+                    .map(|p| super::client_page::present(state, row, p)),
+            );
+        }
+    }
+    Ok(json!(out))
+}
+
+/// The batch object from its row and its migrations' counts.
+pub fn present(b: &store::BatchRow, c: &store::Counts) -> Batch {
+    let counts_by_state: BTreeMap<String, i64> = c.by_state.iter().cloned().collect();
+    let counts_by_error_code: BTreeMap<String, i64> = c.by_error.iter().cloned().collect();
+    let total: i64 = counts_by_state.values().sum();
+    let finished: i64 = counts_by_state
+        .iter()
+        .filter(|(s, _)| {
+            s.parse::<MigrationState>()
+                .is_ok_and(MigrationState::is_terminal)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let all_done = finished == total;
+    let state = if b.cancelled_at.is_some() {
+        BatchState::Cancelled
+    } else if all_done {
+        BatchState::Finished
+    } else {
+        BatchState::Active
+    };
+    let estimated_seconds_left = if all_done {
+        Some(0)
+    } else if finished == 0 || b.cancelled_at.is_some() {
+        None
+    } else {
+        let elapsed = (Utc::now() - b.started_at).num_milliseconds().max(1) as f64 / 1000.0;
+        let per_second = finished as f64 / elapsed;
+        Some(((total - finished) as f64 / per_second).ceil() as i64)
+    };
+    Batch {
+        id: b.id,
+        partner_id: b.partner_id,
+        name: b.name.clone(),
+        state,
+        max_in_flight: b.max_in_flight,
+        callback_url: b.callback_url.clone(),
+        total,
+        finished,
+        progress: if total == 0 {
+            1.0
+        } else {
+            finished as f64 / total as f64
+        },
+        counts_by_state,
+        counts_by_error_code,
+        estimated_seconds_left,
+        created_at: b.created_at,
+        started_at: b.started_at,
+        finished_at: if all_done {
+            b.finished_at.or(c.last_finished_at).or(Some(b.created_at))
+        } else {
+            None
+        },
+        cancelled_at: b.cancelled_at,
+    }
+}
+
+/// The batch `id` as `caller` may see it, or 404.
+pub async fn fetch(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<store::BatchRow, ApiError> {
+    match store::get(&state.pool, id, caller.scope()).await {
+        Ok(r) => Ok(r),
+        Err(db::Error::NotFound) => Err(ApiError::not_found("batch")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A batch with its progress (`GET /v1/batches/{id}`). The first read that finds every
+/// migration finished records `finished_at`.
+pub async fn view(state: &AppState, row: store::BatchRow) -> Result<Batch, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let counts = store::counts(&mut conn, row.id).await?;
+    let mut batch = present(&row, &counts);
+    if row.finished_at.is_none()
+        && let Some(at) = batch.finished_at
+    {
+        batch.finished_at = store::set_finished(&mut *conn, row.id, at).await?;
+    }
+    Ok(batch)
+}
+
+/// `GET /v1/batches/{id}`.
+pub async fn get(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    view(state, row).await
+}
+
+/// Cancels every migration of the batch that has not finished, each through the single
+/// cancel command (`POST /v1/batches/{id}/cancel`). A migration that finished meanwhile, or
+/// is rotating its key, is left as it is.
+pub async fn cancel(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    store::set_cancelled(&state.pool, row.id).await?;
+    let open = store::migrations(&state.pool, row.id, &store::MigrationFilter::default()).await?;
+    for m in open.iter().filter(|m| !m.state().is_terminal()) {
+        // A worker may move the migration between the read and the guarded write (409): read
+        // it again and cancel it in its new state, unless it finished or is rotating its key.
+        for _ in 0..5 {
+            match single::cancel(state, caller, m.id).await {
+                Ok(_) => break,
+                Err(e) if e.status == StatusCode::CONFLICT => {
+                    let now = single::fetch(state, caller, m.id).await?;
+                    if now.state().is_terminal() || now.completed_at.is_some() {
+                        tracing::info!(migration.id = %m.id, code = e.code, "batch cancel: migration left as it is");
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let row = fetch(state, caller, id).await?;
+    view(state, row).await
+}
+
+/// What `retry_failed` did.
+pub struct Retried {
+    pub retried: usize,
+    /// Failed migrations not retried: their error is not retryable, or the retry was refused
+    /// (e.g. another migration of the number is active).
+    pub skipped: usize,
+    pub batch: Batch,
+}
+
+/// Retries the failed migrations of the batch whose `error.retryable` is true, each through
+/// the single retry command (`POST /v1/batches/{id}/retry_failed`).
+pub async fn retry_failed(state: &AppState, caller: Caller, id: Uuid) -> Result<Retried, ApiError> {
+    let row = fetch(state, caller, id).await?;
+    let failed = store::migrations(
+        &state.pool,
+        row.id,
+        &store::MigrationFilter {
+            state: Some(MigrationState::Failed.as_str().to_owned()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (mut retried, mut skipped) = (0, 0);
+    for m in &failed {
+        let retryable = m
+            .error
+            .clone()
+            .and_then(|e| serde_json::from_value::<MigrationError>(e).ok())
+            .is_some_and(|e| e.retryable);
+        if !retryable {
+            skipped += 1;
+            continue;
+        }
+        match single::retry(state, caller, m.id).await {
+            Ok(_) => retried += 1,
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                tracing::info!(migration.id = %m.id, code = e.code, "batch retry: migration not retried");
+                skipped += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if retried > 0 {
+        store::reopen(&state.pool, row.id).await?;
+    }
+    let row = fetch(state, caller, id).await?;
+    Ok(Retried {
+        retried,
+        skipped,
+        batch: view(state, row).await?,
+    })
+}

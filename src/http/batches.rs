@@ -1,0 +1,1030 @@
+//! `/v1/batches…`: portfolio moves. A batch creates up to 5,000 migrations in one
+//! transaction (JSON or CSV), then shows their progress and a report; see README "Moving a
+//! portfolio".
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{
+    AppJson, AppQuery, BodyLimit, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody,
+    QueryParams, body_refused, encode_cursor, parse_cursor, parse_limit,
+};
+use super::migrations::{
+    CreateMigration, MigrationPage, NewMigrationRequest, PartnerCaller, idempotency_key,
+    validate_callback,
+};
+use super::problem::{ApiError, FieldError, Problem};
+use crate::api::Migration;
+use crate::api::batch::{Batch, BatchCreated};
+use crate::core::AppState;
+use crate::core::batches::{self as commands, MAX_ITEMS, NewBatchInput, NewItem};
+use crate::core::client_page;
+use crate::core::migrations::Idempotency;
+use crate::db::batches as store;
+use crate::domain::{MigrationError, MigrationState};
+
+/// A batch body may be this large (5,000 items): far above the other routes' limit.
+pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_batch, list_batches))
+        .routes(routes!(get_batch))
+        .routes(routes!(list_batch_migrations))
+        .routes(routes!(batch_report))
+        .routes(routes!(cancel_batch))
+        .routes(routes!(retry_failed))
+        .layer(axum::extract::DefaultBodyLimit::max(BATCH_BODY_LIMIT))
+        .layer(axum::Extension(BodyLimit(BATCH_BODY_LIMIT)))
+}
+
+/// One item of `POST /v1/batches`: a create body with an optional `reference`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateBatchItem {
+    #[serde(flatten)]
+    pub migration: CreateMigration,
+    /// Your own id for this number (up to 200 characters), shown in the answer and the report.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub reference: Option<String>,
+}
+
+/// Body of `POST /v1/batches` (as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        example = "Acme portfolio, December",
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub name: String,
+    /// 1 to 5,000 create bodies, each as `POST /v1/migrations` takes it, plus `reference`.
+    #[schema(min_items = 1, max_items = 5000)]
+    pub migrations: Vec<CreateBatchItem>,
+    /// 1 to 1000 (default 20): how many of its migrations may be past `queued` and before
+    /// `awaiting_otp` at once. Stored now; the worker paces batches in the next increment.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<i32>,
+    /// Webhook URL for the batch's own events (batch webhooks come in the next increment).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+/// The checked values of a batch create, and its fingerprint body.
+struct BatchRequest {
+    sent: Value,
+    input: NewBatchInput,
+    /// Whether the body named `max_in_flight` and `callback_url` (else the query may).
+    gave_max: bool,
+    gave_callback: bool,
+}
+
+/// A batch's name: 1 to 200 characters, no control characters.
+fn check_name(n: &str) -> Result<String, String> {
+    let n = n.trim();
+    if !n.is_empty() && n.chars().count() <= 200 && !n.chars().any(char::is_control) {
+        Ok(n.to_owned())
+    } else {
+        Err("1 to 200 characters, not blank, no control characters".into())
+    }
+}
+
+fn check_max_in_flight(n: i64) -> Result<i32, String> {
+    i32::try_from(n)
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| "an integer from 1 to 1000".into())
+}
+
+/// An item's `reference`: up to 200 characters, no control characters.
+fn check_reference(v: Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(r)
+            if !r.trim().is_empty()
+                && r.chars().count() <= 200
+                && !r.contains(char::is_control) =>
+        {
+            Ok(Some(r))
+        }
+        _ => Err("a string of 1 to 200 characters without control characters".into()),
+    }
+}
+
+/// The items of a batch, each read by the single create's reader. Problems are `(item index,
+/// problem at a pointer inside the item)`.
+struct Items {
+    items: Vec<NewItem>,
+    /// Each item as sent (create body and `reference`): the fingerprint.
+    sent: Vec<Value>,
+    errors: Vec<(usize, FieldError)>,
+}
+
+fn read_items(objects: Vec<Result<Map<String, Value>, FieldError>>, allow_private: bool) -> Items {
+    let mut out = Items {
+        items: Vec::with_capacity(objects.len()),
+        sent: Vec::with_capacity(objects.len()),
+        errors: Vec::new(),
+    };
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    for (index, object) in objects.into_iter().enumerate() {
+        let mut object = match object {
+            Ok(o) => o,
+            Err(e) => {
+                out.errors.push((index, e));
+                continue;
+            }
+        };
+        let reference = match object.remove("reference").map(check_reference) {
+            None => Ok(None),
+            Some(Ok(r)) => Ok(r),
+            Some(Err(message)) => Err(FieldError {
+                pointer: "/reference".into(),
+                message,
+                ..Default::default()
+            }),
+        };
+        let read = NewMigrationRequest::read_object(object, allow_private);
+        let (reference, read) = match (reference, read) {
+            (Ok(r), Ok(v)) => (r, v),
+            (r, v) => {
+                out.errors.extend(r.err().map(|e| (index, e)));
+                out.errors
+                    .extend(v.err().into_iter().flatten().map(|e| (index, e)));
+                continue;
+            }
+        };
+        let phone = read.body.phone_number.clone();
+        let checked = read.into_input_parts();
+        let number = checked.0.phone.as_str().to_owned();
+        if let Some(first) = first_of.get(&number) {
+            out.errors.push((
+                index,
+                FieldError {
+                    pointer: "/phone_number".into(),
+                    message: format!(
+                        "{phone} is also item {first} of this batch: each number once per batch"
+                    ),
+                    ..Default::default()
+                },
+            ));
+            continue;
+        }
+        first_of.insert(number, index);
+        let mut sent = json!(checked.1);
+        if let (Some(r), Value::Object(m)) = (&reference, &mut sent) {
+            m.insert("reference".into(), json!(r));
+        }
+        out.sent.push(sent);
+        out.items.push(NewItem {
+            reference,
+            input: checked.0,
+        });
+    }
+    out
+}
+
+impl NewMigrationRequest {
+    /// The checked input and the body as sent.
+    fn into_input_parts(self) -> (crate::core::migrations::NewMigrationInput, CreateMigration) {
+        let body = self.body.clone();
+        (self.into_input(), body)
+    }
+}
+
+/// 1 to 5,000 items.
+fn check_count(n: usize) -> Result<(), String> {
+    if (1..=MAX_ITEMS).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("1 to {MAX_ITEMS} migrations (got {n})"))
+    }
+}
+
+impl JsonBody for BatchRequest {
+    fn read(f: &mut Fields) -> Option<Self> {
+        let name = f.required::<String>("name");
+        let migrations = f.required::<Vec<Value>>("migrations");
+        let max_in_flight = f.optional::<i64>("max_in_flight");
+        let max_in_flight_given = max_in_flight.is_some();
+        let callback_url = f.optional::<String>("callback_url");
+        let checked_name = name.as_deref().and_then(|n| f.check("name", check_name(n)));
+        let checked_max = match max_in_flight {
+            Some(n) => f.check("max_in_flight", check_max_in_flight(n)),
+            None => Some(commands::DEFAULT_MAX_IN_FLIGHT),
+        };
+        let allow_private = f.allow_private_callbacks();
+        let checked_callback = callback_url
+            .as_deref()
+            .and_then(|u| f.check("callback_url", validate_callback(u, allow_private)));
+        let migrations = migrations?;
+        f.check("migrations", check_count(migrations.len()))?;
+        let objects = migrations
+            .into_iter()
+            .map(|v| match v {
+                Value::Object(o) => Ok(o),
+                _ => Err(FieldError {
+                    pointer: String::new(),
+                    message: "each item must be a JSON object (a create body)".into(),
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        let items = read_items(objects, allow_private);
+        let failed = !items.errors.is_empty();
+        f.nested(
+            "migrations",
+            items
+                .errors
+                .into_iter()
+                .map(|(i, e)| FieldError {
+                    pointer: format!("/{i}{}", e.pointer),
+                    ..e
+                })
+                .collect(),
+        );
+        if failed {
+            return None;
+        }
+        let name = checked_name?;
+        let max_in_flight = checked_max?;
+        Some(Self {
+            gave_max: max_in_flight_given,
+            gave_callback: callback_url.is_some(),
+            sent: json!({
+                "name": name,
+                "max_in_flight": max_in_flight,
+                "callback_url": callback_url,
+                "migrations": items.sent,
+            }),
+            input: NewBatchInput {
+                name,
+                max_in_flight,
+                callback_url: checked_callback,
+                items: items.items,
+            },
+        })
+    }
+}
+
+/// The query of `POST /v1/batches`: for a CSV upload, what a JSON body says besides its items;
+/// for a JSON body, defaults for what the body leaves out.
+struct CsvQuery {
+    name: String,
+    max_in_flight: Option<i32>,
+    callback_url: Option<String>,
+    raw_callback_url: Option<String>,
+}
+
+fn read_csv_query(q: &mut QueryParams, allow_private: bool) -> Option<CsvQuery> {
+    let name = q.get("name", check_name);
+    let max_in_flight = q.get("max_in_flight", |s| {
+        s.parse::<i64>()
+            .map_err(|_| "an integer from 1 to 1000".to_owned())
+            .and_then(check_max_in_flight)
+    });
+    let raw_callback_url = q.get("callback_url", |s| Ok::<_, String>(s.to_owned()));
+    let callback_url = match &raw_callback_url {
+        Some(u) => match validate_callback(u, allow_private) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                q.error("callback_url", m);
+                return None;
+            }
+        },
+        None => None,
+    };
+    // Absent: named after the upload (a query parameter cannot be required for one content
+    // type only, so the schema cannot demand it). An invalid one is reported by `get`.
+    Some(CsvQuery {
+        name: name.unwrap_or_else(|| {
+            format!(
+                "CSV upload {}",
+                chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+            )
+        }),
+        max_in_flight,
+        callback_url,
+        raw_callback_url,
+    })
+}
+
+/// The columns a CSV upload may have: the create body's fields and `reference`.
+const CSV_COLUMNS: &[&str] = &[
+    "phone_number",
+    "source_waba_id",
+    "destination_waba_id",
+    "meta_business_id",
+    "otp_method",
+    "otp_language",
+    "pin",
+    "callback_url",
+    "metadata",
+    "flow",
+    "channel_id",
+    "client_page",
+    "reference",
+];
+
+/// A CSV problem at the spreadsheet row `row` (header = 1) and `column`.
+fn csv_error(row: usize, column: Option<&str>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        pointer: match column {
+            Some(c) => format!("/rows/{row}/{c}"),
+            None => format!("/rows/{row}"),
+        },
+        message: message.into(),
+        row: Some(row as u64),
+        column: column.map(str::to_owned),
+    }
+}
+
+/// Reads a CSV upload: a header row of [`CSV_COLUMNS`] names, then one number per row. An
+/// empty cell is an absent field; `metadata` is a JSON object in its cell.
+fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| ApiError::validation(vec![csv_error(1, None, format!("not CSV: {e}"))]))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let mut problems: Vec<FieldError> = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        if !CSV_COLUMNS.contains(&h.as_str()) {
+            problems.push(csv_error(
+                1,
+                Some(h),
+                format!("unknown column; expected one of {}", CSV_COLUMNS.join(", ")),
+            ));
+        } else if headers[..i].contains(h) {
+            problems.push(csv_error(1, Some(h), "this column appears more than once"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    let mut objects = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 2;
+        if i >= MAX_ITEMS {
+            return Err(ApiError::validation(vec![csv_error(
+                row,
+                None,
+                format!("at most {MAX_ITEMS} rows of numbers (besides the header)"),
+            )]));
+        }
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(csv_error(row, None, format!("not a CSV row: {e}")));
+                objects.push(Err(FieldError::default()));
+                continue;
+            }
+        };
+        let mut object = Map::new();
+        let mut bad_cell = None;
+        for (column, cell) in headers.iter().zip(record.iter()) {
+            if cell.is_empty() {
+                continue;
+            }
+            let value = if column == "metadata" {
+                match serde_json::from_str::<Value>(cell) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad_cell = Some(FieldError {
+                            pointer: "/metadata".into(),
+                            message: format!("a JSON object in the cell: {e}"),
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                }
+            } else {
+                Value::String(cell.to_owned())
+            };
+            object.insert(column.clone(), value);
+        }
+        objects.push(match bad_cell {
+            Some(e) => Err(e),
+            None => Ok(object),
+        });
+    }
+    if objects.is_empty() {
+        return Err(ApiError::validation(vec![csv_error(
+            2,
+            None,
+            format!("no numbers: 1 to {MAX_ITEMS} rows after the header"),
+        )]));
+    }
+    let mut items = read_items(objects, allow_private);
+    // Rows that were not CSV are already reported.
+    items
+        .errors
+        .retain(|(_, e)| !e.pointer.is_empty() || e.row.is_some());
+    problems.extend(items.errors.drain(..).map(|(i, e)| {
+        let column = e
+            .pointer
+            .split('/')
+            .nth(1)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        FieldError {
+            pointer: format!("/rows/{}{}", i + 2, e.pointer),
+            message: e.message,
+            row: Some(i as u64 + 2),
+            column,
+        }
+    }));
+    if !problems.is_empty() {
+        problems.sort_by_key(|e| e.row);
+        return Err(ApiError::validation(problems));
+    }
+    Ok(items)
+}
+
+fn is_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("text/csv"))
+}
+
+/// The query parameters of `POST /v1/batches`: a CSV upload's settings; with a JSON body,
+/// defaults for the fields the body leaves out (the body's own fields win).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CsvParams {
+    /// The batch's name (a JSON body's `name` wins). Default: `CSV upload` and the time of the
+    /// upload.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub name: Option<String>,
+    /// 1 to 1000, default 20 (a JSON body's `max_in_flight` wins).
+    #[param(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<i32>,
+    /// The batch's webhook URL (a JSON body's `callback_url` wins).
+    pub callback_url: Option<String>,
+}
+
+/// Create a batch: many migrations at once.
+///
+/// Up to 5,000 numbers, as JSON (`{name, migrations: [create body + reference],
+/// max_in_flight, callback_url}`) or as `text/csv` (a header row of the create body's field
+/// names and `reference`, one number per row; `name`, `max_in_flight` and `callback_url` as
+/// query parameters; an empty cell is an absent field; `metadata` is a JSON object in its
+/// cell). Every item is checked first, by the rules of `POST /v1/migrations`, and each number
+/// may appear once: any problem answers 422 `validation_failed` with one `errors[]` entry per
+/// problem (JSON: pointer `/migrations/17/phone_number`; CSV: pointer
+/// `/rows/4321/phone_number` with `row` (as a spreadsheet numbers it, the header is row 1) and
+/// `column`), and nothing is created. Otherwise the batch and all its migrations are created in
+/// one transaction; a number that has an active migration, or a completed one whose API key
+/// 360dialog may still accept, is reported in its item (`status` `rejected` with the `error`
+/// the single create's 409 would give) and the others are created. Honours `Idempotency-Key`
+/// like `POST /v1/migrations` (the CSV text is part of the fingerprint).
+#[utoipa::path(
+    post, path = "/v1/batches", tag = "batches",
+    request_body(content(
+        (CreateBatch = "application/json"),
+        (String = "text/csv", example = "phone_number,source_waba_id,destination_waba_id,meta_business_id,reference\n+5511987650001,102290129340398,104996122399160,180505742745347,store-1\n"),
+    )),
+    params(
+        CsvParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
+    ),
+    responses(
+        (status = 201, description = "Created: the batch and one entry per item, in the order sent. An `Idempotency-Key` replay answers the first response again, with `Idempotent-Replayed: true`.", body = BatchCreated,
+            headers(
+                ("Location" = String, description = "The batch's URL: `/v1/batches/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
+            )),
+        (status = 403, description = "The admin key: batches belong to a partner (refused before the body is read)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor `text/csv`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid items or fields (`validation_failed`, nothing created), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_batch(
+    State(state): State<AppState>,
+    PartnerCaller(caller): PartnerCaller,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let idem_key = idempotency_key(&headers)?;
+    let allow_private = state.webhooks.allow_private;
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    // Checked for both content types; a JSON body's own fields win over it.
+    let mut q = QueryParams::parse(&query);
+    let parsed = read_csv_query(&mut q, allow_private);
+    let params = q.finish(parsed)?;
+    let (sent, input) = if is_csv(&headers) {
+        let bytes = Bytes::from_request(req, &state)
+            .await
+            .map_err(|e| body_refused(e, BATCH_BODY_LIMIT))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The CSV body must be UTF-8 text.",
+            )
+        })?;
+        let items = read_csv(text, allow_private)?;
+        let max_in_flight = params
+            .max_in_flight
+            .unwrap_or(commands::DEFAULT_MAX_IN_FLIGHT);
+        (
+            json!({
+                "csv": text,
+                "name": params.name,
+                "max_in_flight": max_in_flight,
+                "callback_url": params.raw_callback_url,
+            }),
+            NewBatchInput {
+                name: params.name,
+                max_in_flight,
+                callback_url: params.callback_url,
+                items: items.items,
+            },
+        )
+    } else {
+        let AppJson(body) = AppJson::<BatchRequest>::from_request(req, &state).await?;
+        let BatchRequest {
+            mut sent,
+            mut input,
+            gave_max,
+            gave_callback,
+        } = body;
+        if let (false, Some(max)) = (gave_max, params.max_in_flight) {
+            input.max_in_flight = max;
+            sent["max_in_flight"] = json!(max);
+        }
+        if let (false, Some(url)) = (gave_callback, params.callback_url) {
+            input.callback_url = Some(url);
+            sent["callback_url"] = json!(params.raw_callback_url);
+        }
+        (sent, input)
+    };
+    let idempotency = idem_key
+        .as_deref()
+        .map(|key| Idempotency { key, body: &sent });
+    match commands::create(&state, caller, idempotency, input).await? {
+        commands::Created::New(out) => Ok(created(&json!(out), out.batch.id)),
+        commands::Created::Replay { status, body } => {
+            let mut res = match serde_json::from_value::<BatchCreated>(body.clone()) {
+                Ok(out) if status == 201 => created(&json!(out), out.batch.id),
+                _ => (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    axum::Json(body),
+                )
+                    .into_response(),
+            };
+            res.headers_mut().insert(
+                "idempotent-replayed",
+                "true".parse().expect("static header"),
+            );
+            Ok(res)
+        }
+    }
+}
+
+fn created(body: &Value, id: Uuid) -> Response {
+    let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v1/batches/{id}")).expect("a path of a uuid"),
+    );
+    res
+}
+
+/// Paging of `GET /v1/batches`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BatchListQuery {
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
+    pub cursor: Option<Uuid>,
+    /// Admin only: one partner's batches.
+    pub partner_id: Option<Uuid>,
+}
+
+impl FromQuery for BatchListQuery {
+    fn read(q: &mut QueryParams) -> Option<Self> {
+        let limit = q.get("limit", parse_limit);
+        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
+        let partner_id = q.get("partner_id", |s| {
+            Uuid::parse_str(s)
+                .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
+        });
+        Some(Self {
+            limit,
+            cursor,
+            partner_id,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchPage {
+    pub data: Vec<Batch>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List batches, newest first.
+#[utoipa::path(
+    get, path = "/v1/batches", tag = "batches",
+    params(BatchListQuery),
+    responses(
+        (status = 200, description = "A page of batches", body = BatchPage),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_batches(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<BatchListQuery>,
+) -> Result<axum::Json<BatchPage>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    let partner_id = match (caller, q.partner_id) {
+        (Caller::Partner(p), None) => Some(p),
+        (Caller::Partner(p), Some(asked)) if asked == p => Some(p),
+        (Caller::Partner(_), Some(_)) => {
+            return Err(ApiError::forbidden(
+                "partner_id filters are for the admin key",
+            ));
+        }
+        (Caller::Admin, p) => p,
+    };
+    let mut rows = store::list(&state.pool, partner_id, q.cursor, limit).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
+    } else {
+        None
+    };
+    let mut data = Vec::with_capacity(rows.len());
+    for row in rows {
+        data.push(commands::view(&state, row).await?);
+    }
+    Ok(axum::Json(BatchPage { data, next_cursor }))
+}
+
+/// Get a batch with its progress.
+///
+/// Counts of its migrations by state and by error code, `progress` (finished / total),
+/// `started_at`, `finished_at` and `estimated_seconds_left` (from the completion rate so far).
+#[utoipa::path(
+    get, path = "/v1/batches/{id}", tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id")),
+    responses(
+        (status = 200, description = "The batch", body = Batch),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Batch>, ApiError> {
+    Ok(axum::Json(commands::get(&state, caller, id).await?))
+}
+
+/// Filters and paging of `GET /v1/batches/{id}/migrations`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BatchMigrationsQuery {
+    /// Only migrations in this state.
+    pub state: Option<MigrationState>,
+    /// Only failed migrations with this `error.code`.
+    #[param(example = "otp_invalid", pattern = "^[a-z0-9_]{1,64}$")]
+    pub error_code: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
+    pub cursor: Option<Uuid>,
+}
+
+impl FromQuery for BatchMigrationsQuery {
+    fn read(q: &mut QueryParams) -> Option<Self> {
+        let state = q.get("state", |s| {
+            s.parse::<MigrationState>().map_err(|_| {
+                let all: Vec<&str> = MigrationState::ALL.iter().map(|s| s.as_str()).collect();
+                format!("expected a migration state: one of {}", all.join(", "))
+            })
+        });
+        let error_code = q.get("error_code", |s| {
+            if !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            {
+                Ok(s.to_owned())
+            } else {
+                Err("an error code such as otp_invalid".to_owned())
+            }
+        });
+        let limit = q.get("limit", parse_limit);
+        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
+        Some(Self {
+            state,
+            error_code,
+            limit,
+            cursor,
+        })
+    }
+}
+
+/// A batch's migrations, in the order they were sent.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/migrations", tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id"), BatchMigrationsQuery),
+    responses(
+        (status = 200, description = "A page of the batch's migrations", body = MigrationPage),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_batch_migrations(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppQuery(q): AppQuery<BatchMigrationsQuery>,
+) -> Result<axum::Json<MigrationPage>, ApiError> {
+    let batch = commands::fetch(&state, caller, id).await?;
+    let limit = q.limit.unwrap_or(20);
+    let mut rows = store::migrations(
+        &state.pool,
+        batch.id,
+        &store::MigrationFilter {
+            state: q.state.map(|s| s.as_str().to_owned()),
+            error_code: q.error_code,
+            after_id: q.cursor,
+            limit: Some(limit),
+        },
+    )
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
+    } else {
+        None
+    };
+    let mut data: Vec<Migration> = rows.iter().map(Migration::from).collect();
+    client_page::attach(&state, &rows, &mut data).await?;
+    Ok(axum::Json(MigrationPage { data, next_cursor }))
+}
+
+/// The columns of `report.csv`, in order.
+pub const REPORT_COLUMNS: &[&str] = &[
+    "reference",
+    "phone_number",
+    "migration_id",
+    "state",
+    "error_code",
+    "actor",
+    "remediation",
+    "templates_migrated",
+    "templates_failed",
+    "templates_skipped",
+    "api_key_ready",
+];
+
+/// One report row of a migration.
+fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
+    let m = Migration::from(row);
+    let error: Option<&MigrationError> = m
+        .error
+        .as_ref()
+        .filter(|_| m.state == MigrationState::Failed);
+    let text = |v: Value| v.as_str().map(str::to_owned).unwrap_or_default();
+    let (actor, remediation) = match (&error, &m.waiting_for) {
+        (Some(e), _) => (text(json!(e.actor)), e.remediation.clone()),
+        (None, Some(w)) => (text(json!(w.actor)), w.remediation.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let (migrated, failed, skipped) = m.templates.as_ref().map_or((0, 0, 0), |t| {
+        (t.migrated.len(), t.failed.len(), t.skipped.len())
+    });
+    let key_ready = m.state == MigrationState::Completed
+        && matches!(m.api_key.status.as_str(), "generated" | "verified");
+    vec![
+        row.batch_reference.clone().unwrap_or_default(),
+        m.phone_number.clone(),
+        m.id.to_string(),
+        m.state.as_str().to_owned(),
+        error.map(|e| text(json!(e.code))).unwrap_or_default(),
+        actor,
+        remediation,
+        migrated.to_string(),
+        failed.to_string(),
+        skipped.to_string(),
+        if key_ready { "yes" } else { "no" }.to_owned(),
+    ]
+}
+
+/// A batch's report, one row per migration.
+///
+/// `text/csv` with a header row: `reference`, `phone_number`, `migration_id`, `state`,
+/// `error_code` (failed migrations), `actor` and `remediation` (who must act and what to do:
+/// a failed migration's error, or what a waiting one waits for), `templates_migrated`,
+/// `templates_failed`, `templates_skipped`, and `api_key_ready` (`yes` once the migration is
+/// completed with its key). Items rejected at creation have no migration and no row.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/report.csv", tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id")),
+    responses(
+        (status = 200, description = "The report", body = String, content_type = "text/csv"),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn batch_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let batch = commands::fetch(&state, caller, id).await?;
+    let rows = store::migrations(&state.pool, batch.id, &store::MigrationFilter::default()).await?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>, r: &[String]| {
+        w.write_record(r)
+            .map_err(|e| ApiError::internal(anyhow::Error::from(e)))
+    };
+    write(
+        &mut w,
+        &REPORT_COLUMNS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect::<Vec<_>>(),
+    )?;
+    for row in &rows {
+        write(&mut w, &report_row(row))?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the report: {e}")))?;
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    res.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"batch-{}.csv\"", batch.id))
+            .expect("a file name of a uuid"),
+    );
+    Ok(res)
+}
+
+/// Cancel every migration of the batch that has not finished.
+///
+/// Each through the same command as `POST /v1/migrations/{id}/cancel` (its event and
+/// webhook); a migration that finished meanwhile, or is rotating its API key, is left as it
+/// is. Upstream changes already made are not undone. The batch is `cancelled` from then on.
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id")),
+    responses(
+        (status = 200, description = "The batch after the cancellations", body = Batch),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<Batch>, ApiError> {
+    Ok(axum::Json(commands::cancel(&state, caller, id).await?))
+}
+
+/// What `retry_failed` did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryFailedOut {
+    /// Failed migrations resumed (`error.retryable` was true).
+    pub retried: usize,
+    /// Failed migrations left failed: their error is not retryable, or the retry was refused
+    /// (another migration of the number is active).
+    pub skipped: usize,
+    pub batch: Batch,
+}
+
+/// Retry the batch's failed migrations whose error is retryable.
+///
+/// Each through the same command as `POST /v1/migrations/{id}/retry`.
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/retry_failed", tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id")),
+    responses(
+        (status = 200, description = "How many were retried and skipped, and the batch", body = RetryFailedOut),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn retry_failed(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+) -> Result<axum::Json<RetryFailedOut>, ApiError> {
+    let r = commands::retry_failed(&state, caller, id).await?;
+    Ok(axum::Json(RetryFailedOut {
+        retried: r.retried,
+        skipped: r.skipped,
+        batch: r.batch,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::testing::{assert_body_matches_schema, assert_query_matches_params};
+
+    #[test]
+    fn readers_take_what_the_openapi_document_describes() {
+        assert_body_matches_schema::<BatchRequest, CreateBatch>();
+        assert_query_matches_params::<BatchListQuery>();
+        assert_query_matches_params::<BatchMigrationsQuery>();
+    }
+
+    const ROW: &str = "102290129340398,104996122399160,180505742745347";
+
+    #[test]
+    fn csv_problems_are_named_by_spreadsheet_row_and_column() {
+        let text = format!(
+            "phone_number,source_waba_id,destination_waba_id,meta_business_id,otp_method\n\
+             +5511987650001,{ROW},sms\n+5511987650002,{ROW},fax\n+5511987650001,{ROW},\n"
+        );
+        let Err(e) = read_csv(&text, false) else {
+            panic!("accepted")
+        };
+        let got: Vec<(String, Option<u64>, Option<String>)> = e
+            .errors
+            .iter()
+            .map(|e| (e.pointer.clone(), e.row, e.column.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/rows/3/otp_method".into(),
+                    Some(3),
+                    Some("otp_method".into())
+                ),
+                (
+                    "/rows/4/phone_number".into(),
+                    Some(4),
+                    Some("phone_number".into())
+                ),
+            ]
+        );
+        let ok = read_csv(
+            &format!("phone_number,source_waba_id,destination_waba_id,meta_business_id\n+5511987650001,{ROW}\n"),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{:?}", e.errors));
+        assert_eq!(ok.items.len(), 1);
+        assert!(ok.errors.is_empty());
+    }
+}
