@@ -297,6 +297,59 @@ async fn csv_header_and_query_problems_are_named(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_json_body_takes_query_defaults_and_its_own_fields_win(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let body = |n: &str, extra: Value| {
+        let mut b = json!({"name": "Q", "migrations": [TestApp::create_body(n)]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    // The query fills what the body leaves out...
+    let res = app
+        .post(
+            "/v1/batches?max_in_flight=5&name=ignored",
+            body("+14155551010", json!({})),
+        )
+        .await;
+    let created = json_of(res, StatusCode::CREATED).await;
+    assert_eq!(created["batch"]["max_in_flight"], 5, "{created:#}");
+    assert_eq!(created["batch"]["name"], "Q", "the body's name wins");
+    // ...the body's own field wins...
+    let res = app
+        .post(
+            "/v1/batches?max_in_flight=5",
+            body("+14155551011", json!({"max_in_flight": 7})),
+        )
+        .await;
+    let created = json_of(res, StatusCode::CREATED).await;
+    assert_eq!(created["batch"]["max_in_flight"], 7, "{created:#}");
+    // ...and an invalid query is refused for a JSON body too, creating nothing.
+    let before = app.count_migrations().await;
+    let res = app
+        .post(
+            "/v1/batches?max_in_flight=0",
+            body("+14155551012", json!({})),
+        )
+        .await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(
+        problem["errors"][0]["pointer"], "/query/max_in_flight",
+        "{problem:#}"
+    );
+    assert_eq!(app.count_migrations().await, before);
+    // An oversized JSON batch states the batch limit, not the other routes' one.
+    let huge = json!({"name": "big", "migrations": ["x".repeat(9 * 1024 * 1024)]});
+    let res = app.post("/v1/batches", huge).await;
+    let problem = assert_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("8 MiB"),
+        "{problem:#}"
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn idempotency_key_replays_a_batch(pool: PgPool) {
     let app = TestApp::spawn_with(pool, no_worker()).await;
     let csv = format!("{CSV_HEADER}\n{}\n", csv_rows(3).join("\n"));
