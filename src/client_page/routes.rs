@@ -20,6 +20,7 @@ use crate::api::problem::ApiError;
 use crate::core::AppState;
 use crate::core::auth::ClientIp;
 use crate::core::client_page::{self as core, NotTaken, Opened, Refused};
+use crate::core::migrations as commands;
 use crate::domain::OtpMethod;
 
 pub fn routes() -> Router<AppState> {
@@ -383,7 +384,7 @@ async fn submit_code(
             StatusCode::UNPROCESSABLE_ENTITY,
         );
     }
-    match core::submit_code(&state, &o, &code, client).await {
+    match commands::submit_code_from_page(&state, &o, &code, client).await {
         Ok(_) => back(&token, "received", lang),
         Err(e) => {
             let o = reread(&state, o).await;
@@ -414,7 +415,7 @@ async fn resend(
             StatusCode::UNPROCESSABLE_ENTITY,
         );
     };
-    match core::resend(&state, &o, method, client).await {
+    match commands::resend_from_page(&state, &o, method, client).await {
         Ok(_) => back(&token, &format!("sent_{}", method.as_str()), lang),
         Err(e) => {
             let o = reread(&state, o).await;

@@ -32,7 +32,6 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::migrations::{self as commands, Source};
 use super::{AppState, Caller};
 use crate::api::Migration;
 use crate::api::migration::ClientPage;
@@ -41,7 +40,7 @@ use crate::crypto::{self, Cipher};
 use crate::db::client_pages::{self as store, ClientPageRow};
 use crate::db::events::NewEvent;
 use crate::db::migrations::{self as migrations, MigrationRow};
-use crate::domain::{EventType, MigrationState, OtpMethod};
+use crate::domain::{EventType, MigrationState};
 
 /// Bytes of a token: 192 bits.
 const TOKEN_BYTES: usize = 24;
@@ -263,12 +262,14 @@ pub async fn with_page(state: &AppState, row: &MigrationRow) -> Result<Migration
 /// `POST /v1/migrations/{id}/client_page/rotate`: a new link; the previous one stops working
 /// at once. 409 `client_page_disabled` when the migration has none, 409 `invalid_state` once
 /// it is cancelled or completed (nothing is left for the client to do).
+///
+/// `row` is the migration as its caller may see it (`migrations::rotate_client_page` reads it).
 pub async fn rotate(
     state: &AppState,
     caller: Caller,
-    id: Uuid,
+    row: MigrationRow,
 ) -> Result<(MigrationRow, ClientPage), ApiError> {
-    let row = commands::fetch(state, caller, id).await?;
+    let id = row.id;
     if matches!(
         row.state(),
         MigrationState::Cancelled | MigrationState::Completed
@@ -466,34 +467,19 @@ fn limits(state: &AppState, o: &Opened, client: Option<IpAddr>) -> Result<(), No
     Ok(())
 }
 
-/// The client's code, through the page: the API's command, as the migration's partner.
-pub async fn submit_code(
+/// One submission through the page (a code, "Send again", "Call me instead"): within the
+/// link's and the address's limits, counted on the link. Returns who acts: the migration's
+/// partner (`migrations::submit_code_from_page` / `resend_from_page` then run the API's command).
+pub async fn take_submission(
     state: &AppState,
     o: &Opened,
-    code: &str,
     client: Option<IpAddr>,
-) -> Result<MigrationRow, NotTaken> {
+) -> Result<Caller, NotTaken> {
     limits(state, o, client)?;
     store::count_submission(&state.pool, o.row.id, o.page.generation)
         .await
         .map_err(ApiError::from)?;
-    let caller = Caller::Partner(o.row.partner_id);
-    Ok(commands::submit_code(state, caller, o.row.id, code, Source::ClientPage).await?)
-}
-
-/// "Send again" / "Call me instead", through the page.
-pub async fn resend(
-    state: &AppState,
-    o: &Opened,
-    method: OtpMethod,
-    client: Option<IpAddr>,
-) -> Result<MigrationRow, NotTaken> {
-    limits(state, o, client)?;
-    store::count_submission(&state.pool, o.row.id, o.page.generation)
-        .await
-        .map_err(ApiError::from)?;
-    let caller = Caller::Partner(o.row.partner_id);
-    Ok(commands::resend(state, caller, o.row.id, Some(method), Source::ClientPage).await?)
+    Ok(Caller::Partner(o.row.partner_id))
 }
 
 /// A form token binding a form to this link: HMAC of the link's token hash and the time it

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{AppState, Caller};
+use super::{AppState, Caller, client_page};
 use crate::api::Migration;
 use crate::api::problem::ApiError;
 use crate::clients::D360Api;
@@ -199,7 +199,7 @@ pub async fn create(
         Err(e) => return Err(e.into()),
     };
     let page = if v.client_page {
-        Some(super::client_page::issue(&mut tx, state, id).await?)
+        Some(client_page::issue(&mut tx, state, id).await?)
     } else {
         None
     };
@@ -209,10 +209,7 @@ pub async fn create(
         idempotency::finish(&mut tx, partner_id, idem.key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
-    out.client_page = Some(
-        page.as_ref()
-            .map(|p| super::client_page::present(state, &row, p)),
-    );
+    out.client_page = Some(page.as_ref().map(|p| client_page::present(state, &row, p)));
     tracing::info!(migration.id = %row.id, partner.id = %partner_id, "migration created");
     Ok(Created::New(Box::new(out)))
 }
@@ -221,10 +218,7 @@ pub async fn create(
 async fn replayed(state: &AppState, mut m: Migration) -> Result<Migration, ApiError> {
     let row = store::get(&state.pool, m.id, None).await?;
     let page = db::client_pages::get(&state.pool, m.id).await?;
-    m.client_page = Some(
-        page.as_ref()
-            .map(|p| super::client_page::present(state, &row, p)),
-    );
+    m.client_page = Some(page.as_ref().map(|p| client_page::present(state, &row, p)));
     Ok(m)
 }
 
@@ -468,6 +462,40 @@ pub async fn fetch(
         Err(db::Error::NotFound) => Err(ApiError::not_found("migration")),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The client's code, through its page: the page's limits, then [`submit_code`] as the
+/// migration's partner.
+pub async fn submit_code_from_page(
+    state: &AppState,
+    o: &client_page::Opened,
+    code: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<store::MigrationRow, client_page::NotTaken> {
+    let caller = client_page::take_submission(state, o, client).await?;
+    Ok(submit_code(state, caller, o.row.id, code, Source::ClientPage).await?)
+}
+
+/// "Send again" / "Call me instead", through the client's page.
+pub async fn resend_from_page(
+    state: &AppState,
+    o: &client_page::Opened,
+    method: OtpMethod,
+    client: Option<std::net::IpAddr>,
+) -> Result<store::MigrationRow, client_page::NotTaken> {
+    let caller = client_page::take_submission(state, o, client).await?;
+    Ok(resend(state, caller, o.row.id, Some(method), Source::ClientPage).await?)
+}
+
+/// `POST /v1/migrations/{id}/client_page/rotate` (and the dashboard's "Replace the link"):
+/// see [`client_page::rotate`].
+pub async fn rotate_client_page(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<(store::MigrationRow, crate::api::migration::ClientPage), ApiError> {
+    let row = fetch(state, caller, id).await?;
+    client_page::rotate(state, caller, row).await
 }
 
 /// 409 `invalid_state`: `action` is allowed only in `allowed`.

@@ -243,7 +243,7 @@ async fn act(
         ),
         Action::RotateLink => (
             "rotate_link",
-            crate::core::client_page::rotate(state, session.caller, id)
+            api::rotate_client_page(state, session.caller, id)
                 .await
                 .map(|(row, _)| row),
         ),

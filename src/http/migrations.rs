@@ -975,7 +975,7 @@ async fn rotate_client_page(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let (row, page) = client_page::rotate(&state, caller, id).await?;
+    let (row, page) = commands::rotate_client_page(&state, caller, id).await?;
     let mut m = Migration::from(&row);
     m.client_page = Some(Some(page));
     Ok(axum::Json(m))
