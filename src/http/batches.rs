@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{
-    AppJson, AppQuery, BodyLimit, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody,
-    QueryParams, body_refused, encode_cursor, parse_cursor, parse_limit,
+    AppJson, AppQuery, BodyLimit, Caller, Fields, FromQuery, IdPath, JsonBody, QueryParams,
+    body_refused, finish_id_page, list_scope, parse_cursor, parse_limit, read_id_paging,
 };
 use super::migrations::{
     CreateMigration, MigrationPage, NewMigrationRequest, PartnerCaller, idempotency_key,
@@ -636,12 +636,7 @@ pub struct BatchListQuery {
 
 impl FromQuery for BatchListQuery {
     fn read(q: &mut QueryParams) -> Option<Self> {
-        let limit = q.get("limit", parse_limit);
-        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
-        let partner_id = q.get("partner_id", |s| {
-            Uuid::parse_str(s)
-                .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
-        });
+        let (limit, cursor, partner_id) = read_id_paging(q);
         Some(Self {
             limit,
             cursor,
@@ -674,23 +669,9 @@ async fn list_batches(
     AppQuery(q): AppQuery<BatchListQuery>,
 ) -> Result<axum::Json<BatchPage>, ApiError> {
     let limit = q.limit.unwrap_or(20);
-    let partner_id = match (caller, q.partner_id) {
-        (Caller::Partner(p), None) => Some(p),
-        (Caller::Partner(p), Some(asked)) if asked == p => Some(p),
-        (Caller::Partner(_), Some(_)) => {
-            return Err(ApiError::forbidden(
-                "partner_id filters are for the admin key",
-            ));
-        }
-        (Caller::Admin, p) => p,
-    };
+    let partner_id = list_scope(caller, q.partner_id)?;
     let mut rows = store::list(&state.pool, partner_id, q.cursor, limit).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = finish_id_page(&mut rows, limit, |r| r.id);
     let mut data = Vec::with_capacity(rows.len());
     for row in rows {
         data.push(commands::view(&state, row).await?);
@@ -799,12 +780,7 @@ async fn list_batch_migrations(
         },
     )
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = finish_id_page(&mut rows, limit, |r| r.id);
     let mut data: Vec<Migration> = rows.iter().map(Migration::from).collect();
     client_page::attach(&state, &rows, &mut data).await?;
     Ok(axum::Json(MigrationPage { data, next_cursor }))

@@ -475,6 +475,41 @@ pub fn parse_cursor<T>(s: &str, key: impl FnOnce(&[u8]) -> Option<T>) -> Result<
         .ok_or_else(|| "expected the next_cursor of a previous page, unchanged".to_owned())
 }
 
+/// `limit`, `cursor` (an id) and the admin's `partner_id` of a list keyset-paged on UUIDv7
+/// ids (migrations, batches): read once here for every such list.
+pub fn read_id_paging(q: &mut QueryParams) -> (Option<i64>, Option<Uuid>, Option<Uuid>) {
+    let limit = q.get("limit", parse_limit);
+    let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
+    let partner_id = q.get("partner_id", |s| {
+        Uuid::parse_str(s)
+            .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
+    });
+    (limit, cursor, partner_id)
+}
+
+/// Whose rows a list shows: a partner its own (403 when it asks for another's), the admin
+/// everyone's or the one partner it asks for.
+pub fn list_scope(caller: Caller, asked: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
+    match (caller, asked) {
+        (Caller::Partner(p), None) => Ok(Some(p)),
+        (Caller::Partner(p), Some(asked)) if asked == p => Ok(Some(p)),
+        (Caller::Partner(_), Some(_)) => Err(ApiError::forbidden(
+            "partner_id filters are for the admin key",
+        )),
+        (Caller::Admin, p) => Ok(p),
+    }
+}
+
+/// Cuts `rows` (fetched with `limit + 1`) to the page; the cursor after its last row's id when
+/// more follow.
+pub fn finish_id_page<R>(rows: &mut Vec<R>, limit: i64, id: impl Fn(&R) -> Uuid) -> Option<String> {
+    if rows.len() as i64 <= limit {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|r| encode_cursor(id(r).as_bytes()))
+}
+
 /// `limit` and `cursor` of a list ordered by a migration's event sequence (its audit trail, its
 /// webhook deliveries): oldest first, keyset-paged on the sequence.
 #[derive(Debug, utoipa::IntoParams)]

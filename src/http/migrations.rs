@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{
-    AppJson, AppQuery, Caller, EXAMPLE_ID, Fields, FromQuery, IdPath, JsonBody, QueryParams,
-    SequencePage, encode_cursor, parse_cursor, parse_limit,
+    AppJson, AppQuery, Caller, Fields, FromQuery, IdPath, JsonBody, QueryParams, SequencePage,
+    finish_id_page, list_scope, read_id_paging,
 };
 use super::problem::{ApiError, Problem};
 pub use crate::api::migration::*;
@@ -511,12 +511,7 @@ impl FromQuery for ListQuery {
         });
         let created_after = q.get("created_after", parse_timestamp);
         let created_before = q.get("created_before", parse_timestamp);
-        let limit = q.get("limit", parse_limit);
-        let cursor = q.get("cursor", |s| parse_cursor(s, |b| Uuid::from_slice(b).ok()));
-        let partner_id = q.get("partner_id", |s| {
-            Uuid::parse_str(s)
-                .map_err(|_| format!("expected a partner id (a UUID such as {EXAMPLE_ID})"))
-        });
+        let (limit, cursor, partner_id) = read_id_paging(q);
         Some(Self {
             state,
             phone_number,
@@ -553,16 +548,7 @@ async fn list_migrations(
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<axum::Json<MigrationPage>, ApiError> {
     let limit = q.limit.unwrap_or(20);
-    let partner_id = match (caller, q.partner_id) {
-        (Caller::Partner(p), None) => Some(p),
-        (Caller::Partner(p), Some(asked)) if asked == p => Some(p),
-        (Caller::Partner(_), Some(_)) => {
-            return Err(ApiError::forbidden(
-                "partner_id filters are for the admin key",
-            ));
-        }
-        (Caller::Admin, p) => p,
-    };
+    let partner_id = list_scope(caller, q.partner_id)?;
     let filter = store::ListFilter {
         partner_id,
         state: q.state.map(|s| s.as_str().to_owned()),
@@ -574,12 +560,7 @@ async fn list_migrations(
         ..Default::default()
     };
     let mut rows = store::list(&state.pool, &filter).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.id.as_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = finish_id_page(&mut rows, limit, |r| r.id);
     let mut data: Vec<Migration> = rows.iter().map(Migration::from).collect();
     client_page::attach(&state, &rows, &mut data).await?;
     Ok(axum::Json(MigrationPage { data, next_cursor }))
