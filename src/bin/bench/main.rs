@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use waba_migrator::domain::EventType;
 
+mod batch;
 mod explain;
 mod parked;
 mod procs;
@@ -76,6 +77,8 @@ enum Cmd {
     Store(store::StoreArgs),
     /// Target 5: service RSS and idle CPU with 10,000 migrations parked in awaiting_otp.
     Parked(parked::ParkedArgs),
+    /// Issue 17: a 5,000-row CSV batch checked and created, and refused at one bad row.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -142,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Seed(args) => rt.block_on(seed::run(args)),
         Cmd::Store(args) => rt.block_on(store::run(args)),
         Cmd::Parked(args) => rt.block_on(parked::run(args)),
+        Cmd::Batch(args) => rt.block_on(batch::run(args)),
     }
 }
 
