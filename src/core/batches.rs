@@ -528,7 +528,13 @@ pub async fn tick(pool: &sqlx::PgPool, interval: std::time::Duration) -> Result<
         match tick_one(&mut tx, &b).await {
             Ok(Some(kind)) => {
                 tx.commit().await?;
-                tracing::info!(batch.id = %b.row.id, event = kind.as_str(), generation = b.generation, sent = b.url.is_some(), "batch event recorded");
+                tracing::info!(
+                    batch.id = %b.row.id,
+                    event = kind.as_str(),
+                    generation = b.generation,
+                    sent = b.url.is_some(),
+                    "batch event recorded"
+                );
                 match kind {
                     BatchEventType::Progress => out.progress += 1,
                     BatchEventType::Completed => out.completed += 1,
