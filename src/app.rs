@@ -14,7 +14,7 @@ use crate::core::{
 use crate::crypto::{self, Cipher};
 use crate::http::server::ServeConfig;
 use crate::shutdown::Stop;
-use crate::webhooks::Dispatcher;
+use crate::webhooks::{BatchTicker, Dispatcher};
 use crate::worker::{Deps, FailPoints, Worker, WorkerConfig};
 
 /// Everything `App::new` needs besides the pool.
@@ -50,6 +50,8 @@ pub struct App {
     pub worker: Option<Worker>,
     /// Runs wherever the migration workers run.
     pub dispatcher: Option<Dispatcher>,
+    /// Writes the batches' webhooks; runs wherever the dispatcher runs.
+    pub batch_ticker: Option<BatchTicker>,
     pub fail_points: FailPoints,
 }
 
@@ -96,6 +98,9 @@ impl App {
         } else {
             None
         };
+        let batch_ticker = settings
+            .run_workers
+            .then(|| BatchTicker::new(pool.clone(), settings.webhooks.batch_progress_interval));
         let worker = settings.run_workers.then(|| {
             Worker::new(Deps {
                 pool,
@@ -111,6 +116,7 @@ impl App {
             state,
             worker,
             dispatcher,
+            batch_ticker,
             fail_points,
         })
     }
@@ -151,6 +157,10 @@ impl App {
         if let Some(dispatcher) = self.dispatcher {
             let stop = shutdown.clone();
             tasks.spawn(async move { dispatcher.run(stop).await });
+        }
+        if let Some(ticker) = self.batch_ticker {
+            let stop = shutdown.clone();
+            tasks.spawn(async move { ticker.run(stop).await });
         }
         // If one part dies, stop the other and report it.
         let mut result = Ok(());

@@ -271,6 +271,7 @@ pub fn webhook_config(run: &RunArgs) -> WebhookConfig {
         allow_private: args.allow_private_callbacks,
         poll_interval: Duration::from_millis(run.worker.poll_interval_ms.max(10)),
         shutdown_grace: Duration::from_secs_f64(run.worker.shutdown_grace_seconds.max(0.0)),
+        batch_progress_interval: Duration::from_secs(args.batch_progress_interval_seconds),
     }
 }
 

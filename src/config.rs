@@ -361,6 +361,10 @@ pub struct WebhookArgs {
     /// How long a rotated-out webhook secret keeps signing next to the new one.
     #[arg(long, env = "WEBHOOK_SECRET_OVERLAP_SECONDS", default_value_t = 86_400)]
     pub webhook_secret_overlap_seconds: u64,
+    /// The least time between two `batch.progress` webhooks of a batch (sent only when its
+    /// counts changed); a batch's end is noticed within min(this, 5 s).
+    #[arg(long, env = "BATCH_PROGRESS_INTERVAL_SECONDS", default_value_t = 60)]
+    pub batch_progress_interval_seconds: u64,
 }
 
 /// The built-in sandbox `serve` and `worker` run when META_ACCESS_TOKEN is unset.
@@ -549,6 +553,9 @@ impl RunArgs {
         }
         if h.webhook_retry_schedule.len() > 50 {
             return Err("WEBHOOK_RETRY_SCHEDULE must have at most 50 delays".into());
+        }
+        if !(1..=86_400).contains(&h.batch_progress_interval_seconds) {
+            return Err("BATCH_PROGRESS_INTERVAL_SECONDS must be between 1 and 86400".into());
         }
         if !u.meta_graph_version.starts_with('v') {
             return Err("META_GRAPH_VERSION must look like v23.0".into());

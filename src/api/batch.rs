@@ -31,8 +31,8 @@ pub struct Batch {
     /// How many of its migrations may be past `queued` and before `awaiting_otp` at once
     /// (stored now; the pacing itself comes in the next increment).
     pub max_in_flight: i32,
-    /// Webhook URL for the batch's own events (stored now; batch webhooks come in the next
-    /// increment). Each migration keeps its own `callback_url`.
+    /// Webhook URL for the batch's own events (`batch.progress`, `batch.completed`); the
+    /// partner's callback URL when null. Each migration keeps its own `callback_url`.
     pub callback_url: Option<String>,
     /// Migrations created in this batch (items rejected at creation are not counted).
     pub total: i64,
@@ -94,4 +94,43 @@ pub struct BatchItem {
 pub struct BatchCreated {
     pub batch: Batch,
     pub items: Vec<BatchItem>,
+}
+
+/// The `type` of a batch webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum BatchEventType {
+    /// The batch moved (its counts changed) since the last `batch.progress`; at most one per
+    /// `BATCH_PROGRESS_INTERVAL_SECONDS` (default 60).
+    #[serde(rename = "batch.progress")]
+    Progress,
+    /// Every migration of the batch is `completed`, `failed` or `cancelled` (also after
+    /// `POST /v1/batches/{id}/cancel`: `data.state` is then `cancelled`). Once per `generation`.
+    #[serde(rename = "batch.completed")]
+    Completed,
+}
+
+impl BatchEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progress => "batch.progress",
+            Self::Completed => "batch.completed",
+        }
+    }
+}
+
+/// The body of a batch webhook POST, signed and retried like a migration's `WebhookEvent`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchWebhookEvent {
+    #[serde(rename = "type")]
+    pub kind: BatchEventType,
+    /// When the event was recorded.
+    pub timestamp: DateTime<Utc>,
+    /// Increases with each event of the batch; one batch's events are delivered in order.
+    pub sequence: i32,
+    /// 1, then one more for each time a retry (`POST /v1/batches/{id}/retry_failed`, or
+    /// `POST /v1/migrations/{id}/retry` of one of its migrations) re-opened the batch after its
+    /// `batch.completed`: each generation ends with a `batch.completed` of its own.
+    pub generation: i32,
+    /// The batch as `GET /v1/batches/{id}` showed it then.
+    pub data: Batch,
 }

@@ -2,6 +2,7 @@
 //! a batch's progress, cancel what has not finished, retry the retryable failures. Each
 //! migration of a batch is an ordinary migration: cancel and retry go through the same
 //! commands (and guards, events and webhooks) as `POST /v1/migrations/{id}/cancel|retry`.
+//! [`tick`] writes the batch's own webhooks, `batch.progress` and `batch.completed`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -15,7 +16,9 @@ use super::migrations::{
     self as single, Idempotency, KeyHolder, LiveKey, NewMigrationInput, partner_of,
 };
 use super::{AppState, Caller};
-use crate::api::batch::{Batch, BatchCreated, BatchItem, BatchState, ItemStatus};
+use crate::api::batch::{
+    Batch, BatchCreated, BatchEventType, BatchItem, BatchState, BatchWebhookEvent, ItemStatus,
+};
 use crate::api::problem::ApiError;
 use crate::crypto::{self, aad};
 use crate::db::{self, batches as store, idempotency, migrations as migrations_store};
@@ -487,4 +490,117 @@ pub async fn retry_failed(state: &AppState, caller: Caller, id: Uuid) -> Result<
         skipped,
         batch: view(state, row).await?,
     })
+}
+
+/// What one [`tick`] recorded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ticked {
+    /// Batches whose `batch.progress` was recorded (and enqueued, when they have a URL).
+    pub progress: usize,
+    /// Batches whose `batch.completed` was recorded (and enqueued, when they have a URL).
+    pub completed: usize,
+}
+
+/// One look at every open batch (one whose current generation has not completed), each in a
+/// transaction of its own holding the batch's row lock (`FOR UPDATE SKIP LOCKED`: replicas
+/// share the batches, and a batch is looked at by one ticker at a time):
+///
+/// * every migration terminal → `finished_at` and the generation's completion are recorded and
+///   a `batch.completed` is enqueued (the unique `(batch_id, batch_generation)` index of
+///   `batch.completed` deliveries makes a second one impossible);
+/// * otherwise, if `interval` has passed since the last `batch.progress` and the counts by
+///   state or error code differ from what it showed (at first: all `queued`), a
+///   `batch.progress` is enqueued.
+///
+/// The body is the batch as `GET /v1/batches/{id}` shows it, rendered once, in the same
+/// transaction as the bookkeeping. Without a URL (no `callback_url`, partner without one)
+/// the bookkeeping is recorded and nothing is enqueued.
+pub async fn tick(pool: &sqlx::PgPool, interval: std::time::Duration) -> Result<Ticked, db::Error> {
+    let mut out = Ticked::default();
+    let mut after = None;
+    loop {
+        let mut tx = pool.begin().await?;
+        let Some(b) = store::lock_next_open(&mut tx, after, interval).await? else {
+            tx.commit().await?;
+            return Ok(out);
+        };
+        after = Some(b.row.id);
+        match tick_one(&mut tx, &b).await {
+            Ok(Some(kind)) => {
+                tx.commit().await?;
+                tracing::info!(
+                    batch.id = %b.row.id,
+                    event = kind.as_str(),
+                    generation = b.generation,
+                    sent = b.url.is_some(),
+                    "batch event recorded"
+                );
+                match kind {
+                    BatchEventType::Progress => out.progress += 1,
+                    BatchEventType::Completed => out.completed += 1,
+                }
+            }
+            Ok(None) => tx.commit().await?,
+            // One batch's trouble does not hold the others up: it is looked at next tick.
+            Err(e) => {
+                tracing::warn!(batch.id = %b.row.id, error = %e, "batch tick failed");
+                drop(tx);
+            }
+        }
+    }
+}
+
+/// The tick of one locked batch: the event recorded, if any.
+async fn tick_one(
+    tx: &mut sqlx::PgConnection,
+    b: &store::OpenBatch,
+) -> Result<Option<BatchEventType>, db::Error> {
+    let counts = store::counts(&mut *tx, b.row.id).await?;
+    let mut batch = present(&b.row, &counts);
+    let sequence = b.webhook_sequence + i32::from(b.url.is_some());
+    let kind = if batch.finished == batch.total {
+        let finished_at = batch.finished_at.unwrap_or(b.now);
+        batch.finished_at = Some(finished_at);
+        if !store::record_completed(&mut *tx, b, finished_at, sequence).await? {
+            return Ok(None);
+        }
+        BatchEventType::Completed
+    } else {
+        let shown = json!({
+            "counts_by_state": batch.counts_by_state,
+            "counts_by_error_code": batch.counts_by_error_code,
+        });
+        let changed = match &b.progress_counts {
+            Some(before) => *before != shown,
+            // Before the first one: changed once anything left `queued`.
+            None => batch.counts_by_state.keys().any(|s| s != "queued"),
+        };
+        if !b.progress_due || !changed {
+            return Ok(None);
+        }
+        store::record_progress(&mut *tx, b, &shown, sequence).await?;
+        BatchEventType::Progress
+    };
+    if let Some(url) = &b.url {
+        let payload = serde_json::to_string(&BatchWebhookEvent {
+            kind,
+            timestamp: b.now,
+            sequence,
+            generation: b.generation,
+            data: batch,
+        })
+        .expect("a batch always serialises");
+        store::enqueue_event(
+            &mut *tx,
+            b,
+            sequence,
+            &store::BatchEvent {
+                kind: kind.as_str(),
+                payload: &payload,
+                url,
+            },
+        )
+        .await?;
+    }
+    Ok(Some(kind))
 }

@@ -742,7 +742,12 @@ pub async fn retry(
     let patch = plan_patch(state, &plan);
     let guard = plan_guard(caller, &plan);
     let data = json!({ "retry_of": failed_step });
-    apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
+    let retried = apply_plan(state, caller, &row, command, &plan, patch, guard, data).await?;
+    if let Some(batch) = retried.batch_id {
+        // Its batch has not finished any more (a new generation if it had completed).
+        db::batches::reopen(&state.pool, batch).await?;
+    }
+    Ok(retried)
 }
 
 /// How long `create` waits for 360dialog to say whether a completed migration's key still works

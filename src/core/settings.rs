@@ -75,6 +75,8 @@ pub struct WebhookConfig {
     pub poll_interval: Duration,
     /// Time in-flight deliveries get at shutdown.
     pub shutdown_grace: Duration,
+    /// The least time between two `batch.progress` webhooks of a batch.
+    pub batch_progress_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -87,6 +89,7 @@ impl Default for WebhookConfig {
             allow_private: false,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            batch_progress_interval: Duration::from_secs(60),
         }
     }
 }

@@ -303,11 +303,148 @@ pub async fn set_total(ex: impl PgExecutor<'_>, id: Uuid, total: i32) -> Result<
     Ok(())
 }
 
-/// A retry made some of the batch's migrations run again: it has not finished.
+/// A retry made some of the batch's migrations run again: it has not finished. If its
+/// `batch.completed` was already recorded, the batch enters its next generation, which will end
+/// with a `batch.completed` of its own; otherwise (still open) nothing else changes, so several
+/// retries of one generation re-open it once.
 pub async fn reopen(ex: impl PgExecutor<'_>, id: Uuid) -> Result<(), Error> {
-    sqlx::query("UPDATE batches SET finished_at = NULL WHERE id = $1")
-        .bind(id)
-        .execute(ex)
-        .await?;
+    sqlx::query(
+        "UPDATE batches SET finished_at = NULL,
+                generation = generation
+                    + CASE WHEN completed_generation >= generation THEN 1 ELSE 0 END
+          WHERE id = $1",
+    )
+    .bind(id)
+    .execute(ex)
+    .await?;
     Ok(())
+}
+
+/// An open batch (its current generation's completion not recorded yet), locked for the
+/// ticker's transaction, with its webhook bookkeeping.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenBatch {
+    #[sqlx(flatten)]
+    pub row: BatchRow,
+    pub generation: i32,
+    pub webhook_sequence: i32,
+    /// The counts the last `batch.progress` showed.
+    pub progress_counts: Option<Value>,
+    /// Whether the progress interval has passed since the last `batch.progress`.
+    pub progress_due: bool,
+    /// Where its webhooks go: its own `callback_url`, else its partner's; `None`: nowhere.
+    pub url: Option<String>,
+    /// The transaction's time (the database's): stamps what this tick records.
+    pub now: DateTime<Utc>,
+}
+
+/// Locks the next open batch after `after` (by id), skipping those another replica's ticker
+/// holds. `None`: no more.
+pub async fn lock_next_open(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    interval: std::time::Duration,
+) -> Result<Option<OpenBatch>, Error> {
+    let columns = BATCH_COLUMNS
+        .split(", ")
+        .map(|c| format!("b.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(sqlx::query_as::<_, OpenBatch>(&format!(
+        "SELECT {columns}, b.generation, b.webhook_sequence, b.progress_counts,
+                (b.progress_sent_at IS NULL
+                 OR b.progress_sent_at <= now() - make_interval(secs => $2)) AS progress_due,
+                COALESCE(b.callback_url, p.callback_url) AS url, now() AS now
+           FROM batches b JOIN partners p ON p.id = b.partner_id
+          WHERE b.completed_generation < b.generation AND ($1::uuid IS NULL OR b.id > $1)
+          ORDER BY b.id LIMIT 1
+          FOR UPDATE OF b SKIP LOCKED"
+    ))
+    .bind(after)
+    .bind(interval.as_secs_f64())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// A batch event for the outbox.
+pub struct BatchEvent<'a> {
+    pub kind: &'a str,
+    /// The exact request body.
+    pub payload: &'a str,
+    pub url: &'a str,
+}
+
+/// Writes a batch event's delivery (its `sequence` is the batch's next) and wakes the
+/// dispatchers. The caller holds the batch's row lock ([`lock_next_open`]).
+pub async fn enqueue_event(
+    conn: &mut PgConnection,
+    b: &OpenBatch,
+    sequence: i32,
+    ev: &BatchEvent<'_>,
+) -> Result<Uuid, Error> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "WITH w AS (
+             INSERT INTO webhook_deliveries (id, partner_id, batch_id, batch_generation, sequence,
+                 event_type, payload, url, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)
+             RETURNING id)
+         SELECT pg_notify($10, '') FROM w",
+    )
+    .bind(id)
+    .bind(b.row.partner_id)
+    .bind(b.row.id)
+    .bind(b.generation)
+    .bind(sequence)
+    .bind(ev.kind)
+    .bind(ev.payload)
+    .bind(ev.url)
+    .bind(b.now)
+    .bind(super::webhooks::WEBHOOKS_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// Records a `batch.progress` (sent or, without a URL, not): its time, its counts and the last
+/// sequence used.
+pub async fn record_progress(
+    conn: &mut PgConnection,
+    b: &OpenBatch,
+    counts: &Value,
+    sequence: i32,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE batches SET progress_sent_at = $2, progress_counts = $3, webhook_sequence = $4
+          WHERE id = $1",
+    )
+    .bind(b.row.id)
+    .bind(b.now)
+    .bind(counts)
+    .bind(sequence)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the completion of the batch's current generation (and when it finished, unless a
+/// read recorded that first). Guarded by the generation, so a generation completes once.
+pub async fn record_completed(
+    conn: &mut PgConnection,
+    b: &OpenBatch,
+    finished_at: DateTime<Utc>,
+    sequence: i32,
+) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE batches SET completed_generation = generation, webhook_sequence = $3,
+                finished_at = COALESCE(finished_at, $4)
+          WHERE id = $1 AND generation = $2 AND completed_generation < generation",
+    )
+    .bind(b.row.id)
+    .bind(b.generation)
+    .bind(sequence)
+    .bind(finished_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }

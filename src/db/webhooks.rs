@@ -20,7 +20,12 @@ pub const WEBHOOKS_CHANNEL: &str = "waba_migrator_webhooks";
 pub struct DeliveryRow {
     pub id: Uuid,
     pub partner_id: Uuid,
-    pub migration_id: Uuid,
+    /// The migration the event is about; `None` for a batch's event.
+    pub migration_id: Option<Uuid>,
+    /// The batch the event is about (`batch.progress`, `batch.completed`); `None` for a
+    /// migration's event.
+    pub batch_id: Option<Uuid>,
+    /// Per migration (its version) or per batch (its event counter).
     pub sequence: i32,
     pub event_type: String,
     pub payload: String,
@@ -36,7 +41,7 @@ pub struct DeliveryRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const DELIVERY_COLUMNS: &str = "id, partner_id, migration_id, sequence, event_type, payload, \
+const DELIVERY_COLUMNS: &str = "id, partner_id, migration_id, batch_id, sequence, event_type, payload, \
     url, status, attempts, schedule_step, next_attempt_at, lease_token, last_status_code, \
     last_error, created_at, updated_at";
 
@@ -53,7 +58,8 @@ pub struct AttemptRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// Claims up to `limit` due deliveries, each the oldest pending one of its migration.
+/// Claims up to `limit` due deliveries, each the oldest pending one of its migration (or
+/// batch).
 pub async fn claim(
     ex: impl PgExecutor<'_>,
     now: DateTime<Utc>,
@@ -71,6 +77,11 @@ pub async fn claim(
                      WHERE e.migration_id = d.migration_id
                        AND e.status = 'pending'
                        AND e.sequence < d.sequence)
+                AND (d.batch_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM webhook_deliveries e
+                     WHERE e.batch_id = d.batch_id
+                       AND e.status = 'pending'
+                       AND e.sequence < d.sequence))
               ORDER BY d.next_attempt_at, d.id
               LIMIT $3
               FOR UPDATE SKIP LOCKED)
@@ -218,6 +229,25 @@ pub async fn page_for_migration(
           WHERE migration_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
     ))
     .bind(migration_id)
+    .bind(after.unwrap_or(i32::MIN))
+    .bind(limit + 1)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// A page of a batch's deliveries, in event order (as [`page_for_migration`]). Reads the
+/// `(batch_id, sequence)` unique index.
+pub async fn page_for_batch(
+    ex: impl PgExecutor<'_>,
+    batch_id: Uuid,
+    after: Option<i32>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, Error> {
+    Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+          WHERE batch_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+    ))
+    .bind(batch_id)
     .bind(after.unwrap_or(i32::MIN))
     .bind(limit + 1)
     .fetch_all(ex)

@@ -1,5 +1,5 @@
 //! Webhook delivery log and redelivery: `GET /v1/migrations/{id}/webhook_deliveries`,
-//! `POST /v1/webhook_deliveries/{id}/redeliver`.
+//! `GET /v1/batches/{id}/webhook_deliveries`, `POST /v1/webhook_deliveries/{id}/redeliver`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +20,7 @@ use crate::db::{self, webhooks as store};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_deliveries))
+        .routes(routes!(list_batch_deliveries))
         .routes(routes!(redeliver))
 }
 
@@ -45,12 +46,18 @@ pub struct DeliveryAttempt {
 pub struct WebhookDelivery {
     /// Sent as `webhook-id`; the same on every attempt, so consumers can deduplicate.
     pub id: Uuid,
-    pub migration_id: Uuid,
-    /// Increases with each event of the migration (also in the body as `sequence`).
+    /// The migration the event is about; null for a batch's event.
+    pub migration_id: Option<Uuid>,
+    /// The batch the event is about (`batch.progress`, `batch.completed`); null for a
+    /// migration's event.
+    pub batch_id: Option<Uuid>,
+    /// Increases with each event of the migration (or of the batch); also in the body as
+    /// `sequence`.
     pub sequence: i32,
     /// The body's `type`: `migration.awaiting_otp`, `migration.completed`, `migration.failed`,
     /// `migration.cancelled` or `migration.state_changed`, as the audit event of the same
-    /// transition, or `migration.waiting_for_changed`.
+    /// transition, `migration.waiting_for_changed`, `migration.client_page_opened`; for a batch
+    /// `batch.progress` or `batch.completed`.
     pub event_type: String,
     pub url: String,
     /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted).
@@ -79,6 +86,7 @@ fn delivery(row: store::DeliveryRow, attempts: Vec<DeliveryAttempt>) -> WebhookD
     WebhookDelivery {
         id: row.id,
         migration_id: row.migration_id,
+        batch_id: row.batch_id,
         sequence: row.sequence,
         event_type: row.event_type,
         url: row.url,
@@ -130,9 +138,51 @@ async fn list_deliveries(
     crate::core::migrations::fetch(&state, caller, id).await?;
     let mut rows = store::page_for_migration(&state.pool, id, page.cursor, page.limit()).await?;
     let next_cursor = page.finish(&mut rows, |r| r.sequence);
+    Ok(axum::Json(WebhookDeliveryList {
+        data: with_attempts(&state, rows).await?,
+        next_cursor,
+    }))
+}
+
+/// A batch's own webhooks (`batch.progress`, `batch.completed`), in event order, each with
+/// every delivery attempt. Its migrations' webhooks are listed per migration.
+///
+/// A page at a time: `limit` deliveries (default 50, at most 100), then the next page from the
+/// `cursor` the previous one returned as `next_cursor` (null on the last page).
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/webhook_deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Batch id"), SequencePage),
+    responses(
+        (status = 200, description = "A page of deliveries with their attempts", body = WebhookDeliveryList),
+        (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_batch_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<Uuid>,
+    AppQuery(page): AppQuery<SequencePage>,
+) -> Result<axum::Json<WebhookDeliveryList>, ApiError> {
+    crate::core::batches::fetch(&state, caller, id).await?;
+    let mut rows = store::page_for_batch(&state.pool, id, page.cursor, page.limit()).await?;
+    let next_cursor = page.finish(&mut rows, |r| r.sequence);
+    Ok(axum::Json(WebhookDeliveryList {
+        data: with_attempts(&state, rows).await?,
+        next_cursor,
+    }))
+}
+
+/// The deliveries `rows`, each with its attempts.
+async fn with_attempts(
+    state: &AppState,
+    rows: Vec<store::DeliveryRow>,
+) -> Result<Vec<WebhookDelivery>, ApiError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut attempts = store::attempts_for_deliveries(&state.pool, &ids).await?;
-    let data = rows
+    Ok(rows
         .into_iter()
         .map(|row| {
             let (mine, rest): (Vec<_>, Vec<_>) =
@@ -140,8 +190,7 @@ async fn list_deliveries(
             attempts = rest;
             delivery(row, mine.into_iter().map(attempt).collect())
         })
-        .collect();
-    Ok(axum::Json(WebhookDeliveryList { data, next_cursor }))
+        .collect())
 }
 
 /// Send a webhook again now, with a fresh retry schedule and the same `webhook-id`.
@@ -166,6 +215,11 @@ async fn redeliver(
         Err(db::Error::NotFound) => return Err(ApiError::not_found("webhook delivery")),
         Err(e) => return Err(e.into()),
     };
-    tracing::info!(delivery.id = %id, migration.id = %row.migration_id, "webhook redelivery requested");
+    tracing::info!(
+        delivery.id = %id,
+        migration.id = ?row.migration_id,
+        batch.id = ?row.batch_id,
+        "webhook redelivery requested"
+    );
     Ok((StatusCode::ACCEPTED, axum::Json(delivery(row, Vec::new()))))
 }

@@ -133,7 +133,7 @@ impl Dispatcher {
     }
 
     /// Delivers everything due now, including what becomes due as earlier events of the same
-    /// migration go out; returns the number of attempts made (tests and one-shot tools).
+    /// migration (or batch) go out; returns the number of attempts made (tests and one-shot tools).
     pub async fn run_until_idle(&self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
@@ -158,10 +158,17 @@ impl Dispatcher {
         let span = info_span!(
             "webhook",
             delivery.id = %row.id,
-            migration.id = %row.migration_id,
+            migration.id = tracing::field::Empty,
+            batch.id = tracing::field::Empty,
             event = %row.event_type,
             attempt = row.attempts,
         );
+        if let Some(id) = row.migration_id {
+            span.record("migration.id", tracing::field::display(id));
+        }
+        if let Some(id) = row.batch_id {
+            span.record("batch.id", tracing::field::display(id));
+        }
         async {
             let Some(token) = row.lease_token else {
                 return;
@@ -215,7 +222,7 @@ impl Dispatcher {
             };
             match store::record_attempt(&mut conn, &row, token, &result).await {
                 Ok(true) => {
-                    // The next event of this migration may go now.
+                    // The next event of this migration (or batch) may go now.
                     if outcome.succeeded() || next.is_none() {
                         let _ = sqlx::query("SELECT pg_notify($1, '')")
                             .bind(store::WEBHOOKS_CHANNEL)

@@ -14,10 +14,16 @@
 //!   attempts over 27.5 h); every attempt logged with status, latency and the next attempt.
 //! * **Signing** ([`signing`]): `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`
 //!   with the partner's `whsec_` secret, plus the previous secret during a rotation's overlap.
+//! * **Batches** ([`BatchTicker`]): a batch's own events, `batch.progress` (at most once per
+//!   interval, only when its counts changed) and `batch.completed` (once per generation, a
+//!   unique index), are written to the same outbox by a ticker, in the transaction that records
+//!   them; their `sequence` counts the batch's events.
 //! * **Safety** ([`crate::core::ssrf`]): only `https` URLs whose resolved addresses are all public, checked at
 //!   connect time by the resolver itself, redirects not followed.
 
 pub mod dispatcher;
 pub mod signing;
+pub mod ticker;
 
 pub use dispatcher::Dispatcher;
+pub use ticker::BatchTicker;

@@ -20,7 +20,7 @@ use waba_migrator::core::{
 use waba_migrator::crypto::Cipher;
 use waba_migrator::domain::RetryPolicy;
 use waba_migrator::sandbox::{Sandbox, SandboxConfig};
-use waba_migrator::webhooks::Dispatcher;
+use waba_migrator::webhooks::{BatchTicker, Dispatcher};
 use waba_migrator::worker::{Deps, FailPoints, Worker, WorkerConfig};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -52,6 +52,8 @@ pub struct Options {
     pub webhooks: WebhookConfig,
     /// Start a background webhook dispatcher (otherwise drive with `dispatcher.run_until_idle()`).
     pub background_dispatcher: bool,
+    /// Start a background batch ticker (otherwise drive with `batch_ticker.run_once()`).
+    pub background_batch_ticker: bool,
     /// What the dispatcher schedules by (a `ManualClock` to skip through retry delays).
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per key; `None`: unlimited.
@@ -109,6 +111,7 @@ impl Default for Options {
                 ..WebhookConfig::default()
             },
             background_dispatcher: true,
+            background_batch_ticker: true,
             clock: Arc::new(SystemClock),
             rate_limit: None,
             auth: AuthConfig::default(),
@@ -131,6 +134,8 @@ pub struct TestApp {
     /// The partner's webhook signing secret.
     pub webhook_secret: String,
     pub dispatcher: Dispatcher,
+    /// Writes the batches' webhooks to the outbox.
+    pub batch_ticker: BatchTicker,
     /// The API's state (e.g. `state.auth` to observe key lookups).
     pub state: AppState,
     worker: Worker,
@@ -194,6 +199,7 @@ impl TestApp {
         let fail_points = app.fail_points.clone();
         let worker = app.worker.clone().expect("worker");
         let dispatcher = app.dispatcher.clone().expect("dispatcher");
+        let batch_ticker = app.batch_ticker.clone().expect("batch ticker");
         let router = waba_migrator::http::router(app.state.clone(), waba_migrator::app::pages());
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -214,6 +220,11 @@ impl TestApp {
             let d = dispatcher.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move { d.run(stop).await });
+        }
+        if opts.background_batch_ticker {
+            let t = batch_ticker.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { t.run(stop).await });
         }
         let http = reqwest::Client::new();
         let res = http
@@ -237,6 +248,7 @@ impl TestApp {
             partner_key: body["api_key"].as_str().unwrap().to_owned(),
             webhook_secret: body["webhook_secret"].as_str().unwrap().to_owned(),
             dispatcher,
+            batch_ticker,
             state: app.state.clone(),
             http,
             pool,

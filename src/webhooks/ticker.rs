@@ -1,0 +1,56 @@
+//! The batch ticker: writes the batches' own webhooks (`batch.progress`, `batch.completed`) to
+//! the outbox, which the [`super::Dispatcher`] delivers like any other. One per replica, next
+//! to the dispatcher; replicas share the open batches through row locks
+//! (see [`crate::core::batches::tick`]).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::core::batches::{self, Ticked};
+use crate::db;
+
+/// The longest pause between two looks: a batch's end is noticed within this, whatever the
+/// progress interval.
+const MAX_PERIOD: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct BatchTicker {
+    pool: PgPool,
+    interval: Duration,
+}
+
+impl BatchTicker {
+    /// `interval`: the least time between two `batch.progress` of a batch.
+    pub fn new(pool: PgPool, interval: Duration) -> Self {
+        Self { pool, interval }
+    }
+
+    /// Time between two looks: the progress interval, at most [`MAX_PERIOD`].
+    pub fn period(&self) -> Duration {
+        self.interval.clamp(Duration::from_millis(10), MAX_PERIOD)
+    }
+
+    /// Looks at the open batches every [`Self::period`] until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        info!(interval = ?self.interval, "batch ticker started");
+        loop {
+            if let Err(e) = self.run_once().await {
+                warn!(error = %e, "batch tick failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.period()) => {}
+            }
+        }
+        info!("batch ticker stopped");
+        Ok(())
+    }
+
+    /// One look at every open batch (tests drive the ticker with this).
+    pub async fn run_once(&self) -> Result<Ticked, db::Error> {
+        batches::tick(&self.pool, self.interval).await
+    }
+}
