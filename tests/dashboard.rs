@@ -436,5 +436,14 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
         .unwrap();
     assert_eq!(batch["state"], "cancelled");
     assert_eq!(batch["counts_by_state"]["cancelled"], 3, "{batch:#}");
+    c.find(Locator::LinkText("← All batches"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let list = wait_text(c, "#batches", |t| t.contains("Browser batch")).await;
+    assert!(list.contains("cancelled"), "{list}");
+    browser.save_screenshot(&screenshots(), "batches").await;
     browser.client.clone().close().await.unwrap();
 }
