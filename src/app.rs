@@ -87,6 +87,7 @@ impl App {
             dashboard: settings.dashboard.clone(),
             client_page: settings.client_page.clone(),
             client_page_limits: Default::default(),
+            batch_csv: crate::http::batches::read_csv_upload,
         };
         let dispatcher = if settings.run_workers {
             Some(Dispatcher::new(

@@ -258,3 +258,192 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
     assert_eq!(mine["state"], "awaiting_otp");
     browser.client.clone().close().await.unwrap();
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cancels_it(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let numbers = ["+14155550941", "+14155550942", "+14155550943"];
+    let mut csv =
+        "phone_number,source_waba_id,destination_waba_id,meta_business_id,reference\n".to_owned();
+    for (i, n) in numbers.iter().enumerate() {
+        csv.push_str(&format!(
+            "{n},{},{},{},store-{}\n",
+            helpers::SOURCE_WABA,
+            helpers::DEST_WABA,
+            helpers::BUSINESS,
+            i + 1
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("wm-batch-{}.csv", uuid::Uuid::new_v4()));
+    std::fs::write(&file, &csv).unwrap();
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+    sign_in(c, &app, &app.partner_key).await;
+
+    // Batches, from the nav; upload the file through the real form.
+    c.find(Locator::LinkText("Batches"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "h1", |t| t == "Batches").await;
+    c.find(Locator::Css("#u-file"))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#u-name"))
+        .await
+        .unwrap()
+        .send_keys("Browser batch")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#upload-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    // Its progress page.
+    wait_text(c, "p.notice", |t| t.starts_with("Batch created")).await;
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        h1.starts_with("Batch Browser batch") && h1.contains("active"),
+        "{h1}"
+    );
+    let url = c.current_url().await.unwrap();
+    let id = url
+        .path()
+        .trim_start_matches("/dashboard/batches/")
+        .to_owned();
+    let batch: Value = app
+        .get(&format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["total"], 3, "{batch:#}");
+    assert_eq!(batch["name"], "Browser batch");
+    let table = wait_text(c, "#batch-migrations", |t| !t.is_empty()).await;
+    for n in numbers {
+        assert!(table.contains(n), "{table}");
+    }
+    assert!(table.contains("store-3"), "{table}");
+
+    // Once every migration waits for its code, the counts say so.
+    for m in app.all_pages(&format!("/v1/batches/{id}/migrations")).await {
+        app.wait_for(m["id"].as_str().unwrap(), "awaiting_otp")
+            .await;
+    }
+    c.goto(&app.url(&format!("/dashboard/batches/{id}")))
+        .await
+        .unwrap();
+    let counts = wait_text(c, "#by-state", |t| t.contains("awaiting_otp")).await;
+    assert!(counts.contains('3'), "{counts}");
+    let progress = c
+        .find(Locator::Css("#progress-text"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(progress.contains("0 of 3"), "{progress}");
+    browser.save_screenshot(&screenshots(), "batch").await;
+
+    // The report link, with the browser's session: the API's CSV.
+    let href = c
+        .find(Locator::Css("a#report"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(href, format!("/dashboard/batches/{id}/report.csv"));
+    let session = c
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.name() == waba_migrator::dashboard::SESSION_COOKIE)
+        .expect("the session cookie");
+    let res = app
+        .http
+        .get(app.url(&href))
+        .header("cookie", format!("{}={}", session.name(), session.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let report = res.text().await.unwrap();
+    assert_eq!(
+        report.lines().next().unwrap(),
+        "reference,phone_number,migration_id,state,error_code,actor,remediation,\
+         templates_migrated,templates_failed,templates_skipped,api_key_ready"
+    );
+    assert_eq!(report.lines().count(), 4, "{report}");
+
+    // Cancel it: open the confirmation, then press the button. (Loaded afresh so that the
+    // page's own refresh cannot close the confirmation in between.)
+    c.goto(&app.url(&format!("/dashboard/batches/{id}")))
+        .await
+        .unwrap();
+    c.find(Locator::Css("#cancel-open"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#cancel-batch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "p.notice", |t| t.starts_with("Cancelled")).await;
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(h1.contains("cancelled"), "{h1}");
+    let batch: Value = app
+        .get(&format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["state"], "cancelled");
+    assert_eq!(batch["counts_by_state"]["cancelled"], 3, "{batch:#}");
+    c.find(Locator::LinkText("← All batches"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let list = wait_text(c, "#batches", |t| t.contains("Browser batch")).await;
+    assert!(list.contains("cancelled"), "{list}");
+    browser.save_screenshot(&screenshots(), "batches").await;
+    browser.client.clone().close().await.unwrap();
+}

@@ -16,6 +16,7 @@ use super::migrations::{
     self as single, Idempotency, KeyHolder, LiveKey, NewMigrationInput, partner_of,
 };
 use super::{AppState, Caller};
+use crate::api::Migration;
 use crate::api::batch::{
     Batch, BatchCreated, BatchEventType, BatchItem, BatchState, BatchWebhookEvent, ItemStatus,
 };
@@ -603,4 +604,94 @@ async fn tick_one(
         .await?;
     }
     Ok(Some(kind))
+}
+
+/// Reads a CSV upload of `POST /v1/batches` into a checked batch: `query` is the request's
+/// query string (`name`, `max_in_flight`, `callback_url`), `csv` the `text/csv` body. Any
+/// problem is the API's 422 `validation_failed` (CSV cells named by `row` and `column`).
+///
+/// The reader is the API's own (`http::batches::read_csv_upload`, which reads each row with
+/// the single create's reader); the composition root (`app`) hands it to the core in
+/// [`AppState::batch_csv`](super::AppState) so that the dashboard's upload checks exactly
+/// what the API checks without importing another edge.
+pub type CsvReader =
+    fn(query: &str, csv: &str, allow_private: bool) -> Result<NewBatchInput, ApiError>;
+
+/// The columns of `report.csv`, in order.
+pub const REPORT_COLUMNS: &[&str] = &[
+    "reference",
+    "phone_number",
+    "migration_id",
+    "state",
+    "error_code",
+    "actor",
+    "remediation",
+    "templates_migrated",
+    "templates_failed",
+    "templates_skipped",
+    "api_key_ready",
+];
+
+/// One report row of a migration.
+fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
+    let m = Migration::from(row);
+    let error: Option<&MigrationError> = m
+        .error
+        .as_ref()
+        .filter(|_| m.state == MigrationState::Failed);
+    let text = |v: Value| v.as_str().map(str::to_owned).unwrap_or_default();
+    let (actor, remediation) = match (&error, &m.waiting_for) {
+        (Some(e), _) => (text(json!(e.actor)), e.remediation.clone()),
+        (None, Some(w)) => (text(json!(w.actor)), w.remediation.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let (migrated, failed, skipped) = m.templates.as_ref().map_or((0, 0, 0), |t| {
+        (t.migrated.len(), t.failed.len(), t.skipped.len())
+    });
+    let key_ready = m.state == MigrationState::Completed
+        && matches!(m.api_key.status.as_str(), "generated" | "verified");
+    vec![
+        row.batch_reference.clone().unwrap_or_default(),
+        m.phone_number.clone(),
+        m.id.to_string(),
+        m.state.as_str().to_owned(),
+        error.map(|e| text(json!(e.code))).unwrap_or_default(),
+        actor,
+        remediation,
+        migrated.to_string(),
+        failed.to_string(),
+        skipped.to_string(),
+        if key_ready { "yes" } else { "no" }.to_owned(),
+    ]
+}
+
+/// A batch's report (`GET /v1/batches/{id}/report.csv`, and the dashboard's download): the
+/// batch as `caller` may see it (else 404) and the CSV, a header row of [`REPORT_COLUMNS`]
+/// and one row per migration in the order sent.
+pub async fn report(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<(store::BatchRow, Vec<u8>), ApiError> {
+    let batch = fetch(state, caller, id).await?;
+    let rows = store::migrations(&state.pool, batch.id, &store::MigrationFilter::default()).await?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>, r: &[String]| {
+        w.write_record(r)
+            .map_err(|e| ApiError::internal(anyhow::Error::from(e)))
+    };
+    write(
+        &mut w,
+        &REPORT_COLUMNS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect::<Vec<_>>(),
+    )?;
+    for row in &rows {
+        write(&mut w, &report_row(row))?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the report: {e}")))?;
+    Ok((batch, body))
 }

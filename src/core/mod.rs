@@ -105,6 +105,8 @@ pub struct AppState {
     pub client_page: ClientPageConfig,
     /// Submission limits of the client page, per link and per address.
     pub client_page_limits: Arc<client_page::PageLimits>,
+    /// The API's reader of a CSV batch upload, for the dashboard's upload form.
+    pub batch_csv: batches::CsvReader,
 }
 
 impl FromRef<AppState> for PgPool {

@@ -11,7 +11,9 @@
 //! the key ends it at the next request. Every POST carries the session's synchronizer CSRF
 //! token (compared in constant time) and is refused when its `Origin` or `Sec-Fetch-Site`
 //! says it came from another site. Actions call the API's own transition code
-//! (`core::migrations::{retry, cancel, resend}`), so events, webhooks and metrics match.
+//! (`core::migrations::{retry, cancel, resend}`, `core::batches::{create, cancel,
+//! retry_failed}`), so events, webhooks and metrics match. A batch upload is read by the
+//! API's own CSV reader (`AppState::batch_csv`): the same checks, the same row/column errors.
 
 use axum::Router;
 use axum::extract::Request;
@@ -23,6 +25,7 @@ use axum::routing::{get, post};
 use crate::api::problem::ApiError;
 use crate::core::AppState;
 
+mod batches;
 mod pages;
 mod session;
 mod sign_in;
@@ -56,6 +59,19 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/dashboard/migrations/{id}/client_page/rotate",
             post(pages::rotate_link),
+        )
+        .route(
+            "/dashboard/batches",
+            get(batches::list)
+                .post(batches::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(batches::UPLOAD_LIMIT)),
+        )
+        .route("/dashboard/batches/{id}", get(batches::page))
+        .route("/dashboard/batches/{id}/report.csv", get(batches::report))
+        .route("/dashboard/batches/{id}/cancel", post(batches::cancel))
+        .route(
+            "/dashboard/batches/{id}/retry_failed",
+            post(batches::retry_failed),
         )
         .route("/dashboard/assets/dashboard.css", get(stylesheet))
         .layer(middleware::from_fn(guard))

@@ -27,7 +27,7 @@ use crate::domain::{MigrationState, OtpMethod};
 const PAGE_SIZE: i64 = 25;
 
 /// Partner names by id: every partner for the admin, the own one for a partner.
-async fn partner_names(
+pub(super) async fn partner_names(
     state: &AppState,
     session: &Session,
 ) -> Result<HashMap<Uuid, String>, DashError> {

@@ -21,6 +21,12 @@ use crate::db::events::EventRow;
 use crate::db::webhooks::{AttemptRow, DeliveryRow};
 use crate::domain::{Actor, ErrorCode, MigrationState};
 
+mod batches;
+pub use batches::{BatchList, BatchPage, UploadForm, batch_list, batch_page};
+
+/// Seconds between two refreshes of a page that moves by itself (a running batch).
+pub const REFRESH_SECS: u32 = 15;
+
 /// Query of the list page; every field optional, empty strings ignored.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
@@ -116,6 +122,18 @@ fn waiting_for(s: MigrationState) -> &'static str {
 }
 
 fn layout(session: Option<&Session>, title: &str, current: &str, body: Markup) -> Html<String> {
+    layout_refreshing(session, title, current, None, body)
+}
+
+/// [`layout`] for a page that moves by itself: `refresh` is where the browser goes every
+/// [`REFRESH_SECS`] seconds (a `<meta http-equiv="refresh">`: no script, which the CSP forbids).
+fn layout_refreshing(
+    session: Option<&Session>,
+    title: &str,
+    current: &str,
+    refresh: Option<&str>,
+    body: Markup,
+) -> Html<String> {
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -125,6 +143,9 @@ fn layout(session: Option<&Session>, title: &str, current: &str, body: Markup) -
                 meta name="referrer" content="same-origin";
                 title { (title) " · waba-migrator dashboard" }
                 link rel="stylesheet" href="/dashboard/assets/dashboard.css";
+                @if let Some(url) = refresh {
+                    meta http-equiv="refresh" content=(format!("{REFRESH_SECS}; url={url}"));
+                }
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -135,6 +156,7 @@ fn layout(session: Option<&Session>, title: &str, current: &str, body: Markup) -
                             ul {
                                 li { a href="/dashboard" aria-current=[(current == "overview").then_some("page")] { "Overview" } }
                                 li { a href="/dashboard/migrations" aria-current=[(current == "list").then_some("page")] { "Migrations" } }
+                                li { a href="/dashboard/batches" aria-current=[(current == "batches").then_some("page")] { "Batches" } }
                             }
                         }
                         div.who {
@@ -641,6 +663,9 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
                 dl.facts {
                     dt { "Id" } dd { code { (m.id) } }
                     dt { "Partner" } dd { (d.partner) }
+                    @if let Some(b) = m.batch_id {
+                        dt { "Batch" } dd { a #batch-link href={ "/dashboard/batches/" (b) } { code { (b) } } }
+                    }
                     dt { "Flow" } dd { (name(&m.flow)) }
                     dt { "Source WABA" } dd { code { (m.source_waba_id) } }
                     dt { "Destination WABA" } dd { code { (m.destination_waba_id) } }

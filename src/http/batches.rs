@@ -31,7 +31,7 @@ use crate::core::batches::{self as commands, MAX_ITEMS, NewBatchInput, NewItem};
 use crate::core::client_page;
 use crate::core::migrations::Idempotency;
 use crate::db::batches as store;
-use crate::domain::{MigrationError, MigrationState};
+use crate::domain::MigrationState;
 
 /// A batch body may be this large (5,000 items): far above the other routes' limit.
 pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -460,6 +460,28 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     Ok(items)
 }
 
+/// A CSV upload as `POST /v1/batches` takes it: `query` (`name`, `max_in_flight`,
+/// `callback_url`, checked first) and the `text/csv` body. The dashboard's upload form reads
+/// its file with this too ([`crate::core::batches::CsvReader`], wired by `app`).
+pub fn read_csv_upload(
+    query: &str,
+    csv: &str,
+    allow_private: bool,
+) -> Result<NewBatchInput, ApiError> {
+    let mut q = QueryParams::parse(query);
+    let parsed = read_csv_query(&mut q, allow_private);
+    let params = q.finish(parsed)?;
+    let items = read_csv(csv, allow_private)?;
+    Ok(NewBatchInput {
+        name: params.name,
+        max_in_flight: params
+            .max_in_flight
+            .unwrap_or(commands::DEFAULT_MAX_IN_FLIGHT),
+        callback_url: params.callback_url,
+        items: items.items,
+    })
+}
+
 fn is_csv(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -786,54 +808,6 @@ async fn list_batch_migrations(
     Ok(axum::Json(MigrationPage { data, next_cursor }))
 }
 
-/// The columns of `report.csv`, in order.
-pub const REPORT_COLUMNS: &[&str] = &[
-    "reference",
-    "phone_number",
-    "migration_id",
-    "state",
-    "error_code",
-    "actor",
-    "remediation",
-    "templates_migrated",
-    "templates_failed",
-    "templates_skipped",
-    "api_key_ready",
-];
-
-/// One report row of a migration.
-fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
-    let m = Migration::from(row);
-    let error: Option<&MigrationError> = m
-        .error
-        .as_ref()
-        .filter(|_| m.state == MigrationState::Failed);
-    let text = |v: Value| v.as_str().map(str::to_owned).unwrap_or_default();
-    let (actor, remediation) = match (&error, &m.waiting_for) {
-        (Some(e), _) => (text(json!(e.actor)), e.remediation.clone()),
-        (None, Some(w)) => (text(json!(w.actor)), w.remediation.clone()),
-        (None, None) => (String::new(), String::new()),
-    };
-    let (migrated, failed, skipped) = m.templates.as_ref().map_or((0, 0, 0), |t| {
-        (t.migrated.len(), t.failed.len(), t.skipped.len())
-    });
-    let key_ready = m.state == MigrationState::Completed
-        && matches!(m.api_key.status.as_str(), "generated" | "verified");
-    vec![
-        row.batch_reference.clone().unwrap_or_default(),
-        m.phone_number.clone(),
-        m.id.to_string(),
-        m.state.as_str().to_owned(),
-        error.map(|e| text(json!(e.code))).unwrap_or_default(),
-        actor,
-        remediation,
-        migrated.to_string(),
-        failed.to_string(),
-        skipped.to_string(),
-        if key_ready { "yes" } else { "no" }.to_owned(),
-    ]
-}
-
 /// A batch's report, one row per migration.
 ///
 /// `text/csv` with a header row: `reference`, `phone_number`, `migration_id`, `state`,
@@ -857,26 +831,7 @@ async fn batch_report(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let batch = commands::fetch(&state, caller, id).await?;
-    let rows = store::migrations(&state.pool, batch.id, &store::MigrationFilter::default()).await?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let write = |w: &mut csv::Writer<Vec<u8>>, r: &[String]| {
-        w.write_record(r)
-            .map_err(|e| ApiError::internal(anyhow::Error::from(e)))
-    };
-    write(
-        &mut w,
-        &REPORT_COLUMNS
-            .iter()
-            .map(|c| (*c).to_owned())
-            .collect::<Vec<_>>(),
-    )?;
-    for row in &rows {
-        write(&mut w, &report_row(row))?;
-    }
-    let body = w
-        .into_inner()
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the report: {e}")))?;
+    let (batch, body) = commands::report(&state, caller, id).await?;
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

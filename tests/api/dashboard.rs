@@ -10,7 +10,9 @@ use waba_migrator::domain::ErrorCode;
 
 use waba_migrator::core::auth::AuthConfig;
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+use crate::helpers::{
+    ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem,
+};
 
 /// A browser-like client: keeps the dashboard cookies, does not follow redirects.
 struct Dash {
@@ -86,6 +88,42 @@ impl Dash {
             .post(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
             .form(form);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        self.store(&headers);
+        (status, headers, res.text().await.unwrap())
+    }
+
+    /// Posts the batch upload form (`multipart/form-data`): `fields` and a CSV file.
+    async fn upload(
+        &mut self,
+        fields: &[(&str, &str)],
+        csv: &str,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let boundary = "wm-test-boundary-7c4d9a8e";
+        let mut body = String::new();
+        for (k, v) in fields {
+            body.push_str(&format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+            ));
+        }
+        body.push_str(&format!(
+            "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"numbers.csv\"\r\n\
+             content-type: text/csv\r\n\r\n{csv}\r\n--{boundary}--\r\n"
+        ));
+        let mut req = self
+            .http
+            .post(format!("{}/dashboard/batches", self.base))
+            .header("cookie", self.cookie_header())
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
@@ -696,4 +734,430 @@ async fn the_detail_page_shows_the_client_link_and_replaces_it(pool: PgPool) {
             .await,
         1
     );
+}
+
+/// A CSV of `numbers`, each with a reference `store-<n>`.
+fn batch_csv(numbers: &[&str]) -> String {
+    let mut csv =
+        "phone_number,source_waba_id,destination_waba_id,meta_business_id,reference\n".to_owned();
+    for (i, n) in numbers.iter().enumerate() {
+        csv.push_str(&format!(
+            "{n},{SOURCE_WABA},{DEST_WABA},{BUSINESS},store-{}\n",
+            i + 1
+        ));
+    }
+    csv
+}
+
+/// Creates a batch of `numbers` through the API as `key`; returns its id.
+async fn api_batch(app: &TestApp, key: &str, name: &str, numbers: &[&str]) -> String {
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/batches?name={name}")))
+        .bearer_auth(key)
+        .header("content-type", "text/csv")
+        .body(batch_csv(numbers))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    body["batch"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn count_rows(app: &TestApp, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn batch_pages_render_for_the_owner_and_are_not_found_for_another_partner(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let numbers = ["+14155550911", "+14155550912"];
+    let id = api_batch(&app, &app.partner_key, "Acme-December", &numbers).await;
+    let (_, other_key) = app.other_partner().await;
+
+    let mut owner = Dash::new(&app);
+    owner.sign_in(&app.partner_key).await;
+    let (status, _, list) = owner.get("/dashboard/batches").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.contains(r#"href="/dashboard/batches""#),
+        "nav links the batches"
+    );
+    assert!(list.contains("Acme-December") && list.contains(&format!("/dashboard/batches/{id}")));
+    assert!(list.contains("0 / 2"), "finished / total");
+
+    let (status, _, page) = owner.get(&format!("/dashboard/batches/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let migrations = app.all_pages(&format!("/v1/batches/{id}/migrations")).await;
+    assert_eq!(migrations.len(), 2);
+    for m in &migrations {
+        let mid = m["id"].as_str().unwrap();
+        assert!(
+            page.contains(&format!("/dashboard/migrations/{mid}")),
+            "links each migration"
+        );
+    }
+    for n in numbers {
+        assert!(page.contains(n));
+    }
+    assert!(
+        page.contains("store-1") && page.contains("store-2"),
+        "references"
+    );
+    // Counts by state (both queued: no worker), the progress and the report link.
+    let by_state = regex::Regex::new(r#"<span class="n">2</span><span class="state run"><span aria-hidden="true">▶ </span>queued</span>"#).unwrap();
+    assert!(by_state.is_match(&page), "{page}");
+    assert!(page.contains("0 of 2"));
+    assert!(page.contains(&format!("/dashboard/batches/{id}/report.csv")));
+    assert!(
+        page.contains(r#"http-equiv="refresh""#),
+        "a running batch's page refreshes itself"
+    );
+    assert!(!page.contains("<script"));
+    // Filtered by state: none failed.
+    let (status, _, failed_only) = owner
+        .get(&format!("/dashboard/batches/{id}?state=failed"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!failed_only.contains(numbers[0]));
+
+    // The report: the API's bytes.
+    let res = owner
+        .http
+        .get(app.url(&format!("/dashboard/batches/{id}/report.csv")))
+        .header("cookie", owner.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let mine = res.text().await.unwrap();
+    let api = app
+        .get(&format!("/v1/batches/{id}/report.csv"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(mine, api);
+    assert!(
+        mine.starts_with("reference,phone_number,migration_id,state,"),
+        "{mine}"
+    );
+
+    // The migration page links its batch.
+    let mid = migrations[0]["id"].as_str().unwrap();
+    let (_, _, detail) = owner.get(&format!("/dashboard/migrations/{mid}")).await;
+    assert!(detail.contains(&format!(r#"href="/dashboard/batches/{id}""#)));
+
+    // Another partner: not in its list, and a 404 everywhere.
+    let mut other = Dash::new(&app);
+    other.sign_in(&other_key).await;
+    let (status, _, list) = other.get("/dashboard/batches").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!list.contains("Acme-December"));
+    for path in [
+        format!("/dashboard/batches/{id}"),
+        format!("/dashboard/batches/{id}/report.csv"),
+    ] {
+        let (status, _, body) = other.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!body.contains(numbers[0]) && !body.contains("Acme-December"));
+    }
+    let csrf = other.csrf.clone();
+    for action in ["cancel", "retry_failed"] {
+        let (status, _, _) = other
+            .post(
+                &format!("/dashboard/batches/{id}/{action}"),
+                &[("csrf", &csrf)],
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{action}");
+    }
+    let b: Value = app
+        .get(&format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["state"], "active");
+
+    // The admin sees it, with its partner.
+    let mut admin = Dash::new(&app);
+    admin.sign_in(ADMIN_KEY).await;
+    let (status, _, page) = admin.get(&format!("/dashboard/batches/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Test partner") && page.contains(numbers[0]));
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_csv_upload_is_checked_like_the_api_and_creates_nothing_when_a_row_is_invalid(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    d.get("/dashboard/batches").await;
+    let csrf = d.csrf.clone();
+    let bad = format!(
+        "phone_number,source_waba_id,destination_waba_id,meta_business_id,otp_method\n\
+         +14155550921,{SOURCE_WABA},{DEST_WABA},{BUSINESS},sms\n\
+         +14155550922,{SOURCE_WABA},{DEST_WABA},{BUSINESS},fax\n\
+         +1415,{SOURCE_WABA},{DEST_WABA},{BUSINESS},\n"
+    );
+    let (status, _, page) = d
+        .upload(&[("csrf", &csrf), ("name", "Bad file")], &bad, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    // One line per problem: row (the header is row 1), column and message, as the API says.
+    let api = app
+        .http
+        .post(app.url("/v1/batches?name=Bad%20file"))
+        .bearer_auth(&app.partner_key)
+        .header("content-type", "text/csv")
+        .body(bad.clone())
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(api, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let errors = problem["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{problem:#}");
+    let rows = regex::Regex::new(
+        r#"<tr><td class="num">(\d+)</td><td><code>([a-z_]+)</code></td><td>([^<]+)</td></tr>"#,
+    )
+    .unwrap();
+    let shown: Vec<(String, String, String)> = rows
+        .captures_iter(&page)
+        .map(|c| (c[1].to_owned(), c[2].to_owned(), c[3].to_owned()))
+        .collect();
+    let expected: Vec<(String, String, String)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["row"].to_string(),
+                e["column"].as_str().unwrap().to_owned(),
+                // maud escapes what the message holds.
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;"),
+            )
+        })
+        .collect();
+    assert_eq!(shown, expected, "{page}");
+    assert_eq!(shown[0].0, "3");
+    assert_eq!(shown[0].1, "otp_method");
+    assert_eq!(shown[1].0, "4");
+    assert_eq!(shown[1].1, "phone_number");
+    assert!(
+        page.contains(r#"value="Bad file""#),
+        "the form keeps what was typed"
+    );
+    assert_eq!(count_rows(&app, "batches").await, 0);
+    assert_eq!(count_rows(&app, "migrations").await, 0);
+
+    // A form field the API takes as a query parameter is checked the same way.
+    let good = batch_csv(&["+14155550923", "+14155550924"]);
+    let (status, _, page) = d
+        .upload(&[("csrf", &csrf), ("max_in_flight", "5000")], &good, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("max_in_flight") && page.contains("1 to 1000"),
+        "{page}"
+    );
+
+    // Without the CSRF token, or from another site: refused, nothing created.
+    let (status, _, _) = d.upload(&[("name", "Forged")], &good, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = d
+        .upload(
+            &[("csrf", &csrf)],
+            &good,
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(count_rows(&app, "batches").await, 0);
+
+    // A valid file: created, then its page.
+    let (status, headers, body) = d
+        .upload(
+            &[
+                ("csrf", &csrf),
+                ("name", "Good file"),
+                ("max_in_flight", "7"),
+            ],
+            &good,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let location = headers[LOCATION].to_str().unwrap().to_owned();
+    let page: Vec<Value> = app.all_pages("/v1/batches").await;
+    assert_eq!(page.len(), 1);
+    let id = page[0]["id"].as_str().unwrap();
+    assert_eq!(page[0]["name"], "Good file");
+    assert_eq!(page[0]["max_in_flight"], 7);
+    assert_eq!(page[0]["total"], 2);
+    assert_eq!(page[0]["partner_id"], app.partner_id.as_str());
+    assert_eq!(location, format!("/dashboard/batches/{id}?done=created"));
+    let (status, _, shown) = d.get(&location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown.contains("Batch created") && shown.contains("+14155550923"));
+
+    // The same numbers again: valid rows, but busy; the batch is created without them and the
+    // page says which and why, once.
+    let (status, _, shown) = d.upload(&[("csrf", &csrf)], &good, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{shown}");
+    assert!(shown.contains("2 numbers not added") && shown.contains("migration_already_active"));
+
+    // The admin picks the partner.
+    let mut admin = Dash::new(&app);
+    admin.sign_in(ADMIN_KEY).await;
+    admin.get("/dashboard/batches").await;
+    let csrf = admin.csrf.clone();
+    let other = batch_csv(&["+14155550925"]);
+    let (status, _, page) = admin.upload(&[("csrf", &csrf)], &other, &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("choose the partner"));
+    let (status, _, _) = admin
+        .upload(
+            &[
+                ("csrf", &csrf),
+                ("partner_id", &app.partner_id),
+                ("name", "By admin"),
+            ],
+            &other,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let mine = app.all_pages("/v1/batches").await;
+    assert!(
+        mine.iter().any(|b| b["name"] == "By admin"),
+        "the partner owns it"
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn batch_retry_failed_and_cancel_buttons_need_the_csrf_token_and_work(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let failing = "+14155550931";
+    let waiting = "+14155550932";
+    app.faults(json!([
+        { "endpoint": "start_migration", "phone_number": failing, "fault": "server_error", "times": 1000 }
+    ]))
+    .await;
+    let id = api_batch(&app, &app.partner_key, "Retry-me", &[failing, waiting]).await;
+    let migrations = app.all_pages(&format!("/v1/batches/{id}/migrations")).await;
+    let mid = |n: &str| {
+        migrations.iter().find(|m| m["phone_number"] == n).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (failed_id, waiting_id) = (mid(failing), mid(waiting));
+    app.wait_for(&failed_id, "failed").await;
+    app.wait_for(&waiting_id, "awaiting_otp").await;
+
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    let (_, _, page) = d.get(&format!("/dashboard/batches/{id}")).await;
+    assert!(
+        page.contains("upstream_unavailable"),
+        "counts by error code"
+    );
+    assert!(page.contains(r#"id="retry-failed""#) && page.contains(r#"id="cancel-batch""#));
+    let csrf = d.csrf.clone();
+    let retry = format!("/dashboard/batches/{id}/retry_failed");
+    let cancel = format!("/dashboard/batches/{id}/cancel");
+
+    for path in [&retry, &cancel] {
+        let (status, _, _) = d.post(path, &[], &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        let (status, _, _) = d.post(path, &[("csrf", "forged")], &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        let (status, _, _) = d
+            .post(
+                path,
+                &[("csrf", &csrf)],
+                &[("sec-fetch-site", "cross-site")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(app.migration(&failed_id).await["state"], "failed");
+    assert_eq!(app.migration(&waiting_id).await["state"], "awaiting_otp");
+
+    let res = app
+        .http
+        .delete(format!("{}/_sandbox/faults", app.sandbox_url))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let (status, headers, _) = d.post(&retry, &[("csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers[LOCATION],
+        format!("/dashboard/batches/{id}?done=retry&retried=1&skipped=0")
+    );
+    app.wait_for(&failed_id, "awaiting_otp").await;
+    let (_, _, page) = d.get(headers[LOCATION].to_str().unwrap()).await;
+    assert!(page.contains("Retried 1 failed"), "{page}");
+
+    let (status, headers, _) = d.post(&cancel, &[("csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers[LOCATION],
+        format!("/dashboard/batches/{id}?done=cancel")
+    );
+    let b: Value = app
+        .get(&format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["state"], "cancelled");
+    assert_eq!(app.migration(&failed_id).await["state"], "cancelled");
+    assert_eq!(app.migration(&waiting_id).await["state"], "cancelled");
+    let (_, _, page) = d.get(&format!("/dashboard/batches/{id}")).await;
+    assert!(
+        !page.contains(r#"http-equiv="refresh""#),
+        "a cancelled batch stays still"
+    );
+    assert!(!page.contains(r#"id="cancel-batch""#));
 }
