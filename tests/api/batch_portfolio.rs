@@ -11,13 +11,17 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use waba_migrator::core::WebhookConfig;
+use waba_migrator::worker::WorkerConfig;
 
 use crate::helpers::{Options, TestApp};
 use crate::webhooks::{Consumer, Received};
 
 const TOTAL: usize = 300;
-const MAX_IN_FLIGHT: i64 = 10;
+const MAX_IN_FLIGHT: i64 = 6;
+/// Each of the two workers could run this many steps at once: far more than the batch may.
+const WORKER_CONCURRENCY: usize = 16;
 
 /// The states a batch's pacing limits: past `queued`, before `awaiting_otp`, not parked.
 const PACED: &str = "('prechecking', 'initiating', 'requesting_otp')";
@@ -91,9 +95,14 @@ async fn completed_events(consumer: &Consumer, generation: i64) -> Vec<Value> {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) {
+    let defaults = Options::default();
     let app = TestApp::spawn_with(
         pool,
         Options {
+            worker: WorkerConfig {
+                concurrency: WORKER_CONCURRENCY,
+                ..defaults.worker.clone()
+            },
             webhooks: WebhookConfig {
                 allow_private: true,
                 attempt_timeout: Duration::from_secs(2),
@@ -105,6 +114,13 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
         },
     )
     .await;
+    // A second replica claiming from the same database.
+    let replica = app.another_worker();
+    let replica_stop = CancellationToken::new();
+    let replica_task = {
+        let stop = replica_stop.clone();
+        tokio::spawn(async move { replica.run(stop).await })
+    };
     let consumer = Consumer::start().await;
     let items: Vec<Value> = (0..TOTAL)
         .map(|i| {
@@ -285,6 +301,8 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
     );
 
     stop.store(true, Ordering::Relaxed);
+    replica_stop.cancel();
+    replica_task.await.unwrap().unwrap();
     let samples = observer.await.unwrap();
     let most = most.load(Ordering::Relaxed);
     assert!(samples > 10, "the observer looked {samples} times");
