@@ -482,9 +482,7 @@ pub async fn retry_failed(state: &AppState, caller: Caller, id: Uuid) -> Result<
             Err(e) => return Err(e),
         }
     }
-    if retried > 0 {
-        store::reopen(&state.pool, row.id).await?;
-    }
+    // Each retry re-opened the batch with it (`migrations::retry`).
     let row = fetch(state, caller, id).await?;
     Ok(Retried {
         retried,

@@ -571,26 +571,51 @@ async fn apply_plan(
         to_state: moves.then(|| plan.to.as_str().to_owned()),
         data,
     };
-    let mut conn = state.pool.acquire().await?;
-    let updated = match super::transition::apply(
-        &mut conn,
-        row,
-        &guard,
-        &patch,
-        store::Lease::Release,
-        Some(event),
-    )
-    .await
-    {
+    // A retry re-opens the migration's batch (a new generation if its `batch.completed` was
+    // recorded) in the same transaction: a crash cannot leave an active migration in a batch
+    // the batch ticker no longer looks at.
+    let reopens = row
+        .batch_id
+        .filter(|_| matches!(command, Command::Retry { .. }));
+    let applied = match reopens {
+        Some(batch) => {
+            let mut tx = state.pool.begin().await?;
+            let applied = super::transition::apply(
+                &mut tx,
+                row,
+                &guard,
+                &patch,
+                store::Lease::Release,
+                Some(event),
+            )
+            .await;
+            if let Ok(Some(_)) = applied {
+                db::batches::reopen(&mut *tx, batch).await?;
+                tx.commit().await?;
+            }
+            applied
+        }
+        None => {
+            let mut conn = state.pool.acquire().await?;
+            super::transition::apply(
+                &mut conn,
+                row,
+                &guard,
+                &patch,
+                store::Lease::Release,
+                Some(event),
+            )
+            .await
+        }
+    };
+    let updated = match applied {
         Ok(u) => u,
         Err(db::Error::Constraint(c)) if c == store::ONE_ACTIVE_PER_NUMBER => {
-            drop(conn);
             let existing = store::active_for_number(&state.pool, &row.phone_number).await?;
             return Err(active_conflict(existing, caller));
         }
         Err(e) => return Err(e.into()),
     };
-    drop(conn);
     match updated {
         Some(r) => Ok(r),
         None => {
@@ -742,12 +767,7 @@ pub async fn retry(
     let patch = plan_patch(state, &plan);
     let guard = plan_guard(caller, &plan);
     let data = json!({ "retry_of": failed_step });
-    let retried = apply_plan(state, caller, &row, command, &plan, patch, guard, data).await?;
-    if let Some(batch) = retried.batch_id {
-        // Its batch has not finished any more (a new generation if it had completed).
-        db::batches::reopen(&state.pool, batch).await?;
-    }
-    Ok(retried)
+    apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
 }
 
 /// How long `create` waits for 360dialog to say whether a completed migration's key still works
