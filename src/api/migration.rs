@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::migrations::MigrationRow;
-use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport, WaitingFor};
 use crate::domain::pacing::BatchSlot;
+use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport, WaitingFor};
 use crate::precheck::PrecheckReport;
 
 /// The OTP sub-object.

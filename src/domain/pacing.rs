@@ -96,7 +96,14 @@ mod tests {
 
     #[test]
     fn parked_and_later_states_free_the_slot() {
-        for to in [AwaitingOtp, AwaitingSignup, CopyingTemplates, Registering, Failed, Cancelled] {
+        for to in [
+            AwaitingOtp,
+            AwaitingSignup,
+            CopyingTemplates,
+            Registering,
+            Failed,
+            Cancelled,
+        ] {
             assert!(frees_slot(Prechecking, to), "{to}");
         }
         assert!(frees_slot(RequestingOtp, AwaitingOtp));
@@ -136,7 +143,10 @@ mod tests {
     #[test]
     fn slot_is_shown_for_batch_migrations_in_paced_states() {
         assert_eq!(BatchSlot::of(true, Queued, true), Some(BatchSlot::Waiting));
-        assert_eq!(BatchSlot::of(true, Initiating, false), Some(BatchSlot::Taken));
+        assert_eq!(
+            BatchSlot::of(true, Initiating, false),
+            Some(BatchSlot::Taken)
+        );
         assert_eq!(BatchSlot::of(true, AwaitingOtp, false), None);
         assert_eq!(BatchSlot::of(false, Queued, false), None);
     }

@@ -35,7 +35,11 @@ async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
 }
 
 /// Creates a batch of `numbers`; returns its id and its migrations' ids, in order.
-async fn create_batch(app: &TestApp, max_in_flight: i64, numbers: &[String]) -> (String, Vec<String>) {
+async fn create_batch(
+    app: &TestApp,
+    max_in_flight: i64,
+    numbers: &[String],
+) -> (String, Vec<String>) {
     let items: Vec<Value> = numbers.iter().map(|n| TestApp::create_body(n)).collect();
     let res = app
         .post(
@@ -135,7 +139,11 @@ async fn replicas_never_exceed_max_in_flight(pool: PgPool) {
     while states(&pool, &a).await != only("awaiting_otp", 30)
         || states(&pool, &b).await != only("awaiting_otp", 8)
     {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", states(&pool, &a).await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            states(&pool, &a).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     done.store(true, Ordering::Relaxed);
@@ -186,7 +194,9 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
         .unwrap();
         assert_eq!(taken.len(), 3, "round {round}");
         for id in &taken {
-            let res = app.post(&format!("/v1/migrations/{id}/cancel"), json!({})).await;
+            let res = app
+                .post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+                .await;
             assert_eq!(res.status(), StatusCode::OK);
         }
         assert_eq!(admit_all().await, 3, "round {round}");
@@ -200,9 +210,11 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
 async fn throttling_pauses_that_batch_only(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), no_worker()).await;
     let a_numbers = numbers("+141555566", 4);
-    app.faults(json!([{ "endpoint": "start_migration", "phone_number": a_numbers[0],
-                        "fault": "rate_limited", "times": 1 }]))
-        .await;
+    app.faults(
+        json!([{ "endpoint": "start_migration", "phone_number": a_numbers[0],
+                        "fault": "rate_limited", "times": 1 }]),
+    )
+    .await;
     let (a, a_ids) = create_batch(&app, 2, &a_numbers).await;
     let (b, _) = create_batch(&app, 2, &numbers("+141555577", 3)).await;
     let single = app.create("+14155558801").await;
@@ -216,7 +228,10 @@ async fn throttling_pauses_that_batch_only(pool: PgPool) {
     assert_eq!(app.migration(&a_ids[1]).await["state"], "awaiting_otp");
     for id in &a_ids[2..] {
         let m = app.migration(id).await;
-        assert_eq!((&m["state"], &m["batch_slot"]), (&json!("queued"), &json!("waiting")));
+        assert_eq!(
+            (&m["state"], &m["batch_slot"]),
+            (&json!("queued"), &json!("waiting"))
+        );
     }
     let batch = json_of(app.get(&format!("/v1/batches/{a}")).await, StatusCode::OK).await;
     assert_eq!(batch["throttles"], 1, "{batch:#}");
@@ -231,7 +246,11 @@ async fn throttling_pauses_that_batch_only(pool: PgPool) {
     // After the pause (and the throttled one's own retry delay), A goes on.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while states(&pool, &a).await != only("awaiting_otp", 4) {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", states(&pool, &a).await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            states(&pool, &a).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         app.worker().run_until_idle().await.unwrap();
     }
@@ -259,22 +278,36 @@ async fn retry_and_resend_wait_for_a_slot(pool: PgPool) {
 
     let res = app
         .http
-        .post(format!("{}/_sandbox/numbers/%2B14155550001/resolve", app.sandbox_url))
+        .post(format!(
+            "{}/_sandbox/numbers/%2B14155550001/resolve",
+            app.sandbox_url
+        ))
         .send()
         .await
         .unwrap();
     assert!(res.status().is_success());
-    let res = app.post(&format!("/v1/batches/{batch}/retry_failed"), json!({})).await;
+    let res = app
+        .post(&format!("/v1/batches/{batch}/retry_failed"), json!({}))
+        .await;
     let out = json_of(res, StatusCode::OK).await;
     assert_eq!(out["retried"], 1, "{out:#}");
     let res = app
-        .post(&format!("/v1/migrations/{}/otp/resend", ids[2]), json!({ "method": "voice" }))
+        .post(
+            &format!("/v1/migrations/{}/otp/resend", ids[2]),
+            json!({ "method": "voice" }),
+        )
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let retried = app.migration(&ids[0]).await;
-    assert_eq!((&retried["state"], &retried["batch_slot"]), (&json!("initiating"), &json!("waiting")));
+    assert_eq!(
+        (&retried["state"], &retried["batch_slot"]),
+        (&json!("initiating"), &json!("waiting"))
+    );
     let resent = app.migration(&ids[2]).await;
-    assert_eq!((&resent["state"], &resent["batch_slot"]), (&json!("requesting_otp"), &json!("waiting")));
+    assert_eq!(
+        (&resent["state"], &resent["batch_slot"]),
+        (&json!("requesting_otp"), &json!("waiting"))
+    );
     assert_eq!(slots(&pool, &batch).await, (0, 2));
 
     // One slot: the retried one (created first) goes first, the resend waits.
@@ -295,13 +328,21 @@ async fn cancel_cancels_held_migrations(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), no_worker()).await;
     let (batch, ids) = create_batch(&app, 2, &numbers("+141555588", 6)).await;
     assert_eq!(slots(&pool, &batch).await, (2, 4));
-    let res = app.post(&format!("/v1/batches/{batch}/cancel"), json!({})).await;
+    let res = app
+        .post(&format!("/v1/batches/{batch}/cancel"), json!({}))
+        .await;
     let out = json_of(res, StatusCode::OK).await;
     assert_eq!(out["state"], "cancelled");
     assert_eq!(states(&pool, &batch).await, only("cancelled", 6));
     assert_eq!(app.worker().admit().await.unwrap(), 0);
     assert_eq!(app.worker().run_until_idle().await.unwrap(), 0);
     let m = app.migration(&ids[5]).await;
-    assert_eq!((&m["state"], &m["batch_slot"]), (&json!("cancelled"), &Value::Null));
-    assert_eq!(app.event_count(&ids[5], Some("migration.cancelled")).await, 1);
+    assert_eq!(
+        (&m["state"], &m["batch_slot"]),
+        (&json!("cancelled"), &Value::Null)
+    );
+    assert_eq!(
+        app.event_count(&ids[5], Some("migration.cancelled")).await,
+        1
+    );
 }
