@@ -522,12 +522,13 @@ impl Worker {
             } => Some(reason.clone()),
             _ => None,
         };
-        // Meta throttled a batch's migration: its batch admits nothing more for a while.
-        let mut throttled = match (&step.outcome, row.batch_id) {
-            (StepOutcome::Transient { error, retry_after }, Some(batch))
-                if pacing::is_throttling(error) =>
+        // Meta throttled a batch's migration: its batch admits nothing more for a while (the
+        // delay Meta asked for, if any, until the retry's delay is known).
+        let mut throttled = match &step.outcome {
+            StepOutcome::Transient { error, retry_after }
+                if row.batch_id.is_some() && pacing::is_throttling(error) =>
             {
-                Some((batch, *retry_after))
+                Some(*retry_after)
             }
             _ => None,
         };
@@ -595,7 +596,7 @@ impl Worker {
                 if counts_attempt {
                     crate::metrics::step_retried(state);
                 }
-                if let Some((_, pause)) = &mut throttled {
+                if let Some(pause) = &mut throttled {
                     // As long as the migration itself waits before trying again.
                     *pause = Some(delay);
                 }
@@ -707,7 +708,7 @@ impl Worker {
                 // A slot is free (or a held migration may take one): admit at once.
                 self.admission.notify_one();
             }
-            if let Some((_, pause)) = throttled {
+            if let Some(pause) = throttled {
                 let pause = pause.unwrap_or(cfg.retry.base);
                 match db::batches::pause(&self.deps.pool, batch, pause).await {
                     Ok(until) => {

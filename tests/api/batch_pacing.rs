@@ -208,7 +208,12 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
 /// more until the pause ends, while batch B and a single migration go on.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn throttling_pauses_that_batch_only(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), no_worker()).await;
+    // The throttled migration retries (and its batch waits) at least 2 s later: longer than
+    // the rest of this batch and the others take to park, however slow the machine.
+    let mut opts = no_worker();
+    opts.worker.retry.base = Duration::from_secs(4);
+    opts.worker.retry.cap = Duration::from_secs(4);
+    let app = TestApp::spawn_with(pool.clone(), opts).await;
     let a_numbers = numbers("+141555566", 4);
     app.faults(
         json!([{ "endpoint": "start_migration", "phone_number": a_numbers[0],
