@@ -139,7 +139,8 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
     let stop = Arc::new(AtomicBool::new(false));
     let most = Arc::new(AtomicI64::new(0));
     let observer = {
-        let (pool, stop, most, batch) = (app.pool.clone(), stop.clone(), most.clone(), batch.clone());
+        let (pool, stop, most, batch) =
+            (app.pool.clone(), stop.clone(), most.clone(), batch.clone());
         tokio::spawn(async move {
             let mut samples = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -192,12 +193,7 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
         assert_eq!(&row[1], number(i));
         assert_eq!(&row[2], ids[i]);
         assert_eq!(&row[3], m["state"].as_str().unwrap());
-        let templates = |k: &str| {
-            m["templates"][k]
-                .as_array()
-                .map_or(0, Vec::len)
-                .to_string()
-        };
+        let templates = |k: &str| m["templates"][k].as_array().map_or(0, Vec::len).to_string();
         assert_eq!(&row[7], templates("migrated"), "row {i}");
         assert_eq!(&row[8], templates("failed"), "row {i}");
         assert_eq!(&row[9], templates("skipped"), "row {i}");
@@ -218,7 +214,10 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
     // batch.completed: one, with the final counts; progress before it, at most once a second.
     let completed = completed_events(&consumer, 1).await;
     assert_eq!(completed.len(), 1, "{completed:#?}");
-    assert_eq!(completed[0]["data"]["counts_by_state"], b["counts_by_state"]);
+    assert_eq!(
+        completed[0]["data"]["counts_by_state"],
+        b["counts_by_state"]
+    );
     assert_eq!(completed[0]["data"]["state"], "finished");
     let progress: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
         "SELECT created_at FROM webhook_deliveries
@@ -228,7 +227,10 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert!(!progress.is_empty(), "the batch reported progress while it moved");
+    assert!(
+        !progress.is_empty(),
+        "the batch reported progress while it moved"
+    );
     for w in progress.windows(2) {
         assert!(
             w[1] - w[0] >= chrono::Duration::milliseconds(1000),
@@ -272,12 +274,15 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
         assert_eq!(app.migration(id).await["state"], "completed");
     }
     let completed = completed_events(&consumer, 2).await;
-    let generations: BTreeMap<i64, usize> =
-        completed.iter().fold(BTreeMap::new(), |mut acc, b| {
-            *acc.entry(b["generation"].as_i64().unwrap()).or_default() += 1;
-            acc
-        });
-    assert_eq!(generations, BTreeMap::from([(1, 1), (2, 1)]), "{completed:#?}");
+    let generations: BTreeMap<i64, usize> = completed.iter().fold(BTreeMap::new(), |mut acc, b| {
+        *acc.entry(b["generation"].as_i64().unwrap()).or_default() += 1;
+        acc
+    });
+    assert_eq!(
+        generations,
+        BTreeMap::from([(1, 1), (2, 1)]),
+        "{completed:#?}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let samples = observer.await.unwrap();

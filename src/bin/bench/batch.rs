@@ -43,7 +43,10 @@ pub struct BatchArgs {
 
 /// `waba-bench batch`.
 pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.repeats <= 17, "--repeats: at most 17 (fresh numbers run out)");
+    anyhow::ensure!(
+        args.repeats <= 17,
+        "--repeats: at most 17 (fresh numbers run out)"
+    );
     anyhow::ensure!(
         (2..=args.rows + 1).contains(&args.bad_row),
         "--bad-row must name a number row: 2 to --rows + 1"
