@@ -158,6 +158,14 @@ fn describe() {
         "waba_api_key_lookups_total",
         "API keys checked (not the admin key), by where the answer came from."
     );
+    describe_counter!(
+        "waba_batch_admitted_total",
+        "Batch migrations given a slot by the admission step (batch pacing)."
+    );
+    describe_counter!(
+        "waba_batch_throttled_total",
+        "Meta throttling answers to batch migrations (each pauses its batch's admissions)."
+    );
 }
 
 /// A migration was inserted.
@@ -194,6 +202,16 @@ pub fn transition(from: &str, row: &MigrationRow) {
         histogram!("waba_migration_duration_seconds", "outcome" => row.state.clone())
             .record(took.as_secs_f64());
     }
+}
+
+/// The admission step released `n` held batch migrations.
+pub fn batch_admitted(n: u64) {
+    counter!("waba_batch_admitted_total").increment(n);
+}
+
+/// Meta throttled a batch migration; its batch is paused.
+pub fn batch_throttled() {
+    counter!("waba_batch_throttled_total").increment(1);
 }
 
 pub fn step_ran(step: MigrationState, took: Duration) {

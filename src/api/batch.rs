@@ -28,8 +28,10 @@ pub struct Batch {
     pub partner_id: Uuid,
     pub name: String,
     pub state: BatchState,
-    /// How many of its migrations may be past `queued` and before `awaiting_otp` at once
-    /// (stored now; the pacing itself comes in the next increment).
+    /// How many of its migrations may be in `queued` (started), `prechecking`, `initiating` or
+    /// `requesting_otp` at once; the others wait for a slot (`batch_slot` `waiting` on the
+    /// migration). Parked migrations (`awaiting_otp`, `awaiting_signup`, `awaiting_channel`)
+    /// and later steps hold no slot.
     pub max_in_flight: i32,
     /// Webhook URL for the batch's own events (`batch.progress`, `batch.completed`); the
     /// partner's callback URL when null. Each migration keeps its own `callback_url`.
@@ -54,6 +56,14 @@ pub struct Batch {
     /// When its last migration finished.
     pub finished_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// Meta throttled one of its migrations (Graph 80008 or another rate-limit code, HTTP
+    /// 429): no migration of this batch starts before this time (the throttled one retries on
+    /// its own schedule; other batches are not affected). `null` when not paused.
+    #[serde(default)]
+    pub paused_until: Option<DateTime<Utc>>,
+    /// How many times Meta throttled one of its migrations.
+    #[serde(default)]
+    pub throttles: i32,
 }
 
 /// What happened to one item of `POST /v1/batches`.

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::migrations::MigrationRow;
+use crate::domain::pacing::BatchSlot;
 use crate::domain::{Flow, MigrationError, MigrationState, OtpMethod, TemplatesReport, WaitingFor};
 use crate::precheck::PrecheckReport;
 
@@ -121,6 +122,12 @@ pub struct Migration {
     /// `awaiting_channel`): on whom, for
     /// what, since when, and the deadline at which it fails; `null` otherwise.
     pub waiting_for: Option<WaitingFor>,
+    /// A batch's migration in `queued`, `prechecking`, `initiating` or `requesting_otp`:
+    /// `taken` while it holds one of its batch's `max_in_flight` slots, `waiting` while it
+    /// waits for one (it starts, or resumes after a retry or a code resend, once a slot is free
+    /// and the batch is not paused). `null` otherwise, and for a single migration.
+    #[serde(default)]
+    pub batch_slot: Option<BatchSlot>,
     /// The end client's page: a link to send the client, which walks it through its part of
     /// the migration (README "Send this link to your client"); `null` when the migration was
     /// created with `"client_page": "disabled"`. Only in answers to the owner partner and the
@@ -188,6 +195,7 @@ impl From<&MigrationRow> for Migration {
                 .waiting_for
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
+            batch_slot: BatchSlot::of(r.batch_id.is_some(), r.state(), r.is_held()),
             client_page: None,
             metadata: r.metadata.clone(),
             callback_url: r.callback_url.clone(),

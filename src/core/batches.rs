@@ -256,6 +256,9 @@ pub async fn create(
         }
         store::set_total(&mut *tx, batch_id, rows.len() as i32).await?;
     }
+    // The first `max_in_flight` start now (in this transaction, so at commit); the rest wait
+    // for a slot (the workers' admission).
+    store::admit(&mut tx, Some(batch_id)).await?;
     let hosted_ids: Vec<Uuid> = rows
         .iter()
         .map(|r| r.id)
@@ -376,6 +379,8 @@ pub fn present(b: &store::BatchRow, c: &store::Counts) -> Batch {
             None
         },
         cancelled_at: b.cancelled_at,
+        paused_until: b.paused_until.filter(|t| *t > Utc::now() && !all_done),
+        throttles: b.throttles,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::clients::D360Api;
 use crate::crypto::{self, Cipher, aad};
 use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::commands::{self, Command, CreateOver, Found, Plan, create_over};
+use crate::domain::pacing;
 use crate::domain::values::E164;
 use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
@@ -559,12 +560,17 @@ async fn apply_plan(
     row: &store::MigrationRow,
     command: Command,
     plan: &Plan,
-    patch: store::Patch,
+    mut patch: store::Patch,
     guard: store::Guard,
     data: Value,
 ) -> Result<store::MigrationRow, ApiError> {
     // A command that changes no state records an event without states (no webhook).
     let moves = plan.changes_state();
+    // A batch's migration entering a paced state (a retry, a resend) waits for a slot in its
+    // batch like the others: the guard (`plan.from`) keeps the state it leaves outside them.
+    if moves && row.batch_id.is_some() && pacing::held_on_entry(row.state(), plan.to) {
+        patch.run_at = Some(store::RunAt::Held);
+    }
     let event = NewEvent {
         kind: plan.event,
         from_state: moves.then(|| row.state.clone()),

@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::migrations::{COLUMNS, MigrationRow, NewMigration};
+use super::migrations::{COLUMNS, HELD, MigrationRow, NewMigration};
 use super::{Error, JOBS_CHANNEL};
 use crate::domain::EventType;
 
@@ -23,10 +23,14 @@ pub struct BatchRow {
     pub started_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Nothing is admitted before this (Meta throttled one of its migrations).
+    pub paused_until: Option<DateTime<Utc>>,
+    /// How many times Meta throttled one of its migrations.
+    pub throttles: i32,
 }
 
 const BATCH_COLUMNS: &str = "id, partner_id, name, max_in_flight, callback_url, total, \
-    created_at, started_at, cancelled_at, finished_at";
+    created_at, started_at, cancelled_at, finished_at, paused_until, throttles";
 
 pub struct NewBatch {
     pub id: Uuid,
@@ -83,7 +87,8 @@ pub async fn numbers_with_key_holders(
 }
 
 /// Inserts `queued` migrations of the batch `batch_id`, each with its `created` event, in one
-/// statement (the single-create form is `migrations::insert`), and wakes the workers. A number
+/// statement (the single-create form is `migrations::insert`), all held for a slot ([`admit`]
+/// starts them). A number
 /// that has an active migration meanwhile (the one-active-per-number index) is skipped: the
 /// rows returned are those inserted.
 pub async fn insert_migrations(
@@ -112,10 +117,11 @@ pub async fn insert_migrations(
                  INSERT INTO migrations (id, partner_id, state, flow, phone_number,
                      source_waba_id, destination_waba_id, meta_business_id, channel_id,
                      otp_method, otp_language, otp_attempts_left, pin_enc, metadata,
-                     callback_url, version, batch_id, batch_reference)
+                     callback_url, version, batch_id, batch_reference, run_at)
                  SELECT u.id, u.partner_id, 'queued', u.flow, u.phone_number, u.source,
                      u.destination, u.business, u.channel_id, u.otp_method, u.otp_language,
-                     u.attempts, u.pin_enc, u.metadata, u.callback_url, 1, $16, u.reference
+                     u.attempts, u.pin_enc, u.metadata, u.callback_url, 1, $16, u.reference,
+                     {HELD}
                    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                         $11::int[], $12::bytea[], $13::jsonb[], $14::text[], $15::text[])
@@ -128,7 +134,7 @@ pub async fn insert_migrations(
              e AS (
                  INSERT INTO migration_events (migration_id, seq, type, from_state, to_state, data)
                  SELECT id, 1, $17, NULL, 'queued', '{{}}' FROM m)
-             SELECT m.*, (SELECT pg_notify($18, '')) IS NULL AS notified FROM m ORDER BY m.id"
+             SELECT m.* FROM m ORDER BY m.id"
         ))
         .bind(&ids)
         .bind(&partners)
@@ -147,7 +153,6 @@ pub async fn insert_migrations(
         .bind(&references)
         .bind(batch_id)
         .bind(EventType::Created.as_str())
-        .bind(JOBS_CHANNEL)
         .fetch_all(&mut *conn)
         .await?;
         out.extend(inserted);
@@ -447,4 +452,118 @@ pub async fn record_completed(
     .execute(&mut *conn)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// The paced states (`domain::pacing::PACED`) as an SQL list, exactly as the predicate of the
+/// `migrations_batch_paced` index writes them (so the planner can use it).
+const PACED_SQL: &str = "('queued', 'prechecking', 'initiating', 'requesting_otp')";
+
+/// Most batches one admission looks at.
+const ADMIT_BATCHES: i64 = 200;
+
+/// **Admission**: gives free slots of batches to their held migrations, oldest first, and wakes
+/// the workers when it released any. `only`: that batch alone (its create); else every batch
+/// with held migrations that is not paused. Returns how many migrations it released.
+///
+/// Must run in a transaction (`conn`), which the caller commits. Two statements, in this
+/// order, are what makes it exact with any number of replicas: the first locks the batch rows
+/// (`FOR UPDATE SKIP LOCKED`: a batch another replica is admitting is skipped, not waited for),
+/// and only then does the second count, with a snapshot taken after the lock, every slot
+/// taken (committed by earlier admissions) and release the rest. Nothing else makes a batch's
+/// migration take a slot: a migration entering a paced state from outside is held
+/// (`domain::pacing::held_on_entry`). A held migration of a cancelled batch that is still
+/// `queued` is not released (the cancel is about to cancel it); a retried one is.
+pub async fn admit(conn: &mut PgConnection, only: Option<Uuid>) -> Result<u64, Error> {
+    let batches: Vec<Uuid> = match only {
+        Some(id) => {
+            sqlx::query_scalar("SELECT id FROM batches WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        None => {
+            // The batches with held migrations: one index probe per batch (a loose scan of
+            // `migrations_batch_paced`), however many migrations each holds.
+            sqlx::query_scalar(&format!(
+                "WITH RECURSIVE held(batch_id) AS (
+                     (SELECT batch_id FROM migrations
+                       WHERE batch_id IS NOT NULL AND state IN {PACED_SQL} AND run_at = {HELD}
+                       ORDER BY batch_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT m.batch_id FROM migrations m
+                              WHERE m.batch_id > held.batch_id AND m.batch_id IS NOT NULL
+                                AND m.state IN {PACED_SQL}
+                                AND m.run_at = {HELD}
+                              ORDER BY m.batch_id LIMIT 1)
+                       FROM held WHERE held.batch_id IS NOT NULL)
+                 SELECT b.id FROM batches b JOIN held ON held.batch_id = b.id
+                  WHERE b.paused_until IS NULL OR b.paused_until <= now()
+                  LIMIT $1
+                  FOR UPDATE OF b SKIP LOCKED"
+            ))
+            .bind(ADMIT_BATCHES)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    if batches.is_empty() {
+        return Ok(0);
+    }
+    let (released, _notified): (i64, i64) = sqlx::query_as(&format!(
+        "WITH picked AS (
+             SELECT h.id FROM batches b CROSS JOIN LATERAL (
+                 SELECT m.id FROM migrations m
+                  WHERE m.batch_id = b.id AND m.state IN {PACED_SQL} AND m.run_at = {HELD}
+                    AND (b.cancelled_at IS NULL OR m.state <> 'queued')
+                  ORDER BY m.run_at, m.id
+                  LIMIT GREATEST(b.max_in_flight - (
+                      SELECT count(*) FROM migrations c
+                       WHERE c.batch_id = b.id AND c.state IN {PACED_SQL}
+                         AND c.run_at < {HELD}), 0)) h
+              WHERE b.id = ANY($1)),
+         u AS (
+             UPDATE migrations m SET run_at = now()
+               FROM picked
+              WHERE m.id = picked.id AND m.run_at = {HELD} AND m.state IN {PACED_SQL}
+             RETURNING m.id),
+         n AS (SELECT pg_notify($2, '') FROM (SELECT 1 FROM u LIMIT 1) one)
+         SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)"
+    ))
+    .bind(&batches)
+    .bind(JOBS_CHANNEL)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(released as u64)
+}
+
+/// Meta throttled a migration of the batch: admit nothing more for `pause` (a later pause
+/// never shortens an earlier one), and count it.
+pub async fn pause(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    pause: std::time::Duration,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(sqlx::query_scalar(
+        "UPDATE batches
+            SET paused_until = GREATEST(paused_until, now() + make_interval(secs => $2)),
+                throttles = throttles + 1
+          WHERE id = $1 RETURNING paused_until",
+    )
+    .bind(id)
+    .bind(pause.as_secs_f64())
+    .fetch_optional(ex)
+    .await?
+    .flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_paced_list_is_the_domains() {
+        let names: Vec<String> = crate::domain::pacing::PACED
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(super::PACED_SQL, format!("({})", names.join(", ")));
+    }
 }

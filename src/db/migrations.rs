@@ -381,6 +381,31 @@ pub enum RunAt {
     Now,
     After(Duration),
     At(DateTime<Utc>),
+    /// Not until its batch admits it ([`HELD`]; see `batches::admit`).
+    Held,
+}
+
+/// `run_at` of a batch's migration waiting for a slot in its batch (`domain::pacing`): a
+/// far-future sentinel, so the claim never takes it and an admission sets `run_at = now()`.
+/// (`'infinity'` does not decode into `DateTime<Utc>`.) SQL literal; the
+/// `migrations_batch_paced` index is ordered by it.
+pub const HELD: &str = "'9999-12-31 00:00:00+00'::timestamptz";
+
+/// [`HELD`] as a value.
+pub fn held_at() -> DateTime<Utc> {
+    DateTime::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("a valid date"),
+        Utc,
+    )
+}
+
+impl MigrationRow {
+    /// Whether the row waits for a slot in its batch ([`RunAt::Held`]).
+    pub fn is_held(&self) -> bool {
+        self.run_at >= held_at()
+    }
 }
 
 /// What happens to the lease with this write.
@@ -465,7 +490,8 @@ macro_rules! patch_fields {
 
 impl Patch {
     /// `row` as [`update`] leaves it, for the columns the API shows (`now` is the write's
-    /// timestamp; job columns such as `run_at` and the lease are not predicted).
+    /// timestamp; job columns such as `run_at` and the lease are not predicted, except whether
+    /// the row is held for a slot in its batch).
     pub fn apply(
         &self,
         row: &MigrationRow,
@@ -493,6 +519,12 @@ impl Patch {
         }
         if self.completed_now {
             next.completed_at = Some(now);
+        }
+        // Only whether it is held shows (`batch_slot`); the exact time is not predicted.
+        match self.run_at {
+            Some(RunAt::Held) => next.run_at = held_at(),
+            Some(_) if next.is_held() => next.run_at = now,
+            _ => {}
         }
         next.updated_at = now;
         next.version += i32::from(bumps_version);
@@ -671,6 +703,9 @@ async fn update_once(
         }
         Some(RunAt::At(t)) => {
             set.push("run_at = ").push_bind_unseparated(t);
+        }
+        Some(RunAt::Held) => {
+            set.push(format!("run_at = {HELD}"));
         }
         None => {}
     }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod event;
 pub mod machine;
 pub mod memo;
+pub mod pacing;
 pub mod state;
 pub mod templates;
 pub mod upstream;

@@ -16,6 +16,12 @@
 //!   ended without a settling answer: the upstream may still apply it, so that lease is left to
 //!   expire and nobody reads the number before then. `SHUTDOWN_GRACE_SECONDS` is validated at
 //!   startup to exceed `UPSTREAM_TIMEOUT_SECONDS`, so calls in flight at SIGTERM end within it.
+//! * Batch pacing: a batch's migrations wait (held) for one of the batch's `max_in_flight` slots
+//!   in the paced states (`domain::pacing`). An admission step (`db::batches::admit`) releases
+//!   held ones while slots are free and the batch is not paused by Meta's throttling; it runs
+//!   every `poll_interval`, right after one of this worker's batch migrations gives a slot back,
+//!   and in [`Worker::run_next`] when nothing is due. Throttling (Graph 80008, HTTP 429, …) of a
+//!   batch's migration pauses that batch's admissions only.
 //! * Parked migrations (`awaiting_otp`) are due only at their OTP deadline: no worker, no poll.
 //!   Migrations waiting on a channel (`awaiting_signup`, `awaiting_channel`) are polled with a
 //!   growing delay, each poll a short claim, until their deadline.
@@ -40,6 +46,7 @@ use crate::core::OtpPolicy;
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
+use crate::domain::pacing;
 use crate::domain::{
     Decision, EventType, Flow, MigrationState, RetryPolicy, StepOutcome, WaitingFor,
 };
@@ -149,6 +156,8 @@ pub struct Worker {
     deps: Arc<Deps>,
     /// Leases held by this worker's running steps.
     in_flight: Arc<Mutex<HashMap<Uuid, Arc<StepLease>>>>,
+    /// Pokes the admission loop: a batch's migration gave its slot back (or became held).
+    admission: Arc<Notify>,
 }
 
 impl Worker {
@@ -156,6 +165,7 @@ impl Worker {
         Self {
             deps: Arc::new(deps),
             in_flight: Arc::default(),
+            admission: Arc::default(),
         }
     }
 
@@ -163,11 +173,17 @@ impl Worker {
         &self.deps
     }
 
-    /// Claims one due migration and advances it as far as it can go now.
+    /// Claims one due migration and advances it as far as it can go now. When none is due,
+    /// admits held batch migrations first ([`Worker::admit`]), so `Empty` means nothing is due
+    /// and no batch can start one now.
     pub async fn run_next(&self) -> anyhow::Result<RunOutcome> {
         let cfg = &self.deps.config;
-        let claimed_at = Instant::now();
+        let mut claimed_at = Instant::now();
         let mut rows = store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await?;
+        if rows.is_empty() && self.admit().await? > 0 {
+            claimed_at = Instant::now();
+            rows = store::claim(&self.deps.pool, &cfg.owner, cfg.lease, 1).await?;
+        }
         let Some(row) = rows.pop() else {
             return Ok(RunOutcome::Empty);
         };
@@ -175,6 +191,40 @@ impl Worker {
         self.process(row, claimed_at, CancellationToken::new())
             .await;
         Ok(RunOutcome::Ran(id))
+    }
+
+    /// One admission round over every batch with held migrations (see `db::batches::admit`):
+    /// how many it released.
+    pub async fn admit(&self) -> anyhow::Result<u64> {
+        let mut tx = self.deps.pool.begin().await?;
+        let released = db::batches::admit(&mut tx, None).await?;
+        tx.commit().await?;
+        if released > 0 {
+            crate::metrics::batch_admitted(released);
+            debug!(released, "batch migrations admitted");
+        }
+        Ok(released)
+    }
+
+    /// The admission loop of [`Worker::run`]: a round every `poll_interval`, and at once when
+    /// poked (a batch's migration gave its slot back).
+    async fn admit_loop(self, shutdown: CancellationToken) {
+        let every = self.deps.config.poll_interval;
+        let mut backoff = every;
+        loop {
+            match self.admit().await {
+                Ok(_) => backoff = every,
+                Err(e) => {
+                    warn!(error = %e, "batch admission failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(2)).max(every);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.admission.notified() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
     }
 
     /// Runs due migrations until none is due (tests and one-shot tools).
@@ -202,6 +252,7 @@ impl Worker {
             wake.clone(),
             shutdown.clone(),
         ));
+        let admission = tokio::spawn(self.clone().admit_loop(shutdown.clone()));
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         let mut db_backoff = cfg.poll_interval;
@@ -311,6 +362,7 @@ impl Worker {
             }
         }
         listener.abort();
+        admission.abort();
         info!("worker stopped");
         Ok(())
     }
@@ -470,6 +522,16 @@ impl Worker {
             } => Some(reason.clone()),
             _ => None,
         };
+        // Meta throttled a batch's migration: its batch admits nothing more for a while (the
+        // delay Meta asked for, if any, until the retry's delay is known).
+        let mut throttled = match &step.outcome {
+            StepOutcome::Transient { error, retry_after }
+                if row.batch_id.is_some() && pacing::is_throttling(error) =>
+            {
+                Some(*retry_after)
+            }
+            _ => None,
+        };
         let decision = decide(ctx, step.outcome, &cfg.retry, rand::random::<f64>());
         let retrying = matches!(decision, Decision::Retry { .. });
         let otp_exhausted = matches!(decision, Decision::OtpExhausted(_));
@@ -481,7 +543,10 @@ impl Worker {
         let mut event_data = step.event_data;
         let (lease_write, event, cont) = match decision {
             Decision::Advance { to } => {
-                let cont = !to.is_terminal() && !to.is_parked() && !stopping;
+                // A batch's migration entering a paced state from outside (the voice fallback
+                // requests a new code) waits for a slot like the others.
+                let held = row.batch_id.is_some() && pacing::held_on_entry(state, to);
+                let cont = !to.is_terminal() && !to.is_parked() && !stopping && !held;
                 patch.state = Some(to);
                 patch.attempt = Some(i32::from(cont));
                 patch.error = Some(None);
@@ -511,6 +576,8 @@ impl Worker {
                     store::RunAt::At(steps::otp::awaiting_otp_due(
                         &cfg.otp, method, requested, expires, &memo,
                     ))
+                } else if held {
+                    store::RunAt::Held
                 } else {
                     store::RunAt::Now
                 });
@@ -528,6 +595,10 @@ impl Worker {
             } => {
                 if counts_attempt {
                     crate::metrics::step_retried(state);
+                }
+                if let Some(pause) = &mut throttled {
+                    // As long as the migration itself waits before trying again.
+                    *pause = Some(delay);
                 }
                 patch.run_at = Some(store::RunAt::After(delay));
                 patch.uncount_attempt = !counts_attempt;
@@ -630,6 +701,23 @@ impl Worker {
         drop(conn);
         if updated.is_some() && matches!(lease_write, store::Lease::Extend(_)) {
             lease.extended(sent);
+        }
+        if let (Some(r), Some(batch)) = (&updated, row.batch_id) {
+            let to = r.state();
+            if pacing::frees_slot(state, to) || r.is_held() {
+                // A slot is free (or a held migration may take one): admit at once.
+                self.admission.notify_one();
+            }
+            if let Some(pause) = throttled {
+                let pause = pause.unwrap_or(cfg.retry.base);
+                match db::batches::pause(&self.deps.pool, batch, pause).await {
+                    Ok(until) => {
+                        crate::metrics::batch_throttled();
+                        info!(migration.id = %r.id, batch.id = %batch, paused_until = ?until, "Meta throttled a batch migration: batch paused");
+                    }
+                    Err(e) => warn!(batch.id = %batch, error = %e, "could not pause the batch"),
+                }
+            }
         }
         if let Some(r) = &updated {
             if r.state != state.as_str() {

@@ -422,23 +422,19 @@ impl TestApp {
         self.all_pages(&format!("/v1/migrations/{id}/events")).await
     }
 
-    /// Every item of a paged list (`{data, next_cursor}`), following `next_cursor`. `path`
-    /// may carry its own query (filters).
+    /// Every item of a paged list (`{data, next_cursor}`), following `next_cursor`.
+    /// `path` may carry its own query (filters).
     pub async fn all_pages(&self, path: &str) -> Vec<Value> {
         let mut items = Vec::new();
-        let path = if path.contains('?') {
-            format!("{path}&")
-        } else {
-            format!("{path}?")
-        };
-        let mut url = format!("{path}limit=100");
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut url = format!("{path}{sep}limit=100");
         loop {
             let res = self.get(&url).await;
             assert_eq!(res.status(), StatusCode::OK, "{url}");
             let body: Value = res.json().await.unwrap();
             items.extend(body["data"].as_array().unwrap().iter().cloned());
             match body["next_cursor"].as_str() {
-                Some(c) => url = format!("{path}limit=100&cursor={c}"),
+                Some(c) => url = format!("{path}{sep}limit=100&cursor={c}"),
                 None => return items,
             }
         }

@@ -2,6 +2,7 @@
 //! test via `#[sqlx::test]`), and the sandbox upstreams over HTTP.
 
 mod api_key_reads;
+mod batch_pacing;
 mod batch_portfolio;
 mod batch_webhooks;
 mod batches;
