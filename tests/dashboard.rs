@@ -14,7 +14,7 @@ mod helpers;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser::{Browser, wait_text};
+use browser::{Browser, click, text_of, wait_text};
 use fantoccini::{Client, Locator};
 use helpers::TestApp;
 use serde_json::{Value, json};
@@ -35,12 +35,7 @@ async fn sign_in(c: &Client, app: &TestApp, key: &str) {
         .send_keys(key)
         .await
         .unwrap();
-    c.find(Locator::Css("form.signin button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "form.signin button[type=submit]").await;
     wait_text(c, "h1", |t| t == "Overview").await;
 }
 
@@ -108,12 +103,7 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         .select_by_value("failed")
         .await
         .unwrap();
-    c.find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "form.filters button[type=submit]").await;
     // The unfiltered list already shows `failing`: wait for the filtered page to load first.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !c
@@ -148,24 +138,12 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         .unwrap();
     let shown = wait_text(c, ".remediation", |t| !t.is_empty()).await;
     assert!(shown.contains(remediation), "{shown}");
-    let error = c
-        .find(Locator::Css(".error-box"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let error = text_of(c, ".error-box").await;
     assert!(
         error.contains("upstream_unavailable") && error.contains("500"),
         "{error}"
     );
-    let h1 = c
-        .find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let h1 = text_of(c, "h1").await;
     assert!(h1.contains("failed"), "{h1}");
     browser.save_screenshot(&screenshots(), "detail").await;
 
@@ -177,30 +155,13 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         .await
         .unwrap();
     assert!(res.status().is_success());
-    c.find(Locator::Css("#retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#retry").await;
     wait_text(c, "p.notice", |t| t.starts_with("Retried")).await;
-    let h1 = c
-        .find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let h1 = text_of(c, "h1").await;
     assert!(!h1.contains("failed"), "{h1}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let h1 = c
-            .find(Locator::Css("h1"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let h1 = text_of(c, "h1").await;
         if h1.contains("awaiting_otp") {
             break;
         }
@@ -208,13 +169,7 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.refresh().await.unwrap();
     }
-    let timeline = c
-        .find(Locator::Css("ol.timeline"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let timeline = text_of(c, "ol.timeline").await;
     assert!(timeline.contains("failed → initiating"), "{timeline}");
     assert_eq!(app.migration(&failed_id).await["state"], "awaiting_otp");
 
@@ -222,23 +177,13 @@ async fn support_finds_a_failed_migration_retries_it_and_stays_in_its_tenant(poo
     // is refused, and nothing changes.
     let forged = forger(app.url(&format!("/dashboard/migrations/{waiting_id}/cancel"))).await;
     c.goto(&forged).await.unwrap();
-    c.find(Locator::Css("#go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#go").await;
     wait_text(c, "h1", |t| t.starts_with("Refused")).await;
     assert_eq!(app.migration(&waiting_id).await["state"], "awaiting_otp");
 
     // Another partner's key sees none of this partner's migrations.
     c.goto(&app.url("/dashboard")).await.unwrap();
-    c.find(Locator::Css("header.top form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "header.top form button").await;
     wait_text(c, "h1", |t| t == "Sign in").await;
     sign_in(c, &app, &other_key).await;
     c.goto(&app.url("/dashboard/migrations")).await.unwrap();
@@ -303,23 +248,12 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
         .send_keys("Browser batch")
         .await
         .unwrap();
-    c.find(Locator::Css("#upload-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#upload-submit").await;
     std::fs::remove_file(&file).unwrap();
 
     // Its progress page.
     wait_text(c, "p.notice", |t| t.starts_with("Batch created")).await;
-    let h1 = c
-        .find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let h1 = text_of(c, "h1").await;
     assert!(
         h1.starts_with("Batch Browser batch") && h1.contains("active"),
         "{h1}"
@@ -353,13 +287,7 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
         .unwrap();
     let counts = wait_text(c, "#by-state", |t| t.contains("awaiting_otp")).await;
     assert!(counts.contains('3'), "{counts}");
-    let progress = c
-        .find(Locator::Css("#progress-text"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let progress = text_of(c, "#progress-text").await;
     assert!(progress.contains("0 of 3"), "{progress}");
     browser.save_screenshot(&screenshots(), "batch").await;
 
@@ -407,26 +335,10 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
     c.goto(&app.url(&format!("/dashboard/batches/{id}")))
         .await
         .unwrap();
-    c.find(Locator::Css("#cancel-open"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#cancel-batch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#cancel-open").await;
+    click(c, "#cancel-batch").await;
     wait_text(c, "p.notice", |t| t.starts_with("Cancelled")).await;
-    let h1 = c
-        .find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let h1 = text_of(c, "h1").await;
     assert!(h1.contains("cancelled"), "{h1}");
     let batch: Value = app
         .get(&format!("/v1/batches/{id}"))
