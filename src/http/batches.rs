@@ -79,8 +79,12 @@ pub struct CreateBatch {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
-    /// Webhook URL for the batch's own events (batch webhooks come in the next increment).
+    /// Webhook URL for the batch's own events (`batch.progress`, `batch.completed`); the
+    /// partner's callback URL otherwise. Each migration keeps its own `callback_url`.
     #[serde(default)]
+    #[schema(
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<String>,
 }
 
@@ -507,6 +511,9 @@ pub struct CsvParams {
     #[param(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
     /// The batch's webhook URL (a JSON body's `callback_url` wins).
+    #[param(
+        pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
+    )]
     pub callback_url: Option<String>,
 }
 
