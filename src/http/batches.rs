@@ -223,7 +223,20 @@ impl JsonBody for BatchRequest {
     fn read(f: &mut Fields) -> Option<Self> {
         let name = f.required::<String>("name");
         let migrations = f.required::<Vec<Value>>("migrations");
-        let max_in_flight = f.optional::<i64>("max_in_flight");
+        // JSON Schema's `integer` includes numbers written with a zero fraction (`20.0`).
+        let max_in_flight = f
+            .optional::<serde_json::Number>("max_in_flight")
+            .and_then(|n| {
+                let whole = n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|x| x.fract() == 0.0 && x.abs() <= 1e15)
+                        .map(|x| x as i64)
+                });
+                f.check(
+                    "max_in_flight",
+                    whole.ok_or_else(|| "an integer from 1 to 1000".to_owned()),
+                )
+            });
         let max_in_flight_given = max_in_flight.is_some();
         let callback_url = f.optional::<String>("callback_url");
         let checked_name = name.as_deref().and_then(|n| f.check("name", check_name(n)));

@@ -325,6 +325,26 @@ async fn a_json_body_takes_query_defaults_and_its_own_fields_win(pool: PgPool) {
         .await;
     let created = json_of(res, StatusCode::CREATED).await;
     assert_eq!(created["batch"]["max_in_flight"], 7, "{created:#}");
+    // JSON Schema's integer: a zero fraction is the same number; any other is refused.
+    let res = app
+        .post(
+            "/v1/batches",
+            body("+14155551013", json!({"max_in_flight": 9.0})),
+        )
+        .await;
+    let created = json_of(res, StatusCode::CREATED).await;
+    assert_eq!(created["batch"]["max_in_flight"], 9, "{created:#}");
+    let res = app
+        .post(
+            "/v1/batches",
+            body("+14155551014", json!({"max_in_flight": 9.5})),
+        )
+        .await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(
+        problem["errors"][0]["pointer"], "/max_in_flight",
+        "{problem:#}"
+    );
     // ...and an invalid query is refused for a JSON body too, creating nothing.
     let before = app.count_migrations().await;
     let res = app
