@@ -85,13 +85,16 @@ pub async fn create(
         .collect();
     // Numbers whose holder 360dialog was asked about: whether it said the key works.
     let mut asked: Option<HashMap<String, (KeyHolder, bool)>> = None;
+    // A batch's keys are apart from single creates' (one partner may use `acme-1` for both):
+    // an `Idempotency-Key` holds visible ASCII only, so no single create's key has this form.
+    let scoped_key = idempotency.as_ref().map(|i| format!("batches\n{}", i.key));
     let (mut tx, holders) = loop {
         let mut tx = state.pool.begin().await?;
-        if let Some(idem) = &idempotency {
+        if let (Some(idem), Some(key)) = (&idempotency, &scoped_key) {
             let fingerprints = state
                 .cipher
                 .fingerprints(single::canonical(idem.body).to_string().as_bytes());
-            match idempotency::begin(&mut tx, partner_id, idem.key, &fingerprints).await? {
+            match idempotency::begin(&mut tx, partner_id, key, &fingerprints).await? {
                 idempotency::Begin::New => {}
                 idempotency::Begin::Replay { status, body } => {
                     tx.rollback().await?;
@@ -271,9 +274,9 @@ pub async fn create(
         batch: present(&batch, &counts),
         items,
     };
-    if let Some(idem) = &idempotency {
+    if let Some(key) = &scoped_key {
         // Without the links: a stored answer must not hold a capability.
-        idempotency::finish(&mut tx, partner_id, idem.key, 201, &json!(out)).await?;
+        idempotency::finish(&mut tx, partner_id, key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
     let by_id: HashMap<Uuid, &migrations_store::MigrationRow> =

@@ -388,11 +388,23 @@ async fn idempotency_key_replays_a_batch(pool: PgPool) {
     assert_eq!(app.count_migrations().await, 3);
     assert_eq!(count(&app, "batches").await, 1);
     // The stored answer holds no link.
-    let stored: Value = sqlx::query_scalar("SELECT response FROM idempotency_keys")
-        .fetch_one(&app.pool)
+    let stored: Value =
+        sqlx::query_scalar("SELECT response FROM idempotency_keys WHERE key LIKE 'batches%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(!stored.to_string().contains("/c/"), "{stored}");
+    // The same key on a single create is another key: batches and single creates are apart.
+    let res = app
+        .http
+        .post(app.url("/v1/migrations"))
+        .bearer_auth(app.partner_key.clone())
+        .header("idempotency-key", "batch-1")
+        .json(&TestApp::create_body("+14155552290"))
+        .send()
         .await
         .unwrap();
-    assert!(!stored.to_string().contains("/c/"), "{stored}");
+    json_of(res, StatusCode::CREATED).await;
     // Another body with the same key.
     let res = post_csv(&app, "?name=Other", csv, Some("batch-1")).await;
     assert_problem(
