@@ -251,6 +251,23 @@ pub async fn attach(
     Ok(())
 }
 
+/// `GET /v1/migrations/{id}`: the migration as `caller` may see it (another tenant's is 404),
+/// with its `client_page`, read in one statement.
+pub async fn fetch_with_page(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<Migration, ApiError> {
+    let (row, page) = match store::migration_with_page(&state.pool, id, caller.scope()).await {
+        Ok(found) => found,
+        Err(crate::db::Error::NotFound) => return Err(ApiError::not_found("migration")),
+        Err(e) => return Err(e.into()),
+    };
+    let mut m = Migration::from(&row);
+    m.client_page = Some(page.map(|p| present(state, &row, &p)));
+    Ok(m)
+}
+
 /// One migration for its owner: the public JSON with its `client_page`.
 pub async fn with_page(state: &AppState, row: &MigrationRow) -> Result<Migration, ApiError> {
     let mut out = [Migration::from(row)];

@@ -2,10 +2,11 @@
 //! Only the SHA-256 of a link's token is stored; see `core::client_page` for the token.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
 
 use super::Error;
+use super::migrations::MigrationRow;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientPageRow {
@@ -51,6 +52,47 @@ pub async fn get(
     .bind(migration_id)
     .fetch_optional(ex)
     .await?)
+}
+
+/// One migration (optionally scoped to a tenant, as [`super::migrations::get`]) with its link,
+/// if it has one, in one statement: what `GET /v1/migrations/{id}` shows.
+pub async fn migration_with_page(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    partner: Option<Uuid>,
+) -> Result<(MigrationRow, Option<ClientPageRow>), Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {}, cp.generation AS cp_generation, cp.token_hash AS cp_token_hash,
+                cp.issued_at AS cp_issued_at, cp.expires_at AS cp_expires_at,
+                cp.opened_at AS cp_opened_at, cp.submissions AS cp_submissions,
+                cp.last_submission_at AS cp_last_submission_at
+           FROM migrations m LEFT JOIN client_pages cp ON cp.migration_id = m.id
+          WHERE m.id = $1 AND ($2::uuid IS NULL OR m.partner_id = $2)",
+        super::migrations::COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(id)
+    .bind(partner)
+    .fetch_one(ex)
+    .await?;
+    let migration = MigrationRow::from_row(&row)?;
+    let page = match row.try_get::<Option<i32>, _>("cp_generation")? {
+        Some(generation) => Some(ClientPageRow {
+            migration_id: migration.id,
+            generation,
+            token_hash: row.try_get("cp_token_hash")?,
+            issued_at: row.try_get("cp_issued_at")?,
+            expires_at: row.try_get("cp_expires_at")?,
+            opened_at: row.try_get("cp_opened_at")?,
+            submissions: row.try_get("cp_submissions")?,
+            last_submission_at: row.try_get("cp_last_submission_at")?,
+        }),
+        None => None,
+    };
+    Ok((migration, page))
 }
 
 /// The links of several migrations (a list page), in no particular order.

@@ -583,8 +583,9 @@ async fn get_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let row = commands::fetch(&state, caller, id).await?;
-    shown(&state, &row).await
+    Ok(axum::Json(
+        client_page::fetch_with_page(&state, caller, id).await?,
+    ))
 }
 
 /// Body of `PATCH /v1/migrations/{id}`.

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use waba_migrator::domain::EventType;
 
+mod anchor;
 mod batch;
 mod explain;
 mod parked;
@@ -130,6 +131,12 @@ struct RunArgs {
     /// Idle samples of GET /v1/migrations/{id} and GET /v1/migrations after the drive.
     #[arg(long, default_value_t = 300)]
     idle_api_samples: usize,
+    /// Load pg_stat_statements (PostgreSQL restarted once at start) and report the
+    /// statements of the throughput drive: calls per migration, mean and total time.
+    #[arg(long, default_value_t = false)]
+    pg_stat_statements: bool,
+    #[command(flatten)]
+    anchor: anchor::AnchorArgs,
     #[command(flatten)]
     out: stack::Output,
 }
@@ -799,6 +806,18 @@ async fn measure(
     serve_a.stop(Duration::from_secs(10)).await;
     let pick = pick?;
 
+    // The anchor (issue 18): graphile-worker draining no-op jobs on the same PostgreSQL, half
+    // its default-mode drains before the service's drive and half after.
+    let mut anchor = anchor::Anchor::prepare(&args.anchor, db, pg_port, postmaster).await?;
+    let before = args.anchor.anchor_runs.max(1).div_ceil(2);
+    if let Some(a) = &mut anchor {
+        eprintln!(
+            "bench: graphile-worker anchor, {} no-op jobs per drain",
+            args.anchor.anchor_jobs
+        );
+        a.drains(0, before).await?;
+    }
+
     // 2. The throughput drive, straight to the sandbox.
     let (serve, base) = env.start_serve(http, &env.sandbox_url, "drive").await?;
     let serve_pid = serve.pid();
@@ -819,9 +838,21 @@ async fn measure(
         "bench: driving {} migrations, {} in flight, sandbox latency {} ms",
         args.migrations, args.concurrency, args.sandbox_latency_ms
     );
+    if args.pg_stat_statements {
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(db)
+            .await?;
+    }
+    let wal0 = procs::WalSnapshot::take(db).await?;
     let cpu0 = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster);
     let d = drive(api.clone(), args, serve_pid).await;
     let cpu = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster).since(&cpu0);
+    let wal = procs::WalSnapshot::take(db).await?.since(&wal0);
+    let statements = if args.pg_stat_statements {
+        top_statements(db, d.ids.len()).await?
+    } else {
+        Vec::new()
+    };
     let (rss_after, rss_hwm) = procs::rss_mib(serve_pid);
     if !d.errors.is_empty() {
         eprintln!(
@@ -860,9 +891,54 @@ async fn measure(
         }
         idle_list.push(api.list("limit=100").await?);
     }
+
+    // What the driver's polling cost: as many GETs as the drive made, with as many in flight,
+    // now with no migration moving; service + PostgreSQL CPU per GET.
+    let gets_in_drive = d.get.0.len();
+    let get_cost = if gets_in_drive > 0 && !d.ids.is_empty() {
+        let next = Arc::new(AtomicUsize::new(0));
+        let ids = Arc::new(d.ids.clone());
+        let cpu0 = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster);
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency.min(gets_in_drive) {
+            let (api, next, ids) = (api.clone(), next.clone(), ids.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= gets_in_drive {
+                        break;
+                    }
+                    let _ = api.get(&ids[i * 7919 % ids.len()]).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let c = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster).since(&cpu0);
+        Some((c.service + c.postgres) * 1e3 / gets_in_drive as f64)
+    } else {
+        None
+    };
     serve.stop(Duration::from_secs(10)).await;
 
-    // 3. The commit ceiling.
+    // 3. The anchor's other drains (defaults: the rest; local queue: all).
+    let anchor = match anchor {
+        Some(mut a) => {
+            a.drains(0, args.anchor.anchor_runs.max(1) - before).await?;
+            if args.anchor.anchor_local_queue > 0 {
+                a.drains(
+                    args.anchor.anchor_local_queue,
+                    args.anchor.anchor_runs.max(1),
+                )
+                .await?;
+            }
+            a.finish().await
+        }
+        None => Vec::new(),
+    };
+
+    // 4. The commit ceiling.
     let ceiling = if args.pgbench_seconds > 0 {
         eprintln!(
             "bench: pgbench ceiling, {} clients, {} s",
@@ -1034,6 +1110,93 @@ async fn measure(
             cpu.service, cpu.postgres, cpu.sandbox, cpu.driver, wall
         ),
     );
+    // Issue 18: service + PostgreSQL CPU per transition against the anchor's per job.
+    let per_transition_ms = if transitions > 0 {
+        (cpu.service + cpu.postgres) * 1e3 / transitions as f64
+    } else {
+        0.0
+    };
+    t.row(
+        "CPU ms per transition: service + postgres",
+        format!("{per_transition_ms:.3}"),
+        format!(
+            "{:.3} + {:.3}; {transitions} transitions",
+            cpu.service * 1e3 / transitions.max(1) as f64,
+            cpu.postgres * 1e3 / transitions.max(1) as f64
+        ),
+    );
+    // The same net of the driver's GET polls (measured apart, above): the engine and the
+    // API calls a migration needs (create, OTP), what the anchor's jobs are compared with.
+    let net_ms = get_cost.map(|per_get| {
+        (per_transition_ms * transitions as f64 - per_get * gets_in_drive as f64)
+            / transitions.max(1) as f64
+    });
+    if let (Some(per_get), Some(net)) = (get_cost, net_ms) {
+        t.row(
+            "  of which the driver's GET polls",
+            format!(
+                "{:.3}",
+                per_get * gets_in_drive as f64 / transitions.max(1) as f64
+            ),
+            format!(
+                "{gets_in_drive} GETs × {per_get:.3} ms (service + postgres per GET, replayed after the drive with {} in flight)",
+                args.concurrency
+            ),
+        );
+        t.row(
+            "CPU ms per transition net of the GET polls",
+            format!("{net:.3}"),
+            "create, OTP, the workers' claims, steps, upstream calls and records",
+        );
+    }
+    t.row(
+        "PostgreSQL per transition: WAL records / bytes / flushes / commits",
+        wal.fmt_per(transitions as f64),
+        "pg_stat_wal, pg_stat_database over the drive (its GETs' read-only commits included)",
+    );
+    for mode in &anchor {
+        let m = mode.median();
+        let name = if mode.local_queue > 0 {
+            format!("anchor: graphile-worker, local queue {}", mode.local_queue)
+        } else {
+            "anchor: graphile-worker, defaults".to_owned()
+        };
+        t.row(
+            &format!("{name}: CPU ms per job (worker + postgres)"),
+            format!("{:.3}", m.cpu_ms_per_job()),
+            format!(
+                "median of {}: {:.0} jobs/s, {} jobs, concurrency {}; worker {:.2} s + postgres {:.2} s",
+                mode.drains.len(),
+                m.jobs_per_s(),
+                m.jobs,
+                args.anchor.anchor_concurrency,
+                m.worker_cpu_s,
+                m.postgres_cpu_s
+            ),
+        );
+        let (target, goal) = if mode.local_queue > 0 {
+            ("stretch", 1.5)
+        } else {
+            ("target 2", 1.0)
+        };
+        t.row(
+            &format!("{name}: per job: WAL records / bytes / flushes / commits"),
+            m.wal.fmt_per(f64::from(m.jobs)),
+            "",
+        );
+        t.row(
+            &format!("per transition ÷ per job ({name})"),
+            format!("{:.2}", per_transition_ms / m.cpu_ms_per_job()),
+            format!("issue 18 {target}: ≤ {goal}"),
+        );
+        if let Some(net) = net_ms {
+            t.row(
+                &format!("per transition net of GET polls ÷ per job ({name})"),
+                format!("{:.2}", net / m.cpu_ms_per_job()),
+                "",
+            );
+        }
+    }
     t.row(
         "DB pool in use (max sampled) / size",
         format!("{:.0} / {}", d.pool_in_use_max, args.db_pool),
@@ -1048,7 +1211,28 @@ async fn measure(
         "waba_upstream_requests_total of the drive's service",
     );
 
+    if !statements.is_empty() {
+        t.section("pg_stat_statements over the drive (top 25 by total time)");
+        for st in &statements {
+            t.row(
+                &st["query"].as_str().unwrap_or_default().replace('|', "\\|"),
+                format!(
+                    "{:.2} calls/migration × {:.0} µs",
+                    st["calls_per_migration"].as_f64().unwrap_or(0.0),
+                    st["mean_us"].as_f64().unwrap_or(0.0)
+                ),
+                format!(
+                    "{:.0} ms in all; planned {} times ({:.0} ms)",
+                    st["total_ms"].as_f64().unwrap_or(0.0),
+                    st["plans"],
+                    st["plan_ms"].as_f64().unwrap_or(0.0)
+                ),
+            );
+        }
+    }
+
     let doc = json!({
+        "statements": statements,
         "config": {
             "migrations": args.migrations,
             "concurrency": args.concurrency,
@@ -1127,6 +1311,31 @@ async fn measure(
             },
         },
         "upstream_calls_per_migration": round(per(upstream_calls), 2),
+        "cpu_ms_per_transition": {
+            "service": round(cpu.service * 1e3 / transitions.max(1) as f64, 4),
+            "postgres": round(cpu.postgres * 1e3 / transitions.max(1) as f64, 4),
+            "service_plus_postgres": round(per_transition_ms, 4),
+        },
+        "postgres_per_transition": wal.per(transitions as f64),
+        "get_polls": {
+            "gets_in_drive": gets_in_drive,
+            "cpu_ms_per_get": get_cost.map(|v| round(v, 4)),
+            "cpu_ms_per_transition_net_of_gets": net_ms.map(|v| round(v, 4)),
+        },
+        "anchor": anchor.iter().map(|m| {
+            let mut v = m.json();
+            v["ratio_per_transition_to_per_job"] =
+                json!(round(per_transition_ms / m.median().cpu_ms_per_job(), 3));
+            v["ratio_net_of_gets_to_per_job"] =
+                json!(net_ms.map(|n| round(n / m.median().cpu_ms_per_job(), 3)));
+            v
+        }).collect::<Vec<_>>(),
+        "anchor_config": {
+            "jobs": args.anchor.anchor_jobs,
+            "runs": args.anchor.anchor_runs,
+            "concurrency": args.anchor.anchor_concurrency,
+            "local_queue": args.anchor.anchor_local_queue,
+        },
         "pgbench_output": ceiling.as_ref().map(|(_, o)| o.clone()),
     });
     Ok((doc, t))
@@ -1142,4 +1351,33 @@ async fn upstream_total(http: &reqwest::Client, url: &str) -> f64 {
         .filter(|l| l.starts_with("waba_upstream_requests_total"))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The drive's statements from pg_stat_statements, most total time first.
+async fn top_statements(db: &sqlx::PgPool, migrations: usize) -> anyhow::Result<Vec<Value>> {
+    let rows: Vec<(String, i64, f64, f64, i64, i64, f64)> = sqlx::query_as(
+        "SELECT regexp_replace(left(query, 160), '\\s+', ' ', 'g'), calls,
+                total_exec_time + total_plan_time, mean_exec_time, rows, plans, total_plan_time
+           FROM pg_stat_statements
+          WHERE query NOT ILIKE '%pg_stat_statements%'
+          ORDER BY total_exec_time + total_plan_time DESC LIMIT 25",
+    )
+    .fetch_all(db)
+    .await?;
+    let n = migrations.max(1) as f64;
+    Ok(rows
+        .into_iter()
+        .map(|(query, calls, total, mean, rows, plans, plan_ms)| {
+            json!({
+                "plans": plans,
+                "plan_ms": round(plan_ms, 1),
+                "query": query,
+                "calls": calls,
+                "calls_per_migration": round(calls as f64 / n, 3),
+                "mean_us": round(mean * 1e3, 1),
+                "total_ms": round(total, 1),
+                "rows": rows,
+            })
+        })
+        .collect())
 }

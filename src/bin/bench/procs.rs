@@ -194,3 +194,71 @@ impl CpuSnapshot {
         self.service + self.sandbox + self.postgres + self.driver
     }
 }
+
+/// Write-ahead log and commit counters of a PostgreSQL server (`pg_stat_wal`,
+/// `pg_stat_database`), read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalSnapshot {
+    pub records: f64,
+    pub full_page_images: f64,
+    pub bytes: f64,
+    /// WAL flushes to disk (`wal_sync`): a commit that finds its record already flushed by
+    /// another backend's flush (group commit) adds none.
+    pub syncs: f64,
+    /// Transactions committed, read-only ones included, over every database.
+    pub commits: f64,
+}
+
+impl WalSnapshot {
+    pub async fn take(db: &sqlx::PgPool) -> anyhow::Result<Self> {
+        let (records, full_page_images, bytes, syncs, commits): (f64, f64, f64, f64, f64) =
+            sqlx::query_as(
+                "SELECT wal_records::float8, wal_fpi::float8, wal_bytes::float8, wal_sync::float8,
+                        (SELECT sum(xact_commit)::float8 FROM pg_stat_database)
+                   FROM pg_stat_wal",
+            )
+            .fetch_one(db)
+            .await?;
+        Ok(Self {
+            records,
+            full_page_images,
+            bytes,
+            syncs,
+            commits,
+        })
+    }
+
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            records: self.records - before.records,
+            full_page_images: self.full_page_images - before.full_page_images,
+            bytes: self.bytes - before.bytes,
+            syncs: self.syncs - before.syncs,
+            commits: self.commits - before.commits,
+        }
+    }
+
+    /// Per unit of work (`n` transitions or jobs), as JSON.
+    pub fn per(&self, n: f64) -> serde_json::Value {
+        let n = n.max(1.0);
+        serde_json::json!({
+            "wal_records": (self.records / n * 100.0).round() / 100.0,
+            "wal_full_page_images": (self.full_page_images / n * 1000.0).round() / 1000.0,
+            "wal_bytes": (self.bytes / n).round(),
+            "wal_syncs": (self.syncs / n * 1000.0).round() / 1000.0,
+            "commits": (self.commits / n * 100.0).round() / 100.0,
+        })
+    }
+
+    /// `records / bytes / syncs / commits` per unit, for the table.
+    pub fn fmt_per(&self, n: f64) -> String {
+        let n = n.max(1.0);
+        format!(
+            "{:.1} records, {:.0} B, {:.2} flushes, {:.2} commits",
+            self.records / n,
+            self.bytes / n,
+            self.syncs / n,
+            self.commits / n
+        )
+    }
+}

@@ -99,9 +99,12 @@ impl Stack {
         std::fs::create_dir_all(dir)?;
         eprintln!("bench: working directory {}", dir.display());
         let pg_port = procs::free_port();
-        let pg = EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
+        let mut pg = EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
             .await
             .context("starting PostgreSQL")?;
+        if args.pg_stat_statements {
+            pg = Self::preload_pg_stat_statements(pg, dir, pg_port).await?;
+        }
         match Self::start_rest(dir, bin, args, pg_port).await {
             Ok((db, env, sandbox, http, machine)) => Ok(Self {
                 postmaster: procs::postmaster_pid(pg.data_dir()),
@@ -118,6 +121,32 @@ impl Stack {
                 Err(e)
             }
         }
+    }
+
+    /// `shared_preload_libraries = 'pg_stat_statements'`, then a restart on the same data
+    /// directory (the library loads at server start only). Stops the server on failure.
+    async fn preload_pg_stat_statements(
+        pg: EmbeddedPostgres,
+        dir: &Path,
+        pg_port: u16,
+    ) -> anyhow::Result<EmbeddedPostgres> {
+        let set = async {
+            let db = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&format!("postgres://waba@127.0.0.1:{pg_port}/postgres"))
+                .await?;
+            sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                .execute(&db)
+                .await?;
+            db.close().await;
+            anyhow::Ok(())
+        }
+        .await;
+        pg.stop().await?;
+        set?;
+        EmbeddedPostgres::start(&dir.join("postgres"), Some(pg_port))
+            .await
+            .context("restarting PostgreSQL with pg_stat_statements")
     }
 
     async fn start_rest(
@@ -138,6 +167,16 @@ impl Stack {
             .max_connections(4)
             .connect(&database_url)
             .await?;
+        if args.pg_stat_statements {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .execute(&db)
+                .await?;
+            // Planning counted apart: a statement replanned on every execution shows here.
+            sqlx::query("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
+                .execute(&db)
+                .await?;
+            sqlx::query("SELECT pg_reload_conf()").execute(&db).await?;
+        }
         let (version,): (String,) = sqlx::query_as("SELECT version()").fetch_one(&db).await?;
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, setting FROM pg_settings WHERE name IN
