@@ -197,6 +197,13 @@ impl Env {
             ("ADMIN_API_KEY", ADMIN_KEY.into()),
             ("ENCRYPTION_KEY", self.encryption_key.clone()),
             ("WORKER_CONCURRENCY", workers.to_string()),
+            // Every driver task keeps its own connection: without room for all of them the
+            // service's connection cap (1,024 by default) resets the excess at target 2's
+            // 2,000 in flight.
+            (
+                "HTTP_MAX_CONNECTIONS",
+                (a.concurrency + 256).max(1024).to_string(),
+            ),
             ("CHANNEL_POLL_MS", a.channel_poll_ms.to_string()),
             ("RATE_LIMIT_PER_SECOND", "0".into()),
             // At least the upstream timeout (default 30 s) + 1 s, as startup checks; a stop
@@ -373,6 +380,8 @@ struct DriveResult {
     wall: Duration,
     errors: Vec<String>,
     pool_in_use_max: f64,
+    /// `/metrics` scrapes by the side sampler.
+    scrapes: usize,
     service_rss_max_sampled: f64,
 }
 
@@ -401,8 +410,9 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
     let metrics_task = {
         let (api, stop, result) = (api.clone(), stop.clone(), result.clone());
         tokio::spawn(async move {
-            let (mut pool_max, mut rss_max) = (0f64, 0f64);
+            let (mut pool_max, mut rss_max, mut scrapes) = (0f64, 0f64, 0usize);
             while !stop.is_cancelled() {
+                scrapes += 1;
                 if let Ok(r) = api.http.get(format!("{}/metrics", api.base)).send().await
                     && let Ok(text) = r.text().await
                     && let Some(v) = text
@@ -419,6 +429,7 @@ async fn drive(api: Arc<Api>, args: &RunArgs, serve_pid: u32) -> DriveResult {
             let mut r = result.lock().await;
             r.pool_in_use_max = pool_max;
             r.service_rss_max_sampled = rss_max;
+            r.scrapes = scrapes;
         })
     };
 
@@ -892,33 +903,22 @@ async fn measure(
         idle_list.push(api.list("limit=100").await?);
     }
 
-    // What the driver's polling cost: as many GETs as the drive made, with as many in flight,
-    // now with no migration moving; service + PostgreSQL CPU per GET.
-    let gets_in_drive = d.get.0.len();
-    let get_cost = if gets_in_drive > 0 && !d.ids.is_empty() {
-        let next = Arc::new(AtomicUsize::new(0));
-        let ids = Arc::new(d.ids.clone());
-        let cpu0 = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster);
-        let mut tasks = Vec::new();
-        for _ in 0..args.concurrency.min(gets_in_drive) {
-            let (api, next, ids) = (api.clone(), next.clone(), ids.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= gets_in_drive {
-                        break;
-                    }
-                    let _ = api.get(&ids[i * 7919 % ids.len()]).await;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let c = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster).since(&cpu0);
-        Some((c.service + c.postgres) * 1e3 / gets_in_drive as f64)
-    } else {
+    // What the driver's reads cost (its GET polls, the `list` watcher's pages, the side
+    // samplers' lists and /metrics scrapes): the same requests replayed now that no migration
+    // moves, with as many in flight; service + PostgreSQL CPU. The anchor has no such reads.
+    let reads = Reads {
+        gets: d.get.0.len(),
+        pages: d.watch.0.len(),
+        lists: d.list.0.len(),
+        scrapes: d.scrapes,
+    };
+    let reads_cpu_ms = if d.ids.is_empty() {
         None
+    } else {
+        let cpu0 = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster);
+        replay_reads(&api, &d.ids, &reads, args.concurrency).await;
+        let c = CpuSnapshot::take(serve_pid, sandbox_pid, postmaster).since(&cpu0);
+        Some((c.service + c.postgres) * 1e3)
     };
     serve.stop(Duration::from_secs(10)).await;
 
@@ -1125,26 +1125,21 @@ async fn measure(
             cpu.postgres * 1e3 / transitions.max(1) as f64
         ),
     );
-    // The same net of the driver's GET polls (measured apart, above): the engine and the
-    // API calls a migration needs (create, OTP), what the anchor's jobs are compared with.
-    let net_ms = get_cost.map(|per_get| {
-        (per_transition_ms * transitions as f64 - per_get * gets_in_drive as f64)
-            / transitions.max(1) as f64
-    });
-    if let (Some(per_get), Some(net)) = (get_cost, net_ms) {
+    // The same net of the driver's reads (replayed apart, above): the engine and the API
+    // calls a migration needs (create, OTP), what the anchor's jobs are compared with.
+    let net_ms = reads_cpu_ms
+        .map(|ms| (per_transition_ms * transitions as f64 - ms) / transitions.max(1) as f64);
+    if let (Some(ms), Some(net)) = (reads_cpu_ms, net_ms) {
         t.row(
-            "  of which the driver's GET polls",
+            "  of which the driver's reads",
+            format!("{:.3}", ms / transitions.max(1) as f64),
             format!(
-                "{:.3}",
-                per_get * gets_in_drive as f64 / transitions.max(1) as f64
-            ),
-            format!(
-                "{gets_in_drive} GETs × {per_get:.3} ms (service + postgres per GET, replayed after the drive with {} in flight)",
-                args.concurrency
+                "{} GET polls, {} watcher pages, {} lists (limit=100), {} /metrics scrapes: {ms:.0} ms replayed after the drive, {} in flight",
+                reads.gets, reads.pages, reads.lists, reads.scrapes, args.concurrency
             ),
         );
         t.row(
-            "CPU ms per transition net of the GET polls",
+            "CPU ms per transition net of the driver's reads",
             format!("{net:.3}"),
             "create, OTP, the workers' claims, steps, upstream calls and records",
         );
@@ -1191,7 +1186,7 @@ async fn measure(
         );
         if let Some(net) = net_ms {
             t.row(
-                &format!("per transition net of GET polls ÷ per job ({name})"),
+                &format!("per transition net of the driver's reads ÷ per job ({name})"),
                 format!("{:.2}", net / m.cpu_ms_per_job()),
                 "",
             );
@@ -1317,16 +1312,19 @@ async fn measure(
             "service_plus_postgres": round(per_transition_ms, 4),
         },
         "postgres_per_transition": wal.per(transitions as f64),
-        "get_polls": {
-            "gets_in_drive": gets_in_drive,
-            "cpu_ms_per_get": get_cost.map(|v| round(v, 4)),
-            "cpu_ms_per_transition_net_of_gets": net_ms.map(|v| round(v, 4)),
+        "driver_reads": {
+            "gets": reads.gets,
+            "watcher_pages": reads.pages,
+            "lists": reads.lists,
+            "metrics_scrapes": reads.scrapes,
+            "cpu_ms_replayed": reads_cpu_ms.map(|v| round(v, 1)),
+            "cpu_ms_per_transition_net_of_reads": net_ms.map(|v| round(v, 4)),
         },
         "anchor": anchor.iter().map(|m| {
             let mut v = m.json();
             v["ratio_per_transition_to_per_job"] =
                 json!(round(per_transition_ms / m.median().cpu_ms_per_job(), 3));
-            v["ratio_net_of_gets_to_per_job"] =
+            v["ratio_net_of_reads_to_per_job"] =
                 json!(net_ms.map(|n| round(n / m.median().cpu_ms_per_job(), 3)));
             v
         }).collect::<Vec<_>>(),
@@ -1380,4 +1378,45 @@ async fn top_statements(db: &sqlx::PgPool, migrations: usize) -> anyhow::Result<
             })
         })
         .collect())
+}
+
+/// The read requests a drive made besides the ones a migration needs.
+struct Reads {
+    gets: usize,
+    pages: usize,
+    lists: usize,
+    scrapes: usize,
+}
+
+/// Sends `reads` again: GETs of the drive's migrations, `awaiting_otp` pages and `limit=100`
+/// lists and /metrics scrapes, `in_flight` at a time.
+async fn replay_reads(api: &Arc<Api>, ids: &[String], reads: &Reads, in_flight: usize) {
+    let total = reads.gets + reads.pages + reads.lists + reads.scrapes;
+    let next = Arc::new(AtomicUsize::new(0));
+    let ids = Arc::new(ids.to_vec());
+    let (gets, pages, lists) = (reads.gets, reads.pages, reads.lists);
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight.clamp(1, total.max(1)) {
+        let (api, next, ids) = (api.clone(), next.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                if i < gets {
+                    let _ = api.get(&ids[i * 7919 % ids.len()]).await;
+                } else if i < gets + pages {
+                    let _ = api.list("state=awaiting_otp&limit=100").await;
+                } else if i < gets + pages + lists {
+                    let _ = api.list("limit=100").await;
+                } else if let Ok(r) = api.http.get(format!("{}/metrics", api.base)).send().await {
+                    let _ = r.bytes().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
 }
