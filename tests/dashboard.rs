@@ -249,10 +249,11 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
         .await
         .unwrap();
     click(c, "#upload-submit").await;
-    std::fs::remove_file(&file).unwrap();
 
-    // Its progress page.
+    // Its progress page. The file is removed only now: the browser reads it while it submits
+    // the form, after the click returned (removing it at once failed the upload now and then).
     wait_text(c, "p.notice", |t| t.starts_with("Batch created")).await;
+    std::fs::remove_file(&file).unwrap();
     let h1 = text_of(c, "h1").await;
     assert!(
         h1.starts_with("Batch Browser batch") && h1.contains("active"),
