@@ -352,11 +352,7 @@ pub async fn lock_next_open(
     after: Option<Uuid>,
     interval: std::time::Duration,
 ) -> Result<Option<OpenBatch>, Error> {
-    let columns = BATCH_COLUMNS
-        .split(", ")
-        .map(|c| format!("b.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = super::qualified(BATCH_COLUMNS, "b");
     Ok(sqlx::query_as::<_, OpenBatch>(&format!(
         "SELECT {columns}, b.generation, b.webhook_sequence, b.progress_counts,
                 (b.progress_sent_at IS NULL

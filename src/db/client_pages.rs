@@ -1,6 +1,8 @@
 //! Client page links (`client_pages`): one row per migration whose end client has a page.
 //! Only the SHA-256 of a link's token is stored; see `core::client_page` for the token.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
@@ -54,6 +56,19 @@ pub async fn get(
     .await?)
 }
 
+/// [`migration_with_page`]'s statement, built once.
+static MIGRATION_WITH_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, cp.generation AS cp_generation, cp.token_hash AS cp_token_hash,
+                cp.issued_at AS cp_issued_at, cp.expires_at AS cp_expires_at,
+                cp.opened_at AS cp_opened_at, cp.submissions AS cp_submissions,
+                cp.last_submission_at AS cp_last_submission_at
+           FROM migrations m LEFT JOIN client_pages cp ON cp.migration_id = m.id
+          WHERE m.id = $1 AND ($2::uuid IS NULL OR m.partner_id = $2)",
+        super::qualified(super::migrations::COLUMNS, "m")
+    )
+});
+
 /// One migration (optionally scoped to a tenant, as [`super::migrations::get`]) with its link,
 /// if it has one, in one statement: what `GET /v1/migrations/{id}` shows.
 pub async fn migration_with_page(
@@ -61,23 +76,11 @@ pub async fn migration_with_page(
     id: Uuid,
     partner: Option<Uuid>,
 ) -> Result<(MigrationRow, Option<ClientPageRow>), Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {}, cp.generation AS cp_generation, cp.token_hash AS cp_token_hash,
-                cp.issued_at AS cp_issued_at, cp.expires_at AS cp_expires_at,
-                cp.opened_at AS cp_opened_at, cp.submissions AS cp_submissions,
-                cp.last_submission_at AS cp_last_submission_at
-           FROM migrations m LEFT JOIN client_pages cp ON cp.migration_id = m.id
-          WHERE m.id = $1 AND ($2::uuid IS NULL OR m.partner_id = $2)",
-        super::migrations::COLUMNS
-            .split(", ")
-            .map(|c| format!("m.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .bind(id)
-    .bind(partner)
-    .fetch_one(ex)
-    .await?;
+    let row = sqlx::query(&MIGRATION_WITH_PAGE_SQL)
+        .bind(id)
+        .bind(partner)
+        .fetch_one(ex)
+        .await?;
     let migration = MigrationRow::from_row(&row)?;
     let page = match row.try_get::<Option<i32>, _>("cp_generation")? {
         Some(generation) => Some(ClientPageRow {

@@ -8,6 +8,7 @@
 //! change anything. An expired lease is simply claimable again: rescue is the claim itself, with
 //! the state conditions inside the same UPDATE.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -303,23 +304,14 @@ pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<Migrati
     Ok(q.build_query_as::<MigrationRow>().fetch_all(ex).await?)
 }
 
-/// Claims up to `limit` migrations for `owner`, each with a fresh lease token.
+/// The claim statement, built once: it returns the claimed rows' columns qualified by `m.`.
 ///
-/// Rescues come first: rows whose worker died (lease expired) are taken before ordinary due
-/// rows, oldest expiry first, so a crashed replica's migrations resume right after their lease
-/// even when a backlog is waiting. Then due, unleased rows by `run_at`.
-#[tracing::instrument(level = "debug", skip_all, fields(worker = %owner))]
-pub async fn claim(
-    ex: impl PgExecutor<'_>,
-    owner: &str,
-    lease: Duration,
-    limit: i64,
-) -> Result<Vec<MigrationRow>, Error> {
-    // CTEs are an optimisation fence (Oban's lesson): the planner cannot turn the LIMIT
-    // subqueries into a join that locks or updates more rows than asked for. CTEs run only as
-    // far as the outer query pulls, so `due` is read (and locks rows) only when the rescues do
-    // not fill the limit.
-    Ok(sqlx::query_as::<_, MigrationRow>(&format!(
+/// CTEs are an optimisation fence (Oban's lesson): the planner cannot turn the LIMIT
+/// subqueries into a join that locks or updates more rows than asked for. CTEs run only as far
+/// as the outer query pulls, so `due` is read (and locks rows) only when the rescues do not
+/// fill the limit.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH rescue AS (
              SELECT id FROM migrations
               WHERE lease_token IS NOT NULL
@@ -348,17 +340,28 @@ pub async fn claim(
             AND m.state NOT IN ('completed', 'failed', 'cancelled')
             AND (m.lease_token IS NULL OR m.lease_expires_at < now())
          RETURNING {}, {PARTNER_URL}",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("m.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .bind(limit)
-    .fetch_all(ex)
-    .await?)
+        super::qualified(COLUMNS, "m")
+    )
+});
+
+/// Claims up to `limit` migrations for `owner`, each with a fresh lease token.
+///
+/// Rescues come first: rows whose worker died (lease expired) are taken before ordinary due
+/// rows, oldest expiry first, so a crashed replica's migrations resume right after their lease
+/// even when a backlog is waiting. Then due, unleased rows by `run_at`.
+#[tracing::instrument(level = "debug", skip_all, fields(worker = %owner))]
+pub async fn claim(
+    ex: impl PgExecutor<'_>,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<MigrationRow>, Error> {
+    Ok(sqlx::query_as::<_, MigrationRow>(&CLAIM_SQL)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .fetch_all(ex)
+        .await?)
 }
 
 /// Extends a held lease. `Ok(false)`: the lease is lost (expired and re-claimed, cancelled...).

@@ -74,6 +74,16 @@ impl Error {
     }
 }
 
+/// `columns` (a `", "`-separated list) with each name prefixed by `alias.`, for statements
+/// that join or update from another relation and must say whose columns they return.
+pub(crate) fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Connections idle longer than this are pinged before use.
 const IDLE_RECHECK: Duration = Duration::from_secs(2);
 

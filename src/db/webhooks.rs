@@ -92,11 +92,7 @@ pub async fn claim(
            FROM picked
           WHERE w.id = picked.id
          RETURNING {}",
-        DELIVERY_COLUMNS
-            .split(", ")
-            .map(|c| format!("w.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        super::qualified(DELIVERY_COLUMNS, "w")
     ))
     .bind(now)
     .bind(lease.as_secs_f64())
