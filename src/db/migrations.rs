@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
-use crate::domain::memo::MemoEdits;
+use crate::domain::memo::{ARMED_BY, MemoEdits};
 use crate::domain::{EventType, MigrationState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -833,18 +833,29 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
     Ok(())
 }
 
-/// Gives a lease back and makes the row due now (graceful shutdown).
-pub async fn release(ex: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<bool, Error> {
-    let r = sqlx::query(
+/// Gives a lease back and makes the row due now (graceful shutdown). `forget_armed`: the
+/// step never called, so the intents this lease armed for it are removed (see
+/// [`crate::domain::memo`]).
+pub async fn release(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    forget_armed: bool,
+) -> Result<bool, Error> {
+    let r = sqlx::query(&format!(
         "WITH r AS (
              UPDATE migrations SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-                    run_at = LEAST(run_at, now())
+                    run_at = LEAST(run_at, now()),
+                    step_memo = CASE WHEN $4 THEN step_memo - ARRAY(
+                        SELECT e.key FROM jsonb_each(step_memo) e
+                         WHERE e.value->>'{ARMED_BY}' = $2::text) ELSE step_memo END
              WHERE id = $1 AND lease_token = $2 RETURNING id)
-         SELECT pg_notify($3, '') FROM r",
-    )
+         SELECT pg_notify($3, '') FROM r"
+    ))
     .bind(id)
     .bind(token)
     .bind(JOBS_CHANNEL)
+    .bind(forget_armed)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)

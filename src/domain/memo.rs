@@ -3,8 +3,33 @@
 //! that call. Writers change it by key ([`MemoEdits`], applied with jsonb key operations in the
 //! same statement as the rest of a write), never by writing back a whole document read earlier,
 //! so a key another writer changed meanwhile is not undone.
+//!
+//! An intent is *recorded* (its value a timestamp) by a step right before its call, or *armed*
+//! (its value names the lease of the claim that wrote it) by the transition that enters the
+//! step when the same worker goes on with the migration at once. Either way it is committed
+//! before the call. An armed intent costs no statement of its own; until its step has called,
+//! only the claim that armed it knows that no call was made, so to every later claim it reads
+//! as recorded: the call may have been sent.
 
-use serde_json::{Map, Value};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::MigrationState;
+
+/// The field of an armed intent's value that names the lease token of the claim that armed it.
+pub const ARMED_BY: &str = "armed_by";
+
+/// An intent as the step of a claim reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// No intent: no call of this step can have been sent since it was last settled.
+    Absent,
+    /// Armed by this claim's transition into the step: committed, and no call made yet.
+    Armed,
+    /// Recorded, or armed by another claim: the call may have been sent.
+    Recorded,
+}
 
 /// Every key of the step memo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +79,38 @@ impl MemoKey {
         memo.get(self.as_str())
     }
 
+    /// The intent the step of `state` records before its irreversible call, if it makes one.
+    pub fn intent_of(state: MigrationState) -> Option<MemoKey> {
+        match state {
+            MigrationState::RequestingOtp => Some(MemoKey::RequestCode),
+            MigrationState::VerifyingOtp => Some(MemoKey::VerifyCode),
+            MigrationState::Registering => Some(MemoKey::Register),
+            MigrationState::GeneratingApiKey => Some(MemoKey::ApiKeys),
+            _ => None,
+        }
+    }
+
+    /// This intent in `memo`, read by the claim holding `lease`.
+    pub fn intent(self, memo: &Value, lease: Uuid) -> Intent {
+        match self.read(memo) {
+            None => Intent::Absent,
+            Some(v) if v.get(ARMED_BY).and_then(Value::as_str) == Some(&lease.to_string()) => {
+                Intent::Armed
+            }
+            Some(_) => Intent::Recorded,
+        }
+    }
+
+    /// The value of an intent armed at `at` by the claim holding `lease`.
+    pub fn armed(at: DateTime<Utc>, lease: Uuid) -> Value {
+        json!({ "at": at, ARMED_BY: lease })
+    }
+
+    /// The value of an intent recorded at `at`.
+    pub fn recorded(at: DateTime<Utc>) -> Value {
+        json!(at)
+    }
+
     /// True for the keys recorded before an irreversible upstream call.
     pub fn is_intent(self) -> bool {
         matches!(
@@ -89,6 +146,11 @@ impl MemoEdits {
 
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty()
+    }
+
+    /// Whether these edits set or remove `key`.
+    pub fn touches(&self, key: MemoKey) -> bool {
+        self.remove.contains(&key.as_str()) || self.set.contains_key(key.as_str())
     }
 
     /// The keys removed (for SQL `step_memo - $1::text[]`).
@@ -148,6 +210,27 @@ mod tests {
             .set(MemoKey::ChannelPolls, json!(1));
         assert_eq!(e.applied_to(&json!({})), json!({ "channel_polls": 1 }));
         assert!(e.removed().is_empty());
+    }
+
+    #[test]
+    fn an_armed_intent_is_armed_only_for_the_claim_that_armed_it() {
+        let (ours, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+        let memo = json!({ "register": MemoKey::armed(Utc::now(), ours) });
+        assert_eq!(MemoKey::Register.intent(&memo, ours), Intent::Armed);
+        assert_eq!(MemoKey::Register.intent(&memo, theirs), Intent::Recorded);
+        assert_eq!(MemoKey::RequestCode.intent(&memo, ours), Intent::Absent);
+        let memo = json!({ "register": MemoKey::recorded(Utc::now()) });
+        assert_eq!(MemoKey::Register.intent(&memo, ours), Intent::Recorded);
+    }
+
+    #[test]
+    fn every_intent_belongs_to_one_step() {
+        let owned: Vec<MemoKey> = MigrationState::ALL
+            .iter()
+            .filter_map(|s| MemoKey::intent_of(*s))
+            .collect();
+        let intents: Vec<MemoKey> = MemoKey::ALL.into_iter().filter(|k| k.is_intent()).collect();
+        assert_eq!(owned, intents);
     }
 
     #[test]

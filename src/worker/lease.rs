@@ -55,6 +55,8 @@ struct State {
     calls: usize,
     /// An irreversible call of the current step ended without an answer that settles it.
     unresolved: bool,
+    /// The current step started an irreversible call.
+    called: bool,
     /// Set by the shutdown path past the grace period: no call may start any more.
     sealed: bool,
 }
@@ -78,6 +80,7 @@ impl StepLease {
                 lost: false,
                 calls: 0,
                 unresolved: false,
+                called: false,
                 sealed: false,
             }),
         })
@@ -148,6 +151,7 @@ impl StepLease {
             return Err(StepError::Stopping);
         }
         s.calls += 1;
+        s.called = true;
         Ok(IrreversibleCall {
             lease: self,
             finished: false,
@@ -166,11 +170,29 @@ impl StepLease {
         s.calls > 0
     }
 
-    /// Whether an irreversible call of the step that just ended was left unresolved; resets
-    /// it for the next step.
-    pub fn take_unresolved(&self) -> bool {
-        std::mem::take(&mut self.state().unresolved)
+    /// Whether the current step started an irreversible call.
+    pub fn called(&self) -> bool {
+        self.state().called
     }
+
+    /// For the step that just ended: whether it started an irreversible call, and whether one
+    /// was left unresolved. Resets both for the next step.
+    pub fn take_step_calls(&self) -> StepCalls {
+        let mut s = self.state();
+        StepCalls {
+            called: std::mem::take(&mut s.called),
+            unresolved: std::mem::take(&mut s.unresolved),
+        }
+    }
+}
+
+/// What a step did with irreversible calls (see [`StepLease::take_step_calls`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepCalls {
+    /// It started one.
+    pub called: bool,
+    /// One ended without an answer that settles it.
+    pub unresolved: bool,
 }
 
 /// An irreversible upstream call in flight (see [`StepLease::irreversible`]).
@@ -254,20 +276,23 @@ mod tests {
     #[test]
     fn a_call_is_in_flight_until_finished_or_dropped() {
         let (lease, _) = new_lease(Duration::from_secs(60));
+        assert!(!lease.called());
         let call = lease.irreversible("register").unwrap();
         assert_eq!(lease.calls_in_flight(), 1);
         call.finish(&Ok::<(), clients::Error>(()));
         assert_eq!(lease.calls_in_flight(), 0);
-        assert!(!lease.take_unresolved());
+        let step = lease.take_step_calls();
+        assert!(step.called && !step.unresolved);
+        assert!(!lease.called(), "taken once per step");
 
         let call = lease.irreversible("register").unwrap();
         drop(call);
         assert_eq!(lease.calls_in_flight(), 0);
         assert!(
-            lease.take_unresolved(),
+            lease.take_step_calls().unresolved,
             "a call dropped mid-flight is unresolved"
         );
-        assert!(!lease.take_unresolved(), "taken once per step");
+        assert!(!lease.take_step_calls().unresolved, "taken once per step");
     }
 
     #[test]
@@ -277,7 +302,7 @@ mod tests {
             .irreversible("verify_code")
             .unwrap()
             .finish(&Err::<(), _>(timeout()));
-        assert!(lease.take_unresolved());
+        assert!(lease.take_step_calls().unresolved);
     }
 
     #[test]

@@ -46,6 +46,7 @@ use crate::core::OtpPolicy;
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
+use crate::domain::memo::{Intent, MemoKey};
 use crate::domain::pacing;
 use crate::domain::{
     Decision, EventType, Flow, MigrationState, RetryPolicy, StepOutcome, WaitingFor,
@@ -356,7 +357,8 @@ impl Worker {
                 );
                 continue;
             }
-            match store::release(&self.deps.pool, id, lease.token()).await {
+            // An aborted step that never started its call forgets the intent armed for it.
+            match store::release(&self.deps.pool, id, lease.token(), !lease.called()).await {
                 Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
                 Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
             }
@@ -446,9 +448,9 @@ impl Worker {
                 keep_lease = true;
                 break;
             }
-            let unresolved = lease.take_unresolved();
+            let calls = lease.take_step_calls();
             match self
-                .record(&row, &lease, step, shutdown.is_cancelled(), unresolved)
+                .record(&row, &lease, step, shutdown.is_cancelled(), calls)
                 .await
             {
                 Ok(Some((next, true))) => {
@@ -470,7 +472,8 @@ impl Worker {
             }
         }
         if hand_over {
-            match store::release(&self.deps.pool, id, token).await {
+            // Stopped before its call: an intent armed for it is forgotten with the lease.
+            match store::release(&self.deps.pool, id, token, !lease.called()).await {
                 Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
                 Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
             }
@@ -488,17 +491,24 @@ impl Worker {
     /// Persists a step's result. Returns the new row and whether to continue with it.
     ///
     /// `stopping`: the worker is shutting down (nothing continues; the lease is released).
-    /// `unresolved`: an irreversible call of this step ended without an answer that settles it.
-    /// Stopping with such a call to retry, the lease is kept to expire instead of released, so
-    /// no replica reads the number before the upstream could have applied the call.
+    /// `calls`: whether the step started an irreversible call, and whether one ended without
+    /// an answer that settles it. Stopping with such a call to retry, the lease is kept to
+    /// expire instead of released, so no replica reads the number before the upstream could
+    /// have applied the call.
+    ///
+    /// Entering a step with an irreversible call that this worker runs at once, the same
+    /// statement arms the step's intent (see [`crate::domain::memo`]): no intent write of its
+    /// own before the call. The intent this claim armed for the step that just ran is settled
+    /// here: forgotten if the step never called, recorded if it did (and the step left it).
     async fn record(
         &self,
         row: &store::MigrationRow,
         lease: &StepLease,
         mut step: steps::StepResult,
         stopping: bool,
-        unresolved: bool,
+        calls: lease::StepCalls,
     ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
+        let unresolved = calls.unresolved;
         let saved = step.row.take();
         let row = saved.as_deref().unwrap_or(row);
         let cfg = &self.deps.config;
@@ -536,6 +546,17 @@ impl Worker {
         let retrying = matches!(decision, Decision::Retry { .. });
         let otp_exhausted = matches!(decision, Decision::OtpExhausted(_));
         let mut patch = step.patch;
+        if let Some(key) = MemoKey::intent_of(state)
+            && key.intent(&row.step_memo, lease.token()) == Intent::Armed
+            && !patch.memo.touches(key)
+        {
+            let memo = std::mem::take(&mut patch.memo);
+            patch.memo = if calls.called {
+                memo.set(key, MemoKey::recorded(Utc::now()))
+            } else {
+                memo.remove(key)
+            };
+        }
         let guard = store::Guard {
             lease_token: Some(lease.token()),
             ..Default::default()
@@ -547,6 +568,19 @@ impl Worker {
                 // requests a new code) waits for a slot like the others.
                 let held = row.batch_id.is_some() && pacing::held_on_entry(state, to);
                 let cont = !to.is_terminal() && !to.is_parked() && !stopping && !held;
+                if cont
+                    && let Some(key) = MemoKey::intent_of(to)
+                    && patch
+                        .memo
+                        .applied_to(&row.step_memo)
+                        .get(key.as_str())
+                        .is_none()
+                {
+                    // Committed with the transition, before the call; an intent already there
+                    // (an earlier call may have been sent) is kept as it is.
+                    patch.memo = std::mem::take(&mut patch.memo)
+                        .set(key, MemoKey::armed(Utc::now(), lease.token()));
+                }
                 patch.state = Some(to);
                 patch.attempt = Some(i32::from(cont));
                 patch.error = Some(None);

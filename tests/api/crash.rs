@@ -246,3 +246,103 @@ async fn crash_after_request_code_does_not_text_twice(pool: PgPool) {
         "{sent:#}"
     );
 }
+
+async fn step_memo(app: &TestApp, id: &str) -> Value {
+    sqlx::query_scalar("SELECT step_memo FROM migrations WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Every irreversible call reaches the upstream with its intent already committed: held there
+/// by a `slow` fault, each call is looked for in the row while it is in flight. The intents of
+/// `request_code`, `register` and `api_keys` are armed by the transition into their step, the
+/// one of `verify_code` (whose step the API enters) is recorded by the step.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.sandbox.hang_for = Duration::from_millis(400);
+    opts.upstream_timeout = Duration::from_secs(10);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550410";
+    let calls = [
+        ("request_code", "request_code", true),
+        ("verify_code", "verify_code", false),
+        ("register", "register", true),
+        ("api_keys", "api_keys", true),
+    ];
+    let rules: Vec<Value> = calls
+        .iter()
+        .map(|(endpoint, ..)| {
+            serde_json::json!({ "endpoint": endpoint, "phone_number": phone, "fault": "slow" })
+        })
+        .collect();
+    app.faults(Value::Array(rules)).await;
+    let id = app.create(phone).await;
+    for (endpoint, key, armed) in calls {
+        if endpoint == "verify_code" {
+            app.wait_for(&id, "awaiting_otp").await;
+            app.submit_otp(&id, "123456").await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while app.received(phone, endpoint) == 0 {
+            assert!(Instant::now() < deadline, "{endpoint} never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(app.applied(phone, endpoint), 0, "{endpoint} still held");
+        let memo = step_memo(&app, &id).await;
+        let intent = &memo[key];
+        assert!(
+            !intent.is_null(),
+            "{endpoint} in flight without its intent: {memo}"
+        );
+        assert_eq!(
+            intent.get("armed_by").is_some(),
+            armed,
+            "{endpoint}: {intent}"
+        );
+    }
+    app.wait_for(&id, "completed").await;
+    for (endpoint, ..) in calls {
+        assert_eq!(app.received(phone, endpoint), 1, "{endpoint}");
+    }
+    let memo = step_memo(&app, &id).await;
+    assert!(
+        memo.as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.get("armed_by").is_none()),
+        "an armed intent is settled by its step: {memo}"
+    );
+}
+
+/// A worker that dies after the transition into `requesting_otp` armed the intent, before it
+/// could call: the next worker cannot tell that from a call sent and lost, so it treats the
+/// code as sent (the partner can ask for another), as after a crash right after sending.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn crash_before_request_code_with_an_armed_intent_never_texts_blindly(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550411";
+    let id = app.create(phone).await;
+    let first = app.worker().clone();
+    app.fail_points.arm("before_request_code", 1);
+    drive_until(&app, &first, &id, "requesting_otp").await;
+    assert_eq!(app.received(phone, "request_code"), 0);
+    let memo = step_memo(&app, &id).await;
+    assert!(memo["request_code"].get("armed_by").is_some(), "{memo}");
+
+    let second = app.another_worker();
+    drive_until(&app, &second, &id, "awaiting_otp").await;
+    assert_eq!(app.received(phone, "request_code"), 0, "not sent blindly");
+    let parked = app
+        .events(&id)
+        .await
+        .into_iter()
+        .find(|e| e["to_state"] == "awaiting_otp")
+        .unwrap();
+    assert_eq!(
+        parked["data"]["otp"], "assumed_sent_after_interruption",
+        "{parked:#}"
+    );
+}

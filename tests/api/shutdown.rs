@@ -147,3 +147,59 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
         "register exactly once"
     );
 }
+
+/// Stopped after the transition into `requesting_otp` armed its intent but before the code was
+/// requested (the step's read of the number is in flight): the worker hands the migration over
+/// with the intent forgotten, since it knows no call was made. The next worker sends the code
+/// once, instead of taking it for sent.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_worker_stopping_before_its_call_forgets_the_armed_intent(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, slow(Duration::from_secs(10))).await;
+    let phone = "+14155550603";
+    let id = app.create(phone).await;
+    let a = app.worker().clone();
+    let stop_a = CancellationToken::new();
+    let handle = tokio::spawn({
+        let stop = stop_a.clone();
+        async move { a.run(stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (state, memo): (String, serde_json::Value) =
+            sqlx::query_as("SELECT state, step_memo FROM migrations WHERE id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if state == "requesting_otp" {
+            assert!(memo["request_code"].get("armed_by").is_some(), "{memo}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reached requesting_otp");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop_a.cancel();
+    handle.await.unwrap().unwrap();
+    assert_eq!(lease_owner(&app, &id).await, None, "handed over");
+    let memo: serde_json::Value =
+        sqlx::query_scalar("SELECT step_memo FROM migrations WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(memo.get("request_code").is_none(), "{memo}");
+    assert_eq!(app.received(phone, "request_code"), 0);
+
+    let b = app.another_worker();
+    let stop_b = app.shutdown.clone();
+    tokio::spawn(async move { b.run(stop_b).await });
+    app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(app.received(phone, "request_code"), 1, "sent once");
+    let parked = app
+        .events(&id)
+        .await
+        .into_iter()
+        .find(|e| e["to_state"] == "awaiting_otp")
+        .unwrap();
+    assert_eq!(parked["data"]["otp"], "sent", "{parked:#}");
+}

@@ -88,6 +88,16 @@ pub enum Intent {
     Present,
 }
 
+/// How a present intent is written: recorded by a step (a timestamp), or armed by an earlier
+/// claim's transition into the step (its value names that claim's lease). Both must read as
+/// "the call may have been sent" to the claim that runs the step; every `Present` line runs
+/// in both forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Recorded,
+    ArmedByEarlierClaim,
+}
+
 /// Upstream before the step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
@@ -192,30 +202,41 @@ pub async fn run_table(pool: PgPool, endpoint: Endpoint, cases: &[Case]) {
         "{} table: intent x upstream state x response kind",
         endpoint.name()
     );
-    for (i, case) in cases.iter().enumerate() {
-        let (observed, problems) = table.run(i, case).await;
-        let verdict = if problems.is_empty() { "ok  " } else { "FAIL" };
-        let line = format!(
-            "{verdict} {:>3} {} intent {:<7} upstream {:<14} {:<21} | {observed}",
-            i + 1,
-            endpoint.name(),
-            format!("{:?}", case.intent).to_lowercase(),
-            endpoint.applied_means(case.upstream),
-            case.kind,
-        );
-        println!("{line}");
-        for p in &problems {
-            println!("       {p}");
-        }
-        if !problems.is_empty() {
-            failures.push(format!("{line}\n    {}", problems.join("\n    ")));
+    let mut runs = 0;
+    for case in cases {
+        let forms: &[Written] = match case.intent {
+            Intent::Present => &[Written::Recorded, Written::ArmedByEarlierClaim],
+            Intent::Absent => &[Written::Recorded],
+        };
+        for &written in forms {
+            let (observed, problems) = table.run(runs, case, written).await;
+            runs += 1;
+            let verdict = if problems.is_empty() { "ok  " } else { "FAIL" };
+            let intent = match (case.intent, written) {
+                (Intent::Absent, _) => "absent",
+                (Intent::Present, Written::Recorded) => "present",
+                (Intent::Present, Written::ArmedByEarlierClaim) => "armed",
+            };
+            let line = format!(
+                "{verdict} {runs:>3} {} intent {intent:<7} upstream {:<14} {:<21} | {observed}",
+                endpoint.name(),
+                endpoint.applied_means(case.upstream),
+                case.kind,
+            );
+            println!("{line}");
+            for p in &problems {
+                println!("       {p}");
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{line}\n    {}", problems.join("\n    ")));
+            }
         }
     }
     println!(
         "{}: {} cases run, {} passed, {} failed ({:.1} s)",
         endpoint.name(),
-        cases.len(),
-        cases.len() - failures.len(),
+        runs,
+        runs - failures.len(),
         failures.len(),
         started.elapsed().as_secs_f64()
     );
@@ -223,7 +244,7 @@ pub async fn run_table(pool: PgPool, endpoint: Endpoint, cases: &[Case]) {
         failures.is_empty(),
         "{} of {} {} cases failed:\n{}",
         failures.len(),
-        cases.len(),
+        runs,
         endpoint.name(),
         failures.join("\n")
     );
@@ -255,7 +276,7 @@ fn assert_covers_every_combination(endpoint: Endpoint, cases: &[Case]) {
 }
 
 impl Table {
-    async fn run(&self, i: usize, case: &Case) -> (Observed, Vec<String>) {
+    async fn run(&self, i: usize, case: &Case, written: Written) -> (Observed, Vec<String>) {
         let e = self.endpoint;
         let phone = format!("+4915110{i:05}");
         let pnid = format!("10{i:013}");
@@ -297,7 +318,7 @@ impl Table {
         }
 
         let id = self
-            .insert(case, &phone, &pnid, (&channel_id, &client_id))
+            .insert(case, written, &phone, &pnid, (&channel_id, &client_id))
             .await;
         let worker = Worker::new(Deps {
             pool: self.pool.clone(),
@@ -346,6 +367,7 @@ impl Table {
     async fn insert(
         &self,
         case: &Case,
+        written: Written,
         phone: &str,
         pnid: &str,
         (channel_id, client_id): (&str, &str),
@@ -375,7 +397,10 @@ impl Table {
         .expect("insert migration");
         let e = self.endpoint;
         let memo = match case.intent {
-            Intent::Present => json!({ e.intent().as_str(): Utc::now() }),
+            Intent::Present => json!({ e.intent().as_str(): match written {
+                Written::Recorded => MemoKey::recorded(Utc::now()),
+                Written::ArmedByEarlierClaim => MemoKey::armed(Utc::now(), Uuid::new_v4()),
+            } }),
             Intent::Absent => json!({}),
         };
         let code = (e == Endpoint::VerifyCode)

@@ -619,7 +619,7 @@ async fn claims(sides: &mut [Side; 2], args: &StoreArgs) -> anyhow::Result<()> {
             sides[k].claim_due.push(t.elapsed().as_secs_f64() * 1e3);
             anyhow::ensure!(rows.len() == 1, "no due row claimed");
             for r in &rows {
-                store::release(&mut **conn, r.id, r.lease_token.unwrap_or_default()).await?;
+                store::release(&mut **conn, r.id, r.lease_token.unwrap_or_default(), false).await?;
             }
         }
     }

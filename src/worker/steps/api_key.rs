@@ -6,8 +6,8 @@ use serde_json::json;
 use tracing::info;
 
 use super::{
-    Result, StepResult, crash_point, partner_credentials, record_intent, save_under_lease,
-    summary_with,
+    Result, StepResult, crash_point, earlier_call_may_be_sent, partner_credentials, record_intent,
+    save_under_lease, summary_with,
 };
 use crate::core::migrations::{LiveKey, live_key_holder};
 use crate::crypto::aad;
@@ -83,7 +83,7 @@ pub(super) async fn generating_api_key(
                 }
             }
             let creds = partner_credentials(deps, row.partner_id).await?;
-            if MemoKey::ApiKeys.read(&row.step_memo).is_some() {
+            if earlier_call_may_be_sent(row, lease, MemoKey::ApiKeys) {
                 info!(
                     "api_keys intent without a stored key: the earlier response was lost; generating again"
                 );

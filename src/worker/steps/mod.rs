@@ -16,6 +16,11 @@
 //!   completed migration of the number still holds and 360dialog still accepts: that is
 //!   checked before every call (`core::migrations::live_key_holder`).
 //!
+//! An intent may also be *armed* by the transition into the step, when the worker goes on with
+//! the migration at once (see [`crate::domain::memo`]): committed before the call like a
+//! recorded one, with no statement of its own. The worker forgets an armed intent whose step
+//! ended without calling, and turns it into a recorded one when the step called.
+//!
 //! The lease is checked before every intent write and again right before every irreversible
 //! call ([`StepLease::may_start`], [`StepLease::irreversible`]): a step whose lease is lost stops
 //! without calling upstream, and once the worker is stopping no new intent is written (the step
@@ -44,7 +49,7 @@ use super::lease::StepLease;
 use crate::clients::{self, PartnerCredentials};
 use crate::crypto::aad;
 use crate::db::{self, migrations as store};
-use crate::domain::memo::{MemoEdits, MemoKey};
+use crate::domain::memo::{Intent, MemoEdits, MemoKey};
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 
 /// A step's outcome and the columns to write with it.
@@ -136,8 +141,10 @@ async fn save_under_lease(
         .ok_or(StepError::Abandon)
 }
 
-/// Records an intent in `step_memo` before a non-idempotent call, guarded by the lease; first
-/// checks that the lease is still held and the worker not stopping. Only this key is written.
+/// Makes sure an intent is committed in `step_memo` before a non-idempotent call, and that the
+/// lease is still held and the worker not stopping. An intent this claim armed with the
+/// transition into the step is that already; otherwise it is recorded now, guarded by the
+/// lease (only this key is written).
 async fn record_intent(
     deps: &Deps,
     row: &store::MigrationRow,
@@ -146,12 +153,21 @@ async fn record_intent(
 ) -> Result<()> {
     debug_assert!(key.is_intent(), "{key:?} is not an intent");
     lease.may_start()?;
+    if key.intent(&row.step_memo, lease.token()) == Intent::Armed {
+        return Ok(());
+    }
     let patch = store::Patch {
-        memo: MemoEdits::default().set(key, json!(Utc::now())),
+        memo: MemoEdits::default().set(key, MemoKey::recorded(Utc::now())),
         ..Default::default()
     };
     save_under_lease(deps, row, lease, &patch, None).await?;
     Ok(())
+}
+
+/// Whether an earlier claim's call of this step may have been sent: its intent is recorded, or
+/// armed by another claim.
+fn earlier_call_may_be_sent(row: &store::MigrationRow, lease: &StepLease, key: MemoKey) -> bool {
+    key.intent(&row.step_memo, lease.token()) == Intent::Recorded
 }
 
 fn crash_point(deps: &Deps, name: &str) -> Result<()> {

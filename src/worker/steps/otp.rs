@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{
-    Result, StepResult, crash_point, is_verified, phone_number_id, phone_status, record_intent,
+    Result, StepResult, crash_point, earlier_call_may_be_sent, is_verified, phone_number_id,
+    phone_status, record_intent,
 };
 use crate::clients::CodeMethod;
 use crate::crypto::aad;
@@ -39,7 +40,7 @@ pub(super) async fn requesting_otp(
         Ok(id) => id,
         Err(failed) => return Ok(*failed),
     };
-    if MemoKey::RequestCode.read(&row.step_memo).is_some() {
+    if earlier_call_may_be_sent(row, lease, MemoKey::RequestCode) {
         // An earlier attempt may have sent the code: treat it as sent.
         info!("request_code intent found: treating the code as sent");
         return Ok(StepResult::done()
@@ -58,6 +59,7 @@ pub(super) async fn requesting_otp(
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
     record_intent(deps, row, lease, MemoKey::RequestCode).await?;
+    crash_point(deps, "before_request_code")?;
     let method = match OtpMethod::parse(&row.otp_method).unwrap_or_default() {
         OtpMethod::Sms => CodeMethod::Sms,
         OtpMethod::Voice => CodeMethod::Voice,
