@@ -175,18 +175,26 @@ impl StepLease {
         self.state().called
     }
 
-    /// For the step that just ended: whether it started an irreversible call, and whether one
-    /// was left unresolved. Resets both for the next step.
-    pub fn take_step_calls(&self) -> StepCalls {
-        let mut s = self.state();
+    /// What the current step did with irreversible calls: whether it started one, and whether
+    /// one ended without an answer that settles it.
+    pub fn step_calls(&self) -> StepCalls {
+        let s = self.state();
         StepCalls {
-            called: std::mem::take(&mut s.called),
-            unresolved: std::mem::take(&mut s.unresolved),
+            called: s.called,
+            unresolved: s.unresolved,
         }
+    }
+
+    /// The current step's result is recorded: the next step starts with no calls. Until then a
+    /// release (shutdown) still knows that the step called, so it keeps the intent.
+    pub fn next_step(&self) {
+        let mut s = self.state();
+        s.called = false;
+        s.unresolved = false;
     }
 }
 
-/// What a step did with irreversible calls (see [`StepLease::take_step_calls`]).
+/// What a step did with irreversible calls (see [`StepLease::step_calls`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepCalls {
     /// It started one.
@@ -281,18 +289,21 @@ mod tests {
         assert_eq!(lease.calls_in_flight(), 1);
         call.finish(&Ok::<(), clients::Error>(()));
         assert_eq!(lease.calls_in_flight(), 0);
-        let step = lease.take_step_calls();
+        let step = lease.step_calls();
         assert!(step.called && !step.unresolved);
-        assert!(!lease.called(), "taken once per step");
+        assert!(lease.called(), "until the step is recorded");
+        lease.next_step();
+        assert!(!lease.called(), "reset for the next step");
 
         let call = lease.irreversible("register").unwrap();
         drop(call);
         assert_eq!(lease.calls_in_flight(), 0);
         assert!(
-            lease.take_step_calls().unresolved,
+            lease.step_calls().unresolved,
             "a call dropped mid-flight is unresolved"
         );
-        assert!(!lease.take_step_calls().unresolved, "taken once per step");
+        lease.next_step();
+        assert!(!lease.step_calls().unresolved, "reset for the next step");
     }
 
     #[test]
@@ -302,7 +313,7 @@ mod tests {
             .irreversible("verify_code")
             .unwrap()
             .finish(&Err::<(), _>(timeout()));
-        assert!(lease.take_step_calls().unresolved);
+        assert!(lease.step_calls().unresolved);
     }
 
     #[test]

@@ -448,11 +448,13 @@ impl Worker {
                 keep_lease = true;
                 break;
             }
-            let calls = lease.take_step_calls();
-            match self
+            let calls = lease.step_calls();
+            let recorded = self
                 .record(&row, &lease, step, shutdown.is_cancelled(), calls)
-                .await
-            {
+                .await;
+            // Only now: aborted while recording, the step still counts as having called.
+            lease.next_step();
+            match recorded {
                 Ok(Some((next, true))) => {
                     row = next;
                 }
