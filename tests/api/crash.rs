@@ -235,24 +235,11 @@ async fn crash_after_request_code_does_not_text_twice(pool: PgPool) {
     let second = app.another_worker();
     drive_until(&app, &second, &id, "awaiting_otp").await;
     assert_eq!(app.received(phone, "request_code"), 1);
-    let sent = app
-        .events(&id)
-        .await
-        .into_iter()
-        .find(|e| e["to_state"] == "awaiting_otp")
-        .unwrap();
+    let sent = app.event_into(&id, "awaiting_otp").await;
     assert_eq!(
         sent["data"]["otp"], "assumed_sent_after_interruption",
         "{sent:#}"
     );
-}
-
-async fn step_memo(app: &TestApp, id: &str) -> Value {
-    sqlx::query_scalar("SELECT step_memo FROM migrations WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
 }
 
 /// Every irreversible call reaches the upstream with its intent already committed: held there
@@ -291,7 +278,7 @@ async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(app.applied(phone, endpoint), 0, "{endpoint} still held");
-        let memo = step_memo(&app, &id).await;
+        let memo = app.step_memo(&id).await;
         let intent = &memo[key];
         assert!(
             !intent.is_null(),
@@ -307,7 +294,7 @@ async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool
     for (endpoint, ..) in calls {
         assert_eq!(app.received(phone, endpoint), 1, "{endpoint}");
     }
-    let memo = step_memo(&app, &id).await;
+    let memo = app.step_memo(&id).await;
     assert!(
         memo.as_object()
             .unwrap()
@@ -329,18 +316,13 @@ async fn crash_before_request_code_with_an_armed_intent_never_texts_blindly(pool
     app.fail_points.arm("before_request_code", 1);
     drive_until(&app, &first, &id, "requesting_otp").await;
     assert_eq!(app.received(phone, "request_code"), 0);
-    let memo = step_memo(&app, &id).await;
+    let memo = app.step_memo(&id).await;
     assert!(memo["request_code"].get("armed_by").is_some(), "{memo}");
 
     let second = app.another_worker();
     drive_until(&app, &second, &id, "awaiting_otp").await;
     assert_eq!(app.received(phone, "request_code"), 0, "not sent blindly");
-    let parked = app
-        .events(&id)
-        .await
-        .into_iter()
-        .find(|e| e["to_state"] == "awaiting_otp")
-        .unwrap();
+    let parked = app.event_into(&id, "awaiting_otp").await;
     assert_eq!(
         parked["data"]["otp"], "assumed_sent_after_interruption",
         "{parked:#}"

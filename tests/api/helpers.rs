@@ -422,6 +422,24 @@ impl TestApp {
         self.all_pages(&format!("/v1/migrations/{id}/events")).await
     }
 
+    /// The first event of migration `id` that entered `state`.
+    pub async fn event_into(&self, id: &str, state: &str) -> Value {
+        self.events(id)
+            .await
+            .into_iter()
+            .find(|e| e["to_state"] == state)
+            .unwrap_or_else(|| panic!("no event into {state}"))
+    }
+
+    /// The migration's `step_memo`, as stored (not part of the API).
+    pub async fn step_memo(&self, id: &str) -> Value {
+        sqlx::query_scalar("SELECT step_memo FROM migrations WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Every item of a paged list (`{data, next_cursor}`), following `next_cursor`.
     /// `path` may carry its own query (filters).
     pub async fn all_pages(&self, path: &str) -> Vec<Value> {

@@ -181,12 +181,7 @@ async fn a_worker_stopping_before_its_call_forgets_the_armed_intent(pool: PgPool
     stop_a.cancel();
     handle.await.unwrap().unwrap();
     assert_eq!(lease_owner(&app, &id).await, None, "handed over");
-    let memo: serde_json::Value =
-        sqlx::query_scalar("SELECT step_memo FROM migrations WHERE id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let memo = app.step_memo(&id).await;
     assert!(memo.get("request_code").is_none(), "{memo}");
     assert_eq!(app.received(phone, "request_code"), 0);
 
@@ -195,11 +190,6 @@ async fn a_worker_stopping_before_its_call_forgets_the_armed_intent(pool: PgPool
     tokio::spawn(async move { b.run(stop_b).await });
     app.wait_for(&id, "awaiting_otp").await;
     assert_eq!(app.received(phone, "request_code"), 1, "sent once");
-    let parked = app
-        .events(&id)
-        .await
-        .into_iter()
-        .find(|e| e["to_state"] == "awaiting_otp")
-        .unwrap();
+    let parked = app.event_into(&id, "awaiting_otp").await;
     assert_eq!(parked["data"]["otp"], "sent", "{parked:#}");
 }
