@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use waba_migrator::domain::EventType;
 
+mod ab;
 mod anchor;
 mod batch;
 mod explain;
@@ -80,6 +81,9 @@ enum Cmd {
     Parked(parked::ParkedArgs),
     /// Issue 17: a 5,000-row CSV batch checked and created, and refused at one bad row.
     Batch(batch::BatchArgs),
+    /// A change's before/after: paired `run` drives of an old and a new service binary, in
+    /// alternating order; prints the median ratio new ÷ old of the CPU per transition.
+    Ab(ab::AbArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(args) => rt.block_on(store::run(args)),
         Cmd::Parked(args) => rt.block_on(parked::run(args)),
         Cmd::Batch(args) => rt.block_on(batch::run(args)),
+        Cmd::Ab(args) => rt.block_on(ab::run(args)),
     }
 }
 
@@ -757,6 +762,17 @@ fn round(v: f64, digits: i32) -> f64 {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let out = args.out.clone();
+    let (doc, table) = run_measured(args).await?;
+    out.report(&doc, &table)
+}
+
+/// One `run` drive, its document only (for `ab`): the table is not printed.
+async fn run_once(args: RunArgs) -> anyhow::Result<Value> {
+    Ok(run_measured(args).await?.0)
+}
+
+async fn run_measured(args: RunArgs) -> anyhow::Result<(Value, stats::Table)> {
     let bin = stack::migrator_bin(args.out.bin.as_deref())?;
     // PostgreSQL with its default durability settings (fsync, synchronous_commit on).
     let s = Stack::start(&args.out.dir(), &bin, args.clone()).await?;
@@ -778,7 +794,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    args.out.report(&doc, &table)
+    Ok((doc, table))
 }
 
 fn mem_total_gib() -> f64 {
