@@ -86,6 +86,10 @@ pub async fn run(args: AbArgs) -> anyhow::Result<()> {
         }
         docs.push(got);
     }
+    if !args.run.out.keep {
+        // Each run removed its own directory; this one is empty now.
+        let _ = std::fs::remove_dir(&base_dir);
+    }
 
     let mut table = Table::default();
     table.section(&format!(
