@@ -148,6 +148,12 @@ impl MemoEdits {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// Whether `key` is set in `memo` once these edits are applied (without applying them).
+    pub fn leaves_set(&self, key: MemoKey, memo: &Value) -> bool {
+        self.set.contains_key(key.as_str())
+            || (!self.remove.contains(&key.as_str()) && key.read(memo).is_some())
+    }
+
     /// Whether these edits set or remove `key`.
     pub fn touches(&self, key: MemoKey) -> bool {
         self.remove.contains(&key.as_str()) || self.set.contains_key(key.as_str())
@@ -197,6 +203,21 @@ mod tests {
             json!({ "register": "y", "voice_fallback": "t" })
         );
         assert_eq!(edits.removed(), ["request_code"]);
+    }
+
+    #[test]
+    fn leaves_set_agrees_with_applying_the_edits() {
+        let memo = json!({ "register": "r", "api_keys": "k" });
+        let edits = MemoEdits::default()
+            .remove(MemoKey::Register)
+            .set(MemoKey::RequestCode, json!("t"));
+        for key in MemoKey::ALL {
+            assert_eq!(
+                edits.leaves_set(key, &memo),
+                key.read(&edits.applied_to(&memo)).is_some(),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]

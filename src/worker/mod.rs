@@ -357,11 +357,7 @@ impl Worker {
                 );
                 continue;
             }
-            // An aborted step that never started its call forgets the intent armed for it.
-            match store::release(&self.deps.pool, id, lease.token(), !lease.called()).await {
-                Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
-                Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
-            }
+            self.hand_back(&lease).await;
         }
         listener.abort();
         admission.abort();
@@ -448,9 +444,8 @@ impl Worker {
                 keep_lease = true;
                 break;
             }
-            let calls = lease.step_calls();
             let recorded = self
-                .record(&row, &lease, step, shutdown.is_cancelled(), calls)
+                .record(&row, &lease, step, shutdown.is_cancelled())
                 .await;
             // Only now: aborted while recording, the step still counts as having called.
             lease.next_step();
@@ -474,11 +469,7 @@ impl Worker {
             }
         }
         if hand_over {
-            // Stopped before its call: an intent armed for it is forgotten with the lease.
-            match store::release(&self.deps.pool, id, token, !lease.called()).await {
-                Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
-                Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
-            }
+            self.hand_back(&lease).await;
         }
         // Finished normally (lease released, handed on, or kept to expire after an unresolved
         // irreversible call), handed over, or abandoned with the lease left to expire (a
@@ -490,12 +481,22 @@ impl Worker {
         }
     }
 
+    /// Releases a stopping worker's lease so another replica resumes the migration at once. A
+    /// step that never started its call forgets the intent armed for it with the lease.
+    async fn hand_back(&self, lease: &StepLease) {
+        let id = lease.id();
+        match store::release(&self.deps.pool, id, lease.token(), !lease.called()).await {
+            Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
+            Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
+        }
+    }
+
     /// Persists a step's result. Returns the new row and whether to continue with it.
     ///
     /// `stopping`: the worker is shutting down (nothing continues; the lease is released).
-    /// `calls`: whether the step started an irreversible call, and whether one ended without
-    /// an answer that settles it. Stopping with such a call to retry, the lease is kept to
-    /// expire instead of released, so no replica reads the number before the upstream could
+    /// The lease tells whether the step started an irreversible call, and whether one ended
+    /// without an answer that settles it. Stopping with such a call to retry, the lease is kept
+    /// to expire instead of released, so no replica reads the number before the upstream could
     /// have applied the call.
     ///
     /// Entering a step with an irreversible call that this worker runs at once, the same
@@ -508,8 +509,8 @@ impl Worker {
         lease: &StepLease,
         mut step: steps::StepResult,
         stopping: bool,
-        calls: lease::StepCalls,
     ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
+        let calls = lease.step_calls();
         let unresolved = calls.unresolved;
         let saved = step.row.take();
         let row = saved.as_deref().unwrap_or(row);
@@ -572,11 +573,7 @@ impl Worker {
                 let cont = !to.is_terminal() && !to.is_parked() && !stopping && !held;
                 if cont
                     && let Some(key) = MemoKey::intent_of(to)
-                    && patch
-                        .memo
-                        .applied_to(&row.step_memo)
-                        .get(key.as_str())
-                        .is_none()
+                    && !patch.memo.leaves_set(key, &row.step_memo)
                 {
                     // Committed with the transition, before the call; an intent already there
                     // (an earlier call may have been sent) is kept as it is.
