@@ -19,6 +19,7 @@
 //! address; its invalid keys are still cached. The state is per process, like the per-key
 //! request limit.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use axum::http::request::Parts;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
+use uuid::Uuid;
 
 use super::{AppState, Caller};
 use crate::api::problem::ApiError;
@@ -259,10 +261,34 @@ pub async fn authenticate(
     client: Option<IpAddr>,
     key_hash: &[u8],
 ) -> Result<Caller, ApiError> {
+    let pool = &state.pool;
+    let (caller, ()) = authenticate_and(state, client, key_hash, |hash| async move {
+        Ok(db::partners::partner_for_key_hash(pool, &hash)
+            .await?
+            .map(|partner| (partner, ())))
+    })
+    .await?;
+    Ok(caller)
+}
+
+/// [`authenticate`], with a partner key looked up by `lookup`: a statement that also reads what
+/// the request asked for, to save it a round trip. `lookup` returns the key's partner and what
+/// it read, or `None` for no live key with this hash. The admin key is recognised without
+/// `lookup`, so what it read is then `T::default()`, and the caller reads it as the admin.
+pub async fn authenticate_and<T, Fut>(
+    state: &AppState,
+    client: Option<IpAddr>,
+    key_hash: &[u8],
+    lookup: impl FnOnce(KeyHash) -> Fut,
+) -> Result<(Caller, T), ApiError>
+where
+    T: Default,
+    Fut: Future<Output = Result<Option<(Uuid, T)>, db::Error>>,
+{
     if let Some(admin) = &state.admin_key_hash
         && crypto::constant_time_eq(admin, key_hash)
     {
-        return Ok(Caller::Admin);
+        return Ok((Caller::Admin, T::default()));
     }
     let hash: KeyHash = key_hash
         .try_into()
@@ -276,12 +302,11 @@ pub async fn authenticate(
         Precheck::KnownUnknown => crate::metrics::api_key_lookup("cached_not_found"),
         Precheck::Lookup => {
             guard.database_lookups.fetch_add(1, Ordering::Relaxed);
-            let found = db::partners::partner_for_key_hash(&state.pool, &hash).await?;
-            if let Some(partner) = found {
+            if let Some((partner, read)) = lookup(hash).await? {
                 crate::metrics::api_key_lookup("found");
                 // Re-inserted on every success: the hour counts from the key's last use.
                 guard.known_good.insert(hash, ());
-                return Ok(Caller::Partner(partner));
+                return Ok((Caller::Partner(partner), read));
             }
             crate::metrics::api_key_lookup("not_found");
             guard.unknown.insert(hash, ());
@@ -289,6 +314,23 @@ pub async fn authenticate(
     }
     guard.failed(client).map_err(too_many_failures)?;
     Err(ApiError::invalid_token())
+}
+
+/// The per-key request limit (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`), for a key that authenticated: only
+/// valid keys are counted, so a stranger cannot exhaust a partner's budget. `429`
+/// `rate_limited` with `Retry-After` when over it.
+pub fn within_rate_limit(state: &AppState, key_hash: &[u8]) -> Result<(), ApiError> {
+    if let Some(limiter) = &state.rate_limiter
+        && let Err(wait) = limiter.check(key_hash)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests with this API key; retry after the time in Retry-After.",
+        )
+        .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    Ok(())
 }
 
 fn too_many_failures(wait: Duration) -> ApiError {

@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
 
@@ -56,18 +57,42 @@ pub async fn get(
     .await?)
 }
 
-/// [`migration_with_page`]'s statement, built once.
-static MIGRATION_WITH_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+/// The columns of a migration and of its link, for [`with_page_from_row`].
+static WITH_PAGE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {}, cp.generation AS cp_generation, cp.token_hash AS cp_token_hash,
+        "{}, cp.generation AS cp_generation, cp.token_hash AS cp_token_hash,
                 cp.issued_at AS cp_issued_at, cp.expires_at AS cp_expires_at,
                 cp.opened_at AS cp_opened_at, cp.submissions AS cp_submissions,
-                cp.last_submission_at AS cp_last_submission_at
-           FROM migrations m LEFT JOIN client_pages cp ON cp.migration_id = m.id
-          WHERE m.id = $1 AND ($2::uuid IS NULL OR m.partner_id = $2)",
+                cp.last_submission_at AS cp_last_submission_at",
         super::qualified(super::migrations::COLUMNS, "m")
     )
 });
+
+/// [`migration_with_page`]'s statement, built once.
+static MIGRATION_WITH_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}
+           FROM migrations m LEFT JOIN client_pages cp ON cp.migration_id = m.id
+          WHERE m.id = $1 AND ($2::uuid IS NULL OR m.partner_id = $2)",
+        *WITH_PAGE_COLUMNS
+    )
+});
+
+/// [`migration_with_page_for_key`]'s statement, built once: the key's row, with the migration
+/// only if it is the key's partner's.
+static MIGRATION_WITH_PAGE_FOR_KEY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT k.partner_id AS key_partner_id, {}
+           FROM partner_api_keys k
+           LEFT JOIN migrations m ON m.id = $1 AND m.partner_id = k.partner_id
+           LEFT JOIN client_pages cp ON cp.migration_id = m.id
+          WHERE k.key_hash = $2 AND k.revoked_at IS NULL",
+        *WITH_PAGE_COLUMNS
+    )
+});
+
+/// A migration with its link, if it has one.
+pub type WithPage = (MigrationRow, Option<ClientPageRow>);
 
 /// One migration (optionally scoped to a tenant, as [`super::migrations::get`]) with its link,
 /// if it has one, in one statement: what `GET /v1/migrations/{id}` shows.
@@ -75,13 +100,41 @@ pub async fn migration_with_page(
     ex: impl PgExecutor<'_>,
     id: Uuid,
     partner: Option<Uuid>,
-) -> Result<(MigrationRow, Option<ClientPageRow>), Error> {
+) -> Result<WithPage, Error> {
     let row = sqlx::query(&MIGRATION_WITH_PAGE_SQL)
         .bind(id)
         .bind(partner)
         .fetch_one(ex)
         .await?;
-    let migration = MigrationRow::from_row(&row)?;
+    with_page_from_row(&row)
+}
+
+/// [`migration_with_page`] for whoever holds the partner API key with this hash, with the key
+/// looked up in the same statement: `None` when no live key has this hash; else the key's
+/// partner, and its migration `id` if that partner has one.
+pub async fn migration_with_page_for_key(
+    ex: impl PgExecutor<'_>,
+    key_hash: &[u8],
+    id: Uuid,
+) -> Result<Option<(Uuid, Option<WithPage>)>, Error> {
+    let Some(row) = sqlx::query(&MIGRATION_WITH_PAGE_FOR_KEY_SQL)
+        .bind(id)
+        .bind(key_hash)
+        .fetch_optional(ex)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let partner: Uuid = row.try_get("key_partner_id")?;
+    let found = match row.try_get::<Option<Uuid>, _>("id")? {
+        Some(_) => Some(with_page_from_row(&row)?),
+        None => None,
+    };
+    Ok(Some((partner, found)))
+}
+
+fn with_page_from_row(row: &PgRow) -> Result<WithPage, Error> {
+    let migration = MigrationRow::from_row(row)?;
     let page = match row.try_get::<Option<i32>, _>("cp_generation")? {
         Some(generation) => Some(ClientPageRow {
             migration_id: migration.id,

@@ -619,7 +619,18 @@ where
     }
 }
 
-impl<S> FromRequestParts<S> for Caller
+/// A request's API key (`Authorization: Bearer`), hashed but not yet looked up, for a handler
+/// that looks it up in the statement that reads what the request asked for
+/// (`auth::authenticate_and`). `401` when there is none.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// SHA-256 of the key ([`crypto::hash_api_key`]).
+    pub hash: Vec<u8>,
+    /// The client's address, for the failure limit.
+    pub client: Option<std::net::IpAddr>,
+}
+
+impl<S> FromRequestParts<S> for ApiKey
 where
     S: Send + Sync,
     AppState: FromRef<S>,
@@ -627,7 +638,6 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(s);
         let Ok(ClientIp(client)) = ClientIp::from_request_parts(parts, s).await;
         let token = parts
             .headers
@@ -640,19 +650,25 @@ where
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
-        let hash = crypto::hash_api_key(token);
-        let caller = auth::authenticate(&state, client, &hash).await?;
-        // Only valid keys are counted: a stranger cannot exhaust a partner's budget.
-        if let Some(limiter) = &state.rate_limiter
-            && let Err(wait) = limiter.check(&hash)
-        {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests with this API key; retry after the time in Retry-After.",
-            )
-            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
-        }
+        Ok(ApiKey {
+            hash: crypto::hash_api_key(token),
+            client,
+        })
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        let key = ApiKey::from_request_parts(parts, s).await?;
+        let state = AppState::from_ref(s);
+        let caller = auth::authenticate(&state, key.client, &key.hash).await?;
+        auth::within_rate_limit(&state, &key.hash)?;
         Ok(caller)
     }
 }

@@ -508,3 +508,90 @@ async fn a_method_the_route_does_not_take_is_a_problem_405(pool: PgPool) {
         assert!(problem["request_id"].is_string());
     }
 }
+
+/// `GET /v1/migrations/{id}` looks its key up in the statement that reads the migration
+/// (`client_page::fetch_with_page_for_key`). It must answer exactly as the routes that
+/// authenticate first: the owner's and the admin's 200, another tenant's 404, an unknown or
+/// revoked key's 401 counted against the address, and the per-key rate limit.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_one_statement_poll_authenticates_as_every_route_does(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            auth: AuthConfig {
+                failure_limit: Some((1, 2)),
+                trusted_proxies: Vec::new(),
+            },
+            rate_limit: Some((1, 8)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create("+14155550701").await;
+    let path = format!("/v1/migrations/{id}");
+    let lookups = app.state.auth.database_lookups();
+
+    let mine: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(mine["id"], id.as_str());
+    assert!(mine["client_page"]["url"].is_string(), "{mine}");
+    assert_eq!(app.state.auth.database_lookups(), lookups + 1);
+    let as_admin: Value = app.get_as(ADMIN_KEY, &path).await.json().await.unwrap();
+    assert_eq!(as_admin["id"], id.as_str());
+    assert_eq!(as_admin["client_page"], mine["client_page"]);
+
+    // Another partner's key: the migration does not exist for it, nor does a made-up id.
+    let (other_id, other_key) = app.other_partner().await;
+    let res = app.get_as(&other_key, &path).await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+    let res = app
+        .get_as(
+            &app.partner_key,
+            &format!("/v1/migrations/{}", uuid::Uuid::now_v7()),
+        )
+        .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+
+    // Revoked: 401 at once, like an unknown key; two failures, and the address is limited.
+    let keys: Value = app
+        .get_as(ADMIN_KEY, &format!("/v1/partners/{other_id}/api_keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let res = app
+        .http
+        .delete(app.url(&format!(
+            "/v1/partners/{other_id}/api_keys/{}",
+            keys["data"][0]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app.get_as(&other_key, &path).await;
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let res = app.get_as("wm_guess_poll", &path).await;
+    assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let res = app.get_as("wm_guess_poll_again", &path).await;
+    assert_limited(res).await;
+    // The owner's key is still served from the limited address.
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+
+    // The per-key limit counts these polls like any other request.
+    let mut oks = 0;
+    let res = loop {
+        let res = app.get(&path).await;
+        if res.status() != StatusCode::OK {
+            break res;
+        }
+        oks += 1;
+        assert!(oks < 30, "never limited");
+    };
+    assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
