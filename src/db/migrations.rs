@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
-use crate::domain::memo::{ARMED_BY, MemoEdits};
+use crate::domain::memo::{ARMED_BY, MemoEdits, MemoKey};
 use crate::domain::{EventType, MigrationState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -329,19 +329,43 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
               LIMIT $3
               FOR UPDATE SKIP LOCKED),
          picked AS (
-             SELECT id FROM rescue UNION ALL SELECT id FROM due LIMIT $3)
+             SELECT id, gen_random_uuid() AS token
+               FROM (SELECT id FROM rescue UNION ALL SELECT id FROM due LIMIT $3) p)
          UPDATE migrations m
-            SET lease_token = gen_random_uuid(),
+            SET lease_token = picked.token,
                 lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2),
-                attempt = m.attempt + 1
+                attempt = m.attempt + 1,
+                step_memo = {}
            FROM picked
           WHERE m.id = picked.id
             AND m.state NOT IN ('completed', 'failed', 'cancelled')
             AND (m.lease_token IS NULL OR m.lease_expires_at < now())
          RETURNING {}, {PARTNER_URL}",
+        *ARM_ON_CLAIM,
         super::qualified(COLUMNS, "m")
     )
+});
+
+/// The claim's new `step_memo`: the intent of the step the row is in, armed by the claim's
+/// token when it is absent (`domain::memo`). The step then calls with the intent already
+/// committed, as after a transition that armed it, and writes nothing first. An intent already
+/// there (an earlier call may have been sent) is left as it is.
+static ARM_ON_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let arms: String = MigrationState::ALL
+        .into_iter()
+        .filter_map(|state| Some((state, MemoKey::intent_of(state)?)))
+        .map(|(state, key)| {
+            format!(
+                "WHEN m.state = '{state}' AND NOT m.step_memo ? '{key}' THEN m.step_memo || \
+                 jsonb_build_object('{key}', jsonb_build_object('at', to_char(now() AT TIME \
+                 ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '{ARMED_BY}', picked.token)) ",
+                state = state.as_str(),
+                key = key.as_str(),
+            )
+        })
+        .collect();
+    format!("CASE {arms}ELSE m.step_memo END")
 });
 
 /// Claims up to `limit` migrations for `owner`, each with a fresh lease token.

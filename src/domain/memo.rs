@@ -5,9 +5,10 @@
 //! so a key another writer changed meanwhile is not undone.
 //!
 //! An intent is *recorded* (its value a timestamp) by a step right before its call, or *armed*
-//! (its value names the lease of the claim that wrote it) by the transition that enters the
-//! step when the same worker goes on with the migration at once. Either way it is committed
-//! before the call. An armed intent costs no statement of its own; until its step has called,
+//! (its value names the lease of the claim that wrote it) by the statement that hands the step
+//! to its worker: the transition that enters the step when the same worker goes on with the
+//! migration at once, or the claim of a migration already in the step (`db::migrations::claim`).
+//! Either way it is committed before the call. An armed intent costs no statement of its own; until its step has called,
 //! only the claim that armed it knows that no call was made, so to every later claim it reads
 //! as recorded: the call may have been sent.
 
@@ -25,7 +26,8 @@ pub const ARMED_BY: &str = "armed_by";
 pub enum Intent {
     /// No intent: no call of this step can have been sent since it was last settled.
     Absent,
-    /// Armed by this claim's transition into the step: committed, and no call made yet.
+    /// Armed by this claim (or by its transition into the step): committed, and no call made
+    /// yet.
     Armed,
     /// Recorded, or armed by another claim: the call may have been sent.
     Recorded,

@@ -245,7 +245,8 @@ async fn crash_after_request_code_does_not_text_twice(pool: PgPool) {
 /// Every irreversible call reaches the upstream with its intent already committed: held there
 /// by a `slow` fault, each call is looked for in the row while it is in flight. The intents of
 /// `request_code`, `register` and `api_keys` are armed by the transition into their step, the
-/// one of `verify_code` (whose step the API enters) is recorded by the step.
+/// one of `verify_code` (whose step the API enters) by the claim that picks the migration up:
+/// none costs a statement of its own.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool) {
     let mut opts = Options::default();
@@ -254,10 +255,10 @@ async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155550410";
     let calls = [
-        ("request_code", "request_code", true),
-        ("verify_code", "verify_code", false),
-        ("register", "register", true),
-        ("api_keys", "api_keys", true),
+        ("request_code", "request_code"),
+        ("verify_code", "verify_code"),
+        ("register", "register"),
+        ("api_keys", "api_keys"),
     ];
     let rules: Vec<Value> = calls
         .iter()
@@ -267,7 +268,7 @@ async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool
         .collect();
     app.faults(Value::Array(rules)).await;
     let id = app.create(phone).await;
-    for (endpoint, key, armed) in calls {
+    for (endpoint, key) in calls {
         if endpoint == "verify_code" {
             app.wait_for(&id, "awaiting_otp").await;
             app.submit_otp(&id, "123456").await;
@@ -284,10 +285,9 @@ async fn every_irreversible_call_goes_out_with_its_intent_committed(pool: PgPool
             !intent.is_null(),
             "{endpoint} in flight without its intent: {memo}"
         );
-        assert_eq!(
+        assert!(
             intent.get("armed_by").is_some(),
-            armed,
-            "{endpoint}: {intent}"
+            "{endpoint}: not armed: {intent}"
         );
     }
     app.wait_for(&id, "completed").await;
@@ -327,4 +327,83 @@ async fn crash_before_request_code_with_an_armed_intent_never_texts_blindly(pool
         parked["data"]["otp"], "assumed_sent_after_interruption",
         "{parked:#}"
     );
+}
+
+/// The claim arms the intent of the step its migration is in when none is there (the
+/// migration entered the step through the API, a resend, or a hand-back), and leaves an intent
+/// that is there as it is: a recorded one, or one armed by an earlier claim, says a call may
+/// have been sent, and re-arming it would let the step call again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_claim_arms_an_absent_intent_and_keeps_one_that_is_there(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let earlier = uuid::Uuid::now_v7().to_string();
+    let rows = [
+        ("+14155550420", "verifying_otp", serde_json::json!({})),
+        (
+            "+14155550421",
+            "requesting_otp",
+            serde_json::json!({ "templates_copied": true }),
+        ),
+        (
+            "+14155550422",
+            "registering",
+            serde_json::json!({ "register": "2026-12-06T10:00:00Z" }),
+        ),
+        (
+            "+14155550423",
+            "generating_api_key",
+            serde_json::json!({ "api_keys": { "at": "2026-12-06T10:00:00Z", "armed_by": earlier } }),
+        ),
+        ("+14155550424", "copying_templates", serde_json::json!({})),
+    ];
+    let mut ids = Vec::new();
+    for (phone, state, memo) in &rows {
+        let id = app.create(phone).await;
+        sqlx::query(
+            "UPDATE migrations SET state = $2, step_memo = $3, run_at = now() WHERE id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&id).unwrap())
+        .bind(state)
+        .bind(memo)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let claimed =
+        waba_migrator::db::migrations::claim(&app.pool, "test", Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), rows.len());
+    for (id, (_, state, before)) in ids.iter().zip(&rows) {
+        let row = claimed.iter().find(|r| r.id.to_string() == *id).unwrap();
+        let token = row.lease_token.unwrap().to_string();
+        let stored = app.step_memo(id).await;
+        assert_eq!(
+            stored, row.step_memo,
+            "{state}: returned and stored memo differ"
+        );
+        let expected = match *state {
+            "verifying_otp" => {
+                let armed = &stored["verify_code"];
+                assert_eq!(armed["armed_by"], token.as_str(), "{state}: {stored}");
+                let at = armed["at"].as_str().unwrap();
+                assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+                serde_json::json!({ "verify_code": armed })
+            }
+            "requesting_otp" => {
+                assert_eq!(
+                    stored["request_code"]["armed_by"],
+                    token.as_str(),
+                    "{stored}"
+                );
+                serde_json::json!({
+                    "templates_copied": true,
+                    "request_code": stored["request_code"],
+                })
+            }
+            _ => before.clone(),
+        };
+        assert_eq!(stored, expected, "{state}");
+    }
 }

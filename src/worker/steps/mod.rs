@@ -142,9 +142,10 @@ async fn save_under_lease(
 }
 
 /// Makes sure an intent is committed in `step_memo` before a non-idempotent call, and that the
-/// lease is still held and the worker not stopping. An intent this claim armed with the
-/// transition into the step is that already; otherwise it is recorded now, guarded by the
-/// lease (only this key is written).
+/// lease is still held and the worker not stopping. An intent this claim armed (the claim
+/// itself, or its transition into the step) is that already; otherwise (the step runs again
+/// under the same lease after settling it) it is recorded now, guarded by the lease (only this
+/// key is written).
 async fn record_intent(
     deps: &Deps,
     row: &store::MigrationRow,
