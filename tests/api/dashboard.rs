@@ -8,8 +8,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use waba_migrator::domain::ErrorCode;
 
-use waba_migrator::core::auth::AuthConfig;
-
 use crate::helpers::{
     ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem,
 };
@@ -633,17 +631,7 @@ async fn the_detail_page_says_what_a_parked_migration_waits_for(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn failed_sign_ins_count_against_the_address_like_api_keys(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            auth: AuthConfig {
-                failure_limit: Some((1, 2)),
-                trusted_proxies: Vec::new(),
-            },
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::auth_failures_limited(2)).await;
     let mut d = Dash::new(&app);
     for i in 0..2 {
         d.get("/dashboard/login").await;

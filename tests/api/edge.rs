@@ -317,18 +317,7 @@ async fn assert_limited(res: reqwest::Response) -> u64 {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn failed_authentications_are_limited_per_client_address(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            // 3 failures at once, then one a minute: nothing recovers during the test.
-            auth: AuthConfig {
-                failure_limit: Some((1, 3)),
-                trusted_proxies: Vec::new(),
-            },
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::auth_failures_limited(3)).await;
     let here = client_from("127.0.0.1");
     let there = client_from("127.0.0.2");
 
@@ -518,12 +507,8 @@ async fn the_one_statement_poll_authenticates_as_every_route_does(pool: PgPool) 
     let app = TestApp::spawn_with(
         pool,
         Options {
-            auth: AuthConfig {
-                failure_limit: Some((1, 2)),
-                trusted_proxies: Vec::new(),
-            },
             rate_limit: Some((1, 8)),
-            ..Options::default()
+            ..Options::auth_failures_limited(2)
         },
     )
     .await;

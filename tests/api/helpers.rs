@@ -122,6 +122,20 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Failed authentications limited to `burst` per client address at once, then one a
+    /// minute: nothing recovers during a test. No trusted proxy.
+    pub fn auth_failures_limited(burst: u32) -> Self {
+        Options {
+            auth: AuthConfig {
+                failure_limit: Some((1, burst)),
+                trusted_proxies: Vec::new(),
+            },
+            ..Options::default()
+        }
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub sandbox: Sandbox,
