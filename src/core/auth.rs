@@ -316,9 +316,9 @@ where
     Err(ApiError::invalid_token())
 }
 
-/// The per-key request limit (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`), for a key that authenticated: only
-/// valid keys are counted, so a stranger cannot exhaust a partner's budget. `429`
-/// `rate_limited` with `Retry-After` when over it.
+/// The per-key request limit (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`), for a key that
+/// authenticated: only valid keys are counted, so a stranger cannot exhaust a partner's budget.
+/// `429` `rate_limited` with `Retry-After` when over it.
 pub fn within_rate_limit(state: &AppState, key_hash: &[u8]) -> Result<(), ApiError> {
     if let Some(limiter) = &state.rate_limiter
         && let Err(wait) = limiter.check(key_hash)

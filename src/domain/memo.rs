@@ -8,9 +8,9 @@
 //! (its value names the lease of the claim that wrote it) by the statement that hands the step
 //! to its worker: the transition that enters the step when the same worker goes on with the
 //! migration at once, or the claim of a migration already in the step (`db::migrations::claim`).
-//! Either way it is committed before the call. An armed intent costs no statement of its own; until its step has called,
-//! only the claim that armed it knows that no call was made, so to every later claim it reads
-//! as recorded: the call may have been sent.
+//! Either way it is committed before the call. An armed intent costs no statement of its own;
+//! until its step has called, only the claim that armed it knows that no call was made, so to
+//! every later claim it reads as recorded: the call may have been sent.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};

@@ -666,9 +666,16 @@ where
 
     async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
         let key = ApiKey::from_request_parts(parts, s).await?;
-        let state = AppState::from_ref(s);
-        let caller = auth::authenticate(&state, key.client, &key.hash).await?;
-        auth::within_rate_limit(&state, &key.hash)?;
+        key.caller(&AppState::from_ref(s)).await
+    }
+}
+
+impl ApiKey {
+    /// Who holds this key ([`auth::authenticate`]), within its rate limit: the [`Caller`]
+    /// extractor.
+    pub async fn caller(&self, state: &AppState) -> Result<Caller, ApiError> {
+        let caller = auth::authenticate(state, self.client, &self.hash).await?;
+        auth::within_rate_limit(state, &self.hash)?;
         Ok(caller)
     }
 }

@@ -581,8 +581,16 @@ async fn list_migrations(
 async fn get_migration(
     State(state): State<AppState>,
     key: ApiKey,
-    IdPath(id): IdPath<Uuid>,
+    id: Result<IdPath<Uuid>, ApiError>,
 ) -> Result<axum::Json<Migration>, ApiError> {
+    let IdPath(id) = match id {
+        Ok(id) => id,
+        // Authenticated first, as on every route: a bad key is 401 whatever the path.
+        Err(bad_path) => {
+            key.caller(&state).await?;
+            return Err(bad_path);
+        }
+    };
     // The most polled route: the key is looked up by the statement that reads the migration.
     Ok(axum::Json(
         client_page::fetch_with_page_for_key(&state, key.client, &key.hash, id).await?,

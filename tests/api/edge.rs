@@ -536,6 +536,14 @@ async fn the_one_statement_poll_authenticates_as_every_route_does(pool: PgPool) 
         .await;
     assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
 
+    // A malformed id: the same problem as on another route for a valid key, 401 for a bad one.
+    let here = app.get("/v1/migrations/not-an-id").await;
+    let there = app.get("/v1/migrations/not-an-id/events").await;
+    assert_eq!(here.status(), there.status());
+    assert!(here.status().is_client_error() && here.status() != StatusCode::UNAUTHORIZED);
+    let (here, there): (Value, Value) = (here.json().await.unwrap(), there.json().await.unwrap());
+    assert_eq!(here["code"], there["code"]);
+
     // Revoked: 401 at once, like an unknown key; two failures, and the address is limited.
     let keys: Value = app
         .get_as(ADMIN_KEY, &format!("/v1/partners/{other_id}/api_keys"))
@@ -561,7 +569,9 @@ async fn the_one_statement_poll_authenticates_as_every_route_does(pool: PgPool) 
         "{challenge}"
     );
     assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let res = app.get_as("wm_guess_poll", &path).await;
+    let res = app
+        .get_as("wm_guess_poll", "/v1/migrations/not-an-id")
+        .await;
     assert_problem(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let res = app.get_as("wm_guess_poll_again", &path).await;
     assert_limited(res).await;
