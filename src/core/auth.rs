@@ -31,6 +31,7 @@ use axum::http::request::Parts;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AppState, Caller};
@@ -261,21 +262,58 @@ pub async fn authenticate(
     client: Option<IpAddr>,
     key_hash: &[u8],
 ) -> Result<Caller, ApiError> {
-    let pool = &state.pool;
-    let (caller, ()) = authenticate_and(state, client, key_hash, |hash| async move {
-        Ok(db::partners::partner_for_key_hash(pool, &hash)
-            .await?
-            .map(|partner| (partner, ())))
+    let (caller, ()) = authenticate_and(state, client, key_hash, |hash| {
+        partner_of(&state.pool, hash)
     })
     .await?;
     Ok(caller)
+}
+
+/// [`authenticate`] for an API request: a key that authenticated is then held to its request
+/// limit (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`). Only valid keys are counted, so a
+/// stranger cannot exhaust a partner's budget. `429` `rate_limited` with `Retry-After` when
+/// over it.
+pub async fn authenticate_request(
+    state: &AppState,
+    client: Option<IpAddr>,
+    key_hash: &[u8],
+) -> Result<Caller, ApiError> {
+    let (caller, ()) = authenticate_request_and(state, client, key_hash, |hash| {
+        partner_of(&state.pool, hash)
+    })
+    .await?;
+    Ok(caller)
+}
+
+/// [`authenticate_request`] with the key looked up by `lookup`, a statement that also reads
+/// what the request asked for (see `authenticate_and`).
+pub async fn authenticate_request_and<T, Fut>(
+    state: &AppState,
+    client: Option<IpAddr>,
+    key_hash: &[u8],
+    lookup: impl FnOnce(KeyHash) -> Fut,
+) -> Result<(Caller, T), ApiError>
+where
+    T: Default,
+    Fut: Future<Output = Result<Option<(Uuid, T)>, db::Error>>,
+{
+    let found = authenticate_and(state, client, key_hash, lookup).await?;
+    within_rate_limit(state, key_hash)?;
+    Ok(found)
+}
+
+/// The lookup of a plain [`authenticate`]: the partner of the live key with this hash.
+async fn partner_of(pool: &PgPool, hash: KeyHash) -> Result<Option<(Uuid, ())>, db::Error> {
+    Ok(db::partners::partner_for_key_hash(pool, &hash)
+        .await?
+        .map(|partner| (partner, ())))
 }
 
 /// [`authenticate`], with a partner key looked up by `lookup`: a statement that also reads what
 /// the request asked for, to save it a round trip. `lookup` returns the key's partner and what
 /// it read, or `None` for no live key with this hash. The admin key is recognised without
 /// `lookup`, so what it read is then `T::default()`, and the caller reads it as the admin.
-pub async fn authenticate_and<T, Fut>(
+async fn authenticate_and<T, Fut>(
     state: &AppState,
     client: Option<IpAddr>,
     key_hash: &[u8],
@@ -316,10 +354,8 @@ where
     Err(ApiError::invalid_token())
 }
 
-/// The per-key request limit (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`), for a key that
-/// authenticated: only valid keys are counted, so a stranger cannot exhaust a partner's budget.
-/// `429` `rate_limited` with `Retry-After` when over it.
-pub fn within_rate_limit(state: &AppState, key_hash: &[u8]) -> Result<(), ApiError> {
+/// The per-key request limit of [`authenticate_request`].
+fn within_rate_limit(state: &AppState, key_hash: &[u8]) -> Result<(), ApiError> {
     if let Some(limiter) = &state.rate_limiter
         && let Err(wait) = limiter.check(key_hash)
     {

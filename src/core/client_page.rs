@@ -266,7 +266,7 @@ pub async fn fetch_with_page(
 }
 
 /// [`fetch_with_page`] for the API key with this hash, authenticated
-/// ([`auth::authenticate_and`]) by the statement that reads the migration: a partner's poll
+/// ([`auth::authenticate_request_and`]) by the statement that reads the migration: a partner's poll
 /// costs one statement, not two.
 pub async fn fetch_with_page_for_key(
     state: &AppState,
@@ -275,13 +275,13 @@ pub async fn fetch_with_page_for_key(
     id: Uuid,
 ) -> Result<Migration, ApiError> {
     let pool = &state.pool;
-    let (caller, read) = auth::authenticate_and(state, client, key_hash, |hash| async move {
-        Ok(store::migration_with_page_for_key(pool, &hash, id)
-            .await?
-            .map(|(partner, found)| (partner, Some(found))))
-    })
-    .await?;
-    auth::within_rate_limit(state, key_hash)?;
+    let (caller, read) =
+        auth::authenticate_request_and(state, client, key_hash, |hash| async move {
+            Ok(store::migration_with_page_for_key(pool, &hash, id)
+                .await?
+                .map(|(partner, found)| (partner, Some(found))))
+        })
+        .await?;
     match read {
         Some(Some((row, page))) => Ok(with_its_page(state, &row, page.as_ref())),
         Some(None) => Err(ApiError::not_found("migration")),

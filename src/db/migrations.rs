@@ -348,7 +348,8 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The claim's new `step_memo`: the intent of the step the row is in, armed by the claim's
-/// token when it is absent (`domain::memo`). The step then calls with the intent already
+/// token when it is absent (`domain::memo`; the value has the shape of `MemoKey::armed`, which
+/// the transitions write). The step then calls with the intent already
 /// committed, as after a transition that armed it, and writes nothing first. An intent already
 /// there (an earlier call may have been sent) is left as it is.
 static ARM_ON_CLAIM: LazyLock<String> = LazyLock::new(|| {

@@ -621,7 +621,7 @@ where
 
 /// A request's API key (`Authorization: Bearer`), hashed but not yet looked up, for a handler
 /// that looks it up in the statement that reads what the request asked for
-/// (`auth::authenticate_and`). `401` when there is none.
+/// (`auth::authenticate_request_and`). `401` when there is none.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     /// SHA-256 of the key ([`crypto::hash_api_key`]).
@@ -671,12 +671,10 @@ where
 }
 
 impl ApiKey {
-    /// Who holds this key ([`auth::authenticate`]), within its rate limit: the [`Caller`]
-    /// extractor.
+    /// Who holds this key, within its rate limit ([`auth::authenticate_request`]): the
+    /// [`Caller`] extractor.
     pub async fn caller(&self, state: &AppState) -> Result<Caller, ApiError> {
-        let caller = auth::authenticate(state, self.client, &self.hash).await?;
-        auth::within_rate_limit(state, &self.hash)?;
-        Ok(caller)
+        auth::authenticate_request(state, self.client, &self.hash).await
     }
 }
 
