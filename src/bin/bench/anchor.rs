@@ -9,6 +9,11 @@
 //! from `/proc` of the worker process and of PostgreSQL (postmaster, reaped and live backends)
 //! over exactly that window, the enqueue included, as the service's is read over its drive.
 //! The worker connects over TCP to 127.0.0.1 like the service does.
+//!
+//! A third mode runs *step jobs* instead of no-op jobs (`--anchor-step-runs`): each makes two
+//! Graph API calls to the bench's sandbox and records itself in one statement (a row changes
+//! state, an event row is appended), the work a transition of the service does beside its
+//! engine. That mode is this repository's addition, not part of the pinned anchor's bench.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,10 +36,39 @@ const WORKER_MJS: &str = include_str!("../../../benchmarks/anchor/graphile-worke
 const MIGRATE_MJS: &str = "import { runMigrations, Logger } from 'graphile-worker';\n\
 await runMigrations({ connectionString: process.env.GW_URL, logger: new Logger(() => () => {}) });\n";
 
-/// `gw-bench.mjs`'s enqueue: `n` no-op jobs in one statement.
+/// `gw-bench.mjs`'s enqueue: `n` jobs of a task (`$2`) in one statement; each payload names
+/// its item (`{"id": i}`, read by step jobs only).
 const ADD_JOBS_SQL: &str = "SELECT count(*)::int FROM graphile_worker.add_jobs(array(
-  SELECT ('noop', '{}'::json, null, null, null, null, null, null)::graphile_worker.job_spec
-  FROM generate_series(1, $1::int)))";
+  SELECT ($2::text, json_build_object('id', i), null, null, null, null, null, null)::graphile_worker.job_spec
+  FROM generate_series(1, $1::int) i))";
+
+/// The rows step jobs record themselves in (see `gw-worker.mjs`): an item per job, and its
+/// events keyed by the item's version, as the service's `migration_events` are.
+const STEP_TABLES_SQL: &str = "CREATE TABLE step_items (
+    id bigint PRIMARY KEY, state text NOT NULL, version integer NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now());
+  CREATE TABLE step_events (
+    item_id bigint NOT NULL, seq integer NOT NULL, type text NOT NULL, from_state text,
+    to_state text, data jsonb, created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (item_id, seq))";
+
+/// What the anchor's jobs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Nothing (the pinned anchor's jobs).
+    Noop,
+    /// Two sandbox calls and a recorded state change (`gw-worker.mjs`'s `step`).
+    Step,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Noop => "noop",
+            Self::Step => "step",
+        }
+    }
+}
 
 const DB: &str = "gw_anchor";
 
@@ -54,6 +88,10 @@ pub struct AnchorArgs {
     /// Size of graphile-worker's local queue (batched claims) for the second mode (0: skip it).
     #[arg(long, default_value_t = 100)]
     pub anchor_local_queue: usize,
+    /// Drains of step jobs (two sandbox calls and a recorded state change each, graphile-worker
+    /// defaults), half before the service's drive and half after (0: skip them).
+    #[arg(long, default_value_t = 3)]
+    pub anchor_step_runs: usize,
     /// Where the anchor's npm packages are installed (default: `gw-anchor` next to the
     /// directory of this executable, i.e. `target/gw-anchor`).
     #[arg(long)]
@@ -92,9 +130,10 @@ impl Drain {
     }
 }
 
-/// The drains of one mode (defaults, or the local queue).
+/// The drains of one mode (no-op jobs with defaults or the local queue, or step jobs).
 #[derive(Debug, Clone)]
 pub struct Mode {
+    pub task: Task,
     pub local_queue: usize,
     pub drains: Vec<Drain>,
 }
@@ -110,6 +149,7 @@ impl Mode {
     pub fn json(&self) -> Value {
         let per_job = Samples(self.drains.iter().map(Drain::cpu_ms_per_job).collect());
         json!({
+            "task": self.task.name(),
             "local_queue": self.local_queue,
             "median": self.median().json(),
             "cpu_ms_per_job_min": per_job.pct(0.0).map(|v| super::round(v, 4)),
@@ -177,7 +217,8 @@ pub fn default_dir(args: &AnchorArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// Creates the anchor's database on the bench's PostgreSQL and runs graphile-worker's schema
-/// migrations; primes the planner statistics as `gw-bench.mjs setup` does.
+/// migrations; primes the planner statistics as `gw-bench.mjs setup` does; creates the step
+/// jobs' tables.
 async fn setup(
     admin: &sqlx::PgPool,
     dir: &Path,
@@ -210,7 +251,11 @@ async fn setup(
         .await?;
     // A brand-new jobs table has no statistics; the anchor's first drain planned badly until
     // autoanalyze ran mid-drain. Analyze it once full, then empty it (gw-bench.mjs setup).
-    sqlx::query(ADD_JOBS_SQL).bind(jobs).execute(&db).await?;
+    sqlx::query(ADD_JOBS_SQL)
+        .bind(jobs)
+        .bind(Task::Noop.name())
+        .execute(&db)
+        .await?;
     sqlx::query("ANALYZE graphile_worker._private_jobs")
         .execute(&db)
         .await?;
@@ -220,6 +265,7 @@ async fn setup(
     sqlx::query("VACUUM ANALYZE graphile_worker._private_jobs")
         .execute(&db)
         .await?;
+    sqlx::raw_sql(STEP_TABLES_SQL).execute(&db).await?;
     Ok(db)
 }
 
@@ -240,16 +286,33 @@ async fn wait_empty(db: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<()> 
     }
 }
 
-/// One drain of `jobs` no-op jobs by a fresh worker process.
+/// One drain of `jobs` jobs of `task` by a fresh worker process.
+#[allow(clippy::too_many_arguments)]
 async fn drain(
     db: &sqlx::PgPool,
     dir: &Path,
     url: &str,
+    sandbox_url: &str,
     postmaster: u32,
     concurrency: usize,
+    task: Task,
     local_queue: usize,
     jobs: i32,
 ) -> anyhow::Result<Drain> {
+    const WARMUP: i32 = 1000;
+    if task == Task::Step {
+        // Fresh items, one per job (the warm-up's jobs take the first 1,000 a step earlier).
+        sqlx::query("TRUNCATE step_items, step_events")
+            .execute(db)
+            .await?;
+        sqlx::query("INSERT INTO step_items (id, state) SELECT i, 'queued' FROM generate_series(1, $1::int) i")
+            .bind(jobs.max(WARMUP))
+            .execute(db)
+            .await?;
+        sqlx::query("VACUUM ANALYZE step_items, step_events")
+            .execute(db)
+            .await?;
+    }
     sqlx::query(
         "VACUUM ANALYZE graphile_worker._private_jobs, graphile_worker._private_job_queues, graphile_worker._private_tasks",
     )
@@ -263,6 +326,7 @@ async fn drain(
         .current_dir(dir)
         .env("NO_LOG_SUCCESS", "1")
         .env("GW_LOCAL_QUEUE", local_queue.to_string())
+        .env("GW_SANDBOX_URL", sandbox_url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -292,8 +356,11 @@ async fn drain(
         done
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    const WARMUP: i32 = 1000;
-    sqlx::query(ADD_JOBS_SQL).bind(WARMUP).execute(db).await?;
+    sqlx::query(ADD_JOBS_SQL)
+        .bind(WARMUP)
+        .bind(task.name())
+        .execute(db)
+        .await?;
     wait_empty(db, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -303,6 +370,7 @@ async fn drain(
     let mut tx = db.begin().await?;
     let (n,): (i32,) = sqlx::query_as(ADD_JOBS_SQL)
         .bind(jobs)
+        .bind(task.name())
         .fetch_one(&mut *tx)
         .await?;
     anyhow::ensure!(n == jobs, "add_jobs returned {n}, not {jobs}");
@@ -332,6 +400,16 @@ async fn drain(
             jobs + WARMUP
         );
     }
+    if task == Task::Step {
+        let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM step_events")
+            .fetch_one(db)
+            .await?;
+        anyhow::ensure!(
+            events == i64::from(jobs + WARMUP),
+            "the anchor's step jobs recorded {events} events, expected {}",
+            jobs + WARMUP
+        );
+    }
     Ok(Drain {
         jobs,
         drain_s,
@@ -347,6 +425,7 @@ pub struct Anchor {
     args: AnchorArgs,
     dir: PathBuf,
     url: String,
+    sandbox_url: String,
     db: sqlx::PgPool,
     postmaster: u32,
     modes: Vec<Mode>,
@@ -359,6 +438,7 @@ impl Anchor {
         admin: &sqlx::PgPool,
         pg_port: u16,
         postmaster: u32,
+        sandbox_url: &str,
     ) -> anyhow::Result<Option<Self>> {
         if args.anchor_jobs <= 0 {
             return Ok(None);
@@ -371,29 +451,43 @@ impl Anchor {
             args: args.clone(),
             dir,
             url,
+            sandbox_url: sandbox_url.to_owned(),
             db,
             postmaster,
             modes: Vec::new(),
         }))
     }
 
-    /// `runs` drains with graphile-worker's local queue of `local_queue` (0: its defaults).
-    pub async fn drains(&mut self, local_queue: usize, runs: usize) -> anyhow::Result<()> {
+    /// `runs` drains of `task` jobs with graphile-worker's local queue of `local_queue` (0: its
+    /// defaults).
+    pub async fn drains(
+        &mut self,
+        task: Task,
+        local_queue: usize,
+        runs: usize,
+    ) -> anyhow::Result<()> {
         for _ in 0..runs {
             let d = drain(
                 &self.db,
                 &self.dir,
                 &self.url,
+                &self.sandbox_url,
                 self.postmaster,
                 self.args.anchor_concurrency,
+                task,
                 local_queue,
                 self.args.anchor_jobs,
             )
             .await?;
-            let mode = match self.modes.iter_mut().find(|m| m.local_queue == local_queue) {
+            let found = self
+                .modes
+                .iter_mut()
+                .find(|m| m.task == task && m.local_queue == local_queue);
+            let mode = match found {
                 Some(m) => m,
                 None => {
                     self.modes.push(Mode {
+                        task,
                         local_queue,
                         drains: Vec::new(),
                     });
@@ -403,7 +497,8 @@ impl Anchor {
             mode.drains.push(d);
             let d = mode.drains.last().expect("just pushed");
             eprintln!(
-                "bench: anchor lq={local_queue} run {}: {:.0} jobs/s, {:.3} ms CPU per job (worker {:.2} s + postgres {:.2} s)",
+                "bench: anchor {} lq={local_queue} run {}: {:.0} jobs/s, {:.3} ms CPU per job (worker {:.2} s + postgres {:.2} s)",
+                task.name(),
                 mode.drains.len(),
                 d.jobs_per_s(),
                 d.cpu_ms_per_job(),
@@ -414,7 +509,7 @@ impl Anchor {
         Ok(())
     }
 
-    /// The drains of each mode, defaults first.
+    /// The drains of each mode, in the order they were first run.
     pub async fn finish(self) -> Vec<Mode> {
         self.db.close().await;
         self.modes
