@@ -1,7 +1,7 @@
 use clap::Parser;
 use waba_migrator::{cli, config::Cli, telemetry};
 
-/// mimalloc instead of glibc's allocator: a quarter less service CPU per transition
+/// mimalloc instead of glibc's allocator: a fifth less service CPU per transition
 /// (`waba-bench ab`, BENCHMARKS.md, issue 18), without transparent huge pages (see
 /// [`no_transparent_huge_pages`]).
 #[global_allocator]
@@ -28,7 +28,7 @@ async fn serve() -> std::process::ExitCode {
 
 /// mimalloc reserves its memory in 2 MiB-aligned regions. Backed by transparent huge pages,
 /// every region it touched stayed resident in whole: 10,000 parked migrations added 12 MB of
-/// RSS instead of 2 (`waba-bench parked`, target < 5 MB). mimalloc is built not to ask for
+/// RSS instead of 2.5 (`waba-bench parked`, target < 5 MB). mimalloc is built not to ask for
 /// them (`no_thp`); this also stops the kernel from using them unasked (THP `always`). It
 /// applies to the whole process, from here on, and to the embedded PostgreSQL it starts.
 fn no_transparent_huge_pages() {

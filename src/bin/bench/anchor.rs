@@ -36,10 +36,12 @@ const WORKER_MJS: &str = include_str!("../../../benchmarks/anchor/graphile-worke
 const MIGRATE_MJS: &str = "import { runMigrations, Logger } from 'graphile-worker';\n\
 await runMigrations({ connectionString: process.env.GW_URL, logger: new Logger(() => () => {}) });\n";
 
-/// `gw-bench.mjs`'s enqueue: `n` jobs of a task (`$2`) in one statement; each payload names
-/// its item (`{"id": i}`, read by step jobs only).
+/// `gw-bench.mjs`'s enqueue: `n` jobs of a task (`$2`) in one statement. No-op jobs carry its
+/// empty payload; a step job's names its item (`{"id": i}`).
 const ADD_JOBS_SQL: &str = "SELECT count(*)::int FROM graphile_worker.add_jobs(array(
-  SELECT ($2::text, json_build_object('id', i), null, null, null, null, null, null)::graphile_worker.job_spec
+  SELECT ($2::text,
+          CASE WHEN $2::text = 'step' THEN json_build_object('id', i) ELSE '{}'::json END,
+          null, null, null, null, null, null)::graphile_worker.job_spec
   FROM generate_series(1, $1::int) i))";
 
 /// The rows step jobs record themselves in (see `gw-worker.mjs`): an item per job, and its
