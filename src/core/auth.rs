@@ -278,10 +278,8 @@ pub async fn authenticate_request(
     client: Option<IpAddr>,
     key_hash: &[u8],
 ) -> Result<Caller, ApiError> {
-    let (caller, ()) = authenticate_request_and(state, client, key_hash, |hash| {
-        partner_of(&state.pool, hash)
-    })
-    .await?;
+    let caller = authenticate(state, client, key_hash).await?;
+    within_rate_limit(state, key_hash)?;
     Ok(caller)
 }
 

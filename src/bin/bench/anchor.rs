@@ -288,139 +288,6 @@ async fn wait_empty(db: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<()> 
     }
 }
 
-/// One drain of `jobs` jobs of `task` by a fresh worker process.
-#[allow(clippy::too_many_arguments)]
-async fn drain(
-    db: &sqlx::PgPool,
-    dir: &Path,
-    url: &str,
-    sandbox_url: &str,
-    postmaster: u32,
-    concurrency: usize,
-    task: Task,
-    local_queue: usize,
-    jobs: i32,
-) -> anyhow::Result<Drain> {
-    const WARMUP: i32 = 1000;
-    if task == Task::Step {
-        // Fresh items, one per job (the warm-up's jobs take the first 1,000 a step earlier).
-        sqlx::query("TRUNCATE step_items, step_events")
-            .execute(db)
-            .await?;
-        sqlx::query("INSERT INTO step_items (id, state) SELECT i, 'queued' FROM generate_series(1, $1::int) i")
-            .bind(jobs.max(WARMUP))
-            .execute(db)
-            .await?;
-        sqlx::query("VACUUM ANALYZE step_items, step_events")
-            .execute(db)
-            .await?;
-    }
-    sqlx::query(
-        "VACUUM ANALYZE graphile_worker._private_jobs, graphile_worker._private_job_queues, graphile_worker._private_tasks",
-    )
-    .execute(db)
-    .await?;
-    sqlx::query("CHECKPOINT").execute(db).await?;
-    let mut child = Command::new("node")
-        .arg("gw-worker.mjs")
-        .arg(url)
-        .arg(concurrency.to_string())
-        .current_dir(dir)
-        .env("NO_LOG_SUCCESS", "1")
-        .env("GW_LOCAL_QUEUE", local_queue.to_string())
-        .env("GW_SANDBOX_URL", sandbox_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start node gw-worker.mjs")?;
-    let pid = child.id().unwrap_or(0);
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(l) = lines.next_line().await? {
-            if l == "READY" {
-                return anyhow::Ok(());
-            }
-        }
-        bail!("the anchor's worker exited before READY")
-    })
-    .await;
-    ready.context("the anchor's worker was not READY within 30 s")??;
-    // Its progress lines are read (and dropped) so the pipe never fills; DONE is its count.
-    let counted = tokio::spawn(async move {
-        let mut done = None;
-        while let Ok(Some(l)) = lines.next_line().await {
-            if let Some(n) = l.strip_prefix("DONE ") {
-                done = n.parse::<i64>().ok();
-            }
-        }
-        done
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    sqlx::query(ADD_JOBS_SQL)
-        .bind(WARMUP)
-        .bind(task.name())
-        .execute(db)
-        .await?;
-    wait_empty(db, Duration::from_secs(120)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let wal0 = procs::WalSnapshot::take(db).await?;
-    let worker0 = procs::cpu_seconds(pid, false);
-    let pg0 = procs::postgres_cpu_seconds(postmaster);
-    let mut tx = db.begin().await?;
-    let (n,): (i32,) = sqlx::query_as(ADD_JOBS_SQL)
-        .bind(jobs)
-        .bind(task.name())
-        .fetch_one(&mut *tx)
-        .await?;
-    anyhow::ensure!(n == jobs, "add_jobs returned {n}, not {jobs}");
-    let t0 = Instant::now();
-    tx.commit().await?;
-    wait_empty(db, Duration::from_secs(300)).await?;
-    let drain_s = t0.elapsed().as_secs_f64();
-    let worker_cpu_s = procs::cpu_seconds(pid, false) - worker0;
-    let postgres_cpu_s = procs::postgres_cpu_seconds(postmaster) - pg0;
-    let wal = procs::WalSnapshot::take(db).await?.since(&wal0);
-
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await;
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-    let done = counted.await.ok().flatten();
-    if done != Some(i64::from(jobs + WARMUP)) {
-        bail!(
-            "the anchor's worker reports {done:?} jobs run, expected {}",
-            jobs + WARMUP
-        );
-    }
-    if task == Task::Step {
-        let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM step_events")
-            .fetch_one(db)
-            .await?;
-        anyhow::ensure!(
-            events == i64::from(jobs + WARMUP),
-            "the anchor's step jobs recorded {events} events, expected {}",
-            jobs + WARMUP
-        );
-    }
-    Ok(Drain {
-        jobs,
-        drain_s,
-        worker_cpu_s,
-        postgres_cpu_s,
-        wal,
-    })
-}
-
 /// The anchor, set up on the bench's PostgreSQL; its drains are run in rounds around the
 /// service's drive, so drift on the shared machine hits both alike.
 pub struct Anchor {
@@ -460,6 +327,130 @@ impl Anchor {
         }))
     }
 
+    /// One drain of `--anchor-jobs` jobs of `task` by a fresh worker process.
+    async fn drain(&self, task: Task, local_queue: usize) -> anyhow::Result<Drain> {
+        let (db, dir, url) = (&self.db, self.dir.as_path(), self.url.as_str());
+        let jobs = self.args.anchor_jobs;
+        const WARMUP: i32 = 1000;
+        if task == Task::Step {
+            // Fresh items, one per job (the warm-up's jobs take the first 1,000 a step earlier).
+            sqlx::query("TRUNCATE step_items, step_events")
+                .execute(db)
+                .await?;
+            sqlx::query("INSERT INTO step_items (id, state) SELECT i, 'queued' FROM generate_series(1, $1::int) i")
+                .bind(jobs.max(WARMUP))
+                .execute(db)
+                .await?;
+            sqlx::query("VACUUM ANALYZE step_items, step_events")
+                .execute(db)
+                .await?;
+        }
+        sqlx::query(
+            "VACUUM ANALYZE graphile_worker._private_jobs, graphile_worker._private_job_queues, graphile_worker._private_tasks",
+        )
+        .execute(db)
+        .await?;
+        sqlx::query("CHECKPOINT").execute(db).await?;
+        let mut child = Command::new("node")
+            .arg("gw-worker.mjs")
+            .arg(url)
+            .arg(self.args.anchor_concurrency.to_string())
+            .current_dir(dir)
+            .env("NO_LOG_SUCCESS", "1")
+            .env("GW_LOCAL_QUEUE", local_queue.to_string())
+            .env("GW_SANDBOX_URL", &self.sandbox_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start node gw-worker.mjs")?;
+        let pid = child.id().unwrap_or(0);
+        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.next_line().await? {
+                if l == "READY" {
+                    return anyhow::Ok(());
+                }
+            }
+            bail!("the anchor's worker exited before READY")
+        })
+        .await;
+        ready.context("the anchor's worker was not READY within 30 s")??;
+        // Its progress lines are read (and dropped) so the pipe never fills; DONE is its count.
+        let counted = tokio::spawn(async move {
+            let mut done = None;
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(n) = l.strip_prefix("DONE ") {
+                    done = n.parse::<i64>().ok();
+                }
+            }
+            done
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sqlx::query(ADD_JOBS_SQL)
+            .bind(WARMUP)
+            .bind(task.name())
+            .execute(db)
+            .await?;
+        wait_empty(db, Duration::from_secs(120)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let wal0 = procs::WalSnapshot::take(db).await?;
+        let worker0 = procs::cpu_seconds(pid, false);
+        let pg0 = procs::postgres_cpu_seconds(self.postmaster);
+        let mut tx = db.begin().await?;
+        let (n,): (i32,) = sqlx::query_as(ADD_JOBS_SQL)
+            .bind(jobs)
+            .bind(task.name())
+            .fetch_one(&mut *tx)
+            .await?;
+        anyhow::ensure!(n == jobs, "add_jobs returned {n}, not {jobs}");
+        let t0 = Instant::now();
+        tx.commit().await?;
+        wait_empty(db, Duration::from_secs(300)).await?;
+        let drain_s = t0.elapsed().as_secs_f64();
+        let worker_cpu_s = procs::cpu_seconds(pid, false) - worker0;
+        let postgres_cpu_s = procs::postgres_cpu_seconds(self.postmaster) - pg0;
+        let wal = procs::WalSnapshot::take(db).await?.since(&wal0);
+
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let done = counted.await.ok().flatten();
+        if done != Some(i64::from(jobs + WARMUP)) {
+            bail!(
+                "the anchor's worker reports {done:?} jobs run, expected {}",
+                jobs + WARMUP
+            );
+        }
+        if task == Task::Step {
+            let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM step_events")
+                .fetch_one(db)
+                .await?;
+            anyhow::ensure!(
+                events == i64::from(jobs + WARMUP),
+                "the anchor's step jobs recorded {events} events, expected {}",
+                jobs + WARMUP
+            );
+        }
+        Ok(Drain {
+            jobs,
+            drain_s,
+            worker_cpu_s,
+            postgres_cpu_s,
+            wal,
+        })
+    }
+
     /// `runs` drains of `task` jobs with graphile-worker's local queue of `local_queue` (0: its
     /// defaults).
     pub async fn drains(
@@ -469,18 +460,7 @@ impl Anchor {
         runs: usize,
     ) -> anyhow::Result<()> {
         for _ in 0..runs {
-            let d = drain(
-                &self.db,
-                &self.dir,
-                &self.url,
-                &self.sandbox_url,
-                self.postmaster,
-                self.args.anchor_concurrency,
-                task,
-                local_queue,
-                self.args.anchor_jobs,
-            )
-            .await?;
+            let d = self.drain(task, local_queue).await?;
             let found = self
                 .modes
                 .iter_mut()
