@@ -78,10 +78,13 @@ pub struct PrecheckInput {
     pub destination_numbers: Vec<PhoneNumber>,
     pub destination_apps: Vec<SubscribedApp>,
     pub source_templates: Vec<Template>,
+    /// What already counts against the destination's template limit.
+    pub destination_templates: Vec<Template>,
 }
 
-/// Reads the inputs: six Graph GETs in parallel (the two WABAs, the number looked up on each,
-/// the destination's subscribed apps and the source's templates), whatever the WABAs' size.
+/// Reads the inputs: seven Graph GETs in parallel (the two WABAs, the number looked up on each,
+/// the destination's subscribed apps and both WABAs' templates), whatever the WABAs' size
+/// (the template lists have one page per 100 templates).
 ///
 /// The number is looked up directly ([`MetaApi::find_phone_numbers`]: Graph's `filtering` on
 /// `display_phone_number`), not found by paging through every number of both WABAs. Meta
@@ -99,13 +102,22 @@ pub async fn gather(
     source_waba_id: &str,
     destination_waba_id: &str,
 ) -> Result<PrecheckInput, clients::Error> {
-    let (source, destination, on_source, in_destination, destination_apps, templates) = tokio::try_join!(
+    let (
+        source,
+        destination,
+        on_source,
+        in_destination,
+        destination_apps,
+        templates,
+        destination_templates,
+    ) = tokio::try_join!(
         meta.get_waba(source_waba_id),
         meta.get_waba(destination_waba_id),
         lookup(meta, source_waba_id, phone.as_str()),
         lookup(meta, destination_waba_id, phone.as_str()),
         meta.list_subscribed_apps(destination_waba_id),
         meta.list_templates(source_waba_id),
+        meta.list_templates(destination_waba_id),
     )?;
     let mut on_source = on_source;
     // Only the other form of a Brazilian mobile may be registered: the check names it.
@@ -128,6 +140,7 @@ pub async fn gather(
         destination_numbers,
         destination_apps,
         source_templates: templates,
+        destination_templates,
     })
 }
 
@@ -217,6 +230,72 @@ impl Builder {
     fn code(&mut self, id: &str, status: CheckStatus, code: ErrorCode, message: impl Into<String>) {
         let (_, remediation, actor, _) = code.describe();
         self.push(id, status, message, remediation, actor, Some(code));
+    }
+}
+
+/// `templates_eligible`: how many source templates are eligible (APPROVED with GREEN or
+/// UNKNOWN quality), how many of those the destination lacks, and how many of these fit under
+/// its template limit. Ineligible templates never block a migration; templates that do not
+/// fit are a warning (copying stops at the limit, and the report lists the rest).
+fn templates_check(b: &mut Builder, input: &PrecheckInput) {
+    let key = |t: &Template| (t.name.clone(), t.language.clone());
+    let present: std::collections::HashSet<(String, String)> =
+        input.destination_templates.iter().map(key).collect();
+    let total = input.source_templates.len();
+    let eligible: Vec<&Template> = input
+        .source_templates
+        .iter()
+        .filter(|t| template_eligible(t))
+        .collect();
+    let to_copy = eligible
+        .iter()
+        .filter(|t| !present.contains(&key(t)))
+        .count();
+    let already = eligible.len() - to_copy;
+    let verified = input.destination.business_verification_status.as_deref() == Some("verified");
+    let limit = crate::domain::upstream::template_limit(verified);
+    let used = input.destination_templates.len();
+    let fits = to_copy.min(limit.saturating_sub(used));
+    let mut message = format!(
+        "{} of {total} source templates are eligible (APPROVED with GREEN or UNKNOWN quality)",
+        eligible.len()
+    );
+    if already > 0 {
+        message.push_str(&format!("; {already} already in the destination"));
+    }
+    message.push_str(&format!(
+        "; {fits} of the {to_copy} to copy fit the destination's template limit ({used} of {limit} used)."
+    ));
+    if fits < to_copy {
+        let raise = if verified {
+            ""
+        } else {
+            " Completing business verification raises the limit to 6,000."
+        };
+        b.push(
+            "templates_eligible",
+            CheckStatus::Warn,
+            message,
+            format!(
+                "Delete templates the destination WABA no longer needs before the migration, or re-create the {} that do not fit after it.{raise}",
+                to_copy - fits
+            ),
+            Actor::Client,
+            Some(ErrorCode::TemplateLimitReached),
+        );
+    } else {
+        b.push(
+            "templates_eligible",
+            CheckStatus::Pass,
+            message,
+            if eligible.len() == total {
+                ""
+            } else {
+                "Re-create ineligible templates in the destination WABA after the migration if they are still needed."
+            },
+            Actor::None,
+            None,
+        );
     }
 }
 
@@ -503,28 +582,7 @@ pub fn evaluate(
         );
     }
 
-    let total = input.source_templates.len();
-    let eligible = input
-        .source_templates
-        .iter()
-        .filter(|t| template_eligible(t))
-        .count();
-    // Informational: ineligible templates never block a migration; the report lists them.
-    let message = format!(
-        "{eligible} of {total} source templates are eligible (APPROVED with GREEN or UNKNOWN quality) and will be copied; the rest stay behind."
-    );
-    b.push(
-        "templates_eligible",
-        Pass,
-        message,
-        if eligible == total {
-            ""
-        } else {
-            "Re-create ineligible templates in the destination WABA after the migration if they are still needed."
-        },
-        Actor::None,
-        None,
-    );
+    templates_check(&mut b, input);
 
     let status = if b.0.iter().any(|c| c.status == Fail) {
         Fail
@@ -602,6 +660,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            destination_templates: vec![],
         }
     }
 
@@ -636,6 +695,71 @@ mod tests {
         assert_eq!(
             r.source.as_ref().unwrap().display_name.as_deref(),
             Some("Acme")
+        );
+    }
+
+    #[test]
+    fn templates_that_do_not_fit_the_destinations_limit_warn() {
+        let template = |name: &str, language: &str| Template {
+            id: format!("{name}-{language}"),
+            name: name.into(),
+            language: language.into(),
+            status: "APPROVED".into(),
+            quality_score: Some("GREEN".into()),
+            ..Default::default()
+        };
+        let mut i = input();
+        // Three eligible on the source; `a`/en_US is already in the destination.
+        i.source_templates
+            .extend([template("c", "en_US"), template("c", "de_DE")]);
+        let filler = |n: usize| (0..n).map(|k| template(&format!("x{k}"), "en_US"));
+        i.destination_templates = std::iter::once(template("a", "en_US"))
+            .chain(filler(6000 - 2))
+            .collect();
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let c = check(&r, "templates_eligible");
+        assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
+        assert_eq!(
+            c.message,
+            "3 of 4 source templates are eligible (APPROVED with GREEN or UNKNOWN quality); 1 already in the destination; 1 of the 2 to copy fit the destination's template limit (5999 of 6000 used)."
+        );
+        assert_eq!(c.code, Some(ErrorCode::TemplateLimitReached));
+        assert_eq!(c.actor, Actor::Client);
+        assert!(c.remediation.contains("re-create the 1 that do not fit"));
+        assert_eq!(r.status, CheckStatus::Warn);
+        assert!(r.failure().is_none());
+
+        // An unverified portfolio's limit is 250.
+        i.destination.business_verification_status = Some("not_verified".into());
+        i.destination_templates.truncate(249);
+        let c = check(
+            &evaluate(Flow::Otp, &phone(), "900", &i),
+            "templates_eligible",
+        )
+        .clone();
+        assert!(
+            c.message.ends_with(
+                "1 of the 2 to copy fit the destination's template limit (249 of 250 used)."
+            ),
+            "{}",
+            c.message
+        );
+        assert!(c.remediation.contains("raises the limit to 6,000"));
+
+        // Room for both: a pass.
+        i.destination_templates.truncate(10);
+        let c = check(
+            &evaluate(Flow::Otp, &phone(), "900", &i),
+            "templates_eligible",
+        )
+        .clone();
+        assert_eq!(c.status, CheckStatus::Pass);
+        assert!(
+            c.message.ends_with(
+                "2 of the 2 to copy fit the destination's template limit (10 of 250 used)."
+            ),
+            "{}",
+            c.message
         );
     }
 

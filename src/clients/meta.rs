@@ -530,16 +530,30 @@ pub(super) fn graph_error_object(
     err: &Value,
     secrets: &[&str],
 ) -> UpstreamError {
-    let base = http::str_field(err, "message")
-        .or_else(|| http::str_field(err, "error_user_msg"))
-        .or_else(|| http::str_field(err, "error_user_title"))
-        .or_else(|| http::str_field(err, "type"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP {http_status}"));
-    let message = match error_details(err) {
-        Some(details) if !base.contains(details.as_str()) => format!("{base} — {details}"),
-        _ => base,
-    };
+    // Every distinct text Meta sent, in this order: 2388103's variants are told apart by
+    // their words, which may sit in any of these (`message` is often only `(#100) <title>`).
+    let mut message = String::new();
+    let texts = [
+        http::str_field(err, "message").map(str::to_owned),
+        http::str_field(err, "error_user_title").map(str::to_owned),
+        http::str_field(err, "error_user_msg").map(str::to_owned),
+        error_details(err),
+    ];
+    for text in texts.into_iter().flatten() {
+        let text = text.trim();
+        if text.is_empty() || message.contains(text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(" — ");
+        }
+        message.push_str(text);
+    }
+    if message.is_empty() {
+        message = http::str_field(err, "type")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {http_status}"));
+    }
     let is_transient = match err.get("is_transient") {
         Some(Value::Bool(b)) => Some(*b),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Some(true),
@@ -1085,6 +1099,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_variant_told_only_in_error_user_msg_is_read_from_there() {
+        let err = error_for(ResponseTemplate::new(400).set_body_json(json!({
+            "error": {
+                "message": "(#100) Invalid parameter",
+                "type": "OAuthException",
+                "code": 100,
+                "error_subcode": 2388103,
+                "error_user_title": "Cannot migrate phone number",
+                "error_user_msg": "There was an error migrating this phone number. Please try again after some time.",
+                "fbtrace_id": "AbC"
+            }
+        })))
+        .await;
+        let up = api(&err);
+        assert_eq!(
+            up.message,
+            "(#100) Invalid parameter — Cannot migrate phone number — There was an error migrating this phone number. Please try again after some time."
+        );
+        // The transient variant, although `message` alone does not say so.
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test]
     async fn graph_400_with_subcode_and_fbtrace_is_permanent() {
         let err = error_for(ResponseTemplate::new(400).set_body_json(json!({
             "error": {
@@ -1109,7 +1146,7 @@ mod tests {
         assert_eq!(up.fbtrace_id.as_deref(), Some("AbCdEf123"));
         assert_eq!(
             up.message,
-            "(#100) Cannot migrate phone number — No app is subscribed to the destination WABA"
+            "(#100) Cannot migrate phone number — Webhooks are not subscribed — No app is subscribed to the destination WABA"
         );
         assert_eq!(up.is_transient, None);
         assert!(!err.is_retryable());

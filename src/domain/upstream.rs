@@ -142,11 +142,17 @@ impl CallError {
     }
 }
 
-/// Graph error codes that are transient per Meta's documentation (`meta-graph-api.md` §4.3).
+/// Graph error codes that are transient per Meta's documentation (`meta-graph-api.md` §4.3):
+/// the rule-of-thumb list, and Embedded Signup's generic request/verify failures (2593037,
+/// 2593039: "retry").
 const TRANSIENT_GRAPH_CODES: &[i64] = &[
     1, 2, 4, 17, 32, 341, 613, 80007, 80008, 130429, 131000, 131016, 131056, 131057, 133004,
-    133008, 133009, 133015, 2494100,
+    133008, 133009, 133015, 2494100, 2593037, 2593039,
 ];
+
+/// 360dialog's throttling answer (HTTP 400 on the Messaging API, `360dialog-api.md` §4):
+/// back off and try again.
+const D360_RATE_LIMITED: &str = "exceeded the endpoint rate limit";
 
 fn classify_retryable(e: &UpstreamError) -> bool {
     if let Some(t) = e.is_transient {
@@ -173,7 +179,14 @@ fn classify_retryable(e: &UpstreamError) -> bool {
             matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
         }
         Service::D360Partner | Service::D360Messaging => {
-            matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
+            // The Messaging API passes Meta's error objects through: their codes mean what
+            // they mean on Graph. The Partner API's codes are its own.
+            (e.service == Service::D360Messaging
+                && TRANSIENT_GRAPH_CODES
+                    .iter()
+                    .any(|c| e.code == Some(*c) || e.subcode == Some(*c)))
+                || e.message.to_ascii_lowercase().contains(D360_RATE_LIMITED)
+                || matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
         }
     }
 }
@@ -275,6 +288,12 @@ pub struct Template {
     /// `quality_score.score`: `GREEN`, `YELLOW`, `RED`, `UNKNOWN`.
     #[serde(default)]
     pub quality_score: Option<String>,
+}
+
+/// Meta's template limit per WABA (`meta-graph-api.md` §2.3, TPL-LIM): 250 while the parent
+/// portfolio is unverified, 6,000 once it is verified. Each language variant counts.
+pub fn template_limit(portfolio_verified: bool) -> usize {
+    if portfolio_verified { 6000 } else { 250 }
 }
 
 /// Response of `POST /{dest-waba-id}/migrate_message_templates`.

@@ -75,7 +75,7 @@ pub struct CreateBatch {
     #[schema(min_items = 1, max_items = 5000)]
     pub migrations: Vec<CreateBatchItem>,
     /// 1 to 1000 (default 20): how many of its migrations may be past `queued` and before
-    /// `awaiting_otp` at once. Stored now; the worker paces batches in the next increment.
+    /// `awaiting_otp` at once; the others wait, held, for a free slot (see README "Pacing").
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,

@@ -73,6 +73,28 @@ where
     }
 }
 
+/// Body fields that carry secrets (DESIGN §3: never in error messages): a problem with one
+/// names its type, never its value.
+const SECRET_FIELDS: &[&str] = &["code", "pin", "d360_api_key"];
+
+/// `message` without the values serde quotes in it (`` `123456` ``, `"123456"`).
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut closing = None;
+    for c in message.chars() {
+        match closing {
+            Some(end) if c == end => closing = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => closing = Some(c),
+            None => out.push(c),
+        }
+    }
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" ,", ",")
+}
+
 /// The fields of a JSON object body, taken one by one; collects every problem.
 #[derive(Debug)]
 pub struct Fields {
@@ -114,9 +136,15 @@ impl Fields {
                     serde_path_to_error::Segment::Map { key } => Some(Cow::Owned(key.clone())),
                     _ => None,
                 }));
+                let message = e.into_inner().to_string();
                 self.errors.push(FieldError {
                     pointer: pointer(segments.iter().map(AsRef::as_ref)),
-                    message: e.into_inner().to_string(),
+                    // serde quotes the value it could not read: not a secret's.
+                    message: if SECRET_FIELDS.contains(&name) {
+                        without_quoted(&message)
+                    } else {
+                        message
+                    },
                     ..Default::default()
                 });
                 None
@@ -760,6 +788,36 @@ mod tests {
                 ("/aa", "unknown field; expected one of `a`, `b`, `c`, `d`"),
                 ("/zz", "unknown field; expected one of `a`, `b`, `c`, `d`"),
             ]
+        );
+    }
+
+    #[test]
+    fn a_secret_fields_problem_never_quotes_its_value() {
+        let body = serde_json::json!({ "code": 123456, "pin": [654321], "name": 777 });
+        let Value::Object(object) = body else {
+            unreachable!()
+        };
+        let mut f = Fields::new(object, false);
+        let _ = f.required::<String>("code");
+        let _ = f.optional::<String>("pin");
+        let _ = f.optional::<String>("name");
+        let err = f.finish(Some(())).unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .errors
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/code", "invalid type: integer, expected a string"),
+                ("/pin", "invalid type: sequence, expected a string"),
+                ("/name", "invalid type: integer `777`, expected a string"),
+            ]
+        );
+        assert_eq!(
+            without_quoted(r#"invalid value: string "12 34", expected `six digits`"#),
+            "invalid value: string, expected"
         );
     }
 

@@ -89,7 +89,9 @@ pub struct CreateMigration {
     #[serde(default)]
     #[schema(pattern = "^[a-z]{2}_[A-Z]{2}$")]
     pub otp_language: Option<String>,
-    /// 6-digit two-step verification PIN to set at registration; generated if absent.
+    /// 6-digit two-step verification PIN to set at registration. If absent, a random one is
+    /// generated, stored encrypted and never shown: pass the client's PIN to keep one it knows
+    /// (the client can set a new one in WhatsApp Manager later).
     #[serde(default)]
     #[schema(pattern = "^[0-9]{6}$")]
     pub pin: Option<String>,

@@ -19,9 +19,6 @@ const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 1000;
 /// Page size of `migrate_message_templates` (and the maximum `count`).
 const TEMPLATE_BATCH: u64 = 500;
-/// Meta's template limit for verified portfolios (250 when unverified).
-const TEMPLATE_LIMIT_VERIFIED: usize = 6000;
-const TEMPLATE_LIMIT_UNVERIFIED: usize = 250;
 const CURSOR_PREFIX: &str = "QVFI";
 
 /// A Graph error, rendered as the Graph error object.
@@ -409,7 +406,16 @@ pub(crate) async fn get_edge(
                             .map(World::phone_json);
                         filter_phones(all, &params).map_err(GraphError::reply)?
                     }
-                    "list_templates" => waba.templates.iter().map(template_json).collect(),
+                    "list_templates" => {
+                        let mut items: Vec<Value> =
+                            waba.templates.iter().map(template_json).collect();
+                        if w.waba_has(waba, Scenario::TemplateLimit) {
+                            // Full: as many templates as its limit allows.
+                            let filler = w.template_limit(waba).saturating_sub(items.len());
+                            items.extend((0..filler).map(|i| filler_template_json(&id, i)));
+                        }
+                        items
+                    }
                     _ => {
                         let data = if w.waba_has_app(waba) {
                             vec![json!({"whatsapp_business_api_data": {
@@ -651,6 +657,18 @@ fn template_json(t: &TemplateRec) -> Value {
         "status": t.status,
         "category": t.category,
         "quality_score": {"score": t.quality, "date": t.quality_date},
+    })
+}
+
+/// The `i`th of the templates that fill a WABA up to its limit (scenario 0018).
+fn filler_template_json(waba_id: &str, i: usize) -> Value {
+    json!({
+        "id": format!("{waba_id}{i:05}"),
+        "name": format!("existing_template_{i}"),
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "quality_score": {"score": "GREEN", "date": 1_700_000_000},
     })
 }
 
@@ -956,11 +974,7 @@ impl World {
                 "Templates can only be migrated between WhatsApp Business Accounts owned by the same business",
             ));
         }
-        let limit = if self.waba_has(dest_waba, Scenario::BusinessNotVerified) {
-            TEMPLATE_LIMIT_UNVERIFIED
-        } else {
-            TEMPLATE_LIMIT_VERIFIED
-        };
+        let limit = self.template_limit(dest_waba);
 
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         let mut candidates: Vec<(String, String, String, String)> = Vec::new();

@@ -93,7 +93,7 @@ pub const SCENARIOS: &[(&str, &str, &str)] = &[
     (
         "0018",
         "template_limit_reached",
-        "migrate_message_templates into this number's destination (or a destination WABA id ending in 0018) fails with 100/2388019 \"Message Template Limit Exceeded\".",
+        "This number's destination (or a destination WABA id ending in 0018) is full: it lists as many templates as its limit allows, so the precheck warns, and migrate_message_templates into it fails with 100/2388019 \"Message Template Limit Exceeded\".",
     ),
     (
         "0019",

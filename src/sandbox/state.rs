@@ -310,6 +310,11 @@ impl World {
     /// added to it as a source (source-level scenarios) or migrating into it
     /// (destination-level scenarios). Only the current number counts, so a scenario number
     /// marks a WABA until another number is added there, never for good.
+    /// Meta's template limit of `waba`: 250 when its portfolio is unverified (scenario 0006).
+    pub(crate) fn template_limit(&self, waba: &WabaRec) -> usize {
+        crate::domain::upstream::template_limit(!self.waba_has(waba, Scenario::BusinessNotVerified))
+    }
+
     pub(crate) fn waba_has(&self, waba: &WabaRec, scenario: Scenario) -> bool {
         if Scenario::of(&waba.id) == Some(scenario) {
             return true;

@@ -61,6 +61,8 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
                 return Some(ErrorCode::TemplateLimitReached);
             }
             if upstream.has_code(2388103) {
+                let unapproved =
+                    text.contains("not approved") || text.contains("not been approved");
                 let code = if text.contains("error migrating") {
                     ErrorCode::UpstreamUnavailable
                 } else if text.contains("two-step")
@@ -73,16 +75,21 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
                     ErrorCode::AddDirectlyNotMigration
                 } else if text.contains("different business") || text.contains("same business") {
                     ErrorCode::BusinessMismatch
-                } else if text.contains("display name") || text.contains("name") {
-                    ErrorCode::DisplayNameNotApproved
                 } else if text.contains("payment") {
                     ErrorCode::DestinationNoPaymentMethod
                 } else if text.contains("webhook") || text.contains("subscribed") {
                     ErrorCode::DestinationNoSubscribedApp
-                } else if text.contains("destination") && text.contains("not approved") {
+                } else if text.contains("display name")
+                    || text.contains("register name")
+                    || text.contains("verified name")
+                    || text.contains("name change")
+                    || text.contains("name status")
+                {
+                    ErrorCode::DisplayNameNotApproved
+                } else if text.contains("destination") && unapproved {
                     ErrorCode::DestinationWabaNotApproved
                 } else if text.contains("not set up")
-                    || text.contains("not approved")
+                    || unapproved
                     || text.contains("messaging for")
                     || text.contains("on behalf")
                 {
@@ -230,6 +237,29 @@ mod tests {
                 "Cannot migrate phone number: no app subscribed to webhooks",
                 ErrorCode::DestinationNoSubscribedApp,
             ),
+            (
+                "The destination WhatsApp Business Account has not been approved",
+                ErrorCode::DestinationWabaNotApproved,
+            ),
+            (
+                "The source WhatsApp Business Account is not set up: its review is not approved",
+                ErrorCode::SourceWabaNotApproved,
+            ),
+            // 360dialog's troubleshooting page words it so.
+            (
+                "Register Name should be present and approved",
+                ErrorCode::DisplayNameNotApproved,
+            ),
+            // A text that merely has "name" in it is no display-name variant.
+            (
+                "(#100) Invalid parameter — The account name is not usable",
+                ErrorCode::UpstreamRejected,
+            ),
+            // Meta's words sit in `error_user_msg`; the message read gathers every text.
+            (
+                "(#100) Invalid parameter — Cannot migrate — The destination WhatsApp Business Account does not have a payment account",
+                ErrorCode::DestinationNoPaymentMethod,
+            ),
         ];
         for (text, code) in cases {
             assert_eq!(
@@ -313,6 +343,59 @@ mod tests {
             outcome(&graph(80008, None, "throttled"), s),
             StepOutcome::Transient { .. }
         ));
+        // Embedded Signup's generic request/verify failures: "retry" (meta-graph-api.md §4.3).
+        for code in [2593037, 2593039] {
+            assert!(matches!(
+                outcome(
+                    &graph(code, None, "request failed"),
+                    MigrationState::RequestingOtp
+                ),
+                StepOutcome::Transient { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn d360_throttling_and_proxied_transient_graph_codes_are_retried() {
+        let e = |service, status, code, message: &str| clients::Error::Api {
+            upstream: UpstreamError {
+                service,
+                http_status: Some(status),
+                code,
+                subcode: None,
+                fbtrace_id: None,
+                message: message.into(),
+                is_transient: None,
+            },
+            retry_after: None,
+        };
+        let s = MigrationState::GeneratingApiKey;
+        let throttled = e(
+            Service::D360Messaging,
+            400,
+            None,
+            "You have exceeded the endpoint rate limit",
+        );
+        assert!(matches!(
+            outcome(&throttled, s),
+            StepOutcome::Transient { .. }
+        ));
+        let proxied = e(
+            Service::D360Messaging,
+            400,
+            Some(131000),
+            "(#131000) Something went wrong",
+        );
+        assert!(matches!(
+            outcome(&proxied, s),
+            StepOutcome::Transient { .. }
+        ));
+        // The Partner API's own codes are not Graph's: a 400 stays a refusal.
+        let partner = e(Service::D360Partner, 400, Some(131000), "Wrong payload");
+        assert_eq!(
+            failed_code(outcome(&partner, s)),
+            ErrorCode::UpstreamRejected
+        );
     }
 
     #[test]

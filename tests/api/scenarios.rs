@@ -265,7 +265,23 @@ async fn template_limit_is_reported_without_failing_the_migrated_number(pool: Pg
             "meta_business_id": BUSINESS,
         }))
         .await;
-    app.wait_for(&id, "awaiting_otp").await;
+    let waiting = app.wait_for(&id, "awaiting_otp").await;
+    // The precheck saw it coming: the destination is full, so none of the four eligible
+    // templates fits (a warning, not a failure).
+    let check = waiting["precheck"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "templates_eligible")
+        .unwrap();
+    assert_eq!(check["status"], "warn", "{check:#}");
+    assert_eq!(check["code"], "template_limit_reached");
+    assert!(
+        check["message"].as_str().unwrap().ends_with(
+            "0 of the 4 to copy fit the destination's template limit (6000 of 6000 used)."
+        ),
+        "{check:#}"
+    );
     app.submit_otp(&id, "123456").await;
     // The number is migrated and keyed; the report says what did not make it and why.
     let m = app.wait_for(&id, "completed").await;

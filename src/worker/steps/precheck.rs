@@ -112,7 +112,17 @@ pub(super) async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result
                 Ok(Some(id)) => Ok(StepResult::done()
                     .with(|p| p.phone_number_id = Some(id))
                     .data(json!({ "already_in_destination": true }))),
-                Ok(None) => Ok(StepResult::new(outcome(&e, state))),
+                // Meta says it is there but does not list it (yet): look again later, like
+                // any transient failure, rather than fail with a code that means "continue".
+                Ok(None) => Ok(StepResult::new(StepOutcome::Transient {
+                    error: MigrationError::new(ErrorCode::UpstreamUnavailable, state)
+                        .with_message(
+                            "Meta answers that the number is already in the destination WABA, \
+                             but does not list it there yet; looking again.",
+                        )
+                        .with_upstream(e.upstream().cloned()),
+                    retry_after: None,
+                })),
                 Err(e) => Ok(StepResult::new(outcome(&e, state))),
             }
         }
