@@ -444,6 +444,9 @@ pub struct SandboxArgs {
 /// that and still lets tests run with small values.
 pub const SHUTDOWN_GRACE_MARGIN_SECONDS: f64 = 1.0;
 
+/// Shortest `ADMIN_API_KEY`: an operator chooses it, and it sees every tenant.
+pub const MIN_ADMIN_KEY_CHARS: usize = 24;
+
 impl DbArgs {
     /// A malformed `DATABASE_URL` is named without echoing it (it holds a password).
     pub fn validate(&self) -> Result<(), String> {
@@ -475,6 +478,14 @@ impl ServeArgs {
 impl ApiArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.admin_api_key {
+            use secrecy::ExposeSecret;
+            if key.expose_secret().chars().count() < MIN_ADMIN_KEY_CHARS {
+                return Err(format!(
+                    "ADMIN_API_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)"
+                ));
+            }
+        }
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(
                 "RATE_LIMIT_BURST must be at least 1 when RATE_LIMIT_PER_SECOND is set".into(),

@@ -67,6 +67,11 @@ async fn a_bad_setting_exits_with_one_line_naming_it() {
             vec![("SANDBOX_FAULT_RATE", "1.5")],
             None,
         ),
+        (
+            "ADMIN_API_KEY",
+            vec![("ADMIN_API_KEY", "letmein-admin")],
+            Some("letmein-admin"),
+        ),
     ] {
         let started = Instant::now();
         let (status, stderr) = serve_with(&env).await;

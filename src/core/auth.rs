@@ -321,32 +321,37 @@ where
     T: Default,
     Fut: Future<Output = Result<Option<(Uuid, T)>, db::Error>>,
 {
+    let hash: KeyHash = key_hash
+        .try_into()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("an API key hash is not 32 bytes")))?;
+    let guard = &state.auth;
+    let known_unknown = match guard.precheck(client, &hash) {
+        Precheck::Blocked(wait) => {
+            crate::metrics::api_key_lookup("refused");
+            return Err(too_many_failures(wait));
+        }
+        Precheck::KnownUnknown => true,
+        Precheck::Lookup => false,
+    };
+    // The admin key only past the block: an operator chose it (a partner key is 256 random
+    // bits), so a blocked address must not learn that a guess was right.
     if let Some(admin) = &state.admin_key_hash
         && crypto::constant_time_eq(admin, key_hash)
     {
         return Ok((Caller::Admin, T::default()));
     }
-    let hash: KeyHash = key_hash
-        .try_into()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("an API key hash is not 32 bytes")))?;
-    let guard = &state.auth;
-    match guard.precheck(client, &hash) {
-        Precheck::Blocked(wait) => {
-            crate::metrics::api_key_lookup("refused");
-            return Err(too_many_failures(wait));
+    if known_unknown {
+        crate::metrics::api_key_lookup("cached_not_found");
+    } else {
+        guard.database_lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some((partner, read)) = lookup(hash).await? {
+            crate::metrics::api_key_lookup("found");
+            // Re-inserted on every success: the hour counts from the key's last use.
+            guard.known_good.insert(hash, ());
+            return Ok((Caller::Partner(partner), read));
         }
-        Precheck::KnownUnknown => crate::metrics::api_key_lookup("cached_not_found"),
-        Precheck::Lookup => {
-            guard.database_lookups.fetch_add(1, Ordering::Relaxed);
-            if let Some((partner, read)) = lookup(hash).await? {
-                crate::metrics::api_key_lookup("found");
-                // Re-inserted on every success: the hour counts from the key's last use.
-                guard.known_good.insert(hash, ());
-                return Ok((Caller::Partner(partner), read));
-            }
-            crate::metrics::api_key_lookup("not_found");
-            guard.unknown.insert(hash, ());
-        }
+        crate::metrics::api_key_lookup("not_found");
+        guard.unknown.insert(hash, ());
     }
     guard.failed(client).map_err(too_many_failures)?;
     Err(ApiError::invalid_token())

@@ -638,6 +638,17 @@ pub const REPORT_COLUMNS: &[&str] = &[
     "api_key_ready",
 ];
 
+/// A partner's free text as a report cell that a spreadsheet shows and never runs: one that
+/// starts like a formula (`=`, `+`, `-`, `@`, tab, carriage return) gets a leading `'`
+/// (OWASP, "CSV Injection"). Support staff open these reports in Excel.
+fn spreadsheet_safe(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
+}
+
 /// One report row of a migration.
 fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
     let m = Migration::from(row);
@@ -657,7 +668,7 @@ fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
     let key_ready = m.state == MigrationState::Completed
         && matches!(m.api_key.status.as_str(), "generated" | "verified");
     vec![
-        row.batch_reference.clone().unwrap_or_default(),
+        spreadsheet_safe(row.batch_reference.as_deref().unwrap_or_default()),
         m.phone_number.clone(),
         m.id.to_string(),
         m.state.as_str().to_owned(),
@@ -700,4 +711,26 @@ pub async fn report(
         .into_inner()
         .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the report: {e}")))?;
     Ok((batch, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spreadsheet_safe;
+
+    #[test]
+    fn references_that_look_like_formulas_are_shown_not_run() {
+        for formula in [
+            "=HYPERLINK(\"x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        for plain in ["row-7", "", "client 42", "'quoted"] {
+            assert_eq!(spreadsheet_safe(plain), plain);
+        }
+    }
 }

@@ -108,6 +108,20 @@ impl std::fmt::Display for NotPublic {
     }
 }
 
+impl NotPublic {
+    /// What kind of address it is, without the address: what a resolved name may reveal to
+    /// the partner who gave it (a delivery's error is shown to them).
+    pub fn kind(&self) -> String {
+        let block = self
+            .block
+            .map_or("outside 2000::/3 (not global unicast)", |b| b.name);
+        match self.via {
+            Some(via) => format!("{} carrying a {block} address", via.name),
+            None => format!("a {block} address"),
+        }
+    }
+}
+
 /// Whether a callback may be delivered to `ip`: it must be globally reachable.
 ///
 /// The rules are the table [`BLOCKS`]: the most specific block holding the address decides.
@@ -312,11 +326,10 @@ impl Resolve for PublicResolver {
             let public: Vec<SocketAddr> =
                 all.iter().copied().filter(|a| is_public(a.ip())).collect();
             if public.is_empty() {
+                // The kind of address, never the address: the partner reads this error, and
+                // the name may be one of our internal hosts.
                 let shown = match all.first() {
-                    Some(a) => check_ip(a.ip())
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
+                    Some(a) => check_ip(a.ip()).err().map(|e| e.kind()).unwrap_or_default(),
                     None => "no address at all".into(),
                 };
                 return Err(format!(
@@ -554,6 +567,10 @@ mod tests {
             .await
             .err()
             .expect("localhost must be refused");
-        assert!(err.to_string().contains("no public address"), "{err}");
+        let err = err.to_string();
+        assert!(err.contains("no public address"), "{err}");
+        // Says what kind, never which: the name may be an internal host's.
+        assert!(err.contains("Loopback address"), "{err}");
+        assert!(!err.contains("127.0.0.1") && !err.contains("::1"), "{err}");
     }
 }

@@ -834,7 +834,9 @@ async fn list_batch_migrations(
 /// `error_code` (failed migrations), `actor` and `remediation` (who must act and what to do:
 /// a failed migration's error, or what a waiting one waits for), `templates_migrated`,
 /// `templates_failed`, `templates_skipped`, and `api_key_ready` (`yes` once the migration is
-/// completed with its key). Items rejected at creation have no migration and no row.
+/// completed with its key). Items rejected at creation have no migration and no row. A
+/// `reference` that starts like a spreadsheet formula (`=`, `+`, `-`, `@`, tab, carriage
+/// return) is written with a leading `'`.
 #[utoipa::path(
     get, path = "/v1/batches/{id}/report.csv", tag = "batches",
     params(("id" = Uuid, Path, description = "Batch id")),

@@ -19,6 +19,8 @@ use crate::db::{self, webhooks as store};
 
 /// Leases outlive an attempt by this much, so a live dispatcher never loses its lease mid-send.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// Most bytes of a consumer's answer read (and thrown away) after a delivery.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -266,10 +268,21 @@ impl Dispatcher {
             .send()
             .await;
         match sent {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
-                // Drain a little of the body so the connection can be reused; ignore its content.
-                let _ = tokio::time::timeout(Duration::from_secs(1), resp.bytes()).await;
+                // Drain a small body so the connection can be reused; ignore its content. A
+                // larger one is dropped unread (and its connection with it): chunk by chunk,
+                // never buffered whole.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut left = DRAIN_LIMIT;
+                    while let Ok(Some(chunk)) = resp.chunk().await {
+                        let Some(rest) = left.checked_sub(chunk.len()) else {
+                            break;
+                        };
+                        left = rest;
+                    }
+                })
+                .await;
                 Outcome {
                     status_code: Some(i32::from(status.as_u16())),
                     error: (!status.is_success()).then(|| format!("consumer answered {status}")),

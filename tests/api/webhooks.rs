@@ -515,6 +515,11 @@ async fn callbacks_to_private_addresses_are_refused(pool: PgPool) {
     assert!(attempt["response_status"].is_null());
     let error = attempt["error"].as_str().unwrap();
     assert!(error.contains("no public address"), "{error}");
+    // The partner reads this: the kind of address, not the address its name resolved to.
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains("::1"),
+        "{error}"
+    );
     assert_eq!(log[0]["status"], "pending", "retried later, on schedule");
 }
 
