@@ -22,6 +22,13 @@ fn key(t: &Template) -> (String, String) {
 
 const TEMPLATE_PAGE: usize = 500;
 
+/// Ids per call when a later attempt retries the missing templates: half a page on the first
+/// retry, halving again on each one after (down to 31). Meta's advice for a copy that times
+/// out after 30 s (our upstream timeout) is a smaller batch.
+fn retry_chunk(attempt: i32) -> usize {
+    TEMPLATE_PAGE >> attempt.clamp(1, 4)
+}
+
 pub(super) async fn copying_templates(
     deps: &Deps,
     row: &store::MigrationRow,
@@ -58,7 +65,7 @@ pub(super) async fn copying_templates(
             (0..pages as u32).map(|p| (p, None)).collect()
         } else {
             missing
-                .chunks(TEMPLATE_PAGE)
+                .chunks(retry_chunk(row.attempt))
                 .map(|c| (0, Some(c.to_vec())))
                 .collect()
         };
@@ -188,4 +195,15 @@ pub(super) async fn copying_templates(
         .with(|p| p.templates = Some(json!(report)))
         .forget(MemoKey::TemplatesCopied)
         .data(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_chunk;
+
+    #[test]
+    fn each_retry_sends_fewer_ids() {
+        let sizes: Vec<usize> = (0..7).map(retry_chunk).collect();
+        assert_eq!(sizes, [250, 250, 125, 62, 31, 31, 31]);
+    }
 }
