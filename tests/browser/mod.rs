@@ -8,6 +8,7 @@
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-/// chromedriver (a child process of this test, killed on drop) and a browser session.
+/// chromedriver (a child process of this test, in a process group of its own that is killed
+/// on drop, Chromium with it) and a browser session.
 pub struct Browser {
     driver: Child,
     pub client: Client,
@@ -35,6 +37,13 @@ impl Drop for TempDir {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Chromium is chromedriver's child, not ours: killing chromedriver alone would leave
+        // it running. The group is the one chromedriver was started in (its own id), so this
+        // stops exactly what this test started.
+        #[cfg(target_os = "linux")]
+        if let Some(pid) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -67,6 +76,8 @@ impl Browser {
             .port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            // Its own process group, which Chromium joins: see `Drop`.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -97,6 +108,9 @@ impl Browser {
                     "--headless=new", "--no-sandbox", "--disable-gpu",
                     "--disable-dev-shm-usage", format!("--window-size={width},{height}"),
                     "--no-first-run", "--no-default-browser-check",
+                    // No crash handler: it would start in a session of its own and outlive
+                    // the test.
+                    "--disable-breakpad", "--disable-crash-reporter",
                     format!("--user-data-dir={}", profile.display()),
                 ],
             }),
