@@ -85,16 +85,18 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
             "ENCRYPTION_KEY_OLD is not set: only checking that every value opens under ENCRYPTION_KEY"
         );
     }
-    let url = args
-        .db
-        .database_url
-        .as_ref()
-        .context("DATABASE_URL is required for `reencrypt`")?;
-    let pool = db::connect(url.expose_secret(), 2)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
+    // DATABASE_URL, or the embedded database under DATA_DIR (started for the occasion, or the
+    // one a running `serve` uses), as `migrate` does.
+    let db_args = DbArgs {
+        database_max_connections: 2,
+        ..args.db.clone()
+    };
+    let (pool, embedded) = database(&db_args, false).await?;
     let report = crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
     pool.close().await;
+    if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
+        pg.stop().await?;
+    }
     let report = report.context("re-encryption failed (safe to run again)")?;
     print!("{report}");
     anyhow::ensure!(
@@ -363,6 +365,15 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
     // The key first: a bad one is reported before anything connects or starts.
     let cipher = encryption_key(&run, run.db.database_url.is_none())?;
     let (pool, embedded) = database(&run.db, run.run_migrations).await?;
+    if let Some(column) = crate::crypto_rotation::first_unopenable(&pool, &cipher).await? {
+        pool.close().await;
+        if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
+            pg.stop().await?;
+        }
+        anyhow::bail!(
+            "ENCRYPTION_KEY does not open the secrets stored in this database ({column}): start with the key they were sealed with (during a rotation, the new one with ENCRYPTION_KEY_OLD set to the old one; with the embedded database and no ENCRYPTION_KEY, the key is DATA_DIR/encryption.key)"
+        );
+    }
 
     let up = &run.upstreams;
     let mut upstreams = Upstreams {
@@ -548,7 +559,10 @@ fn dev_banner(
             crate::sandbox::SANDBOX_OTP_CODE
         );
     }
-    let _ = writeln!(out, "\n  Keys for this run (new ones at each start):\n");
+    let _ = writeln!(
+        out,
+        "\n  Keys, new at each start (earlier partner keys keep working until revoked; the admin key does not):\n"
+    );
     let _ = writeln!(
         out,
         "    export KEY={partner_key}        # development partner: its migrations"

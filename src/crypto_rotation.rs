@@ -93,15 +93,20 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self
+            .columns
+            .iter()
+            .map(|c| c.column.len())
+            .fold("column".len(), usize::max);
         writeln!(
             f,
-            "{:<32} {:>9} {:>9} {:>17} {:>13}",
+            "{:<w$} {:>9} {:>9} {:>17} {:>13}",
             "column", "current", "resealed", "changed meanwhile", "undecryptable"
         )?;
         for c in &self.columns {
             writeln!(
                 f,
-                "{:<32} {:>9} {:>9} {:>17} {:>13}",
+                "{:<w$} {:>9} {:>9} {:>17} {:>13}",
                 c.column,
                 c.current,
                 c.resealed,
@@ -120,6 +125,21 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// The first column of [`ENCRYPTED_COLUMNS`] whose oldest value no key of `cipher` opens, if
+/// any: a service started with the wrong key (say, the old one after a rotation) would
+/// otherwise run and fail every read of a secret.
+pub async fn first_unopenable(pool: &PgPool, cipher: &Cipher) -> Result<Option<String>, db::Error> {
+    for col in ENCRYPTED_COLUMNS {
+        let oldest = db::encrypted::batch(pool, col.table, col.column, None, 1).await?;
+        if let Some((id, sealed)) = oldest.first()
+            && cipher.open_reporting_key(sealed, &(col.aad)(*id)).is_err()
+        {
+            return Ok(Some(col.name()));
+        }
+    }
+    Ok(None)
 }
 
 /// Re-seals every value of [`ENCRYPTED_COLUMNS`] that only the old key of `cipher` opens, in

@@ -74,8 +74,30 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics may be incomplete");
         }
         describe();
+        zeroes();
         handle
     })
+}
+
+/// Counters with a known set of labels are shown from the first scrape, at 0: a rate over a
+/// series that appears only at its first event misses that event.
+fn zeroes() {
+    counter!("waba_migrations_created_total").increment(0);
+    counter!("waba_batch_admitted_total").increment(0);
+    counter!("waba_batch_throttled_total").increment(0);
+    for step in MigrationState::ALL.iter().filter(|s| !s.is_terminal()) {
+        counter!("waba_step_retries_total", "step" => step.as_str()).increment(0);
+    }
+    for reason in [
+        "header_timeout",
+        "idle_timeout",
+        "write_timeout",
+        "evicted",
+        "over_limit_full",
+        "shutdown",
+    ] {
+        counter!("waba_http_connections_dropped_total", "reason" => reason).increment(0);
+    }
 }
 
 /// Keeps histogram storage bounded when nobody scrapes (call every few seconds).
@@ -160,7 +182,7 @@ fn describe() {
     );
     describe_counter!(
         "waba_batch_admitted_total",
-        "Batch migrations given a slot by the admission step (batch pacing)."
+        "Batch migrations given a slot (batch pacing): at their batch's creation or by the admission step."
     );
     describe_counter!(
         "waba_batch_throttled_total",
@@ -204,7 +226,8 @@ pub fn transition(from: &str, row: &MigrationRow) {
     }
 }
 
-/// The admission step released `n` held batch migrations.
+/// `n` batch migrations were given a slot: by the admission step, or as their batch was
+/// created.
 pub fn batch_admitted(n: u64) {
     counter!("waba_batch_admitted_total").increment(n);
 }

@@ -664,6 +664,51 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
         .unwrap();
     assert_eq!(counters["register"]["applied"], 1, "{counters}");
     serve.stop().await;
+
+    // `reencrypt` finds the embedded database too (it starts it for the occasion): with the
+    // key kept beside the data, every stored secret opens under it.
+    let key = std::fs::read_to_string(data_dir.join("encryption.key")).unwrap();
+    let checked = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(BIN)
+            .arg("reencrypt")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", &data_dir)
+            .env("ENCRYPTION_KEY", key.trim())
+            .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("reencrypt finishes")
+    .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "reencrypt with the embedded database: {report}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(report.contains("migrations.api_key_enc"), "{report}");
+
+    // Started with another key (the old one after a rotation, say), the service stops at once
+    // with one line naming the setting, instead of failing every read of a secret.
+    let other = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let data = data_dir.to_string_lossy().into_owned();
+    let pg_bin = std::env::var("PG_BIN").unwrap_or_default();
+    let mut env = vec![("DATA_DIR", data.as_str()), ("ENCRYPTION_KEY", other)];
+    if !pg_bin.is_empty() {
+        env.push(("PG_BIN", pg_bin.as_str()));
+    }
+    let (status, stderr) = serve_with(&env).await;
+    assert!(!status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("ENCRYPTION_KEY does not open"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(other), "{stderr}");
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

@@ -261,7 +261,7 @@ pub async fn create(
     }
     // The first `max_in_flight` start now (in this transaction, so at commit); the rest wait
     // for a slot (the workers' admission).
-    store::admit(&mut tx, Some(batch_id)).await?;
+    let admitted = store::admit(&mut tx, Some(batch_id)).await?;
     let hosted_ids: Vec<Uuid> = rows
         .iter()
         .map(|r| r.id)
@@ -279,6 +279,7 @@ pub async fn create(
         idempotency::finish(&mut tx, partner_id, key, 201, &json!(out)).await?;
     }
     tx.commit().await?;
+    crate::metrics::batch_admitted(admitted);
     let by_id: HashMap<Uuid, &migrations_store::MigrationRow> =
         rows.iter().map(|r| (r.id, r)).collect();
     let pages: HashMap<Uuid, _> = pages.into_iter().map(|p| (p.migration_id, p)).collect();

@@ -264,9 +264,9 @@ pub fn overview(session: &Session, d: &Overview) -> Html<String> {
             }
         }
         section aria-labelledby="h-fail" {
-            h2 #h-fail { "Failures in the last 24 h" }
+            h2 #h-fail { "Failed in the last 24 h, not retried since" }
             @if d.failures.is_empty() {
-                p.muted { "No migration failed in the last 24 hours." }
+                p.muted { "No migration that failed in the last 24 hours is still failed." }
             } @else {
                 table {
                     thead { tr {

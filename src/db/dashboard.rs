@@ -108,7 +108,8 @@ pub async fn stuck(
     .await?)
 }
 
-/// Migrations that failed in the last 24 hours, by `error.code`, most frequent first.
+/// Migrations that failed in the last 24 hours and are still failed (not retried since), by
+/// `error.code`, most frequent first.
 pub async fn recent_failures(
     ex: impl PgExecutor<'_>,
     partner: Option<Uuid>,

@@ -39,17 +39,13 @@ pub fn frees_slot(from: MigrationState, to: MigrationState) -> bool {
     is_paced(from) && !is_paced(to)
 }
 
-/// Graph error codes of Meta's rate limiting (`meta-graph-api.md` §4): application (4),
-/// user (17), page (32), API-specific (613), WABA (80007, 80008) and Cloud API (130429).
-const GRAPH_THROTTLING: &[i64] = &[4, 17, 32, 613, 80007, 80008, 130429];
-
 /// Whether a step's error is Meta throttling (a Graph rate-limit code, or HTTP 429 from
 /// Meta): the batch of the migration pauses its admissions.
 pub fn is_throttling(error: &MigrationError) -> bool {
-    error.upstream.as_ref().is_some_and(|u| {
-        u.service == Service::Meta
-            && (u.http_status == Some(429) || GRAPH_THROTTLING.iter().any(|c| u.has_code(*c)))
-    })
+    error
+        .upstream
+        .as_ref()
+        .is_some_and(|u| u.service == Service::Meta && u.is_throttling())
 }
 
 /// Where a batch's migration stands with its batch's pacing (`batch_slot`; `null` for a

@@ -89,7 +89,24 @@ impl UpstreamError {
     pub fn has_code(&self, n: i64) -> bool {
         self.code == Some(n) || self.subcode == Some(n)
     }
+
+    /// Whether the upstream is rate limiting us: HTTP 429, one of Graph's rate-limit codes
+    /// (from Meta, or passed through by 360dialog's Messaging API), or 360dialog's "exceeded
+    /// the endpoint rate limit".
+    pub fn is_throttling(&self) -> bool {
+        self.http_status == Some(429)
+            || (self.service != Service::D360Partner
+                && GRAPH_THROTTLING.iter().any(|c| self.has_code(*c)))
+            || self
+                .message
+                .to_ascii_lowercase()
+                .contains(D360_RATE_LIMITED)
+    }
 }
+
+/// Graph error codes of Meta's rate limiting (`meta-graph-api.md` §4): application (4),
+/// user (17), page (32), API-specific (613), WABA (80007, 80008) and Cloud API (130429).
+const GRAPH_THROTTLING: &[i64] = &[4, 17, 32, 613, 80007, 80008, 130429];
 
 impl CallError {
     /// Whether retrying the same call later can succeed: the one classification every caller

@@ -32,6 +32,7 @@ use crate::core::client_page;
 use crate::core::migrations::Idempotency;
 use crate::db::batches as store;
 use crate::domain::MigrationState;
+use crate::domain::values::E164;
 
 /// A batch body may be this large (5,000 items): far above the other routes' limit.
 pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -138,14 +139,18 @@ struct Items {
     errors: Vec<(usize, FieldError)>,
 }
 
-fn read_items(objects: Vec<Result<Map<String, Value>, FieldError>>, allow_private: bool) -> Items {
+/// An item as the body gave it: its object, or why there is none; and a problem the body's
+/// reader already found in the object (a CSV `metadata` cell that is not JSON, left out of it).
+type RawItem = (Result<Map<String, Value>, FieldError>, Option<FieldError>);
+
+fn read_items(objects: Vec<RawItem>, allow_private: bool) -> Items {
     let mut out = Items {
         items: Vec::with_capacity(objects.len()),
         sent: Vec::with_capacity(objects.len()),
         errors: Vec::new(),
     };
     let mut first_of: HashMap<String, usize> = HashMap::new();
-    for (index, object) in objects.into_iter().enumerate() {
+    for (index, (object, found)) in objects.into_iter().enumerate() {
         let mut object = match object {
             Ok(o) => o,
             Err(e) => {
@@ -153,6 +158,31 @@ fn read_items(objects: Vec<Result<Map<String, Value>, FieldError>>, allow_privat
                 continue;
             }
         };
+        let failed_before = out.errors.len();
+        out.errors.extend(found.map(|e| (index, e)));
+        // Every problem of the item, the same number given twice included, not the first.
+        let number = object
+            .get("phone_number")
+            .and_then(Value::as_str)
+            .and_then(|p| E164::parse(p).ok());
+        if let Some(number) = number {
+            match first_of.get(number.as_str()) {
+                Some(first) => out.errors.push((
+                    index,
+                    FieldError {
+                        pointer: "/phone_number".into(),
+                        message: format!(
+                            "{} is also item {first} of this batch: each number once per batch",
+                            object["phone_number"].as_str().unwrap_or_default()
+                        ),
+                        ..Default::default()
+                    },
+                )),
+                None => {
+                    first_of.insert(number.as_str().to_owned(), index);
+                }
+            }
+        }
         let reference = match object.remove("reference").map(check_reference) {
             None => Ok(None),
             Some(Ok(r)) => Ok(r),
@@ -164,7 +194,7 @@ fn read_items(objects: Vec<Result<Map<String, Value>, FieldError>>, allow_privat
         };
         let read = NewMigrationRequest::read_object(object, allow_private);
         let (reference, read) = match (reference, read) {
-            (Ok(r), Ok(v)) => (r, v),
+            (Ok(r), Ok(v)) if out.errors.len() == failed_before => (r, v),
             (r, v) => {
                 out.errors.extend(r.err().map(|e| (index, e)));
                 out.errors
@@ -172,23 +202,7 @@ fn read_items(objects: Vec<Result<Map<String, Value>, FieldError>>, allow_privat
                 continue;
             }
         };
-        let phone = read.body.phone_number.clone();
         let checked = read.into_input_parts();
-        let number = checked.0.phone.as_str().to_owned();
-        if let Some(first) = first_of.get(&number) {
-            out.errors.push((
-                index,
-                FieldError {
-                    pointer: "/phone_number".into(),
-                    message: format!(
-                        "{phone} is also item {first} of this batch: each number once per batch"
-                    ),
-                    ..Default::default()
-                },
-            ));
-            continue;
-        }
-        first_of.insert(number, index);
         let mut sent = json!(checked.1);
         if let (Some(r), Value::Object(m)) = (&reference, &mut sent) {
             m.insert("reference".into(), json!(r));
@@ -253,12 +267,15 @@ impl JsonBody for BatchRequest {
         let objects = migrations
             .into_iter()
             .map(|v| match v {
-                Value::Object(o) => Ok(o),
-                _ => Err(FieldError {
-                    pointer: String::new(),
-                    message: "each item must be a JSON object (a create body)".into(),
-                    ..Default::default()
-                }),
+                Value::Object(o) => (Ok(o), None),
+                _ => (
+                    Err(FieldError {
+                        pointer: String::new(),
+                        message: "each item must be a JSON object (a create body)".into(),
+                        ..Default::default()
+                    }),
+                    None,
+                ),
             })
             .collect();
         let items = read_items(objects, allow_private);
@@ -412,7 +429,7 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
             Ok(r) => r,
             Err(e) => {
                 problems.push(csv_error(row, None, format!("not a CSV row: {e}")));
-                objects.push(Err(FieldError::default()));
+                objects.push((Err(FieldError::default()), None));
                 continue;
             }
         };
@@ -439,10 +456,7 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
             };
             object.insert(column.clone(), value);
         }
-        objects.push(match bad_cell {
-            Some(e) => Err(e),
-            None => Ok(object),
-        });
+        objects.push((Ok(object), bad_cell));
     }
     if objects.is_empty() {
         return Err(ApiError::validation(vec![csv_error(

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -533,7 +533,8 @@ async fn rotate_webhook_secret(
     let secret = crypto::generate_webhook_secret();
     let overlap = chrono::Duration::from_std(state.webhooks.secret_overlap)
         .unwrap_or_else(|_| chrono::Duration::days(1));
-    let previous_secret_expires_at = state.clock.now() + overlap;
+    // PostgreSQL keeps microseconds: answer what is stored, like every other timestamp.
+    let previous_secret_expires_at = (state.clock.now() + overlap).trunc_subsecs(6);
     db::webhooks::rotate_secret(
         &state.pool,
         id,

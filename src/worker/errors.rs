@@ -151,9 +151,17 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
     }
     let retryable = err.is_retryable();
     if retryable && code.is_none_or(|c| c == ErrorCode::UpstreamUnavailable) {
+        let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, step);
+        if upstream.is_throttling() {
+            // An expected wait (e.g. 360dialog's one new key per channel every 30 s), not
+            // "something went wrong".
+            error.message = format!(
+                "{} is rate limiting these calls; trying again after the wait it asked for.",
+                service_name(upstream.service)
+            );
+        }
         return StepOutcome::Transient {
-            error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)
-                .with_upstream(Some(upstream)),
+            error: error.with_upstream(Some(upstream)),
             retry_after: err.retry_after(),
         };
     }
@@ -376,10 +384,13 @@ mod tests {
             None,
             "You have exceeded the endpoint rate limit",
         );
-        assert!(matches!(
-            outcome(&throttled, s),
-            StepOutcome::Transient { .. }
-        ));
+        match outcome(&throttled, s) {
+            StepOutcome::Transient { error, .. } => assert_eq!(
+                error.message,
+                "360dialog Messaging API is rate limiting these calls; trying again after the wait it asked for."
+            ),
+            other => panic!("{other:?}"),
+        }
         let proxied = e(
             Service::D360Messaging,
             400,

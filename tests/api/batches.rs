@@ -260,6 +260,39 @@ async fn a_5000_row_csv_is_checked_by_row_and_column_then_created(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_csv_row_reports_every_problem_it_has(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let rows = [
+        format!("+14155551000,{SOURCE_WABA},{DEST_WABA},{BUSINESS},ok,"),
+        // A bad number and a metadata cell that is not JSON: both.
+        format!("+1415,{SOURCE_WABA},{DEST_WABA},{BUSINESS},r2,notjson"),
+        // The first row's number again and a bad destination id: both.
+        format!("+14155551000,{SOURCE_WABA},abc,{BUSINESS},r3,"),
+    ];
+    let csv = format!("{CSV_HEADER}\n{}\n", rows.join("\n"));
+    let res = post_csv(&app, "?name=Mixed", csv, None).await;
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let mut pointers: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    pointers.sort_unstable();
+    assert_eq!(
+        pointers,
+        [
+            "/rows/3/metadata",
+            "/rows/3/phone_number",
+            "/rows/4/destination_waba_id",
+            "/rows/4/phone_number",
+        ],
+        "{body:#}"
+    );
+    assert_eq!(count(&app, "batches").await, 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn csv_header_and_query_problems_are_named(pool: PgPool) {
     let app = TestApp::spawn_with(pool, no_worker()).await;
     let csv = "phone_number,colour\n+14155551000,red\n".to_owned();

@@ -269,3 +269,30 @@ async fn metrics_match_the_api_after_100_migrations(pool: PgPool) {
     );
     assert!(m.sum("waba_db_pool_connections", &[("state", "max")]) >= 1.0);
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn counters_with_known_labels_are_served_before_their_first_event(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let m = Metrics::scrape(&app).await;
+    let has = |name: &str, labels: &[(&str, &str)]| {
+        m.0.samples
+            .iter()
+            .any(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    };
+    for name in [
+        "waba_migrations_created_total",
+        "waba_batch_admitted_total",
+        "waba_batch_throttled_total",
+    ] {
+        assert!(has(name, &[]), "{name}");
+    }
+    for step in ["requesting_otp", "generating_api_key", "awaiting_channel"] {
+        assert!(has("waba_step_retries_total", &[("step", step)]), "{step}");
+    }
+    for reason in ["header_timeout", "idle_timeout", "shutdown"] {
+        assert!(
+            has("waba_http_connections_dropped_total", &[("reason", reason)]),
+            "{reason}"
+        );
+    }
+}
