@@ -263,9 +263,12 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
     if already > 0 {
         message.push_str(&format!("; {already} already in the destination"));
     }
-    message.push_str(&format!(
-        "; {fits} of the {to_copy} to copy fit the destination's template limit ({used} of {limit} used)."
-    ));
+    if to_copy > 0 {
+        message.push_str(&format!(
+            "; {fits} of the {to_copy} to copy fit the destination's template limit ({used} of {limit} used)"
+        ));
+    }
+    message.push('.');
     if fits < to_copy {
         let raise = if verified {
             ""
@@ -745,6 +748,20 @@ mod tests {
             c.message
         );
         assert!(c.remediation.contains("raises the limit to 6,000"));
+
+        // Nothing left to copy: no word about room.
+        let mut all_there = i.clone();
+        all_there.destination_templates = all_there.source_templates.clone();
+        let c = check(
+            &evaluate(Flow::Otp, &phone(), "900", &all_there),
+            "templates_eligible",
+        )
+        .clone();
+        assert_eq!(c.status, CheckStatus::Pass);
+        assert_eq!(
+            c.message,
+            "3 of 4 source templates are eligible (APPROVED with GREEN or UNKNOWN quality); 3 already in the destination."
+        );
 
         // Room for both: a pass.
         i.destination_templates.truncate(10);
