@@ -719,6 +719,13 @@ mod tests {
         i.destination_templates = std::iter::once(template("a", "en_US"))
             .chain(filler(6000 - 2))
             .collect();
+        let eligible_check = |i: &PrecheckInput| {
+            check(
+                &evaluate(Flow::Otp, &phone(), "900", i),
+                "templates_eligible",
+            )
+            .clone()
+        };
         let r = evaluate(Flow::Otp, &phone(), "900", &i);
         let c = check(&r, "templates_eligible");
         assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
@@ -735,11 +742,7 @@ mod tests {
         // An unverified portfolio's limit is 250.
         i.destination.business_verification_status = Some("not_verified".into());
         i.destination_templates.truncate(249);
-        let c = check(
-            &evaluate(Flow::Otp, &phone(), "900", &i),
-            "templates_eligible",
-        )
-        .clone();
+        let c = eligible_check(&i);
         assert!(
             c.message.ends_with(
                 "1 of the 2 to copy fit the destination's template limit (249 of 250 used)."
@@ -752,11 +755,7 @@ mod tests {
         // Nothing left to copy: no word about room.
         let mut all_there = i.clone();
         all_there.destination_templates = all_there.source_templates.clone();
-        let c = check(
-            &evaluate(Flow::Otp, &phone(), "900", &all_there),
-            "templates_eligible",
-        )
-        .clone();
+        let c = eligible_check(&all_there);
         assert_eq!(c.status, CheckStatus::Pass);
         assert_eq!(
             c.message,
@@ -765,11 +764,7 @@ mod tests {
 
         // Room for both: a pass.
         i.destination_templates.truncate(10);
-        let c = check(
-            &evaluate(Flow::Otp, &phone(), "900", &i),
-            "templates_eligible",
-        )
-        .clone();
+        let c = eligible_check(&i);
         assert_eq!(c.status, CheckStatus::Pass);
         assert!(
             c.message.ends_with(

@@ -553,20 +553,7 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     std::fs::create_dir_all(&data_dir).unwrap();
 
     // `migrate` with the embedded database: starts it, applies the schema, stops it again.
-    let migrate = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new(BIN)
-            .arg("migrate")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATA_DIR", &data_dir)
-            .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("migrate finishes")
-    .unwrap();
+    let migrate = run_embedded("migrate", &data_dir, &[]).await;
     assert!(
         migrate.status.success(),
         "migrate without DATABASE_URL: {}",
@@ -668,21 +655,7 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     // `reencrypt` finds the embedded database too (it starts it for the occasion): with the
     // key kept beside the data, every stored secret opens under it.
     let key = std::fs::read_to_string(data_dir.join("encryption.key")).unwrap();
-    let checked = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new(BIN)
-            .arg("reencrypt")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATA_DIR", &data_dir)
-            .env("ENCRYPTION_KEY", key.trim())
-            .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("reencrypt finishes")
-    .unwrap();
+    let checked = run_embedded("reencrypt", &data_dir, &[("ENCRYPTION_KEY", key.trim())]).await;
     let report = String::from_utf8_lossy(&checked.stdout);
     assert!(
         checked.status.success(),
@@ -710,6 +683,30 @@ async fn embedded_sandbox_keeps_readme_ids_working_and_survives_a_restart() {
     );
     assert!(!stderr.contains(other), "{stderr}");
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `waba-migrator <command>` run to its end against the embedded database under `data_dir`,
+/// with nothing else in its environment but `env` (and `PG_BIN` when the tests have one).
+async fn run_embedded(
+    command: &str,
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(BIN)
+            .arg(command)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", data_dir)
+            .envs(env.iter().copied())
+            .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{command} finishes within 2 minutes"))
+    .unwrap()
 }
 
 /// `./scripts/test.sh` as a user who can neither install packages nor become root stops at

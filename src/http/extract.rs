@@ -760,60 +760,64 @@ mod tests {
         assert_eq!(pointer(["query", "limit"]), "/query/limit");
     }
 
+    fn fields(body: Value) -> Fields {
+        let Value::Object(object) = body else {
+            unreachable!("a JSON object")
+        };
+        Fields::new(object, false)
+    }
+
+    /// `(pointer, message)` of every problem `f` recorded.
+    fn problems(f: Fields) -> Vec<(String, String)> {
+        f.finish(Some(()))
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| (e.pointer.clone(), e.message.clone()))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+            .collect()
+    }
+
     #[test]
     fn fields_report_every_problem_in_field_order_then_unknowns() {
-        let body = serde_json::json!({ "zz": 1, "b": 5, "aa": true, "c": null });
-        let Value::Object(object) = body else {
-            unreachable!()
-        };
-        let mut f = Fields::new(object, false);
+        let mut f = fields(serde_json::json!({ "zz": 1, "b": 5, "aa": true, "c": null }));
         let a = f.required::<String>("a");
         let b = f.required::<String>("b");
         let c = f.optional::<String>("c");
         let d = f.nullable::<u8>("d");
         f.check::<()>("c", Err("a rule".into()));
         assert_eq!((a, b, c, d), (None, None, None, None));
-        let err = f.finish(Some(())).unwrap_err();
-        let got: Vec<(&str, &str)> = err
-            .errors
-            .iter()
-            .map(|e| (e.pointer.as_str(), e.message.as_str()))
-            .collect();
         assert_eq!(
-            got,
-            [
+            problems(f),
+            pairs(&[
                 ("/a", MISSING),
                 ("/b", "invalid type: integer `5`, expected a string"),
                 ("/c", "a rule"),
                 ("/aa", "unknown field; expected one of `a`, `b`, `c`, `d`"),
                 ("/zz", "unknown field; expected one of `a`, `b`, `c`, `d`"),
-            ]
+            ])
         );
     }
 
     #[test]
     fn a_secret_fields_problem_never_quotes_its_value() {
-        let body = serde_json::json!({ "code": 123456, "pin": [654321], "name": 777 });
-        let Value::Object(object) = body else {
-            unreachable!()
-        };
-        let mut f = Fields::new(object, false);
+        let mut f = fields(serde_json::json!({ "code": 123456, "pin": [654321], "name": 777 }));
         let _ = f.required::<String>("code");
         let _ = f.optional::<String>("pin");
         let _ = f.optional::<String>("name");
-        let err = f.finish(Some(())).unwrap_err();
-        let got: Vec<(&str, &str)> = err
-            .errors
-            .iter()
-            .map(|e| (e.pointer.as_str(), e.message.as_str()))
-            .collect();
         assert_eq!(
-            got,
-            [
+            problems(f),
+            pairs(&[
                 ("/code", "invalid type: integer, expected a string"),
                 ("/pin", "invalid type: sequence, expected a string"),
                 ("/name", "invalid type: integer `777`, expected a string"),
-            ]
+            ])
         );
         assert_eq!(
             without_quoted(r#"invalid value: string "12 34", expected `six digits`"#),
