@@ -45,8 +45,7 @@ impl Source {
     }
 }
 
-/// A checked create request.
-#[derive(Debug)]
+/// A checked create request. (`Debug` by hand: the PIN never shows.)
 pub struct NewMigrationInput {
     pub phone: E164,
     pub source_waba_id: String,
@@ -62,6 +61,19 @@ pub struct NewMigrationInput {
     pub metadata: Value,
     /// Give the migration a client page link (`"client_page": "hosted"`, the default).
     pub client_page: bool,
+}
+
+impl std::fmt::Debug for NewMigrationInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMigrationInput")
+            .field("phone", &self.phone)
+            .field("source_waba_id", &self.source_waba_id)
+            .field("destination_waba_id", &self.destination_waba_id)
+            .field("meta_business_id", &self.meta_business_id)
+            .field("flow", &self.flow)
+            .field("pin", &self.pin.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// An `Idempotency-Key` and the body it was sent with (as sent: its fingerprint).
