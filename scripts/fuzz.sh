@@ -157,7 +157,8 @@ say "starting waba-migrator serve on $base_url (sandbox mode; log: $server_log)"
   export DATABASE_URL=$fuzz_url RUN_MIGRATIONS=true BIND_ADDR=127.0.0.1:$port \
     ADMIN_API_KEY=$admin_key ENCRYPTION_KEY=$encryption_key DATA_DIR=$report_dir/data \
     RUST_LOG=${FUZZ_RUST_LOG:-info,sqlx=warn} UPSTREAM_TIMEOUT_SECONDS=5 SHUTDOWN_GRACE_SECONDS=6 \
-    RATE_LIMIT_PER_SECOND=0 AUTH_FAILURES_PER_MINUTE=0 SANDBOX_API_KEY_WINDOW_MS=0
+    RATE_LIMIT_PER_SECOND=0 PRECHECK_RATE_PER_MINUTE=0 AUTH_FAILURES_PER_MINUTE=0 \
+    SANDBOX_API_KEY_WINDOW_MS=0
   # No rate limits: otherwise most generated requests would only meet the limiter (it has its
   # own test), not the operations under test; and Schemathesis' invalid-key probes (one per
   # operation) would meet the failed-authentication limit (429) instead of the 401 it checks.

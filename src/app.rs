@@ -31,6 +31,8 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per API key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Dry-run prechecks per caller a minute (`PRECHECK_RATE_PER_MINUTE`); 0: unlimited.
+    pub precheck_rate_per_minute: u32,
     /// Failed-authentication limits per client address; trusted proxies.
     pub auth: AuthConfig,
     /// The support dashboard's settings.
@@ -82,6 +84,8 @@ impl App {
             rate_limiter: settings
                 .rate_limit
                 .and_then(|(rate, burst)| RateLimiter::new(rate, burst))
+                .map(Arc::new),
+            precheck_limiter: RateLimiter::per_minute(settings.precheck_rate_per_minute)
                 .map(Arc::new),
             auth: Arc::new(AuthGuard::new(&settings.auth)),
             dashboard: settings.dashboard.clone(),

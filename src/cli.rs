@@ -430,6 +430,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             rate_limit: api
                 .as_ref()
                 .map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
+            precheck_rate_per_minute: api.as_ref().map_or(0, |a| a.precheck_rate_per_minute),
             auth: api
                 .as_ref()
                 .map(|a| AuthConfig {

@@ -93,6 +93,10 @@ pub struct ApiArgs {
     /// Requests an API key may send in a burst above the sustained rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// Dry-run prechecks (`POST /v1/prechecks`) per partner a minute, all at once at most: each
+    /// reads the Graph API seven times or more with the service's one Meta token (0 = no limit).
+    #[arg(long, env = "PRECHECK_RATE_PER_MINUTE", default_value_t = 60)]
+    pub precheck_rate_per_minute: u32,
     /// Failed authentications (unknown or revoked keys) allowed per client address per minute,
     /// sustained; past the burst, unknown keys from the address get 429 until it recovers
     /// (0 = no limit).

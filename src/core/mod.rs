@@ -97,6 +97,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Per-key request limits; `None`: unlimited.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Dry-run prechecks per caller (partner, or the admin) a minute: each reads the Graph API
+    /// seven times or more with the service's one Meta token; `None`: unlimited.
+    pub precheck_limiter: Option<Arc<RateLimiter>>,
     /// Failed-authentication limits per client address and the negative key cache.
     pub auth: Arc<auth::AuthGuard>,
     /// The support dashboard's settings.

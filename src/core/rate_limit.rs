@@ -39,6 +39,15 @@ impl RateLimiter {
         })
     }
 
+    /// `per_minute` requests a minute per key, all of them at once at most; `None` when it is 0.
+    pub fn per_minute(per_minute: u32) -> Option<Self> {
+        let rate = NonZeroU32::new(per_minute)?;
+        Some(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_minute(rate)),
+            clock: DefaultClock::default(),
+        })
+    }
+
     /// `Err(wait)` when the key is over its limit.
     pub fn check(&self, key_hash: &[u8]) -> Result<(), Duration> {
         let mut id = KeyId::default();
@@ -75,5 +84,19 @@ mod tests {
     #[test]
     fn zero_means_unlimited() {
         assert!(RateLimiter::new(0, 10).is_none());
+        assert!(RateLimiter::per_minute(0).is_none());
+    }
+
+    #[test]
+    fn per_minute_allows_that_many_at_once_then_one_every_share_of_a_minute() {
+        let rl = RateLimiter::per_minute(3).unwrap();
+        for _ in 0..3 {
+            assert!(rl.check(b"partner").is_ok());
+        }
+        let wait = rl.check(b"partner").unwrap_err();
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
     }
 }

@@ -67,7 +67,8 @@ impl utoipa::PartialSchema for PhoneNumber {
 
 impl ToSchema for PhoneNumber {}
 
-/// Body of `POST /v1/migrations`. (`Debug` by hand: the PIN never shows.)
+/// Body of `POST /v1/migrations`.
+// `Debug` by hand (below): the PIN never shows.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMigration {
@@ -1037,9 +1038,23 @@ impl JsonBody for PrecheckBody {
 )]
 async fn run_precheck(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     AppJson(body): AppJson<PrecheckBody>,
 ) -> Result<axum::Json<PrecheckReport>, ApiError> {
+    if let Some(limiter) = &state.precheck_limiter {
+        let key = match caller {
+            Caller::Partner(id) => *id.as_bytes(),
+            Caller::Admin => [0; 16],
+        };
+        if let Err(wait) = limiter.check(&key) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many dry-run prechecks (PRECHECK_RATE_PER_MINUTE): each reads the Graph API several times; retry after the time in Retry-After.",
+            )
+            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+        }
+    }
     let PrecheckBody { accounts: v, flow } = body;
     let report = commands::dry_run_precheck(
         &state,

@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_webhook_secret))
 }
 
-/// Body of `POST /v1/partners`. (`Debug` by hand: the Partner API key never shows.)
+// `Debug` by hand (below): the Partner API key never shows.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartner {

@@ -593,3 +593,38 @@ async fn the_one_statement_poll_authenticates_as_every_route_does(pool: PgPool) 
     };
     assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn dry_run_prechecks_are_limited_per_partner(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            precheck_rate_per_minute: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let body = || TestApp::create_body("+14155550777");
+    for _ in 0..2 {
+        let res = app.post("/v1/prechecks", body()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // Each reads the Graph API several times with the service's one token: past the partner's
+    // budget, 429 with Retry-After (a minute's share).
+    let res = app.post("/v1/prechecks", body()).await;
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "Retry-After {wait}");
+    assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another partner has its own budget; creating migrations is not limited by it.
+    let (_, other) = app.other_partner().await;
+    let res = app.post_as(&other, "/v1/prechecks", body()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .post("/v1/migrations", TestApp::create_body("+14155550778"))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}

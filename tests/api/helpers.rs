@@ -58,6 +58,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Requests per second and burst per key; `None`: unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Dry-run prechecks per caller a minute (0: unlimited, the default here).
+    pub precheck_rate_per_minute: u32,
     /// Failed-authentication limits per client address (default: none).
     pub auth: AuthConfig,
     /// The secrets cipher (default: a fresh random key).
@@ -114,6 +116,7 @@ impl Default for Options {
             background_batch_ticker: true,
             clock: Arc::new(SystemClock),
             rate_limit: None,
+            precheck_rate_per_minute: 0,
             auth: AuthConfig::default(),
             cipher: None,
             dashboard: DashboardConfig::default(),
@@ -202,6 +205,7 @@ impl TestApp {
             webhooks: opts.webhooks.clone(),
             clock: opts.clock.clone(),
             rate_limit: opts.rate_limit,
+            precheck_rate_per_minute: opts.precheck_rate_per_minute,
             auth: opts.auth.clone(),
             dashboard: opts.dashboard.clone(),
             client_page: ClientPageConfig {
