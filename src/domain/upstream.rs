@@ -198,12 +198,13 @@ fn classify_retryable(e: &UpstreamError) -> bool {
         Service::D360Partner | Service::D360Messaging => {
             // The Messaging API passes Meta's error objects through: their codes mean what
             // they mean on Graph. The Partner API's codes are its own.
-            (e.service == Service::D360Messaging
-                && TRANSIENT_GRAPH_CODES
-                    .iter()
-                    .any(|c| e.code == Some(*c) || e.subcode == Some(*c)))
-                || e.message.to_ascii_lowercase().contains(D360_RATE_LIMITED)
-                || matches!(e.http_status, Some(408) | Some(429) | Some(500..=599))
+            // Throttling (429, its "endpoint rate limit" 400) is retried like Meta's.
+            e.is_throttling()
+                || (e.service == Service::D360Messaging
+                    && TRANSIENT_GRAPH_CODES
+                        .iter()
+                        .any(|c| e.code == Some(*c) || e.subcode == Some(*c)))
+                || matches!(e.http_status, Some(408) | Some(500..=599))
         }
     }
 }

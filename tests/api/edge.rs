@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waba_migrator::core::auth::{AuthConfig, parse_trusted_proxies};
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
+use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, retry_after_secs};
 
 /// Sends `body` as it is (a `json!` value cannot hold a repeated key).
 async fn send_raw(
@@ -305,11 +305,7 @@ async fn get_with(
 
 /// `Retry-After` of a 429 `too_many_auth_failures`, checked to be 1 to 60 s (1 per minute).
 async fn assert_limited(res: reqwest::Response) -> u64 {
-    let wait: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = retry_after_secs(&res);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures").await;
     wait
@@ -612,11 +608,7 @@ async fn dry_run_prechecks_are_limited_per_partner(pool: PgPool) {
     // Each reads the Graph API several times with the service's one token: past the partner's
     // budget, 429 with Retry-After (a minute's share).
     let res = app.post("/v1/prechecks", body()).await;
-    let wait: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = retry_after_secs(&res);
     assert!((1..=30).contains(&wait), "Retry-After {wait}");
     assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     // Another partner has its own budget; creating migrations is not limited by it.

@@ -535,6 +535,15 @@ pub fn is_transition(event: &Value) -> bool {
         .is_transition()
 }
 
+/// The whole seconds of a response's `Retry-After`.
+pub fn retry_after_secs(res: &Response) -> u64 {
+    res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Asserts a problem+json response with `code`; returns the body.
 pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use waba_migrator::domain::{EventType, MigrationState};
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
+use crate::helpers::{
+    ADMIN_KEY, Options, TestApp, assert_problem, is_transition, retry_after_secs,
+};
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
@@ -214,11 +216,7 @@ async fn resend_inside_cooldown_is_429_with_retry_after(pool: PgPool) {
             json!({ "method": "voice" }),
         )
         .await;
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after_secs(&res);
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let body = assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "otp_resend_too_soon").await;
     assert!(body["resend_available_at"].is_string());

@@ -19,7 +19,9 @@ use waba_migrator::core::settings::ManualClock;
 use waba_migrator::domain::EventType;
 use waba_migrator::webhooks::signing::SigningKey;
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
+use crate::helpers::{
+    ADMIN_KEY, Options, TestApp, assert_problem, is_transition, retry_after_secs,
+};
 
 /// One request as the consumer saw it.
 #[derive(Clone, Debug)]
@@ -699,11 +701,7 @@ async fn requests_over_the_per_key_rate_get_429_with_retry_after(pool: PgPool) {
         assert!(oks < 20, "never limited");
     };
     assert!(oks >= 5, "only {oks} requests before the limit");
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after_secs(&res);
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     // Each key has its own budget; a bad key is 401, not counted.
