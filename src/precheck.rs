@@ -80,6 +80,10 @@ pub struct PrecheckInput {
     pub source_templates: Vec<Template>,
     /// What already counts against the destination's template limit.
     pub destination_templates: Vec<Template>,
+    /// `node.field` names Graph does not have in the configured version
+    /// ([`MetaApi::unavailable_fields`]): the checks that read one report that they could not
+    /// be made, instead of taking the absent field for a fact.
+    pub unavailable_fields: Vec<String>,
 }
 
 /// Reads the inputs: seven Graph GETs in parallel (the two WABAs, the number looked up on each,
@@ -141,6 +145,7 @@ pub async fn gather(
         destination_apps,
         source_templates: templates,
         destination_templates,
+        unavailable_fields: meta.unavailable_fields(),
     })
 }
 
@@ -231,6 +236,19 @@ impl Builder {
         let (_, remediation, actor, _) = code.describe();
         self.push(id, status, message, remediation, actor, Some(code));
     }
+    /// A check that needs `field`, which Graph does not return in the configured version.
+    fn unreadable(&mut self, id: &str, field: &str) {
+        self.push(
+            id,
+            CheckStatus::Warn,
+            format!(
+                "The Meta Graph API does not return `{field}` in the configured version, so this could not be checked."
+            ),
+            "Check it in WhatsApp Manager before the migration starts.",
+            Actor::Partner,
+            None,
+        );
+    }
 }
 
 /// `templates_eligible`: how many source templates are eligible (APPROVED with GREEN or
@@ -313,8 +331,18 @@ pub fn evaluate(
     let mut b = Builder(Vec::new());
     let src = &input.source;
     let dst = &input.destination;
+    // The first of `fields` (`node.field`) that Graph does not have, by its field name.
+    let unread = |fields: &[&'static str]| {
+        fields
+            .iter()
+            .find(|f| input.unavailable_fields.iter().any(|u| u == *f))
+            .map(|f| f.split_once('.').map_or(*f, |(_, name)| name))
+    };
 
     match src.business_verification_status.as_deref() {
+        _ if let Some(f) = unread(&["waba.business_verification_status"]) => {
+            b.unreadable("business_verified", f);
+        }
         Some("verified") => b.pass(
             "business_verified",
             "The client's business portfolio is verified.",
@@ -335,8 +363,11 @@ pub fn evaluate(
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
     };
+    let review_unread = unread(&["waba.account_review_status"]);
     if flow == Flow::Otp {
-        if approved(src) {
+        if let Some(f) = review_unread {
+            b.unreadable("source_waba_approved", f);
+        } else if approved(src) {
             b.pass("source_waba_approved", "The source WABA is approved.");
         } else {
             b.code(
@@ -350,7 +381,9 @@ pub fn evaluate(
             );
         }
     }
-    if approved(dst) {
+    if let Some(f) = review_unread {
+        b.unreadable("destination_waba_approved", f);
+    } else if approved(dst) {
         b.pass(
             "destination_waba_approved",
             "The destination WABA is approved.",
@@ -369,7 +402,9 @@ pub fn evaluate(
 
     let src_owner = src.owner_business_info.as_ref().map(|o| o.id.as_str());
     let dst_owner = dst.owner_business_info.as_ref().map(|o| o.id.as_str());
-    if flow == Flow::EmbeddedSignup {
+    if let Some(f) = unread(&["waba.owner_business_info"]) {
+        b.unreadable("same_business", f);
+    } else if flow == Flow::EmbeddedSignup {
         if dst_owner == Some(meta_business_id) {
             b.pass(
                 "same_business",
@@ -404,7 +439,9 @@ pub fn evaluate(
         );
     }
 
-    if dst
+    if let Some(f) = unread(&["waba.primary_funding_id"]) {
+        b.unreadable("destination_payment_method", f);
+    } else if dst
         .primary_funding_id
         .as_deref()
         .is_some_and(|f| !f.is_empty())
@@ -488,7 +525,9 @@ pub fn evaluate(
         let change_pending = n.new_name_status.as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("PENDING_REVIEW") || s.eq_ignore_ascii_case("PENDING")
         });
-        if !name_ok {
+        if let Some(f) = unread(&["phone_number.name_status", "phone_number.new_name_status"]) {
+            b.unreadable("display_name_approved", f);
+        } else if !name_ok {
             b.code(
                 "display_name_approved",
                 Fail,
@@ -514,7 +553,10 @@ pub fn evaluate(
                 ),
             );
         }
-        if n.account_mode
+        if let Some(f) = unread(&["phone_number.account_mode"]) {
+            b.unreadable("not_whatsapp_issued", f);
+        } else if n
+            .account_mode
             .as_deref()
             .is_some_and(|m| m.eq_ignore_ascii_case("SANDBOX"))
         {
@@ -527,7 +569,9 @@ pub fn evaluate(
         } else {
             b.pass("not_whatsapp_issued", "Not a WhatsApp-issued test number.");
         }
-        if n.is_on_biz_app == Some(true) {
+        if let Some(f) = unread(&["phone_number.is_on_biz_app"]) {
+            b.unreadable("not_on_business_app", f);
+        } else if n.is_on_biz_app == Some(true) {
             b.code(
                 "not_on_business_app",
                 Fail,
@@ -664,6 +708,7 @@ mod tests {
                 },
             ],
             destination_templates: vec![],
+            unavailable_fields: vec![],
         }
     }
 
@@ -673,6 +718,40 @@ mod tests {
 
     fn check<'a>(r: &'a PrecheckReport, id: &str) -> &'a Check {
         r.checks.iter().find(|c| c.id == id).unwrap()
+    }
+
+    #[test]
+    fn a_field_graph_does_not_have_makes_its_check_a_warning_not_a_verdict() {
+        let mut i = input();
+        // Absent because Graph no longer has them, not because the WABA lacks a payment method
+        // or the number is on the app.
+        i.destination.primary_funding_id = None;
+        i.source_numbers[0].is_on_biz_app = Some(true);
+        i.unavailable_fields = vec![
+            "waba.primary_funding_id".into(),
+            "phone_number.is_on_biz_app".into(),
+            "phone_number.new_name_status".into(),
+        ];
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert!(r.failure().is_none(), "{r:#?}");
+        for (id, field) in [
+            ("destination_payment_method", "primary_funding_id"),
+            ("not_on_business_app", "is_on_biz_app"),
+            ("display_name_approved", "new_name_status"),
+        ] {
+            let c = check(&r, id);
+            assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
+            assert!(c.message.contains(&format!("`{field}`")), "{c:#?}");
+            assert_eq!(c.code, None);
+        }
+        // The checks whose fields Graph has are made as before.
+        assert_eq!(check(&r, "business_verified").status, CheckStatus::Pass);
+        i.unavailable_fields.clear();
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert_eq!(
+            check(&r, "destination_payment_method").code,
+            Some(ErrorCode::DestinationNoPaymentMethod)
+        );
     }
 
     #[test]

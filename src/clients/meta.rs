@@ -8,8 +8,14 @@
 //!   silently returning a partial list).
 //! * Errors: the Graph error object becomes [`UpstreamError`]; `retry_after` comes from
 //!   `Retry-After`, else from `X-Business-Use-Case-Usage.estimated_time_to_regain_access`.
+//! * A WABA or phone-number read that Graph answers "nonexisting field (x)" (Meta removed or
+//!   renamed `x` in the configured version) is asked again without `x`, and later reads leave
+//!   it out; [`MetaApi::unavailable_fields`] names such fields, so the precheck can say what it
+//!   could not check instead of reading an absent field as a fact.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +48,31 @@ is_official_business_account,is_on_biz_app,account_mode";
 /// Fields read on `GET /{waba-id}/message_templates`.
 pub const TEMPLATE_FIELDS: &str = "id,name,language,status,category,quality_score";
 
+/// Fields a read is never made without, even when Graph says one does not exist: an item's
+/// identity, and what numbers are matched by.
+const ESSENTIAL_FIELDS: [&str; 2] = ["id", "display_phone_number"];
+
+/// Most fields one read leaves out, one "nonexisting field" answer at a time, before the error
+/// is the answer.
+const MAX_DROPPED_FIELDS: usize = 6;
+
+/// A `fields` list of a node type whose optional fields a read may go without.
+#[derive(Debug, Clone, Copy)]
+struct FieldSet {
+    /// Prefix of the names [`MetaApi::unavailable_fields`] reports, e.g. `waba`.
+    node: &'static str,
+    all: &'static str,
+}
+
+const WABA_FIELD_SET: FieldSet = FieldSet {
+    node: "waba",
+    all: WABA_FIELDS,
+};
+const PHONE_NUMBER_FIELD_SET: FieldSet = FieldSet {
+    node: "phone_number",
+    all: PHONE_NUMBER_FIELDS,
+};
+
 /// `limit` of list requests.
 const PAGE_LIMIT: &str = "100";
 
@@ -58,6 +89,8 @@ pub struct MetaClient {
     version: String,
     access_token: SecretString,
     http: reqwest::Client,
+    /// `node.field` names Graph said do not exist (shared by clones).
+    unavailable: Arc<RwLock<Vec<String>>>,
 }
 
 impl fmt::Debug for MetaClient {
@@ -84,6 +117,79 @@ impl MetaClient {
             version,
             access_token,
             http,
+            unavailable: Arc::default(),
+        }
+    }
+
+    /// `set`'s fields without the ones Graph said do not exist.
+    fn fields(&self, set: FieldSet) -> Cow<'static, str> {
+        let gone = self
+            .unavailable
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let available = |f: &&str| {
+            !gone
+                .iter()
+                .any(|g| g.strip_prefix(set.node).and_then(|g| g.strip_prefix('.')) == Some(*f))
+        };
+        if gone.is_empty() || set.all.split(',').all(|f| available(&f)) {
+            return Cow::Borrowed(set.all);
+        }
+        Cow::Owned(
+            set.all
+                .split(',')
+                .filter(available)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+
+    /// When `err` is Graph's "nonexisting field (x)" for an optional field of `set` that the
+    /// read asked for (`asked`), remembers that `x` does not exist and says so: the read may be
+    /// made again without it. (A concurrent read may have learnt it first.)
+    fn went_without(&self, set: FieldSet, asked: &str, err: &Error) -> bool {
+        let Some(field) = err.upstream().and_then(UpstreamError::nonexisting_field) else {
+            return false;
+        };
+        if ESSENTIAL_FIELDS.contains(&field) || !asked.split(',').any(|f| f == field) {
+            return false;
+        }
+        let name = format!("{}.{field}", set.node);
+        let mut gone = self
+            .unavailable
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if gone.contains(&name) {
+            return true;
+        }
+        tracing::warn!(
+            field = %name,
+            version = %self.version,
+            "the Meta Graph API does not have this field in the configured version; reads leave it out from now on, and checks that need it report that they could not be made"
+        );
+        gone.push(name);
+        true
+    }
+
+    /// A GET whose URL `url_for` builds around a `fields` list of `set`; asked again without a
+    /// field Graph says does not exist (at most [`MAX_DROPPED_FIELDS`] times).
+    async fn get_with_fields(
+        &self,
+        set: Option<FieldSet>,
+        url_for: impl Fn(Option<&str>) -> Result<Url, Error>,
+    ) -> Result<RawResponse, Error> {
+        let mut dropped = 0;
+        loop {
+            let fields = set.map(|s| (s, self.fields(s)));
+            let url = url_for(fields.as_ref().map(|(_, f)| f.as_ref()))?;
+            match (self.call(Method::GET, url, None, &[]).await, &fields) {
+                (Err(e), Some((set, asked)))
+                    if dropped < MAX_DROPPED_FIELDS && self.went_without(*set, asked, &e) =>
+                {
+                    dropped += 1;
+                }
+                (answer, _) => return answer,
+            }
         }
     }
 
@@ -132,37 +238,50 @@ impl MetaClient {
     async fn get_node<T: DeserializeOwned>(
         &self,
         node: &str,
-        fields: &str,
+        fields: FieldSet,
         what: &str,
     ) -> Result<T, Error> {
-        let mut url = self.url(&[node])?;
-        url.query_pairs_mut().append_pair("fields", fields);
-        let response = self.call(Method::GET, url, None, &[]).await?;
+        let response = self
+            .get_with_fields(Some(fields), |fields| {
+                let mut url = self.url(&[node])?;
+                if let Some(fields) = fields {
+                    url.query_pairs_mut().append_pair("fields", fields);
+                }
+                Ok(url)
+            })
+            .await?;
         decode(&response.body, what)
     }
 
-    /// All items of a list edge, following the `after` cursor.
+    /// All items of a list edge, following the `after` cursor. `fields` is a fixed list
+    /// (`Err`) or one whose optional fields a read may go without (`Ok`).
     async fn get_all<T: DeserializeOwned>(
         &self,
         node: &str,
         edge: &str,
-        fields: Option<&str>,
+        fields: Option<Result<FieldSet, &str>>,
     ) -> Result<Vec<T>, Error> {
         let mut items = Vec::new();
         let mut after: Option<String> = None;
+        let set = fields.and_then(Result::ok);
+        let fixed = fields.and_then(Result::err);
         for _ in 0..MAX_PAGES {
-            let mut url = self.url(&[node, edge])?;
-            {
-                let mut query = url.query_pairs_mut();
-                if let Some(fields) = fields {
-                    query.append_pair("fields", fields);
-                }
-                query.append_pair("limit", PAGE_LIMIT);
-                if let Some(after) = &after {
-                    query.append_pair("after", after);
-                }
-            }
-            let response = self.call(Method::GET, url, None, &[]).await?;
+            let response = self
+                .get_with_fields(set, |fields| {
+                    let mut url = self.url(&[node, edge])?;
+                    {
+                        let mut query = url.query_pairs_mut();
+                        if let Some(fields) = fields.or(fixed) {
+                            query.append_pair("fields", fields);
+                        }
+                        query.append_pair("limit", PAGE_LIMIT);
+                        if let Some(after) = &after {
+                            query.append_pair("after", after);
+                        }
+                    }
+                    Ok(url)
+                })
+                .await?;
             let page: Page<T> = decode(&response.body, edge)?;
             items.extend(page.data);
 
@@ -217,12 +336,19 @@ impl MetaClient {
 impl MetaApi for MetaClient {
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error> {
-        self.get_node(waba_id, WABA_FIELDS, "waba").await
+        self.get_node(waba_id, WABA_FIELD_SET, "waba").await
+    }
+
+    fn unavailable_fields(&self) -> Vec<String> {
+        self.unavailable
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn list_phone_numbers(&self, waba_id: &str) -> Result<Vec<PhoneNumber>, Error> {
-        self.get_all(waba_id, "phone_numbers", Some(PHONE_NUMBER_FIELDS))
+        self.get_all(waba_id, "phone_numbers", Some(Ok(PHONE_NUMBER_FIELD_SET)))
             .await
     }
 
@@ -237,12 +363,18 @@ impl MetaApi for MetaClient {
             "operator": "EQUAL",
             "value": display_phone_number(e164),
         }]);
-        let mut url = self.url(&[waba_id, "phone_numbers"])?;
-        url.query_pairs_mut()
-            .append_pair("fields", PHONE_NUMBER_FIELDS)
-            .append_pair("filtering", &filter.to_string())
-            .append_pair("limit", PAGE_LIMIT);
-        match self.call(Method::GET, url, None, &[]).await {
+        let filter = filter.to_string();
+        let answer = self
+            .get_with_fields(Some(PHONE_NUMBER_FIELD_SET), |fields| {
+                let mut url = self.url(&[waba_id, "phone_numbers"])?;
+                url.query_pairs_mut()
+                    .append_pair("fields", fields.unwrap_or(PHONE_NUMBER_FIELDS))
+                    .append_pair("filtering", &filter)
+                    .append_pair("limit", PAGE_LIMIT);
+                Ok(url)
+            })
+            .await;
+        match answer {
             Ok(response) => {
                 let page: Page<PhoneNumber> = decode(&response.body, "phone_numbers")?;
                 Ok(Some(page.data))
@@ -255,7 +387,7 @@ impl MetaApi for MetaClient {
 
     #[tracing::instrument(skip_all, fields(phone_number_id = %phone_number_id))]
     async fn get_phone_number(&self, phone_number_id: &str) -> Result<PhoneNumber, Error> {
-        self.get_node(phone_number_id, PHONE_NUMBER_FIELDS, "phone_number")
+        self.get_node(phone_number_id, PHONE_NUMBER_FIELD_SET, "phone_number")
             .await
     }
 
@@ -268,7 +400,7 @@ impl MetaApi for MetaClient {
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn list_templates(&self, waba_id: &str) -> Result<Vec<Template>, Error> {
         let items: Vec<TemplateWire> = self
-            .get_all(waba_id, "message_templates", Some(TEMPLATE_FIELDS))
+            .get_all(waba_id, "message_templates", Some(Err(TEMPLATE_FIELDS)))
             .await?;
         Ok(items.into_iter().map(Template::from).collect())
     }
@@ -732,6 +864,127 @@ mod tests {
         let requests = server.received_requests().await.unwrap();
         assert!(requests[0].body.is_empty());
         assert!(!requests[0].headers.contains_key("content-type"));
+    }
+
+    /// Graph's answer to a read naming a field its node type does not have.
+    fn nonexisting_field(field: &str, node_type: &str) -> ResponseTemplate {
+        ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": format!("(#100) Tried accessing nonexisting field ({field}) on node type ({node_type})"),
+            "type": "OAuthException",
+            "code": 100,
+            "fbtrace_id": "AbCdEf"
+        }}))
+    }
+
+    #[tokio::test]
+    async fn a_field_graph_does_not_have_is_left_out_of_this_and_later_reads() {
+        let server = MockServer::start().await;
+        let all = WABA_FIELDS;
+        let without = all.replace(",primary_funding_id", "");
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001"))
+            .and(query_param("fields", all))
+            .respond_with(nonexisting_field(
+                "primary_funding_id",
+                "WhatsAppBusinessAccount",
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001"))
+            .and(query_param("fields", without.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "1001", "account_review_status": "APPROVED"
+            })))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        assert!(c.unavailable_fields().is_empty());
+        let waba = c.get_waba("1001").await.unwrap();
+        assert_eq!(waba.account_review_status.as_deref(), Some("APPROVED"));
+        assert_eq!(waba.primary_funding_id, None);
+        assert_eq!(c.unavailable_fields(), vec!["waba.primary_funding_id"]);
+        // A clone shares what was learnt: the next read asks without the field at once.
+        c.clone().get_waba("1001").await.unwrap();
+        // The phone-number reads still ask for their own fields.
+        Mock::given(method("GET"))
+            .and(path("/v23.0/2002"))
+            .and(query_param("fields", PHONE_NUMBER_FIELDS))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "2002"})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        c.get_phone_number("2002").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_essential_or_unasked_field_error_is_returned_not_worked_around() {
+        for (field, node_type) in [
+            ("display_phone_number", "WhatsAppBusinessPhoneNumber"),
+            ("not_asked_for", "WhatsAppBusinessPhoneNumber"),
+        ] {
+            let server = MockServer::start().await;
+            Mock::given(method("GET"))
+                .and(path("/v23.0/2002"))
+                .respond_with(nonexisting_field(field, node_type))
+                .expect(1)
+                .mount(&server)
+                .await;
+            let c = client(&server);
+            let err = c.get_phone_number("2002").await.unwrap_err();
+            assert_eq!(api(&err).nonexisting_field(), Some(field));
+            assert!(c.unavailable_fields().is_empty(), "{field}");
+        }
+        // Template reads ask for a fixed list: nothing is dropped from it.
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001/message_templates"))
+            .respond_with(nonexisting_field(
+                "quality_score",
+                "WhatsAppMessageTemplate",
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        assert!(c.list_templates("1001").await.is_err());
+        assert!(c.unavailable_fields().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_filtered_number_lookup_goes_without_a_missing_field_too() {
+        let server = MockServer::start().await;
+        let without = PHONE_NUMBER_FIELDS.replace(",is_on_biz_app", "");
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001/phone_numbers"))
+            .and(query_param("fields", PHONE_NUMBER_FIELDS))
+            .respond_with(nonexisting_field(
+                "is_on_biz_app",
+                "WhatsAppBusinessPhoneNumber",
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001/phone_numbers"))
+            .and(query_param("fields", without.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+                {"id": "2002", "display_phone_number": "+1 631-555-5555"}
+            ]})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        // Not "Graph refuses the filter" (also code 100): the lookup is answered.
+        let found = c
+            .find_phone_numbers("1001", "+16315555555")
+            .await
+            .unwrap()
+            .expect("the filter was answered");
+        assert_eq!(found.len(), 1);
+        assert_eq!(c.unavailable_fields(), vec!["phone_number.is_on_biz_app"]);
     }
 
     #[tokio::test]

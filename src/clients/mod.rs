@@ -25,6 +25,12 @@ pub use crate::domain::upstream::{
 pub trait MetaApi: Send + Sync {
     /// `GET /{waba-id}?fields=...`
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error>;
+    /// The WABA and phone-number fields this Graph version answered "nonexisting field" for:
+    /// reads leave them out from then on, so they come back absent, not unreported. A check
+    /// that needs one cannot be made (see `precheck::evaluate`).
+    fn unavailable_fields(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// `GET /{waba-id}/phone_numbers?fields=...`, following `paging.cursors.after` to the end.
     async fn list_phone_numbers(&self, waba_id: &str) -> Result<Vec<PhoneNumber>, Error>;
     /// `GET /{waba-id}/phone_numbers?fields=...&filtering=[{"field":"display_phone_number",

@@ -90,6 +90,21 @@ impl UpstreamError {
         self.code == Some(n) || self.subcode == Some(n)
     }
 
+    /// The field a Graph read named that its node type does not have, from `(#100) Tried
+    /// accessing nonexisting field (x) on node type (T)`: what Graph answers, for the whole
+    /// request, once Meta has removed or renamed a field in the version called.
+    pub fn nonexisting_field(&self) -> Option<&str> {
+        if self.service != Service::Meta || !self.has_code(100) {
+            return None;
+        }
+        const MARK: &str = "nonexisting field (";
+        let at = self.message.find(MARK)? + MARK.len();
+        let rest = &self.message[at..];
+        let name = &rest[..rest.find(')')?];
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .then_some(name)
+    }
+
     /// Whether the upstream is rate limiting us: HTTP 429, one of Graph's rate-limit codes
     /// (from Meta, or passed through by 360dialog's Messaging API), or 360dialog's "exceeded
     /// the endpoint rate limit".

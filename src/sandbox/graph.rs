@@ -314,6 +314,146 @@ fn wrong_node(edge: &str, node: Node, id: &str) -> Response {
     }
 }
 
+/// The fields of a Graph node type the sandbox serves: what Meta documents for it (see
+/// `meta-graph-api.md` §3), and what Graph returns when a request names no `fields`.
+pub(crate) struct NodeFields {
+    node_type: &'static str,
+    known: &'static [&'static str],
+    defaults: &'static [&'static str],
+}
+
+pub(crate) const PHONE_NODE: NodeFields = NodeFields {
+    node_type: "WhatsAppBusinessPhoneNumber",
+    known: &[
+        "id",
+        "display_phone_number",
+        "verified_name",
+        "quality_rating",
+        "name_status",
+        "new_name_status",
+        "code_verification_status",
+        "status",
+        "platform_type",
+        "throughput",
+        "messaging_limit_tier",
+        "account_mode",
+        "is_official_business_account",
+        "is_on_biz_app",
+        "health_status",
+        "last_onboarded_time",
+        "webhook_configuration",
+        "is_preverified_number",
+        "certificate",
+    ],
+    defaults: &[
+        "id",
+        "display_phone_number",
+        "verified_name",
+        "quality_rating",
+    ],
+};
+
+pub(crate) const WABA_NODE: NodeFields = NodeFields {
+    node_type: "WhatsAppBusinessAccount",
+    known: &[
+        "id",
+        "name",
+        "account_review_status",
+        "business_verification_status",
+        "owner_business_info",
+        "on_behalf_of_business_info",
+        "primary_funding_id",
+        "status",
+        "ownership_type",
+        "currency",
+        "country",
+        "timezone_id",
+        "message_template_namespace",
+        "health_status",
+        "is_shared_with_partners",
+        "whatsapp_business_manager_messaging_limit",
+        "creation_time",
+    ],
+    defaults: &["id", "name", "timezone_id", "message_template_namespace"],
+};
+
+pub(crate) const TEMPLATE_NODE: NodeFields = NodeFields {
+    node_type: "WhatsAppMessageTemplate",
+    known: &[
+        "id",
+        "name",
+        "language",
+        "status",
+        "category",
+        "sub_category",
+        "components",
+        "quality_score",
+        "rejected_reason",
+        "previous_category",
+        "parameter_format",
+    ],
+    defaults: &["id", "name", "language", "status", "category", "components"],
+};
+
+/// The field names of Graph's `fields` parameter (a selection such as `owner_business_info{id}`
+/// counts as its field), `id` always among them; the node type's defaults when none are named.
+/// A name the node type does not have fails the whole request, as on Graph.
+fn requested_fields(
+    params: &Params,
+    node: &NodeFields,
+    missing: &[String],
+) -> Result<Vec<String>, GraphError> {
+    let Some(raw) = params.str("fields") else {
+        return Ok(node.defaults.iter().map(|f| (*f).to_owned()).collect());
+    };
+    let mut names = vec!["id".to_owned()];
+    let (mut depth, mut start) = (0usize, 0usize);
+    let mut tops = Vec::new();
+    for (i, c) in raw.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                tops.push(&raw[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    tops.push(&raw[start..]);
+    for top in tops {
+        let name = top.split(['{', '.']).next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        if !node.known.contains(&name) || missing.iter().any(|m| m == name) {
+            return Err(GraphError::bad_request(
+                100,
+                format!(
+                    "Tried accessing nonexisting field ({name}) on node type ({})",
+                    node.node_type
+                ),
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// `object` with only the `wanted` fields it has.
+fn project(object: Value, wanted: &[String]) -> Value {
+    match object {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| wanted.iter().any(|w| w == k))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// `GET /{v}/{id}`: a WABA or a phone number.
 pub(crate) async fn get_node(
     State(sandbox): State<Sandbox>,
@@ -335,11 +475,15 @@ pub(crate) async fn get_node(
                     "get_phone_number",
                     conn,
                     |w| phone_target(w, &id, auth),
-                    |w, _| {
-                        w.phones
+                    |w, config| {
+                        let phone = w
+                            .phones
                             .get(&id)
-                            .map(|p| Reply::ok(World::phone_json(p)))
-                            .ok_or_else(|| no_such_object(&id).reply())
+                            .ok_or_else(|| no_such_object(&id).reply())?;
+                        let wanted =
+                            requested_fields(&params, &PHONE_NODE, &config.graph_missing_fields)
+                                .map_err(GraphError::reply)?;
+                        Ok(Reply::ok(project(World::phone_json(phone), &wanted)))
                     },
                 )
                 .await
@@ -351,12 +495,16 @@ pub(crate) async fn get_node(
                     "get_waba",
                     conn,
                     |w| waba_target(w, &id, auth),
-                    |w, _| {
+                    |w, config| {
                         w.ensure_waba(&id, None);
-                        w.wabas
+                        let waba = w
+                            .wabas
                             .get(&id)
-                            .map(|waba| Reply::ok(w.waba_json(waba)))
-                            .ok_or_else(|| no_such_object(&id).reply())
+                            .ok_or_else(|| no_such_object(&id).reply())?;
+                        let wanted =
+                            requested_fields(&params, &WABA_NODE, &config.graph_missing_fields)
+                                .map_err(GraphError::reply)?;
+                        Ok(Reply::ok(project(w.waba_json(waba), &wanted)))
                     },
                 )
                 .await
@@ -392,21 +540,31 @@ pub(crate) async fn get_edge(
             endpoint,
             ctx.conn.as_ref(),
             |w| waba_target(w, &id, auth),
-            |w, _| {
+            |w, config| {
                 w.ensure_waba(&id, None);
                 let Some(waba) = w.wabas.get(&id) else {
                     return Err(no_such_object(&id).reply());
                 };
+                let fields = |node: &NodeFields| {
+                    requested_fields(&params, node, &config.graph_missing_fields)
+                        .map_err(GraphError::reply)
+                };
                 let items: Vec<Value> = match endpoint {
                     "list_phone_numbers" => {
+                        let wanted = fields(&PHONE_NODE)?;
                         let all = waba
                             .phone_ids
                             .iter()
                             .filter_map(|pid| w.phones.get(pid))
                             .map(World::phone_json);
-                        filter_phones(all, &params).map_err(GraphError::reply)?
+                        filter_phones(all, &params)
+                            .map_err(GraphError::reply)?
+                            .into_iter()
+                            .map(|p| project(p, &wanted))
+                            .collect()
                     }
                     "list_templates" => {
+                        let wanted = fields(&TEMPLATE_NODE)?;
                         let mut items: Vec<Value> =
                             waba.templates.iter().map(template_json).collect();
                         if w.waba_has(waba, Scenario::TemplateLimit) {
@@ -414,7 +572,7 @@ pub(crate) async fn get_edge(
                             let filler = w.template_limit(waba).saturating_sub(items.len());
                             items.extend((0..filler).map(|i| filler_template_json(&id, i)));
                         }
-                        items
+                        items.into_iter().map(|t| project(t, &wanted)).collect()
                     }
                     _ => {
                         let data = if w.waba_has_app(waba) {

@@ -36,8 +36,15 @@
 //!   `POST /wabas/{id}/templates` (many templates, below), `GET /scenarios` and `GET /_sandbox`
 //!   (this list, as JSON).
 //!
-//! Simplifications: Graph `fields` is ignored (full objects are returned); every 360dialog
-//! partner id sees every channel; each destination WABA gets one 360dialog client.
+//! **Graph `fields`** is honoured on `GET /{v}/{id}`, `…/phone_numbers` and
+//! `…/message_templates`: each object carries `id` and the named fields it has; without
+//! `fields`, the node type's defaults (a phone number: `id`, `display_phone_number`,
+//! `verified_name`, `quality_rating`); a name the node type does not have (see
+//! `graph::PHONE_NODE` and its siblings, or [`SandboxConfig::graph_missing_fields`]) is answered
+//! `(#100) Tried accessing nonexisting field (…) on node type (…)`, for the whole request.
+//!
+//! Simplifications: every 360dialog partner id sees every channel; each destination WABA gets
+//! one 360dialog client.
 //!
 //! ## Lenient world
 //!
@@ -211,6 +218,9 @@ pub struct SandboxConfig {
     pub seed: Option<u64>,
     /// 360dialog allows one API-key generation per channel per this window (429 otherwise).
     pub api_key_rate_window: Duration,
+    /// Fields the simulated Graph version does not have, as after Meta removes one: a request
+    /// naming one in `fields` is answered `(#100) Tried accessing nonexisting field`.
+    pub graph_missing_fields: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -223,6 +233,7 @@ impl Default for SandboxConfig {
             channel_running_after: Duration::ZERO,
             seed: None,
             api_key_rate_window: Duration::from_secs(30),
+            graph_missing_fields: Vec::new(),
         }
     }
 }

@@ -110,9 +110,26 @@ impl Server {
         }
     }
 
+    /// A Graph GET asking for the fields the service asks for (unless `path` names some).
     fn graph_get(&self, path: &str) -> reqwest::RequestBuilder {
+        use crate::clients::meta::{PHONE_NUMBER_FIELDS, TEMPLATE_FIELDS, WABA_FIELDS};
+        let route = path.split('?').next().unwrap_or(path);
+        let fields = match route.rsplit('/').next().unwrap_or(route) {
+            _ if path.contains("fields=") => None,
+            "phone_numbers" => Some(PHONE_NUMBER_FIELDS),
+            "message_templates" => Some(TEMPLATE_FIELDS),
+            "subscribed_apps" => None,
+            id if id.len() == 16 && id.starts_with(super::state::PHONE_ID_PREFIX) => {
+                Some(PHONE_NUMBER_FIELDS)
+            }
+            _ => Some(WABA_FIELDS),
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let query = fields
+            .map(|f| format!("{sep}fields={f}"))
+            .unwrap_or_default();
         self.http
-            .get(format!("{}/v23.0/{path}", self.base))
+            .get(format!("{}/v23.0/{path}{query}", self.base))
             .bearer_auth("sandbox-token")
     }
 
@@ -244,7 +261,7 @@ async fn full_happy_path_over_http() {
     assert!(dest.primary_funding_id.is_some());
     let listed = s
         .send(s.graph_get(&format!(
-            "{SOURCE}/phone_numbers?fields=id,display_phone_number"
+            "{SOURCE}/phone_numbers?fields=id,display_phone_number,status"
         )))
         .await;
     let phones: Vec<wire::PhoneNumber> =
@@ -884,7 +901,7 @@ async fn graph_lists_page_with_cursors() {
         .as_str()
         .expect("after");
     let same = s
-        .send(s.graph_get(&format!("{SOURCE}/phone_numbers?after={after}")))
+        .send(s.graph_get(&format!("{SOURCE}/phone_numbers?fields=id&after={after}")))
         .await;
     assert_eq!(same.body["data"], second.body["data"]);
 
@@ -1318,7 +1335,11 @@ async fn otp_register_and_channel_scenarios() {
 async fn list_all(s: &Server, waba: &str, limit: usize) -> (Vec<Value>, usize) {
     let mut items = Vec::new();
     let mut pages = 0;
-    let mut url = format!("{}/v23.0/{waba}/message_templates?limit={limit}", s.base);
+    let mut url = format!(
+        "{}/v23.0/{waba}/message_templates?limit={limit}&fields={}",
+        s.base,
+        crate::clients::meta::TEMPLATE_FIELDS
+    );
     loop {
         let page = s.send(s.http.get(&url).bearer_auth("t")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
@@ -1665,5 +1686,81 @@ fn number_helpers() {
     assert_eq!(
         scenarios::Scenario::of("...0017"),
         Some(scenarios::Scenario::RegisterLimit)
+    );
+}
+
+#[tokio::test]
+async fn graph_fields_select_what_is_returned_and_unknown_names_fail_the_read() {
+    let s = start(SandboxConfig {
+        graph_missing_fields: vec!["is_on_biz_app".into()],
+        ..test_config()
+    })
+    .await;
+    s.seed("+4915112345678", SOURCE, None).await;
+    let list = |fields: Option<&str>| {
+        let mut url = url::Url::parse(&format!("{}/v23.0/{SOURCE}/phone_numbers", s.base)).unwrap();
+        if let Some(fields) = fields {
+            url.query_pairs_mut().append_pair("fields", fields);
+        }
+        s.http.get(url).bearer_auth("sandbox-token")
+    };
+    let keys = |answer: &Answer| -> Vec<String> {
+        let mut keys: Vec<String> = answer.body["data"][0]
+            .as_object()
+            .expect("an item")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    // Named fields, and `id` always.
+    let named = s.send(list(Some("status,name_status"))).await;
+    assert_eq!(named.status, StatusCode::OK, "{}", named.body);
+    assert_eq!(keys(&named), ["id", "name_status", "status"]);
+    // None named: the node type's defaults.
+    let defaults = s.send(list(None)).await;
+    assert_eq!(
+        keys(&defaults),
+        [
+            "display_phone_number",
+            "id",
+            "quality_rating",
+            "verified_name"
+        ]
+    );
+    // A name the node type does not have fails the whole read, as does one this Graph lacks.
+    for field in ["is_pin_enabled", "is_on_biz_app"] {
+        let refused = s.send(list(Some(&format!("id,{field}")))).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+        assert_eq!(graph_code(&refused.body).0, 100);
+        assert_eq!(
+            refused.body["error"]["message"],
+            format!(
+                "(#100) Tried accessing nonexisting field ({field}) on node type (WhatsAppBusinessPhoneNumber)"
+            )
+        );
+    }
+    // The node read and the WABA read honour `fields` too; a selection counts as its field.
+    let phone_id = named.body["data"][0]["id"].as_str().expect("id").to_owned();
+    let node = s
+        .send(s.graph_get(&format!("{phone_id}?fields=status")))
+        .await;
+    assert_eq!(
+        node.body,
+        json!({"id": phone_id, "status": node.body["status"]})
+    );
+    assert!(node.body["status"].is_string(), "{}", node.body);
+    let waba = s
+        .send(s.graph_get(&format!(
+            "{SOURCE}?fields=owner_business_info{{id}},primary_funding_id"
+        )))
+        .await;
+    assert_eq!(waba.status, StatusCode::OK, "{}", waba.body);
+    let mut waba_keys: Vec<&String> = waba.body.as_object().unwrap().keys().collect();
+    waba_keys.sort();
+    assert_eq!(
+        waba_keys,
+        ["id", "owner_business_info", "primary_funding_id"]
     );
 }

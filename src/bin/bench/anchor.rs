@@ -497,3 +497,18 @@ impl Anchor {
         self.modes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WORKER_MJS;
+
+    /// A step job reads a WABA's numbers as the precheck does: with the same fields.
+    #[test]
+    fn step_jobs_ask_for_the_fields_the_service_asks_for() {
+        let fields = waba_migrator::clients::meta::PHONE_NUMBER_FIELDS;
+        assert!(
+            WORKER_MJS.contains(&format!("const PHONE_NUMBER_FIELDS = \"{fields}\";")),
+            "gw-worker.mjs's PHONE_NUMBER_FIELDS is not {fields}"
+        );
+    }
+}
