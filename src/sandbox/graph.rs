@@ -171,6 +171,16 @@ impl Params {
         (!text.is_empty()).then_some(text)
     }
 
+    /// A parameter Graph types as a string (OAS): a JSON number or boolean fails validation,
+    /// as on Graph (`code` and `pin` as `123456` are refused, `"123456"` is not).
+    fn string(&self, key: &str) -> Result<Option<String>, GraphError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+            Some(_) => Err(invalid_param(format!("Param {key} must be a string"))),
+        }
+    }
+
     fn bool(&self, key: &str) -> Option<bool> {
         match self.0.get(key)? {
             Value::Bool(b) => Some(*b),
@@ -973,8 +983,7 @@ impl World {
     /// `POST /{phone-id}/request_code`.
     fn request_code(&mut self, id: &str, params: &Params) -> Result<Value, GraphError> {
         let method = params
-            .str("code_method")
-            .map(|m| m.to_ascii_uppercase())
+            .string("code_method")?
             .ok_or_else(|| invalid_param("The parameter code_method is required"))?;
         if method != "SMS" && method != "VOICE" {
             return Err(invalid_param(
@@ -982,8 +991,7 @@ impl World {
             ));
         }
         let language = params
-            .str("language")
-            .or_else(|| params.str("locale"))
+            .string("language")?
             .ok_or_else(|| invalid_param("The parameter language is required"))?;
         if !valid_language(&language) {
             return Err(invalid_param(
@@ -1009,7 +1017,7 @@ impl World {
     /// `POST /{phone-id}/verify_code`.
     fn verify_code(&mut self, id: &str, params: &Params) -> Result<Value, GraphError> {
         let code = params
-            .str("code")
+            .string("code")?
             .ok_or_else(|| invalid_param("The parameter code is required"))?;
         if !six_digits(&code) {
             return Err(invalid_param("Param code must be a 6-digit string"));
@@ -1046,13 +1054,13 @@ impl World {
         params: &Params,
         config: &SandboxConfig,
     ) -> Result<Value, GraphError> {
-        if params.str("messaging_product").as_deref() != Some("whatsapp") {
+        if params.string("messaging_product")?.as_deref() != Some("whatsapp") {
             return Err(invalid_param(
                 "Param messaging_product must be \"whatsapp\"",
             ));
         }
         let pin = params
-            .str("pin")
+            .string("pin")?
             .ok_or_else(|| invalid_param("The parameter pin is required"))?;
         if !six_digits(&pin) {
             return Err(invalid_param("Param pin must be a 6-digit string"));
@@ -1232,15 +1240,11 @@ impl World {
 }
 
 /// `en`, `en_US` (Meta's examples use both).
+/// `^[a-z]{2}_[A-Z]{2}$`, as OAS's `RequestCodeRequest.language`.
 fn valid_language(language: &str) -> bool {
     let bytes = language.as_bytes();
-    match bytes.len() {
-        2 => bytes.iter().all(u8::is_ascii_lowercase),
-        5 => {
-            bytes[..2].iter().all(u8::is_ascii_lowercase)
-                && bytes[2] == b'_'
-                && bytes[3..].iter().all(u8::is_ascii_uppercase)
-        }
-        _ => false,
-    }
+    bytes.len() == 5
+        && bytes[..2].iter().all(u8::is_ascii_lowercase)
+        && bytes[2] == b'_'
+        && bytes[3..].iter().all(u8::is_ascii_uppercase)
 }

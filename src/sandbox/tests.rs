@@ -1764,3 +1764,75 @@ async fn graph_fields_select_what_is_returned_and_unknown_names_fail_the_read() 
         ["id", "owner_business_info", "primary_funding_id"]
     );
 }
+
+#[tokio::test]
+async fn graph_refuses_the_parameter_types_oas_refuses() {
+    let s = start(test_config()).await;
+    let number = "+4915112345680";
+    s.seed(number, SOURCE, Some(DEST)).await;
+    let started = s.start_migration(DEST, number).await;
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    let refused = |answer: &Answer, what: &str| {
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{what}: {}",
+            answer.body
+        );
+        assert_eq!(graph_code(&answer.body).0, 100, "{what}");
+    };
+    for (what, body) in [
+        (
+            "a 2-letter language",
+            json!({"code_method": "SMS", "language": "en"}),
+        ),
+        (
+            "`locale` for `language`",
+            json!({"code_method": "SMS", "locale": "en_US"}),
+        ),
+        (
+            "a lower-case method",
+            json!({"code_method": "sms", "language": "en_US"}),
+        ),
+    ] {
+        refused(
+            &s.send(s.graph_post(&format!("{id}/request_code"), body))
+                .await,
+            what,
+        );
+    }
+    let requested = s
+        .send(s.graph_post(
+            &format!("{id}/request_code"),
+            json!({"code_method": "SMS", "language": "en_US"}),
+        ))
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{}", requested.body);
+    // `code` and `pin` are strings: the same digits as a JSON number are refused.
+    let as_number = s
+        .send(s.graph_post(&format!("{id}/verify_code"), json!({"code": 123456})))
+        .await;
+    refused(&as_number, "a numeric code");
+    assert!(
+        as_number.body["error"]["error_user_msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("must be a string")),
+        "{}",
+        as_number.body
+    );
+    let verified = s
+        .send(s.graph_post(
+            &format!("{id}/verify_code"),
+            json!({"code": SANDBOX_OTP_CODE}),
+        ))
+        .await;
+    assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
+    let numeric_pin = s
+        .send(s.graph_post(
+            &format!("{id}/register"),
+            json!({"messaging_product": "whatsapp", "pin": 123456}),
+        ))
+        .await;
+    refused(&numeric_pin, "a numeric pin");
+    assert_eq!(s.register(&id).await.status, StatusCode::OK);
+}
