@@ -15,7 +15,10 @@ use serde_json::Value;
 use url::Url;
 
 use super::http::{self, RawResponse};
-use super::{Channel, D360Api, Error, GeneratedApiKey, HealthStatus, PartnerCredentials, Service};
+use super::{
+    Channel, D360Api, Error, GeneratedApiKey, HealthStatus, KeyPermission, PartnerCredentials,
+    Service,
+};
 use super::{UpstreamError, meta};
 
 /// Partner API key header.
@@ -161,12 +164,13 @@ impl D360Api for D360Client {
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, client_id = %client_id, channel_id = %channel_id))]
-    async fn has_api_key_permission(
+    async fn api_key_permission(
         &self,
         partner: &PartnerCredentials,
         client_id: &str,
         channel_id: &str,
-    ) -> Result<bool, Error> {
+        phone_number_e164: Option<&str>,
+    ) -> Result<KeyPermission, Error> {
         let response = self
             .partner_send(
                 partner,
@@ -177,13 +181,17 @@ impl D360Api for D360Client {
             )
             .await?;
         if response.status == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(KeyPermission::Unknown);
         }
         let response = ensure_success(Service::D360Partner, response, partner)?;
         let body: Value = serde_json::from_slice(&response.body).map_err(|e| {
             decode_error(Service::D360Partner, format!("shared_client_numbers: {e}"))
         })?;
-        Ok(permission_granted(&body, channel_id))
+        Ok(key_permission(
+            &body,
+            channel_id,
+            phone_number_e164.map(digits).as_deref(),
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, channel_id = %channel_id))]
@@ -363,11 +371,18 @@ fn rank(item: &ChannelItem) -> (bool, Option<chrono::DateTime<chrono::Utc>>) {
     (running, item.created_at)
 }
 
-/// Whether a `shared_client_numbers` body grants key generation for `channel_id`: any array
-/// (`shared_client_numbers`, `numbers`, `channels`, `data`, or the body itself) holding an
-/// object whose `id` or `channel_id` is the channel (or the bare id) and whose `permission`,
-/// if present, is not false (nor `"false"`, `"missing"`, `"revoked"`, `"denied"`).
-fn permission_granted(body: &Value, channel_id: &str) -> bool {
+/// Keys of a `shared_client_numbers` entry that name its channel, and its number.
+const ENTRY_ID_KEYS: [&str; 2] = ["id", "channel_id"];
+const ENTRY_NUMBER_KEYS: [&str; 4] = ["phone_number", "number", "display_phone_number", "phone"];
+
+/// What a `shared_client_numbers` body says about `channel_id` (number `digits_wanted`). The
+/// lists are looked for under `shared_client_numbers`, `numbers`, `channels` or `data`, or as
+/// the body itself. An entry is the channel's when its `id`/`channel_id` is the channel, or its
+/// number (`phone_number`, `number`, `display_phone_number`, `phone`) has the same digits; a
+/// bare string entry may be either. The channel's entry grants, unless its `permission` is
+/// false (or `"false"`, `"missing"`, `"revoked"`, `"denied"`). Lists whose entries carry none of
+/// those keys, or no list at all, are a shape not seen before: [`KeyPermission::Unknown`].
+fn key_permission(body: &Value, channel_id: &str, digits_wanted: Option<&str>) -> KeyPermission {
     let arrays: Vec<&Vec<Value>> = match body {
         Value::Array(items) => vec![items],
         Value::Object(_) => ["shared_client_numbers", "numbers", "channels", "data"]
@@ -376,22 +391,60 @@ fn permission_granted(body: &Value, channel_id: &str) -> bool {
             .collect(),
         _ => Vec::new(),
     };
-    arrays.into_iter().flatten().any(|entry| match entry {
-        Value::Object(_) => {
-            let matches = ["id", "channel_id"]
-                .iter()
-                .any(|k| entry.get(*k).and_then(http::value_as_id).as_deref() == Some(channel_id));
-            let denied = match entry.get("permission") {
-                Some(Value::Bool(b)) => !b,
-                Some(Value::String(s)) => ["false", "missing", "revoked", "denied"]
+    if arrays.is_empty() {
+        return KeyPermission::Unknown;
+    }
+    let is_number = |v: &Value| {
+        digits_wanted
+            .is_some_and(|want| !want.is_empty() && v.as_str().is_some_and(|n| digits(n) == want))
+    };
+    let (mut understood, mut granted, mut denied) = (true, false, false);
+    let mut any = false;
+    for entry in arrays.into_iter().flatten() {
+        any = true;
+        let (names_it, readable) = match entry {
+            Value::Object(_) => {
+                let by_id = ENTRY_ID_KEYS.iter().any(|k| {
+                    entry.get(*k).and_then(http::value_as_id).as_deref() == Some(channel_id)
+                });
+                let by_number = ENTRY_NUMBER_KEYS
                     .iter()
-                    .any(|d| s.trim().eq_ignore_ascii_case(d)),
-                _ => false,
-            };
-            matches && !denied
+                    .any(|k| entry.get(*k).is_some_and(is_number));
+                let readable = ENTRY_ID_KEYS
+                    .iter()
+                    .chain(ENTRY_NUMBER_KEYS.iter())
+                    .any(|k| entry.get(*k).is_some());
+                (by_id || by_number, readable)
+            }
+            other => (
+                http::value_as_id(other).as_deref() == Some(channel_id) || is_number(other),
+                true,
+            ),
+        };
+        understood &= readable;
+        if !names_it {
+            continue;
         }
-        other => http::value_as_id(other).as_deref() == Some(channel_id),
-    })
+        let refused = match entry.get("permission") {
+            Some(Value::Bool(b)) => !b,
+            Some(Value::String(s)) => ["false", "missing", "revoked", "denied"]
+                .iter()
+                .any(|d| s.trim().eq_ignore_ascii_case(d)),
+            _ => false,
+        };
+        if refused {
+            denied = true;
+        } else {
+            granted = true;
+        }
+    }
+    if granted {
+        KeyPermission::Granted
+    } else if denied || !any || understood {
+        KeyPermission::Denied
+    } else {
+        KeyPermission::Unknown
+    }
 }
 
 /// Flat `{"id", "api_key", "address", "app_id"}` or wrapped `{"api_keys": [{...}]}`.
@@ -713,7 +766,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn has_api_key_permission_parses_defensively() {
+    async fn api_key_permission_parses_defensively() {
         let server = MockServer::start().await;
         let cases: Vec<(&str, ResponseTemplate)> = vec![
             ("cl1", ResponseTemplate::new(200).set_body_json(json!([{"id": "ch1"}]))),
@@ -732,6 +785,9 @@ mod tests {
             ("cl4", ResponseTemplate::new(404).set_body_json(json!({"meta": {"success": false, "http_code": 404, "developer_message": "Not found"}}))),
             ("cl5", ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": "other"}], "channels": []}))),
             ("cl6", ResponseTemplate::new(200).set_body_json(json!({"channels": [{"id": "ch1", "phone_number": "1"}]}))),
+            ("cl8", ResponseTemplate::new(200).set_body_json(json!({"shared_client_numbers": [{"phone_number": "+49 1511 2345678"}]}))),
+            ("cl9", ResponseTemplate::new(200).set_body_json(json!({"numbers": [{"client": "cl9", "shared": true}]}))),
+            ("cl10", ResponseTemplate::new(200).set_body_json(json!({"count": 1}))),
         ];
         for (client_id, template) in cases {
             Mock::given(method("GET"))
@@ -755,14 +811,27 @@ mod tests {
             .await;
         let c = client(&server);
         let p = partner();
-        assert!(c.has_api_key_permission(&p, "cl1", "ch1").await.unwrap());
-        assert!(!c.has_api_key_permission(&p, "cl2", "ch1").await.unwrap());
-        assert!(c.has_api_key_permission(&p, "cl3", "ch1").await.unwrap());
-        assert!(!c.has_api_key_permission(&p, "cl4", "ch1").await.unwrap());
-        assert!(!c.has_api_key_permission(&p, "cl5", "ch1").await.unwrap());
-        assert!(c.has_api_key_permission(&p, "cl6", "ch1").await.unwrap());
+        let number = Some("+4915112345678");
+        let answer = async |client_id: &str| {
+            c.api_key_permission(&p, client_id, "ch1", number)
+                .await
+                .unwrap()
+        };
+        use KeyPermission::*;
+        assert_eq!(answer("cl1").await, Granted);
+        assert_eq!(answer("cl2").await, Denied);
+        assert_eq!(answer("cl3").await, Granted);
+        // 360dialog documents neither the path nor the shape: a 404 does not say "denied".
+        assert_eq!(answer("cl4").await, Unknown);
+        assert_eq!(answer("cl5").await, Denied);
+        assert_eq!(answer("cl6").await, Granted);
+        // Entries that carry the number, not the channel id.
+        assert_eq!(answer("cl8").await, Granted);
+        // Lists whose entries say nothing we can match, and no list at all.
+        assert_eq!(answer("cl9").await, Unknown);
+        assert_eq!(answer("cl10").await, Unknown);
         let err = c
-            .has_api_key_permission(&p, "cl7", "ch1")
+            .api_key_permission(&p, "cl7", "ch1", number)
             .await
             .unwrap_err();
         assert_eq!(api(&err).http_status, Some(403));

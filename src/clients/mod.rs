@@ -16,8 +16,8 @@ pub use d360::D360Client;
 pub use meta::MetaClient;
 
 pub use crate::domain::upstream::{
-    BusinessInfo, CallError as Error, Channel, CodeMethod, HealthStatus, PhoneNumber, Service,
-    SubscribedApp, Template, TemplateMigration, UpstreamError, Waba,
+    BusinessInfo, CallError as Error, Channel, CodeMethod, HealthStatus, KeyPermission,
+    PhoneNumber, Service, SubscribedApp, Template, TemplateMigration, UpstreamError, Waba,
 };
 
 /// The Meta Graph API as the migration uses it. Ids are Graph ids (numeric strings).
@@ -135,13 +135,15 @@ pub trait D360Api: Send + Sync {
         phone_number_e164: Option<&str>,
     ) -> Result<Option<Channel>, Error>;
     /// `GET /partners/{pid}/clients/{client_id}/shared_client_numbers`: whether the partner may
-    /// generate API keys for this channel.
-    async fn has_api_key_permission(
+    /// generate API keys for the channel `channel_id` of the number `phone_number_e164` (an entry
+    /// is matched by either).
+    async fn api_key_permission(
         &self,
         partner: &PartnerCredentials,
         client_id: &str,
         channel_id: &str,
-    ) -> Result<bool, Error>;
+        phone_number_e164: Option<&str>,
+    ) -> Result<KeyPermission, Error>;
     /// `POST /partners/{pid}/channels/{channel_id}/api_keys` (non-idempotent: revokes earlier keys).
     async fn generate_api_key(
         &self,

@@ -224,6 +224,19 @@ fn classify_retryable(e: &UpstreamError) -> bool {
     }
 }
 
+/// What 360dialog's `shared_client_numbers` says about generating a channel's API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPermission {
+    /// The channel, or its number, is listed as shared.
+    Granted,
+    /// The answer lists what the client shared, and the channel is not among it (or is listed
+    /// as denied): wait for the client.
+    Denied,
+    /// The answer cannot be read as such a list (a 404, or a shape not seen before; 360dialog
+    /// documents neither): `POST …/api_keys` decides, whose 403 is `api_key_permission_missing`.
+    Unknown,
+}
+
 /// Graph `code_method` of `request_code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use waba_migrator::clients::{
-    Channel, CodeMethod, D360Api, Error, GeneratedApiKey, HealthStatus, MetaApi,
+    Channel, CodeMethod, D360Api, Error, GeneratedApiKey, HealthStatus, KeyPermission, MetaApi,
     PartnerCredentials, PhoneNumber, Service, SubscribedApp, Template, TemplateMigration,
     UpstreamError, Waba,
 };
@@ -710,15 +710,19 @@ impl D360Api for FakeD360 {
         Ok(inner.channels.get(channel_id).map(FakeChannel::listed))
     }
 
-    async fn has_api_key_permission(
+    async fn api_key_permission(
         &self,
         _partner: &PartnerCredentials,
         _client_id: &str,
         channel_id: &str,
-    ) -> Result<bool, Error> {
+        _phone_number_e164: Option<&str>,
+    ) -> Result<KeyPermission, Error> {
         let mut inner = self.lock();
-        inner.ledger.read("has_api_key_permission");
-        Ok(inner.channels.get(channel_id).is_some_and(|c| c.permission))
+        inner.ledger.read("api_key_permission");
+        Ok(match inner.channels.get(channel_id).map(|c| c.permission) {
+            Some(true) => KeyPermission::Granted,
+            _ => KeyPermission::Denied,
+        })
     }
 
     async fn generate_api_key(

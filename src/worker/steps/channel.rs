@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{Result, StepResult, channel_of, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
+use crate::domain::upstream::KeyPermission;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 use crate::worker::Deps;
 use crate::worker::errors::outcome;
@@ -60,11 +61,19 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
     if let Some(client) = &client_id {
         match deps
             .d360
-            .has_api_key_permission(&creds, client, &channel_id)
+            .api_key_permission(&creds, client, &channel_id, Some(&row.phone_number))
             .await
         {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(KeyPermission::Granted) => {}
+            // Not readable: generating the key is the check (a 403 there is
+            // `api_key_permission_missing`, as a denial here would be after the wait).
+            Ok(KeyPermission::Unknown) => {
+                tracing::info!(
+                    channel_id = %channel_id,
+                    "shared_client_numbers does not say whether keys may be generated; generating the key decides"
+                );
+            }
+            Ok(KeyPermission::Denied) => {
                 return Ok(not_yet(MigrationError::new(
                     ErrorCode::ApiKeyPermissionMissing,
                     state,
