@@ -5,6 +5,14 @@
 //! shapes that the docs leave open (channel list item, `shared_client_numbers`, `api_keys`) are
 //! parsed defensively from [`serde_json::Value`]. Key material never reaches an error message:
 //! the `api_keys` response is never quoted, and upstream error text is scrubbed of our keys.
+//!
+//! Channels are looked up by number with `filters={"setup_info.phone_number": …}`. 360dialog
+//! does not document the form it stores the number in, so a lookup that finds nothing with the
+//! E.164 digits is asked again with `+` and the digits; the form that finds a channel is used
+//! alone from then on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -30,6 +38,26 @@ const CHANNEL_LIMIT: &str = "50";
 /// Channel status in which an API key can be generated.
 const RUNNING: &str = "running";
 
+/// How a number is written in a `setup_info.phone_number` filter. 360dialog does not document
+/// the form it stores (E.164 digits, or with `+`), and its filter compares as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum NumberForm {
+    /// `4915112345678`
+    Digits = 1,
+    /// `+4915112345678`
+    Plus = 2,
+}
+
+impl NumberForm {
+    fn write(self, digits: &str) -> String {
+        match self {
+            Self::Digits => digits.to_owned(),
+            Self::Plus => format!("+{digits}"),
+        }
+    }
+}
+
 /// 360dialog client (Partner API + Messaging API). Holds no credentials: partner keys and
 /// channel keys are passed per call. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,6 +65,9 @@ pub struct D360Client {
     hub_base: Url,
     waba_base: Url,
     http: reqwest::Client,
+    /// The [`NumberForm`] a number filter last found a channel with (0: none yet), shared by
+    /// clones: filters use it alone from then on.
+    number_form: Arc<AtomicU8>,
 }
 
 impl D360Client {
@@ -47,7 +78,44 @@ impl D360Client {
             hub_base,
             waba_base,
             http,
+            number_form: Arc::default(),
         }
+    }
+
+    /// The forms to filter a number by, in order: the one that found a channel before, else
+    /// digits, then `+` and digits.
+    fn number_forms(&self) -> &'static [NumberForm] {
+        match self.number_form.load(Ordering::Relaxed) {
+            1 => &[NumberForm::Digits],
+            2 => &[NumberForm::Plus],
+            _ => &[NumberForm::Digits, NumberForm::Plus],
+        }
+    }
+
+    /// Channels listed for `filters` plus the number `digits` in `setup_info.phone_number`, in
+    /// the first of [`Self::number_forms`] that `found` accepts an answer of, which is then
+    /// remembered.
+    async fn list_channels_by_number(
+        &self,
+        partner: &PartnerCredentials,
+        filters: serde_json::Map<String, Value>,
+        digits: &str,
+        found: impl Fn(&[ChannelItem]) -> bool,
+    ) -> Result<Vec<ChannelItem>, Error> {
+        let mut channels = Vec::new();
+        for form in self.number_forms() {
+            let mut filters = filters.clone();
+            filters.insert(
+                "setup_info.phone_number".into(),
+                Value::String(form.write(digits)),
+            );
+            channels = self.list_channels(partner, &Value::Object(filters)).await?;
+            if found(&channels) {
+                self.number_form.store(*form as u8, Ordering::Relaxed);
+                break;
+            }
+        }
+        Ok(channels)
     }
 
     /// Sends a Partner API request and returns the response whatever its status.
@@ -126,14 +194,18 @@ impl D360Api for D360Client {
         if wanted.is_empty() {
             return Ok(None);
         }
-        let filters = serde_json::json!({ "setup_info.phone_number": wanted });
-        let channels = self.list_channels(partner, &filters).await?;
-        Ok(pick_channel(channels.into_iter().filter(|c| {
+        let is_it = |c: &ChannelItem| {
             c.channel
                 .phone_number
                 .as_deref()
                 .is_some_and(|n| digits(n) == wanted)
-        })))
+        };
+        let channels = self
+            .list_channels_by_number(partner, serde_json::Map::new(), &wanted, |items| {
+                items.iter().any(is_it)
+            })
+            .await?;
+        Ok(pick_channel(channels.into_iter().filter(is_it)))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, channel_id = %channel_id))]
@@ -146,21 +218,23 @@ impl D360Api for D360Client {
         let mut filters = serde_json::Map::new();
         filters.insert("id".into(), Value::String(channel_id.to_owned()));
         let wanted = phone_number_e164.map(digits).filter(|d| !d.is_empty());
-        if let Some(wanted) = &wanted {
-            filters.insert(
-                "setup_info.phone_number".into(),
-                Value::String(wanted.clone()),
-            );
-        }
-        let channels = self.list_channels(partner, &Value::Object(filters)).await?;
-        Ok(channels
-            .into_iter()
-            .map(|c| c.channel)
-            .filter(|c| c.id == channel_id)
-            .find(|c| match (&wanted, &c.phone_number) {
-                (Some(wanted), Some(number)) => digits(number) == *wanted,
-                _ => true,
-            }))
+        let is_it = |c: &Channel| {
+            c.id == channel_id
+                && match (&wanted, &c.phone_number) {
+                    (Some(wanted), Some(number)) => digits(number) == *wanted,
+                    _ => true,
+                }
+        };
+        let channels = match &wanted {
+            Some(wanted) => {
+                self.list_channels_by_number(partner, filters, wanted, |items| {
+                    items.iter().any(|c| is_it(&c.channel))
+                })
+                .await?
+            }
+            None => self.list_channels(partner, &Value::Object(filters)).await?,
+        };
+        Ok(channels.into_iter().map(|c| c.channel).find(is_it))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, client_id = %client_id, channel_id = %channel_id))]
@@ -688,6 +762,55 @@ mod tests {
                 phone_number: Some("+49 151 12345678".into()),
                 waba_external_id: Some("1001".into()),
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_number_360dialog_holds_with_plus_is_found_and_that_form_kept() {
+        let server = MockServer::start().await;
+        channels_mock(
+            json!({"setup_info.phone_number": "4915112345678"}),
+            json!([]),
+        )
+        .mount(&server)
+        .await;
+        let item = json!([{"id": "plusCH", "status": "running", "client_id": "c1",
+                           "setup_info": {"phone_number": "+4915112345678"}}]);
+        channels_mock(
+            json!({"setup_info.phone_number": "+4915112345678"}),
+            item.clone(),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+        channels_mock(
+            json!({"id": "plusCH", "setup_info.phone_number": "+4915112345678"}),
+            item,
+        )
+        .mount(&server)
+        .await;
+        let c = client(&server);
+        let found = c
+            .find_channel_by_number(&partner(), "+4915112345678")
+            .await
+            .unwrap()
+            .expect("found with +");
+        assert_eq!(found.id, "plusCH");
+        // From then on (clones too) the `+` form alone is sent: one call per lookup.
+        let again = c.clone();
+        assert!(
+            again
+                .find_channel_by_number(&partner(), "+4915112345678")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            again
+                .get_channel(&partner(), "plusCH", Some("+4915112345678"))
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 

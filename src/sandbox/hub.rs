@@ -39,8 +39,9 @@ fn partner_auth(ctx: &Ctx) -> Option<Reply> {
 struct ChannelFilters {
     /// The filters object as sent (echoed in the response).
     raw: Map<String, Value>,
-    /// Digits of `setup_info.phone_number`.
-    phone_digits: Option<String>,
+    /// `setup_info.phone_number` as sent. Channels hold the number as E.164 digits without `+`
+    /// and the filter compares it as held, so `+4915…` or `49 15…` match nothing.
+    phone_number: Option<String>,
     id: Option<String>,
 }
 
@@ -59,14 +60,11 @@ fn parse_filters(text: Option<&str>) -> Result<ChannelFilters, Reply> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    let phone_digits = raw
-        .get("setup_info.phone_number")
-        .and_then(as_text)
-        .map(|s| s.chars().filter(char::is_ascii_digit).collect::<String>());
+    let phone_number = raw.get("setup_info.phone_number").and_then(as_text);
     let id = raw.get("id").and_then(as_text);
     Ok(ChannelFilters {
         raw,
-        phone_digits,
+        phone_number,
         id,
     })
 }
@@ -96,8 +94,9 @@ fn query_usize(pairs: &[(String, String)], key: &str) -> Result<Option<usize>, R
 
 /// `GET /api/v2/partners/{partner_id}/channels?filters=…&limit=&offset=`.
 ///
-/// Every partner sees every channel. Filters `setup_info.phone_number` (digits compared) and
-/// `id` are applied, other keys are ignored. Embedded-signup rule: with both filters and no
+/// Every partner sees every channel. Filters `setup_info.phone_number` (equal to the channel's
+/// number as it shows it: E.164 digits without `+`) and `id` are applied, other keys are
+/// ignored. Embedded-signup rule: with both filters and no
 /// channel of that id nor of that number yet, the channel is created, `running`.
 pub(crate) async fn list_channels(
     State(sandbox): State<Sandbox>,
@@ -120,8 +119,9 @@ pub(crate) async fn list_channels(
     let refusal = partner_auth(&ctx).or_else(|| parsed.as_ref().err().cloned());
     let (filters, limit, offset) = parsed.unwrap_or((ChannelFilters::default(), DEFAULT_LIMIT, 0));
     let filter_e164 = filters
-        .phone_digits
+        .phone_number
         .as_deref()
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(scenarios::normalize_e164);
 
     sandbox
@@ -148,9 +148,9 @@ pub(crate) async fn list_channels(
                     .values()
                     .filter(|c| {
                         filters
-                            .phone_digits
+                            .phone_number
                             .as_ref()
-                            .is_none_or(|d| scenarios::digits(&c.e164) == d)
+                            .is_none_or(|n| scenarios::digits(&c.e164) == *n)
                             && filters.id.as_ref().is_none_or(|id| &c.id == id)
                     })
                     .collect();

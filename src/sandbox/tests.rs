@@ -933,7 +933,14 @@ async fn register_limit_is_ten_per_number() {
 async fn embedded_signup_channel_is_created_on_lookup() {
     let s = start(test_config()).await;
     let filters =
+        json!({"id": "esChannel01CH", "setup_info.phone_number": "15557654321"}).to_string();
+    // The number as the channel holds it (digits): another form matches nothing.
+    let plus =
         json!({"id": "esChannel01CH", "setup_info.phone_number": "+15557654321"}).to_string();
+    let other_form = s
+        .send(s.hub_get("channels").query(&[("filters", plus)]))
+        .await;
+    assert_eq!(other_form.body["count"], 0, "{}", other_form.body);
     let listed = s
         .send(s.hub_get("channels").query(&[("filters", filters)]))
         .await;
