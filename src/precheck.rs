@@ -290,6 +290,12 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
     if fits < to_copy {
         let raise = if verified {
             ""
+        } else if input
+            .unavailable_fields
+            .iter()
+            .any(|f| f == "waba.business_verification_status")
+        {
+            " The limit is 6,000 for a verified business, but the Meta Graph API does not return business_verification_status in the configured version, so 250 was assumed."
         } else {
             " Completing business verification raises the limit to 6,000."
         };
@@ -525,7 +531,7 @@ pub fn evaluate(
         let change_pending = n.new_name_status.as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("PENDING_REVIEW") || s.eq_ignore_ascii_case("PENDING")
         });
-        if let Some(f) = unread(&["phone_number.name_status", "phone_number.new_name_status"]) {
+        if let Some(f) = unread(&["phone_number.name_status"]) {
             b.unreadable("display_name_approved", f);
         } else if !name_ok {
             b.code(
@@ -537,6 +543,8 @@ pub fn evaluate(
                     n.name_status.as_deref().unwrap_or("unknown")
                 ),
             );
+        } else if let Some(f) = unread(&["phone_number.new_name_status"]) {
+            b.unreadable("display_name_approved", f);
         } else if change_pending {
             b.code(
                 "display_name_approved",
@@ -744,8 +752,16 @@ mod tests {
             assert!(c.message.contains(&format!("`{field}`")), "{c:#?}");
             assert_eq!(c.code, None);
         }
-        // The checks whose fields Graph has are made as before.
+        // The checks whose fields Graph has are made as before: a declined name still fails
+        // when only the pending-change field is missing.
         assert_eq!(check(&r, "business_verified").status, CheckStatus::Pass);
+        let mut declined = i.clone();
+        declined.source_numbers[0].name_status = Some("DECLINED".into());
+        let r = evaluate(Flow::Otp, &phone(), "900", &declined);
+        assert_eq!(
+            check(&r, "display_name_approved").code,
+            Some(ErrorCode::DisplayNameNotApproved)
+        );
         i.unavailable_fields.clear();
         let r = evaluate(Flow::Otp, &phone(), "900", &i);
         assert_eq!(

@@ -8,8 +8,8 @@
 //!
 //! Channels are looked up by number with `filters={"setup_info.phone_number": …}`. 360dialog
 //! does not document the form it stores the number in, so a lookup that finds nothing with the
-//! E.164 digits is asked again with `+` and the digits; the form that finds a channel is used
-//! alone from then on.
+//! E.164 digits is asked again with `+` and the digits; the form that last found a channel is
+//! tried first from then on, so a found channel costs one call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -66,7 +66,7 @@ pub struct D360Client {
     waba_base: Url,
     http: reqwest::Client,
     /// The [`NumberForm`] a number filter last found a channel with (0: none yet), shared by
-    /// clones: filters use it alone from then on.
+    /// clones: lookups try it first.
     number_form: Arc<AtomicU8>,
 }
 
@@ -82,13 +82,12 @@ impl D360Client {
         }
     }
 
-    /// The forms to filter a number by, in order: the one that found a channel before, else
-    /// digits, then `+` and digits.
-    fn number_forms(&self) -> &'static [NumberForm] {
+    /// The forms to filter a number by, in order: the one that last found a channel first
+    /// (digits until one has), then the other.
+    fn number_forms(&self) -> [NumberForm; 2] {
         match self.number_form.load(Ordering::Relaxed) {
-            1 => &[NumberForm::Digits],
-            2 => &[NumberForm::Plus],
-            _ => &[NumberForm::Digits, NumberForm::Plus],
+            2 => [NumberForm::Plus, NumberForm::Digits],
+            _ => [NumberForm::Digits, NumberForm::Plus],
         }
     }
 
@@ -111,7 +110,7 @@ impl D360Client {
             );
             channels = self.list_channels(partner, &Value::Object(filters)).await?;
             if found(&channels) {
-                self.number_form.store(*form as u8, Ordering::Relaxed);
+                self.number_form.store(form as u8, Ordering::Relaxed);
                 break;
             }
         }
@@ -451,9 +450,9 @@ const ENTRY_NUMBER_KEYS: [&str; 4] = ["phone_number", "number", "display_phone_n
 
 /// What a `shared_client_numbers` body says about `channel_id` (number `digits_wanted`). The
 /// lists are looked for under `shared_client_numbers`, `numbers`, `channels` or `data`, or as
-/// the body itself. An entry is the channel's when its `id`/`channel_id` is the channel, or its
-/// number (`phone_number`, `number`, `display_phone_number`, `phone`) has the same digits; a
-/// bare string entry may be either. The channel's entry grants, unless its `permission` is
+/// the body itself. An entry is the channel's when its `id`/`channel_id` is the channel, or,
+/// for an entry without either, when its number (`phone_number`, `number`,
+/// `display_phone_number`, `phone`) has the same digits; a bare string entry may be either. The channel's entry grants, unless its `permission` is
 /// false (or `"false"`, `"missing"`, `"revoked"`, `"denied"`). Lists whose entries carry none of
 /// those keys, or no list at all, are a shape not seen before: [`KeyPermission::Unknown`].
 fn key_permission(body: &Value, channel_id: &str, digits_wanted: Option<&str>) -> KeyPermission {
@@ -478,12 +477,17 @@ fn key_permission(body: &Value, channel_id: &str, digits_wanted: Option<&str>) -
         any = true;
         let (names_it, readable) = match entry {
             Value::Object(_) => {
-                let by_id = ENTRY_ID_KEYS.iter().any(|k| {
-                    entry.get(*k).and_then(http::value_as_id).as_deref() == Some(channel_id)
-                });
-                let by_number = ENTRY_NUMBER_KEYS
+                // An entry naming a channel is that channel's, whatever its number (an
+                // older channel of the same number says nothing about this one).
+                let ids: Vec<String> = ENTRY_ID_KEYS
                     .iter()
-                    .any(|k| entry.get(*k).is_some_and(is_number));
+                    .filter_map(|k| entry.get(*k).and_then(http::value_as_id))
+                    .collect();
+                let by_id = ids.iter().any(|id| id == channel_id);
+                let by_number = ids.is_empty()
+                    && ENTRY_NUMBER_KEYS
+                        .iter()
+                        .any(|k| entry.get(*k).is_some_and(is_number));
                 let readable = ENTRY_ID_KEYS
                     .iter()
                     .chain(ENTRY_NUMBER_KEYS.iter())
@@ -796,7 +800,7 @@ mod tests {
             .unwrap()
             .expect("found with +");
         assert_eq!(found.id, "plusCH");
-        // From then on (clones too) the `+` form alone is sent: one call per lookup.
+        // From then on (clones too) the `+` form is tried first: one call per found lookup.
         let again = c.clone();
         assert!(
             again
@@ -812,6 +816,26 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+        // A channel held as digits is still found: the other form is tried next.
+        channels_mock(
+            json!({"setup_info.phone_number": "+4915100000002"}),
+            json!([]),
+        )
+        .mount(&server)
+        .await;
+        channels_mock(
+            json!({"setup_info.phone_number": "4915100000002"}),
+            json!([{"id": "digitsCH", "status": "running",
+                    "setup_info": {"phone_number": "4915100000002"}}]),
+        )
+        .mount(&server)
+        .await;
+        let digits = c
+            .find_channel_by_number(&partner(), "+4915100000002")
+            .await
+            .unwrap()
+            .expect("found with digits");
+        assert_eq!(digits.id, "digitsCH");
     }
 
     #[tokio::test]
@@ -834,6 +858,13 @@ mod tests {
             json!({"setup_info.phone_number": "15550001111"}),
             // Whatever the filter does upstream, a different number is never returned.
             json!([{"id": "xCH", "status": "running", "setup_info": {"phone_number": "15550001112"}}]),
+        )
+        .mount(&server)
+        .await;
+        // Found in neither form: both are asked.
+        channels_mock(
+            json!({"setup_info.phone_number": "+15550001111"}),
+            json!([]),
         )
         .mount(&server)
         .await;
@@ -911,6 +942,7 @@ mod tests {
             ("cl8", ResponseTemplate::new(200).set_body_json(json!({"shared_client_numbers": [{"phone_number": "+49 1511 2345678"}]}))),
             ("cl9", ResponseTemplate::new(200).set_body_json(json!({"numbers": [{"client": "cl9", "shared": true}]}))),
             ("cl10", ResponseTemplate::new(200).set_body_json(json!({"count": 1}))),
+            ("cl11", ResponseTemplate::new(200).set_body_json(json!({"shared_client_numbers": [{"id": "oldCH", "phone_number": "+4915112345678", "permission": true}]}))),
         ];
         for (client_id, template) in cases {
             Mock::given(method("GET"))
@@ -953,6 +985,8 @@ mod tests {
         // Lists whose entries say nothing we can match, and no list at all.
         assert_eq!(answer("cl9").await, Unknown);
         assert_eq!(answer("cl10").await, Unknown);
+        // Another channel of the same number is not this channel.
+        assert_eq!(answer("cl11").await, Denied);
         let err = c
             .api_key_permission(&p, "cl7", "ch1", number)
             .await

@@ -49,8 +49,14 @@ is_official_business_account,is_on_biz_app,account_mode";
 pub const TEMPLATE_FIELDS: &str = "id,name,language,status,category,quality_score";
 
 /// Fields a read is never made without, even when Graph says one does not exist: an item's
-/// identity, and what numbers are matched by.
-const ESSENTIAL_FIELDS: [&str; 2] = ["id", "display_phone_number"];
+/// identity, what numbers are matched by, and what the steps decide on (whether a number is
+/// verified and registered: guessing "no" would call `request_code` or `register` again).
+const ESSENTIAL_FIELDS: [&str; 4] = [
+    "id",
+    "display_phone_number",
+    "status",
+    "code_verification_status",
+];
 
 /// Most fields one read leaves out, one "nonexisting field" answer at a time, before the error
 /// is the answer.
@@ -61,15 +67,20 @@ const MAX_DROPPED_FIELDS: usize = 6;
 struct FieldSet {
     /// Prefix of the names [`MetaApi::unavailable_fields`] reports, e.g. `waba`.
     node: &'static str,
+    /// Graph's name of the node type, as its "nonexisting field" error says it: an error about
+    /// another type (an id of another kind of node) says nothing about these fields.
+    node_type: &'static str,
     all: &'static str,
 }
 
 const WABA_FIELD_SET: FieldSet = FieldSet {
     node: "waba",
+    node_type: "WhatsAppBusinessAccount",
     all: WABA_FIELDS,
 };
 const PHONE_NUMBER_FIELD_SET: FieldSet = FieldSet {
     node: "phone_number",
+    node_type: "WhatsAppBusinessPhoneNumber",
     all: PHONE_NUMBER_FIELDS,
 };
 
@@ -148,10 +159,14 @@ impl MetaClient {
     /// read asked for (`asked`), remembers that `x` does not exist and says so: the read may be
     /// made again without it. (A concurrent read may have learnt it first.)
     fn went_without(&self, set: FieldSet, asked: &str, err: &Error) -> bool {
-        let Some(field) = err.upstream().and_then(UpstreamError::nonexisting_field) else {
+        let Some((field, node_type)) = err.upstream().and_then(UpstreamError::nonexisting_field)
+        else {
             return false;
         };
-        if ESSENTIAL_FIELDS.contains(&field) || !asked.split(',').any(|f| f == field) {
+        if node_type != set.node_type
+            || ESSENTIAL_FIELDS.contains(&field)
+            || !asked.split(',').any(|f| f == field)
+        {
             return false;
         }
         let name = format!("{}.{field}", set.node);
@@ -923,7 +938,10 @@ mod tests {
     async fn an_essential_or_unasked_field_error_is_returned_not_worked_around() {
         for (field, node_type) in [
             ("display_phone_number", "WhatsAppBusinessPhoneNumber"),
+            ("status", "WhatsAppBusinessPhoneNumber"),
             ("not_asked_for", "WhatsAppBusinessPhoneNumber"),
+            // An id of another kind of node (here a business portfolio) read as a number.
+            ("is_on_biz_app", "Business"),
         ] {
             let server = MockServer::start().await;
             Mock::given(method("GET"))
@@ -934,7 +952,7 @@ mod tests {
                 .await;
             let c = client(&server);
             let err = c.get_phone_number("2002").await.unwrap_err();
-            assert_eq!(api(&err).nonexisting_field(), Some(field));
+            assert_eq!(api(&err).nonexisting_field(), Some((field, node_type)));
             assert!(c.unavailable_fields().is_empty(), "{field}");
         }
         // Template reads ask for a fixed list: nothing is dropped from it.

@@ -119,8 +119,8 @@ impl std::fmt::Debug for GeneratedApiKey {
 /// 360dialog: Partner API (`X-API-Key`) and Messaging API (`D360-API-KEY`).
 #[async_trait]
 pub trait D360Api: Send + Sync {
-    /// `GET /partners/{pid}/channels?filters={"setup_info.phone_number": "<digits>"}`;
-    /// the channel of that number, if 360dialog lists one.
+    /// `GET /partners/{pid}/channels?filters={"setup_info.phone_number": "<digits>"}` (or
+    /// `"+<digits>"`: see [`d360`]); the channel of that number, if 360dialog lists one.
     async fn find_channel_by_number(
         &self,
         partner: &PartnerCredentials,

@@ -90,19 +90,25 @@ impl UpstreamError {
         self.code == Some(n) || self.subcode == Some(n)
     }
 
-    /// The field a Graph read named that its node type does not have, from `(#100) Tried
-    /// accessing nonexisting field (x) on node type (T)`: what Graph answers, for the whole
-    /// request, once Meta has removed or renamed a field in the version called.
-    pub fn nonexisting_field(&self) -> Option<&str> {
+    /// The field a Graph read named that its node type does not have, and that node type, from
+    /// `(#100) Tried accessing nonexisting field (x) on node type (T)`: what Graph answers, for
+    /// the whole request, once Meta has removed or renamed a field in the version called (or
+    /// when the id names another kind of node than the read expects).
+    pub fn nonexisting_field(&self) -> Option<(&str, &str)> {
         if self.service != Service::Meta || !self.has_code(100) {
             return None;
         }
-        const MARK: &str = "nonexisting field (";
-        let at = self.message.find(MARK)? + MARK.len();
-        let rest = &self.message[at..];
-        let name = &rest[..rest.find(')')?];
-        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-            .then_some(name)
+        let word = |mark: &str, from: usize| {
+            let at = self.message[from..].find(mark)? + from + mark.len();
+            let len = self.message[at..].find(')')?;
+            let text = &self.message[at..at + len];
+            let ok =
+                !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            ok.then_some((text, at + len))
+        };
+        let (field, end) = word("nonexisting field (", 0)?;
+        let (node_type, _) = word("on node type (", end)?;
+        Some((field, node_type))
     }
 
     /// Whether the upstream is rate limiting us: HTTP 429, one of Graph's rate-limit codes

@@ -327,12 +327,15 @@ fn wrong_node(edge: &str, node: Node, id: &str) -> Response {
 /// The fields of a Graph node type the sandbox serves: what Meta documents for it (see
 /// `meta-graph-api.md` §3), and what Graph returns when a request names no `fields`.
 pub(crate) struct NodeFields {
+    /// Prefix of its names in [`SandboxConfig::graph_missing_fields`], e.g. `waba`.
+    prefix: &'static str,
     node_type: &'static str,
     known: &'static [&'static str],
     defaults: &'static [&'static str],
 }
 
 pub(crate) const PHONE_NODE: NodeFields = NodeFields {
+    prefix: "phone_number",
     node_type: "WhatsAppBusinessPhoneNumber",
     known: &[
         "id",
@@ -364,6 +367,7 @@ pub(crate) const PHONE_NODE: NodeFields = NodeFields {
 };
 
 pub(crate) const WABA_NODE: NodeFields = NodeFields {
+    prefix: "waba",
     node_type: "WhatsAppBusinessAccount",
     known: &[
         "id",
@@ -388,6 +392,7 @@ pub(crate) const WABA_NODE: NodeFields = NodeFields {
 };
 
 pub(crate) const TEMPLATE_NODE: NodeFields = NodeFields {
+    prefix: "template",
     node_type: "WhatsAppMessageTemplate",
     known: &[
         "id",
@@ -436,7 +441,12 @@ fn requested_fields(
         if name.is_empty() {
             continue;
         }
-        if !node.known.contains(&name) || missing.iter().any(|m| m == name) {
+        let removed = missing.iter().any(|m| {
+            m.strip_prefix(node.prefix)
+                .and_then(|m| m.strip_prefix('.'))
+                == Some(name)
+        });
+        if !node.known.contains(&name) || removed {
             return Err(GraphError::bad_request(
                 100,
                 format!(
@@ -1239,8 +1249,8 @@ impl World {
     }
 }
 
-/// `en`, `en_US` (Meta's examples use both).
-/// `^[a-z]{2}_[A-Z]{2}$`, as OAS's `RequestCodeRequest.language`.
+/// `^[a-z]{2}_[A-Z]{2}$`, as OAS's `RequestCodeRequest.language` (Meta's prose examples also
+/// show `en`; the sandbox holds clients to the stricter spec).
 fn valid_language(language: &str) -> bool {
     let bytes = language.as_bytes();
     bytes.len() == 5

@@ -221,8 +221,9 @@ pub struct SandboxConfig {
     pub seed: Option<u64>,
     /// 360dialog allows one API-key generation per channel per this window (429 otherwise).
     pub api_key_rate_window: Duration,
-    /// Fields the simulated Graph version does not have, as after Meta removes one: a request
-    /// naming one in `fields` is answered `(#100) Tried accessing nonexisting field`.
+    /// Fields the simulated Graph version does not have, as after Meta removes one, each as
+    /// `node.field` (`waba.…`, `phone_number.…`, `template.…`): a read naming one in `fields`
+    /// is answered `(#100) Tried accessing nonexisting field`.
     pub graph_missing_fields: Vec<String>,
 }
 

@@ -162,6 +162,43 @@ async fn missing_key_permission_is_explained(pool: PgPool) {
     assert_eq!(m["error"]["actor"], "client");
 }
 
+/// 360dialog documents neither the path nor the answer of `shared_client_numbers`: when it
+/// cannot be read (here `{"success": false}`), the migration does not wait on it. Generating
+/// the key decides: it works with permission, and without it fails at once with
+/// `api_key_permission_missing`, retryable, instead of waiting out the channel deadline.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_unreadable_permission_answer_lets_key_generation_decide(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.faults(json!([
+        { "endpoint": "shared_client_numbers", "fault": "success_false", "times": 100 },
+    ]))
+    .await;
+    let granted = "+14155550314";
+    let id = app.create(granted).await;
+    let m = app.complete(&id).await;
+    assert!(m["error"].is_null(), "{m:#}");
+    assert!(app.received(granted, "shared_client_numbers") >= 1);
+    assert_eq!(app.applied(granted, "api_keys"), 1);
+
+    // Without permission (scenario 0020): no wait in awaiting_channel, a 403 at generation.
+    let denied = "+14155550020";
+    let id = app.create(denied).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "api_key_permission_missing", "{m:#}");
+    assert_eq!(m["error"]["step"], "generating_api_key", "{m:#}");
+    assert_eq!(m["error"]["retryable"], true, "{m:#}");
+    // The client grants it; the partner retries; the key is made.
+    app.sandbox.resolve(denied).unwrap();
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let m = app.wait_for(&id, "completed").await;
+    assert!(m["error"].is_null(), "{m:#}");
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn an_undecryptable_secret_fails_visibly_instead_of_looping(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -190,7 +227,10 @@ async fn an_undecryptable_secret_fails_visibly_instead_of_looping(pool: PgPool) 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_graph_version_without_some_fields_still_migrates(pool: PgPool) {
     let mut opts = Options::default();
-    opts.sandbox.graph_missing_fields = vec!["primary_funding_id".into(), "is_on_biz_app".into()];
+    opts.sandbox.graph_missing_fields = vec![
+        "waba.primary_funding_id".into(),
+        "phone_number.is_on_biz_app".into(),
+    ];
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155550312";
     let id = app.create(phone).await;

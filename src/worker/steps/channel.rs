@@ -65,8 +65,9 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
             .await
         {
             Ok(KeyPermission::Granted) => {}
-            // Not readable: generating the key is the check (a 403 there is
-            // `api_key_permission_missing`, as a denial here would be after the wait).
+            // Not readable: generating the key is the check. Without permission its 403 fails
+            // the migration with `api_key_permission_missing` (retryable) at once; a readable
+            // denial waits here instead, and the migration goes on by itself once granted.
             Ok(KeyPermission::Unknown) => {
                 tracing::info!(
                     channel_id = %channel_id,
