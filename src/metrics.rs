@@ -21,6 +21,7 @@
 //! | `waba_http_connections` | gauge, open API connections | `slot` (`regular`, `over_limit`) |
 //! | `waba_http_connections_dropped_total` | counter, connections the server closed | `reason` |
 //! | `waba_api_key_lookups_total` | counter | `outcome` (`found`, `not_found`: the database; `cached_not_found`: the negative cache; `refused`: 429 before any lookup) |
+//! | `waba_graph_field_unavailable` | gauge, 1 per field the configured Graph version does not have (reads go without it) | `field` (`waba.…`, `phone_number.…`) |
 //!
 //! Counters are per process (sum them across replicas); transition counters are incremented
 //! with the database write, so a transaction that then fails to commit (the database went away
@@ -187,6 +188,10 @@ fn describe() {
     describe_counter!(
         "waba_batch_throttled_total",
         "Meta throttling answers to batch migrations (each pauses its batch's admissions)."
+    );
+    describe_gauge!(
+        "waba_graph_field_unavailable",
+        "1 for each field the configured META_GRAPH_VERSION answered 'nonexisting field' for: reads go without it, and prechecks report the checks that need it as not made."
     );
 }
 

@@ -182,6 +182,7 @@ impl MetaClient {
             version = %self.version,
             "the Meta Graph API does not have this field in the configured version; reads leave it out from now on, and checks that need it report that they could not be made"
         );
+        metrics::gauge!("waba_graph_field_unavailable", "field" => name.clone()).set(1.0);
         gone.push(name);
         true
     }
