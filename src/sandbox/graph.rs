@@ -861,7 +861,7 @@ fn six_digits(s: &str) -> bool {
 /// E.164 of `POST /{waba}/phone_numbers` `{cc, phone_number}`.
 fn migration_number(params: &Params) -> Result<String, GraphError> {
     let cc = params
-        .str("cc")
+        .string("cc")?
         .ok_or_else(|| invalid_param("The parameter cc is required"))?;
     if !(1..=3).contains(&cc.len()) || !cc.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid_param(
@@ -869,7 +869,7 @@ fn migration_number(params: &Params) -> Result<String, GraphError> {
         ));
     }
     let national = params
-        .str("phone_number")
+        .string("phone_number")?
         .ok_or_else(|| invalid_param("The parameter phone_number is required"))?;
     let national: String = national
         .chars()
@@ -1121,7 +1121,7 @@ impl World {
     /// `POST /{dest-waba}/migrate_message_templates`.
     fn migrate_templates(&mut self, dest: &str, params: &Params) -> Result<Value, GraphError> {
         let source = params
-            .str("source_waba_id")
+            .string("source_waba_id")?
             .ok_or_else(|| invalid_param("The parameter source_waba_id is required"))?;
         super::state::check_id("source_waba_id", &source).map_err(invalid_param)?;
         let page_number = params.u64("page_number")?.unwrap_or(0);

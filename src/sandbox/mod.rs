@@ -20,8 +20,9 @@
 //!   `POST /{v}/{dest-waba-id}/phone_numbers` (start a migration), `POST /{v}/{phone-id}/request_code`,
 //!   `…/verify_code`, `…/register` and `POST /{v}/{dest-waba-id}/migrate_message_templates`.
 //!   Parameters are read from the JSON body, a form-encoded body or the query string, and typed
-//!   as Meta's OpenAPI spec types them: `code`, `pin`, `code_method`, `language` and
-//!   `messaging_product` are strings (a JSON number is refused with error 100), `code_method`
+//!   as Meta's OpenAPI spec types them: `cc`, `phone_number`, `source_waba_id`, `code`, `pin`,
+//!   `code_method`, `language` and `messaging_product` are strings (a JSON number is refused
+//!   with error 100), `code_method`
 //!   is `SMS` or `VOICE`, `language` is `xx_YY`. Errors use
 //!   the Graph error object (`message`, `type`, `code`, `error_subcode`, `fbtrace_id`,
 //!   `is_transient`, `error_data`, …).

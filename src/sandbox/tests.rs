@@ -1775,8 +1775,6 @@ async fn graph_refuses_the_parameter_types_oas_refuses() {
     let s = start(test_config()).await;
     let number = "+4915112345680";
     s.seed(number, SOURCE, Some(DEST)).await;
-    let started = s.start_migration(DEST, number).await;
-    let id = started.body["id"].as_str().expect("id").to_owned();
     let refused = |answer: &Answer, what: &str| {
         assert_eq!(
             answer.status,
@@ -1786,6 +1784,16 @@ async fn graph_refuses_the_parameter_types_oas_refuses() {
         );
         assert_eq!(graph_code(&answer.body).0, 100, "{what}");
     };
+    let numeric_number = s
+        .send(s.graph_post(
+            &format!("{DEST}/phone_numbers"),
+            json!({"cc": 49, "phone_number": 15_112_345_680_u64, "migrate_phone_number": true}),
+        ))
+        .await;
+    refused(&numeric_number, "a numeric cc and phone_number");
+    let started = s.start_migration(DEST, number).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let id = started.body["id"].as_str().expect("id").to_owned();
     for (what, body) in [
         (
             "a 2-letter language",
