@@ -179,15 +179,7 @@ fn challenge(res: &reqwest::Response) -> Option<String> {
 
 /// Metric samples `name{outcome=…}` summed, from `/metrics`.
 async fn lookups_metric(app: &TestApp, outcome: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let needle = format!("waba_api_key_lookups_total{{outcome=\"{outcome}\"}} ");
     text.lines()
         .filter_map(|l| l.strip_prefix(&needle))

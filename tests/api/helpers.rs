@@ -485,6 +485,13 @@ impl TestApp {
         self.sandbox.count(phone, endpoint).0
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.text().await.unwrap()
+    }
+
     /// Adds deterministic fault rules to the sandbox.
     pub async fn faults(&self, rules: Value) {
         let res = self

@@ -256,15 +256,7 @@ async fn a_graph_version_without_some_fields_still_migrates(pool: PgPool) {
         |phone: &str, endpoint: &str| app.received(phone, endpoint) - app.applied(phone, endpoint);
     assert!((1..=2).contains(&refused(phone, "get_waba")));
     // Operators see it on /metrics, to alert on.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for field in ["waba.primary_funding_id", "phone_number.is_on_biz_app"] {
         let line = format!("waba_graph_field_unavailable{{field=\"{field}\"}} 1");
         assert!(metrics.contains(&line), "no {line} in /metrics");
