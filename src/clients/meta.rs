@@ -84,6 +84,17 @@ const PHONE_NUMBER_FIELD_SET: FieldSet = FieldSet {
     all: PHONE_NUMBER_FIELDS,
 };
 
+/// The `fields` of a list read.
+#[derive(Debug, Clone, Copy)]
+enum ListFields {
+    /// None named: Graph's defaults (`subscribed_apps`).
+    Defaults,
+    /// A fixed list: the read needs every one (templates).
+    Fixed(&'static str),
+    /// A list whose optional fields the read may go without.
+    Optional(FieldSet),
+}
+
 /// `limit` of list requests.
 const PAGE_LIMIT: &str = "100";
 
@@ -269,18 +280,20 @@ impl MetaClient {
         decode(&response.body, what)
     }
 
-    /// All items of a list edge, following the `after` cursor. `fields` is a fixed list
-    /// (`Err`) or one whose optional fields a read may go without (`Ok`).
+    /// All items of a list edge, following the `after` cursor.
     async fn get_all<T: DeserializeOwned>(
         &self,
         node: &str,
         edge: &str,
-        fields: Option<Result<FieldSet, &str>>,
+        fields: ListFields,
     ) -> Result<Vec<T>, Error> {
         let mut items = Vec::new();
         let mut after: Option<String> = None;
-        let set = fields.and_then(Result::ok);
-        let fixed = fields.and_then(Result::err);
+        let (set, fixed) = match fields {
+            ListFields::Defaults => (None, None),
+            ListFields::Fixed(list) => (None, Some(list)),
+            ListFields::Optional(set) => (Some(set), None),
+        };
         for _ in 0..MAX_PAGES {
             let response = self
                 .get_with_fields(set, |fields| {
@@ -364,8 +377,12 @@ impl MetaApi for MetaClient {
 
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn list_phone_numbers(&self, waba_id: &str) -> Result<Vec<PhoneNumber>, Error> {
-        self.get_all(waba_id, "phone_numbers", Some(Ok(PHONE_NUMBER_FIELD_SET)))
-            .await
+        self.get_all(
+            waba_id,
+            "phone_numbers",
+            ListFields::Optional(PHONE_NUMBER_FIELD_SET),
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
@@ -409,14 +426,20 @@ impl MetaApi for MetaClient {
 
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn list_subscribed_apps(&self, waba_id: &str) -> Result<Vec<SubscribedApp>, Error> {
-        let items: Vec<Value> = self.get_all(waba_id, "subscribed_apps", None).await?;
+        let items: Vec<Value> = self
+            .get_all(waba_id, "subscribed_apps", ListFields::Defaults)
+            .await?;
         Ok(items.iter().map(subscribed_app).collect())
     }
 
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn list_templates(&self, waba_id: &str) -> Result<Vec<Template>, Error> {
         let items: Vec<TemplateWire> = self
-            .get_all(waba_id, "message_templates", Some(Err(TEMPLATE_FIELDS)))
+            .get_all(
+                waba_id,
+                "message_templates",
+                ListFields::Fixed(TEMPLATE_FIELDS),
+            )
             .await?;
         Ok(items.into_iter().map(Template::from).collect())
     }
