@@ -171,8 +171,8 @@ impl Params {
         (!text.is_empty()).then_some(text)
     }
 
-    /// A parameter Graph types as a string (OAS): a JSON number or boolean fails validation,
-    /// as on Graph (`code` and `pin` as `123456` are refused, `"123456"` is not).
+    /// A parameter Meta's OpenAPI spec types as a string: a JSON number or boolean fails its
+    /// validation (`code` and `pin` as `123456` are refused, `"123456"` is not).
     fn string(&self, key: &str) -> Result<Option<String>, GraphError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -326,7 +326,7 @@ fn wrong_node(edge: &str, node: Node, id: &str) -> Response {
 
 /// The fields of a Graph node type the sandbox serves: what Meta documents for it (see
 /// `meta-graph-api.md` §3), and what Graph returns when a request names no `fields`.
-pub(crate) struct NodeFields {
+struct NodeFields {
     /// Prefix of its names in [`SandboxConfig::graph_missing_fields`], e.g. `waba`.
     prefix: &'static str,
     node_type: &'static str,
@@ -334,7 +334,7 @@ pub(crate) struct NodeFields {
     defaults: &'static [&'static str],
 }
 
-pub(crate) const PHONE_NODE: NodeFields = NodeFields {
+const PHONE_NODE: NodeFields = NodeFields {
     prefix: "phone_number",
     node_type: "WhatsAppBusinessPhoneNumber",
     known: &[
@@ -366,7 +366,7 @@ pub(crate) const PHONE_NODE: NodeFields = NodeFields {
     ],
 };
 
-pub(crate) const WABA_NODE: NodeFields = NodeFields {
+const WABA_NODE: NodeFields = NodeFields {
     prefix: "waba",
     node_type: "WhatsAppBusinessAccount",
     known: &[
@@ -391,7 +391,7 @@ pub(crate) const WABA_NODE: NodeFields = NodeFields {
     defaults: &["id", "name", "timezone_id", "message_template_namespace"],
 };
 
-pub(crate) const TEMPLATE_NODE: NodeFields = NodeFields {
+const TEMPLATE_NODE: NodeFields = NodeFields {
     prefix: "template",
     node_type: "WhatsAppMessageTemplate",
     known: &[
