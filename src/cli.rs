@@ -479,6 +479,17 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         eprintln!("{banner}");
     }
 
+    if !sandbox_mode {
+        // Whether Meta takes the token, said once at start (the service starts either way).
+        let meta = app.state.meta.clone();
+        let version = up.meta_graph_version.clone();
+        tokio::spawn(async move {
+            crate::core::upstream_check::meta_token(meta.as_ref())
+                .await
+                .log(&version);
+        });
+    }
+
     let result = app.run(listener, stop).await;
     pool.close().await;
     if let Some(pg) = embedded

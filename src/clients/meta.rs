@@ -363,6 +363,18 @@ impl MetaClient {
 
 #[async_trait]
 impl MetaApi for MetaClient {
+    #[tracing::instrument(skip_all)]
+    async fn token_owner(&self) -> Result<String, Error> {
+        let mut url = self.url(&["me"])?;
+        url.query_pairs_mut().append_pair("fields", "id");
+        let response = self.call(Method::GET, url, None, &[]).await?;
+        let value: Value = decode(&response.body, "me")?;
+        value
+            .get("id")
+            .and_then(http::value_as_id)
+            .ok_or_else(|| decode_error("me: response has no id".into()))
+    }
+
     #[tracing::instrument(skip_all, fields(waba_id = %waba_id))]
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error> {
         self.get_node(waba_id, WABA_FIELD_SET, "waba").await

@@ -23,6 +23,9 @@ pub use crate::domain::upstream::{
 /// The Meta Graph API as the migration uses it. Ids are Graph ids (numeric strings).
 #[async_trait]
 pub trait MetaApi: Send + Sync {
+    /// `GET /me?fields=id`: the id of the user (a system user) the access token belongs to;
+    /// Graph error 190 when the token is invalid or expired.
+    async fn token_owner(&self) -> Result<String, Error>;
     /// `GET /{waba-id}?fields=...`
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error>;
     /// The WABA and phone-number fields this Graph version answered "nonexisting field" for:

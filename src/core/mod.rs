@@ -24,6 +24,7 @@ pub mod rate_limit;
 pub mod settings;
 pub mod ssrf;
 pub mod transition;
+pub mod upstream_check;
 
 pub use client_page::ClientPageConfig;
 use rate_limit::RateLimiter;

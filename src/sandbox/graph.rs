@@ -20,6 +20,8 @@ const MAX_LIMIT: usize = 1000;
 /// Page size of `migrate_message_templates` (and the maximum `count`).
 const TEMPLATE_BATCH: u64 = 500;
 const CURSOR_PREFIX: &str = "QVFI";
+/// The id `GET /{v}/me` answers: the system user every sandbox token belongs to.
+const SANDBOX_SYSTEM_USER_ID: &str = "100000000000099";
 
 /// A Graph error, rendered as the Graph error object.
 #[derive(Debug, Clone)]
@@ -485,6 +487,14 @@ pub(crate) async fn get_node(
     }
     let params = Params::from_query(&ctx.uri);
     let auth = auth_refusal(&ctx, Some(&params));
+    if id == "me" {
+        // The token's owner: the service checks its token with this at start.
+        return auth
+            .unwrap_or_else(|| {
+                Reply::ok(json!({"id": SANDBOX_SYSTEM_USER_ID, "name": "Sandbox System User"}))
+            })
+            .into_response();
+    }
     let node = classify(&sandbox.lock().world, &id);
     let conn = ctx.conn.as_ref();
     match node {

@@ -14,7 +14,8 @@
 //! ## What it simulates
 //!
 //! * **Meta Graph** (`Authorization: Bearer <anything>` or an `access_token` parameter, else
-//!   HTTP 401 / code 190): `GET /{v}/{waba-id}`, `GET /{v}/{phone-number-id}`,
+//!   HTTP 401 / code 190): `GET /{v}/me` (the token's system user), `GET /{v}/{waba-id}`,
+//!   `GET /{v}/{phone-number-id}`,
 //!   `GET /{v}/{waba-id}/phone_numbers|subscribed_apps|message_templates` (cursor paging;
 //!   `phone_numbers` also takes Graph's `filtering`, see `graph::FILTER_FIELDS`),
 //!   `POST /{v}/{dest-waba-id}/phone_numbers` (start a migration), `POST /{v}/{phone-id}/request_code`,

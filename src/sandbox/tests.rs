@@ -1849,3 +1849,14 @@ async fn graph_refuses_the_parameter_types_oas_refuses() {
     refused(&numeric_pin, "a numeric pin");
     assert_eq!(s.register(&id).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn graph_me_names_the_tokens_system_user() {
+    let s = start(test_config()).await;
+    let me = s.send(s.graph_get("me?fields=id")).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert!(me.body["id"].is_string(), "{}", me.body);
+    let anonymous = s.send(s.http.get(format!("{}/v23.0/me", s.base))).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(graph_code(&anonymous.body).0, 190);
+}

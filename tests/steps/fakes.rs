@@ -384,6 +384,10 @@ fn no_such_object(id: &str) -> Error {
 
 #[async_trait]
 impl MetaApi for FakeMeta {
+    async fn token_owner(&self) -> Result<String, Error> {
+        Ok("fake-system-user".into())
+    }
+
     async fn get_waba(&self, waba_id: &str) -> Result<Waba, Error> {
         self.lock().ledger.read("get_waba");
         Ok(Waba {
