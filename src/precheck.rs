@@ -86,6 +86,16 @@ pub struct PrecheckInput {
     pub unavailable_fields: Vec<String>,
 }
 
+impl PrecheckInput {
+    /// The name of `field` (`node.field`) when Graph does not have it in the configured version.
+    fn unread(&self, field: &'static str) -> Option<&'static str> {
+        self.unavailable_fields
+            .iter()
+            .any(|u| u == field)
+            .then(|| field.split_once('.').map_or(field, |(_, name)| name))
+    }
+}
+
 /// Reads the inputs: seven Graph GETs in parallel (the two WABAs, the number looked up on each,
 /// the destination's subscribed apps and both WABAs' templates), whatever the WABAs' size
 /// (the template lists have one page per 100 templates).
@@ -290,11 +300,7 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
     if fits < to_copy {
         let raise = if verified {
             ""
-        } else if input
-            .unavailable_fields
-            .iter()
-            .any(|f| f == "waba.business_verification_status")
-        {
+        } else if input.unread("waba.business_verification_status").is_some() {
             " The limit is 6,000 for a verified business, but the Meta Graph API does not return business_verification_status in the configured version, so 250 was assumed."
         } else {
             " Completing business verification raises the limit to 6,000."
@@ -337,17 +343,9 @@ pub fn evaluate(
     let mut b = Builder(Vec::new());
     let src = &input.source;
     let dst = &input.destination;
-    // The name of `field` (`node.field`) when Graph does not have it.
-    let unread = |field: &'static str| {
-        input
-            .unavailable_fields
-            .iter()
-            .any(|u| u == field)
-            .then(|| field.split_once('.').map_or(field, |(_, name)| name))
-    };
 
     match src.business_verification_status.as_deref() {
-        _ if let Some(f) = unread("waba.business_verification_status") => {
+        _ if let Some(f) = input.unread("waba.business_verification_status") => {
             b.unreadable("business_verified", f);
         }
         Some("verified") => b.pass(
@@ -370,7 +368,7 @@ pub fn evaluate(
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
     };
-    let review_unread = unread("waba.account_review_status");
+    let review_unread = input.unread("waba.account_review_status");
     if flow == Flow::Otp {
         if let Some(f) = review_unread {
             b.unreadable("source_waba_approved", f);
@@ -409,7 +407,7 @@ pub fn evaluate(
 
     let src_owner = src.owner_business_info.as_ref().map(|o| o.id.as_str());
     let dst_owner = dst.owner_business_info.as_ref().map(|o| o.id.as_str());
-    if let Some(f) = unread("waba.owner_business_info") {
+    if let Some(f) = input.unread("waba.owner_business_info") {
         b.unreadable("same_business", f);
     } else if flow == Flow::EmbeddedSignup {
         if dst_owner == Some(meta_business_id) {
@@ -446,7 +444,7 @@ pub fn evaluate(
         );
     }
 
-    if let Some(f) = unread("waba.primary_funding_id") {
+    if let Some(f) = input.unread("waba.primary_funding_id") {
         b.unreadable("destination_payment_method", f);
     } else if dst
         .primary_funding_id
@@ -532,7 +530,7 @@ pub fn evaluate(
         let change_pending = n.new_name_status.as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("PENDING_REVIEW") || s.eq_ignore_ascii_case("PENDING")
         });
-        if let Some(f) = unread("phone_number.name_status") {
+        if let Some(f) = input.unread("phone_number.name_status") {
             b.unreadable("display_name_approved", f);
         } else if !name_ok {
             b.code(
@@ -544,7 +542,7 @@ pub fn evaluate(
                     n.name_status.as_deref().unwrap_or("unknown")
                 ),
             );
-        } else if let Some(f) = unread("phone_number.new_name_status") {
+        } else if let Some(f) = input.unread("phone_number.new_name_status") {
             b.unreadable("display_name_approved", f);
         } else if change_pending {
             b.code(
@@ -562,7 +560,7 @@ pub fn evaluate(
                 ),
             );
         }
-        if let Some(f) = unread("phone_number.account_mode") {
+        if let Some(f) = input.unread("phone_number.account_mode") {
             b.unreadable("not_whatsapp_issued", f);
         } else if n
             .account_mode
@@ -578,7 +576,7 @@ pub fn evaluate(
         } else {
             b.pass("not_whatsapp_issued", "Not a WhatsApp-issued test number.");
         }
-        if let Some(f) = unread("phone_number.is_on_biz_app") {
+        if let Some(f) = input.unread("phone_number.is_on_biz_app") {
             b.unreadable("not_on_business_app", f);
         } else if n.is_on_biz_app == Some(true) {
             b.code(
