@@ -188,6 +188,7 @@ impl D360Api for D360Client {
         &self,
         partner: &PartnerCredentials,
         phone_number_e164: &str,
+        waba_id: &str,
     ) -> Result<Option<Channel>, Error> {
         let wanted = digits(phone_number_e164);
         if wanted.is_empty() {
@@ -204,7 +205,7 @@ impl D360Api for D360Client {
                 items.iter().any(is_it)
             })
             .await?;
-        Ok(pick_channel(channels.into_iter().filter(is_it)))
+        Ok(pick_channel(channels.into_iter().filter(is_it), waba_id))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, channel_id = %channel_id))]
@@ -419,14 +420,15 @@ fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// A `running` channel if any, else the newest (latest `created_at`; among equal or missing
-/// timestamps, the first listed).
-fn pick_channel(candidates: impl Iterator<Item = ChannelItem>) -> Option<Channel> {
+/// The channel to take for a migration into `waba_id`: one on that WABA first, then one whose
+/// WABA is not shown, then one on another WABA; within each, a `running` one, then the newest
+/// (latest `created_at`; among equal or missing timestamps, the first listed).
+fn pick_channel(candidates: impl Iterator<Item = ChannelItem>, waba_id: &str) -> Option<Channel> {
     let mut best: Option<ChannelItem> = None;
     for item in candidates {
         let better = match &best {
             None => true,
-            Some(b) => rank(&item) > rank(b),
+            Some(b) => rank(&item, waba_id) > rank(b, waba_id),
         };
         if better {
             best = Some(item);
@@ -435,13 +437,23 @@ fn pick_channel(candidates: impl Iterator<Item = ChannelItem>) -> Option<Channel
     best.map(|b| b.channel)
 }
 
-fn rank(item: &ChannelItem) -> (bool, Option<chrono::DateTime<chrono::Utc>>) {
-    let running = item
-        .channel
+fn rank(item: &ChannelItem, waba_id: &str) -> (u8, bool, Option<chrono::DateTime<chrono::Utc>>) {
+    let channel = &item.channel;
+    let shown = channel
+        .waba_external_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|w| !w.is_empty());
+    let waba = match shown {
+        Some(w) if w == waba_id.trim() => 2,
+        None => 1,
+        Some(_) => 0,
+    };
+    let running = channel
         .status
         .as_deref()
         .is_some_and(|s| s.eq_ignore_ascii_case(RUNNING));
-    (running, item.created_at)
+    (waba, running, item.created_at)
 }
 
 /// Keys of a `shared_client_numbers` entry that name its channel, and its number.
@@ -752,7 +764,7 @@ mod tests {
         .mount(&server)
         .await;
         let channel = client(&server)
-            .find_channel_by_number(&partner(), "+4915112345678")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001")
             .await
             .unwrap()
             .unwrap();
@@ -767,6 +779,65 @@ mod tests {
                 waba_external_id: Some("1001".into()),
             }
         );
+    }
+
+    /// A number with a channel on the WABA it leaves (a change of WABA inside 360dialog) or on
+    /// a WABA its client chose elsewhere: the destination's channel is taken even before it
+    /// runs; one whose WABA is not shown comes next; another WABA's only when nothing else is
+    /// listed (the step then sees it is not the migration's).
+    #[tokio::test]
+    async fn find_channel_by_number_prefers_the_destination_waba() {
+        let server = MockServer::start().await;
+        let on = |id: &str, status: &str, created: &str, waba: Option<&str>| {
+            let mut item = json!({"id": id, "status": status, "created_at": created,
+                                  "setup_info": {"phone_number": "4915112345678"}});
+            if let Some(w) = waba {
+                item["waba_account"] = json!({"id": "xWA", "external_id": w});
+            }
+            item
+        };
+        let source = on("sourceCH", "running", "2025-06-01T10:00:00Z", Some("2002"));
+        let unknown = on("unknownCH", "running", "2025-05-01T10:00:00Z", None);
+        let blank = on("blankCH", "ready", "2025-07-01T10:00:00Z", Some(" "));
+        let dest = on("destCH", "ready", "2025-01-01T10:00:00Z", Some("1001"));
+        let cases = [
+            (
+                "4915112345678",
+                json!([source, unknown, dest, blank]),
+                "destCH",
+            ),
+            (
+                "4915112345679",
+                json!([source, unknown, blank]),
+                "unknownCH",
+            ),
+            ("4915112345670", json!([source]), "sourceCH"),
+        ];
+        for (number, items, _) in &cases {
+            let items: Vec<Value> = items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    let mut i = i.clone();
+                    i["setup_info"]["phone_number"] = json!(number);
+                    i
+                })
+                .collect();
+            channels_mock(json!({"setup_info.phone_number": number}), json!(items))
+                .mount(&server)
+                .await;
+        }
+        let c = client(&server);
+        for (number, _, want) in cases {
+            let found = c
+                .find_channel_by_number(&partner(), &format!("+{number}"), "1001")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.id, want, "{number}");
+            assert_eq!(found.other_waba("1001").is_some(), want == "sourceCH");
+        }
     }
 
     #[tokio::test]
@@ -795,7 +866,7 @@ mod tests {
         .await;
         let c = client(&server);
         let found = c
-            .find_channel_by_number(&partner(), "+4915112345678")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001")
             .await
             .unwrap()
             .expect("found with +");
@@ -804,7 +875,7 @@ mod tests {
         let again = c.clone();
         assert!(
             again
-                .find_channel_by_number(&partner(), "+4915112345678")
+                .find_channel_by_number(&partner(), "+4915112345678", "1001")
                 .await
                 .unwrap()
                 .is_some()
@@ -831,7 +902,7 @@ mod tests {
         .mount(&server)
         .await;
         let digits = c
-            .find_channel_by_number(&partner(), "+4915100000002")
+            .find_channel_by_number(&partner(), "+4915100000002", "1001")
             .await
             .unwrap()
             .expect("found with digits");
@@ -870,14 +941,14 @@ mod tests {
         .await;
         let c = client(&server);
         let channel = c
-            .find_channel_by_number(&partner(), "+49 151 12345678")
+            .find_channel_by_number(&partner(), "+49 151 12345678", "1001")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(channel.id, "newCH");
         assert_eq!(channel.client_id, None);
         assert!(
-            c.find_channel_by_number(&partner(), "+15550001111")
+            c.find_channel_by_number(&partner(), "+15550001111", "1001")
                 .await
                 .unwrap()
                 .is_none()
@@ -1296,7 +1367,7 @@ mod tests {
         );
         // The filter (a phone number) is not quoted in transport errors.
         let err = c
-            .find_channel_by_number(&partner(), "+4915112345678")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001")
             .await
             .unwrap_err();
         let text = format!("{err} {err:?}");

@@ -52,6 +52,7 @@ pub enum ErrorCode {
     SignupNotCompleted,
     ChannelTimeout,
     ChannelNotRunning,
+    ChannelWabaMismatch,
     ApiKeyPermissionMissing,
     ApiKeyRejected,
     NumberAlreadyMigrated,
@@ -63,7 +64,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::TwoFactorEnabled,
         Self::AddDirectlyNotMigration,
         Self::DisplayNameNotApproved,
@@ -89,6 +90,7 @@ impl ErrorCode {
         Self::SignupNotCompleted,
         Self::ChannelTimeout,
         Self::ChannelNotRunning,
+        Self::ChannelWabaMismatch,
         Self::ApiKeyPermissionMissing,
         Self::ApiKeyRejected,
         Self::NumberAlreadyMigrated,
@@ -127,6 +129,7 @@ impl ErrorCode {
             Self::SignupNotCompleted => "signup_not_completed",
             Self::ChannelTimeout => "channel_timeout",
             Self::ChannelNotRunning => "channel_not_running",
+            Self::ChannelWabaMismatch => "channel_waba_mismatch",
             Self::ApiKeyPermissionMissing => "api_key_permission_missing",
             Self::ApiKeyRejected => "api_key_rejected",
             Self::NumberAlreadyMigrated => "number_already_migrated",
@@ -291,6 +294,12 @@ impl ErrorCode {
                 "Usually nothing: 360dialog finishes setting the channel up and the migration continues by itself. If it stays so, check the channel in the 360dialog Partner Hub or ask 360dialog support; after the migration failed, retry it.",
                 Meta,
                 true,
+            ),
+            Self::ChannelWabaMismatch => (
+                "The 360dialog channel named for this migration is on another WhatsApp Business Account than its destination_waba_id.",
+                "The client's Embedded Signup put the number into another WABA than the one this migration names (the message says which). Create the migration again with that WABA as destination_waba_id, or with the id of the number's channel on the destination WABA; while the migration waits for the signup, send that id with PATCH /v1/migrations/{id}.",
+                Partner,
+                false,
             ),
             Self::ApiKeyPermissionMissing => (
                 "The partner has no permission to generate an API key for this channel.",

@@ -377,6 +377,19 @@ pub struct Channel {
     pub waba_external_id: Option<String>,
 }
 
+impl Channel {
+    /// The Meta WABA this channel is on, when 360dialog shows one that is not `waba_id`. A
+    /// number can have several channels: one on the WABA it is leaving (a change of WABA inside
+    /// 360dialog), or one on another WABA the client chose in Embedded Signup. Neither is the
+    /// migration's.
+    pub fn other_waba(&self, waba_id: &str) -> Option<&str> {
+        self.waba_external_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|w| !w.is_empty() && *w != waba_id.trim())
+    }
+}
+
 /// `GET /health_status` of the Messaging API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthStatus {

@@ -210,6 +210,10 @@ struct CompleteSignupRequest {
     /// Where the number goes, when the sandbox does not know it from seeding.
     #[serde(default)]
     destination_waba_id: Option<String>,
+    /// The new channel's id (what the onboarding redirect gives the partner); made up when
+    /// absent. Ignored when the number has a channel on that WABA already.
+    #[serde(default)]
+    channel_id: Option<String>,
 }
 
 /// `POST /_sandbox/numbers/{e164}/complete_signup` `{"partner_id"?, "destination_waba_id"?}`
@@ -229,7 +233,11 @@ pub(crate) async fn complete_signup(
             Err(message) => return bad_request(message),
         }
     };
-    match sandbox.complete_signup(&phone, request.destination_waba_id.as_deref()) {
+    match sandbox.complete_signup(
+        &phone,
+        request.destination_waba_id.as_deref(),
+        request.channel_id.as_deref(),
+    ) {
         Ok(channel_id) => {
             sandbox.flush().await;
             channel_response(&sandbox.lock(), &channel_id)
@@ -245,7 +253,7 @@ pub(crate) async fn index() -> Json<Value> {
         "control": {
             "GET /_sandbox/scenarios": "the failure-scenario numbers (last four digits 00xx) and the error code each leads to",
             "POST /_sandbox/numbers/{e164}/resolve": "a scenario number behaves as a happy-path number from now on (two-step verification turned off, display name approved, permission granted, ...): retry its migration",
-    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA and a running channel with API-key permission appears (an embedded_signup migration waiting in awaiting_signup continues)",
+    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?, \"channel_id\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA (or the one named) and a running channel with API-key permission appears there (an embedded_signup migration waiting in awaiting_signup continues)",
             "POST /_sandbox/channels/{channel_id}/permission": "{\"granted\": true} lets the partner generate the channel's API key (scenario 0020)",
             "GET /_sandbox/channels/{channel_id}": "a 360dialog channel: status, permission, keys issued",
             "POST /_sandbox/numbers": "{\"phone_number\", \"source_waba_id\", \"destination_waba_id\"?, \"business_id\"?} registers a number on a source WABA (the service does this itself)",

@@ -96,8 +96,8 @@ fn query_usize(pairs: &[(String, String)], key: &str) -> Result<Option<usize>, R
 ///
 /// Every partner sees every channel. Filters `setup_info.phone_number` (equal to the channel's
 /// number as it shows it: E.164 digits without `+`) and `id` are applied, other keys are
-/// ignored. Embedded-signup rule: with both filters and no
-/// channel of that id nor of that number yet, the channel is created, `running`.
+/// ignored. Embedded-signup rule: with both filters, no channel of that id and none of that
+/// number on the number's destination WABA, the channel is created there, `running`.
 pub(crate) async fn list_channels(
     State(sandbox): State<Sandbox>,
     Path(_partner_id): Path<String>,
@@ -299,10 +299,7 @@ pub(crate) async fn health_status(State(sandbox): State<Sandbox>, ctx: Ctx) -> R
 impl World {
     /// Embedded-signup rule of the channel list (see [`list_channels`]).
     fn embedded_signup_channel(&mut self, channel_id: &str, e164: &str, config: &SandboxConfig) {
-        if self.channels.contains_key(channel_id)
-            || self.channel_of_number.contains_key(e164)
-            || check_id("channel id", channel_id).is_err()
-        {
+        if self.channels.contains_key(channel_id) || check_id("channel id", channel_id).is_err() {
             return;
         }
         let record = self
@@ -321,6 +318,15 @@ impl World {
                 (self.mint_phone_id(), dest)
             }
         };
+        // A channel of the number on that WABA already: the id names another channel.
+        if self
+            .channel_of_number
+            .get(e164)
+            .and_then(|id| self.channels.get(id))
+            .is_some_and(|c| c.on_waba(dest.as_deref()))
+        {
+            return;
+        }
         let running_now = SandboxConfig {
             channel_running_after: Duration::ZERO,
             ..config.clone()

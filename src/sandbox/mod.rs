@@ -436,12 +436,16 @@ impl Sandbox {
         &self,
         phone_e164: &str,
         destination_waba_id: Option<&str>,
+        channel_id: Option<&str>,
     ) -> Result<String, String> {
         let number = scenarios::normalize_e164(phone_e164)
             .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
-        self.lock()
-            .world
-            .complete_signup(&number, destination_waba_id, &self.shared.config)
+        self.lock().world.complete_signup(
+            &number,
+            destination_waba_id,
+            channel_id,
+            &self.shared.config,
+        )
     }
 
     /// The world (WABAs, numbers, templates, channels, keys) as JSON bytes; counters and fault

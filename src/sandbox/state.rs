@@ -383,17 +383,24 @@ impl World {
     /// Embedded Signup. The number is in its destination WABA (`destination`, else the one the
     /// number was seeded or migrated into), verified and registered (`CONNECTED`, its source
     /// records `MIGRATED`), and a `running` 360dialog channel with API-key permission exists
-    /// for it (the one it had, made running and permitted, or a new one). Returns the
-    /// channel's id; `Err` when the destination WABA is unknown or the number is scenario 0019
-    /// (its channel never appears).
+    /// for it there (the one it had on that WABA, made running and permitted, or a new one,
+    /// `channel_id` if given). Returns the channel's id; `Err` when the destination WABA is
+    /// unknown or the number is scenario 0019 (its channel never appears).
     pub(crate) fn complete_signup(
         &mut self,
         e164: &str,
         destination: Option<&str>,
+        channel_id: Option<&str>,
         config: &SandboxConfig,
     ) -> Result<String, String> {
         if let Some(dest) = destination {
             check_id("destination_waba_id", dest)?;
+        }
+        if let Some(id) = channel_id {
+            check_id("channel_id", id)?;
+            if self.channels.get(id).is_some_and(|c| c.e164 != e164) {
+                return Err(format!("the channel {id} is another number's"));
+            }
         }
         let dest = destination
             .map(str::to_owned)
@@ -443,7 +450,7 @@ impl World {
             ..config.clone()
         };
         let id = self
-            .ensure_channel(e164, &phone_id, Some(&dest), None, &running_now)
+            .ensure_channel(e164, &phone_id, Some(&dest), channel_id, &running_now)
             .ok_or_else(|| format!("no channel could be made for {e164}"))?;
         if let Some(channel) = self.channels.get_mut(&id) {
             let now = Utc::now();
@@ -680,8 +687,10 @@ impl World {
         }
     }
 
-    /// The number's 360dialog channel, created if missing (not for scenario 0019, whose channel
-    /// never appears). `channel_id` forces the id (embedded signup).
+    /// The number's 360dialog channel on `dest_waba`, created if missing (not for scenario
+    /// 0019, whose channel never appears). A number whose latest channel is on another WABA (it
+    /// moves between WABAs inside 360dialog, or its client signed up into another one) gets a
+    /// second channel; the list shows both. `channel_id` forces the id (embedded signup).
     pub(crate) fn ensure_channel(
         &mut self,
         e164: &str,
@@ -694,7 +703,9 @@ impl World {
         if scenario == Some(Scenario::ChannelTimeout) {
             return None;
         }
-        if let Some(id) = self.channel_of_number.get(e164) {
+        if let Some(id) = self.channel_of_number.get(e164)
+            && self.channels.get(id).is_none_or(|c| c.on_waba(dest_waba))
+        {
             return Some(id.clone());
         }
         let client_key = dest_waba.unwrap_or("(embedded signup)").to_owned();
@@ -735,6 +746,15 @@ impl World {
 }
 
 impl ChannelRec {
+    /// Whether this channel serves the number in `waba` (any channel does when either WABA is
+    /// not known).
+    pub(crate) fn on_waba(&self, waba: Option<&str>) -> bool {
+        match (waba, &self.waba_external_id) {
+            (Some(w), Some(mine)) => w == mine,
+            _ => true,
+        }
+    }
+
     /// `ready` until `running_at`, then `running` (computed lazily).
     pub(crate) fn status(&self) -> &'static str {
         if Utc::now() >= self.running_at {

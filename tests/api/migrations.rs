@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use waba_migrator::domain::{EventType, MigrationState};
 
 use crate::helpers::{
-    ADMIN_KEY, Options, TestApp, assert_problem, is_transition, retry_after_secs,
+    ADMIN_KEY, Options, SOURCE_WABA, TestApp, assert_problem, is_transition, retry_after_secs,
 };
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -867,5 +867,47 @@ async fn old_transition_events_are_renamed_like_their_webhooks(pool: PgPool) {
             let to: MigrationState = to.parse().unwrap();
             assert_eq!(kind, EventType::for_transition(to).as_str());
         }
+    }
+}
+
+/// A number that is already a running 360dialog channel on the WABA it leaves (a change of
+/// WABA inside 360dialog): the channel list shows that one beside the new one on the
+/// destination, which is not running yet at the first look. The migration waits for the
+/// destination's channel and makes its key there; the old channel gets none.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_key_is_made_on_the_destination_channel_not_the_one_the_number_leaves(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.sandbox.channel_running_after = Duration::from_millis(1500);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155552312";
+    let res = app
+        .http
+        .post(format!(
+            "{}/_sandbox/numbers/{}/complete_signup",
+            app.sandbox_url,
+            phone.trim_start_matches('+')
+        ))
+        .json(&json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "leavingWaba01CH" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let id = app.create(phone).await;
+    let m = app.complete(&id).await;
+    let channel_id = m["channel_id"].as_str().unwrap();
+    assert_ne!(channel_id, "leavingWaba01CH", "{m:#}");
+    assert_eq!(m["api_key"]["status"], "verified");
+    for (channel, keys) in [("leavingWaba01CH", 0), (channel_id, 1)] {
+        let c: Value = app
+            .http
+            .get(format!("{}/_sandbox/channels/{channel}", app.sandbox_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(c["keys_issued"], keys, "{c:#}");
     }
 }

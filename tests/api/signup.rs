@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem, is_transition};
+use crate::helpers::{ADMIN_KEY, DEST_WABA, Options, TestApp, assert_problem, is_transition};
 
 fn at(v: &Value) -> DateTime<Utc> {
     v.as_str()
@@ -535,4 +535,138 @@ async fn partners_store_their_signup_url(pool: PgPool) {
     let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": null })).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(get().await["signup_url"], Value::Null);
+}
+
+/// The WABA the client chose in Embedded Signup when it is not the migration's destination.
+const OTHER_WABA: &str = "300000000000777";
+
+/// A channel on another WABA is not the migration's. Found by the number, it is passed over and
+/// the wait goes on, saying which WABA the client chose; named with `PATCH`, the wait says
+/// `channel_waba_mismatch` (the partner's to fix); a channel on the destination, named next,
+/// completes it, and the other channel never gets a key.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_channel_on_another_waba_is_not_taken(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552310";
+    let id = app.create_with(signup_body(phone)).await;
+    app.wait_for(&id, "awaiting_signup").await;
+
+    let (status, elsewhere) = complete_signup(
+        &app,
+        phone,
+        Some(json!({ "destination_waba_id": OTHER_WABA })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{elsewhere:#}");
+    let elsewhere_id = elsewhere["id"].as_str().unwrap().to_owned();
+    let lists = app.received(phone, "list_channels");
+    let m = app
+        .wait_until(&id, |m| {
+            m["waiting_for"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains(OTHER_WABA))
+        })
+        .await;
+    assert!(app.received(phone, "list_channels") > lists);
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    assert_eq!(m["channel_id"], Value::Null);
+    let w = &m["waiting_for"];
+    assert_eq!(w["code"], "signup_not_completed", "{m:#}");
+    let message = w["message"].as_str().unwrap();
+    assert!(message.contains(&elsewhere_id), "{message}");
+    assert!(message.contains(DEST_WABA), "{message}");
+
+    let res = patch_as(
+        &app,
+        &app.partner_key,
+        &format!("/v1/migrations/{id}"),
+        json!({ "channel_id": elsewhere_id }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = app
+        .wait_until(&id, |m| m["waiting_for"]["code"] == "channel_waba_mismatch")
+        .await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    assert_eq!(m["waiting_for"]["actor"], "partner");
+    assert!(
+        m["waiting_for"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(OTHER_WABA),
+        "{m:#}"
+    );
+
+    let (status, right) = complete_signup(
+        &app,
+        phone,
+        Some(json!({ "destination_waba_id": DEST_WABA, "channel_id": "esRightWaba01CH" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{right:#}");
+    assert_eq!(right["id"], "esRightWaba01CH");
+    let res = patch_as(
+        &app,
+        &app.partner_key,
+        &format!("/v1/migrations/{id}"),
+        json!({ "channel_id": "esRightWaba01CH" }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], "esRightWaba01CH");
+    assert_eq!(m["api_key"]["status"], "verified", "{m:#}");
+    assert_eq!(sandbox_channel(&app, &elsewhere_id).await["keys_issued"], 0);
+    assert_eq!(
+        sandbox_channel(&app, "esRightWaba01CH").await["keys_issued"],
+        1
+    );
+}
+
+/// Created with the id of a channel on another WABA (the client finished Embedded Signup
+/// there), the migration fails in `awaiting_channel` with `channel_waba_mismatch` at the first
+/// look, not at the channel timeout, and no key is made.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_named_channel_on_another_waba_fails_the_migration(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552311";
+    let (status, elsewhere) = complete_signup(
+        &app,
+        phone,
+        Some(json!({ "destination_waba_id": OTHER_WABA, "channel_id": "esOtherWaba01CH" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{elsewhere:#}");
+    let mut body = signup_body(phone);
+    body["channel_id"] = json!("esOtherWaba01CH");
+    let id = app.create_with(body).await;
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "channel_waba_mismatch", "{m:#}");
+    assert_eq!(e["step"], "awaiting_channel");
+    assert_eq!(e["actor"], "partner");
+    assert_eq!(e["retryable"], false);
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(OTHER_WABA), "{message}");
+    assert!(message.contains(DEST_WABA), "{message}");
+    assert_eq!(app.received(phone, "api_keys"), 0);
+    assert_eq!(
+        sandbox_channel(&app, "esOtherWaba01CH").await["keys_issued"],
+        0
+    );
+}
+
+/// `GET /_sandbox/channels/{id}`.
+async fn sandbox_channel(app: &TestApp, channel_id: &str) -> Value {
+    let res = app
+        .http
+        .get(format!(
+            "{}/_sandbox/channels/{channel_id}",
+            app.sandbox_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_of, partner_credentials};
+use super::{Result, StepResult, channel_elsewhere, channel_of, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::upstream::KeyPermission;
@@ -44,6 +44,15 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
                 .with_message("360dialog does not list a channel for this number yet."),
         ));
     };
+    if let Some(other) = channel.other_waba(&row.destination_waba_id) {
+        let reason = channel_elsewhere(row, &channel, other, state, ErrorCode::ChannelTimeout);
+        // A channel the migration names stays on its WABA: no wait can help.
+        return Ok(if reason.code == ErrorCode::ChannelWabaMismatch {
+            StepResult::new(StepOutcome::Failed(reason))
+        } else {
+            not_yet(reason)
+        });
+    }
     let status = channel.status.clone().unwrap_or_default();
     let channel_id = channel.id.clone();
     let client_id = channel.client_id.clone();

@@ -248,6 +248,30 @@ fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
     s
 }
 
+/// Why the channel 360dialog shows is not this migration's: it is on the WABA `other`, not on
+/// the destination. When the migration names the channel (`channel_id` at create or with
+/// `PATCH`), `channel_waba_mismatch`; when it was found by the number, the wait goes on with
+/// `code` (the number's channel on the destination may not be listed yet).
+fn channel_elsewhere(
+    row: &store::MigrationRow,
+    channel: &clients::Channel,
+    other: &str,
+    state: MigrationState,
+    code: ErrorCode,
+) -> MigrationError {
+    let dest = &row.destination_waba_id;
+    let cid = &channel.id;
+    if row.channel_id.is_some() {
+        MigrationError::new(ErrorCode::ChannelWabaMismatch, state).with_message(format!(
+            "The 360dialog channel {cid} is on the WhatsApp Business Account {other}, not on the destination {dest}."
+        ))
+    } else {
+        MigrationError::new(code, state).with_message(format!(
+            "360dialog lists this number's channel {cid} on the WhatsApp Business Account {other}, not on the destination {dest}, and none on {dest} yet. If the client chose {other} in Embedded Signup, create the migration again with destination_waba_id {other}."
+        ))
+    }
+}
+
 /// The number's 360dialog channel on the partner's account: the one the migration names, or
 /// the number's (`awaiting_signup`, `awaiting_channel`).
 async fn channel_of(
@@ -263,7 +287,7 @@ async fn channel_of(
         }
         None => {
             deps.d360
-                .find_channel_by_number(creds, &row.phone_number)
+                .find_channel_by_number(creds, &row.phone_number, &row.destination_waba_id)
                 .await
         }
     }

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_of, partner_credentials};
+use super::{Result, StepResult, channel_elsewhere, channel_of, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -42,6 +42,14 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         })
         .remember(MemoKey::ChannelPolls, json!(polls + 1)));
     };
+    if let Some(other) = channel.other_waba(&row.destination_waba_id) {
+        let reason = channel_elsewhere(row, &channel, other, state, ErrorCode::SignupNotCompleted);
+        return Ok(StepResult::new(StepOutcome::NotYet {
+            after,
+            waiting_for: Some(reason),
+        })
+        .remember(MemoKey::ChannelPolls, json!(polls + 1)));
+    }
     // The signup is done; whether the channel runs and a key may be made for it is
     // `awaiting_channel`'s to find out, with its own polls.
     let channel_id = channel.id.clone();
