@@ -189,6 +189,7 @@ impl D360Api for D360Client {
         partner: &PartnerCredentials,
         phone_number_e164: &str,
         waba_id: &str,
+        leaving_waba_id: &str,
     ) -> Result<Option<Channel>, Error> {
         let wanted = digits(phone_number_e164);
         if wanted.is_empty() {
@@ -205,7 +206,11 @@ impl D360Api for D360Client {
                 items.iter().any(is_it)
             })
             .await?;
-        Ok(pick_channel(channels.into_iter().filter(is_it), waba_id))
+        Ok(pick_channel(
+            channels.into_iter().filter(is_it),
+            waba_id,
+            leaving_waba_id,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, channel_id = %channel_id))]
@@ -420,40 +425,36 @@ fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// The channel to take for a migration into `waba_id`: one on that WABA first, then one whose
-/// WABA is not shown, then one on another WABA; within each, a `running` one, then the newest
-/// (latest `created_at`; among equal or missing timestamps, the first listed).
-fn pick_channel(candidates: impl Iterator<Item = ChannelItem>, waba_id: &str) -> Option<Channel> {
+/// The channel to take for a migration into `waba_id` from `leaving_waba_id`: one on `waba_id`
+/// first, then one whose WABA is not shown, then one on another WABA, and one on the WABA the
+/// number leaves last; within each, a `running` one, then the newest (latest `created_at`;
+/// among equal or missing timestamps, the first listed).
+fn pick_channel(
+    candidates: impl Iterator<Item = ChannelItem>,
+    waba_id: &str,
+    leaving_waba_id: &str,
+) -> Option<Channel> {
+    let rank = |item: &ChannelItem| {
+        let channel = &item.channel;
+        let waba = match channel.waba() {
+            Some(w) if w == waba_id.trim() => 3,
+            None => 2,
+            Some(w) if w == leaving_waba_id.trim() => 0,
+            Some(_) => 1,
+        };
+        let running = channel
+            .status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(RUNNING));
+        (waba, running, item.created_at)
+    };
     let mut best: Option<ChannelItem> = None;
     for item in candidates {
-        let better = match &best {
-            None => true,
-            Some(b) => rank(&item, waba_id) > rank(b, waba_id),
-        };
-        if better {
+        if best.as_ref().is_none_or(|b| rank(&item) > rank(b)) {
             best = Some(item);
         }
     }
     best.map(|b| b.channel)
-}
-
-fn rank(item: &ChannelItem, waba_id: &str) -> (u8, bool, Option<chrono::DateTime<chrono::Utc>>) {
-    let channel = &item.channel;
-    let shown = channel
-        .waba_external_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|w| !w.is_empty());
-    let waba = match shown {
-        Some(w) if w == waba_id.trim() => 2,
-        None => 1,
-        Some(_) => 0,
-    };
-    let running = channel
-        .status
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case(RUNNING));
-    (waba, running, item.created_at)
 }
 
 /// Keys of a `shared_client_numbers` entry that name its channel, and its number.
@@ -764,7 +765,7 @@ mod tests {
         .mount(&server)
         .await;
         let channel = client(&server)
-            .find_channel_by_number(&partner(), "+4915112345678", "1001")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001", "2002")
             .await
             .unwrap()
             .unwrap();
@@ -782,9 +783,9 @@ mod tests {
     }
 
     /// A number with a channel on the WABA it leaves (a change of WABA inside 360dialog) or on
-    /// a WABA its client chose elsewhere: the destination's channel is taken even before it
-    /// runs; one whose WABA is not shown comes next; another WABA's only when nothing else is
-    /// listed (the step then sees it is not the migration's).
+    /// another one its client chose: the destination's channel is taken even before it runs;
+    /// one whose WABA is not shown comes next, then another WABA's, and the one the number
+    /// leaves only when nothing else is listed (the step then sees it is not the migration's).
     #[tokio::test]
     async fn find_channel_by_number_prefers_the_destination_waba() {
         let server = MockServer::start().await;
@@ -800,6 +801,7 @@ mod tests {
         let unknown = on("unknownCH", "running", "2025-05-01T10:00:00Z", None);
         let blank = on("blankCH", "ready", "2025-07-01T10:00:00Z", Some(" "));
         let dest = on("destCH", "ready", "2025-01-01T10:00:00Z", Some("1001"));
+        let other = on("otherCH", "ready", "2024-01-01T10:00:00Z", Some("3003"));
         let cases = [
             (
                 "4915112345678",
@@ -811,6 +813,7 @@ mod tests {
                 json!([source, unknown, blank]),
                 "unknownCH",
             ),
+            ("4915112345671", json!([source, other]), "otherCH"),
             ("4915112345670", json!([source]), "sourceCH"),
         ];
         for (number, items, _) in &cases {
@@ -831,12 +834,13 @@ mod tests {
         let c = client(&server);
         for (number, _, want) in cases {
             let found = c
-                .find_channel_by_number(&partner(), &format!("+{number}"), "1001")
+                .find_channel_by_number(&partner(), &format!("+{number}"), "1001", "2002")
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(found.id, want, "{number}");
-            assert_eq!(found.other_waba("1001").is_some(), want == "sourceCH");
+            let waba = found.waba();
+            assert_eq!(waba == Some("2002"), want == "sourceCH", "{number}");
         }
     }
 
@@ -866,7 +870,7 @@ mod tests {
         .await;
         let c = client(&server);
         let found = c
-            .find_channel_by_number(&partner(), "+4915112345678", "1001")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001", "2002")
             .await
             .unwrap()
             .expect("found with +");
@@ -875,7 +879,7 @@ mod tests {
         let again = c.clone();
         assert!(
             again
-                .find_channel_by_number(&partner(), "+4915112345678", "1001")
+                .find_channel_by_number(&partner(), "+4915112345678", "1001", "2002")
                 .await
                 .unwrap()
                 .is_some()
@@ -902,7 +906,7 @@ mod tests {
         .mount(&server)
         .await;
         let digits = c
-            .find_channel_by_number(&partner(), "+4915100000002", "1001")
+            .find_channel_by_number(&partner(), "+4915100000002", "1001", "2002")
             .await
             .unwrap()
             .expect("found with digits");
@@ -941,14 +945,14 @@ mod tests {
         .await;
         let c = client(&server);
         let channel = c
-            .find_channel_by_number(&partner(), "+49 151 12345678", "1001")
+            .find_channel_by_number(&partner(), "+49 151 12345678", "1001", "2002")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(channel.id, "newCH");
         assert_eq!(channel.client_id, None);
         assert!(
-            c.find_channel_by_number(&partner(), "+15550001111", "1001")
+            c.find_channel_by_number(&partner(), "+15550001111", "1001", "2002")
                 .await
                 .unwrap()
                 .is_none()
@@ -1367,7 +1371,7 @@ mod tests {
         );
         // The filter (a phone number) is not quoted in transport errors.
         let err = c
-            .find_channel_by_number(&partner(), "+4915112345678", "1001")
+            .find_channel_by_number(&partner(), "+4915112345678", "1001", "2002")
             .await
             .unwrap_err();
         let text = format!("{err} {err:?}");

@@ -124,13 +124,15 @@ impl std::fmt::Debug for GeneratedApiKey {
 pub trait D360Api: Send + Sync {
     /// `GET /partners/{pid}/channels?filters={"setup_info.phone_number": "<digits>"}` (or
     /// `"+<digits>"`: see [`d360`]); the channel of that number, if 360dialog lists one. Of
-    /// several, one on `waba_id` comes first, then one whose WABA is not shown, then the rest;
-    /// within each, a `running` one, then the newest.
+    /// several, one on `waba_id` comes first, then one whose WABA is not shown, then other
+    /// WABAs', and one on `leaving_waba_id` (the WABA the number leaves) last; within each, a
+    /// `running` one, then the newest.
     async fn find_channel_by_number(
         &self,
         partner: &PartnerCredentials,
         phone_number_e164: &str,
         waba_id: &str,
+        leaving_waba_id: &str,
     ) -> Result<Option<Channel>, Error>;
     /// `GET /partners/{pid}/channels?filters={"id": "<channel id>"}` (with the phone number
     /// filter too, when given).

@@ -296,8 +296,8 @@ impl ErrorCode {
                 true,
             ),
             Self::ChannelWabaMismatch => (
-                "The 360dialog channel named for this migration is on another WhatsApp Business Account than its destination_waba_id.",
-                "The client's Embedded Signup put the number into another WABA than the one this migration names (the message says which). Create the migration again with that WABA as destination_waba_id, or with the id of the number's channel on the destination WABA; while the migration waits for the signup, send that id with PATCH /v1/migrations/{id}.",
+                "The 360dialog channel named for this migration is the number's channel on its source WhatsApp Business Account, which the number is leaving, not the one the client's Embedded Signup made.",
+                "Find the channel the client's Embedded Signup made (the onboarding redirect or the 360dialog Partner Hub). While the migration waits for the signup, send its id with PATCH /v1/migrations/{id}; after it failed, create the migration again with it.",
                 Partner,
                 false,
             ),

@@ -378,15 +378,34 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// The Meta WABA this channel is on, when 360dialog shows one that is not `waba_id`. A
-    /// number can have several channels: one on the WABA it is leaving (a change of WABA inside
-    /// 360dialog), or one on another WABA the client chose in Embedded Signup. Neither is the
-    /// migration's.
-    pub fn other_waba(&self, waba_id: &str) -> Option<&str> {
+    /// The Meta WABA this channel is on (`waba_account.external_id`), when 360dialog shows it.
+    pub fn waba(&self) -> Option<&str> {
         self.waba_external_id
             .as_deref()
             .map(str::trim)
-            .filter(|w| !w.is_empty() && *w != waba_id.trim())
+            .filter(|w| !w.is_empty())
+    }
+
+    /// The WABA that makes this channel not the migration's, if it is on one. A number can have
+    /// several channels. One on the source WABA is the one the number is leaving (a change of
+    /// WABA inside 360dialog): never the migration's. In the OTP flow the service moves the
+    /// number into the destination itself, so only a channel there is (or one whose WABA is not
+    /// shown). In the Embedded Signup flow the client's signup decides the WABA (360dialog's
+    /// guide has the client create a new one), so any WABA but the source is taken.
+    pub fn foreign_waba(
+        &self,
+        flow: super::Flow,
+        source_waba: &str,
+        dest_waba: &str,
+    ) -> Option<&str> {
+        let waba = self.waba()?;
+        if waba == dest_waba.trim() {
+            return None;
+        }
+        match flow {
+            super::Flow::EmbeddedSignup => (waba == source_waba.trim()).then_some(waba),
+            super::Flow::Otp => Some(waba),
+        }
     }
 }
 

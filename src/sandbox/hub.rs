@@ -97,7 +97,8 @@ fn query_usize(pairs: &[(String, String)], key: &str) -> Result<Option<usize>, R
 /// Every partner sees every channel. Filters `setup_info.phone_number` (equal to the channel's
 /// number as it shows it: E.164 digits without `+`) and `id` are applied, other keys are
 /// ignored. Embedded-signup rule: with both filters, no channel of that id and none of that
-/// number on the number's destination WABA, the channel is created there, `running`.
+/// number on the WABA it is registered in (else the destination the service named), the channel
+/// is created there, `running`.
 pub(crate) async fn list_channels(
     State(sandbox): State<Sandbox>,
     Path(_partner_id): Path<String>,

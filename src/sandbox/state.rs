@@ -364,11 +364,7 @@ impl World {
         if let Some((phone_id, waba_id)) = registered {
             self.ensure_channel(e164, &phone_id, Some(&waba_id), None, config);
         }
-        if let Some(channel) = self
-            .channel_of_number
-            .get(e164)
-            .and_then(|id| self.channels.get_mut(id))
-        {
+        for channel in self.channels.values_mut().filter(|c| c.e164 == e164) {
             channel.permission = true;
         }
         self.register_calls.remove(e164);
@@ -398,9 +394,6 @@ impl World {
         }
         if let Some(id) = channel_id {
             check_id("channel_id", id)?;
-            if self.channels.get(id).is_some_and(|c| c.e164 != e164) {
-                return Err(format!("the channel {id} is another number's"));
-            }
         }
         let dest = destination
             .map(str::to_owned)
@@ -425,6 +418,17 @@ impl World {
             return Err(format!(
                 "{e164} is scenario 0019 (channel_timeout): its channel never appears; POST /_sandbox/numbers/{e164}/resolve first"
             ));
+        }
+        if let Some(c) = channel_id.and_then(|id| self.channels.get(id)) {
+            if c.e164 != e164 {
+                return Err(format!("the channel {} is another number's", c.id));
+            }
+            if !c.on_waba(Some(&dest)) {
+                return Err(format!(
+                    "the channel {} is this number's channel on another WABA",
+                    c.id
+                ));
+            }
         }
         let waba = self.ensure_waba(&dest, None);
         waba.dest_numbers.insert(e164.to_owned());
@@ -707,6 +711,17 @@ impl World {
             && self.channels.get(id).is_none_or(|c| c.on_waba(dest_waba))
         {
             return Some(id.clone());
+        }
+        // An earlier channel of the number on that WABA (it moved away and back).
+        if let Some(c) = self
+            .channels
+            .values()
+            .filter(|c| c.e164 == e164 && c.on_waba(dest_waba))
+            .max_by_key(|c| c.created_at)
+        {
+            let id = c.id.clone();
+            self.channel_of_number.insert(e164.to_owned(), id.clone());
+            return Some(id);
         }
         let client_key = dest_waba.unwrap_or("(embedded signup)").to_owned();
         let client_id = self

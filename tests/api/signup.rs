@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_KEY, DEST_WABA, Options, TestApp, assert_problem, is_transition};
+use crate::helpers::{ADMIN_KEY, Options, SOURCE_WABA, TestApp, assert_problem, is_transition};
 
 fn at(v: &Value) -> DateTime<Utc> {
     v.as_str()
@@ -537,108 +537,130 @@ async fn partners_store_their_signup_url(pool: PgPool) {
     assert_eq!(get().await["signup_url"], Value::Null);
 }
 
-/// The WABA the client chose in Embedded Signup when it is not the migration's destination.
-const OTHER_WABA: &str = "300000000000777";
+/// The new WABA the client's Embedded Signup creates (360dialog's guide has the client create
+/// one), which is not the `destination_waba_id` the migration was created with.
+const NEW_WABA: &str = "300000000000777";
 
-/// A channel on another WABA is not the migration's. Found by the number, it is passed over and
-/// the wait goes on, saying which WABA the client chose; named with `PATCH`, the wait says
-/// `channel_waba_mismatch` (the partner's to fix); a channel on the destination, named next,
-/// completes it, and the other channel never gets a key.
+/// A number that is already a running 360dialog channel on its source WABA (a change of WABA
+/// inside 360dialog). Found by the number, that channel is passed over and the wait goes on,
+/// saying so; named with `PATCH`, the wait says `channel_waba_mismatch` (the partner's to
+/// fix). The channel the client's signup makes, on a new WABA, named next, completes it; the
+/// channel the number leaves never gets a key.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
-async fn a_channel_on_another_waba_is_not_taken(pool: PgPool) {
+async fn the_channel_the_number_leaves_is_not_taken(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let phone = "+14155552310";
-    let id = app.create_with(signup_body(phone)).await;
-    app.wait_for(&id, "awaiting_signup").await;
-
-    let (status, elsewhere) = complete_signup(
+    let (status, leaving) = complete_signup(
         &app,
         phone,
-        Some(json!({ "destination_waba_id": OTHER_WABA })),
+        Some(json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "esLeaving01CH" })),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{elsewhere:#}");
-    let elsewhere_id = elsewhere["id"].as_str().unwrap().to_owned();
-    let lists = app.received(phone, "list_channels");
+    assert_eq!(status, StatusCode::OK, "{leaving:#}");
+    let id = app.create_with(signup_body(phone)).await;
     let m = app
         .wait_until(&id, |m| {
             m["waiting_for"]["message"]
                 .as_str()
-                .is_some_and(|s| s.contains(OTHER_WABA))
+                .is_some_and(|s| s.contains("esLeaving01CH"))
         })
         .await;
-    assert!(app.received(phone, "list_channels") > lists);
     assert_eq!(m["state"], "awaiting_signup", "{m:#}");
     assert_eq!(m["channel_id"], Value::Null);
     let w = &m["waiting_for"];
     assert_eq!(w["code"], "signup_not_completed", "{m:#}");
     let message = w["message"].as_str().unwrap();
-    assert!(message.contains(&elsewhere_id), "{message}");
-    assert!(message.contains(DEST_WABA), "{message}");
+    assert!(message.contains(SOURCE_WABA), "{message}");
+    assert!(message.contains("leaving"), "{message}");
 
-    let res = patch_as(
-        &app,
-        &app.partner_key,
-        &format!("/v1/migrations/{id}"),
-        json!({ "channel_id": elsewhere_id }),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::OK);
+    let path = format!("/v1/migrations/{id}");
+    let patch = |channel: &'static str| {
+        patch_as(
+            &app,
+            &app.partner_key,
+            &path,
+            json!({ "channel_id": channel }),
+        )
+    };
+    assert_eq!(patch("esLeaving01CH").await.status(), StatusCode::OK);
     let m = app
         .wait_until(&id, |m| m["waiting_for"]["code"] == "channel_waba_mismatch")
         .await;
     assert_eq!(m["state"], "awaiting_signup", "{m:#}");
     assert_eq!(m["waiting_for"]["actor"], "partner");
-    assert!(
-        m["waiting_for"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(OTHER_WABA),
-        "{m:#}"
-    );
 
-    let (status, right) = complete_signup(
+    let (status, made) = complete_signup(
         &app,
         phone,
-        Some(json!({ "destination_waba_id": DEST_WABA, "channel_id": "esRightWaba01CH" })),
+        Some(json!({ "destination_waba_id": NEW_WABA, "channel_id": "esNewWaba01CH" })),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{right:#}");
-    assert_eq!(right["id"], "esRightWaba01CH");
-    let res = patch_as(
-        &app,
-        &app.partner_key,
-        &format!("/v1/migrations/{id}"),
-        json!({ "channel_id": "esRightWaba01CH" }),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    assert_eq!(made["id"], "esNewWaba01CH");
+    assert_eq!(patch("esNewWaba01CH").await.status(), StatusCode::OK);
     let m = app.wait_for(&id, "completed").await;
-    assert_eq!(m["channel_id"], "esRightWaba01CH");
+    assert_eq!(m["channel_id"], "esNewWaba01CH");
     assert_eq!(m["api_key"]["status"], "verified", "{m:#}");
-    assert_eq!(sandbox_channel(&app, &elsewhere_id).await["keys_issued"], 0);
     assert_eq!(
-        sandbox_channel(&app, "esRightWaba01CH").await["keys_issued"],
+        sandbox_channel(&app, "esLeaving01CH").await["keys_issued"],
+        0
+    );
+    assert_eq!(
+        sandbox_channel(&app, "esNewWaba01CH").await["keys_issued"],
         1
     );
 }
 
-/// Created with the id of a channel on another WABA (the client finished Embedded Signup
-/// there), the migration fails in `awaiting_channel` with `channel_waba_mismatch` at the first
-/// look, not at the channel timeout, and no key is made.
+/// Found by the number, the channel the client's signup made on a new WABA is taken over the
+/// running one the number leaves, though that one is newer. Both are listed before the first
+/// look.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
-async fn a_named_channel_on_another_waba_fails_the_migration(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
-    let phone = "+14155552311";
-    let (status, elsewhere) = complete_signup(
-        &app,
-        phone,
-        Some(json!({ "destination_waba_id": OTHER_WABA, "channel_id": "esOtherWaba01CH" })),
+async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{elsewhere:#}");
+    let phone = "+14155552312";
+    for (waba, channel) in [(NEW_WABA, "esNewWaba02CH"), (SOURCE_WABA, "esLeaving02CH")] {
+        let (status, made) = complete_signup(
+            &app,
+            phone,
+            Some(json!({ "destination_waba_id": waba, "channel_id": channel })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{made:#}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let id = app.create_with(signup_body(phone)).await;
+    app.worker().run_until_idle().await.unwrap();
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["channel_id"], "esNewWaba02CH", "{m:#}");
+    assert_eq!(
+        sandbox_channel(&app, "esLeaving02CH").await["keys_issued"],
+        0
+    );
+}
+
+/// Created with the id of the number's channel on its source WABA, the migration fails in
+/// `awaiting_channel` with `channel_waba_mismatch` at the first look, not at the channel
+/// timeout, and no key is made.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552311";
+    let (status, leaving) = complete_signup(
+        &app,
+        phone,
+        Some(json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "esLeaving03CH" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{leaving:#}");
     let mut body = signup_body(phone);
-    body["channel_id"] = json!("esOtherWaba01CH");
+    body["channel_id"] = json!("esLeaving03CH");
     let id = app.create_with(body).await;
     let m = app.wait_for(&id, "failed").await;
     let e = &m["error"];
@@ -647,11 +669,10 @@ async fn a_named_channel_on_another_waba_fails_the_migration(pool: PgPool) {
     assert_eq!(e["actor"], "partner");
     assert_eq!(e["retryable"], false);
     let message = e["message"].as_str().unwrap();
-    assert!(message.contains(OTHER_WABA), "{message}");
-    assert!(message.contains(DEST_WABA), "{message}");
+    assert!(message.contains(SOURCE_WABA), "{message}");
     assert_eq!(app.received(phone, "api_keys"), 0);
     assert_eq!(
-        sandbox_channel(&app, "esOtherWaba01CH").await["keys_issued"],
+        sandbox_channel(&app, "esLeaving03CH").await["keys_issued"],
         0
     );
 }

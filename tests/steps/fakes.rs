@@ -693,6 +693,7 @@ impl D360Api for FakeD360 {
         _partner: &PartnerCredentials,
         phone_number_e164: &str,
         _waba_id: &str,
+        _leaving_waba_id: &str,
     ) -> Result<Option<Channel>, Error> {
         let mut inner = self.lock();
         inner.ledger.read("find_channel_by_number");

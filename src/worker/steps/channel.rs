@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_elsewhere, channel_of, partner_credentials};
+use super::{Result, StepResult, channel_of, foreign_channel, foreign_waba, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::upstream::KeyPermission;
@@ -44,9 +44,10 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
                 .with_message("360dialog does not list a channel for this number yet."),
         ));
     };
-    if let Some(other) = channel.other_waba(&row.destination_waba_id) {
-        let reason = channel_elsewhere(row, &channel, other, state, ErrorCode::ChannelTimeout);
-        // A channel the migration names stays on its WABA: no wait can help.
+    if let Some(waba) = foreign_waba(row, &channel) {
+        let reason = foreign_channel(row, &channel, waba, state, ErrorCode::ChannelTimeout);
+        // A channel the migration names stays on its WABA: no wait can help (and `PATCH` is
+        // refused past `awaiting_signup`).
         return Ok(if reason.code == ErrorCode::ChannelWabaMismatch {
             StepResult::new(StepOutcome::Failed(reason))
         } else {

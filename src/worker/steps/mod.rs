@@ -50,7 +50,7 @@ use crate::clients::{self, PartnerCredentials};
 use crate::crypto::aad;
 use crate::db::{self, migrations as store};
 use crate::domain::memo::{Intent, MemoEdits, MemoKey};
-use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, StepOutcome};
 
 /// A step's outcome and the columns to write with it.
 pub struct StepResult {
@@ -248,49 +248,79 @@ fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
     s
 }
 
-/// Why the channel 360dialog shows is not this migration's: it is on the WABA `other`, not on
-/// the destination. When the migration names the channel (`channel_id` at create or with
-/// `PATCH`), `channel_waba_mismatch`; when it was found by the number, the wait goes on with
-/// `code` (the number's channel on the destination may not be listed yet).
-fn channel_elsewhere(
+/// Whether the channel 360dialog shows is the migration's ([`clients::Channel::foreign_waba`]).
+fn foreign_waba<'c>(row: &store::MigrationRow, channel: &'c clients::Channel) -> Option<&'c str> {
+    let flow = Flow::parse(&row.flow).unwrap_or_default();
+    channel.foreign_waba(flow, &row.source_waba_id, &row.destination_waba_id)
+}
+
+/// Why the channel 360dialog shows, on the WABA `waba`, is not the migration's. An Embedded
+/// Signup migration that names it (`channel_id` at create or with `PATCH`) has
+/// `channel_waba_mismatch`; otherwise the wait goes on with `code` (the right channel may not
+/// be listed yet).
+fn foreign_channel(
     row: &store::MigrationRow,
     channel: &clients::Channel,
-    other: &str,
+    waba: &str,
     state: MigrationState,
     code: ErrorCode,
 ) -> MigrationError {
     let dest = &row.destination_waba_id;
     let cid = &channel.id;
-    if row.channel_id.is_some() {
+    let on = if waba == row.source_waba_id.trim() {
+        format!("the source WhatsApp Business Account {waba}, which the number is leaving")
+    } else {
+        format!("the WhatsApp Business Account {waba}")
+    };
+    let signup = Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup);
+    if signup && row.channel_id.is_some() {
         MigrationError::new(ErrorCode::ChannelWabaMismatch, state).with_message(format!(
-            "The 360dialog channel {cid} is on the WhatsApp Business Account {other}, not on the destination {dest}."
+            "The 360dialog channel {cid} is this number's channel on {on}, not the one the client's Embedded Signup made."
+        ))
+    } else if signup {
+        MigrationError::new(code, state).with_message(format!(
+            "360dialog lists only this number's channel {cid}, on {on}: the client has not finished Embedded Signup yet."
         ))
     } else {
         MigrationError::new(code, state).with_message(format!(
-            "360dialog lists this number's channel {cid} on the WhatsApp Business Account {other}, not on the destination {dest}, and none on {dest} yet. If the client chose {other} in Embedded Signup, create the migration again with destination_waba_id {other}."
+            "360dialog lists this number's channel {cid} on {on}, and none on the destination {dest} yet."
         ))
     }
 }
 
 /// The number's 360dialog channel on the partner's account: the one the migration names, or
-/// the number's (`awaiting_signup`, `awaiting_channel`).
+/// the number's (`awaiting_signup`, `awaiting_channel`). An OTP migration's channel id was
+/// stored by the service from a lookup by the number; when that channel shows a WABA that
+/// makes it not the migration's, the number's channels are looked at again.
 async fn channel_of(
     deps: &Deps,
     creds: &PartnerCredentials,
     row: &store::MigrationRow,
 ) -> std::result::Result<Option<clients::Channel>, clients::Error> {
-    match &row.channel_id {
-        Some(cid) => {
-            deps.d360
-                .get_channel(creds, cid, Some(&row.phone_number))
-                .await
-        }
-        None => {
-            deps.d360
-                .find_channel_by_number(creds, &row.phone_number, &row.destination_waba_id)
-                .await
-        }
+    let by_number = || {
+        deps.d360.find_channel_by_number(
+            creds,
+            &row.phone_number,
+            &row.destination_waba_id,
+            &row.source_waba_id,
+        )
+    };
+    let Some(cid) = &row.channel_id else {
+        return by_number().await;
+    };
+    let named = deps
+        .d360
+        .get_channel(creds, cid, Some(&row.phone_number))
+        .await?;
+    let otp = Flow::parse(&row.flow) != Some(Flow::EmbeddedSignup);
+    if otp
+        && named
+            .as_ref()
+            .is_some_and(|c| foreign_waba(row, c).is_some())
+    {
+        return by_number().await;
     }
+    Ok(named)
 }
 
 async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCredentials> {

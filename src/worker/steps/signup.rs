@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_elsewhere, channel_of, partner_credentials};
+use super::{Result, StepResult, channel_of, foreign_channel, foreign_waba, partner_credentials};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -42,8 +42,8 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         })
         .remember(MemoKey::ChannelPolls, json!(polls + 1)));
     };
-    if let Some(other) = channel.other_waba(&row.destination_waba_id) {
-        let reason = channel_elsewhere(row, &channel, other, state, ErrorCode::SignupNotCompleted);
+    if let Some(waba) = foreign_waba(row, &channel) {
+        let reason = foreign_channel(row, &channel, waba, state, ErrorCode::SignupNotCompleted);
         return Ok(StepResult::new(StepOutcome::NotYet {
             after,
             waiting_for: Some(reason),
