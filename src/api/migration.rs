@@ -106,6 +106,8 @@ pub struct Migration {
     pub flow: Flow,
     pub phone_number: String,
     pub source_waba_id: String,
+    /// As created; an Embedded Signup migration that waited for the signup takes the WABA the
+    /// client's signup put the number in (360dialog's guide has the client create a new one).
     pub destination_waba_id: String,
     pub meta_business_id: String,
     pub phone_number_id: Option<String>,

@@ -456,6 +456,8 @@ pub enum Lease {
 #[derive(Debug, Default, Clone)]
 pub struct Patch {
     pub state: Option<MigrationState>,
+    /// An Embedded Signup migration takes the WABA its client's signup made (`awaiting_signup`).
+    pub destination_waba_id: Option<String>,
     pub phone_number_id: Option<String>,
     pub channel_id: Option<String>,
     pub d360_client_id: Option<String>,
@@ -495,6 +497,7 @@ pub struct Patch {
 macro_rules! patch_fields {
     ($m:ident) => {
         $m!(
+            destination_waba_id,
             phone_number_id,
             channel_id,
             d360_client_id,

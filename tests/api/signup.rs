@@ -612,8 +612,8 @@ async fn the_channel_the_number_leaves_is_not_taken(pool: PgPool) {
 }
 
 /// Found by the number, the channel the client's signup made on a new WABA is taken over the
-/// running one the number leaves, though that one is newer. Both are listed before the first
-/// look.
+/// running one the number leaves, though that one is newer (both are listed before the first
+/// look), and its WABA becomes the destination the templates are copied to.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     let app = TestApp::spawn_with(
@@ -642,6 +642,20 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     assert_eq!(
         sandbox_channel(&app, "esLeaving02CH").await["keys_issued"],
         0
+    );
+    // The number is in the new WABA: it is the destination now, and the templates went there.
+    assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
+    let copied = m["templates"]["migrated"].as_array().unwrap();
+    assert!(!copied.is_empty(), "{m:#}");
+    let events = app.events(&id).await;
+    let left = events
+        .iter()
+        .find(|e| e["from_state"] == "awaiting_signup")
+        .unwrap();
+    assert_eq!(left["data"]["destination_waba_id"], NEW_WABA, "{left:#}");
+    assert_eq!(
+        left["data"]["previous_destination_waba_id"],
+        crate::helpers::DEST_WABA
     );
 }
 

@@ -51,14 +51,30 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         .remember(MemoKey::ChannelPolls, json!(polls + 1)));
     }
     // The signup is done; whether the channel runs and a key may be made for it is
-    // `awaiting_channel`'s to find out, with its own polls.
+    // `awaiting_channel`'s to find out, with its own polls. The number is where the signup put
+    // it: 360dialog's guide has the client create a new WABA, and the templates go there.
     let channel_id = channel.id.clone();
     let client_id = channel.client_id.clone();
+    let new_waba = channel
+        .waba()
+        .filter(|w| *w != row.destination_waba_id.trim())
+        .map(str::to_owned);
+    let mut data = json!({ "channel_id": channel_id, "channel_status": channel.status });
+    if let Some(waba) = &new_waba {
+        tracing::info!(
+            destination_waba_id = %waba,
+            previous = %row.destination_waba_id,
+            "the client's Embedded Signup put the number in another WABA: it is the destination now"
+        );
+        data["destination_waba_id"] = json!(waba);
+        data["previous_destination_waba_id"] = json!(row.destination_waba_id);
+    }
     Ok(StepResult::done()
         .with(|p| {
             p.channel_id = Some(channel_id.clone());
             p.d360_client_id = client_id;
+            p.destination_waba_id = new_waba;
         })
         .forget(MemoKey::ChannelPolls)
-        .data(json!({ "channel_id": channel_id, "channel_status": channel.status })))
+        .data(data))
 }
