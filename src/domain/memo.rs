@@ -51,10 +51,13 @@ pub enum MemoKey {
     ChannelPolls,
     /// The automatic switch from SMS to a voice call happened.
     VoiceFallback,
+    /// The channel id the service stored itself, found by the number (not named by the
+    /// partner): if it later shows a WABA that is not the migration's, it is looked for again.
+    ChannelFound,
 }
 
 impl MemoKey {
-    pub const ALL: [MemoKey; 7] = [
+    pub const ALL: [MemoKey; 8] = [
         MemoKey::RequestCode,
         MemoKey::VerifyCode,
         MemoKey::Register,
@@ -62,6 +65,7 @@ impl MemoKey {
         MemoKey::TemplatesCopied,
         MemoKey::ChannelPolls,
         MemoKey::VoiceFallback,
+        MemoKey::ChannelFound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl MemoKey {
             MemoKey::TemplatesCopied => "templates_copied",
             MemoKey::ChannelPolls => "channel_polls",
             MemoKey::VoiceFallback => "voice_fallback",
+            MemoKey::ChannelFound => "channel_found",
         }
     }
 

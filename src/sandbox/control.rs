@@ -214,6 +214,10 @@ struct CompleteSignupRequest {
     /// absent. Ignored when the number has a channel on that WABA already.
     #[serde(default)]
     channel_id: Option<String>,
+    /// The client's Meta business, owner of a WABA the signup creates; by default the owner
+    /// of the number's source WABA, when the sandbox knows it.
+    #[serde(default)]
+    business_id: Option<String>,
 }
 
 /// `POST /_sandbox/numbers/{e164}/complete_signup` `{"partner_id"?, "destination_waba_id"?}`
@@ -237,6 +241,7 @@ pub(crate) async fn complete_signup(
         &phone,
         request.destination_waba_id.as_deref(),
         request.channel_id.as_deref(),
+        request.business_id.as_deref(),
     ) {
         Ok(channel_id) => {
             sandbox.flush().await;
@@ -253,7 +258,7 @@ pub(crate) async fn index() -> Json<Value> {
         "control": {
             "GET /_sandbox/scenarios": "the failure-scenario numbers (last four digits 00xx) and the error code each leads to",
             "POST /_sandbox/numbers/{e164}/resolve": "a scenario number behaves as a happy-path number from now on (two-step verification turned off, display name approved, permission granted, ...): retry its migration",
-    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?, \"channel_id\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA (or the one named) and a running channel with API-key permission appears there (an embedded_signup migration waiting in awaiting_signup continues)",
+    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?, \"channel_id\"?, \"business_id\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA (or the one named) and a running channel with API-key permission appears there (an embedded_signup migration waiting in awaiting_signup continues)",
             "POST /_sandbox/channels/{channel_id}/permission": "{\"granted\": true} lets the partner generate the channel's API key (scenario 0020)",
             "GET /_sandbox/channels/{channel_id}": "a 360dialog channel: status, permission, keys issued",
             "POST /_sandbox/numbers": "{\"phone_number\", \"source_waba_id\", \"destination_waba_id\"?, \"business_id\"?} registers a number on a source WABA (the service does this itself)",

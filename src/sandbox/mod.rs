@@ -437,6 +437,7 @@ impl Sandbox {
         phone_e164: &str,
         destination_waba_id: Option<&str>,
         channel_id: Option<&str>,
+        business_id: Option<&str>,
     ) -> Result<String, String> {
         let number = scenarios::normalize_e164(phone_e164)
             .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
@@ -444,6 +445,7 @@ impl Sandbox {
             &number,
             destination_waba_id,
             channel_id,
+            business_id,
             &self.shared.config,
         )
     }

@@ -387,10 +387,14 @@ impl World {
         e164: &str,
         destination: Option<&str>,
         channel_id: Option<&str>,
+        business_id: Option<&str>,
         config: &SandboxConfig,
     ) -> Result<String, String> {
         if let Some(dest) = destination {
             check_id("destination_waba_id", dest)?;
+        }
+        if let Some(business) = business_id {
+            check_id("business_id", business)?;
         }
         if let Some(id) = channel_id {
             check_id("channel_id", id)?;
@@ -430,7 +434,15 @@ impl World {
                 ));
             }
         }
-        let waba = self.ensure_waba(&dest, None);
+        // A WABA the signup creates belongs to the client's business.
+        let owner = business_id.map(str::to_owned).or_else(|| {
+            self.phones
+                .values()
+                .find(|p| p.e164 == e164 && p.role == Role::Source)
+                .and_then(|p| self.wabas.get(&p.waba_id))
+                .map(|w| w.owner_business_id.clone())
+        });
+        let waba = self.ensure_waba(&dest, owner.as_deref());
         waba.dest_numbers.insert(e164.to_owned());
         waba.current_dest = Some(e164.to_owned());
         let phone_id = match self.phone_in_waba(&dest, e164) {

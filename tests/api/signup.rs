@@ -660,8 +660,8 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
 }
 
 /// Created with the id of the number's channel on its source WABA, the migration fails in
-/// `awaiting_channel` with `channel_waba_mismatch` at the first look, not at the channel
-/// timeout, and no key is made.
+/// `prechecking` with `channel_waba_mismatch`, before any template is copied, and no key is
+/// made.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -679,7 +679,8 @@ async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
     let m = app.wait_for(&id, "failed").await;
     let e = &m["error"];
     assert_eq!(e["code"], "channel_waba_mismatch", "{m:#}");
-    assert_eq!(e["step"], "awaiting_channel");
+    assert_eq!(e["step"], "prechecking");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
     assert_eq!(e["actor"], "partner");
     assert_eq!(e["retryable"], false);
     let message = e["message"].as_str().unwrap();
@@ -688,6 +689,60 @@ async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
     assert_eq!(
         sandbox_channel(&app, "esLeaving03CH").await["keys_issued"],
         0
+    );
+}
+
+/// Created after the signup with the id of the channel it made on a new WABA (as 360dialog's
+/// guide has it), the migration takes that WABA as its destination before the precheck: the
+/// checks and the template copy are about the WABA the number is in.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn created_with_the_signup_channel_it_takes_its_waba(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552313";
+    let (status, made) = complete_signup(
+        &app,
+        phone,
+        Some(json!({
+            "destination_waba_id": NEW_WABA,
+            "channel_id": "esNewWaba03CH",
+            "business_id": crate::helpers::BUSINESS,
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let mut body = signup_body(phone);
+    body["channel_id"] = json!("esNewWaba03CH");
+    let id = app.create_with(body).await;
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
+    assert_eq!(m["channel_id"], "esNewWaba03CH");
+    assert!(
+        !m["templates"]["migrated"].as_array().unwrap().is_empty(),
+        "{m:#}"
+    );
+    let events = app.events(&id).await;
+    let checked = events
+        .iter()
+        .find(|e| e["from_state"] == "prechecking")
+        .unwrap();
+    assert_eq!(
+        checked["data"]["destination_waba_id"], NEW_WABA,
+        "{checked:#}"
+    );
+    assert_eq!(
+        checked["data"]["previous_destination_waba_id"],
+        crate::helpers::DEST_WABA
+    );
+    assert_eq!(
+        path_of(&app, &id).await,
+        [
+            "queued",
+            "prechecking",
+            "copying_templates",
+            "awaiting_channel",
+            "generating_api_key",
+            "completed"
+        ]
     );
 }
 

@@ -63,10 +63,7 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
                 "The 360dialog channel {channel_id} is `{status}`, not `running`."
             )),
         )
-        .with(|p| {
-            p.channel_id = Some(channel_id.clone());
-            p.d360_client_id = client_id.clone();
-        }));
+        .channel(row, &channel));
     }
     if let Some(client) = &client_id {
         match deps
@@ -89,19 +86,13 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
                     ErrorCode::ApiKeyPermissionMissing,
                     state,
                 ))
-                .with(|p| {
-                    p.channel_id = Some(channel_id.clone());
-                    p.d360_client_id = client_id.clone();
-                }));
+                .channel(row, &channel));
             }
             Err(e) => return Ok(StepResult::new(outcome(&e, state))),
         }
     }
     Ok(StepResult::done()
-        .with(|p| {
-            p.channel_id = Some(channel_id.clone());
-            p.d360_client_id = client_id.clone();
-        })
+        .channel(row, &channel)
         .forget(MemoKey::ChannelPolls)
         .data(json!({ "channel_id": channel_id })))
 }

@@ -99,6 +99,22 @@ impl StepResult {
         self
     }
 
+    /// Stores the channel a lookup found as the migration's (with its 360dialog client). When
+    /// the migration did not name it, the memo says the service found it by the number.
+    fn channel(self, row: &store::MigrationRow, channel: &clients::Channel) -> Self {
+        let id = channel.id.clone();
+        let client_id = channel.client_id.clone();
+        let found = (!channel_named(row)).then(|| id.clone());
+        let step = self.with(|p| {
+            p.channel_id = Some(id);
+            p.d360_client_id = client_id;
+        });
+        match found {
+            Some(id) => step.remember(MemoKey::ChannelFound, json!(id)),
+            None => step,
+        }
+    }
+
     /// Our own data is unusable: fail visibly with `internal_error`.
     pub fn corrupt(state: MigrationState, what: &str) -> Self {
         Self::new(StepOutcome::Failed(
@@ -254,10 +270,48 @@ fn foreign_waba<'c>(row: &store::MigrationRow, channel: &'c clients::Channel) ->
     channel.foreign_waba(flow, &row.source_waba_id, &row.destination_waba_id)
 }
 
-/// Why the channel 360dialog shows, on the WABA `waba`, is not the migration's. An Embedded
-/// Signup migration that names it (`channel_id` at create or with `PATCH`) has
-/// `channel_waba_mismatch`; otherwise the wait goes on with `code` (the right channel may not
-/// be listed yet).
+/// The WABA an Embedded Signup migration takes as its destination: the one its client's signup
+/// put the number in, shown on `channel`, when that is not `destination_waba_id` (360dialog's
+/// guide has the client create a new WABA in the signup).
+fn signup_waba(row: &store::MigrationRow, channel: &clients::Channel) -> Option<String> {
+    let waba = channel.waba()?;
+    let signup = Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup);
+    (signup && waba != row.destination_waba_id.trim() && foreign_waba(row, channel).is_none())
+        .then(|| waba.to_owned())
+}
+
+/// Logs the destination an Embedded Signup migration takes (`new_waba`, from [`signup_waba`])
+/// and records it, with the one it replaces, in the event data.
+fn adopt(row: &store::MigrationRow, new_waba: Option<&str>, data: &mut Value) {
+    let Some(waba) = new_waba else {
+        return;
+    };
+    tracing::info!(
+        destination_waba_id = %waba,
+        previous = %row.destination_waba_id,
+        "the client's Embedded Signup put the number in another WABA: it is the destination now"
+    );
+    data["destination_waba_id"] = json!(waba);
+    data["previous_destination_waba_id"] = json!(row.destination_waba_id);
+}
+
+/// Whether the partner named the migration's channel (`channel_id` at create or with `PATCH`),
+/// as opposed to the service storing one it found by the number ([`MemoKey::ChannelFound`]).
+/// Only an Embedded Signup migration can name one.
+fn channel_named(row: &store::MigrationRow) -> bool {
+    let Some(cid) = &row.channel_id else {
+        return false;
+    };
+    Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup)
+        && MemoKey::ChannelFound
+            .read(&row.step_memo)
+            .and_then(Value::as_str)
+            != Some(cid.as_str())
+}
+
+/// Why the channel 360dialog shows, on the WABA `waba`, is not the migration's. A channel the
+/// partner named is `channel_waba_mismatch`; otherwise the wait goes on with `code` (the right
+/// channel may not be listed yet).
 fn foreign_channel(
     row: &store::MigrationRow,
     channel: &clients::Channel,
@@ -273,7 +327,7 @@ fn foreign_channel(
         format!("the WhatsApp Business Account {waba}")
     };
     let signup = Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup);
-    if signup && row.channel_id.is_some() {
+    if channel_named(row) {
         MigrationError::new(ErrorCode::ChannelWabaMismatch, state).with_message(format!(
             "The 360dialog channel {cid} is this number's channel on {on}, not the one the client's Embedded Signup made."
         ))
@@ -289,9 +343,9 @@ fn foreign_channel(
 }
 
 /// The number's 360dialog channel on the partner's account: the one the migration names, or
-/// the number's (`awaiting_signup`, `awaiting_channel`). An OTP migration's channel id was
-/// stored by the service from a lookup by the number; when that channel shows a WABA that
-/// makes it not the migration's, the number's channels are looked at again.
+/// the number's (`awaiting_signup`, `awaiting_channel`). A channel id the service stored from a
+/// lookup by the number is looked for again by the number when that channel shows a WABA that
+/// makes it not the migration's.
 async fn channel_of(
     deps: &Deps,
     creds: &PartnerCredentials,
@@ -308,19 +362,18 @@ async fn channel_of(
     let Some(cid) = &row.channel_id else {
         return by_number().await;
     };
-    let named = deps
+    let listed = deps
         .d360
         .get_channel(creds, cid, Some(&row.phone_number))
         .await?;
-    let otp = Flow::parse(&row.flow) != Some(Flow::EmbeddedSignup);
-    if otp
-        && named
+    if !channel_named(row)
+        && listed
             .as_ref()
             .is_some_and(|c| foreign_waba(row, c).is_some())
     {
         return by_number().await;
     }
-    Ok(named)
+    Ok(listed)
 }
 
 async fn partner_credentials(deps: &Deps, partner_id: Uuid) -> Result<PartnerCredentials> {

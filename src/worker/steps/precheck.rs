@@ -3,7 +3,10 @@
 
 use serde_json::json;
 
-use super::{Result, StepResult};
+use super::{
+    Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
+    signup_waba,
+};
 use crate::clients;
 use crate::db::migrations as store;
 use crate::domain::values::E164;
@@ -24,30 +27,47 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
             )));
         }
     };
+    // An Embedded Signup migration that names its channel: the number is where the client's
+    // signup put it (360dialog's guide has the client create a new WABA there), so that WABA is
+    // the destination the checks and the template copy are about.
+    let mut new_waba = None;
+    if flow == Flow::EmbeddedSignup && row.channel_id.is_some() {
+        let creds = partner_credentials(deps, row.partner_id).await?;
+        match channel_of(deps, &creds, row).await {
+            Ok(Some(channel)) => {
+                if let Some(waba) = foreign_waba(row, &channel) {
+                    let reason =
+                        foreign_channel(row, &channel, waba, state, ErrorCode::ChannelTimeout);
+                    return Ok(StepResult::new(StepOutcome::Failed(reason)));
+                }
+                new_waba = signup_waba(row, &channel);
+            }
+            // Not listed (yet): `awaiting_channel` waits for it.
+            Ok(None) => {}
+            Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+        }
+    }
+    let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
     if let Some(seeder) = &deps.sandbox_seeder {
         seeder
             .seed(
                 &row.phone_number,
                 &row.source_waba_id,
-                &row.destination_waba_id,
+                destination,
                 &row.meta_business_id,
             )
             .await;
     }
-    let input = match precheck::gather(
-        deps.meta.as_ref(),
-        &phone,
-        &row.source_waba_id,
-        &row.destination_waba_id,
-    )
-    .await
+    let input = match precheck::gather(deps.meta.as_ref(), &phone, &row.source_waba_id, destination)
+        .await
     {
         Ok(i) => i,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
     let report = precheck::evaluate(flow, &phone, &row.meta_business_id, &input);
     let report_json = json!(report);
-    let summary = json!({ "precheck_status": report.status });
+    let mut summary = json!({ "precheck_status": report.status });
+    adopt(row, new_waba.as_deref(), &mut summary);
     if let Some(check) = report.failure() {
         let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
         let failed: Vec<&str> = report
@@ -65,7 +85,10 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
             );
         }
         return Ok(StepResult::new(StepOutcome::Failed(error))
-            .with(|p| p.precheck = Some(report_json))
+            .with(|p| {
+                p.precheck = Some(report_json);
+                p.destination_waba_id = new_waba;
+            })
             .data(summary));
     }
     let skip_to = match (flow, report.destination_phone_number_id.is_some()) {
@@ -84,6 +107,7 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
     Ok(StepResult::new(StepOutcome::Done { skip_to })
         .with(|p| {
             p.precheck = Some(report_json);
+            p.destination_waba_id = new_waba;
             if pnid.is_some() {
                 p.phone_number_id = pnid;
             }

@@ -5,7 +5,10 @@
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_of, foreign_channel, foreign_waba, partner_credentials};
+use super::{
+    Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
+    signup_waba,
+};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -52,29 +55,13 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
     }
     // The signup is done; whether the channel runs and a key may be made for it is
     // `awaiting_channel`'s to find out, with its own polls. The number is where the signup put
-    // it: 360dialog's guide has the client create a new WABA, and the templates go there.
-    let channel_id = channel.id.clone();
-    let client_id = channel.client_id.clone();
-    let new_waba = channel
-        .waba()
-        .filter(|w| *w != row.destination_waba_id.trim())
-        .map(str::to_owned);
-    let mut data = json!({ "channel_id": channel_id, "channel_status": channel.status });
-    if let Some(waba) = &new_waba {
-        tracing::info!(
-            destination_waba_id = %waba,
-            previous = %row.destination_waba_id,
-            "the client's Embedded Signup put the number in another WABA: it is the destination now"
-        );
-        data["destination_waba_id"] = json!(waba);
-        data["previous_destination_waba_id"] = json!(row.destination_waba_id);
-    }
+    // it, and the templates go there.
+    let new_waba = signup_waba(row, &channel);
+    let mut data = json!({ "channel_id": channel.id, "channel_status": channel.status });
+    adopt(row, new_waba.as_deref(), &mut data);
     Ok(StepResult::done()
-        .with(|p| {
-            p.channel_id = Some(channel_id.clone());
-            p.d360_client_id = client_id;
-            p.destination_waba_id = new_waba;
-        })
+        .channel(row, &channel)
+        .with(|p| p.destination_waba_id = new_waba)
         .forget(MemoKey::ChannelPolls)
         .data(data))
 }
