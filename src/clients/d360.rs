@@ -196,10 +196,11 @@ impl D360Api for D360Client {
             return Ok(None);
         }
         let is_it = |c: &ChannelItem| {
-            c.channel
-                .phone_number
-                .as_deref()
-                .is_some_and(|n| digits(n) == wanted)
+            !c.terminated
+                && c.channel
+                    .phone_number
+                    .as_deref()
+                    .is_some_and(|n| digits(n) == wanted)
         };
         let channels = self
             .list_channels_by_number(partner, serde_json::Map::new(), &wanted, |items| {
@@ -383,6 +384,9 @@ fn digits(number: &str) -> String {
 struct ChannelItem {
     channel: Channel,
     created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `terminated_at` is set: the channel was cancelled (a number that once was on
+    /// 360dialog), so it is no number's channel any more.
+    terminated: bool,
 }
 
 impl ChannelItem {
@@ -407,9 +411,11 @@ impl ChannelItem {
             waba_external_id: nested("waba_account", "external_id"),
         };
         let created_at = http::str_field(item, "created_at").and_then(parse_timestamp);
+        let terminated = item.get("terminated_at").is_some_and(|t| !t.is_null());
         Some(Self {
             channel,
             created_at,
+            terminated,
         })
     }
 }
@@ -786,6 +792,7 @@ mod tests {
     /// another one its client chose: the destination's channel is taken even before it runs;
     /// one whose WABA is not shown comes next, then another WABA's, and the one the number
     /// leaves only when nothing else is listed (the step then sees it is not the migration's).
+    /// A terminated channel is no number's.
     #[tokio::test]
     async fn find_channel_by_number_prefers_the_destination_waba() {
         let server = MockServer::start().await;
@@ -802,6 +809,8 @@ mod tests {
         let blank = on("blankCH", "ready", "2025-07-01T10:00:00Z", Some(" "));
         let dest = on("destCH", "ready", "2025-01-01T10:00:00Z", Some("1001"));
         let other = on("otherCH", "ready", "2024-01-01T10:00:00Z", Some("3003"));
+        let mut ended = on("endedCH", "running", "2025-08-01T10:00:00Z", Some("1001"));
+        ended["terminated_at"] = json!("2025-09-01T10:00:00Z");
         let cases = [
             (
                 "4915112345678",
@@ -813,7 +822,7 @@ mod tests {
                 json!([source, unknown, blank]),
                 "unknownCH",
             ),
-            ("4915112345671", json!([source, other]), "otherCH"),
+            ("4915112345671", json!([source, other, ended]), "otherCH"),
             ("4915112345670", json!([source]), "sourceCH"),
         ];
         for (number, items, _) in &cases {

@@ -126,7 +126,7 @@ pub trait D360Api: Send + Sync {
     /// `"+<digits>"`: see [`d360`]); the channel of that number, if 360dialog lists one. Of
     /// several, one on `waba_id` comes first, then one whose WABA is not shown, then other
     /// WABAs', and one on `leaving_waba_id` (the WABA the number leaves) last; within each, a
-    /// `running` one, then the newest.
+    /// `running` one, then the newest. A terminated channel (`terminated_at` set) is skipped.
     async fn find_channel_by_number(
         &self,
         partner: &PartnerCredentials,
