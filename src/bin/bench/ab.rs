@@ -54,9 +54,16 @@ const FIGURES: [(&str, &str); 6] = [
 
 pub async fn run(args: AbArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
-    let old = args.against.clone();
-    let new = crate::stack::migrator_bin(args.run.out.bin.as_deref())?;
     let base_dir = args.run.out.dir();
+    // Both binaries run from fresh copies. How a file was written decides how the page cache
+    // holds it, and that shows in the CPU of the process running it: the same binary ran with
+    // 7 % less service CPU from a `cp` of it than from the file the linker wrote
+    // (BENCHMARKS.md, "Seventh session").
+    std::fs::create_dir_all(&base_dir)?;
+    let old_bin = args.against.clone();
+    let new_bin = crate::stack::migrator_bin(args.run.out.bin.as_deref())?;
+    let old = fresh_copy(&old_bin, &base_dir.join("waba-migrator-old"))?;
+    let new = fresh_copy(&new_bin, &base_dir.join("waba-migrator-new"))?;
     let mut docs: Vec<(Value, Value)> = Vec::with_capacity(args.pairs);
     for pair in 0..args.pairs {
         let order = if pair.is_multiple_of(2) {
@@ -87,16 +94,18 @@ pub async fn run(args: AbArgs) -> anyhow::Result<()> {
         docs.push(got);
     }
     if !args.run.out.keep {
-        // Each run removed its own directory; this one is empty now.
+        // Each run removed its own directory; only the copies are left.
+        let _ = std::fs::remove_file(&old);
+        let _ = std::fs::remove_file(&new);
         let _ = std::fs::remove_dir(&base_dir);
     }
 
     let mut table = Table::default();
     table.section(&format!(
-        "ab: {} pairs, new ({}) against old ({})",
+        "ab: {} pairs, new ({}) against old ({}), each run from a fresh copy",
         args.pairs,
-        new.display(),
-        old.display()
+        new_bin.display(),
+        old_bin.display()
     ));
     let mut summary = Vec::new();
     for (label, pointer) in FIGURES {
@@ -135,8 +144,8 @@ pub async fn run(args: AbArgs) -> anyhow::Result<()> {
         }));
     }
     let doc = json!({
-        "old": old.display().to_string(),
-        "new": new.display().to_string(),
+        "old": old_bin.display().to_string(),
+        "new": new_bin.display().to_string(),
         "pairs": args.pairs,
         "summary": summary,
         "runs": docs.iter().map(|(o, n)| json!({ "old": o, "new": n })).collect::<Vec<_>>(),
@@ -156,6 +165,14 @@ fn median(values: &[f64]) -> Option<f64> {
     } else {
         v[mid]
     })
+}
+
+/// Copies `from` to `to` (executable), written in one go like an installed binary.
+fn fresh_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(from.is_file(), "{} not found", from.display());
+    std::fs::copy(from, to)
+        .map_err(|e| anyhow::anyhow!("copying {} to {}: {e}", from.display(), to.display()))?;
+    Ok(to.to_owned())
 }
 
 #[cfg(test)]
