@@ -18,8 +18,8 @@ pub struct WaitingFor {
     /// `error.code` it fails with at `deadline` (`channel_timeout`: no channel listed yet,
     /// `channel_not_running`, `api_key_permission_missing`); in `awaiting_signup`
     /// `signup_not_completed`, or `channel_waba_mismatch` when the channel set with `PATCH` is
-    /// the number's channel on its source WABA; in `awaiting_otp` `otp_not_submitted` (at `deadline` it fails with
-    /// `otp_expired`).
+    /// the number's channel on its source WABA; in `awaiting_otp` `otp_not_submitted` (at
+    /// `deadline` it fails with `otp_expired`).
     pub code: ErrorCode,
     /// What is missing, in words.
     pub message: String,

@@ -521,6 +521,44 @@ impl TestApp {
         )
     }
 
+    /// `POST /_sandbox/numbers/{phone}/complete_signup`: the client finished Embedded Signup
+    /// (`body`: `destination_waba_id`, `channel_id`, `business_id`, all optional).
+    pub async fn complete_signup(&self, phone: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let digits = phone.trim_start_matches('+');
+        let mut req = self.http.post(format!(
+            "{}/_sandbox/numbers/{digits}/complete_signup",
+            self.sandbox_url
+        ));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        (res.status(), res.json().await.unwrap())
+    }
+
+    /// The number is already a running 360dialog channel (`channel_id`) on the source WABA,
+    /// the one a change of WABA inside 360dialog leaves.
+    pub async fn channel_on_source(&self, phone: &str, channel_id: &str) {
+        let body = json!({ "destination_waba_id": SOURCE_WABA, "channel_id": channel_id });
+        let (status, channel) = self.complete_signup(phone, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{channel:#}");
+    }
+
+    /// `GET /_sandbox/channels/{id}`: a sandbox channel (status, permission, keys issued).
+    pub async fn sandbox_channel(&self, channel_id: &str) -> Value {
+        let res = self
+            .http
+            .get(format!(
+                "{}/_sandbox/channels/{channel_id}",
+                self.sandbox_url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
     /// Health status of `key` at the sandbox's Messaging API (200 = the channel's current key).
     pub async fn key_status(&self, key: &str) -> StatusCode {
         self.http

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use waba_migrator::domain::{EventType, MigrationState};
 
 use crate::helpers::{
-    ADMIN_KEY, Options, SOURCE_WABA, TestApp, assert_problem, is_transition, retry_after_secs,
+    ADMIN_KEY, Options, TestApp, assert_problem, is_transition, retry_after_secs,
 };
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -880,18 +880,7 @@ async fn the_key_is_made_on_the_destination_channel_not_the_one_the_number_leave
     opts.sandbox.channel_running_after = Duration::from_millis(1500);
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155552312";
-    let res = app
-        .http
-        .post(format!(
-            "{}/_sandbox/numbers/{}/complete_signup",
-            app.sandbox_url,
-            phone.trim_start_matches('+')
-        ))
-        .json(&json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "leavingWaba01CH" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    app.channel_on_source(phone, "leavingWaba01CH").await;
 
     let id = app.create(phone).await;
     let m = app.complete(&id).await;
@@ -899,15 +888,7 @@ async fn the_key_is_made_on_the_destination_channel_not_the_one_the_number_leave
     assert_ne!(channel_id, "leavingWaba01CH", "{m:#}");
     assert_eq!(m["api_key"]["status"], "verified");
     for (channel, keys) in [("leavingWaba01CH", 0), (channel_id, 1)] {
-        let c: Value = app
-            .http
-            .get(format!("{}/_sandbox/channels/{channel}", app.sandbox_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let c = app.sandbox_channel(channel).await;
         assert_eq!(c["keys_issued"], keys, "{c:#}");
     }
 }

@@ -20,25 +20,21 @@ fn at(v: &Value) -> DateTime<Utc> {
         .unwrap()
 }
 
+/// The states an Embedded Signup migration that names its channel goes through.
+const NAMED_CHANNEL_PATH: [&str; 6] = [
+    "queued",
+    "prechecking",
+    "copying_templates",
+    "awaiting_channel",
+    "generating_api_key",
+    "completed",
+];
+
 /// An Embedded Signup create body without `channel_id`.
 fn signup_body(phone: &str) -> Value {
     let mut body = TestApp::create_body(phone);
     body["flow"] = json!("embedded_signup");
     body
-}
-
-/// `POST /_sandbox/numbers/{phone}/complete_signup`: the client finished Embedded Signup.
-async fn complete_signup(app: &TestApp, phone: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let digits = phone.trim_start_matches('+');
-    let mut req = app.http.post(format!(
-        "{}/_sandbox/numbers/{digits}/complete_signup",
-        app.sandbox_url
-    ));
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let res = req.send().await.unwrap();
-    (res.status(), res.json().await.unwrap())
 }
 
 async fn patch_as(app: &TestApp, key: &str, path: &str, body: Value) -> reqwest::Response {
@@ -109,7 +105,7 @@ async fn without_a_channel_id_it_waits_for_the_signup_then_completes(pool: PgPoo
     assert!(app.received(phone, "list_channels") >= 2);
     assert_eq!(app.migration(&id).await["state"], "awaiting_signup");
 
-    let (status, channel) = complete_signup(&app, phone, None).await;
+    let (status, channel) = app.complete_signup(phone, None).await;
     assert_eq!(status, StatusCode::OK, "{channel:#}");
     assert_eq!(channel["status"], "running");
     assert_eq!(channel["permission"], true);
@@ -148,17 +144,7 @@ async fn with_a_channel_id_the_path_is_unchanged(pool: PgPool) {
     let id = app.create_with(body).await;
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["channel_id"], "esKnown01CH");
-    assert_eq!(
-        path_of(&app, &id).await,
-        [
-            "queued",
-            "prechecking",
-            "copying_templates",
-            "awaiting_channel",
-            "generating_api_key",
-            "completed"
-        ]
-    );
+    assert_eq!(path_of(&app, &id).await, NAMED_CHANNEL_PATH);
     assert_eq!(
         app.event_count(&id, Some("migration.channel_id_set")).await,
         0
@@ -423,7 +409,7 @@ async fn the_wait_times_out_with_signup_not_completed(pool: PgPool) {
         "{failed_at} vs {deadline}"
     );
 
-    let (status, channel) = complete_signup(&app, phone, None).await;
+    let (status, channel) = app.complete_signup(phone, None).await;
     assert_eq!(status, StatusCode::OK, "{channel:#}");
     let res = app
         .post(&format!("/v1/migrations/{id}/retry"), json!({}))
@@ -445,7 +431,7 @@ async fn the_sandbox_completes_a_signup_it_was_told_about(pool: PgPool) {
         },
     )
     .await;
-    let (status, body) = complete_signup(&app, "+14155552309", None).await;
+    let (status, body) = app.complete_signup("+14155552309", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         body["error"]
@@ -454,19 +440,19 @@ async fn the_sandbox_completes_a_signup_it_was_told_about(pool: PgPool) {
             .contains("destination_waba_id"),
         "{body}"
     );
-    let (status, channel) = complete_signup(
-        &app,
-        "+14155552309",
-        Some(json!({ "partner_id": "testPA", "destination_waba_id": "300000000000009" })),
-    )
-    .await;
+    let (status, channel) = app
+        .complete_signup(
+            "+14155552309",
+            Some(json!({ "partner_id": "testPA", "destination_waba_id": "300000000000009" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{channel}");
     assert_eq!(
         (channel["status"].as_str(), channel["permission"].as_bool()),
         (Some("running"), Some(true))
     );
     // Done twice: the same channel.
-    let (_, again) = complete_signup(&app, "+14155552309", None).await;
+    let (_, again) = app.complete_signup("+14155552309", None).await;
     assert_eq!(again["id"], channel["id"]);
 }
 
@@ -550,13 +536,7 @@ const NEW_WABA: &str = "300000000000777";
 async fn the_channel_the_number_leaves_is_not_taken(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let phone = "+14155552310";
-    let (status, leaving) = complete_signup(
-        &app,
-        phone,
-        Some(json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "esLeaving01CH" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{leaving:#}");
+    app.channel_on_source(phone, "esLeaving01CH").await;
     let id = app.create_with(signup_body(phone)).await;
     let m = app
         .wait_until(&id, |m| {
@@ -589,26 +569,20 @@ async fn the_channel_the_number_leaves_is_not_taken(pool: PgPool) {
     assert_eq!(m["state"], "awaiting_signup", "{m:#}");
     assert_eq!(m["waiting_for"]["actor"], "partner");
 
-    let (status, made) = complete_signup(
-        &app,
-        phone,
-        Some(json!({ "destination_waba_id": NEW_WABA, "channel_id": "esNewWaba01CH" })),
-    )
-    .await;
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({ "destination_waba_id": NEW_WABA, "channel_id": "esNewWaba01CH" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{made:#}");
     assert_eq!(made["id"], "esNewWaba01CH");
     assert_eq!(patch("esNewWaba01CH").await.status(), StatusCode::OK);
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["channel_id"], "esNewWaba01CH");
     assert_eq!(m["api_key"]["status"], "verified", "{m:#}");
-    assert_eq!(
-        sandbox_channel(&app, "esLeaving01CH").await["keys_issued"],
-        0
-    );
-    assert_eq!(
-        sandbox_channel(&app, "esNewWaba01CH").await["keys_issued"],
-        1
-    );
+    assert_eq!(app.sandbox_channel("esLeaving01CH").await["keys_issued"], 0);
+    assert_eq!(app.sandbox_channel("esNewWaba01CH").await["keys_issued"], 1);
 }
 
 /// Found by the number, the channel the client's signup made on a new WABA is taken over the
@@ -626,12 +600,12 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     .await;
     let phone = "+14155552312";
     for (waba, channel) in [(NEW_WABA, "esNewWaba02CH"), (SOURCE_WABA, "esLeaving02CH")] {
-        let (status, made) = complete_signup(
-            &app,
-            phone,
-            Some(json!({ "destination_waba_id": waba, "channel_id": channel })),
-        )
-        .await;
+        let (status, made) = app
+            .complete_signup(
+                phone,
+                Some(json!({ "destination_waba_id": waba, "channel_id": channel })),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{made:#}");
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
@@ -639,10 +613,7 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     app.worker().run_until_idle().await.unwrap();
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["channel_id"], "esNewWaba02CH", "{m:#}");
-    assert_eq!(
-        sandbox_channel(&app, "esLeaving02CH").await["keys_issued"],
-        0
-    );
+    assert_eq!(app.sandbox_channel("esLeaving02CH").await["keys_issued"], 0);
     // The number is in the new WABA: it is the destination now, and the templates went there.
     assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
     let copied = m["templates"]["migrated"].as_array().unwrap();
@@ -666,13 +637,7 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
 async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let phone = "+14155552311";
-    let (status, leaving) = complete_signup(
-        &app,
-        phone,
-        Some(json!({ "destination_waba_id": SOURCE_WABA, "channel_id": "esLeaving03CH" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{leaving:#}");
+    app.channel_on_source(phone, "esLeaving03CH").await;
     let mut body = signup_body(phone);
     body["channel_id"] = json!("esLeaving03CH");
     let id = app.create_with(body).await;
@@ -686,10 +651,7 @@ async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
     let message = e["message"].as_str().unwrap();
     assert!(message.contains(SOURCE_WABA), "{message}");
     assert_eq!(app.received(phone, "api_keys"), 0);
-    assert_eq!(
-        sandbox_channel(&app, "esLeaving03CH").await["keys_issued"],
-        0
-    );
+    assert_eq!(app.sandbox_channel("esLeaving03CH").await["keys_issued"], 0);
 }
 
 /// Created after the signup with the id of the channel it made on a new WABA (as 360dialog's
@@ -699,16 +661,16 @@ async fn a_named_channel_the_number_leaves_fails_the_migration(pool: PgPool) {
 async fn created_with_the_signup_channel_it_takes_its_waba(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let phone = "+14155552313";
-    let (status, made) = complete_signup(
-        &app,
-        phone,
-        Some(json!({
-            "destination_waba_id": NEW_WABA,
-            "channel_id": "esNewWaba03CH",
-            "business_id": crate::helpers::BUSINESS,
-        })),
-    )
-    .await;
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({
+                "destination_waba_id": NEW_WABA,
+                "channel_id": "esNewWaba03CH",
+                "business_id": crate::helpers::BUSINESS,
+            })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{made:#}");
     let mut body = signup_body(phone);
     body["channel_id"] = json!("esNewWaba03CH");
@@ -733,30 +695,5 @@ async fn created_with_the_signup_channel_it_takes_its_waba(pool: PgPool) {
         checked["data"]["previous_destination_waba_id"],
         crate::helpers::DEST_WABA
     );
-    assert_eq!(
-        path_of(&app, &id).await,
-        [
-            "queued",
-            "prechecking",
-            "copying_templates",
-            "awaiting_channel",
-            "generating_api_key",
-            "completed"
-        ]
-    );
-}
-
-/// `GET /_sandbox/channels/{id}`.
-async fn sandbox_channel(app: &TestApp, channel_id: &str) -> Value {
-    let res = app
-        .http
-        .get(format!(
-            "{}/_sandbox/channels/{channel_id}",
-            app.sandbox_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json().await.unwrap()
+    assert_eq!(path_of(&app, &id).await, NAMED_CHANNEL_PATH);
 }

@@ -35,10 +35,15 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         let creds = partner_credentials(deps, row.partner_id).await?;
         match channel_of(deps, &creds, row).await {
             Ok(Some(channel)) => {
+                // The partner named the channel the number is leaving: fail before any
+                // template is copied. (One the service found itself is looked for again by
+                // `awaiting_channel`.)
                 if let Some(waba) = foreign_waba(row, &channel) {
                     let reason =
                         foreign_channel(row, &channel, waba, state, ErrorCode::ChannelTimeout);
-                    return Ok(StepResult::new(StepOutcome::Failed(reason)));
+                    if reason.code == ErrorCode::ChannelWabaMismatch {
+                        return Ok(StepResult::new(StepOutcome::Failed(reason)));
+                    }
                 }
                 new_waba = signup_waba(row, &channel);
             }
