@@ -240,7 +240,12 @@ impl D360Api for D360Client {
             }
             None => self.list_channels(partner, &Value::Object(filters)).await?,
         };
-        Ok(channels.into_iter().map(|c| c.channel).find(is_it))
+        // A terminated channel is no number's any more: as good as not listed.
+        Ok(channels
+            .into_iter()
+            .filter(|c| !c.terminated)
+            .map(|c| c.channel)
+            .find(is_it))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, client_id = %client_id, channel_id = %channel_id))]
@@ -985,6 +990,14 @@ mod tests {
         channels_mock(json!({"id": "goneCH"}), json!([]))
             .mount(&server)
             .await;
+        // Cancelled: listed with `terminated_at`, and no number's channel any more.
+        channels_mock(
+            json!({"id": "endedCH"}),
+            json!([{"id": "endedCH", "status": "running", "terminated_at": "2025-09-01T10:00:00Z",
+                    "setup_info": {"phone_number": "4915112345678"}}]),
+        )
+        .mount(&server)
+        .await;
         let c = client(&server);
         let a = c.get_channel(&partner(), "abcCH", None).await.unwrap();
         let b = c
@@ -995,12 +1008,15 @@ mod tests {
         let a = a.unwrap();
         assert_eq!(a.client_id.as_deref(), Some("abcCL"));
         assert_eq!(a.status.as_deref(), Some("running"));
-        assert!(
-            c.get_channel(&partner(), "goneCH", None)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        for gone in ["goneCH", "endedCH"] {
+            assert!(
+                c.get_channel(&partner(), gone, None)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{gone}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -135,7 +135,7 @@ pub trait D360Api: Send + Sync {
         leaving_waba_id: &str,
     ) -> Result<Option<Channel>, Error>;
     /// `GET /partners/{pid}/channels?filters={"id": "<channel id>"}` (with the phone number
-    /// filter too, when given).
+    /// filter too, when given). A terminated channel counts as not listed.
     async fn get_channel(
         &self,
         partner: &PartnerCredentials,

@@ -686,7 +686,8 @@ pub async fn resend(
 
 /// Sets the 360dialog channel of an Embedded Signup migration (`PATCH /v1/migrations/{id}`
 /// `{"channel_id"}`) before it found one itself: in `queued` or `prechecking` the migration
-/// skips `awaiting_signup`; in `awaiting_signup` it looks that channel up at once. One guarded
+/// skips `awaiting_signup` when 360dialog lists that channel; in `awaiting_signup` it looks
+/// that channel up at once. One guarded
 /// write with a `migration.channel_id_set` event; the state does not change. Sending the id it
 /// already has outside `awaiting_signup` writes nothing.
 pub async fn set_channel_id(

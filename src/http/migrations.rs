@@ -640,7 +640,8 @@ impl JsonBody for UpdateMigration {
 ///
 /// For a migration created with `flow` `embedded_signup` and no `channel_id`, once the client
 /// finished Embedded Signup and the partner got the channel id from its redirect. Allowed in
-/// `queued` and `prechecking` (the migration then skips `awaiting_signup`) and in
+/// `queued` and `prechecking` (the migration then skips `awaiting_signup` when 360dialog lists
+/// the channel) and in
 /// `awaiting_signup`, where it looks the channel up at once instead of at its next poll. The
 /// state does not change; the audit trail records `migration.channel_id_set` (no webhook).
 /// Sending the id the migration already has outside `awaiting_signup` changes nothing.

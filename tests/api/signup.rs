@@ -630,6 +630,28 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     );
 }
 
+/// Created with a channel id 360dialog does not list yet (here: never, scenario 0019), the
+/// migration does not copy templates into the WABA it was created with: it waits for the
+/// channel in `awaiting_signup`, which takes the channel's WABA when it appears.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_named_channel_not_listed_yet_is_waited_for_before_the_templates(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550019";
+    let mut body = signup_body(phone);
+    body["channel_id"] = json!("esNotYet01CH");
+    let id = app.create_with(body).await;
+    let m = app.wait_for(&id, "awaiting_signup").await;
+    assert_eq!(m["waiting_for"]["code"], "signup_not_completed", "{m:#}");
+    assert!(
+        m["waiting_for"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("esNotYet01CH"),
+        "{m:#}"
+    );
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+}
+
 /// Created with the id of the number's channel on its source WABA, the migration fails in
 /// `prechecking` with `channel_waba_mismatch`, before any template is copied, and no key is
 /// made.

@@ -64,39 +64,13 @@ pub async fn run(args: AbArgs) -> anyhow::Result<()> {
     let new_bin = crate::stack::migrator_bin(args.run.out.bin.as_deref())?;
     let old = fresh_copy(&old_bin, &base_dir.join("waba-migrator-old"))?;
     let new = fresh_copy(&new_bin, &base_dir.join("waba-migrator-new"))?;
-    let mut docs: Vec<(Value, Value)> = Vec::with_capacity(args.pairs);
-    for pair in 0..args.pairs {
-        let order = if pair.is_multiple_of(2) {
-            [(&old, "old"), (&new, "new")]
-        } else {
-            [(&new, "new"), (&old, "old")]
-        };
-        let mut got = (Value::Null, Value::Null);
-        for (bin, side) in order {
-            eprintln!(
-                "bench: ab pair {}/{}: {side} ({})",
-                pair + 1,
-                args.pairs,
-                bin.display()
-            );
-            let mut one = args.run.clone();
-            one.anchor.anchor_jobs = 0;
-            one.pgbench_seconds = 0;
-            one.out.bin = Some(bin.clone());
-            one.out.json = None;
-            one.out.dir = Some(base_dir.join(format!("pair{pair}-{side}")));
-            let doc = crate::run_once(one).await?;
-            match side {
-                "old" => got.0 = doc,
-                _ => got.1 = doc,
-            }
-        }
-        docs.push(got);
-    }
+    let drives = drive_pairs(&args, &old, &new, &base_dir).await;
+    // The copies go whether the drives succeeded or not.
+    let _ = std::fs::remove_file(&old);
+    let _ = std::fs::remove_file(&new);
+    let docs = drives?;
     if !args.run.out.keep {
-        // Each run removed its own directory; only the copies are left.
-        let _ = std::fs::remove_file(&old);
-        let _ = std::fs::remove_file(&new);
+        // Each run removed its own directory; this one is empty now.
         let _ = std::fs::remove_dir(&base_dir);
     }
 
@@ -165,6 +139,45 @@ fn median(values: &[f64]) -> Option<f64> {
     } else {
         v[mid]
     })
+}
+
+/// The pairs of drives, old and new in alternating order.
+async fn drive_pairs(
+    args: &AbArgs,
+    old: &std::path::Path,
+    new: &std::path::Path,
+    base_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(Value, Value)>> {
+    let mut docs: Vec<(Value, Value)> = Vec::with_capacity(args.pairs);
+    for pair in 0..args.pairs {
+        let order = if pair.is_multiple_of(2) {
+            [(old, "old"), (new, "new")]
+        } else {
+            [(new, "new"), (old, "old")]
+        };
+        let mut got = (Value::Null, Value::Null);
+        for (bin, side) in order {
+            eprintln!(
+                "bench: ab pair {}/{}: {side} ({})",
+                pair + 1,
+                args.pairs,
+                bin.display()
+            );
+            let mut one = args.run.clone();
+            one.anchor.anchor_jobs = 0;
+            one.pgbench_seconds = 0;
+            one.out.bin = Some(bin.to_path_buf());
+            one.out.json = None;
+            one.out.dir = Some(base_dir.join(format!("pair{pair}-{side}")));
+            let doc = crate::run_once(one).await?;
+            match side {
+                "old" => got.0 = doc,
+                _ => got.1 = doc,
+            }
+        }
+        docs.push(got);
+    }
+    Ok(docs)
 }
 
 /// Copies `from` to `to` (executable), written in one go like an installed binary.

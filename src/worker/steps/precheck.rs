@@ -27,10 +27,28 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
             )));
         }
     };
+    let seed = |destination: &str| {
+        let destination = destination.to_owned();
+        async move {
+            if let Some(seeder) = &deps.sandbox_seeder {
+                seeder
+                    .seed(
+                        &row.phone_number,
+                        &row.source_waba_id,
+                        &destination,
+                        &row.meta_business_id,
+                    )
+                    .await;
+            }
+        }
+    };
+    seed(&row.destination_waba_id).await;
     // An Embedded Signup migration that names its channel: the number is where the client's
     // signup put it (360dialog's guide has the client create a new WABA there), so that WABA is
-    // the destination the checks and the template copy are about.
+    // the destination the checks and the template copy are about. Not listed yet, the channel
+    // is waited for in `awaiting_signup`, which takes its WABA when it appears.
     let mut new_waba = None;
+    let mut named_listed = false;
     if flow == Flow::EmbeddedSignup && row.channel_id.is_some() {
         let creds = partner_credentials(deps, row.partner_id).await?;
         match channel_of(deps, &creds, row).await {
@@ -46,23 +64,16 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
                     }
                 }
                 new_waba = signup_waba(row, &channel);
+                named_listed = true;
             }
-            // Not listed (yet): `awaiting_channel` waits for it.
             Ok(None) => {}
             Err(e) => return Ok(StepResult::new(outcome(&e, state))),
         }
     }
-    let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
-    if let Some(seeder) = &deps.sandbox_seeder {
-        seeder
-            .seed(
-                &row.phone_number,
-                &row.source_waba_id,
-                destination,
-                &row.meta_business_id,
-            )
-            .await;
+    if let Some(waba) = &new_waba {
+        seed(waba).await;
     }
+    let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
     let input = match precheck::gather(deps.meta.as_ref(), &phone, &row.source_waba_id, destination)
         .await
     {
@@ -102,10 +113,8 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         }
         (Flow::Otp, true) if report.destination_verified => Some(MigrationState::Registering),
         (Flow::Otp, true) => Some(MigrationState::RequestingOtp),
-        // The channel id is known (given at create or set since): no signup to wait for.
-        (Flow::EmbeddedSignup, _) if row.channel_id.is_some() => {
-            Some(MigrationState::CopyingTemplates)
-        }
+        // The channel it names is listed: no signup to wait for.
+        (Flow::EmbeddedSignup, _) if named_listed => Some(MigrationState::CopyingTemplates),
         _ => None,
     };
     let pnid = report.destination_phone_number_id.clone();
