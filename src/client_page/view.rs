@@ -352,7 +352,7 @@ pub fn model_from_row(
     now: DateTime<Utc>,
 ) -> PageModel {
     let state = row.state();
-    let flow = Flow::parse(&row.flow).unwrap_or_default();
+    let flow = row.flow();
     let phase = phase_of(state);
     let precheck: Option<PrecheckReport> = row
         .precheck

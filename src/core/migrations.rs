@@ -697,7 +697,7 @@ pub async fn set_channel_id(
     channel_id: &str,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    if Flow::parse(&row.flow) != Some(Flow::EmbeddedSignup) {
+    if row.flow() != Flow::EmbeddedSignup {
         return Err(ApiError::conflict(
             "flow_mismatch",
             format!(

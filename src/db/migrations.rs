@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
 use crate::domain::memo::{ARMED_BY, MemoEdits, MemoKey};
-use crate::domain::{EventType, MigrationState};
+use crate::domain::{EventType, Flow, MigrationState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MigrationRow {
@@ -92,6 +92,12 @@ pub struct MigrationRow {
 impl MigrationRow {
     pub fn state(&self) -> MigrationState {
         self.state.parse().unwrap_or(MigrationState::Failed)
+    }
+
+    /// The stored `flow` (the default, `otp`, if it cannot be read: the column's domain
+    /// allows only the two).
+    pub fn flow(&self) -> Flow {
+        Flow::parse(&self.flow).unwrap_or_default()
     }
 }
 

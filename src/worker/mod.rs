@@ -48,9 +48,7 @@ use crate::db::{self, events::NewEvent, migrations as store};
 use crate::domain::machine::{StepContext, decide};
 use crate::domain::memo::{Intent, MemoKey};
 use crate::domain::pacing;
-use crate::domain::{
-    Decision, EventType, Flow, MigrationState, RetryPolicy, StepOutcome, WaitingFor,
-};
+use crate::domain::{Decision, EventType, MigrationState, RetryPolicy, StepOutcome, WaitingFor};
 
 pub mod errors;
 pub mod lease;
@@ -516,7 +514,7 @@ impl Worker {
         let row = saved.as_deref().unwrap_or(row);
         let cfg = &self.deps.config;
         let state = row.state();
-        let flow = Flow::parse(&row.flow).unwrap_or_default();
+        let flow = row.flow();
         let waited = (Utc::now() - row.state_entered_at)
             .to_std()
             .unwrap_or_default();

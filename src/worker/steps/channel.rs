@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Result, StepResult, channel_of, foreign_channel, foreign_waba, partner_credentials};
+use super::{
+    Result, StepResult, channel_named, channel_of, foreign_channel, foreign_waba,
+    partner_credentials,
+};
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::upstream::KeyPermission;
@@ -48,7 +51,7 @@ pub(super) async fn awaiting_channel(deps: &Deps, row: &store::MigrationRow) -> 
         let reason = foreign_channel(row, &channel, waba, state, ErrorCode::ChannelTimeout);
         // A channel the migration names stays on its WABA: no wait can help (and `PATCH` is
         // refused past `awaiting_signup`).
-        return Ok(if reason.code == ErrorCode::ChannelWabaMismatch {
+        return Ok(if channel_named(row) {
             StepResult::new(StepOutcome::Failed(reason))
         } else {
             not_yet(reason)

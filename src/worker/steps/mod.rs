@@ -266,8 +266,7 @@ fn summary_with(row: &store::MigrationRow, key: &str, value: Value) -> Value {
 
 /// Whether the channel 360dialog shows is the migration's ([`clients::Channel::foreign_waba`]).
 fn foreign_waba<'c>(row: &store::MigrationRow, channel: &'c clients::Channel) -> Option<&'c str> {
-    let flow = Flow::parse(&row.flow).unwrap_or_default();
-    channel.foreign_waba(flow, &row.source_waba_id, &row.destination_waba_id)
+    channel.foreign_waba(row.flow(), &row.source_waba_id, &row.destination_waba_id)
 }
 
 /// The WABA an Embedded Signup migration takes as its destination: the one its client's signup
@@ -275,7 +274,7 @@ fn foreign_waba<'c>(row: &store::MigrationRow, channel: &'c clients::Channel) ->
 /// guide has the client create a new WABA in the signup).
 fn signup_waba(row: &store::MigrationRow, channel: &clients::Channel) -> Option<String> {
     let waba = channel.waba()?;
-    let signup = Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup);
+    let signup = row.flow() == Flow::EmbeddedSignup;
     (signup && waba != row.destination_waba_id.trim() && foreign_waba(row, channel).is_none())
         .then(|| waba.to_owned())
 }
@@ -302,7 +301,7 @@ fn channel_named(row: &store::MigrationRow) -> bool {
     let Some(cid) = &row.channel_id else {
         return false;
     };
-    Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup)
+    row.flow() == Flow::EmbeddedSignup
         && MemoKey::ChannelFound
             .read(&row.step_memo)
             .and_then(Value::as_str)
@@ -326,7 +325,7 @@ fn foreign_channel(
     } else {
         format!("the WhatsApp Business Account {waba}")
     };
-    let signup = Flow::parse(&row.flow) == Some(Flow::EmbeddedSignup);
+    let signup = row.flow() == Flow::EmbeddedSignup;
     if channel_named(row) {
         MigrationError::new(ErrorCode::ChannelWabaMismatch, state).with_message(format!(
             "The 360dialog channel {cid} is this number's channel on {on}, not the one the client's Embedded Signup made."

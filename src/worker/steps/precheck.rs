@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::{
-    Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
-    signup_waba,
+    Result, StepResult, adopt, channel_named, channel_of, foreign_channel, foreign_waba,
+    partner_credentials, signup_waba,
 };
 use crate::clients;
 use crate::db::migrations as store;
@@ -17,7 +17,7 @@ use crate::worker::errors::{StepError, outcome};
 
 pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
     let state = MigrationState::Prechecking;
-    let flow = Flow::parse(&row.flow).unwrap_or_default();
+    let flow = row.flow();
     let phone = match E164::parse(&row.phone_number) {
         Ok(p) => p,
         Err(e) => {
@@ -56,12 +56,12 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
                 // The partner named the channel the number is leaving: fail before any
                 // template is copied. (One the service found itself is looked for again by
                 // `awaiting_channel`.)
-                if let Some(waba) = foreign_waba(row, &channel) {
+                if let Some(waba) = foreign_waba(row, &channel)
+                    && channel_named(row)
+                {
                     let reason =
                         foreign_channel(row, &channel, waba, state, ErrorCode::ChannelTimeout);
-                    if reason.code == ErrorCode::ChannelWabaMismatch {
-                        return Ok(StepResult::new(StepOutcome::Failed(reason)));
-                    }
+                    return Ok(StepResult::new(StepOutcome::Failed(reason)));
                 }
                 new_waba = signup_waba(row, &channel);
                 named_listed = true;
