@@ -630,6 +630,65 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
     );
 }
 
+/// The signup put the number in a new WABA without a payment method (the sandbox's scenario
+/// 0009 by the WABA id): the precheck, made again against that WABA once the signup is done,
+/// fails the migration in `awaiting_signup` with `destination_no_payment_method` before any
+/// template is copied, and names the WABA. `retry` checks the same WABA again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_waba_is_prechecked_before_the_templates(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552314";
+    let unpaid = "300000000090009";
+    let id = app.create_with(signup_body(phone)).await;
+    let m = app.wait_for(&id, "awaiting_signup").await;
+    assert_eq!(m["precheck"]["status"], "pass", "{m:#}");
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({ "destination_waba_id": unpaid, "channel_id": "esUnpaid01CH" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "destination_no_payment_method", "{m:#}");
+    assert_eq!(e["step"], "awaiting_signup");
+    assert_eq!(m["destination_waba_id"], unpaid);
+    assert_eq!(m["channel_id"], "esUnpaid01CH");
+    let failed: Vec<&Value> = m["precheck"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .collect();
+    assert_eq!(failed.len(), 1, "{m:#}");
+    assert_eq!(failed[0]["id"], "destination_payment_method");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+    let events = app.events(&id).await;
+    let left = events
+        .iter()
+        .find(|e| e["from_state"] == "awaiting_signup")
+        .unwrap();
+    assert_eq!(left["data"]["destination_waba_id"], unpaid, "{left:#}");
+    assert_eq!(left["data"]["precheck_status"], "fail", "{left:#}");
+
+    let retried = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.event_count(&id, Some("migration.failed")).await < 2 {
+        let m = app.migration(&id).await;
+        assert_ne!(m["state"], "completed", "{m:#}");
+        assert!(Instant::now() < deadline, "{m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = app.migration(&id).await;
+    assert_eq!(m["state"], "failed", "{m:#}");
+    assert_eq!(m["error"]["code"], "destination_no_payment_method", "{m:#}");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+}
+
 /// Created with a channel id 360dialog does not list yet (here: never, scenario 0019), the
 /// migration does not copy templates into the WABA it was created with: it waits for the
 /// channel in `awaiting_signup`, which takes the channel's WABA when it appears.

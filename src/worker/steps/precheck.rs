@@ -74,32 +74,14 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         seed(waba).await;
     }
     let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
-    let input = match precheck::gather(deps.meta.as_ref(), &phone, &row.source_waba_id, destination)
-        .await
-    {
-        Ok(i) => i,
+    let report = match checks(deps, row, &phone, destination).await {
+        Ok(r) => r,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
-    let report = precheck::evaluate(flow, &phone, &row.meta_business_id, &input);
     let report_json = json!(report);
     let mut summary = json!({ "precheck_status": report.status });
     adopt(row, new_waba.as_deref(), &mut summary);
-    if let Some(check) = report.failure() {
-        let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
-        let failed: Vec<&str> = report
-            .checks
-            .iter()
-            .filter(|c| c.status == precheck::CheckStatus::Fail)
-            .map(|c| c.id.as_str())
-            .collect();
-        let mut error = MigrationError::new(code, state).with_message(check.message.clone());
-        if failed.len() > 1 {
-            error.message = format!(
-                "{} (failed checks: {}; see precheck.checks)",
-                check.message,
-                failed.join(", ")
-            );
-        }
+    if let Some(error) = failure(&report, state) {
         return Ok(StepResult::new(StepOutcome::Failed(error))
             .with(|p| {
                 p.precheck = Some(report_json);
@@ -127,6 +109,50 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
             }
         })
         .data(summary))
+}
+
+/// The precheck of `row`'s number against `destination` (the Graph reads, then the pure
+/// checks). `prechecking` makes it, and `awaiting_signup` makes it again once the signup is
+/// done: the number is then in the WABA the checks are about, which may be a new one.
+pub(super) async fn checks(
+    deps: &Deps,
+    row: &store::MigrationRow,
+    phone: &E164,
+    destination: &str,
+) -> std::result::Result<precheck::PrecheckReport, clients::Error> {
+    let input =
+        precheck::gather(deps.meta.as_ref(), phone, &row.source_waba_id, destination).await?;
+    Ok(precheck::evaluate(
+        row.flow(),
+        phone,
+        &row.meta_business_id,
+        &input,
+    ))
+}
+
+/// The migration's error when a check of `report` failed: the first failed check's code and
+/// message, naming the others when there are more.
+pub(super) fn failure(
+    report: &precheck::PrecheckReport,
+    state: MigrationState,
+) -> Option<MigrationError> {
+    let check = report.failure()?;
+    let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.status == precheck::CheckStatus::Fail)
+        .map(|c| c.id.as_str())
+        .collect();
+    let mut error = MigrationError::new(code, state).with_message(check.message.clone());
+    if failed.len() > 1 {
+        error.message = format!(
+            "{} (failed checks: {}; see precheck.checks)",
+            check.message,
+            failed.join(", ")
+        );
+    }
+    Some(error)
 }
 
 pub(super) async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {

@@ -1,19 +1,22 @@
 //! `awaiting_signup`: waits for the client to finish 360dialog's Embedded Signup, seen as a
 //! 360dialog channel for the number on the partner's account (or the channel the partner named
 //! with `PATCH /v1/migrations/{id}`). Polled with a doubling delay from `CHANNEL_POLL_MS` up to
-//! `SIGNUP_POLL_MAX_SECONDS`, each poll a short claim; `decide` fails it at its deadline.
+//! `SIGNUP_POLL_MAX_SECONDS`, each poll a short claim; `decide` fails it at its deadline. Once
+//! the channel is listed, the precheck runs again against the WABA the number is in now.
 
 use serde_json::{Value, json};
 
+use super::precheck::{checks, failure};
 use super::{
     Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
     signup_waba,
 };
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
+use crate::domain::values::E164;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 use crate::worker::Deps;
-use crate::worker::errors::outcome;
+use crate::worker::errors::{StepError, outcome};
 
 pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
     let state = MigrationState::AwaitingSignup;
@@ -55,13 +58,41 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
     }
     // The signup is done; whether the channel runs and a key may be made for it is
     // `awaiting_channel`'s to find out, with its own polls. The number is where the signup put
-    // it, and the templates go there.
+    // it, and the templates go there: the precheck is made again against that WABA (it ran
+    // before the signup, possibly on the WABA the migration was created with, and days may have
+    // passed), so a WABA the signup created without a payment method or a subscribed app, or
+    // for another business, fails here rather than in the template copy. A failure keeps the
+    // new WABA and the channel, so `retry` checks the same WABA again.
     let new_waba = signup_waba(row, &channel);
-    let mut data = json!({ "channel_id": channel.id, "channel_status": channel.status });
+    let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
+    let phone = E164::parse(&row.phone_number)
+        .map_err(|_| StepError::Corrupt("the stored phone number is not valid E.164"))?;
+    let report = match checks(deps, row, &phone, destination).await {
+        Ok(r) => r,
+        Err(e) => return Ok(StepResult::new(outcome(&e, state))),
+    };
+    let mut data = json!({
+        "channel_id": channel.id,
+        "channel_status": channel.status,
+        "precheck_status": report.status,
+    });
     adopt(row, new_waba.as_deref(), &mut data);
-    Ok(StepResult::done()
+    let failed = failure(&report, state);
+    let pnid = report.destination_phone_number_id.clone();
+    let report_json = json!(report);
+    let step = match failed {
+        Some(error) => StepResult::new(StepOutcome::Failed(error)),
+        None => StepResult::done(),
+    };
+    Ok(step
         .channel(row, &channel)
-        .with(|p| p.destination_waba_id = new_waba)
+        .with(|p| {
+            p.destination_waba_id = new_waba;
+            p.precheck = Some(report_json);
+            if pnid.is_some() {
+                p.phone_number_id = pnid;
+            }
+        })
         .forget(MemoKey::ChannelPolls)
         .data(data))
 }
