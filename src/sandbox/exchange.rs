@@ -206,7 +206,9 @@ pub(crate) async fn detached(
     }
 }
 
-/// Response of a `server_error`, `rate_limited` or `timeout` fault.
+/// Response of a `server_error`, `rate_limited` or `timeout` fault. A throttled Graph call is
+/// HTTP 400 with code 80008 and the business-use-case header, as Graph sends it; 360dialog's
+/// APIs answer 429 with `Retry-After`.
 fn fault_reply(api: Api, kind: FaultKind) -> Response {
     let (status, retry_after, graph_code, message) = match kind {
         FaultKind::RateLimited => (
@@ -237,6 +239,16 @@ fn fault_reply(api: Api, kind: FaultKind) -> Response {
             body
         }
     };
+    if api == Api::Graph && kind == FaultKind::RateLimited {
+        // Graph answers its throttles with HTTP 400 and no `Retry-After`: the wait is in the
+        // business-use-case header, in minutes (0 here, so a test's retry comes soon).
+        let mut response = Reply::with_status(StatusCode::BAD_REQUEST, body).into_response();
+        response.headers_mut().insert(
+            "x-business-use-case-usage",
+            HeaderValue::from_static(BUC_THROTTLED),
+        );
+        return response;
+    }
     Reply {
         status,
         body,
@@ -244,6 +256,10 @@ fn fault_reply(api: Api, kind: FaultKind) -> Response {
     }
     .into_response()
 }
+
+/// `X-Business-Use-Case-Usage` of a throttled Graph call: the WABA's WhatsApp Business
+/// Management usage at its limit.
+const BUC_THROTTLED: &str = r#"{"100000000000000":[{"type":"whatsapp_business_management","call_count":100,"total_cputime":12,"total_time":14,"estimated_time_to_regain_access":0}]}"#;
 
 /// The Graph error object. `message` reads `(#<n>) <title>` with `n` the WhatsApp-specific
 /// subcode when there is one (2388xxx, …), else the code.

@@ -30,7 +30,8 @@ use super::{ENDPOINTS, SandboxConfig, scenarios};
 pub enum FaultKind {
     /// HTTP 500 (Graph code 2, `is_transient: true`; 360dialog `meta` body); not applied.
     ServerError,
-    /// HTTP 429 with `Retry-After: 1` (Graph code 80008, `is_transient: true`); not applied.
+    /// Graph: HTTP 400, code 80008, `is_transient: true` and `X-Business-Use-Case-Usage`;
+    /// 360dialog: HTTP 429 with `Retry-After: 1`. Not applied.
     RateLimited,
     /// Sleeps [`SandboxConfig::hang_for`], then HTTP 504; not applied.
     Timeout,

@@ -678,9 +678,19 @@ async fn answered_faults_have_upstream_shapes() {
     assert!(server_error.body["error"]["fbtrace_id"].is_string());
 
     let limited = s.send(s.graph_get(SOURCE)).await;
-    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(limited.status, StatusCode::BAD_REQUEST);
+    assert!(limited.headers.get("retry-after").is_none());
+    let usage: Value = serde_json::from_str(
+        limited.headers["x-business-use-case-usage"]
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let usage = usage.as_object().unwrap().values().next().unwrap();
+    assert_eq!(usage[0]["type"], "whatsapp_business_management");
+    assert_eq!(usage[0]["estimated_time_to_regain_access"], 0);
     assert_eq!(graph_code(&limited.body).0, 80008);
+    assert_eq!(limited.body["error"]["is_transient"], true);
 
     let began = Instant::now();
     let timeout = s.send(s.graph_get(SOURCE)).await;

@@ -204,7 +204,7 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
     }
 }
 
-/// Meta throttles one migration of batch A (429 + Retry-After, Graph 80008): A admits nothing
+/// Meta throttles one migration of batch A (HTTP 400, Graph 80008, as Graph throttles): A admits nothing
 /// more until the pause ends, while batch B and a single migration go on.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn throttling_pauses_that_batch_only(pool: PgPool) {
