@@ -62,10 +62,59 @@ pub struct PrecheckReport {
     pub destination_verified: bool,
 }
 
+/// The checks about the destination WABA: its review, its business, its payment method, its
+/// subscribed apps, the number in it and the room for templates. What they say changes when an
+/// Embedded Signup puts the number in a WABA of its own; the other checks are about the source
+/// and the number as it was there.
+pub const DESTINATION_CHECKS: [&str; 6] = [
+    "destination_waba_approved",
+    "same_business",
+    "destination_payment_method",
+    "destination_subscribed_app",
+    "not_in_destination",
+    "templates_eligible",
+];
+
 impl PrecheckReport {
     /// The first failing check's code.
     pub fn failure(&self) -> Option<&Check> {
         self.checks.iter().find(|c| c.status == CheckStatus::Fail)
+    }
+
+    /// This report with its [`DESTINATION_CHECKS`] and what it says about the number in the
+    /// destination taken from `fresh`, a report made later against the WABA the number is in
+    /// now. The checks about the source and the number as it was there, and the source
+    /// snapshot, stay as this report has them: after the move, Graph may no longer show the
+    /// number on the source, and its node in the new WABA is not what was checked.
+    pub fn with_destination(mut self, fresh: PrecheckReport) -> PrecheckReport {
+        let is_destination = |c: &Check| DESTINATION_CHECKS.contains(&c.id.as_str());
+        let mut taken: Vec<Check> = fresh.checks.into_iter().filter(is_destination).collect();
+        let mut checks = Vec::with_capacity(self.checks.len() + taken.len());
+        for check in self.checks {
+            if !is_destination(&check) {
+                checks.push(check);
+            } else if let Some(at) = taken.iter().position(|c| c.id == check.id) {
+                checks.push(taken.remove(at));
+            }
+        }
+        checks.extend(taken);
+        self.status = status_of(&checks);
+        self.checks = checks;
+        self.destination_phone_number_id = fresh.destination_phone_number_id;
+        self.destination_registered = fresh.destination_registered;
+        self.destination_verified = fresh.destination_verified;
+        self
+    }
+}
+
+/// `fail` if any check failed, else `warn` if any warned, else `pass`.
+fn status_of(checks: &[Check]) -> CheckStatus {
+    if checks.iter().any(|c| c.status == CheckStatus::Fail) {
+        CheckStatus::Fail
+    } else if checks.iter().any(|c| c.status == CheckStatus::Warn) {
+        CheckStatus::Warn
+    } else {
+        CheckStatus::Pass
     }
 }
 
@@ -638,15 +687,8 @@ pub fn evaluate(
 
     templates_check(&mut b, input);
 
-    let status = if b.0.iter().any(|c| c.status == Fail) {
-        Fail
-    } else if b.0.iter().any(|c| c.status == Warn) {
-        Warn
-    } else {
-        Pass
-    };
     PrecheckReport {
-        status,
+        status: status_of(&b.0),
         checks: b.0,
         source: on_src.map(|n| SourceSnapshot {
             display_name: n.verified_name.clone(),
@@ -932,6 +974,47 @@ mod tests {
         );
         assert_eq!(r.destination_phone_number_id.as_deref(), Some("22"));
         assert!(r.destination_registered);
+    }
+
+    #[test]
+    fn a_later_destination_report_replaces_only_the_destination_checks() {
+        // The first report: before the signup, the number on the source only.
+        let before = evaluate(Flow::EmbeddedSignup, &phone(), "900", &input());
+        assert_eq!(before.status, CheckStatus::Pass, "{before:#?}");
+        // After it: the number moved to a new WABA of another business, without a payment
+        // method; the source no longer lists it, and its node there has a name under review.
+        let mut i = input();
+        i.destination = waba("3", "901");
+        i.destination.primary_funding_id = None;
+        let mut moved = number("33", "+5511987654321");
+        moved.name_status = Some("PENDING_REVIEW".into());
+        i.destination_numbers = vec![moved];
+        i.source_numbers = vec![];
+        let fresh = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        assert_eq!(
+            check(&fresh, "display_name_approved").status,
+            CheckStatus::Fail
+        );
+
+        let merged = before.clone().with_destination(fresh);
+        assert_eq!(merged.status, CheckStatus::Fail);
+        let ids = |r: &PrecheckReport| r.checks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&merged), ids(&before), "same checks, same order");
+        for c in &merged.checks {
+            let was = check(&before, &c.id);
+            if DESTINATION_CHECKS.contains(&c.id.as_str()) {
+                continue;
+            }
+            assert_eq!(c, was, "{} is about the source: kept", c.id);
+        }
+        assert_eq!(check(&merged, "same_business").status, CheckStatus::Fail);
+        assert_eq!(
+            check(&merged, "destination_payment_method").code,
+            Some(ErrorCode::DestinationNoPaymentMethod)
+        );
+        assert_eq!(merged.source, before.source);
+        assert!(merged.source.is_some());
+        assert_eq!(merged.destination_phone_number_id.as_deref(), Some("33"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::i18n::{Arg, Lang};
 use crate::db::migrations::MigrationRow;
-use crate::domain::{Actor, Flow, MigrationState, OtpMethod};
+use crate::domain::{Actor, ErrorCode, Flow, MigrationState, OtpMethod};
 use crate::precheck::{CheckStatus, PrecheckReport};
 
 /// Where the stylesheet ([`super::PAGE_CSS`]) is served.
@@ -251,6 +251,16 @@ pub fn phase_of(state: MigrationState) -> Phase {
     }
 }
 
+/// Whether a migration in `awaiting_signup` waits for the WABA the finished signup made to be
+/// set up ([`ErrorCode::settles_after_signup`]), not for the signup.
+fn waits_after_signup(row: &MigrationRow) -> bool {
+    row.waiting_for
+        .as_ref()
+        .and_then(|w| w.get("code"))
+        .and_then(|c| serde_json::from_value::<ErrorCode>(c.clone()).ok())
+        .is_some_and(ErrorCode::settles_after_signup)
+}
+
 /// The steps after the client's part, and where the migration is among them. The OTP flow
 /// registers the number; in the Embedded Signup flow the signup did that.
 pub fn progress_of(state: MigrationState, flow: Flow) -> Vec<(Step, StepStatus)> {
@@ -353,7 +363,12 @@ pub fn model_from_row(
 ) -> PageModel {
     let state = row.state();
     let flow = row.flow();
-    let phase = phase_of(state);
+    let phase = match phase_of(state) {
+        // The signup is done, and the WABA it made is being set up: nothing is left for the
+        // client to sign up for.
+        Phase::Signup if waits_after_signup(row) => Phase::Finishing,
+        phase => phase,
+    };
     let precheck: Option<PrecheckReport> = row
         .precheck
         .clone()
@@ -1428,5 +1443,33 @@ mod tests {
                 .all(|c| c.kind != ChecklistKind::CanReceiveCode)
         );
         assert_eq!(m.progress.len(), 3);
+    }
+
+    #[test]
+    fn a_finished_signup_whose_waba_is_being_set_up_is_not_asked_for_again() {
+        let mut r = row(MigrationState::AwaitingSignup, Flow::EmbeddedSignup);
+        let wait = |code: &str, actor: &str| serde_json::json!({ "code": code, "actor": actor, "message": "m", "remediation": "r" });
+        r.waiting_for = Some(wait("signup_not_completed", "client"));
+        let m = model_from_row(&r, "Zebra", None, Lang::En, "tok", "c", None, t(0));
+        assert_eq!(m.phase, Phase::Signup);
+        let url = "https://hub.360dialog.com/signup/zebra";
+        let link = Some(url);
+        let asks = |m: &PageModel| page(m).into_string().contains(url);
+        assert!(asks(&model_from_row(
+            &r,
+            "Zebra",
+            link,
+            Lang::En,
+            "tok",
+            "c",
+            None,
+            t(0)
+        )));
+        r.waiting_for = Some(wait("destination_no_payment_method", "partner"));
+        let m = model_from_row(&r, "Zebra", link, Lang::En, "tok", "c", None, t(0));
+        assert_eq!(m.phase, Phase::Finishing);
+        // Not the client's to act on: the page says nothing is needed from them.
+        assert_eq!(m.waiting_for, None);
+        assert!(!asks(&m));
     }
 }

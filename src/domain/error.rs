@@ -101,6 +101,19 @@ impl ErrorCode {
         Self::InternalError,
     ];
 
+    /// A destination check a WABA that Embedded Signup just made may fail for a while:
+    /// 360dialog shares its credit line and subscribes its app after the signup (Meta's
+    /// Embedded Signup guide, steps 4 and 5), and Meta reviews a new WABA. `awaiting_signup`
+    /// waits on these rather than failing.
+    pub fn settles_after_signup(self) -> bool {
+        matches!(
+            self,
+            Self::DestinationWabaNotApproved
+                | Self::DestinationNoPaymentMethod
+                | Self::DestinationNoSubscribedApp
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         // Keep in sync with serde's snake_case names (checked by a unit test).
         match self {

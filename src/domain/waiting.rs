@@ -18,7 +18,10 @@ pub struct WaitingFor {
     /// `error.code` it fails with at `deadline` (`channel_timeout`: no channel listed yet,
     /// `channel_not_running`, `api_key_permission_missing`); in `awaiting_signup`
     /// `signup_not_completed`, or `channel_waba_mismatch` when the channel set with `PATCH` is
-    /// the number's channel on its source WABA; in `awaiting_otp` `otp_not_submitted` (at
+    /// the number's channel on its source WABA, or, once the signup is done, the code of a
+    /// destination check the WABA it put the number in does not pass yet
+    /// (`destination_waba_not_approved`, `destination_no_payment_method`,
+    /// `destination_no_subscribed_app`); in `awaiting_otp` `otp_not_submitted` (at
     /// `deadline` it fails with `otp_expired`).
     pub code: ErrorCode,
     /// What is missing, in words.

@@ -631,12 +631,15 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
 }
 
 /// The signup put the number in a new WABA without a payment method (the sandbox's scenario
-/// 0009 by the WABA id): the precheck, made again against that WABA once the signup is done,
-/// fails the migration in `awaiting_signup` with `destination_no_payment_method` before any
-/// template is copied, and names the WABA. `retry` checks the same WABA again.
+/// 0009 by the WABA id). The destination checks, made again against that WABA once the signup
+/// is done, find it: a new WABA gets its credit line after the signup, so the migration waits
+/// in `awaiting_signup` (`waiting_for` `destination_no_payment_method`, naming the WABA) with
+/// no template copied and nothing adopted, and fails with that code at the signup's deadline.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
-async fn a_new_waba_is_prechecked_before_the_templates(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
+async fn a_new_waba_not_set_up_is_waited_for_before_the_templates(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.signup_timeout = Duration::from_secs(3);
+    let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155552314";
     let unpaid = "300000000090009";
     let id = app.create_with(signup_body(phone)).await;
@@ -649,44 +652,97 @@ async fn a_new_waba_is_prechecked_before_the_templates(pool: PgPool) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{made:#}");
+    let m = app
+        .wait_until(&id, |m| {
+            m["waiting_for"]["code"] == "destination_no_payment_method"
+                || m["state"] != "awaiting_signup"
+        })
+        .await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    let message = m["waiting_for"]["message"].as_str().unwrap();
+    assert!(message.contains(unpaid), "{message}");
+    assert!(message.contains("esUnpaid01CH"), "{message}");
+    assert_eq!(m["channel_id"], Value::Null, "{m:#}");
+    assert_eq!(m["destination_waba_id"], crate::helpers::DEST_WABA);
+
     let m = app.wait_for(&id, "failed").await;
     let e = &m["error"];
     assert_eq!(e["code"], "destination_no_payment_method", "{m:#}");
     assert_eq!(e["step"], "awaiting_signup");
-    assert_eq!(m["destination_waba_id"], unpaid);
-    assert_eq!(m["channel_id"], "esUnpaid01CH");
-    let failed: Vec<&Value> = m["precheck"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["status"] == "fail")
-        .collect();
-    assert_eq!(failed.len(), 1, "{m:#}");
-    assert_eq!(failed[0]["id"], "destination_payment_method");
+    assert!(e["message"].as_str().unwrap().contains(unpaid), "{e:#}");
     assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+    assert_eq!(app.received(phone, "api_keys"), 0);
+}
+
+/// The client's signup put the number in a WABA of another business than the one the
+/// migration names (`business_id` of the sandbox's `complete_signup`): the templates cannot be
+/// copied there, so the migration fails in `awaiting_signup` with `business_mismatch` at once.
+/// Nothing of that signup is adopted, and the report keeps what the first precheck found about
+/// the source and the number.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_waba_of_another_business_fails_before_the_templates(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552315";
+    let foreign = "300000000000555";
+    let id = app.create_with(signup_body(phone)).await;
+    let first = app.wait_for(&id, "awaiting_signup").await;
+    assert!(first["precheck"]["source"].is_object(), "{first:#}");
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({
+                "destination_waba_id": foreign,
+                "channel_id": "esForeign01CH",
+                "business_id": "100000000000999",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "business_mismatch", "{m:#}");
+    assert_eq!(e["step"], "awaiting_signup");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(foreign), "{message}");
+    assert!(message.contains("100000000000999"), "{message}");
+    assert_eq!(m["channel_id"], Value::Null, "{m:#}");
+    assert_eq!(m["destination_waba_id"], crate::helpers::DEST_WABA);
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+
+    let report = &m["precheck"];
+    assert_eq!(report["status"], "fail", "{report:#}");
+    assert_eq!(report["source"], first["precheck"]["source"]);
+    let check = |id: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
+            .clone()
+    };
+    assert_eq!(check("same_business")["status"], "fail");
+    // The number is in the new WABA now; the first report's checks of it on the source stay.
+    let was = |id: &str| {
+        first["precheck"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("number_on_source"), was("number_on_source"));
+    assert_eq!(check("display_name_approved"), was("display_name_approved"));
+    assert_eq!(check("not_in_destination")["status"], "pass");
+    assert_ne!(check("not_in_destination"), was("not_in_destination"));
     let events = app.events(&id).await;
     let left = events
         .iter()
         .find(|e| e["from_state"] == "awaiting_signup")
         .unwrap();
-    assert_eq!(left["data"]["destination_waba_id"], unpaid, "{left:#}");
+    assert_eq!(left["data"]["signup_waba_id"], foreign, "{left:#}");
     assert_eq!(left["data"]["precheck_status"], "fail", "{left:#}");
-
-    let retried = app
-        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
-        .await;
-    assert_eq!(retried.status(), StatusCode::ACCEPTED);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.event_count(&id, Some("migration.failed")).await < 2 {
-        let m = app.migration(&id).await;
-        assert_ne!(m["state"], "completed", "{m:#}");
-        assert!(Instant::now() < deadline, "{m:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let m = app.migration(&id).await;
-    assert_eq!(m["state"], "failed", "{m:#}");
-    assert_eq!(m["error"]["code"], "destination_no_payment_method", "{m:#}");
-    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
 }
 
 /// Created with a channel id 360dialog does not list yet (here: never, scenario 0019), the

@@ -81,7 +81,7 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
     let report_json = json!(report);
     let mut summary = json!({ "precheck_status": report.status });
     adopt(row, new_waba.as_deref(), &mut summary);
-    if let Some(error) = failure(&report, state) {
+    if let Some(error) = failure(&report, state, |_| true) {
         return Ok(StepResult::new(StepOutcome::Failed(error))
             .with(|p| {
                 p.precheck = Some(report_json);
@@ -130,26 +130,27 @@ pub(super) async fn checks(
     ))
 }
 
-/// The migration's error when a check of `report` failed: the first failed check's code and
-/// message, naming the others when there are more.
+/// The migration's error when a check of `report` that `counts` failed: the first such
+/// check's code and message, naming the others when there are more.
 pub(super) fn failure(
     report: &precheck::PrecheckReport,
     state: MigrationState,
+    counts: impl Fn(&precheck::Check) -> bool,
 ) -> Option<MigrationError> {
-    let check = report.failure()?;
-    let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
-    let failed: Vec<&str> = report
+    let failed: Vec<&precheck::Check> = report
         .checks
         .iter()
-        .filter(|c| c.status == precheck::CheckStatus::Fail)
-        .map(|c| c.id.as_str())
+        .filter(|c| c.status == precheck::CheckStatus::Fail && counts(c))
         .collect();
+    let check = failed.first()?;
+    let code = check.code.unwrap_or(ErrorCode::PrecheckFailed);
     let mut error = MigrationError::new(code, state).with_message(check.message.clone());
     if failed.len() > 1 {
+        let ids: Vec<&str> = failed.iter().map(|c| c.id.as_str()).collect();
         error.message = format!(
             "{} (failed checks: {}; see precheck.checks)",
             check.message,
-            failed.join(", ")
+            ids.join(", ")
         );
     }
     Some(error)

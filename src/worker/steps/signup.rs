@@ -2,7 +2,9 @@
 //! 360dialog channel for the number on the partner's account (or the channel the partner named
 //! with `PATCH /v1/migrations/{id}`). Polled with a doubling delay from `CHANNEL_POLL_MS` up to
 //! `SIGNUP_POLL_MAX_SECONDS`, each poll a short claim; `decide` fails it at its deadline. Once
-//! the channel is listed, the precheck runs again against the WABA the number is in now.
+//! the channel is listed, the destination checks of the precheck are made again against the
+//! WABA the number is in now: a check a new WABA may still fail (not approved, no payment
+//! method, no subscribed app) is waited for, any other failure fails the migration.
 
 use serde_json::{Value, json};
 
@@ -15,6 +17,7 @@ use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::values::E164;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+use crate::precheck::{self, PrecheckReport};
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, outcome};
 
@@ -58,41 +61,78 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
     }
     // The signup is done; whether the channel runs and a key may be made for it is
     // `awaiting_channel`'s to find out, with its own polls. The number is where the signup put
-    // it, and the templates go there: the precheck is made again against that WABA (it ran
-    // before the signup, possibly on the WABA the migration was created with, and days may have
-    // passed), so a WABA the signup created without a payment method or a subscribed app, or
-    // for another business, fails here rather than in the template copy. A failure keeps the
-    // new WABA and the channel, so `retry` checks the same WABA again.
+    // it, and the templates go there: the destination checks of the precheck are made again
+    // against that WABA (the precheck ran before the signup, possibly on the WABA the migration
+    // was created with, and days may have passed).
     let new_waba = signup_waba(row, &channel);
     let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
     let phone = E164::parse(&row.phone_number)
         .map_err(|_| StepError::Corrupt("the stored phone number is not valid E.164"))?;
-    let report = match checks(deps, row, &phone, destination).await {
+    let fresh = match checks(deps, row, &phone, destination).await {
         Ok(r) => r,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
+    let report = match row
+        .precheck
+        .clone()
+        .and_then(|v| serde_json::from_value::<PrecheckReport>(v).ok())
+    {
+        Some(first) => first.with_destination(fresh),
+        None => fresh,
+    };
+    let on = format!(
+        "the WhatsApp Business Account {destination} the client's Embedded Signup put the number in (channel {})",
+        channel.id
+    );
+    // A check that fails for good (another business): fail before any template is copied.
+    // Neither the channel nor its WABA is stored: the client's fix is another signup, and
+    // `retry` looks for its channel by the number again.
+    if let Some(mut error) = failure(&report, state, |c| !settles(c)) {
+        error.message = format!("Checked again on {on}: {}", error.message);
+        return Ok(StepResult::new(StepOutcome::Failed(error))
+            .with(|p| p.precheck = Some(json!(report)))
+            .forget(MemoKey::ChannelPolls)
+            .data(json!({
+                "channel_id": channel.id,
+                "signup_waba_id": destination,
+                "precheck_status": report.status,
+            })));
+    }
+    // A WABA the signup just made may not be set up yet: wait for it, up to the signup's
+    // deadline, and fail with the check's code there.
+    if let Some(mut reason) = failure(&report, state, settles) {
+        reason.message = format!(
+            "{on} is not ready for the templates yet: {} 360dialog sets a new WABA up after the signup; the migration looks again.",
+            reason.message
+        );
+        return Ok(StepResult::new(StepOutcome::NotYet {
+            after,
+            waiting_for: Some(reason),
+        })
+        .remember(MemoKey::ChannelPolls, json!(polls + 1)));
+    }
     let mut data = json!({
         "channel_id": channel.id,
         "channel_status": channel.status,
         "precheck_status": report.status,
     });
     adopt(row, new_waba.as_deref(), &mut data);
-    let failed = failure(&report, state);
     let pnid = report.destination_phone_number_id.clone();
-    let report_json = json!(report);
-    let step = match failed {
-        Some(error) => StepResult::new(StepOutcome::Failed(error)),
-        None => StepResult::done(),
-    };
-    Ok(step
+    Ok(StepResult::done()
         .channel(row, &channel)
         .with(|p| {
             p.destination_waba_id = new_waba;
-            p.precheck = Some(report_json);
+            p.precheck = Some(json!(report));
             if pnid.is_some() {
                 p.phone_number_id = pnid;
             }
         })
         .forget(MemoKey::ChannelPolls)
         .data(data))
+}
+
+/// A failed check a WABA the signup just made may pass minutes later
+/// ([`ErrorCode::settles_after_signup`]).
+fn settles(check: &precheck::Check) -> bool {
+    check.code.is_some_and(ErrorCode::settles_after_signup)
 }
