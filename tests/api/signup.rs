@@ -638,7 +638,7 @@ async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_new_waba_not_set_up_is_waited_for_before_the_templates(pool: PgPool) {
     let mut opts = Options::default();
-    opts.worker.retry.signup_timeout = Duration::from_secs(3);
+    opts.worker.retry.signup_timeout = Duration::from_secs(10);
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155552314";
     let unpaid = "300000000090009";
@@ -664,6 +664,14 @@ async fn a_new_waba_not_set_up_is_waited_for_before_the_templates(pool: PgPool) 
     assert!(message.contains("esUnpaid01CH"), "{message}");
     assert_eq!(m["channel_id"], Value::Null, "{m:#}");
     assert_eq!(m["destination_waba_id"], crate::helpers::DEST_WABA);
+    // The report shows what the wait is about.
+    let paid = m["precheck"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "destination_payment_method")
+        .unwrap();
+    assert_eq!(paid["status"], "fail", "{paid:#}");
 
     let m = app.wait_for(&id, "failed").await;
     let e = &m["error"];
@@ -672,6 +680,37 @@ async fn a_new_waba_not_set_up_is_waited_for_before_the_templates(pool: PgPool) 
     assert!(e["message"].as_str().unwrap().contains(unpaid), "{e:#}");
     assert_eq!(app.received(phone, "migrate_message_templates"), 0);
     assert_eq!(app.received(phone, "api_keys"), 0);
+}
+
+/// Created with the channel its signup made on a new WABA that is not set up yet, the migration
+/// takes that WABA in `prechecking` and waits for it in `awaiting_signup`, as if it had found
+/// the channel there, rather than failing.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_named_channel_on_a_waba_not_set_up_is_waited_for(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552316";
+    let unpaid = "300000000190009";
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({ "destination_waba_id": unpaid, "channel_id": "esUnpaid02CH" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let mut body = signup_body(phone);
+    body["channel_id"] = json!("esUnpaid02CH");
+    let id = app.create_with(body).await;
+    let m = app
+        .wait_until(&id, |m| {
+            m["waiting_for"]["code"] == "destination_no_payment_method"
+                || !["queued", "prechecking", "awaiting_signup"]
+                    .contains(&m["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    assert_eq!(m["destination_waba_id"], unpaid);
+    assert_eq!(m["channel_id"], "esUnpaid02CH");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
 }
 
 /// The client's signup put the number in a WABA of another business than the one the

@@ -81,7 +81,10 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
     let report_json = json!(report);
     let mut summary = json!({ "precheck_status": report.status });
     adopt(row, new_waba.as_deref(), &mut summary);
-    if let Some(error) = failure(&report, state, |_| true) {
+    // A named channel's WABA that is still being set up (360dialog does that after the signup)
+    // is waited for in `awaiting_signup`, like one found there.
+    let settles_later = |c: &precheck::Check| named_listed && settles(c);
+    if let Some(error) = failure(&report, state, |c| !settles_later(c)) {
         return Ok(StepResult::new(StepOutcome::Failed(error))
             .with(|p| {
                 p.precheck = Some(report_json);
@@ -96,7 +99,9 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         (Flow::Otp, true) if report.destination_verified => Some(MigrationState::Registering),
         (Flow::Otp, true) => Some(MigrationState::RequestingOtp),
         // The channel it names is listed: no signup to wait for.
-        (Flow::EmbeddedSignup, _) if named_listed => Some(MigrationState::CopyingTemplates),
+        (Flow::EmbeddedSignup, _) if named_listed && failure(&report, state, settles).is_none() => {
+            Some(MigrationState::CopyingTemplates)
+        }
         _ => None,
     };
     let pnid = report.destination_phone_number_id.clone();
@@ -154,6 +159,12 @@ pub(super) fn failure(
         );
     }
     Some(error)
+}
+
+/// A failed check a WABA that Embedded Signup just made may pass minutes later
+/// ([`ErrorCode::settles_after_signup`]).
+pub(super) fn settles(check: &precheck::Check) -> bool {
+    check.code.is_some_and(ErrorCode::settles_after_signup)
 }
 
 pub(super) async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {

@@ -6,9 +6,11 @@
 //! WABA the number is in now: a check a new WABA may still fail (not approved, no payment
 //! method, no subscribed app) is waited for, any other failure fails the migration.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use super::precheck::{checks, failure};
+use super::precheck::{checks, failure, settles};
 use super::{
     Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
     signup_waba,
@@ -17,9 +19,14 @@ use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::values::E164;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
-use crate::precheck::{self, PrecheckReport};
+use crate::precheck::PrecheckReport;
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, outcome};
+
+/// How often a WABA the signup made is looked at again while it is being set up. A look is the
+/// precheck's Graph reads, four or more of them on that WABA: about 50 an hour, well inside
+/// Meta's 200 an hour per WABA.
+const SETUP_POLL: Duration = Duration::from_secs(300);
 
 pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
     let state = MigrationState::AwaitingSignup;
@@ -72,23 +79,21 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         Ok(r) => r,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
-    let report = match row
+    let first = row
         .precheck
         .clone()
         .and_then(|v| serde_json::from_value::<PrecheckReport>(v).ok())
-    {
-        Some(first) => first.with_destination(fresh),
-        None => fresh,
-    };
+        .unwrap_or_else(PrecheckReport::empty);
+    let report = first.with_destination(fresh);
     let on = format!(
-        "the WhatsApp Business Account {destination} the client's Embedded Signup put the number in (channel {})",
+        "WhatsApp Business Account {destination} that the client's Embedded Signup put the number in (channel {})",
         channel.id
     );
     // A check that fails for good (another business): fail before any template is copied.
-    // Neither the channel nor its WABA is stored: the client's fix is another signup, and
-    // `retry` looks for its channel by the number again.
+    // Neither the channel nor its WABA is stored: the fix is another signup, into the business
+    // the migration names, and a new migration.
     if let Some(mut error) = failure(&report, state, |c| !settles(c)) {
-        error.message = format!("Checked again on {on}: {}", error.message);
+        error.message = format!("Checked again on the {on}: {}", error.message);
         return Ok(StepResult::new(StepOutcome::Failed(error))
             .with(|p| p.precheck = Some(json!(report)))
             .forget(MemoKey::ChannelPolls)
@@ -98,18 +103,20 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
                 "precheck_status": report.status,
             })));
     }
-    // A WABA the signup just made may not be set up yet: wait for it, up to the signup's
-    // deadline, and fail with the check's code there.
+    // A WABA the signup just made may not be set up yet: wait for it, looking every
+    // `SETUP_POLL` (each look is the precheck's Graph reads, which Meta's per-WABA quota
+    // counts), up to the signup's deadline, and fail with the check's code there. The report
+    // shows the check as it fails now.
     if let Some(mut reason) = failure(&report, state, settles) {
         reason.message = format!(
-            "{on} is not ready for the templates yet: {} 360dialog sets a new WABA up after the signup; the migration looks again.",
+            "The {on} is not ready for the templates: {} 360dialog sets up a WABA the signup made after the signup.",
             reason.message
         );
         return Ok(StepResult::new(StepOutcome::NotYet {
-            after,
+            after: SETUP_POLL,
             waiting_for: Some(reason),
         })
-        .remember(MemoKey::ChannelPolls, json!(polls + 1)));
+        .with(|p| p.precheck = Some(json!(report))));
     }
     let mut data = json!({
         "channel_id": channel.id,
@@ -129,10 +136,4 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         })
         .forget(MemoKey::ChannelPolls)
         .data(data))
-}
-
-/// A failed check a WABA the signup just made may pass minutes later
-/// ([`ErrorCode::settles_after_signup`]).
-fn settles(check: &precheck::Check) -> bool {
-    check.code.is_some_and(ErrorCode::settles_after_signup)
 }
