@@ -491,10 +491,9 @@ pub struct Patch {
     pub waiting_for: Option<Option<Value>>,
     pub failed_step: Option<Option<String>>,
     pub run_at: Option<RunAt>,
-    /// Set the step attempt counter (0 after a transition; 1 when the same worker continues).
+    /// Set the step attempt counter (0 after a transition and after a poll that got its answer;
+    /// 1 when the same worker continues).
     pub attempt: Option<i32>,
-    /// Undo the claim's increment (polls that should not count as attempts).
-    pub uncount_attempt: bool,
     pub completed_now: bool,
 }
 
@@ -727,9 +726,6 @@ async fn update_once(
             .push_unseparated("::text[]) || ")
             .push_bind_unseparated(patch.memo.set_object())
             .push_unseparated("::jsonb");
-    }
-    if patch.uncount_attempt {
-        set.push("attempt = GREATEST(attempt - 1, 0)");
     }
     if patch.completed_now {
         set.push("completed_at = ").push_bind_unseparated(now);

@@ -60,7 +60,8 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Longest `Retry-After` we honour.
     pub max_retry_after: Duration,
-    /// Attempts of one step (including the first) before a transient error fails the migration.
+    /// Attempts of one step in a row (including the first) before a transient error fails the
+    /// migration. A poll that got its answer (`NotYet`) starts the count again.
     pub max_attempts: i32,
     /// How long `awaiting_channel` waits for a running channel with API-key permission.
     pub channel_timeout: Duration,

@@ -632,7 +632,11 @@ impl Worker {
                     *pause = Some(delay);
                 }
                 patch.run_at = Some(store::RunAt::After(delay));
-                patch.uncount_attempt = !counts_attempt;
+                // A poll that got its answer ends a run of failed tries: `max_attempts` counts
+                // tries in a row, so blips spread over a wait of days do not fail it.
+                if !counts_attempt {
+                    patch.attempt = Some(0);
+                }
                 let waiting = reason
                     .zip(cfg.retry.wait_limit(state))
                     .and_then(|(reason, (timeout, _))| still_waiting(row, &reason, timeout));

@@ -375,6 +375,40 @@ async fn refused_patches_write_nothing(pool: PgPool) {
     assert_eq!(app.migration(&es).await["channel_id"], Value::Null);
 }
 
+/// `MAX_STEP_ATTEMPTS` counts tries in a row: a poll that got its answer starts the count
+/// again, so transient failures days apart in a wait of up to 7 days do not add up to a
+/// failure.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_answered_poll_starts_the_count_of_tries_again(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.create_with(signup_body("+14155552317")).await;
+    app.worker().run_until_idle().await.unwrap();
+    assert_eq!(app.migration(&id).await["state"], "awaiting_signup");
+    // Three failed looks in a row so far (one short of the tests' `max_attempts`, 4).
+    sqlx::query("UPDATE migrations SET attempt = 3, run_at = now() WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.worker().run_until_idle().await.unwrap();
+    let m = app.migration(&id).await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    assert_eq!(m["waiting_for"]["code"], "signup_not_completed");
+    let attempt: i32 = sqlx::query_scalar("SELECT attempt FROM migrations WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 0);
+}
+
 /// At `SIGNUP_TIMEOUT_SECONDS` the migration fails with `signup_not_completed` on the client,
 /// saying how long it waited. `retry` can help (the client may still finish the signup): it
 /// waits again, and completes once the channel is there.
