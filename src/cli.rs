@@ -237,6 +237,7 @@ pub fn worker_config(run: &RunArgs) -> WorkerConfig {
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
         channel_poll: Duration::from_millis(args.channel_poll_ms.max(10)),
         signup_poll_max: Duration::from_secs(args.signup_poll_max_seconds.max(1)),
+        setup_poll: Duration::from_secs(args.signup_setup_poll_seconds.max(1)),
         retry: RetryPolicy {
             base: Duration::from_millis(args.retry_base_ms.max(1)),
             cap: Duration::from_secs(args.retry_cap_seconds.max(1)),

@@ -37,7 +37,8 @@ pub enum StepOutcome {
 pub enum Decision {
     /// Transition to `to`, runnable at once.
     Advance { to: MigrationState },
-    /// Stay; run the same step again after `delay`. `counts_attempt` is false for polls.
+    /// Stay; run the same step again after `delay`. `counts_attempt` is false for polls, whose
+    /// answer starts the count of tries again.
     Retry {
         delay: Duration,
         error: Option<MigrationError>,
@@ -248,6 +249,23 @@ pub fn decide(
             }
         }
         StepOutcome::Transient { error, retry_after } => {
+            // A wait's deadline holds for a look that failed too: no retry is scheduled past
+            // it, and one that fails there ends the wait (a poll that got its answer starts
+            // the count of tries again, so the count alone could run on for hours).
+            let wait = policy.wait_limit(ctx.state).map(|(timeout, _)| timeout);
+            let left = wait.map(|timeout| timeout.saturating_sub(ctx.waited));
+            if let Some(timeout) = wait
+                && left == Some(Duration::ZERO)
+            {
+                let mut error = error;
+                error.retryable = true;
+                error.message = format!(
+                    "{} It failed at the end of the wait ({}).",
+                    error.message,
+                    spoken(timeout)
+                );
+                return Decision::Fail(error);
+            }
             if ctx.attempt >= policy.max_attempts {
                 let mut error = error;
                 error.retryable = true;
@@ -262,6 +280,7 @@ pub fn decide(
                 Some(ra) => backoff.max(ra.min(policy.max_retry_after)),
                 None => backoff,
             };
+            let delay = left.map_or(delay, |left| delay.min(left));
             Decision::Retry {
                 delay,
                 error: Some(error),
@@ -442,6 +461,55 @@ mod tests {
         }
         assert_eq!(spoken(Duration::from_secs(86_400 + 7200)), "1 day 2 h");
         assert_eq!(spoken(Duration::from_secs(90)), "1 min");
+    }
+
+    #[test]
+    fn a_failed_look_does_not_outlast_the_wait() {
+        let p = RetryPolicy::default();
+        let at = |waited: Duration| StepContext {
+            waited,
+            ..ctx(AwaitingChannel, 1)
+        };
+        let blip = || StepOutcome::Transient {
+            error: err(ErrorCode::UpstreamUnavailable, AwaitingChannel),
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        // Retry-After is honoured up to the deadline, not past it.
+        let left = Duration::from_secs(20);
+        match decide(at(p.channel_timeout - left), blip(), &p, 0.5) {
+            Decision::Retry {
+                delay,
+                counts_attempt,
+                ..
+            } => {
+                assert_eq!(delay, left);
+                assert!(counts_attempt);
+            }
+            other => panic!("{other:?}"),
+        }
+        // At the deadline, a failed look ends the wait, whatever the count of tries.
+        match decide(at(p.channel_timeout), blip(), &p, 0.5) {
+            Decision::Fail(e) => {
+                assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
+                assert!(e.retryable);
+                assert!(
+                    e.message
+                        .ends_with("It failed at the end of the wait (1 h)."),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A step without a wait is not affected by how long it has been in its state.
+        let registering = StepContext {
+            waited: Duration::from_secs(86_400),
+            ..ctx(Registering, 1)
+        };
+        assert!(matches!(
+            decide(registering, blip(), &p, 0.5),
+            Decision::Retry { .. }
+        ));
     }
 
     #[test]

@@ -356,6 +356,10 @@ impl Sandbox {
                 "/_sandbox/wabas/{waba_id}/templates",
                 post(control::set_templates),
             )
+            .route(
+                "/_sandbox/wabas/{waba_id}/set_up",
+                post(control::finish_setup),
+            )
             .route("/_sandbox/scenarios", get(control::scenarios))
             .fallback(not_found)
             .layer(axum::middleware::from_fn(exchange::detached))
@@ -438,6 +442,7 @@ impl Sandbox {
         destination_waba_id: Option<&str>,
         channel_id: Option<&str>,
         business_id: Option<&str>,
+        set_up: bool,
     ) -> Result<String, String> {
         let number = scenarios::normalize_e164(phone_e164)
             .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
@@ -446,6 +451,7 @@ impl Sandbox {
             destination_waba_id,
             channel_id,
             business_id,
+            set_up,
             &self.shared.config,
         )
     }

@@ -85,6 +85,10 @@ pub(crate) struct WabaRec {
     /// (destination-level scenarios 0008–0010, 0018, 0021; same rule as `current_source`).
     #[serde(default)]
     pub current_dest: Option<String>,
+    /// Made by an Embedded Signup that 360dialog has not finished setting up: no payment
+    /// method and no subscribed app until `POST /_sandbox/wabas/{waba_id}/set_up`.
+    #[serde(default)]
+    pub setting_up: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -205,6 +209,7 @@ impl World {
             dest_numbers: BTreeSet::new(),
             current_source: None,
             current_dest: None,
+            setting_up: false,
         })
     }
 
@@ -388,6 +393,7 @@ impl World {
         destination: Option<&str>,
         channel_id: Option<&str>,
         business_id: Option<&str>,
+        set_up: bool,
         config: &SandboxConfig,
     ) -> Result<String, String> {
         if let Some(dest) = destination {
@@ -442,7 +448,10 @@ impl World {
                 .and_then(|p| self.wabas.get(&p.waba_id))
                 .map(|w| w.owner_business_id.clone())
         });
+        let new = !self.wabas.contains_key(&dest);
         let waba = self.ensure_waba(&dest, owner.as_deref());
+        // Only a WABA the signup creates can still be being set up.
+        waba.setting_up = new && !set_up;
         waba.dest_numbers.insert(e164.to_owned());
         waba.current_dest = Some(e164.to_owned());
         let phone_id = match self.phone_in_waba(&dest, e164) {
@@ -520,14 +529,25 @@ impl World {
             "currency": "USD",
             "timezone_id": "1",
         });
-        if !self.waba_has(waba, Scenario::DestinationNoPaymentMethod) {
+        if !self.waba_has(waba, Scenario::DestinationNoPaymentMethod) && !waba.setting_up {
             body["primary_funding_id"] = json!(waba.funding_id);
         }
         body
     }
 
     pub(crate) fn waba_has_app(&self, waba: &WabaRec) -> bool {
-        !self.waba_has(waba, Scenario::DestinationNoSubscribedApp)
+        !self.waba_has(waba, Scenario::DestinationNoSubscribedApp) && !waba.setting_up
+    }
+
+    /// `POST /_sandbox/wabas/{waba_id}/set_up`: 360dialog finished setting up a WABA the
+    /// signup made (its payment method and subscribed app appear). `Err` for an unknown WABA.
+    pub(crate) fn finish_setup(&mut self, waba_id: &str) -> Result<(), String> {
+        let waba = self
+            .wabas
+            .get_mut(waba_id)
+            .ok_or_else(|| format!("the sandbox does not know the WABA {waba_id}"))?;
+        waba.setting_up = false;
+        Ok(())
     }
 
     /// Graph JSON of a phone number.

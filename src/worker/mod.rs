@@ -74,6 +74,9 @@ pub struct WorkerConfig {
     /// Longest delay between two looks for the channel while the client's Embedded Signup is
     /// awaited.
     pub signup_poll_max: Duration,
+    /// Delay between two looks at a WABA the client's Embedded Signup made while 360dialog
+    /// sets it up (each look is the precheck's Graph reads); a fifth of it is jitter.
+    pub setup_poll: Duration,
     pub retry: RetryPolicy,
     pub otp: OtpPolicy,
 }
@@ -88,6 +91,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(35),
             channel_poll: Duration::from_secs(2),
             signup_poll_max: Duration::from_secs(60),
+            setup_poll: Duration::from_secs(300),
             retry: RetryPolicy::default(),
             otp: OtpPolicy::default(),
         }

@@ -80,6 +80,7 @@ impl Default for Options {
                 shutdown_grace: Duration::from_secs(5),
                 channel_poll: Duration::from_millis(50),
                 signup_poll_max: Duration::from_millis(500),
+                setup_poll: Duration::from_millis(500),
                 retry: RetryPolicy {
                     base: Duration::from_millis(50),
                     cap: Duration::from_millis(400),

@@ -747,6 +747,62 @@ async fn a_named_channel_on_a_waba_not_set_up_is_waited_for(pool: PgPool) {
     assert_eq!(app.received(phone, "migrate_message_templates"), 0);
 }
 
+/// The usual course after a signup into a new WABA: 360dialog has not set it up yet when the
+/// channel appears (the sandbox's `"set_up": false`: no payment method, no subscribed app).
+/// The migration waits in `awaiting_signup`, then, once the WABA is set up, takes it as its
+/// destination and completes with the templates copied there.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_waba_is_taken_once_it_is_set_up(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552318";
+    let id = app.create_with(signup_body(phone)).await;
+    app.wait_for(&id, "awaiting_signup").await;
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({
+                "destination_waba_id": NEW_WABA,
+                "channel_id": "esSettingUp01CH",
+                "set_up": false,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let m = app
+        .wait_until(&id, |m| m["waiting_for"]["code"] != "signup_not_completed")
+        .await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    assert_eq!(m["waiting_for"]["code"], "destination_no_payment_method");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+
+    let res = app
+        .http
+        .post(format!(
+            "{}/_sandbox/wabas/{NEW_WABA}/set_up",
+            app.sandbox_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
+    assert_eq!(m["channel_id"], "esSettingUp01CH");
+    assert_eq!(m["precheck"]["status"], "pass", "{m:#}");
+    assert!(
+        !m["templates"]["migrated"].as_array().unwrap().is_empty(),
+        "{m:#}"
+    );
+    let changes: Vec<Value> = app
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "migration.waiting_for_changed")
+        .map(|e| e["data"]["waiting_for"]["code"].clone())
+        .collect();
+    assert_eq!(changes, [json!("destination_no_payment_method")]);
+}
+
 /// The client's signup put the number in a WABA of another business than the one the
 /// migration names (`business_id` of the sandbox's `complete_signup`): the templates cannot be
 /// copied there, so the migration fails in `awaiting_signup` with `business_mismatch` at once.

@@ -4,9 +4,8 @@
 //! `SIGNUP_POLL_MAX_SECONDS`, each poll a short claim; `decide` fails it at its deadline. Once
 //! the channel is listed, the destination checks of the precheck are made again against the
 //! WABA the number is in now: a check a new WABA may still fail (not approved, no payment
-//! method, no subscribed app) is waited for, any other failure fails the migration.
-
-use std::time::Duration;
+//! method, no subscribed app) is waited for, looked at every `SIGNUP_SETUP_POLL_SECONDS`; any
+//! other failure fails the migration.
 
 use serde_json::{Value, json};
 
@@ -22,11 +21,6 @@ use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 use crate::precheck::PrecheckReport;
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, outcome};
-
-/// How often a WABA the signup made is looked at again while it is being set up. A look is the
-/// precheck's Graph reads, four or more of them on that WABA: about 50 an hour, well inside
-/// Meta's 200 an hour per WABA.
-const SETUP_POLL: Duration = Duration::from_secs(300);
 
 pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
     let state = MigrationState::AwaitingSignup;
@@ -104,16 +98,16 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
             })));
     }
     // A WABA the signup just made may not be set up yet: wait for it, looking every
-    // `SETUP_POLL` (each look is the precheck's Graph reads, which Meta's per-WABA quota
-    // counts), up to the signup's deadline, and fail with the check's code there. The report
-    // shows the check as it fails now.
+    // `SIGNUP_SETUP_POLL_SECONDS` (each look is the precheck's Graph reads, which Meta's
+    // per-WABA quota counts), up to the signup's deadline, and fail with the check's code
+    // there. The report shows the check as it fails now.
     if let Some(mut reason) = failure(&report, state, settles) {
         reason.message = format!(
             "The {on} is not ready for the templates: {} 360dialog sets up a WABA the signup made after the signup.",
             reason.message
         );
         return Ok(StepResult::new(StepOutcome::NotYet {
-            after: SETUP_POLL,
+            after: setup_poll(deps.config.setup_poll),
             waiting_for: Some(reason),
         })
         .with(|p| p.precheck = Some(json!(report))));
@@ -136,4 +130,11 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
         })
         .forget(MemoKey::ChannelPolls)
         .data(data))
+}
+
+/// The delay before the next look at a WABA being set up: `base`, of which a fifth is random,
+/// so the looks of migrations that found their WABAs together (a batch, with one source WABA
+/// whose reads they share) spread out.
+fn setup_poll(base: std::time::Duration) -> std::time::Duration {
+    base.mul_f64(0.8 + 0.2 * rand::random::<f64>())
 }
