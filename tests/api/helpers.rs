@@ -611,3 +611,12 @@ pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Va
     );
     body
 }
+
+/// The check `id` of a precheck report (`{"checks": [...]}`), or a panic naming it.
+pub fn check_in(report: &Value, id: &str) -> Value {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["id"] == id))
+        .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
+        .clone()
+}

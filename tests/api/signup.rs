@@ -11,7 +11,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_KEY, Options, SOURCE_WABA, TestApp, assert_problem, is_transition};
+use crate::helpers::{
+    ADMIN_KEY, Options, SOURCE_WABA, TestApp, assert_problem, check_in, is_transition,
+};
 
 fn at(v: &Value) -> DateTime<Utc> {
     v.as_str()
@@ -699,12 +701,7 @@ async fn a_new_waba_not_set_up_is_waited_for_before_the_templates(pool: PgPool) 
     assert_eq!(m["channel_id"], Value::Null, "{m:#}");
     assert_eq!(m["destination_waba_id"], crate::helpers::DEST_WABA);
     // The report shows what the wait is about.
-    let paid = m["precheck"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "destination_payment_method")
-        .unwrap();
+    let paid = check_in(&m["precheck"], "destination_payment_method");
     assert_eq!(paid["status"], "fail", "{paid:#}");
 
     let m = app.wait_for(&id, "failed").await;
@@ -841,26 +838,10 @@ async fn a_new_waba_of_another_business_fails_before_the_templates(pool: PgPool)
     let report = &m["precheck"];
     assert_eq!(report["status"], "fail", "{report:#}");
     assert_eq!(report["source"], first["precheck"]["source"]);
-    let check = |id: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
-            .clone()
-    };
+    let check = |id: &str| check_in(report, id);
     assert_eq!(check("same_business")["status"], "fail");
     // The number is in the new WABA now; the first report's checks of it on the source stay.
-    let was = |id: &str| {
-        first["precheck"]["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let was = |id: &str| check_in(&first["precheck"], id);
     assert_eq!(check("number_on_source"), was("number_on_source"));
     assert_eq!(check("display_name_approved"), was("display_name_approved"));
     assert_eq!(check("not_in_destination")["status"], "pass");
