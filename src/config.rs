@@ -340,7 +340,7 @@ pub struct WorkerArgs {
     pub signup_poll_max_seconds: u64,
     /// Delay between two looks at a WABA the client's Embedded Signup made while 360dialog
     /// sets it up (no payment method or subscribed app yet, or not approved yet); each look is
-    /// the precheck's Graph reads, which Meta's per-WABA quota counts. A fifth of it is jitter.
+    /// the precheck's Graph reads, which Meta's per-WABA quota counts. ± 10 % jitter.
     #[arg(long, env = "SIGNUP_SETUP_POLL_SECONDS", default_value_t = 300)]
     pub signup_setup_poll_seconds: u64,
 }

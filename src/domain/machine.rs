@@ -154,7 +154,7 @@ fn spoken(d: Duration) -> String {
 }
 
 /// What `decide` needs to know about the migration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepContext {
     pub state: MigrationState,
     pub flow: Flow,
@@ -163,6 +163,9 @@ pub struct StepContext {
     pub otp_attempts_left: i32,
     /// Time spent in this state so far.
     pub waited: Duration,
+    /// What the migration waits for in a polled state (its stored `waiting_for`), as the
+    /// error it fails with at the deadline.
+    pub waiting_for: Option<MigrationError>,
 }
 
 /// The usual next state after `state` succeeds.
@@ -252,19 +255,24 @@ pub fn decide(
             // A wait's deadline holds for a look that failed too: no retry is scheduled past
             // it, and one that fails there ends the wait (a poll that got its answer starts
             // the count of tries again, so the count alone could run on for hours).
-            let wait = policy.wait_limit(ctx.state).map(|(timeout, _)| timeout);
-            let left = wait.map(|timeout| timeout.saturating_sub(ctx.waited));
-            if let Some(timeout) = wait
+            // It fails as the wait does, with what it waited for; the failed look is its
+            // upstream detail.
+            let wait = policy.wait_limit(ctx.state);
+            let left = wait.map(|(timeout, _)| timeout.saturating_sub(ctx.waited));
+            if let Some((timeout, code)) = wait
                 && left == Some(Duration::ZERO)
             {
-                let mut error = error;
-                error.retryable = true;
-                error.message = format!(
-                    "{} It failed at the end of the wait ({}).",
-                    error.message,
-                    spoken(timeout)
+                let mut reason = ctx
+                    .waiting_for
+                    .unwrap_or_else(|| MigrationError::new(code, ctx.state));
+                reason.message = format!(
+                    "{} Waited {} for it; the last look failed: {}",
+                    reason.message,
+                    spoken(timeout),
+                    error.message
                 );
-                return Decision::Fail(error);
+                reason.upstream = error.upstream;
+                return Decision::Fail(reason);
             }
             if ctx.attempt >= policy.max_attempts {
                 let mut error = error;
@@ -330,6 +338,7 @@ mod tests {
             attempt,
             otp_attempts_left: 5,
             waited: Duration::ZERO,
+            waiting_for: None,
         }
     }
 
@@ -487,18 +496,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // At the deadline, a failed look ends the wait, whatever the count of tries.
-        match decide(at(p.channel_timeout), blip(), &p, 0.5) {
+        // At the deadline, a failed look ends the wait, whatever the count of tries, with
+        // what it waited for (stored, or the state's code) and the failed look as detail.
+        let reason = err(ErrorCode::ApiKeyPermissionMissing, AwaitingChannel)
+            .with_message("No permission yet.");
+        let mut failed_look = blip();
+        if let StepOutcome::Transient { error, .. } = &mut failed_look {
+            error.message = "360dialog answered 502.".into();
+            error.upstream = Some(crate::domain::upstream::UpstreamError {
+                service: crate::domain::upstream::Service::D360Partner,
+                http_status: Some(502),
+                code: None,
+                subcode: None,
+                fbtrace_id: None,
+                message: "Bad Gateway".into(),
+                is_transient: None,
+            });
+        }
+        let waiting = StepContext {
+            waiting_for: Some(reason.clone()),
+            ..at(p.channel_timeout)
+        };
+        match decide(waiting, failed_look, &p, 0.5) {
             Decision::Fail(e) => {
-                assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
-                assert!(e.retryable);
-                assert!(
-                    e.message
-                        .ends_with("It failed at the end of the wait (1 h)."),
-                    "{}",
-                    e.message
+                assert_eq!(e.code, ErrorCode::ApiKeyPermissionMissing);
+                assert_eq!(e.actor, reason.actor);
+                assert_eq!(e.remediation, reason.remediation);
+                assert_eq!(
+                    e.message,
+                    "No permission yet. Waited 1 h for it; the last look failed: 360dialog answered 502."
                 );
+                assert_eq!(e.upstream.and_then(|u| u.http_status), Some(502));
             }
+            other => panic!("{other:?}"),
+        }
+        match decide(at(p.channel_timeout), blip(), &p, 0.5) {
+            Decision::Fail(e) => assert_eq!(e.code, ErrorCode::ChannelTimeout),
             other => panic!("{other:?}"),
         }
         // A step without a wait is not affected by how long it has been in its state.
@@ -652,7 +685,7 @@ mod tests {
         let mut late = ctx(AwaitingChannel, 3);
         late.waited = p.channel_timeout;
         match decide(
-            late,
+            late.clone(),
             StepOutcome::NotYet {
                 after: Duration::from_secs(5),
                 waiting_for: Some(waiting.clone()),
@@ -725,7 +758,12 @@ mod tests {
         let error = || err(ErrorCode::UpstreamUnavailable, Initiating);
         // Well past max_attempts, still within the total: try again, a minute, then doubling.
         let mut c = ctx(Initiating, 1);
-        match decide(c, StepOutcome::TryLater { error: error() }, &policy, 0.0) {
+        match decide(
+            c.clone(),
+            StepOutcome::TryLater { error: error() },
+            &policy,
+            0.0,
+        ) {
             Decision::Retry {
                 delay,
                 counts_attempt,
@@ -738,7 +776,12 @@ mod tests {
         }
         c.attempt = 25;
         c.waited = Duration::from_secs(6 * 3600 - 100);
-        match decide(c, StepOutcome::TryLater { error: error() }, &policy, 0.99) {
+        match decide(
+            c.clone(),
+            StepOutcome::TryLater { error: error() },
+            &policy,
+            0.99,
+        ) {
             // Capped at 15 min, and never past the end of the total: the last try is at the end.
             Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(100)),
             other => panic!("{other:?}"),

@@ -53,6 +53,15 @@ impl WaitingFor {
         }
     }
 
+    /// The reason of this wait as the error the migration fails with at its deadline: its
+    /// code, message, actor and remediation, in `state`.
+    pub fn reason(&self, state: MigrationState) -> MigrationError {
+        let mut reason = MigrationError::new(self.code, state).with_message(self.message.clone());
+        reason.actor = self.actor;
+        reason.remediation = self.remediation.clone();
+        reason
+    }
+
     /// `awaiting_otp`: the client's verification code, until it expires.
     pub fn otp(since: DateTime<Utc>, expires_at: DateTime<Utc>) -> Self {
         Self::new(

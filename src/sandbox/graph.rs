@@ -963,7 +963,7 @@ impl World {
                     "The destination WhatsApp Business Account has not been approved",
                 ));
             }
-            if self.waba_has(waba, Scenario::DestinationNoPaymentMethod) {
+            if self.waba_has(waba, Scenario::DestinationNoPaymentMethod) || waba.setting_up {
                 return Err(migration_error(
                     "The destination WhatsApp Business Account does not have a payment account",
                 ));

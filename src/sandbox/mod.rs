@@ -69,6 +69,10 @@
 //! was never added is accepted anyway (lenient); a WABA named as `source_waba_id` of a template
 //! migration also gets the default templates.
 //!
+//! **A WABA being set up.** `complete_signup` with `"set_up": false` makes a WABA the signup
+//! creates look as 360dialog leaves it right after the signup: no payment method and no
+//! subscribed app, until `POST /_sandbox/wabas/{waba_id}/set_up`.
+//!
 //! **Many templates.** `POST /_sandbox/wabas/{waba_id}/templates` `{"count": 1200}` (1..=10000)
 //! or [`Sandbox::set_templates`] replaces the WABA's templates (creating the WABA if unknown)
 //! with `count` generated ones and answers `{"waba_id": "…", "count": 1200, "eligible": 840}`

@@ -451,7 +451,9 @@ impl World {
         let new = !self.wabas.contains_key(&dest);
         let waba = self.ensure_waba(&dest, owner.as_deref());
         // Only a WABA the signup creates can still be being set up.
-        waba.setting_up = new && !set_up;
+        if new {
+            waba.setting_up = !set_up;
+        }
         waba.dest_numbers.insert(e164.to_owned());
         waba.current_dest = Some(e164.to_owned());
         let phone_id = match self.phone_in_waba(&dest, e164) {

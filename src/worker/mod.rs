@@ -75,7 +75,7 @@ pub struct WorkerConfig {
     /// awaited.
     pub signup_poll_max: Duration,
     /// Delay between two looks at a WABA the client's Embedded Signup made while 360dialog
-    /// sets it up (each look is the precheck's Graph reads); a fifth of it is jitter.
+    /// sets it up (each look is the precheck's Graph reads); ± 10 % jitter.
     pub setup_poll: Duration,
     pub retry: RetryPolicy,
     pub otp: OtpPolicy,
@@ -528,6 +528,11 @@ impl Worker {
             attempt: row.attempt.max(1),
             otp_attempts_left: row.otp_attempts_left,
             waited,
+            waiting_for: row
+                .waiting_for
+                .clone()
+                .and_then(|w| serde_json::from_value::<WaitingFor>(w).ok())
+                .map(|w| w.reason(state)),
         };
         // What a poll of a parked migration found missing (its `waiting_for` if it keeps waiting).
         let reason = match &step.outcome {
