@@ -20,13 +20,6 @@ use crate::helpers::{Options, TestApp};
 const HELD: &str = "'9999-12-31 00:00:00+00'::timestamptz";
 const PACED: &str = "('queued', 'prechecking', 'initiating', 'requesting_otp')";
 
-fn no_worker() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
-}
-
 async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
     let got = res.status();
     let body: Value = res.json().await.unwrap();
@@ -164,7 +157,7 @@ async fn replicas_never_exceed_max_in_flight(pool: PgPool) {
 /// Concurrent admission rounds (as several replicas run them) release exactly the free slots.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), no_worker()).await;
+    let app = TestApp::spawn_with(pool.clone(), Options::no_worker()).await;
     let (batch, ids) = create_batch(&app, 3, &numbers("+141555544", 12)).await;
     // The create admitted the first three, in the order sent.
     assert_eq!(slots(&pool, &batch).await, (3, 9));
@@ -210,7 +203,7 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
 async fn throttling_pauses_that_batch_only(pool: PgPool) {
     // The throttled migration retries (and its batch waits) at least 2 s later: longer than
     // the rest of this batch and the others take to park, however slow the machine.
-    let mut opts = no_worker();
+    let mut opts = Options::no_worker();
     opts.worker.retry.base = Duration::from_secs(4);
     opts.worker.retry.cap = Duration::from_secs(4);
     let app = TestApp::spawn_with(pool.clone(), opts).await;
@@ -266,7 +259,7 @@ async fn throttling_pauses_that_batch_only(pool: PgPool) {
 /// the others, oldest first.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn retry_and_resend_wait_for_a_slot(pool: PgPool) {
-    let mut opts = no_worker();
+    let mut opts = Options::no_worker();
     opts.worker.otp.resend_cooldown = Duration::ZERO;
     let app = TestApp::spawn_with(pool.clone(), opts).await;
     // 0001: two_factor_enabled, fails in `initiating` (retryable).
@@ -330,7 +323,7 @@ async fn retry_and_resend_wait_for_a_slot(pool: PgPool) {
 /// Cancelling a batch cancels its held migrations too; nothing of it runs afterwards.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn cancel_cancels_held_migrations(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), no_worker()).await;
+    let app = TestApp::spawn_with(pool.clone(), Options::no_worker()).await;
     let (batch, ids) = create_batch(&app, 2, &numbers("+141555588", 6)).await;
     assert_eq!(slots(&pool, &batch).await, (2, 4));
     let res = app

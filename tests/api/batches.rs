@@ -10,13 +10,6 @@ use crate::helpers::{
     ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem,
 };
 
-fn no_worker() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
-}
-
 async fn post_csv(app: &TestApp, query: &str, csv: String, key: Option<&str>) -> reqwest::Response {
     let mut req = app
         .http
@@ -46,7 +39,7 @@ async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn json_batch_creates_items_and_reports_busy_numbers_per_item(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let (_, other_key) = app.other_partner().await;
     // Busy numbers: one of ours, one of another partner.
     let mine = app.create("+14155551003").await;
@@ -135,7 +128,7 @@ async fn json_batch_creates_items_and_reports_busy_numbers_per_item(pool: PgPool
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn an_invalid_item_is_reported_by_pointer_and_nothing_is_created(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let mut items: Vec<Value> = (0..20)
         .map(|i| TestApp::create_body(&format!("+1415555{:04}", 2000 + i)))
         .collect();
@@ -213,7 +206,7 @@ const CSV_HEADER: &str =
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_5000_row_csv_is_checked_by_row_and_column_then_created(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let mut rows = csv_rows(5000);
     // Spreadsheet row 4321 (the header is row 1): data row 4319.
     rows[4319] = format!("+1415555,{SOURCE_WABA},{DEST_WABA},{BUSINESS},bad,");
@@ -261,7 +254,7 @@ async fn a_5000_row_csv_is_checked_by_row_and_column_then_created(pool: PgPool) 
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_csv_row_reports_every_problem_it_has(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let rows = [
         format!("+14155551000,{SOURCE_WABA},{DEST_WABA},{BUSINESS},ok,"),
         // A bad number and a metadata cell that is not JSON: both.
@@ -294,7 +287,7 @@ async fn a_csv_row_reports_every_problem_it_has(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn csv_header_and_query_problems_are_named(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let csv = "phone_number,colour\n+14155551000,red\n".to_owned();
     let res = post_csv(&app, "?name=X", csv, None).await;
     let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
@@ -331,7 +324,7 @@ async fn csv_header_and_query_problems_are_named(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_json_body_takes_query_defaults_and_its_own_fields_win(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let body = |n: &str, extra: Value| {
         let mut b = json!({"name": "Q", "migrations": [TestApp::create_body(n)]});
         b.as_object_mut()
@@ -404,7 +397,7 @@ async fn a_json_body_takes_query_defaults_and_its_own_fields_win(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn idempotency_key_replays_a_batch(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let csv = format!("{CSV_HEADER}\n{}\n", csv_rows(3).join("\n"));
     let res = post_csv(&app, "?name=Once", csv.clone(), Some("batch-1")).await;
     assert!(res.headers().get("idempotent-replayed").is_none());
@@ -642,7 +635,7 @@ async fn reads_report_retry_failed_and_cancel(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn another_partners_batch_is_not_found(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, no_worker()).await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let (_, other_key) = app.other_partner().await;
     let res = app
         .post(

@@ -88,14 +88,7 @@ async fn race(
 }
 
 async fn parked_app(pool: PgPool) -> TestApp {
-    TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await
+    TestApp::spawn_with(pool, Options::no_worker()).await
 }
 
 /// `retry` read the memo with `templates_copied`; a worker removed that key before `retry`

@@ -24,10 +24,7 @@ async fn drive_until(app: &TestApp, worker: &waba_migrator::worker::Worker, id: 
 }
 
 fn manual() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
+    Options::no_worker()
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

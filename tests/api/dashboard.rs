@@ -771,14 +771,7 @@ async fn count_rows(app: &TestApp, table: &str) -> i64 {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn batch_pages_render_for_the_owner_and_are_not_found_for_another_partner(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let numbers = ["+14155550911", "+14155550912"];
     let id = api_batch(&app, &app.partner_key, "Acme-December", &numbers).await;
     let (_, other_key) = app.other_partner().await;
@@ -913,14 +906,7 @@ async fn batch_pages_render_for_the_owner_and_are_not_found_for_another_partner(
 async fn a_csv_upload_is_checked_like_the_api_and_creates_nothing_when_a_row_is_invalid(
     pool: PgPool,
 ) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let mut d = Dash::new(&app);
     d.sign_in(&app.partner_key).await;
     d.get("/dashboard/batches").await;

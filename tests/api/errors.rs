@@ -8,10 +8,7 @@ use sqlx::PgPool;
 use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
 
 fn quiet() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
+    Options::no_worker()
 }
 
 /// The `(pointer, message)` pairs of a 422 problem, in order.

@@ -127,6 +127,15 @@ impl Default for Options {
 }
 
 impl Options {
+    /// No background worker: the test advances migrations itself
+    /// (`app.worker().run_until_idle()`).
+    pub fn no_worker() -> Self {
+        Self {
+            background_worker: false,
+            ..Self::default()
+        }
+    }
+
     /// Failed authentications limited to `burst` per client address at once, then one a
     /// minute: nothing recovers during a test. No trusted proxy.
     pub fn auth_failures_limited(burst: u32) -> Self {

@@ -81,10 +81,7 @@ async fn drive(app: &TestApp, id: &str, state: &str) -> Value {
 }
 
 fn manual() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
+    Options::no_worker()
 }
 
 /// Problem 1 of issue 14. On main before this change the second create answered 201 (the

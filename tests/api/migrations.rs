@@ -439,10 +439,7 @@ async fn other_tenants_migrations_are_404(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn list_is_newest_first_with_keyset_pages_and_filters(pool: PgPool) {
-    let opts = Options {
-        background_worker: false,
-        ..Options::default()
-    };
+    let opts = Options::no_worker();
     let app = TestApp::spawn_with(pool, opts).await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -690,14 +687,7 @@ async fn embedded_signup_flow_skips_the_otp_steps(pool: PgPool) {
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn create_answers_the_get_body_and_its_location(pool: PgPool) {
     // No worker: the migration stays as created, so GET must show exactly the same.
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let mut body = TestApp::create_body("+14155550741");
     body["metadata"] = json!({ "zeta": 1, "alpha": { "b": 2, "a": [1, "x"] } });
     body["callback_url"] = json!("https://hooks.example.com/waba?t=1");
@@ -761,14 +751,7 @@ fn top_level_keys(json: &str) -> Vec<String> {
 /// `migration.state_changed`) to what the service writes now, and touches nothing else.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn old_transition_events_are_renamed_like_their_webhooks(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let id = app.create("+14155550742").await;
     let old = [
         (

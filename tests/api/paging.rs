@@ -182,14 +182,7 @@ async fn webhook_deliveries_page_in_event_order(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn bad_limit_or_cursor_is_a_problem_at_its_parameter(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let id = app.create("+5511987651130").await;
     // A cursor of the migrations list (a migration id): well-formed, but not one of these.
     let foreign = "AZrDoVseck2ajvLxs8TV5g";

@@ -7,10 +7,7 @@ use sqlx::PgPool;
 use crate::helpers::{ADMIN_KEY, Options, TestApp, assert_problem};
 
 fn quiet() -> Options {
-    Options {
-        background_worker: false,
-        ..Options::default()
-    }
+    Options::no_worker()
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

@@ -492,14 +492,7 @@ async fn templates_missing_without_a_reason_are_retried_by_id(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn precheck_dry_run_explains_each_precheck_scenario_without_side_effects(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     // (number, destination WABA suffix, failing check id and code; None = a good number).
     type DryRun = (
         &'static str,

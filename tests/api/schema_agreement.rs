@@ -38,14 +38,7 @@ fn create_body(extra: Value) -> Value {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn the_create_body_schema_accepts_exactly_what_the_server_accepts(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let schema = validator(&doc, "#/components/schemas/CreateMigration");
     let many_keys: serde_json::Map<String, Value> =
@@ -176,14 +169,7 @@ async fn the_create_body_schema_accepts_exactly_what_the_server_accepts(pool: Pg
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn the_phone_number_filter_schema_accepts_what_the_server_accepts(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let parameter = doc["paths"]["/v1/migrations"]["get"]["parameters"]
         .as_array()

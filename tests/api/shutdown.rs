@@ -18,10 +18,7 @@ async fn lease_owner(app: &TestApp, id: &str) -> Option<String> {
 }
 
 fn slow(grace: Duration) -> Options {
-    let mut opts = Options {
-        background_worker: false,
-        ..Options::default()
-    };
+    let mut opts = Options::no_worker();
     // Expiry-based recovery would take 30 s: anything faster proves the lease was released.
     opts.worker.lease = Duration::from_secs(30);
     opts.worker.shutdown_grace = grace;
@@ -81,10 +78,7 @@ async fn a_step_past_the_grace_period_is_aborted_and_released(pool: PgPool) {
 /// forbids against any upstream timeout; it makes this fallback reachable.)
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool) {
-    let mut opts = Options {
-        background_worker: false,
-        ..Options::default()
-    };
+    let mut opts = Options::no_worker();
     opts.worker.lease = Duration::from_secs(4);
     opts.worker.shutdown_grace = Duration::ZERO;
     opts.sandbox.hang_for = Duration::from_secs(2);

@@ -222,14 +222,7 @@ async fn a_patched_channel_id_continues_at_once(pool: PgPool) {
 /// straight to the templates: no `awaiting_signup`.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_channel_id_set_before_the_precheck_skips_the_wait(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let id = app.create_with(signup_body("+14155552304")).await;
     let res = patch_as(
         &app,
@@ -274,14 +267,7 @@ async fn a_channel_id_set_before_the_precheck_skips_the_wait(pool: PgPool) {
 /// (404).
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn refused_patches_write_nothing(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let key = app.partner_key.clone();
     let otp = app.create("+14155552305").await;
     let es = app.create_with(signup_body("+14155552306")).await;
@@ -382,14 +368,7 @@ async fn refused_patches_write_nothing(pool: PgPool) {
 /// failure.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn an_answered_poll_starts_the_count_of_tries_again(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let id = app.create_with(signup_body("+14155552317")).await;
     app.worker().run_until_idle().await.unwrap();
     assert_eq!(app.migration(&id).await["state"], "awaiting_signup");
@@ -459,14 +438,7 @@ async fn the_wait_times_out_with_signup_not_completed(pool: PgPool) {
 /// says so when it cannot tell.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn the_sandbox_completes_a_signup_it_was_told_about(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let (status, body) = app.complete_signup("+14155552309", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
@@ -496,14 +468,7 @@ async fn the_sandbox_completes_a_signup_it_was_told_about(pool: PgPool) {
 /// absolute https URL.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn partners_store_their_signup_url(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let path = format!("/v1/partners/{}", app.partner_id);
     let partner_uuid: uuid::Uuid = app.partner_id.parse().unwrap();
     let get = || async {
@@ -626,14 +591,7 @@ async fn the_channel_the_number_leaves_is_not_taken(pool: PgPool) {
 /// look), and its WABA becomes the destination the templates are copied to.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn the_signup_channel_on_a_new_waba_is_found_by_the_number(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let phone = "+14155552312";
     for (waba, channel) in [(NEW_WABA, "esNewWaba02CH"), (SOURCE_WABA, "esLeaving02CH")] {
         let (status, made) = app
