@@ -554,6 +554,31 @@ impl TestApp {
         assert_eq!(status, StatusCode::OK, "{channel:#}");
     }
 
+    /// `POST /_sandbox/wabas/{id}/set_up`: 360dialog finished setting up a WABA the signup made.
+    pub async fn set_up_waba(&self, waba_id: &str) {
+        let res = self
+            .http
+            .post(format!(
+                "{}/_sandbox/wabas/{waba_id}/set_up",
+                self.sandbox_url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    /// The `waiting_for` codes of the migration's `migration.waiting_for_changed` events,
+    /// oldest first.
+    pub async fn waiting_reasons(&self, id: &str) -> Vec<Value> {
+        self.events(id)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "migration.waiting_for_changed")
+            .map(|e| e["data"]["waiting_for"]["code"].clone())
+            .collect()
+    }
+
     /// `GET /_sandbox/channels/{id}`: a sandbox channel (status, permission, keys issued).
     pub async fn sandbox_channel(&self, channel_id: &str) -> Value {
         let res = self

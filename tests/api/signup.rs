@@ -730,16 +730,7 @@ async fn a_new_waba_is_taken_once_it_is_set_up(pool: PgPool) {
     assert_eq!(m["waiting_for"]["code"], "destination_no_payment_method");
     assert_eq!(app.received(phone, "migrate_message_templates"), 0);
 
-    let res = app
-        .http
-        .post(format!(
-            "{}/_sandbox/wabas/{NEW_WABA}/set_up",
-            app.sandbox_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    app.set_up_waba(NEW_WABA).await;
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
     assert_eq!(m["channel_id"], "esSettingUp01CH");
@@ -748,14 +739,10 @@ async fn a_new_waba_is_taken_once_it_is_set_up(pool: PgPool) {
         !m["templates"]["migrated"].as_array().unwrap().is_empty(),
         "{m:#}"
     );
-    let changes: Vec<Value> = app
-        .events(&id)
-        .await
-        .into_iter()
-        .filter(|e| e["type"] == "migration.waiting_for_changed")
-        .map(|e| e["data"]["waiting_for"]["code"].clone())
-        .collect();
-    assert_eq!(changes, [json!("destination_no_payment_method")]);
+    assert_eq!(
+        app.waiting_reasons(&id).await,
+        [json!("destination_no_payment_method")]
+    );
 }
 
 /// The client's signup put the number in a WABA of another business than the one the

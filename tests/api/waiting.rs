@@ -96,13 +96,7 @@ async fn a_parked_channel_wait_says_on_whom_and_until_when(pool: PgPool) {
     );
 
     // The audit trail records each reason, oldest first.
-    let reasons: Vec<Value> = app
-        .events(&id)
-        .await
-        .into_iter()
-        .filter(|e| e["type"] == "migration.waiting_for_changed")
-        .map(|e| e["data"]["waiting_for"]["code"].clone())
-        .collect();
+    let reasons = app.waiting_reasons(&id).await;
     assert_eq!(
         reasons,
         [
