@@ -252,11 +252,10 @@ pub fn decide(
             }
         }
         StepOutcome::Transient { error, retry_after } => {
-            // A wait's deadline holds for a look that failed too: no retry is scheduled past
-            // it, and one that fails there ends the wait (a poll that got its answer starts
-            // the count of tries again, so the count alone could run on for hours).
-            // It fails as the wait does, with what it waited for; the failed look is its
-            // upstream detail.
+            // A wait's deadline holds for a look that failed too (a poll that got its answer
+            // starts the count of tries again, so the count alone could run on for hours): no
+            // retry is scheduled past it, and a look that fails there ends the wait as the
+            // wait ends, with what it waited for, the failed look as its upstream detail.
             let wait = policy.wait_limit(ctx.state);
             let left = wait.map(|(timeout, _)| timeout.saturating_sub(ctx.waited));
             if let Some((timeout, code)) = wait
