@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::i18n::{Arg, Lang};
 use crate::db::migrations::MigrationRow;
-use crate::domain::{Actor, ErrorCode, Flow, MigrationState, OtpMethod};
+use crate::domain::{Actor, Flow, MigrationState, OtpMethod};
 use crate::precheck::{CheckStatus, PrecheckReport};
 
 /// Where the stylesheet ([`super::PAGE_CSS`]) is served.
@@ -252,13 +252,10 @@ pub fn phase_of(state: MigrationState) -> Phase {
 }
 
 /// Whether a migration in `awaiting_signup` waits for the WABA the finished signup made to be
-/// set up ([`ErrorCode::settles_after_signup`]), not for the signup.
+/// set up ([`crate::domain::ErrorCode::settles_after_signup`]), not for the signup.
 fn waits_after_signup(row: &MigrationRow) -> bool {
-    row.waiting_for
-        .as_ref()
-        .and_then(|w| w.get("code"))
-        .and_then(|c| serde_json::from_value::<ErrorCode>(c.clone()).ok())
-        .is_some_and(ErrorCode::settles_after_signup)
+    row.stored_waiting_for()
+        .is_some_and(|w| w.code.settles_after_signup())
 }
 
 /// The steps after the client's part, and where the migration is among them. The OTP flow
@@ -1448,8 +1445,12 @@ mod tests {
     #[test]
     fn a_finished_signup_whose_waba_is_being_set_up_is_not_asked_for_again() {
         let mut r = row(MigrationState::AwaitingSignup, Flow::EmbeddedSignup);
-        let wait = |code: &str, actor: &str| serde_json::json!({ "code": code, "actor": actor, "message": "m", "remediation": "r" });
-        r.waiting_for = Some(wait("signup_not_completed", "client"));
+        // As the worker stores it: a whole `WaitingFor`.
+        let wait = |code: crate::domain::ErrorCode| {
+            let reason = crate::domain::MigrationError::new(code, MigrationState::AwaitingSignup);
+            serde_json::json!(crate::domain::WaitingFor::new(&reason, t(0), t(60)))
+        };
+        r.waiting_for = Some(wait(crate::domain::ErrorCode::SignupNotCompleted));
         let m = model_from_row(&r, "Zebra", None, Lang::En, "tok", "c", None, t(0));
         assert_eq!(m.phase, Phase::Signup);
         let url = "https://hub.360dialog.com/signup/zebra";
@@ -1465,7 +1466,7 @@ mod tests {
             None,
             t(0)
         )));
-        r.waiting_for = Some(wait("destination_no_payment_method", "partner"));
+        r.waiting_for = Some(wait(crate::domain::ErrorCode::DestinationNoPaymentMethod));
         let m = model_from_row(&r, "Zebra", link, Lang::En, "tok", "c", None, t(0));
         assert_eq!(m.phase, Phase::Finishing);
         // Not the client's to act on: the page says nothing is needed from them.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::events::NewEvent;
 use super::{Error, JOBS_CHANNEL};
 use crate::domain::memo::{ARMED_BY, MemoEdits, MemoKey};
-use crate::domain::{EventType, Flow, MigrationState};
+use crate::domain::{EventType, Flow, MigrationState, WaitingFor};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MigrationRow {
@@ -98,6 +98,14 @@ impl MigrationRow {
     /// allows only the two).
     pub fn flow(&self) -> Flow {
         Flow::parse(&self.flow).unwrap_or_default()
+    }
+
+    /// The stored `waiting_for`, read (`None` when the migration does not wait, or the
+    /// document cannot be read).
+    pub fn stored_waiting_for(&self) -> Option<WaitingFor> {
+        self.waiting_for
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
     }
 }
 

@@ -522,17 +522,14 @@ impl Worker {
         let waited = (Utc::now() - row.state_entered_at)
             .to_std()
             .unwrap_or_default();
+        let stored_waiting = row.stored_waiting_for();
         let ctx = StepContext {
             state,
             flow,
             attempt: row.attempt.max(1),
             otp_attempts_left: row.otp_attempts_left,
             waited,
-            waiting_for: row
-                .waiting_for
-                .clone()
-                .and_then(|w| serde_json::from_value::<WaitingFor>(w).ok())
-                .map(|w| w.reason(state)),
+            waiting_for: stored_waiting.as_ref().map(|w| w.reason(state)),
         };
         // What a poll of a parked migration found missing (its `waiting_for` if it keeps waiting).
         let reason = match &step.outcome {
@@ -646,9 +643,12 @@ impl Worker {
                 if !counts_attempt {
                     patch.attempt = Some(0);
                 }
-                let waiting = reason
-                    .zip(cfg.retry.wait_limit(state))
-                    .and_then(|(reason, (timeout, _))| still_waiting(row, &reason, timeout));
+                let waiting =
+                    reason
+                        .zip(cfg.retry.wait_limit(state))
+                        .and_then(|(reason, (timeout, _))| {
+                            still_waiting(row, stored_waiting.as_ref(), &reason, timeout)
+                        });
                 let event = error.map(|e| {
                     if let Some(obj) = event_data.as_object_mut() {
                         obj.insert("error".into(), json!(e));
@@ -779,17 +779,13 @@ impl Worker {
 /// changed.
 fn still_waiting(
     row: &store::MigrationRow,
+    stored: Option<&WaitingFor>,
     reason: &crate::domain::MigrationError,
     timeout: Duration,
 ) -> Option<(WaitingFor, bool)> {
-    let stored: Option<WaitingFor> = row
-        .waiting_for
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
     // Nothing stored (resumed by `retry`): the wait began when the state was entered.
     let fresh = WaitingFor::polled(row.state(), row.state_entered_at, timeout)?;
-    let (next, changed) =
-        WaitingFor::after_poll(stored.as_ref(), reason, fresh.since, fresh.deadline);
+    let (next, changed) = WaitingFor::after_poll(stored, reason, fresh.since, fresh.deadline);
     next.map(|w| (w, changed))
 }
 
