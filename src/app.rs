@@ -113,6 +113,7 @@ impl App {
                 d360,
                 cipher: settings.cipher.clone(),
                 config: settings.worker.clone(),
+                call_time: settings.upstreams.timeout,
                 fail_points: fail_points.clone(),
                 sandbox_seeder: settings.sandbox_seeder.clone(),
             })

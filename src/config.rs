@@ -281,7 +281,8 @@ pub struct WorkerArgs {
     /// Migrations advanced concurrently by this process.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
     pub worker_concurrency: usize,
-    /// Lease of a claimed migration; another replica resumes it this long after a crash.
+    /// Lease of a claimed migration; another replica resumes it this long after a crash. At
+    /// least 2 × UPSTREAM_TIMEOUT_SECONDS.
     #[arg(long, env = "LEASE_SECONDS", default_value_t = 60.0)]
     pub lease_seconds: f64,
     /// Polling fallback when no NOTIFY arrives.
@@ -291,7 +292,8 @@ pub struct WorkerArgs {
     /// UPSTREAM_TIMEOUT_SECONDS + 1, so an upstream call in flight at SIGTERM ends within it.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 35.0)]
     pub shutdown_grace_seconds: f64,
-    /// Attempts of one step before a transient upstream error fails the migration.
+    /// Attempts of one step before a transient upstream error fails the migration; also the
+    /// take-overs from an expired lease in a row before it fails with internal_error.
     #[arg(long, env = "MAX_STEP_ATTEMPTS", default_value_t = 10)]
     pub max_step_attempts: i32,
     /// First retry delay (doubles per attempt, with jitter).
@@ -555,6 +557,7 @@ impl RunArgs {
         if w.lease_seconds < 1.0 {
             return Err("LEASE_SECONDS must be at least 1".into());
         }
+        validate_lease(w.lease_seconds, u.upstream_timeout_seconds)?;
         validate_shutdown_grace(w.shutdown_grace_seconds, u.upstream_timeout_seconds)?;
         if w.worker_concurrency == 0 {
             return Err("WORKER_CONCURRENCY must be at least 1".into());
@@ -610,6 +613,21 @@ fn effective_upstream_timeout(seconds: f64) -> f64 {
     }
 }
 
+/// An irreversible call starts only with `UPSTREAM_TIMEOUT_SECONDS` of lease left, so the lease
+/// covers it even if no heartbeat gets through any more; heartbeats renew it every third of its
+/// length. Half the lease leaves a sixth of it for a late heartbeat: with a shorter lease, calls
+/// would be refused while the lease is healthy.
+pub fn validate_lease(lease_seconds: f64, upstream_timeout_seconds: f64) -> Result<(), String> {
+    let timeout = effective_upstream_timeout(upstream_timeout_seconds);
+    let needed = 2.0 * timeout;
+    if lease_seconds >= needed && lease_seconds.is_finite() {
+        return Ok(());
+    }
+    Err(format!(
+        "LEASE_SECONDS ({lease_seconds}) must be at least 2 × UPSTREAM_TIMEOUT_SECONDS ({timeout}) = {needed}: an irreversible upstream call starts only while the lease left covers the call; raise LEASE_SECONDS or lower UPSTREAM_TIMEOUT_SECONDS"
+    ))
+}
+
 /// An upstream call in flight when SIGTERM arrives must be able to end within the shutdown grace
 /// period: otherwise the step would be cut off mid-call (its lease then left to expire) instead
 /// of recording the call's outcome and handing the migration over at once.
@@ -631,7 +649,7 @@ pub fn validate_shutdown_grace(
 mod tests {
     use clap::{CommandFactory, Parser};
 
-    use super::{Cli, Command, validate_shutdown_grace};
+    use super::{Cli, Command, validate_lease, validate_shutdown_grace};
 
     /// The long flags `waba-migrator <sub> --help` lists.
     fn flags(sub: &str) -> Vec<String> {
@@ -727,6 +745,25 @@ mod tests {
             Command::Worker(run) => run,
             other => panic!("not worker: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_lease_must_be_twice_the_upstream_timeout() {
+        assert_eq!(validate_lease(60.0, 30.0), Ok(()));
+        assert_eq!(validate_lease(4.0, 2.0), Ok(()));
+        // The timeout as applied: at least one second.
+        assert_eq!(validate_lease(2.0, 0.1), Ok(()));
+        assert_eq!(
+            validate_lease(50.0, 30.0),
+            Err(
+                "LEASE_SECONDS (50) must be at least 2 × UPSTREAM_TIMEOUT_SECONDS (30) = 60: an \
+                 irreversible upstream call starts only while the lease left covers the call; \
+                 raise LEASE_SECONDS or lower UPSTREAM_TIMEOUT_SECONDS"
+                    .into()
+            )
+        );
+        assert!(validate_lease(f64::INFINITY, 30.0).is_err());
+        assert!(validate_lease(f64::NAN, 30.0).is_err());
     }
 
     #[test]

@@ -37,7 +37,8 @@ use waba_migrator::embedded_pg::EmbeddedPostgres;
 
 const BIN: &str = env!("CARGO_BIN_EXE_waba-migrator");
 const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdef";
-const LEASE_SECONDS: u64 = 3;
+/// At least twice the upstream timeout: the service refuses to start otherwise.
+const LEASE_SECONDS: u64 = 4;
 const RETRY_CAP_SECONDS: u64 = 2;
 const UPSTREAM_TIMEOUT_SECONDS: u64 = 2;
 /// At least the upstream timeout + 1 s: the service refuses to start otherwise.

@@ -1360,6 +1360,7 @@ mod tests {
             callback_url: None,
             run_at: now,
             attempt: 0,
+            rescues: 0,
             lease_token: None,
             lease_owner: None,
             lease_expires_at: None,

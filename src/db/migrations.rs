@@ -66,6 +66,9 @@ pub struct MigrationRow {
     pub callback_url: Option<String>,
     pub run_at: DateTime<Utc>,
     pub attempt: i32,
+    /// Claims in a row that took the migration over from an expired lease (0 when the last
+    /// claim found it released): runs of its step that never recorded a result.
+    pub rescues: i32,
     pub lease_token: Option<Uuid>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
@@ -119,7 +122,7 @@ macro_rules! lean_columns {
         otp_expires_at, otp_code_enc, pin_enc, api_key_enc, api_key_id, \
         api_key_address, api_key_generated_at, api_key_verified_at, api_key_superseded_at, \
         step_memo, error, waiting_for, failed_step, metadata, callback_url, run_at, attempt, \
-        lease_token, lease_owner, lease_expires_at, state_entered_at, version, created_at, \
+        rescues, lease_token, lease_owner, lease_expires_at, state_entered_at, version, created_at, \
         updated_at, completed_at, batch_id, batch_reference"
     };
 }
@@ -350,6 +353,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                 lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2),
                 attempt = m.attempt + 1,
+                rescues = CASE WHEN m.lease_token IS NULL THEN 0 ELSE m.rescues + 1 END,
                 step_memo = {}
            FROM picked
           WHERE m.id = picked.id

@@ -208,6 +208,25 @@ pub fn skip_allowed(from: MigrationState, to: MigrationState, flow: Flow) -> boo
 }
 
 /// Decide what happens after a step ran. Pure: `jitter` is the only randomness, passed in.
+/// A migration claimed from an expired lease `rescues` times in a row: its step ran that often
+/// and never recorded a result (the worker died in it, lost its database, or could not write).
+/// Such a step is not run again once that reaches `max_attempts`: each run may repeat its
+/// upstream calls (a new 360dialog key each time), and nothing else would ever stop it.
+pub fn taken_over_too_often(
+    state: MigrationState,
+    rescues: i32,
+    policy: &RetryPolicy,
+) -> Option<MigrationError> {
+    if rescues < policy.max_attempts {
+        return None;
+    }
+    let mut error = MigrationError::new(ErrorCode::InternalError, state).with_message(format!(
+        "The {state} step was started {rescues} times in a row by a worker that never recorded its result (it stopped, lost its database connection, or could not write): it is not started again. Retry the migration once the cause is fixed."
+    ));
+    error.retryable = true;
+    Some(error)
+}
+
 pub fn decide(
     ctx: StepContext,
     outcome: StepOutcome,
@@ -343,6 +362,19 @@ mod tests {
 
     fn err(code: ErrorCode, step: MigrationState) -> MigrationError {
         MigrationError::new(code, step)
+    }
+
+    #[test]
+    fn a_step_taken_over_max_attempts_times_in_a_row_is_not_run_again() {
+        let p = RetryPolicy::default();
+        assert!(taken_over_too_often(Registering, 0, &p).is_none());
+        assert!(taken_over_too_often(Registering, p.max_attempts - 1, &p).is_none());
+        let e = taken_over_too_often(GeneratingApiKey, p.max_attempts, &p).expect("fails");
+        assert_eq!(
+            (e.code, e.step, e.retryable),
+            (ErrorCode::InternalError, Some(GeneratingApiKey), true)
+        );
+        assert!(e.message.contains("10 times in a row"), "{}", e.message);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct StepLease {
     id: Uuid,
     token: Uuid,
     length: Duration,
+    /// The lease an irreversible call needs left when it starts (see [`Self::irreversible`]).
+    call_budget: Duration,
     /// The worker is stopping (SIGTERM): no new irreversible call may start.
     stopping: CancellationToken,
     state: Mutex<State>,
@@ -62,11 +64,13 @@ struct State {
 }
 
 impl StepLease {
-    /// The lease a claim statement sent at `claimed_at` took for `length`.
+    /// The lease a claim statement sent at `claimed_at` took for `length`; `call_time`: the
+    /// longest an upstream call may take (`UPSTREAM_TIMEOUT_SECONDS`).
     pub fn new(
         id: Uuid,
         token: Uuid,
         length: Duration,
+        call_time: Duration,
         claimed_at: Instant,
         stopping: CancellationToken,
     ) -> Arc<Self> {
@@ -74,6 +78,9 @@ impl StepLease {
             id,
             token,
             length,
+            // Configuration makes the lease at least twice the call time (`validate_lease`);
+            // the half-lease cap only matters for the shorter leases of tests.
+            call_budget: call_time.min(length / 2),
             stopping,
             state: Mutex::new(State {
                 valid_until: claimed_at + length,
@@ -140,11 +147,19 @@ impl StepLease {
     }
 
     /// Right before an irreversible upstream call: checks the lease again and marks the call
-    /// in flight until the returned guard is finished or dropped.
+    /// in flight until the returned guard is finished or dropped. The lease left must cover the
+    /// whole call (`UPSTREAM_TIMEOUT_SECONDS`) even if no heartbeat gets through any more: else
+    /// another replica could claim the migration, read the number and call again while Meta or
+    /// 360dialog is still applying this call. Heartbeats keep at least two-thirds of the lease
+    /// left while the database answers, so this only refuses once they have been failing.
     pub fn irreversible(&self, what: &'static str) -> Result<IrreversibleCall<'_>, StepError> {
         let mut s = self.state();
-        if s.lost || Instant::now() >= s.valid_until {
-            warn!(migration.id = %self.id, call = what, "lease lost: not calling upstream");
+        if s.lost || Instant::now() + self.call_budget >= s.valid_until {
+            warn!(
+                migration.id = %self.id,
+                call = what,
+                "lease lost, or too short to cover the call: not calling upstream"
+            );
             return Err(StepError::Abandon);
         }
         if s.sealed {
@@ -266,11 +281,49 @@ mod tests {
                 Uuid::new_v4(),
                 Uuid::new_v4(),
                 length,
+                Duration::from_secs(30),
                 Instant::now(),
                 stop.clone(),
             ),
             stop,
         )
+    }
+
+    #[test]
+    fn no_call_starts_unless_the_lease_left_covers_it() {
+        let lease = |claimed_ago: u64| {
+            StepLease::new(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                Duration::from_secs(60),
+                Duration::from_secs(30),
+                Instant::now() - Duration::from_secs(claimed_ago),
+                CancellationToken::new(),
+            )
+        };
+        // 40 s left (a heartbeat is due every 20 s): the call may start.
+        assert!(lease(20).irreversible("register").is_ok());
+        // 29 s left, the heartbeats failing: a 30 s call could outlive the lease.
+        let short = lease(31);
+        assert!(!short.is_lost(), "still held");
+        assert!(matches!(
+            short.irreversible("register"),
+            Err(StepError::Abandon)
+        ));
+        assert_eq!(short.calls_in_flight(), 0);
+        // Extended by a heartbeat sent now: it may again.
+        short.extended(Instant::now());
+        assert!(short.irreversible("register").is_ok());
+        // A lease shorter than twice the call time (tests only) needs half of it left.
+        let tight = StepLease::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            Instant::now(),
+            CancellationToken::new(),
+        );
+        assert!(tight.irreversible("register").is_ok());
     }
 
     fn timeout() -> clients::Error {

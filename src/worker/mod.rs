@@ -45,7 +45,7 @@ use crate::clients::{D360Api, MetaApi};
 use crate::core::OtpPolicy;
 use crate::crypto::Cipher;
 use crate::db::{self, events::NewEvent, migrations as store};
-use crate::domain::machine::{StepContext, decide};
+use crate::domain::machine::{StepContext, decide, taken_over_too_often};
 use crate::domain::memo::{Intent, MemoKey};
 use crate::domain::pacing;
 use crate::domain::{Decision, EventType, MigrationState, RetryPolicy, StepOutcome, WaitingFor};
@@ -142,6 +142,9 @@ pub struct Deps {
     pub d360: Arc<dyn D360Api>,
     pub cipher: Cipher,
     pub config: WorkerConfig,
+    /// The longest an upstream call may take (`UPSTREAM_TIMEOUT_SECONDS`, the clients'
+    /// timeout): the lease an irreversible call needs left when it starts.
+    pub call_time: Duration,
     pub fail_points: FailPoints,
     /// Sandbox mode only: tells the simulator about a number before its precheck reads it.
     pub sandbox_seeder: Option<crate::core::SandboxSeeder>,
@@ -380,7 +383,14 @@ impl Worker {
         };
         let id = row.id;
         let cfg = &self.deps.config;
-        let lease = StepLease::new(id, token, cfg.lease, claimed_at, shutdown.clone());
+        let lease = StepLease::new(
+            id,
+            token,
+            cfg.lease,
+            self.deps.call_time,
+            claimed_at,
+            shutdown.clone(),
+        );
         self.in_flight
             .lock()
             .expect("in-flight lock")
@@ -391,15 +401,31 @@ impl Worker {
         let mut keep_lease = false;
         let mut hand_over = false;
         crate::metrics::claimed((Utc::now() - row.run_at).to_std().unwrap_or_default());
+        // A step that keeps dying (or whose result can never be written) is failed here, not
+        // run again (see `taken_over_too_often`).
+        let mut given_up = taken_over_too_often(row.state(), row.rescues, &cfg.retry);
 
         loop {
             let state = row.state();
             let span = info_span!("step", migration.id = %id, step = %state, attempt = row.attempt);
             let started = std::time::Instant::now();
-            let result = AssertUnwindSafe(steps::execute(&self.deps, &row, &lease))
-                .catch_unwind()
-                .instrument(span.clone())
-                .await;
+            let result = match given_up.take() {
+                Some(error) => {
+                    span.in_scope(|| {
+                        error!(
+                            rescues = row.rescues,
+                            "step taken over too often; failing the migration"
+                        )
+                    });
+                    Ok(Ok(steps::StepResult::new(StepOutcome::Failed(error))))
+                }
+                None => {
+                    AssertUnwindSafe(steps::execute(&self.deps, &row, &lease))
+                        .catch_unwind()
+                        .instrument(span.clone())
+                        .await
+                }
+            };
             crate::metrics::step_ran(state, started.elapsed());
             let step = match result {
                 Ok(Ok(step)) => step,

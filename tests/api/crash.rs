@@ -106,6 +106,37 @@ async fn crash_after_api_keys_stores_the_currently_valid_key(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_step_that_keeps_dying_fails_once_taken_over_max_attempts_times(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550490";
+    let id = app.create(phone).await;
+    let worker = app.worker().clone();
+    drive_until(&app, &worker, &id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+
+    // Every run of the key step dies after 360dialog made a key, before storing it. Unbounded,
+    // each lease expiry would run it again and make another key.
+    app.fail_points.arm("after_api_keys", 100);
+    drive_until(&app, &worker, &id, "failed").await;
+    let m = app.migration(&id).await;
+    assert_eq!(m["error"]["code"], "internal_error", "{m:#}");
+    assert_eq!(m["error"]["step"], "generating_api_key");
+    assert_eq!(m["error"]["retryable"], true);
+    // MAX_STEP_ATTEMPTS is 4 in tests: four runs called 360dialog, the fifth claim (the fourth
+    // take-over in a row) failed the migration without running the step.
+    assert_eq!(app.applied(phone, "api_keys"), 4);
+
+    // Fixed, a retry runs the step again from a released row.
+    app.fail_points.arm("after_api_keys", 0);
+    let r = app
+        .post(&format!("/v1/migrations/{id}/retry"), serde_json::json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    drive_until(&app, &worker, &id, "completed").await;
+    assert_eq!(app.applied(phone, "api_keys"), 5);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn crash_after_storing_the_key_never_generates_another(pool: PgPool) {
     let app = TestApp::spawn_with(pool, manual()).await;
     let phone = "+14155550403";

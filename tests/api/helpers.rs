@@ -304,6 +304,7 @@ impl TestApp {
             d360,
             cipher: self.settings.cipher.clone(),
             config,
+            call_time: self.settings.upstreams.timeout,
             fail_points: FailPoints::default(),
             sandbox_seeder: self.settings.sandbox_seeder.clone(),
         })

@@ -326,6 +326,7 @@ impl Table {
             d360: d360.clone(),
             cipher: self.cipher.clone(),
             config: worker_config(),
+            call_time: Duration::from_secs(5),
             fail_points: FailPoints::default(),
             sandbox_seeder: None,
         });

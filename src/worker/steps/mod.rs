@@ -64,7 +64,7 @@ pub struct StepResult {
 }
 
 impl StepResult {
-    fn new(outcome: StepOutcome) -> Self {
+    pub fn new(outcome: StepOutcome) -> Self {
         Self {
             outcome,
             patch: store::Patch::default(),
