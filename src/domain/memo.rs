@@ -54,10 +54,13 @@ pub enum MemoKey {
     /// The channel id the service stored itself, found by the number (not named by the
     /// partner): if it later shows a WABA that is not the migration's, it is looked for again.
     ChannelFound,
+    /// When this migration called `register` (an array of timestamps, those of the last 72 h):
+    /// Meta blocks a number registered too often (see [`super::upstream::REGISTER_CALLS_PER_72H`]).
+    RegisterCalls,
 }
 
 impl MemoKey {
-    pub const ALL: [MemoKey; 8] = [
+    pub const ALL: [MemoKey; 9] = [
         MemoKey::RequestCode,
         MemoKey::VerifyCode,
         MemoKey::Register,
@@ -66,6 +69,7 @@ impl MemoKey {
         MemoKey::ChannelPolls,
         MemoKey::VoiceFallback,
         MemoKey::ChannelFound,
+        MemoKey::RegisterCalls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +82,7 @@ impl MemoKey {
             MemoKey::ChannelPolls => "channel_polls",
             MemoKey::VoiceFallback => "voice_fallback",
             MemoKey::ChannelFound => "channel_found",
+            MemoKey::RegisterCalls => "register_calls",
         }
     }
 

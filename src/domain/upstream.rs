@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use serde::{Deserialize, Serialize};
 
 /// Which upstream answered.
@@ -340,6 +342,38 @@ pub struct Template {
     /// `quality_score.score`: `GREEN`, `YELLOW`, `RED`, `UNKNOWN`.
     #[serde(default)]
     pub quality_score: Option<String>,
+}
+
+/// Meta caps `register` and `deregister` at 10 calls per number in a rolling 72 h, the old
+/// provider's calls included, and blocks the number for 72 h past that (133016;
+/// `meta-graph-api.md` §1.3). A migration makes at most this many `register` calls in any
+/// 72 h: half the cap, the rest left to the old provider and to people.
+pub const REGISTER_CALLS_PER_72H: usize = 5;
+
+/// The window of Meta's register cap.
+pub const REGISTER_WINDOW: Duration = Duration::from_secs(72 * 3600);
+
+/// Meta's 133015 ("recently deleted number; deletion still pending"): try again after about
+/// five minutes (`meta-graph-api.md` §4.3), not after the usual seconds of backoff, which would
+/// spend register calls on an answer known in advance.
+pub const DELETION_PENDING_WAIT: Duration = Duration::from_secs(300);
+
+/// Of the times `calls` of a number's `register` calls, those still inside Meta's window at
+/// `now`, oldest first.
+pub fn register_calls_in_window(
+    calls: impl IntoIterator<Item = DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    let window = chrono::Duration::from_std(REGISTER_WINDOW).expect("72 h fits");
+    let mut recent: Vec<_> = calls.into_iter().filter(|t| *t > now - window).collect();
+    recent.sort();
+    recent
+}
+
+/// When the oldest of `recent` (see [`register_calls_in_window`]) leaves the window.
+pub fn register_window_frees_at(recent: &[DateTime<Utc>]) -> Option<DateTime<Utc>> {
+    let window = chrono::Duration::from_std(REGISTER_WINDOW).expect("72 h fits");
+    recent.first().map(|t| *t + window)
 }
 
 /// Meta's template limit per WABA (`meta-graph-api.md` §2.3, TPL-LIM): 250 while the parent

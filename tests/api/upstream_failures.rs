@@ -135,6 +135,54 @@ async fn register_limit_is_not_retried(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn register_is_called_at_most_five_times_in_72_hours_across_retries(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550315";
+    app.faults(json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "server_error", "times": 20 },
+    ]))
+    .await;
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.submit_otp(&id, "123456").await;
+    // MAX_STEP_ATTEMPTS is 4 in tests: the step gives up after four calls.
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["code"], "upstream_unavailable", "{m:#}");
+    assert_eq!(app.received(phone, "register"), 4);
+
+    // The partner retries: one more call fails, and the step stops at five in 72 hours,
+    // before Meta's cap of ten (the old provider's calls count there too) blocks the number.
+    let r = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.event_count(&id, Some("migration.failed")).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry never failed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let m = app.migration(&id).await;
+    assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
+    assert_eq!(m["error"]["step"], "registering");
+    assert_eq!(m["error"]["retryable"], true);
+    assert!(
+        m["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("called register 5 times in the last 72 hours"),
+        "{m:#}"
+    );
+    assert!(
+        m["error"].get("upstream").is_none(),
+        "no call was made: {m:#}"
+    );
+    assert_eq!(app.received(phone, "register"), 5);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn channel_that_never_runs_times_out(pool: PgPool) {
     let mut opts = Options::default();
     opts.worker.retry.channel_timeout = std::time::Duration::from_secs(1);

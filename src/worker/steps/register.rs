@@ -1,5 +1,6 @@
 //! `registering`: `POST /{phone-number-id}/register`, with the number read before every call.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -10,8 +11,12 @@ use super::{
 use crate::clients;
 use crate::crypto::aad;
 use crate::db::migrations as store;
-use crate::domain::MigrationState;
 use crate::domain::memo::MemoKey;
+use crate::domain::upstream::{
+    DELETION_PENDING_WAIT, REGISTER_CALLS_PER_72H, register_calls_in_window,
+    register_window_frees_at,
+};
+use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 use crate::precheck;
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, outcome};
@@ -80,6 +85,15 @@ pub(super) async fn registering(
         Ok(_) => {}
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
+    // Meta blocks a number for 72 h after 10 register calls in 72 h: retries (of the worker
+    // and of the partner) stop well before, whatever the errors said.
+    let now = Utc::now();
+    let calls = register_calls_in_window(stored_register_calls(row), now);
+    if calls.len() >= REGISTER_CALLS_PER_72H {
+        return Ok(StepResult::new(StepOutcome::Failed(too_many_calls(
+            &calls, state,
+        ))));
+    }
     let pin = deps
         .cipher
         .open(&row.pin_enc, &aad::pin(row.id))
@@ -89,8 +103,44 @@ pub(super) async fn registering(
     let result = deps.meta.register(&pnid, &pin).await;
     call.finish(&result);
     crash_point(deps, "after_register")?;
-    match result {
-        Ok(()) => Ok(registered(deps, row, &pnid).await),
-        Err(e) => Ok(StepResult::new(outcome(&e, state))),
-    }
+    let calls: Vec<_> = calls.into_iter().chain([now]).collect();
+    let step = match result {
+        Ok(()) => registered(deps, row, &pnid).await,
+        Err(e) => {
+            let mut failed = outcome(&e, state);
+            if let StepOutcome::Transient { retry_after, .. } = &mut failed
+                && e.upstream().is_some_and(|u| u.has_code(133015))
+            {
+                *retry_after = (*retry_after).max(Some(DELETION_PENDING_WAIT));
+            }
+            StepResult::new(failed)
+        }
+    };
+    Ok(step.remember(MemoKey::RegisterCalls, json!(calls)))
+}
+
+/// The times of this migration's `register` calls (step memo).
+fn stored_register_calls(row: &store::MigrationRow) -> Vec<DateTime<Utc>> {
+    MemoKey::RegisterCalls
+        .read(&row.step_memo)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// The failure of a migration whose `register` calls of the last 72 h reached our share of
+/// Meta's cap.
+fn too_many_calls(calls: &[DateTime<Utc>], state: MigrationState) -> MigrationError {
+    let free = register_window_frees_at(calls).map_or_else(String::new, |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    });
+    let mut error = MigrationError::new(ErrorCode::RegisterLimitReached, state).with_message(
+        format!(
+            "This migration called register {} times in the last 72 hours without the number being registered. Meta allows 10 register and deregister calls per number in 72 hours, the old provider's included, and blocks the number for 72 hours past that: no more calls before {free}.",
+            calls.len()
+        ),
+    );
+    error.remediation = format!(
+        "Find out from the migration's events why registration failed and fix it, then retry after {free}."
+    );
+    error
 }
