@@ -86,32 +86,41 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
                     || text.contains("name status")
                 {
                     ErrorCode::DisplayNameNotApproved
-                } else if text.contains("destination") && unapproved {
-                    ErrorCode::DestinationWabaNotApproved
-                } else if text.contains("not set up")
-                    || unapproved
+                } else if (text.contains("destination") && unapproved)
                     || text.contains("messaging for")
-                    || text.contains("on behalf")
                 {
+                    // The "Messaging For" request is the destination's (the client accepts the
+                    // partner's on-behalf-of request there, `meta-graph-api.md` §1.2); the
+                    // source's is "messaging on behalf of".
+                    ErrorCode::DestinationWabaNotApproved
+                } else if text.contains("not set up") || unapproved || text.contains("on behalf") {
                     ErrorCode::SourceWabaNotApproved
                 } else {
                     ErrorCode::UpstreamRejected
                 };
                 return Some(code);
             }
+            // Account locked (policy, or a data mismatch such as a wrong two-step PIN): its text
+            // may mention the PIN, but turning two-step verification off does not unlock it.
+            if upstream.has_code(131031) {
+                return Some(ErrorCode::UpstreamRejected);
+            }
             if text.contains("two-step") || text.contains("two step") {
                 return Some(ErrorCode::TwoFactorEnabled);
             }
             None
         }
-        Service::D360Partner | Service::D360Messaging => match upstream.http_status {
+        Service::D360Partner => match upstream.http_status {
             Some(403) if step == MigrationState::GeneratingApiKey => {
                 Some(ErrorCode::ApiKeyPermissionMissing)
             }
-            Some(401) if upstream.service == Service::D360Messaging => {
-                Some(ErrorCode::ApiKeyRejected)
-            }
             Some(401 | 403) => Some(ErrorCode::UpstreamAuth),
+            _ => None,
+        },
+        // The key's own answers: 401 is the key refused; 403 is "The endpoint is blocked"
+        // (360dialog support enables it), not the client's permission nor our credentials.
+        Service::D360Messaging => match upstream.http_status {
+            Some(401) => Some(ErrorCode::ApiKeyRejected),
             _ => None,
         },
     }
@@ -171,6 +180,15 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
         ErrorCode::UpstreamRejected
     });
     let mut error = MigrationError::new(code, step).with_upstream(Some(upstream));
+    if code == ErrorCode::DestinationWabaNotApproved
+        && let Some(u) = &error.upstream
+        && u.message.to_ascii_lowercase().contains("messaging for")
+    {
+        error.message =
+            "The client has not accepted the \"Messaging For\" request on the destination WhatsApp Business Account.".into();
+        error.remediation = "The client accepts the partner's Messaging For request in Meta Business Suite (Business settings → Requests), then retry.".into();
+        error.actor = crate::domain::Actor::Client;
+    }
     if code == ErrorCode::UpstreamRejected
         && let Some(u) = &error.upstream
     {
@@ -258,6 +276,15 @@ mod tests {
                 "Register Name should be present and approved",
                 ErrorCode::DisplayNameNotApproved,
             ),
+            // The destination's on-behalf-of request; the source's stays the source's.
+            (
+                "The client has not accepted the Messaging For request",
+                ErrorCode::DestinationWabaNotApproved,
+            ),
+            (
+                "Messaging on behalf of this business is not approved",
+                ErrorCode::SourceWabaNotApproved,
+            ),
             // A text that merely has "name" in it is no display-name variant.
             (
                 "(#100) Invalid parameter — The account name is not usable",
@@ -336,6 +363,44 @@ mod tests {
             failed_code(outcome(&graph(100, None, "Invalid parameter"), s)),
             ErrorCode::UpstreamRejected
         );
+        // Account locked: not a two-step problem, even when the text names the PIN.
+        assert_eq!(
+            failed_code(outcome(
+                &graph(
+                    131031,
+                    None,
+                    "Account has been locked: two-step PIN mismatch"
+                ),
+                s
+            )),
+            ErrorCode::UpstreamRejected
+        );
+        assert_eq!(
+            failed_code(outcome(
+                &graph(100, None, "Two-step verification is enabled"),
+                s
+            )),
+            ErrorCode::TwoFactorEnabled
+        );
+    }
+
+    #[test]
+    fn the_messaging_for_request_is_the_clients_to_accept_on_the_destination() {
+        match outcome(
+            &graph(
+                100,
+                Some(2388103),
+                "The Messaging For request has not been accepted",
+            ),
+            MigrationState::Initiating,
+        ) {
+            StepOutcome::Failed(e) => {
+                assert_eq!(e.code, ErrorCode::DestinationWabaNotApproved);
+                assert_eq!(e.actor, crate::domain::Actor::Client);
+                assert!(e.message.contains("Messaging For"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -443,6 +508,15 @@ mod tests {
                 MigrationState::AwaitingChannel
             )),
             ErrorCode::UpstreamAuth
+        );
+        // The key check's 403, "The endpoint is blocked": neither the client's permission
+        // nor our credentials.
+        assert_eq!(
+            failed_code(outcome(
+                &e(Service::D360Messaging, 403),
+                MigrationState::GeneratingApiKey
+            )),
+            ErrorCode::UpstreamRejected
         );
     }
 }

@@ -76,10 +76,19 @@ pub(super) async fn requesting_otp(
             .with(|p| otp_timestamps(deps, p))
             .data(json!({ "otp": "sent", "method": row.otp_method }))),
         Err(e) if e.upstream().is_some_and(|u| u.has_code(136024)) => {
-            Ok(StepResult::new(StepOutcome::Done {
-                skip_to: Some(MigrationState::Registering),
-            })
-            .data(json!({ "otp": "already_verified" })))
+            // Meta's request_code error, for instance a number verified meanwhile: the read
+            // above said it was not. Registering an unverified number would spend one of its
+            // ten registrations in 72 h on a refusal, so it is read again first.
+            let step = match phone_status(deps, &pnid).await {
+                Ok(n) if is_verified(&n) => StepResult::new(StepOutcome::Done {
+                    skip_to: Some(MigrationState::Registering),
+                })
+                .data(json!({ "otp": "already_verified" })),
+                Ok(_) => StepResult::new(outcome(&e, state)),
+                Err(read) => StepResult::new(outcome(&read, state)),
+            };
+            // Refused: no code was sent.
+            Ok(step.forget(MemoKey::RequestCode))
         }
         Err(e) if e.maybe_applied() => {
             // Ambiguous: it may have been sent (a timeout or reset after sending, or a 2xx
