@@ -231,21 +231,32 @@ impl D360Api for D360Client {
                     _ => true,
                 }
         };
-        let channels = match &wanted {
-            Some(wanted) => {
-                self.list_channels_by_number(partner, filters, wanted, |items| {
-                    items.iter().any(|c| is_it(&c.channel))
-                })
-                .await?
-            }
-            None => self.list_channels(partner, &Value::Object(filters)).await?,
-        };
         // A terminated channel is no number's any more: as good as not listed.
-        Ok(channels
-            .into_iter()
-            .filter(|c| !c.terminated)
-            .map(|c| c.channel)
-            .find(is_it))
+        let pick = |channels: Vec<ChannelItem>| {
+            channels
+                .into_iter()
+                .filter(|c| !c.terminated)
+                .map(|c| c.channel)
+                .find(is_it)
+        };
+        let Some(wanted) = &wanted else {
+            return Ok(pick(
+                self.list_channels(partner, &Value::Object(filters)).await?,
+            ));
+        };
+        let by_number = self
+            .list_channels_by_number(partner, filters.clone(), wanted, |items| {
+                items.iter().any(|c| !c.terminated && is_it(&c.channel))
+            })
+            .await?;
+        if let Some(found) = pick(by_number) {
+            return Ok(Some(found));
+        }
+        // 360dialog does not document how it writes `setup_info.phone_number` (spaces, a
+        // national form): by the id alone, the number compared by its digits.
+        Ok(pick(
+            self.list_channels(partner, &Value::Object(filters)).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %partner.partner_id, client_id = %client_id, channel_id = %channel_id))]
@@ -1017,6 +1028,57 @@ mod tests {
                 "{gone}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn get_channel_finds_a_named_channel_whatever_form_its_number_is_written_in() {
+        let server = MockServer::start().await;
+        let spaced = json!({"id": "abcCH", "client_id": "abcCL", "status": "running",
+                            "setup_info": {"phone_number": "+49 1511 2345678"}});
+        // The number filters, in either form, match nothing; the id alone finds it.
+        for form in ["4915112345678", "+4915112345678"] {
+            channels_mock(
+                json!({"id": "abcCH", "setup_info.phone_number": form}),
+                json!([]),
+            )
+            .mount(&server)
+            .await;
+        }
+        channels_mock(json!({"id": "abcCH"}), json!([spaced]))
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        let found = c
+            .get_channel(&partner(), "abcCH", Some("+4915112345678"))
+            .await
+            .unwrap()
+            .expect("found by its id");
+        assert_eq!(found.client_id.as_deref(), Some("abcCL"));
+
+        // The id of another number's channel is not this number's.
+        let server = MockServer::start().await;
+        for form in ["4915112345678", "+4915112345678"] {
+            channels_mock(
+                json!({"id": "otherCH", "setup_info.phone_number": form}),
+                json!([]),
+            )
+            .mount(&server)
+            .await;
+        }
+        channels_mock(
+            json!({"id": "otherCH"}),
+            json!([{"id": "otherCH", "status": "running",
+                    "setup_info": {"phone_number": "+44 7700 900123"}}]),
+        )
+        .mount(&server)
+        .await;
+        assert!(
+            client(&server)
+                .get_channel(&partner(), "otherCH", Some("+4915112345678"))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
