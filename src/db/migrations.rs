@@ -323,6 +323,10 @@ pub async fn list(ex: impl PgExecutor<'_>, f: &ListFilter) -> Result<Vec<Migrati
 
 /// The claim statement, built once: it returns the claimed rows' columns qualified by `m.`.
 ///
+/// A rescue waits for `run_at` too: a stopping worker whose call ended unanswered records its
+/// retry and keeps the lease (Meta may still apply the call), and the retry's delay still holds
+/// once the lease expired.
+///
 /// CTEs are an optimisation fence (Oban's lesson): the planner cannot turn the LIMIT
 /// subqueries into a join that locks or updates more rows than asked for. CTEs run only as far
 /// as the outer query pulls, so `due` is read (and locks rows) only when the rescues do not
@@ -333,6 +337,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
              SELECT id FROM migrations
               WHERE lease_token IS NOT NULL
                 AND lease_expires_at < now()
+                AND run_at <= now()
                 AND state NOT IN ('completed', 'failed', 'cancelled')
               ORDER BY lease_expires_at
               LIMIT $3

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -140,6 +142,82 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
         (1, 1),
         "register exactly once"
     );
+}
+
+/// A stopping worker whose `register` ended unanswered (a timeout: Meta may still apply it)
+/// records the retry and keeps its lease. The retry's delay holds past the lease's expiry: the
+/// migration is taken over when both have passed, not as soon as the lease expired.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_lease_kept_after_an_unanswered_call_does_not_cut_the_retry_delay_short(pool: PgPool) {
+    let mut opts = Options::no_worker();
+    opts.worker.lease = Duration::from_secs(2);
+    opts.worker.retry.base = Duration::from_secs(10);
+    opts.worker.retry.cap = Duration::from_secs(10);
+    opts.sandbox.hang_for = Duration::from_secs(3);
+    opts.upstream_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550604";
+    let id = app.create(phone).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(serde_json::json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "timeout", "times": 1 }
+    ]))
+    .await;
+    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+
+    let a = app.worker().clone();
+    let stop_a = CancellationToken::new();
+    let handle = tokio::spawn({
+        let stop = stop_a.clone();
+        async move { a.run(stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.received(phone, "register") == 0 {
+        assert!(Instant::now() < deadline, "register never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_a.cancel();
+    handle.await.unwrap().unwrap();
+    let (owner, run_at, expires): (Option<String>, DateTime<Utc>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT lease_owner, run_at, lease_expires_at FROM migrations WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(owner.is_some(), "the lease of an unanswered call is kept");
+    let expires = expires.expect("leased");
+    assert!(
+        run_at > expires + chrono::Duration::seconds(1),
+        "the retry ({run_at}) is due after the lease expires ({expires})"
+    );
+
+    // The lease has expired, the retry is not due yet: nobody takes the migration.
+    let b = app.another_worker();
+    let after_expiry =
+        (expires - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(500);
+    tokio::time::sleep(after_expiry).await;
+    assert_eq!(
+        b.run_until_idle().await.unwrap(),
+        0,
+        "taken before its retry was due"
+    );
+    assert_eq!(app.received(phone, "register"), 1);
+
+    // Due: taken over, and registered once (the first call was not applied).
+    tokio::time::sleep((run_at - Utc::now()).to_std().unwrap_or_default()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.run_until_idle().await.unwrap();
+        if app.migration(&id).await["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.applied(phone, "register"), 1);
 }
 
 /// Stopped after the transition into `requesting_otp` armed its intent but before the code was
