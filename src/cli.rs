@@ -375,6 +375,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             "ENCRYPTION_KEY does not open the secrets stored in this database ({column}): start with the key they were sealed with (during a rotation, the new one with ENCRYPTION_KEY_OLD set to the old one; with the embedded database and no ENCRYPTION_KEY, the key is DATA_DIR/encryption.key)"
         );
     }
+    let cipher = crate::crypto_rotation::with_kept_fingerprint_key(&pool, cipher).await?;
 
     let up = &run.upstreams;
     let mut upstreams = Upstreams {

@@ -55,6 +55,10 @@ pub struct Cipher {
     /// HMAC keys derived from the primary and the old key, for keyed fingerprints.
     mac: MacKey,
     old_mac: Option<MacKey>,
+    /// The fingerprint key kept in the database, sealed (see
+    /// [`Cipher::with_fingerprint_key`]): what fingerprints and derived secrets are made with
+    /// once loaded, whatever `ENCRYPTION_KEY` is now.
+    kept_mac: Option<MacKey>,
 }
 
 /// A 32-byte HMAC-SHA256 key derived from an `ENCRYPTION_KEY` (never the key itself).
@@ -100,18 +104,49 @@ impl Cipher {
             mac,
             old_mac: old.as_ref().map(|(_, m)| m.clone()),
             old: old.map(|(a, _)| a),
+            kept_mac: None,
         })
     }
 
-    /// Keyed fingerprints (HMAC-SHA256 under a key derived from `ENCRYPTION_KEY`, then from
-    /// `ENCRYPTION_KEY_OLD`) of data that contains secrets, such as a request body with a PIN:
-    /// an unkeyed hash of a 6-digit PIN is reversed by trying a million values. The first
-    /// is the one to store; a stored one matching any of them is a match.
+    /// The fingerprint key to keep in the database when none is kept yet: the one fingerprints
+    /// were made with so far (under `ENCRYPTION_KEY_OLD` during a rotation, the key most of them
+    /// were made under), so they all still match. Base64, to be sealed.
+    pub fn fingerprint_key_to_keep(&self) -> SecretString {
+        SecretString::from(STANDARD.encode(self.old_mac.as_ref().unwrap_or(&self.mac).0))
+    }
+
+    /// Makes fingerprints and derived secrets with `kept` (the key kept sealed in the database,
+    /// base64), also accepting those made directly under `ENCRYPTION_KEY` (and
+    /// `ENCRYPTION_KEY_OLD`) before it was kept. A key rotation re-seals the kept key, so
+    /// idempotency fingerprints and client-page links outlive the old key.
+    pub fn with_fingerprint_key(mut self, kept: &SecretString) -> Result<Self, CryptoError> {
+        let bytes: [u8; 32] = STANDARD
+            .decode(kept.expose_secret())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(CryptoError::BadKey)?;
+        self.kept_mac = Some(MacKey(bytes));
+        Ok(self)
+    }
+
+    /// Keyed fingerprints (HMAC-SHA256 under the kept fingerprint key, else a key derived from
+    /// `ENCRYPTION_KEY`, then from `ENCRYPTION_KEY_OLD`) of data that contains secrets, such as
+    /// a request body with a PIN: an unkeyed hash of a 6-digit PIN is reversed by trying a
+    /// million values. The first is the one to store; a stored one matching any of them is a
+    /// match.
     pub fn fingerprints(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        std::iter::once(&self.mac)
+        let mut keys: Vec<&MacKey> = Vec::with_capacity(3);
+        for k in self
+            .kept_mac
+            .iter()
+            .chain([&self.mac])
             .chain(self.old_mac.as_ref())
-            .map(|k| k.fingerprint(bytes))
-            .collect()
+        {
+            if !keys.iter().any(|seen| seen.0 == k.0) {
+                keys.push(k);
+            }
+        }
+        keys.into_iter().map(|k| k.fingerprint(bytes)).collect()
     }
 
     /// Whether a previous key is configured.
@@ -283,6 +318,11 @@ pub mod aad {
     pub fn api_key(id: Uuid) -> String {
         migration(id, "api_key")
     }
+
+    /// The fingerprint key kept in the database (`fingerprint_keys`).
+    pub fn fingerprint_key(id: Uuid) -> String {
+        format!("fingerprint_key:{id}")
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +343,40 @@ mod tests {
         assert!(other.open(&sealed, "migration:1:pin").is_err());
         // Fresh nonce each time.
         assert_ne!(sealed, c.seal("123456", "migration:1:pin"));
+    }
+
+    #[test]
+    fn a_kept_fingerprint_key_outlives_a_key_rotation() {
+        let (a, b) = (Cipher::generate_key(), Cipher::generate_key());
+        let under_a = Cipher::from_base64(&a).unwrap();
+        let before = under_a.fingerprints(b"body")[0].clone();
+        let kept = under_a.fingerprint_key_to_keep();
+        // Kept during the rotation: the old key's, the one fingerprints were made with.
+        let rotating = Cipher::from_base64_with_old(&b, Some(&a)).unwrap();
+        assert_eq!(
+            rotating.fingerprint_key_to_keep().expose_secret(),
+            kept.expose_secret()
+        );
+        // B alone no longer makes A's fingerprints, unless it loaded the kept key.
+        let only_b = Cipher::from_base64(&b).unwrap();
+        assert!(!only_b.fingerprints(b"body").contains(&before));
+        let only_b = only_b.with_fingerprint_key(&kept).unwrap();
+        let now = only_b.fingerprints(b"body");
+        assert_eq!(now[0], before, "the kept key's fingerprint comes first");
+        assert_eq!(now.len(), 2, "and B's own is still accepted");
+        assert_eq!(
+            only_b.derived_secrets("p", b"x")[0],
+            under_a.derived_secrets("p", b"x")[0]
+        );
+        // Kept equal to the primary's: no duplicate.
+        let a_kept = under_a.clone().with_fingerprint_key(&kept).unwrap();
+        assert_eq!(a_kept.fingerprints(b"body"), vec![before]);
+        assert!(
+            Cipher::from_base64(&a)
+                .unwrap()
+                .with_fingerprint_key(&SecretString::from("short"))
+                .is_err()
+        );
     }
 
     #[test]

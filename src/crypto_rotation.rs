@@ -50,7 +50,27 @@ pub static ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     EncryptedColumn::new("migrations", "pin_enc", aad::pin),
     EncryptedColumn::new("migrations", "otp_code_enc", aad::otp_code),
     EncryptedColumn::new("migrations", "api_key_enc", aad::api_key),
+    EncryptedColumn::new("fingerprint_keys", "key_enc", aad::fingerprint_key),
 ];
+
+/// `cipher` with the fingerprint key kept in the database (see
+/// [`Cipher::with_fingerprint_key`]), keeping one first if there is none: the key its
+/// fingerprints have been made with so far. Run at startup, after [`first_unopenable`].
+pub async fn with_kept_fingerprint_key(pool: &PgPool, cipher: Cipher) -> anyhow::Result<Cipher> {
+    use db::fingerprint_keys::{KEPT, get, insert_if_absent};
+    let aad = aad::fingerprint_key(KEPT);
+    if get(pool).await?.is_none() {
+        let sealed = cipher.seal(cipher.fingerprint_key_to_keep().expose_secret(), &aad);
+        insert_if_absent(pool, &sealed).await?;
+    }
+    let sealed = get(pool)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the kept fingerprint key vanished"))?;
+    let kept = cipher
+        .open(&sealed, &aad)
+        .map_err(|_| anyhow::anyhow!("ENCRYPTION_KEY does not open fingerprint_keys.key_enc"))?;
+    Ok(cipher.with_fingerprint_key(&kept)?)
+}
 
 /// What happened to one column.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

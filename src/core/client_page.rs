@@ -1,7 +1,8 @@
 //! The end client's page: a capability link per migration (README "Send this link to your
 //! client").
 //!
-//! **The token.** 24 bytes (192 bits) derived from `ENCRYPTION_KEY`, the migration id and the
+//! **The token.** 24 bytes (192 bits) derived from the fingerprint key (kept in the database
+//! sealed under `ENCRYPTION_KEY`, so a key rotation keeps links valid), the migration id and the
 //! link's generation ([`Cipher::derived_secrets`]), written base64url. It is never stored:
 //! the API shows the link again by deriving it, and `client_pages` keeps only its SHA-256, to
 //! find the migration a presented token belongs to. A rotation bumps the generation, so the

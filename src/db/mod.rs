@@ -18,6 +18,7 @@ pub mod client_pages;
 pub mod dashboard;
 pub mod encrypted;
 pub mod events;
+pub mod fingerprint_keys;
 pub mod idempotency;
 pub mod migrations;
 pub mod partners;

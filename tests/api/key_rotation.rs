@@ -8,7 +8,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 use waba_migrator::crypto::Cipher;
 use waba_migrator::crypto::aad;
-use waba_migrator::crypto_rotation::{ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns};
+use waba_migrator::crypto_rotation::{
+    ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns, with_kept_fingerprint_key,
+};
 use waba_migrator::db;
 
 use crate::helpers::{Options, TestApp};
@@ -112,6 +114,84 @@ async fn service_keeps_working_across_a_key_rotation(pool: PgPool) {
     );
 }
 
+/// What is derived from the key rather than sealed with it (an `Idempotency-Key`'s fingerprint
+/// of the request, the client page's token) is made with the fingerprint key kept in the
+/// database, which `reencrypt` re-seals: both still work once the old key is gone.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn idempotency_keys_and_client_page_links_outlive_a_key_rotation(pool: PgPool) {
+    let (key_a, key_b) = (Cipher::generate_key(), Cipher::generate_key());
+    // As `serve` starts: the kept key loaded (and, the first time, kept).
+    let started = async |c: Cipher| with_kept_fingerprint_key(&pool, c).await.unwrap();
+    let create = async |app: &TestApp, key: &str| {
+        let res = app
+            .http
+            .post(app.url("/v1/migrations"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "rotation-1")
+            .json(&TestApp::create_body("+14155552301"))
+            .send()
+            .await
+            .unwrap();
+        let replayed = res.headers().contains_key("idempotent-replayed");
+        (res.status(), replayed, res.json::<Value>().await.unwrap())
+    };
+    let token = |m: &Value| {
+        let url = m["client_page"]["url"].as_str().unwrap().to_owned();
+        url.rsplit_once("/c/").unwrap().1.to_owned()
+    };
+
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        with_cipher(started(cipher(&key_a, None)).await, false),
+    )
+    .await;
+    let partner_key = app.partner_key.clone();
+    let (status, _, first) = create(&app, &partner_key).await;
+    assert_eq!(status, 201, "{first:#}");
+    let link = token(&first);
+    drop(app);
+
+    // The whole rotation: B with A, reencrypt, then B alone.
+    let rotating = started(cipher(&key_b, Some(&key_a))).await;
+    let report = reencrypt(&pool, &rotating, 10).await.unwrap();
+    assert_eq!(
+        report.column("fingerprint_keys.key_enc").unwrap().resealed,
+        1,
+        "{report}"
+    );
+    let mut app = TestApp::spawn_with(
+        pool.clone(),
+        with_cipher(started(cipher(&key_b, None)).await, false),
+    )
+    .await;
+    app.partner_key = partner_key.clone();
+
+    let (status, replayed, again) = create(&app, &partner_key).await;
+    assert_eq!(
+        status, 201,
+        "replayed, not idempotency_key_reused: {again:#}"
+    );
+    assert!(replayed);
+    assert_eq!(again["id"], first["id"]);
+    let m = app.migration(first["id"].as_str().unwrap()).await;
+    assert_eq!(token(&m), link, "the link the client was sent");
+    let page = app
+        .http
+        .get(app.url(&format!("/c/{link}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // Without the kept key, B alone would have made other fingerprints and tokens.
+    let bare = cipher(&key_b, None);
+    assert!(
+        !bare
+            .fingerprints(b"x")
+            .contains(&rotating.fingerprints(b"x")[0])
+    );
+}
+
 /// Table-driven: every column of `ENCRYPTED_COLUMNS` (including ones added later) gets a value
 /// under the old key, is re-sealed, and opens under the new key alone; a value under an
 /// unrelated key is reported, by the function and by `waba-migrator reencrypt`'s exit status.
@@ -128,9 +208,14 @@ async fn reencrypt_reseals_every_listed_column_and_reports_strangers(pool: PgPoo
     let migration = Uuid::parse_str(&app.create("+14155552201").await).unwrap();
     let stranger = Uuid::parse_str(&app.create("+14155552202").await).unwrap();
 
+    let kept = db::fingerprint_keys::KEPT;
+    db::fingerprint_keys::insert_if_absent(&pool, b"placeholder")
+        .await
+        .unwrap();
     let row_of = |table: &str| match table {
         "partners" => partner,
         "migrations" => migration,
+        "fingerprint_keys" => kept,
         other => panic!("add a row of table {other} to this test"),
     };
     let plain = |name: &str| format!("secret stored in {name}");
