@@ -128,7 +128,7 @@ async fn database(
             let dir = args.data_dir.join("postgres");
             warn!(
                 data_dir = %dir.display(),
-                "DATABASE_URL is not set: starting a private PostgreSQL (development only)"
+                "DATABASE_URL is not set: using the private PostgreSQL under DATA_DIR, started if it is not running (development only)"
             );
             let pg = EmbeddedPostgres::start(&dir, None)
                 .await

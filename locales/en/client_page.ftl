@@ -27,6 +27,7 @@ notice-resend-sent = { $method ->
 notice-resend-too-soon = Please wait a little: you can ask for a new code at { $time }.
 notice-throttled = Too many attempts in a short time. Please wait { $wait } and then try again.
 notice-not-now = That step is already over. Here is what to do now.
+notice-form-expired = This page was open for a long time, so nothing was sent. Please try again.
 notice-invalid-code = The code has 6 digits, numbers only. Please check it and type it again.
 wait-seconds = { $count ->
     [one] 1 second

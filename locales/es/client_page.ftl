@@ -25,6 +25,7 @@ notice-resend-sent = { $method ->
 notice-resend-too-soon = Espere un poco: podrá pedir un código nuevo a las { $time }.
 notice-throttled = Demasiados intentos en poco tiempo. Espere { $wait } y vuelva a intentarlo.
 notice-not-now = Ese paso ya terminó. A continuación le indicamos qué hacer ahora.
+notice-form-expired = Esta página estuvo abierta mucho tiempo, así que no se envió nada. Inténtelo de nuevo.
 notice-invalid-code = El código tiene 6 dígitos, solo números. Revíselo y escríbalo de nuevo.
 wait-seconds = { $count ->
     [one] 1 segundo

@@ -25,6 +25,7 @@ notice-resend-sent = { $method ->
 notice-resend-too-soon = Aguarde um pouco: você poderá pedir um novo código às { $time }.
 notice-throttled = Muitas tentativas em pouco tempo. Aguarde { $wait } e tente novamente.
 notice-not-now = Essa etapa já terminou. Veja abaixo o que fazer agora.
+notice-form-expired = Esta página ficou aberta por muito tempo, então nada foi enviado. Tente novamente.
 notice-invalid-code = O código tem 6 dígitos, só números. Confira e digite novamente.
 wait-seconds = { $count ->
     [one] 1 segundo

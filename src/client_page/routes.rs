@@ -265,7 +265,7 @@ async fn acting<F: PageForm>(
             &o,
             token,
             lang,
-            Some(Notice::NotNow),
+            Some(Notice::FormExpired),
             StatusCode::FORBIDDEN,
         ));
     }

@@ -123,6 +123,8 @@ pub enum Notice {
     },
     /// The page moved on since the form was shown; the page shows what to do now.
     NotNow,
+    /// The form was too old (or not this site's): nothing was done; the page shows a fresh one.
+    FormExpired,
     /// Not 6 digits.
     InvalidCode,
 }
@@ -617,6 +619,7 @@ fn notice(lang: Lang, n: &Notice, now: DateTime<Utc>) -> Markup {
             )
         }
         Notice::NotNow => (false, html! { (lang.t("notice-not-now")) }),
+        Notice::FormExpired => (true, html! { (lang.t("notice-form-expired")) }),
         Notice::InvalidCode => (true, html! { (lang.t("notice-invalid-code")) }),
     };
     html! {
@@ -940,6 +943,7 @@ mod tests {
                 retry_after_secs: 125,
             },
             Notice::NotNow,
+            Notice::FormExpired,
             Notice::InvalidCode,
         ]
     }

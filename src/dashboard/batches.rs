@@ -300,9 +300,13 @@ pub async fn upload(
     }
     // Shown once, here: the rejected rows are not stored anywhere.
     let notice = format!(
-        "Batch created with {} migrations; {} rows were not added (below).",
-        out.batch.total,
-        rejected.len()
+        "Batch created with {}; {} not added (below).",
+        views::count(
+            usize::try_from(out.batch.total).unwrap_or_default(),
+            "migration",
+            "migrations"
+        ),
+        views::count(rejected.len(), "row was", "rows were")
     );
     render_batch(
         &state,

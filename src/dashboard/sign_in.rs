@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::session::{
     CsrfForm, LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, Session, cookie, random_token,
@@ -105,7 +104,10 @@ pub async fn login(
         expires,
     )
     .await?;
-    tracing::info!(partner.id = ?partner_id.map(|p: Uuid| p.to_string()), "dashboard sign-in");
+    tracing::info!(
+        partner.id = partner_id.map(tracing::field::display),
+        "dashboard sign-in"
+    );
     let mut res = Redirect::to("/dashboard").into_response();
     let h = res.headers_mut();
     h.append(

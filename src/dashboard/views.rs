@@ -69,6 +69,11 @@ pub fn duration(d: chrono::Duration) -> String {
     }
 }
 
+/// "1 migration", "3 migrations".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn since(t: DateTime<Utc>) -> String {
     duration(Utc::now() - t)
 }

@@ -143,7 +143,8 @@ struct Items {
 /// reader already found in the object (a CSV `metadata` cell that is not JSON, left out of it).
 type RawItem = (Result<Map<String, Value>, FieldError>, Option<FieldError>);
 
-fn read_items(objects: Vec<RawItem>, allow_private: bool) -> Items {
+/// `name`: how the body names an item by its index in problems (`item 0`, or the CSV's `row 2`).
+fn read_items(objects: Vec<RawItem>, allow_private: bool, name: fn(usize) -> String) -> Items {
     let mut out = Items {
         items: Vec::with_capacity(objects.len()),
         sent: Vec::with_capacity(objects.len()),
@@ -172,8 +173,9 @@ fn read_items(objects: Vec<RawItem>, allow_private: bool) -> Items {
                     FieldError {
                         pointer: "/phone_number".into(),
                         message: format!(
-                            "{} is also item {first} of this batch: each number once per batch",
-                            object["phone_number"].as_str().unwrap_or_default()
+                            "{} is also {} of this batch: each number once per batch",
+                            object["phone_number"].as_str().unwrap_or_default(),
+                            name(*first)
                         ),
                         ..Default::default()
                     },
@@ -278,7 +280,7 @@ impl JsonBody for BatchRequest {
                 ),
             })
             .collect();
-        let items = read_items(objects, allow_private);
+        let items = read_items(objects, allow_private, |i| format!("item {i}"));
         let failed = !items.errors.is_empty();
         f.nested(
             "migrations",
@@ -465,7 +467,8 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
             format!("no numbers: 1 to {MAX_ITEMS} rows after the header"),
         )]));
     }
-    let mut items = read_items(objects, allow_private);
+    // A CSV's rows count from 1, the header being row 1.
+    let mut items = read_items(objects, allow_private, |i| format!("row {}", i + 2));
     // Rows that were not CSV are already reported.
     items
         .errors

@@ -221,5 +221,12 @@ async fn redeliver(
         batch.id = ?row.batch_id,
         "webhook redelivery requested"
     );
-    Ok((StatusCode::ACCEPTED, axum::Json(delivery(row, Vec::new()))))
+    // With its attempts so far, as the delivery lists show it.
+    let shown = with_attempts(&state, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("a redelivered delivery went missing"))
+        })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(shown)))
 }

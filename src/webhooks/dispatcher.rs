@@ -198,12 +198,16 @@ impl Dispatcher {
                 took,
             );
             match &outcome.error {
-                None => info!(status = ?outcome.status_code, latency_ms, "webhook delivered"),
+                // Absent fields when there is no status (no answer) or no next attempt (given up).
+                None => info!(
+                    status = outcome.status_code,
+                    latency_ms, "webhook delivered"
+                ),
                 Some(e) => warn!(
-                    status = ?outcome.status_code,
+                    status = outcome.status_code,
                     latency_ms,
                     error = %e,
-                    next_attempt_at = ?next,
+                    next_attempt_at = next.map(tracing::field::display),
                     "webhook attempt failed"
                 ),
             }

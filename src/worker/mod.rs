@@ -783,7 +783,7 @@ impl Worker {
                 match db::batches::pause(&self.deps.pool, batch, pause).await {
                     Ok(until) => {
                         crate::metrics::batch_throttled();
-                        info!(migration.id = %r.id, batch.id = %batch, paused_until = ?until, "Meta throttled a batch migration: batch paused");
+                        info!(migration.id = %r.id, batch.id = %batch, paused_until = until.map(tracing::field::display), "Meta throttled a batch migration: batch paused");
                     }
                     Err(e) => warn!(batch.id = %batch, error = %e, "could not pause the batch"),
                 }

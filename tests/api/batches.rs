@@ -282,6 +282,17 @@ async fn a_csv_row_reports_every_problem_it_has(pool: PgPool) {
         ],
         "{body:#}"
     );
+    // The first occurrence named as the spreadsheet numbers it, as the error's own row is.
+    let twice = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pointer"] == "/rows/4/phone_number")
+        .unwrap();
+    assert_eq!(
+        twice["message"],
+        "+14155551000 is also row 2 of this batch: each number once per batch"
+    );
     assert_eq!(count(&app, "batches").await, 0);
 }
 

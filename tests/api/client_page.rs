@@ -457,9 +457,12 @@ async fn forms_need_the_pages_token_and_origin(pool: PgPool) {
     let (_, _, html) = open(&url).await;
     let csrf = csrf_in(&html);
     let before = app.event_count(&id, None).await;
-    // No form token.
+    // No form token: the page says nothing was sent (not that the step is over).
     let res = post_form(&format!("{url}/otp"), &[("code", "123456")]).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("nothing was sent"), "{page}");
+    assert!(!page.contains("already over"), "{page}");
     // Another site's page posting the form.
     let res = browser()
         .post(format!("{url}/otp"))

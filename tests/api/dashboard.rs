@@ -1026,6 +1026,14 @@ async fn a_csv_upload_is_checked_like_the_api_and_creates_nothing_when_a_row_is_
     let (status, _, shown) = d.upload(&[("csrf", &csrf)], &good, &[]).await;
     assert_eq!(status, StatusCode::CREATED, "{shown}");
     assert!(shown.contains("2 numbers not added") && shown.contains("migration_already_active"));
+    assert!(
+        shown.contains("Batch created with 0 migrations; 2 rows were not added"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("refreshes itself"),
+        "this page does not: {shown}"
+    );
 
     // The admin picks the partner.
     let mut admin = Dash::new(&app);

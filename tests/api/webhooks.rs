@@ -359,6 +359,8 @@ async fn attempts_stop_after_the_schedule_and_redelivery_starts_over(pool: PgPoo
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let queued: Value = res.json().await.unwrap();
     assert_eq!(queued["status"], "pending");
+    // The answer shows the attempts so far, as the log does.
+    assert_eq!(queued["attempts"], first["attempts"], "{queued:#}");
     for _ in 0..3 {
         app.dispatcher.run_until_idle().await.unwrap();
         clock.advance(Duration::from_secs(30));

@@ -7,7 +7,7 @@ use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::{
-    CSRF_FIELD, Session, actor_text, duration, layout, layout_refreshing, partner_name,
+    CSRF_FIELD, Session, actor_text, count, duration, layout, layout_refreshing, partner_name,
     state_badge, when,
 };
 use crate::api::Migration;
@@ -228,7 +228,7 @@ pub fn batch_page(session: &Session, d: &BatchPage) -> Html<String> {
         @if let Some(a) = &d.alert { p.alert role="alert" { "Not done: " (a) } }
         @if !d.rejected.is_empty() {
             section.error-box aria-labelledby="h-rejected" {
-                h2 #h-rejected { (d.rejected.len()) " numbers not added" }
+                h2 #h-rejected { (count(d.rejected.len(), "number", "numbers")) " not added" }
                 p { "These rows were valid, but their number is busy: the batch was created without them." }
                 table #rejected {
                     thead { tr {
@@ -272,7 +272,12 @@ pub fn batch_page(session: &Session, d: &BatchPage) -> Html<String> {
                 "."
             }
             @if b.state == BatchState::Active {
-                p.muted { "This page refreshes itself every " (super::REFRESH_SECS) " s while the batch runs." }
+                @if d.rejected.is_empty() {
+                    p.muted { "This page refreshes itself every " (super::REFRESH_SECS) " s while the batch runs." }
+                } @else {
+                    // Not refreshed: the rows not added are shown only here.
+                    p.muted { "The rows not added are shown only on this page; " a href=(page_url(b.id, "")) { "open the batch" } " to follow its progress." }
+                }
             }
             dl.facts {
                 dt { "Id" } dd { code { (b.id) } }
