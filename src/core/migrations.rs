@@ -781,7 +781,15 @@ pub async fn retry(
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
-    let command = Command::Retry { failed_step };
+    let failed_code = row
+        .error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok());
+    let command = Command::Retry {
+        failed_step,
+        failed_code,
+    };
     let plan = plan_for(&row, command)?;
     let patch = plan_patch(state, &plan);
     let guard = plan_guard(caller, &plan);

@@ -57,6 +57,11 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(133005) {
                 return Some(ErrorCode::PinMismatch);
             }
+            // "Phone number re-verification needed": the verification no longer holds; a
+            // retry requests a new code (`domain::commands::retry_target`).
+            if upstream.has_code(133006) {
+                return Some(ErrorCode::OtpExpired);
+            }
             if upstream.has_code(2388019) {
                 return Some(ErrorCode::TemplateLimitReached);
             }
@@ -180,6 +185,10 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
         ErrorCode::UpstreamRejected
     });
     let mut error = MigrationError::new(code, step).with_upstream(Some(upstream));
+    if code == ErrorCode::OtpExpired && error.upstream.as_ref().is_some_and(|u| u.has_code(133006))
+    {
+        error.message = "Meta asks for the number to be verified again before it is registered (133006): the verification no longer holds.".into();
+    }
     if code == ErrorCode::DestinationWabaNotApproved
         && let Some(u) = &error.upstream
         && u.message.to_ascii_lowercase().contains("messaging for")
@@ -347,6 +356,18 @@ mod tests {
             failed_code(outcome(&graph(133005, None, "pin"), s)),
             ErrorCode::PinMismatch
         );
+        // Re-verification needed: a retry requests a new code.
+        match outcome(
+            &graph(133006, None, "Phone number re-verification needed"),
+            s,
+        ) {
+            StepOutcome::Failed(e) => {
+                assert_eq!(e.code, ErrorCode::OtpExpired);
+                assert!(e.message.contains("verified again"), "{}", e.message);
+                assert!(e.retryable);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             failed_code(outcome(&graph(2494158, None, "too many"), s)),
             ErrorCode::OtpRateLimited

@@ -875,3 +875,35 @@ async fn the_key_is_made_on_the_destination_channel_not_the_one_the_number_leave
         assert_eq!(c["keys_issued"], keys, "{c:#}");
     }
 }
+
+/// Meta's 133006 at `register` ("re-verification needed") fails the migration with
+/// `otp_expired`; its retry requests a new code instead of registering again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_retry_after_a_lapsed_verification_requests_a_new_code(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let phone = "+14155550488";
+    let id = app.create(phone).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    // As the register step leaves a 133006: failed in registering with otp_expired.
+    sqlx::query(
+        "UPDATE migrations SET state = 'failed', failed_step = 'registering', error = $2
+          WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .bind(json!({
+        "code": "otp_expired", "message": "Meta asks for the number to be verified again",
+        "remediation": "Retry", "actor": "partner", "step": "registering", "retryable": true,
+    }))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let res = app.post(&format!("/v1/migrations/{id}/retry"), json!({})).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(m["state"], "requesting_otp", "{m:#}");
+    let sent = app.received(phone, "request_code");
+    app.worker().run_until_idle().await.unwrap();
+    let m = app.wait_for(&id, "awaiting_otp").await;
+    assert_eq!(app.received(phone, "request_code"), sent + 1, "a new code: {m:#}");
+}
