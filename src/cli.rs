@@ -92,13 +92,29 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
         ..args.db.clone()
     };
     let (pool, embedded) = database(&db_args, false).await?;
-    let report = crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
+    let mut report =
+        crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
+    let clean = report.as_ref().is_ok_and(|r| r.undecryptable() == 0);
+    let replaced = if args.new_fingerprint_key && clean {
+        let done = crate::crypto_rotation::replace_fingerprint_key(&pool, &cipher).await;
+        if let Err(e) = done {
+            report = Err(e);
+        }
+        report.is_ok()
+    } else {
+        false
+    };
     pool.close().await;
     if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
         pg.stop().await?;
     }
     let report = report.context("re-encryption failed (safe to run again)")?;
     print!("{report}");
+    if replaced {
+        println!(
+            "fingerprint key replaced: client-page links and Idempotency-Key records made before no longer match; restart every replica"
+        );
+    }
     anyhow::ensure!(
         report.undecryptable() == 0,
         "{} stored value(s) open under neither ENCRYPTION_KEY nor ENCRYPTION_KEY_OLD (ids above)",

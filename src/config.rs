@@ -436,6 +436,11 @@ pub struct ReencryptArgs {
     /// Rows re-sealed per transaction.
     #[arg(long, env = "REENCRYPT_BATCH_SIZE", default_value_t = 500)]
     pub reencrypt_batch_size: u32,
+    /// Also replace the kept fingerprint key with a new random one (after a leak of an
+    /// ENCRYPTION_KEY): client-page links and Idempotency-Key records made before stop matching.
+    /// Restart every replica afterwards.
+    #[arg(long)]
+    pub new_fingerprint_key: bool,
 }
 
 #[derive(Debug, Clone, Args)]

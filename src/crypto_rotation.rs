@@ -53,6 +53,17 @@ pub static ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     EncryptedColumn::new("fingerprint_keys", "key_enc", aad::fingerprint_key),
 ];
 
+/// Replaces the kept fingerprint key with a new random one, sealed under the primary key (after
+/// a leak of an `ENCRYPTION_KEY`, whose holder could otherwise still derive client-page tokens).
+pub async fn replace_fingerprint_key(pool: &PgPool, cipher: &Cipher) -> Result<(), db::Error> {
+    let fresh = Cipher::generate_key();
+    let sealed = cipher.seal(
+        fresh.expose_secret(),
+        &aad::fingerprint_key(db::fingerprint_keys::KEPT),
+    );
+    db::fingerprint_keys::replace(pool, &sealed).await
+}
+
 /// `cipher` with the fingerprint key kept in the database (see
 /// [`Cipher::with_fingerprint_key`]), keeping one first if there is none: the key its
 /// fingerprints have been made with so far. Run at startup, after [`first_unopenable`].

@@ -252,8 +252,9 @@ impl D360Api for D360Client {
         if let Some(found) = pick(by_number) {
             return Ok(Some(found));
         }
-        // 360dialog does not document how it writes `setup_info.phone_number` (spaces, a
-        // national form): by the id alone, the number compared by its digits.
+        // 360dialog does not document how it writes `setup_info.phone_number` (spaces, dashes,
+        // brackets): by the id alone, the number compared by its digits (a national form
+        // without the country code still does not match).
         Ok(pick(
             self.list_channels(partner, &Value::Object(filters)).await?,
         ))

@@ -18,6 +18,19 @@ pub async fn get(ex: impl PgExecutor<'_>) -> Result<Option<Vec<u8>>, Error> {
     )
 }
 
+/// Keeps `sealed` in place of the kept key, if any.
+pub async fn replace(ex: impl PgExecutor<'_>, sealed: &[u8]) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO fingerprint_keys (id, key_enc) VALUES ($1, $2)
+         ON CONFLICT (id) DO UPDATE SET key_enc = EXCLUDED.key_enc, created_at = now()",
+    )
+    .bind(KEPT)
+    .bind(sealed)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 /// Keeps `sealed` unless a key is kept already (another replica starting at the same time).
 pub async fn insert_if_absent(ex: impl PgExecutor<'_>, sealed: &[u8]) -> Result<(), Error> {
     sqlx::query(

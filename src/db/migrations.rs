@@ -908,6 +908,24 @@ pub async fn release(
     Ok(r.rows_affected() == 1)
 }
 
+/// The `register_calls` step memos of the other migrations of `phone_number` changed in the
+/// last 72 h (Meta's register cap is per number, whichever migration called).
+pub async fn register_calls_of_number(
+    ex: impl PgExecutor<'_>,
+    phone_number: &str,
+    except: Uuid,
+) -> Result<Vec<Value>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT step_memo->'register_calls' FROM migrations
+          WHERE phone_number = $1 AND id <> $2 AND step_memo ? 'register_calls'
+            AND updated_at > now() - interval '72 hours'",
+    )
+    .bind(phone_number)
+    .bind(except)
+    .fetch_all(ex)
+    .await?)
+}
+
 /// Counts of non-terminal migrations per state: read through the partial indexes, so its cost
 /// follows the migrations in flight, not the size of the table.
 pub async fn count_active_by_state(ex: impl PgExecutor<'_>) -> Result<Vec<(String, i64)>, Error> {

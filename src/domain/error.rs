@@ -273,8 +273,8 @@ impl ErrorCode {
                 true,
             ),
             Self::RegisterLimitReached => (
-                "The number was registered or deregistered more than 10 times in 72 hours and is blocked.",
-                "Wait 72 hours, then retry. Do not register the number elsewhere meanwhile.",
+                "The number was registered or deregistered too often in 72 hours: Meta blocks it for 72 hours past 10 calls, and this service stops at 5 of its own.",
+                "Wait until the time the message names (72 hours at most), then retry. Do not register the number elsewhere meanwhile.",
                 Client,
                 true,
             ),

@@ -207,11 +207,11 @@ pub fn skip_allowed(from: MigrationState, to: MigrationState, flow: Flow) -> boo
     )
 }
 
-/// Decide what happens after a step ran. Pure: `jitter` is the only randomness, passed in.
-/// A migration claimed from an expired lease `rescues` times in a row: its step ran that often
-/// and never recorded a result (the worker died in it, lost its database, or could not write).
-/// Such a step is not run again once that reaches `max_attempts`: each run may repeat its
-/// upstream calls (a new 360dialog key each time), and nothing else would ever stop it.
+/// A migration claimed from an expired lease `rescues` times in a row (no claim found it
+/// released in between): its worker died in its step, lost its database or could not write,
+/// or stopped with a call unanswered. Such a step is not run again once that reaches
+/// `max_attempts`: each run may repeat its upstream calls (a new 360dialog key each time), and
+/// nothing else would ever stop it.
 pub fn taken_over_too_often(
     state: MigrationState,
     rescues: i32,
@@ -221,12 +221,13 @@ pub fn taken_over_too_often(
         return None;
     }
     let mut error = MigrationError::new(ErrorCode::InternalError, state).with_message(format!(
-        "The {state} step was started {rescues} times in a row by a worker that never recorded its result (it stopped, lost its database connection, or could not write): it is not started again. Retry the migration once the cause is fixed."
+        "The migration was taken over {rescues} times in a row from a worker whose lease expired in the {state} step (it died, lost its database connection, or could not write its result): the step is not started again. Retry the migration once the cause is fixed."
     ));
     error.retryable = true;
     Some(error)
 }
 
+/// Decide what happens after a step ran. Pure: `jitter` is the only randomness, passed in.
 pub fn decide(
     ctx: StepContext,
     outcome: StepOutcome,
@@ -374,7 +375,11 @@ mod tests {
             (e.code, e.step, e.retryable),
             (ErrorCode::InternalError, Some(GeneratingApiKey), true)
         );
-        assert!(e.message.contains("10 times in a row"), "{}", e.message);
+        assert!(
+            e.message.contains("taken over 10 times in a row"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

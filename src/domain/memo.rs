@@ -113,6 +113,13 @@ impl MemoKey {
         }
     }
 
+    /// When this intent was armed or recorded (both before its call), if it is in `memo`.
+    pub fn intent_at(self, memo: &Value) -> Option<DateTime<Utc>> {
+        let v = self.read(memo)?;
+        let at = v.get("at").unwrap_or(v);
+        serde_json::from_value(at.clone()).ok()
+    }
+
     /// The value of an intent armed at `at` by the claim holding `lease`.
     pub fn armed(at: DateTime<Utc>, lease: Uuid) -> Value {
         json!({ "at": at, ARMED_BY: lease })
@@ -250,6 +257,8 @@ mod tests {
         let (ours, theirs) = (Uuid::new_v4(), Uuid::new_v4());
         let memo = json!({ "register": MemoKey::armed(Utc::now(), ours) });
         assert_eq!(MemoKey::Register.intent(&memo, ours), Intent::Armed);
+        assert!(MemoKey::Register.intent_at(&memo).is_some());
+        assert_eq!(MemoKey::VerifyCode.intent_at(&memo), None);
         assert_eq!(MemoKey::Register.intent(&memo, theirs), Intent::Recorded);
         assert_eq!(MemoKey::RequestCode.intent(&memo, ours), Intent::Absent);
         let memo = json!({ "register": MemoKey::recorded(Utc::now()) });

@@ -12,6 +12,11 @@ pub enum StepError {
     /// The worker is stopping and the step reached an irreversible call it has not started:
     /// nothing was sent; the migration is handed over as it is (lease released at once).
     Stopping,
+    /// The lease is held but too short to cover an irreversible call (its heartbeats have
+    /// been failing): nothing was sent; the migration is handed over like [`Self::Stopping`],
+    /// its armed intent forgotten, so the next worker makes the call instead of taking it for
+    /// sent.
+    LeaseTooShort,
     Db(db::Error),
     /// Our own data is unusable (a secret that does not decrypt): retrying cannot help, so the
     /// migration fails with `internal_error` instead of being retried forever.

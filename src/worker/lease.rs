@@ -154,13 +154,18 @@ impl StepLease {
     /// left while the database answers, so this only refuses once they have been failing.
     pub fn irreversible(&self, what: &'static str) -> Result<IrreversibleCall<'_>, StepError> {
         let mut s = self.state();
-        if s.lost || Instant::now() + self.call_budget >= s.valid_until {
+        let now = Instant::now();
+        if s.lost || now >= s.valid_until {
+            warn!(migration.id = %self.id, call = what, "lease lost: not calling upstream");
+            return Err(StepError::Abandon);
+        }
+        if now + self.call_budget >= s.valid_until {
             warn!(
                 migration.id = %self.id,
                 call = what,
-                "lease lost, or too short to cover the call: not calling upstream"
+                "lease too short to cover the call: handing the migration over"
             );
-            return Err(StepError::Abandon);
+            return Err(StepError::LeaseTooShort);
         }
         if s.sealed {
             return Err(StepError::Stopping);
@@ -308,7 +313,7 @@ mod tests {
         assert!(!short.is_lost(), "still held");
         assert!(matches!(
             short.irreversible("register"),
-            Err(StepError::Abandon)
+            Err(StepError::LeaseTooShort)
         ));
         assert_eq!(short.calls_in_flight(), 0);
         // Extended by a heartbeat sent now: it may again.

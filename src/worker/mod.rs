@@ -435,6 +435,12 @@ impl Worker {
                     span.in_scope(|| warn!("step abandoned; lease left to expire"));
                     break;
                 }
+                Ok(Err(errors::StepError::LeaseTooShort)) => {
+                    // Nothing was sent; the lease may not outlast the call. Handed over (if
+                    // the database answers) with the armed intent forgotten.
+                    hand_over = true;
+                    break;
+                }
                 Ok(Err(errors::StepError::Stopping)) => {
                     // Stopping before an irreversible call: nothing was sent, nothing written.
                     hand_over = true;
@@ -509,12 +515,13 @@ impl Worker {
         }
     }
 
-    /// Releases a stopping worker's lease so another replica resumes the migration at once. A
-    /// step that never started its call forgets the intent armed for it with the lease.
+    /// Releases the lease of a stopping worker (or of a step whose lease was too short for its
+    /// call) so another replica resumes the migration at once. A step that never started its
+    /// call forgets the intent armed for it with the lease.
     async fn hand_back(&self, lease: &StepLease) {
         let id = lease.id();
         match store::release(&self.deps.pool, id, lease.token(), !lease.called()).await {
-            Ok(_) => info!(migration.id = %id, "lease released at shutdown"),
+            Ok(_) => info!(migration.id = %id, "lease released: migration handed over"),
             Err(e) => warn!(migration.id = %id, error = %e, "could not release lease"),
         }
     }

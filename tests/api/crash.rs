@@ -136,6 +136,44 @@ async fn a_step_that_keeps_dying_fails_once_taken_over_max_attempts_times(pool: 
     assert_eq!(app.applied(phone, "api_keys"), 5);
 }
 
+/// Register calls whose results were never recorded (the worker died after each) still count
+/// against the number's budget of 5 in 72 h.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn register_calls_of_workers_that_died_are_counted(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550491";
+    let id = app.create(phone).await;
+    let worker = app.worker().clone();
+    drive_until(&app, &worker, &id, "awaiting_otp").await;
+    app.faults(serde_json::json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "server_error", "times": 20 },
+    ]))
+    .await;
+    app.submit_otp(&id, "123456").await;
+    // Three runs call register and die before recording anything; the fourth records its
+    // failure, which is its fourth try (MAX_STEP_ATTEMPTS is 4 in tests).
+    app.fail_points.arm("after_register", 3);
+    drive_until(&app, &worker, &id, "failed").await;
+    assert_eq!(app.received(phone, "register"), 4);
+    let r = app
+        .post(&format!("/v1/migrations/{id}/retry"), serde_json::json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.event_count(&id, Some("migration.failed")).await < 2 {
+        worker.run_until_idle().await.unwrap();
+        assert!(Instant::now() < deadline, "the retry never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = app.migration(&id).await;
+    assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
+    assert_eq!(
+        app.received(phone, "register"),
+        5,
+        "the dead runs' calls counted"
+    );
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn crash_after_storing_the_key_never_generates_another(pool: PgPool) {
     let app = TestApp::spawn_with(pool, manual()).await;

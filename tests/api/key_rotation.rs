@@ -9,7 +9,8 @@ use uuid::Uuid;
 use waba_migrator::crypto::Cipher;
 use waba_migrator::crypto::aad;
 use waba_migrator::crypto_rotation::{
-    ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns, with_kept_fingerprint_key,
+    ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns, replace_fingerprint_key,
+    with_kept_fingerprint_key,
 };
 use waba_migrator::db;
 
@@ -190,6 +191,26 @@ async fn idempotency_keys_and_client_page_links_outlive_a_key_rotation(pool: PgP
             .fingerprints(b"x")
             .contains(&rotating.fingerprints(b"x")[0])
     );
+
+    // After a leak, a new kept key: what the old one made stops matching.
+    replace_fingerprint_key(&pool, &cipher(&key_b, None))
+        .await
+        .unwrap();
+    let fresh = started(cipher(&key_b, None)).await;
+    assert!(
+        !fresh
+            .fingerprints(b"x")
+            .contains(&rotating.fingerprints(b"x")[0])
+    );
+    drop(app);
+    let app = TestApp::spawn_with(pool.clone(), with_cipher(fresh, false)).await;
+    let page = app
+        .http
+        .get(app.url(&format!("/c/{link}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 404, "the old link no longer works");
 }
 
 /// Table-driven: every column of `ENCRYPTED_COLUMNS` (including ones added later) gets a value

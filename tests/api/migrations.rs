@@ -898,12 +898,18 @@ async fn a_retry_after_a_lapsed_verification_requests_a_new_code(pool: PgPool) {
     .execute(&app.pool)
     .await
     .unwrap();
-    let res = app.post(&format!("/v1/migrations/{id}/retry"), json!({})).await;
+    let res = app
+        .post(&format!("/v1/migrations/{id}/retry"), json!({}))
+        .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let m: Value = res.json().await.unwrap();
     assert_eq!(m["state"], "requesting_otp", "{m:#}");
     let sent = app.received(phone, "request_code");
     app.worker().run_until_idle().await.unwrap();
     let m = app.wait_for(&id, "awaiting_otp").await;
-    assert_eq!(app.received(phone, "request_code"), sent + 1, "a new code: {m:#}");
+    assert_eq!(
+        app.received(phone, "request_code"),
+        sent + 1,
+        "a new code: {m:#}"
+    );
 }

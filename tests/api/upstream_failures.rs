@@ -172,7 +172,7 @@ async fn register_is_called_at_most_five_times_in_72_hours_across_retries(pool: 
         m["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("called register 5 times in the last 72 hours"),
+            .contains("register was called 5 times for this number in the last 72 hours"),
         "{m:#}"
     );
     assert!(
@@ -180,6 +180,35 @@ async fn register_is_called_at_most_five_times_in_72_hours_across_retries(pool: 
         "no call was made: {m:#}"
     );
     assert_eq!(app.received(phone, "register"), 5);
+}
+
+/// Meta counts register calls per number: a new migration of the number inherits the calls of
+/// the one before it.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_migration_of_the_number_counts_the_register_calls_of_the_last(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155550316";
+    app.faults(json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "server_error", "times": 20 },
+    ]))
+    .await;
+    let first = app.create(phone).await;
+    app.wait_for(&first, "awaiting_otp").await;
+    app.submit_otp(&first, "123456").await;
+    let m = app.wait_for(&first, "failed").await;
+    assert_eq!(m["error"]["code"], "upstream_unavailable", "{m:#}");
+    assert_eq!(app.received(phone, "register"), 4);
+
+    // The number is verified already: the second goes from requesting_otp to registering.
+    let second = app.create(phone).await;
+    let m = app.wait_for(&second, "failed").await;
+    assert_eq!(m["error"]["step"], "registering", "{m:#}");
+    assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
+    assert_eq!(
+        app.received(phone, "register"),
+        5,
+        "one call left to the second"
+    );
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

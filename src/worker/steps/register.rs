@@ -5,13 +5,13 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{
-    Result, StepResult, crash_point, is_connected, phone_number_id, phone_status, record_intent,
-    summary_with,
+    Result, StepResult, crash_point, earlier_call_may_be_sent, is_connected, phone_number_id,
+    phone_status, save_under_lease, summary_with,
 };
 use crate::clients;
 use crate::crypto::aad;
 use crate::db::migrations as store;
-use crate::domain::memo::MemoKey;
+use crate::domain::memo::{Intent, MemoEdits, MemoKey};
 use crate::domain::upstream::{
     DELETION_PENDING_WAIT, REGISTER_CALLS_PER_72H, register_calls_in_window,
     register_window_frees_at,
@@ -85,25 +85,67 @@ pub(super) async fn registering(
         Ok(_) => {}
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     }
-    // Meta blocks a number for 72 h after 10 register calls in 72 h: retries (of the worker
-    // and of the partner) stop well before, whatever the errors said.
+    // Meta blocks a number for 72 h after 10 register calls in 72 h: retries (of the worker,
+    // of the partner, of new migrations of the number) stop well before, whatever the errors
+    // said. This migration's calls, with one an earlier claim made and never recorded (it died
+    // after calling: its intent, armed or recorded before the call, is later than every call
+    // recorded)...
     let now = Utc::now();
-    let calls = register_calls_in_window(stored_register_calls(row), now);
-    if calls.len() >= REGISTER_CALLS_PER_72H {
+    let mut own = stored_register_calls(row);
+    if earlier_call_may_be_sent(row, lease, MemoKey::Register)
+        && let Some(at) = MemoKey::Register.intent_at(&row.step_memo)
+        && own.iter().all(|c| *c < at)
+    {
+        own.push(at);
+    }
+    let own = register_calls_in_window(own, now);
+    // ...and those of the number's other migrations: Meta counts per number.
+    let others: Vec<DateTime<Utc>> =
+        store::register_calls_of_number(&deps.pool, &row.phone_number, row.id)
+            .await?
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Vec<DateTime<Utc>>>(v).ok())
+            .flatten()
+            .collect();
+    let all = register_calls_in_window(own.iter().copied().chain(others), now);
+    if all.len() >= REGISTER_CALLS_PER_72H {
         return Ok(StepResult::new(StepOutcome::Failed(too_many_calls(
-            &calls, state,
+            &all, state,
         ))));
     }
     let pin = deps
         .cipher
         .open(&row.pin_enc, &aad::pin(row.id))
         .map_err(|_| StepError::Corrupt("the stored PIN cannot be decrypted"))?;
-    record_intent(deps, row, lease, MemoKey::Register).await?;
+    lease.may_start()?;
+    let called_at = Utc::now();
+    let with_call: Vec<_> = own.iter().copied().chain([called_at]).collect();
+    // The intent (and the call's time) committed before the call. A claim that armed the intent
+    // needs no statement for it: if it dies after the call, the next claim counts the call from
+    // the intent's time, later than every call recorded. Otherwise one write records both.
+    let saved = if MemoKey::Register.intent(&row.step_memo, lease.token()) == Intent::Armed {
+        None
+    } else {
+        let patch = store::Patch {
+            memo: MemoEdits::default()
+                .set(MemoKey::Register, MemoKey::recorded(called_at))
+                .set(MemoKey::RegisterCalls, json!(with_call)),
+            ..Default::default()
+        };
+        Some(save_under_lease(deps, row, lease, &patch, None).await?)
+    };
     let call = lease.irreversible("register")?;
     let result = deps.meta.register(&pnid, &pin).await;
     call.finish(&result);
     crash_point(deps, "after_register")?;
-    let calls: Vec<_> = calls.into_iter().chain([now]).collect();
+    // A request that never left (a connect error) is no call.
+    let never_sent = matches!(
+        &result,
+        Err(clients::Error::Transport {
+            maybe_applied: false,
+            ..
+        })
+    );
     let step = match result {
         Ok(()) => registered(deps, row, &pnid).await,
         Err(e) => {
@@ -116,7 +158,16 @@ pub(super) async fn registering(
             StepResult::new(failed)
         }
     };
-    Ok(step.remember(MemoKey::RegisterCalls, json!(calls)))
+    // The intent's time is the call's, so a later claim does not count the call twice.
+    let mut step = if never_sent {
+        step.remember(MemoKey::RegisterCalls, json!(own))
+            .forget(MemoKey::Register)
+    } else {
+        step.remember(MemoKey::RegisterCalls, json!(with_call))
+            .remember(MemoKey::Register, MemoKey::recorded(called_at))
+    };
+    step.row = saved.map(Box::new);
+    Ok(step)
 }
 
 /// The times of this migration's `register` calls (step memo).
@@ -135,7 +186,7 @@ fn too_many_calls(calls: &[DateTime<Utc>], state: MigrationState) -> MigrationEr
     });
     let mut error = MigrationError::new(ErrorCode::RegisterLimitReached, state).with_message(
         format!(
-            "This migration called register {} times in the last 72 hours without the number being registered. Meta allows 10 register and deregister calls per number in 72 hours, the old provider's included, and blocks the number for 72 hours past that: no more calls before {free}.",
+            "register was called {} times for this number in the last 72 hours (by this migration and any other of the number) without it being registered. Meta allows 10 register and deregister calls per number in 72 hours, the old provider's included, and blocks the number for 72 hours past that: no more calls before {free}.",
             calls.len()
         ),
     );
