@@ -29,6 +29,29 @@ fn slow(grace: Duration) -> Options {
     opts
 }
 
+/// Worker A runs in the background until `register` of `phone` reached the sandbox: its stop
+/// token and its task.
+async fn run_until_register_sent(
+    app: &TestApp,
+    phone: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let a = app.worker().clone();
+    let stop_a = CancellationToken::new();
+    let handle = tokio::spawn({
+        let stop = stop_a.clone();
+        async move { a.run(stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.received(phone, "register") == 0 {
+        assert!(Instant::now() < deadline, "register never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (stop_a, handle)
+}
+
 async fn stop_mid_step_then_resume(app: &TestApp) {
     let id = app.create("+14155550601").await;
     let a = app.worker().clone();
@@ -96,17 +119,7 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
     .await;
     assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
 
-    let a = app.worker().clone();
-    let stop_a = CancellationToken::new();
-    let handle = tokio::spawn({
-        let stop = stop_a.clone();
-        async move { a.run(stop).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.received(phone, "register") == 0 {
-        assert!(Instant::now() < deadline, "register never sent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (stop_a, handle) = run_until_register_sent(&app, phone).await;
     let sent_at = Instant::now();
     stop_a.cancel();
     handle.await.unwrap().unwrap();
@@ -166,17 +179,7 @@ async fn a_lease_kept_after_an_unanswered_call_does_not_cut_the_retry_delay_shor
     .await;
     assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
 
-    let a = app.worker().clone();
-    let stop_a = CancellationToken::new();
-    let handle = tokio::spawn({
-        let stop = stop_a.clone();
-        async move { a.run(stop).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.received(phone, "register") == 0 {
-        assert!(Instant::now() < deadline, "register never sent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (stop_a, handle) = run_until_register_sent(&app, phone).await;
     stop_a.cancel();
     handle.await.unwrap().unwrap();
     let (owner, run_at, expires): (Option<String>, DateTime<Utc>, Option<DateTime<Utc>>) =
