@@ -92,15 +92,15 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
         ..args.db.clone()
     };
     let (pool, embedded) = database(&db_args, false).await?;
-    let mut report =
-        crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
+    let report = crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
     let clean = report.as_ref().is_ok_and(|r| r.undecryptable() == 0);
+    let mut replace_failed = None;
     let replaced = if args.new_fingerprint_key && clean {
         let done = crate::crypto_rotation::replace_fingerprint_key(&pool, &cipher).await;
         if let Err(e) = done {
-            report = Err(e);
+            replace_failed = Some(e);
         }
-        report.is_ok()
+        replace_failed.is_none()
     } else {
         false
     };
@@ -110,10 +110,16 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
     }
     let report = report.context("re-encryption failed (safe to run again)")?;
     print!("{report}");
+    if let Some(e) = replace_failed {
+        return Err(anyhow::Error::from(e)
+            .context("every value is re-sealed, but the fingerprint key could not be replaced (safe to run again)"));
+    }
     if replaced {
         println!(
             "fingerprint key replaced: client-page links and Idempotency-Key records made before no longer match; restart every replica"
         );
+    } else if args.new_fingerprint_key {
+        println!("fingerprint key NOT replaced: some values open under neither key (listed above)");
     }
     anyhow::ensure!(
         report.undecryptable() == 0,

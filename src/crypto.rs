@@ -129,19 +129,17 @@ impl Cipher {
         Ok(self)
     }
 
-    /// Keyed fingerprints (HMAC-SHA256 under the kept fingerprint key, else a key derived from
-    /// `ENCRYPTION_KEY`, then from `ENCRYPTION_KEY_OLD`) of data that contains secrets, such as
-    /// a request body with a PIN: an unkeyed hash of a 6-digit PIN is reversed by trying a
-    /// million values. The first is the one to store; a stored one matching any of them is a
-    /// match.
+    /// Keyed fingerprints (HMAC-SHA256 under the kept fingerprint key, then a key derived from
+    /// `ENCRYPTION_KEY`; with no kept key loaded, from `ENCRYPTION_KEY`, then from
+    /// `ENCRYPTION_KEY_OLD`) of data that contains secrets, such as a request body with a PIN:
+    /// an unkeyed hash of a 6-digit PIN is reversed by trying a million values. The first is
+    /// the one to store; a stored one matching any of them is a match. A kept key was first
+    /// made from `ENCRYPTION_KEY_OLD` if one was set, so the old key's own is not needed then,
+    /// and a kept key replaced after a leak is not undone by it.
     pub fn fingerprints(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let old = self.old_mac.as_ref().filter(|_| self.kept_mac.is_none());
         let mut keys: Vec<&MacKey> = Vec::with_capacity(3);
-        for k in self
-            .kept_mac
-            .iter()
-            .chain([&self.mac])
-            .chain(self.old_mac.as_ref())
-        {
+        for k in self.kept_mac.iter().chain([&self.mac]).chain(old) {
             if !keys.iter().any(|seen| seen.0 == k.0) {
                 keys.push(k);
             }
@@ -370,13 +368,21 @@ mod tests {
         );
         // Kept equal to the primary's: no duplicate.
         let a_kept = under_a.clone().with_fingerprint_key(&kept).unwrap();
-        assert_eq!(a_kept.fingerprints(b"body"), vec![before]);
+        assert_eq!(a_kept.fingerprints(b"body"), vec![before.clone()]);
         assert!(
             Cipher::from_base64(&a)
                 .unwrap()
                 .with_fingerprint_key(&SecretString::from("short"))
                 .is_err()
         );
+        // A kept key replaced (after a leak) during a rotation: the old key's own fingerprint
+        // no longer matches, only the new kept key's and the primary's.
+        let replaced = Cipher::from_base64_with_old(&b, Some(&a))
+            .unwrap()
+            .with_fingerprint_key(&Cipher::generate_key())
+            .unwrap();
+        assert!(!replaced.fingerprints(b"body").contains(&before));
+        assert_eq!(replaced.fingerprints(b"body").len(), 2);
     }
 
     #[test]

@@ -908,16 +908,20 @@ pub async fn release(
     Ok(r.rows_affected() == 1)
 }
 
-/// The `register_calls` step memos of the other migrations of `phone_number` changed in the
-/// last 72 h (Meta's register cap is per number, whichever migration called).
+/// The step memos of the other migrations of `phone_number` changed in the last 72 h that
+/// called `register` (Meta's register cap is per number, whichever migration called): their
+/// `register_calls` and `register` intent, as `{"register_calls", "register"}`.
 pub async fn register_calls_of_number(
     ex: impl PgExecutor<'_>,
     phone_number: &str,
     except: Uuid,
 ) -> Result<Vec<Value>, Error> {
     Ok(sqlx::query_scalar(
-        "SELECT step_memo->'register_calls' FROM migrations
-          WHERE phone_number = $1 AND id <> $2 AND step_memo ? 'register_calls'
+        "SELECT jsonb_build_object('register_calls', step_memo->'register_calls',
+                                   'register', step_memo->'register')
+           FROM migrations
+          WHERE phone_number = $1 AND id <> $2
+            AND (step_memo ? 'register_calls' OR step_memo ? 'register')
             AND updated_at > now() - interval '72 hours'",
     )
     .bind(phone_number)

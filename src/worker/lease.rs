@@ -134,16 +134,30 @@ impl StepLease {
         self.stopping.is_cancelled()
     }
 
-    /// Before an intent write: the lease must be held and the worker not stopping.
+    /// Before an intent write: the lease must be held, long enough for the call (else the
+    /// intent would be left behind by a call [`Self::irreversible`] then refuses, and read as
+    /// "may have been sent"), and the worker not stopping.
     pub fn may_start(&self) -> Result<(), StepError> {
         if self.is_lost() {
             warn!(migration.id = %self.id, "lease lost: not starting an irreversible call");
             return Err(StepError::Abandon);
         }
+        if self.too_short() {
+            warn!(
+                migration.id = %self.id,
+                "lease too short to cover the call: handing the migration over"
+            );
+            return Err(StepError::LeaseTooShort);
+        }
         if self.stopping() {
             return Err(StepError::Stopping);
         }
         Ok(())
+    }
+
+    /// Held, but with less left than a call may take.
+    fn too_short(&self) -> bool {
+        Instant::now() + self.call_budget >= self.state().valid_until
     }
 
     /// Right before an irreversible upstream call: checks the lease again and marks the call
@@ -308,9 +322,11 @@ mod tests {
         };
         // 40 s left (a heartbeat is due every 20 s): the call may start.
         assert!(lease(20).irreversible("register").is_ok());
-        // 29 s left, the heartbeats failing: a 30 s call could outlive the lease.
+        // 29 s left, the heartbeats failing: a 30 s call could outlive the lease. No intent
+        // is written for it either.
         let short = lease(31);
         assert!(!short.is_lost(), "still held");
+        assert!(matches!(short.may_start(), Err(StepError::LeaseTooShort)));
         assert!(matches!(
             short.irreversible("register"),
             Err(StepError::LeaseTooShort)

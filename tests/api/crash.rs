@@ -174,6 +174,57 @@ async fn register_calls_of_workers_that_died_are_counted(pool: PgPool) {
     );
 }
 
+/// A migration cancelled after its worker called register and died before recording it: a
+/// new migration of the number counts that call too.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_migration_counts_the_unrecorded_register_call_of_a_cancelled_one(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550492";
+    let first = app.create(phone).await;
+    let worker = app.worker().clone();
+    drive_until(&app, &worker, &first, "awaiting_otp").await;
+    app.faults(serde_json::json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "server_error", "times": 20 },
+    ]))
+    .await;
+    app.submit_otp(&first, "123456").await;
+    app.fail_points.arm("after_register", 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.received(phone, "register") == 0 {
+        worker.run_until_idle().await.unwrap();
+        assert!(Instant::now() < deadline, "register never called");
+    }
+    let r = app
+        .post(
+            &format!("/v1/migrations/{first}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // The number is verified: the second goes to registering, tries 4 times (MAX_STEP_ATTEMPTS
+    // in tests), and its retry finds 5 calls for the number, the first one's included.
+    let second = app.create(phone).await;
+    drive_until(&app, &worker, &second, "failed").await;
+    assert_eq!(app.received(phone, "register"), 5);
+    let r = app
+        .post(
+            &format!("/v1/migrations/{second}/retry"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.event_count(&second, Some("migration.failed")).await < 2 {
+        worker.run_until_idle().await.unwrap();
+        assert!(Instant::now() < deadline, "the retry never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = app.migration(&second).await;
+    assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
+    assert_eq!(app.received(phone, "register"), 5, "no sixth call");
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn crash_after_storing_the_key_never_generates_another(pool: PgPool) {
     let app = TestApp::spawn_with(pool, manual()).await;

@@ -99,13 +99,13 @@ pub(super) async fn registering(
         own.push(at);
     }
     let own = register_calls_in_window(own, now);
-    // ...and those of the number's other migrations: Meta counts per number.
+    // ...and those of the number's other migrations (with a call one of them made and never
+    // recorded, by the same rule): Meta counts per number.
     let others: Vec<DateTime<Utc>> =
         store::register_calls_of_number(&deps.pool, &row.phone_number, row.id)
             .await?
-            .into_iter()
-            .filter_map(|v| serde_json::from_value::<Vec<DateTime<Utc>>>(v).ok())
-            .flatten()
+            .iter()
+            .flat_map(calls_with_unrecorded)
             .collect();
     let all = register_calls_in_window(own.iter().copied().chain(others), now);
     if all.len() >= REGISTER_CALLS_PER_72H {
@@ -172,16 +172,34 @@ pub(super) async fn registering(
 
 /// The times of this migration's `register` calls (step memo).
 fn stored_register_calls(row: &store::MigrationRow) -> Vec<DateTime<Utc>> {
+    recorded_calls(&row.step_memo)
+}
+
+fn recorded_calls(memo: &Value) -> Vec<DateTime<Utc>> {
     MemoKey::RegisterCalls
-        .read(&row.step_memo)
+        .read(memo)
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default()
+}
+
+/// Another migration's calls from its memo: those recorded, and one its intent shows it may
+/// have made after them (its worker died, or it was cancelled, before recording it).
+fn calls_with_unrecorded(memo: &Value) -> Vec<DateTime<Utc>> {
+    let mut calls = recorded_calls(memo);
+    if let Some(at) = MemoKey::Register.intent_at(memo)
+        && calls.iter().all(|c| *c < at)
+    {
+        calls.push(at);
+    }
+    calls
 }
 
 /// The failure of a migration whose `register` calls of the last 72 h reached our share of
 /// Meta's cap.
 fn too_many_calls(calls: &[DateTime<Utc>], state: MigrationState) -> MigrationError {
-    let free = register_window_frees_at(calls).map_or_else(String::new, |t| {
+    // Below the limit again once all but the last `REGISTER_CALLS_PER_72H - 1` left the window.
+    let leaving = calls.len().saturating_sub(REGISTER_CALLS_PER_72H);
+    let free = register_window_frees_at(&calls[leaving..]).map_or_else(String::new, |t| {
         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     });
     let mut error = MigrationError::new(ErrorCode::RegisterLimitReached, state).with_message(
