@@ -159,13 +159,7 @@ async fn register_calls_of_workers_that_died_are_counted(pool: PgPool) {
         .post(&format!("/v1/migrations/{id}/retry"), serde_json::json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.event_count(&id, Some("migration.failed")).await < 2 {
-        worker.run_until_idle().await.unwrap();
-        assert!(Instant::now() < deadline, "the retry never failed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let m = app.migration(&id).await;
+    let m = app.wait_for_failures(&id, 2, Some(&worker)).await;
     assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
     assert_eq!(
         app.received(phone, "register"),
@@ -214,13 +208,7 @@ async fn a_new_migration_counts_the_unrecorded_register_call_of_a_cancelled_one(
         )
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.event_count(&second, Some("migration.failed")).await < 2 {
-        worker.run_until_idle().await.unwrap();
-        assert!(Instant::now() < deadline, "the retry never failed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let m = app.migration(&second).await;
+    let m = app.wait_for_failures(&second, 2, Some(&worker)).await;
     assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
     assert_eq!(app.received(phone, "register"), 5, "no sixth call");
 }

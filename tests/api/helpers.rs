@@ -415,6 +415,23 @@ impl TestApp {
         }
     }
 
+    /// Waits until the migration failed `times` times (its `migration.failed` events), driving
+    /// `worker` meanwhile if given (a test without a background worker), and returns it.
+    pub async fn wait_for_failures(&self, id: &str, times: i64, worker: Option<&Worker>) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.event_count(id, Some("migration.failed")).await < times {
+            if let Some(w) = worker {
+                w.run_until_idle().await.unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} did not fail {times} times"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.migration(id).await
+    }
+
     /// Polls until `done` holds for the migration (panics after 20 s).
     pub async fn wait_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

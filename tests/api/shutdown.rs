@@ -29,21 +29,22 @@ fn slow(grace: Duration) -> Options {
     opts
 }
 
-/// Worker A runs in the background until `register` of `phone` reached the sandbox: its stop
-/// token and its task.
-async fn run_until_register_sent(
-    app: &TestApp,
-    phone: &str,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+type WorkerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The test's worker, run in the background: its stop token and its task.
+fn spawn_worker(app: &TestApp) -> (CancellationToken, WorkerTask) {
     let a = app.worker().clone();
     let stop_a = CancellationToken::new();
     let handle = tokio::spawn({
         let stop = stop_a.clone();
         async move { a.run(stop).await }
     });
+    (stop_a, handle)
+}
+
+/// The test's worker, run in the background until `register` of `phone` reached the sandbox.
+async fn run_until_register_sent(app: &TestApp, phone: &str) -> (CancellationToken, WorkerTask) {
+    let (stop_a, handle) = spawn_worker(app);
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.received(phone, "register") == 0 {
         assert!(Instant::now() < deadline, "register never sent");
@@ -54,12 +55,7 @@ async fn run_until_register_sent(
 
 async fn stop_mid_step_then_resume(app: &TestApp) {
     let id = app.create("+14155550601").await;
-    let a = app.worker().clone();
-    let stop_a = CancellationToken::new();
-    let handle = tokio::spawn({
-        let stop = stop_a.clone();
-        async move { a.run(stop).await }
-    });
+    let (stop_a, handle) = spawn_worker(app);
     let deadline = Instant::now() + Duration::from_secs(10);
     while lease_owner(app, &id).await.is_none() {
         assert!(Instant::now() < deadline, "never claimed");
@@ -232,12 +228,7 @@ async fn a_worker_stopping_before_its_call_forgets_the_armed_intent(pool: PgPool
     let app = TestApp::spawn_with(pool, slow(Duration::from_secs(10))).await;
     let phone = "+14155550603";
     let id = app.create(phone).await;
-    let a = app.worker().clone();
-    let stop_a = CancellationToken::new();
-    let handle = tokio::spawn({
-        let stop = stop_a.clone();
-        async move { a.run(stop).await }
-    });
+    let (stop_a, handle) = spawn_worker(&app);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (state, memo): (String, serde_json::Value) =

@@ -156,15 +156,7 @@ async fn register_is_called_at_most_five_times_in_72_hours_across_retries(pool: 
         .post(&format!("/v1/migrations/{id}/retry"), json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app.event_count(&id, Some("migration.failed")).await < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the retry never failed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let m = app.migration(&id).await;
+    let m = app.wait_for_failures(&id, 2, None).await;
     assert_eq!(m["error"]["code"], "register_limit_reached", "{m:#}");
     assert_eq!(m["error"]["step"], "registering");
     assert_eq!(m["error"]["retryable"], true);
