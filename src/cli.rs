@@ -94,15 +94,11 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
     let (pool, embedded) = database(&db_args, false).await?;
     let report = crate::crypto_rotation::reencrypt(&pool, &cipher, args.reencrypt_batch_size).await;
     let clean = report.as_ref().is_ok_and(|r| r.undecryptable() == 0);
-    let mut replace_failed = None;
+    // `None`: not asked for, or not done since some value opens under neither key.
     let replaced = if args.new_fingerprint_key && clean {
-        let done = crate::crypto_rotation::replace_fingerprint_key(&pool, &cipher).await;
-        if let Err(e) = done {
-            replace_failed = Some(e);
-        }
-        replace_failed.is_none()
+        Some(crate::crypto_rotation::replace_fingerprint_key(&pool, &cipher).await)
     } else {
-        false
+        None
     };
     pool.close().await;
     if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
@@ -110,16 +106,20 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
     }
     let report = report.context("re-encryption failed (safe to run again)")?;
     print!("{report}");
-    if let Some(e) = replace_failed {
-        return Err(anyhow::Error::from(e)
-            .context("every value is re-sealed, but the fingerprint key could not be replaced (safe to run again)"));
-    }
-    if replaced {
-        println!(
+    match replaced {
+        Some(Err(e)) => {
+            return Err(anyhow::Error::from(e)
+                .context("every value is re-sealed, but the fingerprint key could not be replaced (safe to run again)"));
+        }
+        Some(Ok(())) => println!(
             "fingerprint key replaced: client-page links and Idempotency-Key records made before no longer match; restart every replica"
-        );
-    } else if args.new_fingerprint_key {
-        println!("fingerprint key NOT replaced: some values open under neither key (listed above)");
+        ),
+        None if args.new_fingerprint_key => {
+            println!(
+                "fingerprint key NOT replaced: some values open under neither key (listed above)"
+            )
+        }
+        None => {}
     }
     anyhow::ensure!(
         report.undecryptable() == 0,

@@ -142,12 +142,9 @@ impl StepLease {
             warn!(migration.id = %self.id, "lease lost: not starting an irreversible call");
             return Err(StepError::Abandon);
         }
-        if self.too_short() {
-            warn!(
-                migration.id = %self.id,
-                "lease too short to cover the call: handing the migration over"
-            );
-            return Err(StepError::LeaseTooShort);
+        let valid_until = self.state().valid_until;
+        if self.too_short(valid_until) {
+            return Err(self.too_short_to_call(None));
         }
         if self.stopping() {
             return Err(StepError::Stopping);
@@ -155,9 +152,19 @@ impl StepLease {
         Ok(())
     }
 
-    /// Held, but with less left than a call may take.
-    fn too_short(&self) -> bool {
-        Instant::now() + self.call_budget >= self.state().valid_until
+    /// Held until `valid_until`, with less left than a call may take.
+    fn too_short(&self, valid_until: Instant) -> bool {
+        Instant::now() + self.call_budget >= valid_until
+    }
+
+    /// The refusal of a lease [`Self::too_short`] for `call`: the migration is handed over.
+    fn too_short_to_call(&self, call: Option<&'static str>) -> StepError {
+        warn!(
+            migration.id = %self.id,
+            call,
+            "lease too short to cover the call: handing the migration over"
+        );
+        StepError::LeaseTooShort
     }
 
     /// Right before an irreversible upstream call: checks the lease again and marks the call
@@ -168,18 +175,12 @@ impl StepLease {
     /// left while the database answers, so this only refuses once they have been failing.
     pub fn irreversible(&self, what: &'static str) -> Result<IrreversibleCall<'_>, StepError> {
         let mut s = self.state();
-        let now = Instant::now();
-        if s.lost || now >= s.valid_until {
+        if s.lost || Instant::now() >= s.valid_until {
             warn!(migration.id = %self.id, call = what, "lease lost: not calling upstream");
             return Err(StepError::Abandon);
         }
-        if now + self.call_budget >= s.valid_until {
-            warn!(
-                migration.id = %self.id,
-                call = what,
-                "lease too short to cover the call: handing the migration over"
-            );
-            return Err(StepError::LeaseTooShort);
+        if self.too_short(s.valid_until) {
+            return Err(self.too_short_to_call(Some(what)));
         }
         if s.sealed {
             return Err(StepError::Stopping);

@@ -91,13 +91,12 @@ pub(super) async fn registering(
     // after calling: its intent, armed or recorded before the call, is later than every call
     // recorded)...
     let now = Utc::now();
-    let mut own = stored_register_calls(row);
-    if earlier_call_may_be_sent(row, lease, MemoKey::Register)
-        && let Some(at) = MemoKey::Register.intent_at(&row.step_memo)
-        && own.iter().all(|c| *c < at)
-    {
-        own.push(at);
-    }
+    // (An intent this claim armed stands for no call yet.)
+    let own = if earlier_call_may_be_sent(row, lease, MemoKey::Register) {
+        calls_with_unrecorded(&row.step_memo)
+    } else {
+        recorded_calls(&row.step_memo)
+    };
     let own = register_calls_in_window(own, now);
     // ...and those of the number's other migrations (with a call one of them made and never
     // recorded, by the same rule): Meta counts per number.
@@ -170,11 +169,7 @@ pub(super) async fn registering(
     Ok(step)
 }
 
-/// The times of this migration's `register` calls (step memo).
-fn stored_register_calls(row: &store::MigrationRow) -> Vec<DateTime<Utc>> {
-    recorded_calls(&row.step_memo)
-}
-
+/// The times of the `register` calls a migration recorded (its step memo).
 fn recorded_calls(memo: &Value) -> Vec<DateTime<Utc>> {
     MemoKey::RegisterCalls
         .read(memo)
@@ -182,8 +177,8 @@ fn recorded_calls(memo: &Value) -> Vec<DateTime<Utc>> {
         .unwrap_or_default()
 }
 
-/// Another migration's calls from its memo: those recorded, and one its intent shows it may
-/// have made after them (its worker died, or it was cancelled, before recording it).
+/// A migration's calls from its memo: those recorded, and one its `register` intent shows it
+/// may have made after them (its worker died, or it was cancelled, before recording it).
 fn calls_with_unrecorded(memo: &Value) -> Vec<DateTime<Utc>> {
     let mut calls = recorded_calls(memo);
     if let Some(at) = MemoKey::Register.intent_at(memo)
