@@ -105,7 +105,7 @@ impl App {
         };
         let batch_ticker = settings
             .run_workers
-            .then(|| BatchTicker::new(pool.clone(), settings.webhooks.batch_progress_interval));
+            .then(|| BatchTicker::new(state.clone(), settings.webhooks.batch_progress_interval));
         let worker = settings.run_workers.then(|| {
             Worker::new(Deps {
                 pool,

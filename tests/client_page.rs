@@ -176,7 +176,8 @@ async fn the_client_finishes_embedded_signup_from_its_page(pool: PgPool) {
     // Once the migration ended the link only shows the outcome; with the linger over (as if
     // 15 minutes had passed) it is no longer valid.
     sqlx::query(
-        "UPDATE migrations SET state_entered_at = now() - interval '1 hour' WHERE id = $1::uuid",
+        "UPDATE migrations SET state_entered_at = now() - interval '1 hour',
+                completed_at = now() - interval '1 hour' WHERE id = $1::uuid",
     )
     .bind(&id)
     .execute(&app.pool)

@@ -240,7 +240,8 @@ impl PageForm for ResendForm {
 
 /// A form post the page may act on: the link is valid and the migration active, the post
 /// comes from the page itself (`Sec-Fetch-Site`/`Origin`) with a form token it rendered.
-/// Otherwise the answer to give. An unreadable form is an empty one, refused for its
+/// Otherwise the answer to give: 404 for a link that is no longer valid, the page as it is
+/// now (409) once the migration ended. An unreadable form is an empty one, refused for its
 /// missing form token.
 async fn acting<F: PageForm>(
     state: &AppState,
@@ -253,12 +254,25 @@ async fn acting<F: PageForm>(
     let form = form.map(|f| f.0).unwrap_or_default();
     let query_lang = q.lang.as_deref();
     let o = match core::open(state, token, client).await {
-        Ok(o) if o.can_act => o,
-        Ok(_) => return Err(refused(Refused::Invalid, query_lang, headers)),
+        Ok(o) => o,
         Err(r) => return Err(refused(r, query_lang, headers)),
     };
     let lang = language(query_lang, headers, &o.row.otp_language);
-    if !same_origin(headers) || !core::csrf_valid(state, &o, form.csrf(), Utc::now()) {
+    if !o.can_act {
+        // The migration ended while the form was open; the link still shows how (for
+        // `CLIENT_PAGE_LINGER_SECONDS`): show that, with what to do now. Nothing is done.
+        return Err(render(
+            state,
+            &o,
+            token,
+            lang,
+            Some(Notice::NotNow),
+            StatusCode::CONFLICT,
+        ));
+    }
+    if !same_origin(headers, &state.client_page.public_base_url)
+        || !core::csrf_valid(state, &o, form.csrf(), Utc::now())
+    {
         // Nothing is done; the page is shown again with a fresh form.
         return Err(render(
             state,
@@ -273,23 +287,31 @@ async fn acting<F: PageForm>(
 }
 
 /// Whether a form post comes from this site: a browser says so in `Sec-Fetch-Site`, or in
-/// `Origin` (which must name the `Host` it was sent to); a client that sends neither is not
-/// a browser another site could drive.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// `Origin`, which must name the `Host` it was sent to or the origin of `PUBLIC_BASE_URL`
+/// (the links' address: behind a proxy that rewrites `Host`, browsers without
+/// `Sec-Fetch-Site` send that one); a client that sends neither is not a browser another
+/// site could drive.
+fn same_origin(headers: &HeaderMap, public: &url::Url) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site") {
         return matches!(site, "same-origin" | "none");
     }
-    match (header("origin"), header("host")) {
-        (Some("null"), _) => false,
-        (Some(origin), Some(host)) => url::Url::parse(origin).is_ok_and(|u| {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            u.host_str()
-                .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(host))
-        }),
-        (Some(_), None) => false,
-        (None, _) => true,
+    let Some(origin) = header("origin") else {
+        return true;
+    };
+    let Ok(origin) = url::Url::parse(origin) else {
+        // Includes `null` (a sandboxed frame, a redirect across sites).
+        return false;
+    };
+    if origin.origin() == public.origin() {
+        return true;
     }
+    let port = origin.port().map(|p| format!(":{p}")).unwrap_or_default();
+    header("host").is_some_and(|host| {
+        origin
+            .host_str()
+            .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(host))
+    })
 }
 
 /// Where the page goes after a form was taken (post/redirect/get), in the page's language.
@@ -430,4 +452,52 @@ async fn reread(state: &AppState, mut o: Opened) -> Opened {
         o.row = row;
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (axum::http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_post_is_from_this_site_by_its_host_or_the_public_address() {
+        let public = url::Url::parse("https://migrate.example.com").unwrap();
+        let from = |pairs: &[(&'static str, &str)]| same_origin(&headers(pairs), &public);
+        // Behind a proxy that rewrites Host, an older browser names the public address.
+        assert!(from(&[
+            ("origin", "https://migrate.example.com"),
+            ("host", "10.0.0.5:8080")
+        ]));
+        assert!(from(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080")
+        ]));
+        assert!(from(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://evil.example")
+        ]));
+        assert!(from(&[]), "not a browser: the form token decides");
+        assert!(!from(&[
+            ("origin", "https://evil.example"),
+            ("host", "10.0.0.5:8080")
+        ]));
+        assert!(!from(&[
+            ("origin", "http://migrate.example.com"),
+            ("host", "10.0.0.5")
+        ]));
+        assert!(!from(&[
+            ("origin", "null"),
+            ("host", "migrate.example.com")
+        ]));
+        assert!(!from(&[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://migrate.example.com")
+        ]));
+    }
 }

@@ -360,7 +360,7 @@ pub fn model_from_row(
     notice: Option<Notice>,
     now: DateTime<Utc>,
 ) -> PageModel {
-    let state = row.state();
+    let state = crate::core::client_page::state_for_client(row);
     let flow = row.flow();
     let phase = match phase_of(state) {
         // The signup is done, and the WABA it made is being set up: nothing is left for the

@@ -423,30 +423,91 @@ pub async fn get(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, Ap
 
 /// Cancels every migration of the batch that has not finished, each through the single
 /// cancel command (`POST /v1/batches/{id}/cancel`). A migration that finished meanwhile, or
-/// is rotating its key, is left as it is.
-pub async fn cancel(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, ApiError> {
+/// is rotating its key, is left as it is; one whose worker is registering it or generating its
+/// key right now (409 `call_in_flight`) is cancelled once that call is answered (waited for up
+/// to 10 s; past that it is left to finish). The batch's `cancelled_at` is written first: if
+/// this request is cut short, [`finish_cancels`] cancels the migrations that never started.
+pub async fn cancel(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    source: single::Source,
+) -> Result<Batch, ApiError> {
     let row = fetch(state, caller, id).await?;
     store::set_cancelled(&state.pool, row.id).await?;
     let open = store::migrations(&state.pool, row.id, &store::MigrationFilter::default()).await?;
     for m in open.iter().filter(|m| !m.state().is_terminal()) {
-        // A worker may move the migration between the read and the guarded write (409): read
-        // it again and cancel it in its new state, unless it finished or is rotating its key.
-        for _ in 0..5 {
-            match single::cancel(state, caller, m.id).await {
-                Ok(_) => break,
-                Err(e) if e.status == StatusCode::CONFLICT => {
-                    let now = single::fetch(state, caller, m.id).await?;
-                    if now.state().is_terminal() || now.completed_at.is_some() {
-                        tracing::info!(migration.id = %m.id, code = e.code, "batch cancel: migration left as it is");
-                        break;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        cancel_member(state, caller, m.id, source).await?;
     }
     let row = fetch(state, caller, id).await?;
     view(state, row).await
+}
+
+/// How long a batch cancel waits, per migration, for a call it must not cut off, and how
+/// often it tries again meanwhile.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Cancels one migration of a cancelled batch unless it finished or is rotating its key.
+async fn cancel_member(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    source: single::Source,
+) -> Result<(), ApiError> {
+    let started = tokio::time::Instant::now();
+    let mut moved = 0;
+    loop {
+        let e = match single::cancel(state, caller, id, source).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.status == StatusCode::CONFLICT => e,
+            Err(e) => return Err(e),
+        };
+        if e.code == "call_in_flight" {
+            if started.elapsed() < IN_FLIGHT_WAIT {
+                tokio::time::sleep(IN_FLIGHT_POLL).await;
+                continue;
+            }
+        } else {
+            // A worker moved the migration between the read and the guarded write: read it
+            // again and cancel it in its new state, unless it finished.
+            let now = single::fetch(state, caller, id).await?;
+            moved += 1;
+            if !(now.state().is_terminal() || now.completed_at.is_some() || moved >= 5) {
+                continue;
+            }
+        }
+        tracing::info!(migration.id = %id, code = e.code, "batch cancel: migration left as it is");
+        return Ok(());
+    }
+}
+
+/// Carries out the cancels of cancelled batches for their migrations that never started
+/// (`queued`, waiting for a slot, which admission no longer releases): those a batch cancel
+/// did not reach because it was cut short (a restart, a database error, the client gone).
+/// Each through the single cancel command, `source: "batch"`. Returns how many it cancelled.
+pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
+    let stranded = store::never_started_of_cancelled(&state.pool, 500).await?;
+    let mut cancelled = 0;
+    for (partner_id, migration_id) in stranded {
+        match single::cancel(
+            state,
+            Caller::Partner(partner_id),
+            migration_id,
+            single::Source::Batch,
+        )
+        .await
+        {
+            Ok(_) => cancelled += 1,
+            // Started or finished meanwhile (a retry, a cancel of its own).
+            Err(e) if e.status == StatusCode::CONFLICT => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if cancelled > 0 {
+        tracing::info!(cancelled, "batch cancels finished");
+    }
+    Ok(cancelled)
 }
 
 /// What `retry_failed` did.
@@ -460,8 +521,19 @@ pub struct Retried {
 
 /// Retries the failed migrations of the batch whose `error.retryable` is true, each through
 /// the single retry command (`POST /v1/batches/{id}/retry_failed`).
-pub async fn retry_failed(state: &AppState, caller: Caller, id: Uuid) -> Result<Retried, ApiError> {
+pub async fn retry_failed(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    source: single::Source,
+) -> Result<Retried, ApiError> {
     let row = fetch(state, caller, id).await?;
+    if row.cancelled_at.is_some() {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            "This batch was cancelled: its failed migrations are not retried together. Retry one with `POST /v1/migrations/{id}/retry`, or create a new batch.",
+        ));
+    }
     let failed = store::migrations(
         &state.pool,
         row.id,
@@ -482,7 +554,7 @@ pub async fn retry_failed(state: &AppState, caller: Caller, id: Uuid) -> Result<
             skipped += 1;
             continue;
         }
-        match single::retry(state, caller, m.id).await {
+        match single::retry(state, caller, m.id, source).await {
             Ok(_) => retried += 1,
             Err(e) if e.status == StatusCode::CONFLICT => {
                 tracing::info!(migration.id = %m.id, code = e.code, "batch retry: migration not retried");
@@ -507,6 +579,8 @@ pub struct Ticked {
     pub progress: usize,
     /// Batches whose `batch.completed` was recorded (and enqueued, when they have a URL).
     pub completed: usize,
+    /// Migrations of cancelled batches cancelled in the background ([`finish_cancels`]).
+    pub cancelled: usize,
 }
 
 /// One look at every open batch (one whose current generation has not completed), each in a

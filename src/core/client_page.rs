@@ -181,6 +181,21 @@ fn url(config: &ClientPageConfig, token: &str) -> String {
     )
 }
 
+/// The migration's state as its client sees it: once the number moved (`completed_at`), the
+/// move is done for the client, also while a key rotation runs (`generating_api_key` again)
+/// or after one failed: nothing is left for the client to do.
+pub fn state_for_client(row: &MigrationRow) -> MigrationState {
+    if row.completed_at.is_some() {
+        MigrationState::Completed
+    } else {
+        row.state()
+    }
+}
+
+fn linger(config: &ClientPageConfig) -> chrono::Duration {
+    chrono::Duration::from_std(config.linger).unwrap_or_default()
+}
+
 /// When the link stops working: its own expiry, or earlier once the migration ended.
 pub fn effective_expiry(
     config: &ClientPageConfig,
@@ -188,13 +203,46 @@ pub fn effective_expiry(
     page: &ClientPageRow,
 ) -> DateTime<Utc> {
     let ended = row.state_entered_at;
-    match row.state() {
+    match state_for_client(row) {
         MigrationState::Cancelled => page.expires_at.min(ended),
-        MigrationState::Completed | MigrationState::Failed => {
-            let linger = chrono::Duration::from_std(config.linger).unwrap_or_default();
-            page.expires_at.min(ended + linger)
-        }
+        MigrationState::Completed => page
+            .expires_at
+            .min(row.completed_at.unwrap_or(ended) + linger(config)),
+        MigrationState::Failed => page.expires_at.min(ended + linger(config)),
         _ => page.expires_at,
+    }
+}
+
+/// Whether the link of `row` may be replaced now: not once the client has nothing left to do
+/// (cancelled; the number moved, a key rotation included), nor while the migration has been
+/// failed longer than the linger, when a new link would be dead on arrival (a retry brings the
+/// link back: then replace it if need be). The API answers 409 `invalid_state` with the reason;
+/// the dashboard hides its button.
+pub fn replaceable(
+    config: &ClientPageConfig,
+    row: &MigrationRow,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(ApiError::conflict("invalid_state", why).with_extra(json!({ "state": row.state })))
+    };
+    match state_for_client(row) {
+        MigrationState::Cancelled | MigrationState::Completed => refuse(format!(
+            "The migration {}: its client has nothing left to do, so there is no link to replace.",
+            if row.completed_at.is_some() {
+                "completed (the number moved)"
+            } else {
+                "was cancelled"
+            },
+        )),
+        MigrationState::Failed if row.state_entered_at + linger(config) <= now => refuse(format!(
+            "The migration failed at {}: a link shows a failure for {} s only, so a new one would not work. Retry the migration (`POST /v1/migrations/{}/retry`); its link works again while it runs.",
+            row.state_entered_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            config.linger.as_secs(),
+            row.id,
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -306,8 +354,8 @@ pub async fn with_page(state: &AppState, row: &MigrationRow) -> Result<Migration
 }
 
 /// `POST /v1/migrations/{id}/client_page/rotate`: a new link; the previous one stops working
-/// at once. 409 `client_page_disabled` when the migration has none, 409 `invalid_state` once
-/// it is cancelled or completed (nothing is left for the client to do).
+/// at once. 409 `client_page_disabled` when the migration has none, 409 `invalid_state` when
+/// it is not [`replaceable`].
 ///
 /// `row` is the migration as its caller may see it (`migrations::rotate_client_page` reads it).
 pub async fn rotate(
@@ -316,18 +364,7 @@ pub async fn rotate(
     row: MigrationRow,
 ) -> Result<(MigrationRow, ClientPage), ApiError> {
     let id = row.id;
-    if matches!(
-        row.state(),
-        MigrationState::Cancelled | MigrationState::Completed
-    ) {
-        return Err(ApiError::conflict(
-            "invalid_state",
-            format!(
-                "The migration is `{}`: its client has nothing left to do, so there is no link to replace.",
-                row.state
-            ),
-        ));
-    }
+    replaceable(&state.client_page, &row, Utc::now())?;
     let mut tx = state.pool.begin().await?;
     migrations::lock(&mut tx, id).await?;
     let Some(page) = store::get(&mut *tx, id).await? else {
@@ -448,7 +485,7 @@ async fn check(
     }
     let partner = crate::db::partners::get(&state.pool, row.partner_id).await?;
     Ok(Some(Opened {
-        can_act: !row.state().is_terminal(),
+        can_act: !state_for_client(&row).is_terminal(),
         partner_name: partner.name,
         signup_url: partner.signup_url,
         row,

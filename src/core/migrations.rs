@@ -33,6 +33,9 @@ pub enum Source {
     ClientPage,
     /// The support dashboard.
     Dashboard,
+    /// A batch's cancel, finished in the background for the migrations it could not cancel
+    /// at once ([`crate::core::batches::finish_cancels`]).
+    Batch,
 }
 
 impl Source {
@@ -41,6 +44,7 @@ impl Source {
             Source::Api => "api",
             Source::ClientPage => "client_page",
             Source::Dashboard => "dashboard",
+            Source::Batch => "batch",
         }
     }
 }
@@ -258,13 +262,7 @@ pub async fn submit_code(
     source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let plan = plan_for(&row, Command::SubmitCode)?;
-    if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::conflict(
-            "otp_expired",
-            "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
-        ));
-    }
+    let plan = code_plan(&row)?;
     let mut patch = plan_patch(state, &plan);
     patch.otp_code_enc = Some(Some(state.cipher.seal(code, &aad::otp_code(id))));
     let mut guard = plan_guard(caller, &plan);
@@ -281,6 +279,39 @@ pub async fn submit_code(
         data,
     )
     .await
+}
+
+/// The plan of a code submission for `row`, or why it is refused: a wrong state, or the code
+/// window closed.
+fn code_plan(row: &store::MigrationRow) -> Result<Plan, ApiError> {
+    let plan = plan_for(row, Command::SubmitCode)?;
+    if row.otp_expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::conflict(
+            "otp_expired",
+            "The verification window has closed; the migration will fail with otp_expired. Retry it to request a new code.",
+        ));
+    }
+    Ok(plan)
+}
+
+/// The plan of a resend for `row`, or why it is refused: a wrong state, or 429
+/// `otp_resend_too_soon` inside the cooldown.
+fn resend_plan(row: &store::MigrationRow) -> Result<Plan, ApiError> {
+    let plan = plan_for(row, Command::Resend)?;
+    if let Some(at) = row.otp_resend_available_at {
+        let wait = (at - Utc::now()).num_milliseconds();
+        if wait > 0 {
+            let secs = (wait as u64).div_ceil(1000);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "otp_resend_too_soon",
+                format!("A code was sent recently; you can request another in {secs} s."),
+            )
+            .with_retry_after(secs)
+            .with_extra(json!({ "resend_available_at": at })));
+        }
+    }
+    Ok(plan)
 }
 
 /// The channel's 360dialog API key, opened for the caller.
@@ -478,24 +509,28 @@ pub async fn fetch(
 }
 
 /// The client's code, through its page: the page's limits, then [`submit_code`] as the
-/// migration's partner.
+/// migration's partner. A submission the command would refuse anyway (the page is behind:
+/// a wrong state, the window closed) is refused first and costs the link's budget nothing.
 pub async fn submit_code_from_page(
     state: &AppState,
     o: &client_page::Opened,
     code: &str,
     client: Option<std::net::IpAddr>,
 ) -> Result<store::MigrationRow, client_page::NotTaken> {
+    code_plan(&o.row)?;
     let caller = client_page::take_submission(state, o, client).await?;
     Ok(submit_code(state, caller, o.row.id, code, Source::ClientPage).await?)
 }
 
-/// "Send again" / "Call me instead", through the client's page.
+/// "Send again" / "Call me instead", through the client's page. A tap inside the cooldown (or
+/// in a wrong state) is refused first and costs the link's budget nothing.
 pub async fn resend_from_page(
     state: &AppState,
     o: &client_page::Opened,
     method: OtpMethod,
     client: Option<std::net::IpAddr>,
 ) -> Result<store::MigrationRow, client_page::NotTaken> {
+    resend_plan(&o.row)?;
     let caller = client_page::take_submission(state, o, client).await?;
     Ok(resend(state, caller, o.row.id, Some(method), Source::ClientPage).await?)
 }
@@ -652,20 +687,7 @@ pub async fn resend(
     source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let plan = plan_for(&row, Command::Resend)?;
-    if let Some(at) = row.otp_resend_available_at {
-        let wait = (at - Utc::now()).num_milliseconds();
-        if wait > 0 {
-            let secs = (wait as u64).div_ceil(1000);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "otp_resend_too_soon",
-                format!("A code was sent recently; you can request another in {secs} s."),
-            )
-            .with_retry_after(secs)
-            .with_extra(json!({ "resend_available_at": at })));
-        }
-    }
+    let plan = resend_plan(&row)?;
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
     let mut patch = plan_patch(state, &plan);
     patch.otp_method = Some(method.as_str().into());
@@ -741,6 +763,7 @@ pub async fn cancel(
     state: &AppState,
     caller: Caller,
     id: Uuid,
+    source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let plan = plan_for(&row, Command::Cancel)?;
@@ -753,10 +776,17 @@ pub async fn cancel(
         )
         .with_extra(json!({ "state": row.state })));
     }
+    if let Some(left) = row.call_in_flight(Utc::now()) {
+        return Err(call_in_flight(&row, left));
+    }
     let patch = plan_patch(state, &plan);
-    let guard = plan_guard(caller, &plan);
-    let data = json!({ "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" } });
-    apply_plan(
+    let mut guard = plan_guard(caller, &plan);
+    guard.no_call_in_flight = true;
+    let data = json!({
+        "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" },
+        "source": source.as_str(),
+    });
+    let cancelled = apply_plan(
         state,
         caller,
         &row,
@@ -766,7 +796,39 @@ pub async fn cancel(
         guard,
         data,
     )
-    .await
+    .await;
+    match cancelled {
+        // A worker took the migration into such a call between the read and the write.
+        Err(e) if e.code == "invalid_state" => {
+            let now = fetch(state, caller, id).await?;
+            Err(match now.call_in_flight(Utc::now()) {
+                Some(left) => call_in_flight(&now, left),
+                None => e,
+            })
+        }
+        other => other,
+    }
+}
+
+/// 409 `call_in_flight`: a worker is making a call a cancel must not cut off
+/// ([`store::MigrationRow::call_in_flight`]); `Retry-After` is its lease's remaining time.
+fn call_in_flight(row: &store::MigrationRow, left: chrono::Duration) -> ApiError {
+    let secs = u64::try_from(left.num_milliseconds())
+        .unwrap_or(0)
+        .div_ceil(1000)
+        .max(1);
+    let call = match row.state() {
+        MigrationState::Registering => "registering the number with Meta",
+        _ => "generating the channel's 360dialog API key",
+    };
+    ApiError::conflict(
+        "call_in_flight",
+        format!(
+            "A worker is {call} right now; that call cannot be taken back, and cancelling would lose its answer. Cancel again in {secs} s."
+        ),
+    )
+    .with_retry_after(secs)
+    .with_extra(json!({ "state": row.state }))
 }
 
 /// Resumes a failed migration from its failed step (`POST …/retry`, the dashboard's "retry").
@@ -774,6 +836,7 @@ pub async fn retry(
     state: &AppState,
     caller: Caller,
     id: Uuid,
+    source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let failed_step = row
@@ -793,7 +856,7 @@ pub async fn retry(
     let plan = plan_for(&row, command)?;
     let patch = plan_patch(state, &plan);
     let guard = plan_guard(caller, &plan);
-    let data = json!({ "retry_of": failed_step });
+    let data = json!({ "retry_of": failed_step, "source": source.as_str() });
     apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
 }
 

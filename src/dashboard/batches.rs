@@ -21,6 +21,7 @@ use crate::api::Migration;
 use crate::api::batch::{BatchItem, ItemStatus};
 use crate::api::problem::{ApiError, FieldError};
 use crate::core::batches::{self as commands, Created};
+use crate::core::migrations::Source;
 use crate::core::{AppState, Caller};
 use crate::db::{self, batches as store};
 use crate::domain::MigrationState;
@@ -509,7 +510,7 @@ pub async fn cancel(
 ) -> Result<Response, DashError> {
     session.check_csrf(&csrf(f)?)?;
     let id = Uuid::parse_str(&id).map_err(|_| DashError::NotFound)?;
-    match commands::cancel(&state, session.caller, id).await {
+    match commands::cancel(&state, session.caller, id, Source::Dashboard).await {
         Ok(_) => {
             tracing::info!(batch.id = %id, action = "cancel", by = %session.who, "dashboard action");
             Ok(Redirect::to(&format!("/dashboard/batches/{id}?done=cancel")).into_response())
@@ -527,7 +528,7 @@ pub async fn retry_failed(
 ) -> Result<Response, DashError> {
     session.check_csrf(&csrf(f)?)?;
     let id = Uuid::parse_str(&id).map_err(|_| DashError::NotFound)?;
-    match commands::retry_failed(&state, session.caller, id).await {
+    match commands::retry_failed(&state, session.caller, id, Source::Dashboard).await {
         Ok(r) => {
             tracing::info!(batch.id = %id, action = "retry_failed", retried = r.retried, by = %session.who, "dashboard action");
             Ok(Redirect::to(&format!(

@@ -177,6 +177,12 @@ async fn render_detail(
     };
     let data = views::Detail {
         m: crate::core::client_page::with_page(state, &row).await?,
+        can_rotate_link: crate::core::client_page::replaceable(
+            &state.client_page,
+            &row,
+            Utc::now(),
+        )
+        .is_ok(),
         in_state_since: row.state_entered_at,
         partner,
         events,
@@ -235,8 +241,14 @@ async fn act(
 ) -> Result<Response, DashError> {
     let id = Uuid::parse_str(id).map_err(|_| DashError::NotFound)?;
     let (name, result) = match action {
-        Action::Retry => ("retry", api::retry(state, session.caller, id).await),
-        Action::Cancel => ("cancel", api::cancel(state, session.caller, id).await),
+        Action::Retry => (
+            "retry",
+            api::retry(state, session.caller, id, api::Source::Dashboard).await,
+        ),
+        Action::Cancel => (
+            "cancel",
+            api::cancel(state, session.caller, id, api::Source::Dashboard).await,
+        ),
         Action::Resend(m) => (
             "resend",
             api::resend(state, session.caller, id, m, api::Source::Dashboard).await,

@@ -493,6 +493,8 @@ pub fn list(session: &Session, q: &ListParams, d: &List) -> Html<String> {
 
 pub struct Detail {
     pub m: Migration,
+    /// Whether its client page link may be replaced now ([`crate::core::client_page::replaceable`]).
+    pub can_rotate_link: bool,
     pub in_state_since: DateTime<Utc>,
     pub partner: String,
     pub events: Vec<EventRow>,
@@ -526,11 +528,12 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> Markup {
 }
 
 /// The end client's page link: its state (never the link itself) and a rotate button.
-fn client_page_section(session: &Session, m: &Migration, now: DateTime<Utc>) -> Markup {
-    let can_rotate = !matches!(
-        m.state,
-        MigrationState::Completed | MigrationState::Cancelled
-    );
+fn client_page_section(
+    session: &Session,
+    m: &Migration,
+    can_rotate: bool,
+    now: DateTime<Utc>,
+) -> Markup {
     html! {
         section aria-labelledby="h-client-page" {
             h2 #h-client-page { "Client page" }
@@ -660,7 +663,7 @@ pub fn detail(session: &Session, d: &Detail) -> Html<String> {
             }
         }
 
-        (client_page_section(session, m, now))
+        (client_page_section(session, m, d.can_rotate_link, now))
 
         div.grid {
             section aria-labelledby="h-facts" {

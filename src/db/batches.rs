@@ -237,7 +237,9 @@ pub async fn counts(ex: &mut PgConnection, batch_id: Uuid) -> Result<Counts, Err
     })
 }
 
-/// Records when the batch finished (once: a later call keeps the first time).
+/// Records when the batch finished (once: a later call keeps the first time), if every
+/// migration of it is still terminal: a retry that re-opened it since the caller counted
+/// (`reopen`) is not undone. `None`: not finished (any more).
 pub async fn set_finished(
     ex: impl PgExecutor<'_>,
     id: Uuid,
@@ -245,6 +247,8 @@ pub async fn set_finished(
 ) -> Result<Option<DateTime<Utc>>, Error> {
     Ok(sqlx::query_scalar(
         "UPDATE batches SET finished_at = COALESCE(finished_at, $2) WHERE id = $1
+            AND NOT EXISTS (SELECT 1 FROM migrations WHERE batch_id = $1
+                             AND state NOT IN ('completed', 'failed', 'cancelled'))
          RETURNING finished_at",
     )
     .bind(id)
@@ -261,6 +265,25 @@ pub async fn set_cancelled(ex: impl PgExecutor<'_>, id: Uuid) -> Result<(), Erro
         .execute(ex)
         .await?;
     Ok(())
+}
+
+/// The migrations of cancelled batches that never started (`queued` and held: admission no
+/// longer releases them), as `(partner_id, migration_id)`, at most `limit`: what a batch cancel
+/// cut short left ([`crate::core::batches::finish_cancels`]). One index probe per cancelled,
+/// unfinished batch (`migrations_batch_paced`).
+pub async fn never_started_of_cancelled(
+    ex: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>, Error> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT m.partner_id, m.id FROM batches b JOIN migrations m ON m.batch_id = b.id
+          WHERE b.cancelled_at IS NOT NULL AND b.finished_at IS NULL
+            AND m.state = 'queued' AND m.run_at = {HELD}
+          ORDER BY m.id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
 }
 
 /// Filters of a batch's migrations.

@@ -110,6 +110,17 @@ impl MigrationRow {
             .clone()
             .and_then(|v| serde_json::from_value(v).ok())
     }
+
+    /// How long the claim holding this row may still be making a call a cancel must not cut
+    /// off ([`MemoKey::uncancellable_intent_of`]): its lease's remaining time, if the step's
+    /// intent is in the memo. The same rule as [`Guard::no_call_in_flight`].
+    pub fn call_in_flight(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
+        let key = MemoKey::uncancellable_intent_of(self.state())?;
+        let expires = self
+            .lease_expires_at
+            .filter(|_| self.lease_token.is_some())?;
+        (expires > now && key.read(&self.step_memo).is_some()).then(|| expires - now)
+    }
 }
 
 /// Every column of [`MigrationRow`] but the large JSON documents (`precheck`, `templates`,
@@ -608,6 +619,9 @@ pub struct Guard {
     pub api_key_id: Option<String>,
     /// The key the row holds must not be superseded.
     pub api_key_live: bool,
+    /// No irreversible call may be in flight: no live lease on a row whose step's intent a
+    /// cancel must not cut off ([`MemoKey::uncancellable_intent_of`]).
+    pub no_call_in_flight: bool,
 }
 
 /// Applies `patch` to `row` if `guard` holds; appends `event` (with the bumped version as its
@@ -797,6 +811,18 @@ async fn update_once(
     }
     if guard.api_key_live {
         q.push(" AND api_key_superseded_at IS NULL");
+    }
+    if guard.no_call_in_flight {
+        q.push(" AND NOT (lease_token IS NOT NULL AND lease_expires_at > now() AND CASE state");
+        for state in MigrationState::ALL {
+            if let Some(key) = MemoKey::uncancellable_intent_of(state) {
+                q.push(" WHEN ")
+                    .push_bind(state.as_str())
+                    .push(" THEN step_memo ? ")
+                    .push_bind(key.as_str());
+            }
+        }
+        q.push(" ELSE false END)");
     }
     let delivered = event.is_some_and(NewEvent::is_delivered);
     if delivered && render_webhook.is_none() {

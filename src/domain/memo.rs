@@ -130,6 +130,19 @@ impl MemoKey {
         json!(at)
     }
 
+    /// The intent a cancel must not cut off while its claim holds the migration: the call
+    /// cannot be taken back once sent, and its answer must be recorded (`register` counts
+    /// toward Meta's limit and sets the PIN; `api_keys` revokes the channel's earlier keys, so
+    /// the new one must be stored). A `request_code` in flight may be cut off: the code is
+    /// only an SMS the client can ignore.
+    pub fn uncancellable_intent_of(state: MigrationState) -> Option<MemoKey> {
+        match state {
+            MigrationState::Registering => Some(MemoKey::Register),
+            MigrationState::GeneratingApiKey => Some(MemoKey::ApiKeys),
+            _ => None,
+        }
+    }
+
     /// True for the keys recorded before an irreversible upstream call.
     pub fn is_intent(self) -> bool {
         matches!(

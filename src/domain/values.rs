@@ -21,7 +21,7 @@ impl E164 {
             return Err("must contain only digits after the +".into());
         }
         let parsed = phonenumber::parse(None, s).map_err(|e| format!("not a phone number: {e}"))?;
-        if !phonenumber::is_valid(&parsed) {
+        if !phonenumber::is_valid(&parsed) && !is_legacy_brazil_mobile(s) {
             return Err("not a valid number for its country".into());
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
@@ -234,6 +234,17 @@ pub fn brazil_alternate_form(e164: &str) -> Option<String> {
     }
 }
 
+/// A Brazilian mobile number in the form it had before the leading 9 (`+55 11 8765-4321`):
+/// libphonenumber no longer calls it valid, but WhatsApp may still have the number registered
+/// so, and a migration must name it exactly as registered (the precheck's
+/// `brazil_ninth_digit_mismatch` names this form). Accepted when the form with the 9 is valid.
+fn is_legacy_brazil_mobile(e164: &str) -> bool {
+    brazil_alternate_form(e164)
+        .filter(|with_nine| with_nine.len() > e164.len())
+        .and_then(|with_nine| phonenumber::parse(None, &with_nine).ok())
+        .is_some_and(|n| phonenumber::is_valid(&n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +399,17 @@ mod tests {
         );
         // Landline (starts with 2-5): no alternate form.
         assert_eq!(brazil_alternate_form("+551133334444"), None);
+        // The form without the 9 is a number a migration can name (WhatsApp may have it
+        // registered so), though libphonenumber no longer calls it valid.
+        for legacy in ["+551187654321", "+552196543210", "+558178765432"] {
+            let n = E164::parse(legacy).unwrap_or_else(|e| panic!("{legacy}: {e}"));
+            assert_eq!(n.national(), &legacy[3..]);
+            let with_nine = brazil_alternate_form(legacy).unwrap();
+            assert!(E164::parse(&with_nine).is_ok(), "{with_nine}");
+        }
+        // Not every 10-digit +55 number: an unknown area code, or a 9 already in front.
+        assert!(E164::parse("+551087654321").is_err());
+        assert!(E164::parse("+55119876543").is_err());
         assert_eq!(brazil_alternate_form("+14155552671"), None);
         assert_eq!(digits_only("+55 11 98765-4321"), "5511987654321");
     }

@@ -29,7 +29,7 @@ use crate::api::batch::{Batch, BatchCreated};
 use crate::core::AppState;
 use crate::core::batches::{self as commands, MAX_ITEMS, NewBatchInput, NewItem};
 use crate::core::client_page;
-use crate::core::migrations::Idempotency;
+use crate::core::migrations::{Idempotency, Source};
 use crate::db::batches as store;
 use crate::domain::MigrationState;
 use crate::domain::values::E164;
@@ -144,7 +144,7 @@ struct Items {
 type RawItem = (Result<Map<String, Value>, FieldError>, Option<FieldError>);
 
 /// `name`: how the body names an item by its index in problems (`item 0`, or the CSV's `row 2`).
-fn read_items(objects: Vec<RawItem>, allow_private: bool, name: fn(usize) -> String) -> Items {
+fn read_items(objects: Vec<RawItem>, allow_private: bool, name: impl Fn(usize) -> String) -> Items {
     let mut out = Items {
         items: Vec::with_capacity(objects.len()),
         sent: Vec::with_capacity(objects.len()),
@@ -321,12 +321,20 @@ impl JsonBody for BatchRequest {
 /// for a JSON body, defaults for what the body leaves out.
 struct CsvQuery {
     name: String,
+    /// `name` as sent: absent, the name is made from the upload's time, which a repeat of the
+    /// request (`Idempotency-Key`) must not see as a different body.
+    raw_name: Option<String>,
     max_in_flight: Option<i32>,
     callback_url: Option<String>,
     raw_callback_url: Option<String>,
 }
 
-fn read_csv_query(q: &mut QueryParams, allow_private: bool) -> Option<CsvQuery> {
+/// `now`: when the upload came in (names a batch sent without `name`).
+fn read_csv_query(
+    q: &mut QueryParams,
+    allow_private: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<CsvQuery> {
     let name = q.get("name", check_name);
     let max_in_flight = q.get("max_in_flight", |s| {
         s.parse::<i64>()
@@ -347,12 +355,8 @@ fn read_csv_query(q: &mut QueryParams, allow_private: bool) -> Option<CsvQuery> 
     // Absent: named after the upload (a query parameter cannot be required for one content
     // type only, so the schema cannot demand it). An invalid one is reported by `get`.
     Some(CsvQuery {
-        name: name.unwrap_or_else(|| {
-            format!(
-                "CSV upload {}",
-                chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-            )
-        }),
+        raw_name: name.clone(),
+        name: name.unwrap_or_else(|| format!("CSV upload {}", now.format("%Y-%m-%d %H:%M UTC"))),
         max_in_flight,
         callback_url,
         raw_callback_url,
@@ -391,17 +395,64 @@ fn csv_error(row: usize, column: Option<&str>, message: impl Into<String>) -> Fi
 
 /// Reads a CSV upload: a header row of [`CSV_COLUMNS`] names, then one number per row. An
 /// empty cell is an absent field; `metadata` is a JSON object in its cell.
+/// The row a spreadsheet shows a CSV record in. The reader skips empty lines, which a
+/// spreadsheet shows as empty rows (a quoted cell's line breaks stay inside its row): a
+/// record's row is the last one's plus one plus the empty lines before it. Those are the line
+/// breaks where the reader started on the record (its `position`, just past the last record's
+/// terminator, or on the `\n` of its `\r\n`), up to its first character.
+struct SpreadsheetRows<'a> {
+    text: &'a [u8],
+    /// The last record's row (the header's: 1).
+    last: usize,
+}
+
+impl<'a> SpreadsheetRows<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text: text.as_bytes(),
+            last: 1,
+        }
+    }
+
+    fn of(&mut self, record: &csv::StringRecord) -> usize {
+        let empty_lines = record
+            .position()
+            .and_then(|p| usize::try_from(p.byte()).ok())
+            .filter(|&at| at <= self.text.len())
+            .map_or(0, |at| {
+                let breaks = self.text[at..]
+                    .iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                let ends_last =
+                    at > 0 && self.text[at - 1] == b'\r' && self.text.get(at) == Some(&b'\n');
+                breaks - usize::from(ends_last)
+            });
+        self.last += 1 + empty_lines;
+        self.last
+    }
+
+    /// The row after the last one (a record that could not be read).
+    fn after_error(&mut self) -> usize {
+        self.last += 1;
+        self.last
+    }
+}
+
 fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
+    // Untrimmed, so that a record's position is where the reader started on it (see `rows`);
+    // each record is trimmed after.
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
-        .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
         .map_err(|e| ApiError::validation(vec![csv_error(1, None, format!("not CSV: {e}"))]))?
         .iter()
-        .map(str::to_owned)
+        .map(|h| h.trim().to_owned())
         .collect();
+    let mut rows = SpreadsheetRows::new(text);
     let mut problems: Vec<FieldError> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
         if !CSV_COLUMNS.contains(&h.as_str()) {
@@ -418,8 +469,13 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
         return Err(ApiError::validation(problems));
     }
     let mut objects = Vec::new();
+    // The spreadsheet row of each object.
+    let mut row_of = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let row = i + 2;
+        let row = match &record {
+            Ok(r) => rows.of(r),
+            Err(_) => rows.after_error(),
+        };
         if i >= MAX_ITEMS {
             return Err(ApiError::validation(vec![csv_error(
                 row,
@@ -427,8 +483,12 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
                 format!("at most {MAX_ITEMS} rows of numbers (besides the header)"),
             )]));
         }
+        row_of.push(row);
         let record = match record {
-            Ok(r) => r,
+            Ok(mut r) => {
+                r.trim();
+                r
+            }
             Err(e) => {
                 problems.push(csv_error(row, None, format!("not a CSV row: {e}")));
                 objects.push((Err(FieldError::default()), None));
@@ -468,7 +528,7 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
         )]));
     }
     // A CSV's rows count from 1, the header being row 1.
-    let mut items = read_items(objects, allow_private, |i| format!("row {}", i + 2));
+    let mut items = read_items(objects, allow_private, |i| format!("row {}", row_of[i]));
     // Rows that were not CSV are already reported.
     items
         .errors
@@ -481,9 +541,9 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
             .filter(|c| !c.is_empty())
             .map(str::to_owned);
         FieldError {
-            pointer: format!("/rows/{}{}", i + 2, e.pointer),
+            pointer: format!("/rows/{}{}", row_of[i], e.pointer),
             message: e.message,
-            row: Some(i as u64 + 2),
+            row: Some(row_of[i] as u64),
             column,
         }
     }));
@@ -503,7 +563,7 @@ pub fn read_csv_upload(
     allow_private: bool,
 ) -> Result<NewBatchInput, ApiError> {
     let mut q = QueryParams::parse(query);
-    let parsed = read_csv_query(&mut q, allow_private);
+    let parsed = read_csv_query(&mut q, allow_private, chrono::Utc::now());
     let params = q.finish(parsed)?;
     let items = read_csv(csv, allow_private)?;
     Ok(NewBatchInput {
@@ -598,7 +658,7 @@ async fn create_batch(
     let query = req.uri().query().unwrap_or_default().to_owned();
     // Checked for both content types; a JSON body's own fields win over it.
     let mut q = QueryParams::parse(&query);
-    let parsed = read_csv_query(&mut q, allow_private);
+    let parsed = read_csv_query(&mut q, allow_private, state.clock.now());
     let params = q.finish(parsed)?;
     let (sent, input) = if is_csv(&headers) {
         let bytes = Bytes::from_request(req, &state)
@@ -618,7 +678,7 @@ async fn create_batch(
         (
             json!({
                 "csv": text,
-                "name": params.name,
+                "name": params.raw_name,
                 "max_in_flight": max_in_flight,
                 "callback_url": params.raw_callback_url,
             }),
@@ -905,7 +965,9 @@ async fn cancel_batch(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Batch>, ApiError> {
-    Ok(axum::Json(commands::cancel(&state, caller, id).await?))
+    Ok(axum::Json(
+        commands::cancel(&state, caller, id, Source::Api).await?,
+    ))
 }
 
 /// What `retry_failed` did.
@@ -938,7 +1000,7 @@ async fn retry_failed(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<RetryFailedOut>, ApiError> {
-    let r = commands::retry_failed(&state, caller, id).await?;
+    let r = commands::retry_failed(&state, caller, id, Source::Api).await?;
     Ok(axum::Json(RetryFailedOut {
         retried: r.retried,
         skipped: r.skipped,
@@ -996,5 +1058,31 @@ mod tests {
         .unwrap_or_else(|e| panic!("{:?}", e.errors));
         assert_eq!(ok.items.len(), 1);
         assert!(ok.errors.is_empty());
+    }
+
+    /// Empty lines are rows in a spreadsheet (the reader skips them); a quoted cell's line
+    /// breaks are not. With `\r\n` and with `\n` line ends.
+    #[test]
+    fn csv_rows_count_empty_lines_but_not_breaks_inside_cells() {
+        let header =
+            "phone_number,source_waba_id,destination_waba_id,meta_business_id,otp_method,metadata";
+        let lines = [
+            header.to_owned(),
+            String::new(),
+            format!("+5511987650001,{ROW},sms,\"{{\n\"\"crm\"\": 1}}\""),
+            format!("+5511987650002,{ROW},fax,"),
+            String::new(),
+            String::new(),
+            format!("+5511987650003,{ROW},fax,"),
+        ];
+        for end in ["\r\n", "\n"] {
+            let text = lines.join(end) + end;
+            let Err(e) = read_csv(&text, false) else {
+                panic!("accepted")
+            };
+            let rows: Vec<Option<u64>> = e.errors.iter().map(|e| e.row).collect();
+            // Header 1, empty 2, first number 3, fax 4, empty 5 and 6, fax 7.
+            assert_eq!(rows, [Some(4), Some(7)], "{end:?}: {:?}", e.errors);
+        }
     }
 }

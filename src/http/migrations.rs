@@ -57,7 +57,9 @@ impl utoipa::PartialSchema for PhoneNumber {
                  The pattern, built from libphonenumber's metadata, checks the country code and \
                  the national number's length and leading digits; a number outside the ranges \
                  its country assigned to phone lines still fails with 422 `validation_failed` \
-                 (`not a valid number for its country`).",
+                 (`not a valid number for its country`). A Brazilian mobile number in its form \
+                 without the leading 9 (`+551187654321`) is taken: WhatsApp may have the number \
+                 registered so, and the precheck's `brazil_ninth_digit_mismatch` names that form.",
             ))
             .pattern(Some(values::e164_pattern()))
             .examples(["+5511987654321"])
@@ -102,7 +104,8 @@ pub struct CreateMigration {
         pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
     )]
     pub callback_url: Option<String>,
-    /// Up to 20 keys of your own data (at most 4 KiB of JSON, no U+0000), returned as given.
+    /// Up to 20 keys of your own data (at most 4 KiB of JSON, no U+0000; a number is a 64-bit
+    /// integer or below 2^53, larger ones as strings), returned as given.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -243,6 +246,18 @@ fn contains_nul(v: &Value) -> bool {
     }
 }
 
+/// Whether a number in `v` would not come back as sent: one that did not fit a 64-bit
+/// integer (JSON reading made it a double) and is too large for a double to hold every digit.
+fn has_inexact_number(v: &Value) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match v {
+        Value::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.abs() >= EXACT),
+        Value::Array(a) => a.iter().any(has_inexact_number),
+        Value::Object(m) => m.values().any(has_inexact_number),
+        _ => false,
+    }
+}
+
 /// `metadata`: a small JSON object PostgreSQL can store.
 fn check_metadata(metadata: &Value) -> Result<(), String> {
     match metadata {
@@ -254,6 +269,11 @@ fn check_metadata(metadata: &Value) -> Result<(), String> {
         Value::Object(_) if contains_nul(metadata) => {
             Err("must not contain U+0000 (NUL) in keys or strings".into())
         }
+        // Integers beyond 64 bits are read as doubles: they would come back changed.
+        Value::Object(_) if has_inexact_number(metadata) => Err(
+            "numbers must be integers within 64 bits or decimals below 2^53; send larger ones as strings"
+                .into(),
+        ),
         Value::Object(_) => Ok(()),
         _ => Err("must be a JSON object".into()),
     }
@@ -831,7 +851,7 @@ async fn resend_otp(
     params(("id" = Uuid, Path, description = "Migration id")),
     responses(
         (status = 200, description = "Cancelled", body = Migration),
-        (status = 409, description = "Already completed, failed or cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already completed, failed or cancelled (`invalid_state`); or a worker is registering the number or generating its API key right now (`call_in_flight`): cancel again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -842,7 +862,7 @@ async fn cancel_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<axum::Json<Migration>, ApiError> {
-    let r = commands::cancel(&state, caller, id).await?;
+    let r = commands::cancel(&state, caller, id, commands::Source::Api).await?;
     shown(&state, &r).await
 }
 
@@ -865,7 +885,7 @@ async fn retry_migration(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<(StatusCode, axum::Json<Migration>), ApiError> {
-    let r = commands::retry(&state, caller, id).await?;
+    let r = commands::retry(&state, caller, id, commands::Source::Api).await?;
     Ok((StatusCode::ACCEPTED, shown(&state, &r).await?))
 }
 

@@ -17,8 +17,6 @@ use super::{Sandbox, SandboxConfig};
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 1000;
-/// `address` of generated keys: the Messaging API host they are for.
-const MESSAGING_ADDRESS: &str = "https://waba-v2.360dialog.io";
 
 fn meta_error(status: StatusCode, message: &str) -> Reply {
     Reply::with_status(status, meta_error_body(status, message))
@@ -229,6 +227,9 @@ pub(crate) async fn generate_api_key(
     ctx: Ctx,
 ) -> Response {
     let refusal = partner_auth(&ctx);
+    // The sandbox serves the Messaging API itself, at its root: the key's `address` is where
+    // this request came in, so `curl "$address/health_status" -H "D360-API-KEY: …"` works.
+    let address = format!("http://{}", ctx.header("host").unwrap_or("localhost"));
     sandbox
         .exchange(
             Api::Hub,
@@ -242,7 +243,7 @@ pub(crate) async fn generate_api_key(
                     .unwrap_or_default(),
                 refusal,
             },
-            |w, config| w.generate_api_key(&partner_id, &channel_id, config),
+            |w, config| w.generate_api_key(&partner_id, &channel_id, &address, config),
         )
         .await
 }
@@ -345,6 +346,7 @@ impl World {
         &mut self,
         partner_id: &str,
         channel_id: &str,
+        address: &str,
         config: &SandboxConfig,
     ) -> Result<Reply, Reply> {
         let channel = self
@@ -383,7 +385,7 @@ impl World {
         let body = json!({
             "id": key.id,
             "api_key": key.api_key,
-            "address": MESSAGING_ADDRESS,
+            "address": address,
             "app_id": format!("{}AP", random_token(10)),
         });
         let api_key = key.api_key.clone();

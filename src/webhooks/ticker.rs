@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::problem::ApiError;
+use crate::core::AppState;
 use crate::core::batches::{self, Ticked};
-use crate::db;
 
 /// The longest pause between two looks: a batch's end is noticed within this, whatever the
 /// progress interval.
@@ -18,14 +18,14 @@ const MAX_PERIOD: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct BatchTicker {
-    pool: PgPool,
+    state: AppState,
     interval: Duration,
 }
 
 impl BatchTicker {
     /// `interval`: the least time between two `batch.progress` of a batch.
-    pub fn new(pool: PgPool, interval: Duration) -> Self {
-        Self { pool, interval }
+    pub fn new(state: AppState, interval: Duration) -> Self {
+        Self { state, interval }
     }
 
     /// Time between two looks: the progress interval, at most [`MAX_PERIOD`].
@@ -38,7 +38,7 @@ impl BatchTicker {
         info!(interval = ?self.interval, "batch ticker started");
         loop {
             if let Err(e) = self.run_once().await {
-                warn!(error = %e, "batch tick failed");
+                warn!(error = %e.detail, code = e.code, "batch tick failed");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -49,8 +49,11 @@ impl BatchTicker {
         Ok(())
     }
 
-    /// One look at every open batch (tests drive the ticker with this).
-    pub async fn run_once(&self) -> Result<Ticked, db::Error> {
-        batches::tick(&self.pool, self.interval).await
+    /// One look at every open batch, then the cancels cancelled batches left to finish
+    /// ([`batches::finish_cancels`]). Tests drive the ticker with this.
+    pub async fn run_once(&self) -> Result<Ticked, ApiError> {
+        let mut ticked = batches::tick(&self.state.pool, self.interval).await?;
+        ticked.cancelled = batches::finish_cancels(&self.state).await?;
+        Ok(ticked)
     }
 }

@@ -429,7 +429,7 @@ async fn concurrent_tickers_write_one_completed_per_batch(pool: PgPool) {
     }
     // Four tickers, as on several replicas, looking at once.
     let tickers: Vec<BatchTicker> = (0..4)
-        .map(|_| BatchTicker::new(pool.clone(), Duration::from_secs(60)))
+        .map(|_| BatchTicker::new(app.state.clone(), Duration::from_secs(60)))
         .collect();
     let results = futures::future::join_all(
         tickers

@@ -1,10 +1,12 @@
 //! `POST /v1/batches` and the batch reads and commands (README "Moving a portfolio").
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use waba_migrator::core::settings::ManualClock;
 
 use crate::helpers::{
     ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem,
@@ -406,6 +408,38 @@ async fn a_json_body_takes_query_defaults_and_its_own_fields_win(pool: PgPool) {
     );
 }
 
+/// A CSV upload without `name` is named after its time; a repeat of it a minute later (say,
+/// after a timeout) is the same request, replayed, not 422 `idempotency_key_reused`.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_repeated_csv_upload_without_a_name_is_replayed(pool: PgPool) {
+    let clock = ManualClock::default();
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            clock: Arc::new(clock.clone()),
+            ..Options::no_worker()
+        },
+    )
+    .await;
+    let csv = format!("{CSV_HEADER}\n{}\n", csv_rows(2).join("\n"));
+    let res = post_csv(&app, "", csv.clone(), Some("unnamed-1")).await;
+    let first = json_of(res, StatusCode::CREATED).await;
+    assert!(
+        first["batch"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("CSV upload "),
+        "{first:#}"
+    );
+    clock.advance(Duration::from_secs(61));
+    let res = post_csv(&app, "", csv, Some("unnamed-1")).await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let again = json_of(res, StatusCode::CREATED).await;
+    assert_eq!(again["batch"]["id"], first["batch"]["id"]);
+    assert_eq!(again["batch"]["name"], first["batch"]["name"]);
+    assert_eq!(count(&app, "batches").await, 1);
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn idempotency_key_replays_a_batch(pool: PgPool) {
     let app = TestApp::spawn_with(pool, Options::no_worker()).await;
@@ -681,4 +715,63 @@ async fn another_partners_batch_is_not_found(pool: PgPool) {
     assert_eq!(all["data"][0]["id"], json!(id));
     // Nothing was cancelled.
     assert_eq!(batch_of(&app, &id).await["state"], "active");
+}
+
+/// A batch cancel writes the batch's `cancelled_at` first; if the request is cut short (a
+/// restart, an error), the migrations that never started (held for a slot, which admission no
+/// longer releases) would stay active forever: the batch ticker cancels them, each through the
+/// single cancel (`source: "batch"`). A cancelled batch's failures are not retried together.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_batch_ticker: false,
+            ..Options::no_worker()
+        },
+    )
+    .await;
+    let numbers: Vec<String> = (0..4).map(|i| format!("+1415555130{i}")).collect();
+    let res = app
+        .post(
+            "/v1/batches",
+            json!({
+                "name": "Cut short",
+                "max_in_flight": 1,
+                "migrations": numbers.iter().map(|n| TestApp::create_body(n)).collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+    let created = json_of(res, StatusCode::CREATED).await;
+    let id = created["batch"]["id"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = created["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
+        .collect();
+    // The cancel's first write, and nothing after it.
+    sqlx::query("UPDATE batches SET cancelled_at = now() WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let ticked = app.batch_ticker.run_once().await.unwrap();
+    assert_eq!(ticked.cancelled, 3, "{ticked:?}");
+    for waiting in &ids[1..] {
+        let m = app.migration(waiting).await;
+        assert_eq!(m["state"], "cancelled", "{m:#}");
+        let cancelled = app.event_into(waiting, "cancelled").await;
+        assert_eq!(cancelled["data"]["source"], "batch", "{cancelled:#}");
+    }
+    // The one that started is not the sweep's: it holds its slot and runs (or is cancelled by
+    // a cancel of its own).
+    assert_eq!(app.migration(&ids[0]).await["state"], "queued");
+    assert_eq!(app.batch_ticker.run_once().await.unwrap().cancelled, 0);
+
+    let res = app
+        .post(&format!("/v1/batches/{id}/retry_failed"), json!({}))
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
 }

@@ -400,12 +400,18 @@ async fn a_completed_migration_shows_done_until_the_linger_ends(pool: PgPool) {
         left.num_minutes() <= 15 && left.num_minutes() >= 13,
         "{left}"
     );
+    // A form still open on the page is answered with the page as it is now: done.
+    let events = app.event_count(&id, None).await;
     let res = post_form(
         &format!("{url}/resend"),
         &[("csrf", "x"), ("method", "sms")],
     )
     .await;
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("already over"), "{page}");
+    assert!(!page.contains(r#"name="code""#), "{page}");
+    assert_eq!(app.event_count(&id, None).await, events);
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -571,4 +577,127 @@ async fn no_token_code_or_pin_in_logs(pool: PgPool) {
         ],
         &corpus,
     );
+}
+
+/// Once the number moved, a key rotation (`generating_api_key` again) does not bring a link
+/// that stopped showing the outcome back, and the link cannot be replaced.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_key_rotation_does_not_bring_a_finished_link_back(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.sandbox.hang_for = Duration::from_secs(2);
+    opts.upstream_timeout = Duration::from_secs(10);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+5511987651030";
+    let id = app.create(phone).await;
+    let url = link(&app, &id).await;
+    app.complete(&id).await;
+    // The linger is over, as if 15 minutes had passed.
+    sqlx::query(
+        "UPDATE migrations SET state_entered_at = now() - interval '1 hour',
+                completed_at = now() - interval '1 hour' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(open(&url).await.0, StatusCode::NOT_FOUND);
+
+    app.faults(json!([{ "endpoint": "api_keys", "phone_number": phone, "fault": "slow" }]))
+        .await;
+    let rotation = {
+        let req = app
+            .http
+            .post(app.url(&format!("/v1/migrations/{id}/api_key/rotate")))
+            .bearer_auth(&app.partner_key);
+        tokio::spawn(async move { req.send().await.unwrap() })
+    };
+    let m = app
+        .wait_until(&id, |m| m["state"] == "generating_api_key")
+        .await;
+    assert!(m["completed_at"].is_string(), "{m:#}");
+    assert_eq!(open(&url).await.0, StatusCode::NOT_FOUND);
+    let res = app
+        .post(
+            &format!("/v1/migrations/{id}/client_page/rotate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
+    assert_eq!(rotation.await.unwrap().status(), StatusCode::OK);
+}
+
+/// A failed migration's link shows the failure for the linger only; replacing it after that
+/// would answer a link that is dead on arrival: 409, retry first. Within the linger it works.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_failed_migrations_link_is_replaced_only_while_it_shows_the_failure(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Registered without the mobile 9: fails its precheck.
+    let id = app.create("+5511987650012").await;
+    app.wait_for(&id, "failed").await;
+    let res = app
+        .post(
+            &format!("/v1/migrations/{id}/client_page/rotate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(body["client_page"]["expires_at"].clone()).unwrap();
+    assert!(expires > chrono::Utc::now(), "{body:#}");
+
+    sqlx::query(
+        "UPDATE migrations SET state_entered_at = now() - interval '1 hour' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let events = app.event_count(&id, None).await;
+    let res = app
+        .post(
+            &format!("/v1/migrations/{id}/client_page/rotate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("/retry"),
+        "{problem:#}"
+    );
+    assert_eq!(app.event_count(&id, None).await, events);
+}
+
+/// "Send again" tapped inside the resend cooldown is answered with when it is available, and
+/// costs the link's submission budget nothing: the code can still be sent afterwards.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn resend_taps_inside_the_cooldown_cost_the_link_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+5511987651031").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let url = link(&app, &id).await;
+    let (_, _, html) = open(&url).await;
+    let csrf = csrf_in(&html);
+    for _ in 0..12 {
+        let res = post_form(
+            &format!("{url}/resend"),
+            &[("csrf", csrf.as_str()), ("method", "sms")],
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(res.headers().contains_key("retry-after"));
+    }
+    let m = app.migration(&id).await;
+    assert_eq!(m["client_page"]["submissions"], 0, "{m:#}");
+    let res = post_form(
+        &format!("{url}/otp"),
+        &[("csrf", csrf.as_str()), ("code", "123456")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    app.wait_for(&id, "completed").await;
 }

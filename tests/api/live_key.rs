@@ -469,3 +469,52 @@ async fn a_rotation_inside_the_key_rate_window_waits_for_it(pool: PgPool) {
     assert_eq!(app.key_status(&old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(app.key_status(&new).await, StatusCode::OK);
 }
+
+/// A cancel does not cut off an `api_keys` call in flight (its key would be lost, and 360dialog
+/// revoked the channel's earlier keys when it made it): 409 `call_in_flight` with
+/// `Retry-After`, nothing written; the migration completes with the one key generated.
+/// Once nothing is in flight the cancel is judged by the state as usual.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_cancel_does_not_cut_off_the_key_generation_in_flight(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.sandbox.hang_for = Duration::from_secs(2);
+    opts.upstream_timeout = Duration::from_secs(10);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550771";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(json!([{ "endpoint": "api_keys", "phone_number": phone, "fault": "slow" }]))
+        .await;
+    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.received(phone, "api_keys") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "api_keys never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let res = app
+        .post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    let problem = assert_problem(res, StatusCode::CONFLICT, "call_in_flight").await;
+    assert_eq!(problem["state"], "generating_api_key", "{problem:#}");
+
+    let done = app.wait_for(&id, "completed").await;
+    assert_eq!(done["api_key"]["status"], "verified", "{done:#}");
+    assert_eq!(app.applied(phone, "api_keys"), 1);
+    assert_eq!(app.event_count(&id, Some("migration.cancelled")).await, 0);
+    let stored = app.stored_key(&id).await;
+    assert_eq!(app.key_status(&stored).await, StatusCode::OK);
+    let res = app
+        .post(&format!("/v1/migrations/{id}/cancel"), json!({}))
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
+}

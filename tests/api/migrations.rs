@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use waba_migrator::domain::{EventType, MigrationState};
 
 use crate::helpers::{
-    ADMIN_KEY, Options, TestApp, assert_problem, is_transition, retry_after_secs,
+    ADMIN_KEY, Options, TestApp, assert_problem, check_in, is_transition, retry_after_secs,
 };
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
@@ -654,6 +654,30 @@ async fn precheck_dry_run_reports_without_creating(pool: PgPool) {
     assert!(check["message"].as_str().unwrap().contains("+55"));
     assert!(!check["remediation"].as_str().unwrap().is_empty());
     assert_eq!(app.count_migrations().await, 0);
+}
+
+/// The form the Brazil check names (registered without the mobile 9, which libphonenumber no
+/// longer calls valid) is accepted, and the migration of it completes.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_brazil_form_the_precheck_names_can_be_migrated(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let res = app
+        .post("/v1/prechecks", TestApp::create_body("+5521987650012"))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    let check = check_in(&report, "number_on_source");
+    assert_eq!(check["code"], "brazil_ninth_digit_mismatch", "{check:#}");
+    let named = "+552187650012";
+    assert!(
+        check["message"].as_str().unwrap().contains(named),
+        "{check:#}"
+    );
+
+    let id = app.create(named).await;
+    let done = app.complete(&id).await;
+    assert_eq!(done["phone_number"], named);
+    assert_eq!(done["api_key"]["status"], "verified", "{done:#}");
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
