@@ -86,7 +86,8 @@ pub struct ClientPage {
     /// is cancelled, and 15 minutes (`CLIENT_PAGE_LINGER_SECONDS`) after it completes or
     /// fails; from then on it answers 404 "link no longer valid".
     pub expires_at: DateTime<Utc>,
-    /// When the client first opened this link; `null`: not yet.
+    /// When the client first opened this link in a browser (link previews do not count);
+    /// `null`: not yet.
     pub opened_at: Option<DateTime<Utc>>,
     /// Codes and resend requests sent through this link.
     pub submissions: i32,

@@ -165,7 +165,11 @@ async fn page(
         Ok(o) => o,
         Err(r) => return refused(r, q.lang.as_deref(), &headers),
     };
-    if let Err(e) = core::record_opened(&state, &o).await {
+    // A link preview (the messenger the link was sent with, an e-mail scanner) fetches the
+    // page too: only a browser's navigation, or the page's script (`status`), is the client.
+    if is_navigation(&headers)
+        && let Err(e) = core::record_opened(&state, &o).await
+    {
         return e.into_response();
     }
     let lang = language(q.lang.as_deref(), &headers, &o.row.otp_language);
@@ -182,8 +186,17 @@ async fn page(
     render(&state, &o, &token, lang, notice, StatusCode::OK)
 }
 
+/// Whether a `GET` of the page is a browser's top-level navigation (`Sec-Fetch-Mode:
+/// navigate`, sent by every current browser), not a link preview's fetch.
+fn is_navigation(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate"))
+}
+
 /// What the page's script polls: an opaque version that changes whenever what the page shows
-/// changes. 404 once the link gives nothing.
+/// changes (its first poll records the opening, see [`page`]). 404 once the link gives
+/// nothing.
 async fn status(
     State(state): State<AppState>,
     ClientIp(client): ClientIp,
@@ -191,6 +204,11 @@ async fn status(
 ) -> Response {
     match core::open(&state, &token, client).await {
         Ok(o) => {
+            // The page's script runs: a browser has the page open (one without
+            // `Sec-Fetch-Mode`, whose navigation did not count).
+            if let Err(e) = core::record_opened(&state, &o).await {
+                return e.into_response();
+            }
             axum::Json(json!({ "version": view::page_version(&o.row, o.signup_url.as_deref()) }))
                 .into_response()
         }

@@ -410,7 +410,7 @@ pub async fn view(state: &AppState, row: store::BatchRow) -> Result<Batch, ApiEr
     if row.finished_at.is_none()
         && let Some(at) = batch.finished_at
     {
-        batch.finished_at = store::set_finished(&mut *conn, row.id, at).await?;
+        batch.finished_at = store::set_finished(&mut conn, row.id, at).await?;
     }
     Ok(batch)
 }
@@ -423,10 +423,11 @@ pub async fn get(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, Ap
 
 /// Cancels every migration of the batch that has not finished, each through the single
 /// cancel command (`POST /v1/batches/{id}/cancel`). A migration that finished meanwhile, or
-/// is rotating its key, is left as it is; one whose worker is registering it or generating its
-/// key right now (409 `call_in_flight`) is cancelled once that call is answered (waited for up
-/// to 10 s; past that it is left to finish). The batch's `cancelled_at` is written first: if
-/// this request is cut short, [`finish_cancels`] cancels the migrations that never started.
+/// is rotating its key, is left as it is. The batch's `cancelled_at` is written first, and
+/// [`finish_cancels`] (the batch ticker) cancels within seconds what this request did not:
+/// a migration whose worker is registering it or generating its key right now (409
+/// `call_in_flight`: once that call is answered), and everything left if the request is cut
+/// short.
 pub async fn cancel(
     state: &AppState,
     caller: Caller,
@@ -443,65 +444,44 @@ pub async fn cancel(
     view(state, row).await
 }
 
-/// How long a batch cancel waits, per migration, for a call it must not cut off, and how
-/// often it tries again meanwhile.
-const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Cancels one migration of a cancelled batch unless it finished or is rotating its key.
+/// Cancels one migration of a cancelled batch unless it finished or is rotating its key; one
+/// with a call in flight is left to [`finish_cancels`]. Whether it was cancelled.
 async fn cancel_member(
     state: &AppState,
     caller: Caller,
     id: Uuid,
     source: single::Source,
-) -> Result<(), ApiError> {
-    let started = tokio::time::Instant::now();
-    let mut moved = 0;
-    loop {
+) -> Result<bool, ApiError> {
+    // A worker may move the migration between the read and the guarded write (409): read it
+    // again and cancel it in its new state, unless it finished.
+    for _ in 0..5 {
         let e = match single::cancel(state, caller, id, source).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e) if e.status == StatusCode::CONFLICT => e,
             Err(e) => return Err(e),
         };
-        if e.code == "call_in_flight" {
-            if started.elapsed() < IN_FLIGHT_WAIT {
-                tokio::time::sleep(IN_FLIGHT_POLL).await;
-                continue;
-            }
-        } else {
-            // A worker moved the migration between the read and the guarded write: read it
-            // again and cancel it in its new state, unless it finished.
-            let now = single::fetch(state, caller, id).await?;
-            moved += 1;
-            if !(now.state().is_terminal() || now.completed_at.is_some() || moved >= 5) {
-                continue;
-            }
+        let now = single::fetch(state, caller, id).await?;
+        if e.code == "call_in_flight" || now.state().is_terminal() || now.completed_at.is_some() {
+            tracing::info!(migration.id = %id, code = e.code, "batch cancel: migration not cancelled now");
+            return Ok(false);
         }
-        tracing::info!(migration.id = %id, code = e.code, "batch cancel: migration left as it is");
-        return Ok(());
     }
+    Ok(false)
 }
 
-/// Carries out the cancels of cancelled batches for their migrations that never started
-/// (`queued`, waiting for a slot, which admission no longer releases): those a batch cancel
-/// did not reach because it was cut short (a restart, a database error, the client gone).
-/// Each through the single cancel command, `source: "batch"`. Returns how many it cancelled.
+/// Carries out the cancels of cancelled batches: cancels their migrations that have not
+/// finished, are not rotating a key and were not retried since the batch was cancelled (a
+/// migration retried on its own then runs): those a batch cancel left because a call was in
+/// flight, or did not reach because it was cut short (a restart, a database error, the client
+/// gone). Each through the single cancel command as the batch's partner, `source: "batch"`.
+/// Returns how many it cancelled.
 pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
-    let stranded = store::never_started_of_cancelled(&state.pool, 500).await?;
+    let left = store::unfinished_of_cancelled(&state.pool, 500).await?;
     let mut cancelled = 0;
-    for (partner_id, migration_id) in stranded {
-        match single::cancel(
-            state,
-            Caller::Partner(partner_id),
-            migration_id,
-            single::Source::Batch,
-        )
-        .await
-        {
-            Ok(_) => cancelled += 1,
-            // Started or finished meanwhile (a retry, a cancel of its own).
-            Err(e) if e.status == StatusCode::CONFLICT => {}
-            Err(e) => return Err(e),
+    for (partner_id, migration_id) in left {
+        let partner = Caller::Partner(partner_id);
+        if cancel_member(state, partner, migration_id, single::Source::Batch).await? {
+            cancelled += 1;
         }
     }
     if cancelled > 0 {

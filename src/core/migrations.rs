@@ -691,9 +691,11 @@ pub async fn resend(
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
     let mut patch = plan_patch(state, &plan);
     patch.otp_method = Some(method.as_str().into());
-    let guard = plan_guard(caller, &plan);
+    let mut guard = plan_guard(caller, &plan);
+    // A code requested since the read (another resend) starts a new cooldown.
+    guard.resend_due = true;
     let data = json!({ "otp": "resend_requested", "method": method, "source": source.as_str() });
-    apply_plan(
+    let resent = apply_plan(
         state,
         caller,
         &row,
@@ -703,7 +705,15 @@ pub async fn resend(
         guard,
         data,
     )
-    .await
+    .await;
+    match resent {
+        Err(e) if e.code == "invalid_state" => {
+            let now = fetch(state, caller, id).await?;
+            resend_plan(&now)?;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Sets the 360dialog channel of an Embedded Signup migration (`PATCH /v1/migrations/{id}`
@@ -766,22 +776,11 @@ pub async fn cancel(
     source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let plan = plan_for(&row, Command::Cancel)?;
-    if row.completed_at.is_some() {
-        // Completed once: this is a key rotation (`generating_api_key` again), and the number
-        // stays migrated whatever happens to the new key.
-        return Err(ApiError::conflict(
-            "invalid_state",
-            "This migration completed and is rotating its API key; a rotation cannot be cancelled. It completes again with the new key.",
-        )
-        .with_extra(json!({ "state": row.state })));
-    }
-    if let Some(left) = row.call_in_flight(Utc::now()) {
-        return Err(call_in_flight(&row, left));
-    }
+    let plan = cancel_plan(&row)?;
     let patch = plan_patch(state, &plan);
     let mut guard = plan_guard(caller, &plan);
     guard.no_call_in_flight = true;
+    guard.never_completed = true;
     let data = json!({
         "cancelled_by": if caller == Caller::Admin { "admin" } else { "partner" },
         "source": source.as_str(),
@@ -798,25 +797,53 @@ pub async fn cancel(
     )
     .await;
     match cancelled {
-        // A worker took the migration into such a call between the read and the write.
+        // The migration moved between the read and the write: why it cannot be cancelled now.
+        // If nothing says so, only the guard against a call in flight refused it (the
+        // database's clock says the lease still runs).
         Err(e) if e.code == "invalid_state" => {
             let now = fetch(state, caller, id).await?;
-            Err(match now.call_in_flight(Utc::now()) {
-                Some(left) => call_in_flight(&now, left),
-                None => e,
-            })
+            cancel_plan(&now)?;
+            let left = now.call_in_flight(Utc::now());
+            Err(call_in_flight(
+                &now,
+                left.unwrap_or(chrono::Duration::seconds(1)),
+            ))
         }
         other => other,
     }
 }
 
+/// The plan of a cancel of `row`, or why it is refused: finished, a key rotation of a
+/// completed migration, or a call in flight.
+fn cancel_plan(row: &store::MigrationRow) -> Result<Plan, ApiError> {
+    let plan = plan_for(row, Command::Cancel)?;
+    if row.completed_at.is_some() {
+        // Completed once: this is a key rotation (`generating_api_key` again), and the number
+        // stays migrated whatever happens to the new key.
+        return Err(ApiError::conflict(
+            "invalid_state",
+            "This migration completed and is rotating its API key; a rotation cannot be cancelled. It completes again with the new key.",
+        )
+        .with_extra(json!({ "state": row.state })));
+    }
+    if let Some(left) = row.call_in_flight(Utc::now()) {
+        return Err(call_in_flight(row, left));
+    }
+    Ok(plan)
+}
+
+/// The longest `Retry-After` of a `call_in_flight`: the call itself is answered within
+/// `UPSTREAM_TIMEOUT_SECONDS`, usually within a second; the lease may run far longer.
+const CALL_IN_FLIGHT_RETRY_SECS: u64 = 5;
+
 /// 409 `call_in_flight`: a worker is making a call a cancel must not cut off
-/// ([`store::MigrationRow::call_in_flight`]); `Retry-After` is its lease's remaining time.
+/// ([`store::MigrationRow::call_in_flight`]); `Retry-After` is its lease's remaining time, at
+/// most [`CALL_IN_FLIGHT_RETRY_SECS`].
 fn call_in_flight(row: &store::MigrationRow, left: chrono::Duration) -> ApiError {
     let secs = u64::try_from(left.num_milliseconds())
         .unwrap_or(0)
         .div_ceil(1000)
-        .max(1);
+        .clamp(1, CALL_IN_FLIGHT_RETRY_SECS);
     let call = match row.state() {
         MigrationState::Registering => "registering the number with Meta",
         _ => "generating the channel's 360dialog API key",
@@ -855,9 +882,28 @@ pub async fn retry(
     };
     let plan = plan_for(&row, command)?;
     let patch = plan_patch(state, &plan);
-    let guard = plan_guard(caller, &plan);
+    let mut guard = plan_guard(caller, &plan);
+    // It resumes the step it read: a migration that failed again elsewhere since is not
+    // resumed at the old step.
+    guard.failed_step = Some(row.failed_step.clone());
     let data = json!({ "retry_of": failed_step, "source": source.as_str() });
-    apply_plan(state, caller, &row, command, &plan, patch, guard, data).await
+    match apply_plan(state, caller, &row, command, &plan, patch, guard, data).await {
+        Err(e) if e.code == "invalid_state" => {
+            let now = fetch(state, caller, id).await?;
+            if now.state() == MigrationState::Failed && now.failed_step != row.failed_step {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!(
+                        "The migration failed again, at `{}`, since it was read; retry it again to resume there.",
+                        now.failed_step.as_deref().unwrap_or("prechecking")
+                    ),
+                )
+                .with_extra(json!({ "state": now.state })));
+            }
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// How long `create` waits for 360dialog to say whether a completed migration's key still works

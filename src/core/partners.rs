@@ -4,7 +4,7 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::AppState;
+use super::{AppState, Caller};
 use crate::api::problem::ApiError;
 use crate::crypto::{self, aad};
 use crate::db::partners::{self as store, PartnerRow};
@@ -65,6 +65,62 @@ pub async fn create(state: &AppState, p: NewPartner<'_>) -> Result<CreatedPartne
         api_key: key,
         webhook_secret: secret,
     })
+}
+
+/// What `PATCH /v1/partners/{id}` changes: only the fields given (`Some(None)` removes a URL).
+#[derive(Debug, Default)]
+pub struct PartnerChange<'a> {
+    pub name: Option<&'a str>,
+    pub callback_url: Option<Option<&'a str>>,
+    pub signup_url: Option<Option<&'a str>>,
+}
+
+/// `PATCH /v1/partners/{id}`: the admin changes any partner; a partner its own default
+/// `callback_url` and `signup_url` (its `name` is the admin's: 403; another partner: 404).
+/// A new default `callback_url` also applies to the partner's undelivered webhooks that go to
+/// the default, in the same transaction ([`crate::db::webhooks::follow_partner_default`]).
+pub async fn update(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    change: PartnerChange<'_>,
+) -> Result<PartnerRow, ApiError> {
+    match caller {
+        Caller::Partner(own) if own != id => return Err(ApiError::not_found("partner")),
+        Caller::Partner(_) if change.name.is_some() => {
+            return Err(ApiError::forbidden(
+                "A partner's name is changed with the admin key (ADMIN_API_KEY); a partner key may change its own callback_url and signup_url.",
+            ));
+        }
+        _ => {}
+    }
+    let mut tx = state.pool.begin().await?;
+    let row = match store::update(
+        &mut *tx,
+        id,
+        change.name,
+        change.callback_url,
+        change.signup_url,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(crate::db::Error::NotFound) => return Err(ApiError::not_found("partner")),
+        Err(e) => return Err(e.into()),
+    };
+    let followed = match change.callback_url {
+        Some(url) => crate::db::webhooks::follow_partner_default(&mut *tx, id, url).await?,
+        None => 0,
+    };
+    tx.commit().await?;
+    tracing::info!(
+        partner.id = %id,
+        by = if caller == Caller::Admin { "admin" } else { "partner" },
+        callback_url_changed = change.callback_url.is_some(),
+        pending_webhooks_followed = followed,
+        "partner updated"
+    );
+    Ok(row)
 }
 
 /// The partner's 360dialog signup link (`signup_url`), which the client page offers as the

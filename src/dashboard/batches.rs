@@ -21,7 +21,7 @@ use crate::api::Migration;
 use crate::api::batch::{BatchItem, ItemStatus};
 use crate::api::problem::{ApiError, FieldError};
 use crate::core::batches::{self as commands, Created};
-use crate::core::migrations::Source;
+use crate::core::migrations::{Idempotency, Source};
 use crate::core::{AppState, Caller};
 use crate::db::{self, batches as store};
 use crate::domain::MigrationState;
@@ -80,6 +80,10 @@ async fn render_list(
         batches.push(commands::view(state, row).await?);
     }
     let names = super::pages::partner_names(state, session).await?;
+    let form = UploadForm {
+        upload_id: Uuid::new_v4().simple().to_string(),
+        ..form
+    };
     let data = BatchList {
         batches,
         next_cursor,
@@ -145,6 +149,7 @@ async fn read_upload(mut m: Multipart) -> Result<Upload, DashError> {
             "name" => &mut u.form.name,
             "max_in_flight" => &mut u.form.max_in_flight,
             "callback_url" => &mut u.form.callback_url,
+            "upload_id" => &mut u.form.upload_id,
             _ => continue,
         };
         *slot = text;
@@ -267,7 +272,18 @@ pub async fn upload(
         }
         Err(e) => return Err(e.into()),
     };
-    let created = match commands::create(&state, Caller::Partner(partner), None, input).await {
+    // The form's rendering names the upload: sent twice (a double click, a reload), it is
+    // the same request, replayed, not a second batch whose every number is busy.
+    let upload_id = form.upload_id.trim();
+    let key = format!("dashboard-upload-{upload_id}");
+    let sent = serde_json::json!({ "csv": text, "query": query });
+    let idempotency = (upload_id.len() == 32 && upload_id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Idempotency {
+            key: &key,
+            body: &sent,
+        });
+    let caller = Caller::Partner(partner);
+    let created = match commands::create(&state, caller, idempotency, input).await {
         Ok(c) => c,
         Err(e) if e.status.is_client_error() => {
             let status = e.status;
@@ -283,11 +299,28 @@ pub async fn upload(
         }
         Err(e) => return Err(e.into()),
     };
-    let Created::New(out) = created else {
-        // Only an `Idempotency-Key` replays, and the form sends none.
-        return Err(DashError::Internal(ApiError::internal(anyhow::anyhow!(
-            "a dashboard upload was answered as a replay"
-        ))));
+    let out = match created {
+        Created::New(out) => out,
+        // This form was sent before: its batch.
+        Created::Replay { body, .. } => {
+            let id = body["batch"]["id"].as_str().unwrap_or_default();
+            let Ok(id) = Uuid::parse_str(id) else {
+                return refuse(
+                    &state,
+                    &session,
+                    form,
+                    "this form was sent before, and refused; check the file and send it again."
+                        .into(),
+                    Vec::new(),
+                    StatusCode::CONFLICT,
+                )
+                .await;
+            };
+            return Ok(
+                Redirect::to(&format!("/dashboard/batches/{id}?done=created_before"))
+                    .into_response(),
+            );
+        }
     };
     let id = out.batch.id;
     tracing::info!(batch.id = %id, by = %session.who, "dashboard batch upload");
@@ -426,6 +459,10 @@ pub async fn page(
     let id = Uuid::parse_str(&id).map_err(|_| DashError::NotFound)?;
     let notice = match q.done.as_str() {
         "created" => Some("Batch created: every row was valid and every number added.".to_owned()),
+        "created_before" => Some(
+            "This upload was sent twice (a double click or a reload): the batch was created once, here."
+                .to_owned(),
+        ),
         "cancel" => {
             Some("Cancelled: every migration that had not finished was cancelled.".to_owned())
         }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::migrations::{COLUMNS, HELD, MigrationRow, NewMigration};
@@ -239,13 +239,19 @@ pub async fn counts(ex: &mut PgConnection, batch_id: Uuid) -> Result<Counts, Err
 
 /// Records when the batch finished (once: a later call keeps the first time), if every
 /// migration of it is still terminal: a retry that re-opened it since the caller counted
-/// (`reopen`) is not undone. `None`: not finished (any more).
+/// (`reopen`) is not undone. The batch row is locked first, so the check's snapshot is taken
+/// after any such retry committed. `None`: not finished (any more).
 pub async fn set_finished(
-    ex: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
     id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, Error> {
-    Ok(sqlx::query_scalar(
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT 1 FROM batches WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let finished = sqlx::query_scalar(
         "UPDATE batches SET finished_at = COALESCE(finished_at, $2) WHERE id = $1
             AND NOT EXISTS (SELECT 1 FROM migrations WHERE batch_id = $1
                              AND state NOT IN ('completed', 'failed', 'cancelled'))
@@ -253,9 +259,11 @@ pub async fn set_finished(
     )
     .bind(id)
     .bind(at)
-    .fetch_optional(ex)
+    .fetch_optional(&mut *tx)
     .await?
-    .flatten())
+    .flatten();
+    tx.commit().await?;
+    Ok(finished)
 }
 
 /// Records the batch's cancellation (once).
@@ -267,20 +275,23 @@ pub async fn set_cancelled(ex: impl PgExecutor<'_>, id: Uuid) -> Result<(), Erro
     Ok(())
 }
 
-/// The migrations of cancelled batches that never started (`queued` and held: admission no
-/// longer releases them), as `(partner_id, migration_id)`, at most `limit`: what a batch cancel
-/// cut short left ([`crate::core::batches::finish_cancels`]). One index probe per cancelled,
-/// unfinished batch (`migrations_batch_paced`).
-pub async fn never_started_of_cancelled(
+/// The migrations a batch cancel left (`crate::core::batches::finish_cancels`), as
+/// `(partner_id, migration_id)`, at most `limit`: of a cancelled, unfinished batch, not
+/// terminal, never completed (not rotating a key), and not retried since the batch was
+/// cancelled (no `retry_of` event after its `cancelled_at`).
+pub async fn unfinished_of_cancelled(
     ex: impl PgExecutor<'_>,
     limit: i64,
 ) -> Result<Vec<(Uuid, Uuid)>, Error> {
-    Ok(sqlx::query_as(&format!(
+    Ok(sqlx::query_as(
         "SELECT m.partner_id, m.id FROM batches b JOIN migrations m ON m.batch_id = b.id
           WHERE b.cancelled_at IS NOT NULL AND b.finished_at IS NULL
-            AND m.state = 'queued' AND m.run_at = {HELD}
-          ORDER BY m.id LIMIT $1"
-    ))
+            AND m.state NOT IN ('completed', 'failed', 'cancelled') AND m.completed_at IS NULL
+            AND NOT EXISTS (SELECT 1 FROM migration_events e
+                             WHERE e.migration_id = m.id AND e.created_at >= b.cancelled_at
+                               AND e.data ? 'retry_of')
+          ORDER BY m.id LIMIT $1",
+    )
     .bind(limit)
     .fetch_all(ex)
     .await?)

@@ -622,6 +622,12 @@ pub struct Guard {
     /// No irreversible call may be in flight: no live lease on a row whose step's intent a
     /// cancel must not cut off ([`MemoKey::uncancellable_intent_of`]).
     pub no_call_in_flight: bool,
+    /// The resend cooldown must be over (`otp_resend_available_at` unset or past).
+    pub resend_due: bool,
+    /// The migration must never have completed (not a key rotation).
+    pub never_completed: bool,
+    /// The row's `failed_step` must be this (the step a retry read and resumes).
+    pub failed_step: Option<Option<String>>,
 }
 
 /// Applies `patch` to `row` if `guard` holds; appends `event` (with the bumped version as its
@@ -811,6 +817,16 @@ async fn update_once(
     }
     if guard.api_key_live {
         q.push(" AND api_key_superseded_at IS NULL");
+    }
+    if guard.resend_due {
+        q.push(" AND (otp_resend_available_at IS NULL OR otp_resend_available_at <= now())");
+    }
+    if guard.never_completed {
+        q.push(" AND completed_at IS NULL");
+    }
+    if let Some(step) = &guard.failed_step {
+        q.push(" AND failed_step IS NOT DISTINCT FROM ")
+            .push_bind(step.clone());
     }
     if guard.no_call_in_flight {
         q.push(" AND NOT (lease_token IS NOT NULL AND lease_expires_at > now() AND CASE state");

@@ -283,18 +283,40 @@ pub async fn get(
     .await?)
 }
 
-/// Queues a delivery again, now, with a fresh retry schedule (it keeps its id, so consumers
-/// that already processed it can recognise it).
+/// Where the delivery `id` (of `partner`, if given) goes now: its migration's or batch's own
+/// `callback_url`, else its partner's. `None`: no such delivery; `Some(None)`: nowhere.
+pub async fn current_url(
+    ex: impl PgExecutor<'_>,
+    id: Uuid,
+    partner: Option<Uuid>,
+) -> Result<Option<Option<String>>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(m.callback_url, b.callback_url, p.callback_url)
+           FROM webhook_deliveries d
+           JOIN partners p ON p.id = d.partner_id
+           LEFT JOIN migrations m ON m.id = d.migration_id
+           LEFT JOIN batches b ON b.id = d.batch_id
+          WHERE d.id = $1 AND ($2::uuid IS NULL OR d.partner_id = $2)",
+    )
+    .bind(id)
+    .bind(partner)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Queues a delivery again, now, to `url` (where it goes now, [`current_url`]), with a fresh
+/// retry schedule (it keeps its id, so consumers that already processed it can recognise it).
 pub async fn redeliver(
     ex: impl PgExecutor<'_>,
     id: Uuid,
     partner: Option<Uuid>,
+    url: &str,
     now: DateTime<Utc>,
 ) -> Result<DeliveryRow, Error> {
     Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
         "WITH r AS (
              UPDATE webhook_deliveries
-                SET status = 'pending', schedule_step = 0, next_attempt_at = $3
+                SET status = 'pending', schedule_step = 0, next_attempt_at = $3, url = $5
               WHERE id = $1 AND ($2::uuid IS NULL OR partner_id = $2)
              RETURNING {DELIVERY_COLUMNS}),
          n AS (SELECT pg_notify($4, '') FROM r)
@@ -304,8 +326,50 @@ pub async fn redeliver(
     .bind(partner)
     .bind(now)
     .bind(WEBHOOKS_CHANNEL)
+    .bind(url)
     .fetch_one(ex)
     .await?)
+}
+
+/// The partner's default callback URL changed to `url`: its undelivered webhooks that go to
+/// the default (those of migrations and batches without a `callback_url` of their own) follow
+/// it. With `None` (the default removed) nothing is left to send them to: they end `failed`,
+/// except one being sent right now, whose attempt decides. Returns how many changed.
+pub async fn follow_partner_default(
+    ex: impl PgExecutor<'_>,
+    partner: Uuid,
+    url: Option<&str>,
+) -> Result<u64, Error> {
+    const GOES_TO_THE_DEFAULT: &str = "d.partner_id = $1 AND d.status = 'pending'
+        AND CASE WHEN d.migration_id IS NOT NULL
+                 THEN (SELECT m.callback_url IS NULL FROM migrations m WHERE m.id = d.migration_id)
+                 ELSE (SELECT b.callback_url IS NULL FROM batches b WHERE b.id = d.batch_id)
+            END";
+    let done = match url {
+        Some(url) => {
+            sqlx::query(&format!(
+                "UPDATE webhook_deliveries d SET url = $2
+                  WHERE {GOES_TO_THE_DEFAULT} AND d.url <> $2"
+            ))
+            .bind(partner)
+            .bind(url)
+            .execute(ex)
+            .await?
+        }
+        None => {
+            sqlx::query(&format!(
+                "UPDATE webhook_deliveries d
+                    SET status = 'failed', next_attempt_at = NULL,
+                        last_error = 'not sent: the partner''s callback_url was removed'
+                  WHERE {GOES_TO_THE_DEFAULT}
+                    AND (d.lease_token IS NULL OR d.lease_expires_at < now())"
+            ))
+            .bind(partner)
+            .execute(ex)
+            .await?
+        }
+    };
+    Ok(done.rows_affected())
 }
 
 /// The partner's signing secrets: the current one and, during a rotation's overlap, the

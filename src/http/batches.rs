@@ -398,71 +398,84 @@ fn csv_error(row: usize, column: Option<&str>, message: impl Into<String>) -> Fi
 /// The row a spreadsheet shows a CSV record in. The reader skips empty lines, which a
 /// spreadsheet shows as empty rows (a quoted cell's line breaks stay inside its row): a
 /// record's row is the last one's plus one plus the empty lines before it. Those are the line
-/// breaks where the reader started on the record (its `position`, just past the last record's
-/// terminator, or on the `\n` of its `\r\n`), up to its first character.
+/// breaks (`\n`, `\r\n` or a lone `\r`) from where the reader started on the record (its
+/// `position`: just past the last record's terminator, or on the `\n` of its `\r\n`) to its
+/// first character.
 struct SpreadsheetRows<'a> {
     text: &'a [u8],
-    /// The last record's row (the header's: 1).
+    /// The last record's row.
     last: usize,
 }
 
 impl<'a> SpreadsheetRows<'a> {
-    fn new(text: &'a str) -> Self {
-        Self {
+    /// `header`: where the header record starts (empty lines before it are rows too).
+    fn new(text: &'a str, header: Option<&csv::Position>) -> Self {
+        let mut rows = Self {
             text: text.as_bytes(),
-            last: 1,
-        }
+            last: 0,
+        };
+        rows.last = 1 + rows.empty_lines_at(header);
+        rows
     }
 
-    fn of(&mut self, record: &csv::StringRecord) -> usize {
-        let empty_lines = record
-            .position()
+    /// The row of the next record, which the reader started on at `at` (a record that could
+    /// not be read may have no position: then the row after the last).
+    fn next(&mut self, at: Option<&csv::Position>) -> usize {
+        self.last += 1 + self.empty_lines_at(at);
+        self.last
+    }
+
+    fn empty_lines_at(&self, at: Option<&csv::Position>) -> usize {
+        let Some(at) = at
             .and_then(|p| usize::try_from(p.byte()).ok())
             .filter(|&at| at <= self.text.len())
-            .map_or(0, |at| {
-                let breaks = self.text[at..]
-                    .iter()
-                    .take_while(|&&b| b == b'\r' || b == b'\n')
-                    .filter(|&&b| b == b'\n')
-                    .count();
-                let ends_last =
-                    at > 0 && self.text[at - 1] == b'\r' && self.text.get(at) == Some(&b'\n');
-                breaks - usize::from(ends_last)
-            });
-        self.last += 1 + empty_lines;
-        self.last
-    }
-
-    /// The row after the last one (a record that could not be read).
-    fn after_error(&mut self) -> usize {
-        self.last += 1;
-        self.last
+        else {
+            return 0;
+        };
+        let run = &self.text[at..];
+        let run = &run[..run
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(run.len())];
+        let breaks = run
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && run.get(i + 1) != Some(&b'\n')))
+            .count();
+        // The `\n` of the last record's own `\r\n`.
+        let ends_last = at > 0 && self.text[at - 1] == b'\r' && run.first() == Some(&b'\n');
+        breaks - usize::from(ends_last)
     }
 }
 
 fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
+    // Excel's "CSV UTF-8" starts with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Untrimmed, so that a record's position is where the reader started on it (see `rows`);
     // each record is trimmed after.
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(text.as_bytes());
-    let headers: Vec<String> = reader
+    let header = reader
         .headers()
-        .map_err(|e| ApiError::validation(vec![csv_error(1, None, format!("not CSV: {e}"))]))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
-    let mut rows = SpreadsheetRows::new(text);
+        .map_err(|e| ApiError::validation(vec![csv_error(1, None, format!("not CSV: {e}"))]))?;
+    let mut rows = SpreadsheetRows::new(text, header.position());
+    let headers: Vec<String> = header.iter().map(|h| h.trim().to_owned()).collect();
+    let header_row = rows.last;
     let mut problems: Vec<FieldError> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
         if !CSV_COLUMNS.contains(&h.as_str()) {
             problems.push(csv_error(
-                1,
+                header_row,
                 Some(h),
                 format!("unknown column; expected one of {}", CSV_COLUMNS.join(", ")),
             ));
         } else if headers[..i].contains(h) {
-            problems.push(csv_error(1, Some(h), "this column appears more than once"));
+            problems.push(csv_error(
+                header_row,
+                Some(h),
+                "this column appears more than once",
+            ));
         }
     }
     if !problems.is_empty() {
@@ -472,10 +485,10 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     // The spreadsheet row of each object.
     let mut row_of = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let row = match &record {
-            Ok(r) => rows.of(r),
-            Err(_) => rows.after_error(),
-        };
+        let row = rows.next(match &record {
+            Ok(r) => r.position(),
+            Err(e) => e.position(),
+        });
         if i >= MAX_ITEMS {
             return Err(ApiError::validation(vec![csv_error(
                 row,
@@ -948,7 +961,11 @@ async fn batch_report(
 ///
 /// Each through the same command as `POST /v1/migrations/{id}/cancel` (its event and
 /// webhook); a migration that finished meanwhile, or is rotating its API key, is left as it
-/// is. Upstream changes already made are not undone. The batch is `cancelled` from then on.
+/// is. Upstream changes already made are not undone. The batch is `cancelled` from then on:
+/// within seconds the batch ticker also cancels what this request could not (a migration whose
+/// worker was registering it or generating its key: once that call is answered; all the rest
+/// if the request was cut short), except a migration retried on its own since
+/// (`data.source: "batch"`).
 #[utoipa::path(
     post, path = "/v1/batches/{id}/cancel", tag = "batches",
     params(("id" = Uuid, Path, description = "Batch id")),
@@ -990,6 +1007,7 @@ pub struct RetryFailedOut {
     responses(
         (status = 200, description = "How many were retried and skipped, and the batch", body = RetryFailedOut),
         (status = 404, description = "No such batch for this key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The batch was cancelled (`invalid_state`): retry its migrations one by one", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -1061,7 +1079,8 @@ mod tests {
     }
 
     /// Empty lines are rows in a spreadsheet (the reader skips them); a quoted cell's line
-    /// breaks are not. With `\r\n` and with `\n` line ends.
+    /// breaks are not. With `\r\n`, `\n` and `\r` line ends, a byte order mark, empty lines
+    /// before the header, and a row that is not CSV (one cell too many).
     #[test]
     fn csv_rows_count_empty_lines_but_not_breaks_inside_cells() {
         let header =
@@ -1074,15 +1093,25 @@ mod tests {
             String::new(),
             String::new(),
             format!("+5511987650003,{ROW},fax,"),
+            String::new(),
+            format!("+5511987650004,{ROW},sms,,extra"),
+            format!("+5511987650005,{ROW},fax,"),
         ];
-        for end in ["\r\n", "\n"] {
-            let text = lines.join(end) + end;
-            let Err(e) = read_csv(&text, false) else {
-                panic!("accepted")
-            };
-            let rows: Vec<Option<u64>> = e.errors.iter().map(|e| e.row).collect();
-            // Header 1, empty 2, first number 3, fax 4, empty 5 and 6, fax 7.
-            assert_eq!(rows, [Some(4), Some(7)], "{end:?}: {:?}", e.errors);
+        for end in ["\r\n", "\n", "\r"] {
+            for (prefix, before) in [("", 0), ("\u{feff}", 0), ("\u{feff}", 2)] {
+                let text = format!("{prefix}{}", end.repeat(before)) + &lines.join(end) + end;
+                let Err(e) = read_csv(&text, false) else {
+                    panic!("accepted")
+                };
+                let rows: Vec<Option<u64>> = e.errors.iter().map(|e| e.row).collect();
+                // Header 1, empty 2, first number 3, fax 4, empty 5 and 6, fax 7, empty 8,
+                // a cell too many 9, fax 10; each after the empty lines before the header.
+                let want: Vec<Option<u64>> = [4, 7, 9, 10]
+                    .iter()
+                    .map(|r| Some(r + before as u64))
+                    .collect();
+                assert_eq!(rows, want, "{end:?} {prefix:?} {before}: {:?}", e.errors);
+            }
         }
     }
 }

@@ -104,8 +104,9 @@ pub struct CreateMigration {
         pattern = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?(/[!-~]*)?$"
     )]
     pub callback_url: Option<String>,
-    /// Up to 20 keys of your own data (at most 4 KiB of JSON, no U+0000; a number is a 64-bit
-    /// integer or below 2^53, larger ones as strings), returned as given.
+    /// Up to 20 keys of your own data (at most 4 KiB of JSON, no U+0000), returned as given.
+    /// Numbers are kept as 64-bit integers when they are integers that fit, else as doubles
+    /// (17 significant digits): send longer ones, such as IDs beyond 64 bits, as strings.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -246,18 +247,6 @@ fn contains_nul(v: &Value) -> bool {
     }
 }
 
-/// Whether a number in `v` would not come back as sent: one that did not fit a 64-bit
-/// integer (JSON reading made it a double) and is too large for a double to hold every digit.
-fn has_inexact_number(v: &Value) -> bool {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    match v {
-        Value::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.abs() >= EXACT),
-        Value::Array(a) => a.iter().any(has_inexact_number),
-        Value::Object(m) => m.values().any(has_inexact_number),
-        _ => false,
-    }
-}
-
 /// `metadata`: a small JSON object PostgreSQL can store.
 fn check_metadata(metadata: &Value) -> Result<(), String> {
     match metadata {
@@ -269,11 +258,6 @@ fn check_metadata(metadata: &Value) -> Result<(), String> {
         Value::Object(_) if contains_nul(metadata) => {
             Err("must not contain U+0000 (NUL) in keys or strings".into())
         }
-        // Integers beyond 64 bits are read as doubles: they would come back changed.
-        Value::Object(_) if has_inexact_number(metadata) => Err(
-            "numbers must be integers within 64 bits or decimals below 2^53; send larger ones as strings"
-                .into(),
-        ),
         Value::Object(_) => Ok(()),
         _ => Err("must be a JSON object".into()),
     }

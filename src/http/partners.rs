@@ -15,7 +15,7 @@ use super::extract::{
 };
 use super::migrations::validate_callback;
 use super::problem::{ApiError, Problem};
-use crate::core::AppState;
+use crate::core::{AppState, partners};
 use crate::crypto;
 use crate::crypto::aad;
 use crate::db::{self, partners as store};
@@ -367,19 +367,22 @@ async fn get_partner(
     Ok(axum::Json(Partner::from(&p)))
 }
 
-/// Change a partner's name, default webhook URL or signup link (admin).
+/// Change a partner's name (admin), default webhook URL or signup link (admin, or the partner
+/// itself).
 ///
 /// Only the fields sent change; `null` removes a URL. `signup_url` is the partner's 360dialog
 /// signup link, which the client page of an Embedded Signup migration offers as the button to
-/// continue.
+/// continue. A new default `callback_url` also applies to the webhooks not delivered yet that
+/// go to the default (of migrations and batches without their own); once it is removed, those
+/// end `failed`.
 #[utoipa::path(
     patch, path = "/v1/partners/{id}", tag = "partners",
     params(("id" = Uuid, Path, description = "Partner id")),
     request_body = UpdatePartner,
     responses(
         (status = 200, description = "The updated partner", body = Partner),
-        (status = 403, description = "Not the admin key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A partner key changing `name` (the admin's)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (also another partner's id with a partner key)", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -387,24 +390,17 @@ async fn get_partner(
 )]
 async fn update_partner(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     IdPath(id): IdPath<Uuid>,
     AppJson(body): AppJson<UpdatePartner>,
 ) -> Result<axum::Json<Partner>, ApiError> {
-    let name = body.name.as_deref().map(str::trim);
-    match store::update(
-        &state.pool,
-        id,
-        name,
-        body.callback_url.as_ref().map(Option::as_deref),
-        body.signup_url.as_ref().map(Option::as_deref),
-    )
-    .await
-    {
-        Ok(p) => Ok(axum::Json(Partner::from(&p))),
-        Err(db::Error::NotFound) => Err(ApiError::not_found("partner")),
-        Err(e) => Err(e.into()),
-    }
+    let change = partners::PartnerChange {
+        name: body.name.as_deref().map(str::trim),
+        callback_url: body.callback_url.as_ref().map(Option::as_deref),
+        signup_url: body.signup_url.as_ref().map(Option::as_deref),
+    };
+    let p = partners::update(&state, caller, id, change).await?;
+    Ok(axum::Json(Partner::from(&p)))
 }
 
 /// Issue another API key for a partner (shown once).

@@ -193,13 +193,15 @@ async fn with_attempts(
         .collect())
 }
 
-/// Send a webhook again now, with a fresh retry schedule and the same `webhook-id`.
+/// Send a webhook again now, with a fresh retry schedule and the same `webhook-id`, to where
+/// its webhooks go now (its migration's or batch's `callback_url`, else its partner's).
 #[utoipa::path(
     post, path = "/v1/webhook_deliveries/{id}/redeliver", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Delivery id (the `webhook-id`)")),
     responses(
         (status = 202, description = "Queued for delivery", body = WebhookDelivery),
         (status = 404, description = "No such delivery for this key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nowhere to send it (`no_callback_url`): neither its migration or batch nor its partner has a callback URL now", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -210,7 +212,18 @@ async fn redeliver(
     caller: Caller,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<(StatusCode, axum::Json<WebhookDelivery>), ApiError> {
-    let row = match store::redeliver(&state.pool, id, caller.scope(), state.clock.now()).await {
+    let url = match store::current_url(&state.pool, id, caller.scope()).await? {
+        None => return Err(ApiError::not_found("webhook delivery")),
+        Some(None) => {
+            return Err(ApiError::conflict(
+                "no_callback_url",
+                "Nowhere to send it: neither its migration (or batch) nor its partner has a callback_url now. Set the partner's with PATCH /v1/partners/{id}, then redeliver.",
+            ));
+        }
+        Some(Some(url)) => url,
+    };
+    let now = state.clock.now();
+    let row = match store::redeliver(&state.pool, id, caller.scope(), &url, now).await {
         Ok(r) => r,
         Err(db::Error::NotFound) => return Err(ApiError::not_found("webhook delivery")),
         Err(e) => return Err(e.into()),

@@ -718,9 +718,10 @@ async fn another_partners_batch_is_not_found(pool: PgPool) {
 }
 
 /// A batch cancel writes the batch's `cancelled_at` first; if the request is cut short (a
-/// restart, an error), the migrations that never started (held for a slot, which admission no
-/// longer releases) would stay active forever: the batch ticker cancels them, each through the
-/// single cancel (`source: "batch"`). A cancelled batch's failures are not retried together.
+/// restart, an error) the migrations it did not reach would run on, and those that never
+/// started (held for a slot, which admission no longer releases) stay active forever: the
+/// batch ticker cancels them, each through the single cancel (`source: "batch"`), except one
+/// retried on its own since. A cancelled batch's failures are not retried together.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
     let app = TestApp::spawn_with(
@@ -731,7 +732,7 @@ async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
         },
     )
     .await;
-    let numbers: Vec<String> = (0..4).map(|i| format!("+1415555130{i}")).collect();
+    let numbers: Vec<String> = (0..5).map(|i| format!("+1415555130{i}")).collect();
     let res = app
         .post(
             "/v1/batches",
@@ -750,24 +751,38 @@ async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
         .iter()
         .map(|i| i["migration_id"].as_str().unwrap().to_owned())
         .collect();
+    // The last one failed (retryable) before the cancel.
+    sqlx::query(
+        r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',
+                  error = '{"code": "upstream_unavailable", "message": "m", "remediation": "r",
+                            "actor": "none", "step": "prechecking", "retryable": true}'
+            WHERE id = $1::uuid"#,
+    )
+    .bind(&ids[4])
+    .execute(&app.pool)
+    .await
+    .unwrap();
     // The cancel's first write, and nothing after it.
     sqlx::query("UPDATE batches SET cancelled_at = now() WHERE id = $1::uuid")
         .bind(&id)
         .execute(&app.pool)
         .await
         .unwrap();
+    // Retried on its own after the cancel: it runs.
+    let res = app
+        .post(&format!("/v1/migrations/{}/retry", ids[4]), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
 
     let ticked = app.batch_ticker.run_once().await.unwrap();
-    assert_eq!(ticked.cancelled, 3, "{ticked:?}");
-    for waiting in &ids[1..] {
-        let m = app.migration(waiting).await;
+    assert_eq!(ticked.cancelled, 4, "{ticked:?}");
+    for member in &ids[..4] {
+        let m = app.migration(member).await;
         assert_eq!(m["state"], "cancelled", "{m:#}");
-        let cancelled = app.event_into(waiting, "cancelled").await;
+        let cancelled = app.event_into(member, "cancelled").await;
         assert_eq!(cancelled["data"]["source"], "batch", "{cancelled:#}");
     }
-    // The one that started is not the sweep's: it holds its slot and runs (or is cancelled by
-    // a cancel of its own).
-    assert_eq!(app.migration(&ids[0]).await["state"], "queued");
+    assert_eq!(app.migration(&ids[4]).await["state"], "prechecking");
     assert_eq!(app.batch_ticker.run_once().await.unwrap().cancelled, 0);
 
     let res = app

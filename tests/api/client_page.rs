@@ -39,8 +39,14 @@ fn csrf_in(html: &str) -> String {
     c.get(1).or(c.get(2)).unwrap().as_str().to_owned()
 }
 
+/// Opens the page as a browser's navigation does.
 async fn open(url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
-    let res = browser().get(url).send().await.unwrap();
+    let res = browser()
+        .get(url)
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     (status, headers, res.text().await.unwrap())
@@ -700,4 +706,41 @@ async fn resend_taps_inside_the_cooldown_cost_the_link_nothing(pool: PgPool) {
     .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     app.wait_for(&id, "completed").await;
+}
+
+/// A link preview (the messenger the link was sent with fetching it for a preview, an e-mail
+/// scanner) is not the client opening the page: no `migration.client_page_opened`. A browser's
+/// navigation is, and so is the page's script polling (a browser that does not say it
+/// navigates).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_link_preview_is_not_an_opening(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let opened = |id: String| {
+        let app = &app;
+        async move {
+            app.event_count(&id, Some("migration.client_page_opened"))
+                .await
+        }
+    };
+    let a = app.create("+5511987651040").await;
+    let url = link(&app, &a).await;
+    let res = browser()
+        .get(&url)
+        .header("user-agent", "WhatsApp/2.24.1 A")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(opened(a.clone()).await, 0);
+    assert!(app.migration(&a).await["client_page"]["opened_at"].is_null());
+    // The page's script: the client has it open.
+    let res = browser().get(format!("{url}/status")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(opened(a.clone()).await, 1);
+
+    let b = app.create("+5511987651041").await;
+    let url = link(&app, &b).await;
+    assert_eq!(open(&url).await.0, StatusCode::OK);
+    assert_eq!(opened(b.clone()).await, 1);
+    assert!(app.migration(&b).await["client_page"]["opened_at"].is_string());
 }

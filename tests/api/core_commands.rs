@@ -42,7 +42,7 @@ async fn memo(pool: &PgPool, id: &str) -> Value {
 
 /// Puts migration `id` in the state `setup` writes, then races `command` (a POST to `path`
 /// with `body`) against `meanwhile`, a write that lands after the command read the row and
-/// before it writes; returns the memo the command leaves.
+/// before it writes; returns the memo the command leaves (it must have answered 202).
 async fn race(
     app: &TestApp,
     id: &str,
@@ -51,6 +51,20 @@ async fn race(
     body: Value,
     meanwhile: &str,
 ) -> Value {
+    let res = race_for(app, id, setup, path, body, meanwhile).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    memo(&app.pool, id).await
+}
+
+/// [`race`], answering the command's response.
+async fn race_for(
+    app: &TestApp,
+    id: &str,
+    setup: &str,
+    path: &str,
+    body: Value,
+    meanwhile: &str,
+) -> reqwest::Response {
     let pool = &app.pool;
     sqlx::query(setup).bind(id).execute(pool).await.unwrap();
     // Hold the row so the command's write waits after its read.
@@ -82,9 +96,7 @@ async fn race(
         .await
         .unwrap();
     holder.commit().await.unwrap();
-    let res = command.await.unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    memo(pool, id).await
+    command.await.unwrap()
 }
 
 async fn parked_app(pool: PgPool) -> TestApp {
@@ -132,4 +144,104 @@ async fn resend_keeps_a_key_added_meanwhile(pool: PgPool) {
     )
     .await;
     assert_eq!(memo, json!({ "voice_fallback": "t" }));
+}
+
+/// The cancel's guard against a call in flight holds on its own, in SQL: a row read before a
+/// worker's claim armed the `register` intent (a claim does not bump the version) is not
+/// cancelled by a write guarded with `no_call_in_flight`, in `registering` and in
+/// `generating_api_key`; without a live lease, or in another state, it is.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_no_call_in_flight_guard_refuses_in_sql(pool: PgPool) {
+    use waba_migrator::db::migrations as store;
+    use waba_migrator::domain::MigrationState;
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let id = app.create("+14155550661").await;
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let cancel = |row: store::MigrationRow| {
+        let pool = app.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let guard = store::Guard {
+                no_call_in_flight: true,
+                ..Default::default()
+            };
+            let patch = store::Patch {
+                state: Some(MigrationState::Cancelled),
+                ..Default::default()
+            };
+            store::update(
+                &mut conn,
+                &row,
+                &guard,
+                &patch,
+                store::Lease::Keep,
+                None,
+                &|_, _| String::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A worker's claim, as the command never saw it: a live lease and the step's intent.
+    let claim = |state: &'static str, intent: &'static str, lease: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE migrations SET state = $2, lease_token = gen_random_uuid(),
+                        lease_expires_at = now() + interval '{lease}',
+                        step_memo = jsonb_build_object($3::text, now())
+                  WHERE id = $1"
+            ))
+            .bind(uuid)
+            .bind(state)
+            .bind(intent)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    for (state, intent) in [
+        ("registering", "register"),
+        ("generating_api_key", "api_keys"),
+    ] {
+        let before = store::get(&app.pool, uuid, None).await.unwrap();
+        claim(state, intent, "60 seconds").await;
+        assert!(
+            cancel(before).await.is_none(),
+            "{state}: cancelled mid-call"
+        );
+        assert_eq!(app.migration(&id).await["state"], state);
+    }
+    // Its lease expired (the worker died): nothing is in flight any more.
+    let before = store::get(&app.pool, uuid, None).await.unwrap();
+    claim("registering", "register", "-1 seconds").await;
+    assert!(cancel(before).await.is_some());
+    assert_eq!(app.migration(&id).await["state"], "cancelled");
+}
+
+/// A resend read the row outside the cooldown; meanwhile another resend's code was requested
+/// and the worker parked again with a new cooldown. Applied to that fresh row, the stale resend
+/// would send a second SMS inside the cooldown: the guard refuses it, and the answer is the
+/// cooldown's 429.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_resend_read_before_another_one_does_not_skip_the_cooldown(pool: PgPool) {
+    let app = parked_app(pool).await;
+    let id = app.create("+5511987654329").await;
+    let res = race_for(
+        &app,
+        &id,
+        "UPDATE migrations SET state = 'awaiting_otp', otp_requested_at = now() - interval '2 minutes',
+                otp_resend_available_at = now() - interval '1 minute',
+                otp_expires_at = now() + interval '1 day' WHERE id = $1::uuid",
+        "otp/resend",
+        json!({ "method": "sms" }),
+        "UPDATE migrations SET otp_requested_at = now(),
+                otp_resend_available_at = now() + interval '60 seconds',
+                version = version + 2 WHERE id = $1::uuid",
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "otp_resend_too_soon", "{problem:#}");
+    assert_eq!(app.migration(&id).await["state"], "awaiting_otp");
 }

@@ -188,13 +188,24 @@ async fn a_new_migration_counts_the_unrecorded_register_call_of_a_cancelled_one(
         worker.run_until_idle().await.unwrap();
         assert!(Instant::now() < deadline, "register never called");
     }
-    let r = app
-        .post(
-            &format!("/v1/migrations/{first}/cancel"),
-            serde_json::json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    // The dead worker's lease still runs: the call may be in flight. Once it expired, the
+    // cancel goes through.
+    loop {
+        let r = app
+            .post(
+                &format!("/v1/migrations/{first}/cancel"),
+                serde_json::json!({}),
+            )
+            .await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cancelled");
+        let wait = crate::helpers::retry_after_secs(&r);
+        let problem: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "call_in_flight", "{problem:#}");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 
     // The number is verified: the second goes to registering, tries 4 times (MAX_STEP_ATTEMPTS
     // in tests), and its retry finds 5 calls for the number, the first one's included.

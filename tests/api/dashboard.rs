@@ -699,8 +699,15 @@ async fn the_detail_page_shows_the_client_link_and_replaces_it(pool: PgPool) {
         "the link is on the page"
     );
 
-    // The client opens it: the dashboard says when.
-    assert_eq!(reqwest::get(&old).await.unwrap().status(), StatusCode::OK);
+    // The client opens it in a browser: the dashboard says when.
+    let opened = app
+        .http
+        .get(&old)
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
     let (_, _, page) = d.get(&path).await;
     assert!(!state(&page).contains("not yet"), "{page}");
 
@@ -1151,4 +1158,48 @@ async fn batch_retry_failed_and_cancel_buttons_need_the_csrf_token_and_work(pool
         "a cancelled batch stays still"
     );
     assert!(!page.contains(r#"id="cancel-batch""#));
+}
+
+/// The upload form names its rendering (`upload_id`, the upload's Idempotency-Key): sent twice
+/// (a double click, a reload of the POST) it creates one batch, and the second answer leads to
+/// it; a form rendered again is a new upload.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_upload_sent_twice_creates_one_batch(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let mut d = Dash::new(&app);
+    d.sign_in(&app.partner_key).await;
+    let (_, _, list) = d.get("/dashboard/batches").await;
+    let id_of = |html: &str| {
+        regex::Regex::new(r#"name="upload_id" value="([0-9a-f]{32})""#)
+            .unwrap()
+            .captures(html)
+            .expect("an upload_id in the form")[1]
+            .to_owned()
+    };
+    let upload_id = id_of(&list);
+    let csrf = d.csrf.clone();
+    let good = batch_csv(&["+14155550931", "+14155550932"]);
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Twice"),
+        ("upload_id", upload_id.as_str()),
+    ];
+    let (status, headers, body) = d.upload(&fields, &good, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let first = headers[LOCATION].to_str().unwrap().to_owned();
+    let (status, headers, body) = d.upload(&fields, &good, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let again = headers[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(
+        again,
+        first.replace("done=created", "done=created_before"),
+        "the same batch"
+    );
+    assert_eq!(count_rows(&app, "batches").await, 1);
+    assert_eq!(count_rows(&app, "migrations").await, 2);
+    let (_, _, shown) = d.get(&again).await;
+    assert!(shown.contains("sent twice"), "{shown}");
+
+    let (_, _, list) = d.get("/dashboard/batches").await;
+    assert_ne!(id_of(&list), upload_id, "each rendering is a new upload");
 }

@@ -7,6 +7,8 @@
 //!   not a state error: the migration is in a state where the action is allowed);
 //! - admin routes: any partner key → 403 problem+json and nothing changes, also on the partner's
 //!   own `{id}`; the admin key is allowed;
+//! - routes on a partner `{id}` open to that partner (its own settings): another partner's key
+//!   → 404 and nothing changes; the partner itself and the admin are allowed;
 //! - every non-ops route → 401 without a key or with an unknown one;
 //! - ops routes are public.
 //!
@@ -46,9 +48,11 @@ enum Class {
     Batch,
     /// Admin only (`ADMIN_API_KEY`): a partner key is a 403, even on its own partner `{id}`.
     Admin,
+    /// On a partner `{id}`: the admin, or that partner itself; another partner's key is a 404.
+    OwnPartner,
 }
 
-use Class::{Admin, Batch, Delivery, Migration, Public, Tenant};
+use Class::{Admin, Batch, Delivery, Migration, OwnPartner, Public, Tenant};
 use Fixture::{AwaitingOtp, AwaitingSignup, Completed, Failed};
 
 struct Route {
@@ -128,7 +132,7 @@ const ROUTES: &[Route] = &[
     route("GET", "/v1/partners", Admin, None, 200),
     route("POST", "/v1/partners", Admin, Some(PARTNER), 201),
     route("GET", "/v1/partners/{id}", Admin, None, 200),
-    route("PATCH", "/v1/partners/{id}", Admin, Some(r#"{"name": "Renamed"}"#), 200),
+    route("PATCH", "/v1/partners/{id}", OwnPartner, Some(r#"{"signup_url": "https://hub.360dialog.com/dashboard/app/matrix/permissions"}"#), 200),
     route("GET", "/v1/partners/{id}/api_keys", Admin, None, 200),
     route("POST", "/v1/partners/{id}/api_keys", Admin, None, 201),
     route("DELETE", "/v1/partners/{id}/api_keys/{key_id}", Admin, None, 204),
@@ -500,6 +504,30 @@ async fn tenant_isolation_matrix(pool: PgPool) {
                     "{method} {concrete} as the owner: {}",
                     owner.text
                 );
+            }
+            OwnPartner => {
+                for (key, id) in [(&own_key, &other_id), (&other_key, &own_id)] {
+                    let concrete = path.replace("{id}", id);
+                    assert_refused(
+                        &app,
+                        r,
+                        &concrete,
+                        Some(key),
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                    )
+                    .await;
+                }
+                for (key, id) in [(own_key.as_str(), &own_id), (ADMIN_KEY, &third_id)] {
+                    let concrete = path.replace("{id}", id);
+                    let reply = call(&app, r, &concrete, Some(key)).await;
+                    assert_eq!(
+                        reply.status.as_u16(),
+                        r.ok,
+                        "{method} {concrete}: {}",
+                        reply.text
+                    );
+                }
             }
             Admin => {
                 // The caller's own partner and another one, with a key of that partner.

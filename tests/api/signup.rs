@@ -515,13 +515,16 @@ async fn partners_store_their_signup_url(pool: PgPool) {
         );
         assert_eq!(get().await["signup_url"], url, "unchanged after {bad}");
     }
-    // Only the admin changes a partner.
+    // The partner itself may change it (not its name).
     let res = patch_as(&app, &app.partner_key, &path, json!({ "signup_url": null })).await;
-    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
-
-    let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": null })).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(get().await["signup_url"], Value::Null);
+    let res = patch_as(&app, &app.partner_key, &path, json!({ "name": "Renamed" })).await;
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+
+    let res = patch_as(&app, ADMIN_KEY, &path, json!({ "signup_url": url })).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(get().await["signup_url"], url);
 }
 
 /// The new WABA the client's Embedded Signup creates (360dialog's guide has the client create

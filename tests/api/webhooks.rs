@@ -670,16 +670,115 @@ async fn partner_default_callback_is_used_and_can_be_cleared(pool: PgPool) {
     cancel(&app, &id).await;
     assert!(deliveries(&app, &id).await.is_empty());
 
-    // A partner key cannot change partners.
-    let res = app
-        .http
-        .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
-        .bearer_auth(&app.partner_key)
-        .json(&json!({ "callback_url": null }))
-        .send()
+    // A partner key may set its own default, not its name, nor another partner's.
+    let as_partner = |id: &str, body: Value| {
+        app.http
+            .patch(app.url(&format!("/v1/partners/{id}")))
+            .bearer_auth(&app.partner_key)
+            .json(&body)
+            .send()
+    };
+    let own = app.partner_id.clone();
+    let res = as_partner(&own, json!({ "callback_url": consumer.url }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = as_partner(&own, json!({ "name": "Mine now" }))
         .await
         .unwrap();
     assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+    let (other, _) = app.other_partner().await;
+    let res = as_partner(&other, json!({ "callback_url": null }))
+        .await
+        .unwrap();
+    assert_problem(res, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+/// A new default callback URL applies to the webhooks not delivered yet that go to the
+/// default (a consumer that went away is replaced: what waited for it goes to the new one, in
+/// order); a redelivery goes where webhooks go now; with the default removed, what is left
+/// ends `failed` and a redelivery is 409 `no_callback_url`.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn undelivered_webhooks_follow_the_partners_new_default_url(pool: PgPool) {
+    let (app, clock) = spawn_with_manual_clock(pool, Options::default()).await;
+    let (old, new) = (Consumer::start().await, Consumer::start().await);
+    old.down.store(true, Ordering::SeqCst);
+    let patch = |body: Value| {
+        app.http
+            .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+            .bearer_auth(&app.partner_key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        patch(json!({ "callback_url": old.url }))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let id = app.create("+14155550521").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    assert!(!old.received().is_empty(), "tried the old consumer first");
+    let expected = transitions(&app, &id).await;
+
+    assert_eq!(
+        patch(json!({ "callback_url": new.url }))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(400));
+        app.dispatcher.run_until_idle().await.unwrap();
+    }
+    let got: Vec<i64> = new
+        .accepted()
+        .iter()
+        .map(|r| r.json()["sequence"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = expected.iter().map(|(s, _)| *s).collect();
+    assert_eq!(got, want, "every event, in order, at the new URL");
+    assert!(old.accepted().is_empty());
+    let log = deliveries(&app, &id).await;
+    assert!(log.iter().all(|d| d["url"] == json!(new.url)), "{log:#?}");
+
+    // Redelivered: to where webhooks go now.
+    let first = log[0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            &format!("/v1/webhook_deliveries/{first}/redeliver"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    app.dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(new.accepted().len(), want.len() + 1);
+
+    // The default removed: a pending webhook ends failed, and a redelivery has nowhere to go.
+    new.down.store(true, Ordering::SeqCst);
+    cancel(&app, &id).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(
+        patch(json!({ "callback_url": null }))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let log = deliveries(&app, &id).await;
+    let last = log.last().unwrap();
+    assert_eq!(last["event_type"], "migration.cancelled", "{last:#}");
+    assert_eq!(last["status"], "failed", "{last:#}");
+    let res = app
+        .post(
+            &format!("/v1/webhook_deliveries/{first}/redeliver"),
+            json!({}),
+        )
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "no_callback_url").await;
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

@@ -25,6 +25,9 @@ pub struct UploadForm {
     pub callback_url: String,
     /// The uploaded file's name, to say which file was refused.
     pub file_name: String,
+    /// This rendering of the form (a fresh one each time): the upload's `Idempotency-Key`, so
+    /// a double click or a reload of the POST creates the batch once.
+    pub upload_id: String,
 }
 
 pub struct BatchList {
@@ -109,6 +112,7 @@ pub fn batch_list(session: &Session, d: &BatchList) -> Html<String> {
             }
             form.upload #upload method="post" action="/dashboard/batches" enctype="multipart/form-data" {
                 input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
+                input type="hidden" name="upload_id" value=(f.upload_id);
                 @if admin {
                     label for="u-partner" { "Partner (the batch and its migrations belong to it)"
                         select #u-partner name="partner_id" required {
