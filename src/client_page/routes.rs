@@ -187,11 +187,12 @@ async fn page(
 }
 
 /// Whether a `GET` of the page is a browser's top-level navigation (`Sec-Fetch-Mode:
-/// navigate`, sent by every current browser), not a link preview's fetch.
+/// navigate`, sent by every current browser), not a link preview's fetch nor a prefetch or
+/// prerender (`Sec-Purpose: prefetch…`).
 fn is_navigation(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate"))
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    header("sec-fetch-mode").is_some_and(|v| v.eq_ignore_ascii_case(b"navigate"))
+        && !header("sec-purpose").is_some_and(|v| v.starts_with(b"prefetch"))
 }
 
 /// What the page's script polls: an opaque version that changes whenever what the page shows
@@ -300,6 +301,11 @@ async fn acting<F: PageForm>(
             Some(Notice::FormExpired),
             StatusCode::FORBIDDEN,
         ));
+    }
+    // A form of the page was sent: the client has it open (a browser that neither says it
+    // navigates nor runs the page's script).
+    if let Err(e) = core::record_opened(state, &o).await {
+        return Err(e.into_response());
     }
     Ok((o, lang, form))
 }

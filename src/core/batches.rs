@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::http::StatusCode;
 use chrono::Utc;
+use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -56,8 +57,11 @@ pub enum Created {
 }
 
 /// How long a create waits for 360dialog to say whether a completed migration's key still
-/// works (per number that has one).
+/// works (per number that has one), how many it asks about at once, and how long all of them
+/// may take together (a batch re-uploading thousands of migrated numbers).
 const KEY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const KEY_CHECKS_AT_ONCE: usize = 8;
+const KEY_CHECKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The problem of a rejected item, as JSON: its `code`, `detail` and extras.
 fn item_error(e: &ApiError) -> Value {
@@ -121,27 +125,44 @@ pub async fn create(
             }
             None if with_holder.is_empty() => break (tx, (with_holder, HashMap::new())),
             None => {
-                // Ask 360dialog with no transaction held, then decide again.
+                // Ask 360dialog with no transaction held, then decide again: a few numbers
+                // at once, all within KEY_CHECKS_TIMEOUT (past it, a number's check gets no
+                // time: its key counts as unconfirmed, as when 360dialog does not answer).
                 drop(tx);
+                let deadline = tokio::time::Instant::now() + KEY_CHECKS_TIMEOUT;
+                let checks: Vec<_> = with_holder
+                    .iter()
+                    .cloned()
+                    .map(|number| async move {
+                        let left = deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .min(KEY_CHECK_TIMEOUT);
+                        let live = single::live_key_holder(
+                            &state.pool,
+                            &state.cipher,
+                            state.d360.as_ref(),
+                            &number,
+                            None,
+                            None,
+                            Some(left),
+                        )
+                        .await;
+                        live.map(|l| (number, l))
+                    })
+                    .collect();
+                let checks: Vec<_> = futures::stream::iter(checks)
+                    .buffer_unordered(KEY_CHECKS_AT_ONCE)
+                    .collect()
+                    .await;
                 let mut found = HashMap::new();
-                for number in &with_holder {
-                    match single::live_key_holder(
-                        &state.pool,
-                        &state.cipher,
-                        state.d360.as_ref(),
-                        number,
-                        None,
-                        None,
-                        Some(KEY_CHECK_TIMEOUT),
-                    )
-                    .await?
-                    {
-                        LiveKey::None => {}
-                        LiveKey::Live(h) => {
-                            found.insert(number.clone(), (h, true));
+                for checked in checks {
+                    match checked? {
+                        (_, LiveKey::None) => {}
+                        (number, LiveKey::Live(h)) => {
+                            found.insert(number, (h, true));
                         }
-                        LiveKey::Unknown(h) => {
-                            found.insert(number.clone(), (h, false));
+                        (number, LiveKey::Unknown(h)) => {
+                            found.insert(number, (h, false));
                         }
                     }
                 }
@@ -480,8 +501,13 @@ pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
     let mut cancelled = 0;
     for (partner_id, migration_id) in left {
         let partner = Caller::Partner(partner_id);
-        if cancel_member(state, partner, migration_id, single::Source::Batch).await? {
-            cancelled += 1;
+        match cancel_member(state, partner, migration_id, single::Source::Batch).await {
+            Ok(true) => cancelled += 1,
+            Ok(false) => {}
+            // One migration's trouble does not hold the others up: it is tried next tick.
+            Err(e) => {
+                tracing::warn!(migration.id = %migration_id, error = %e.detail, "batch cancel: could not cancel");
+            }
         }
     }
     if cancelled > 0 {

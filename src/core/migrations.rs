@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -296,10 +296,10 @@ fn code_plan(row: &store::MigrationRow) -> Result<Plan, ApiError> {
 
 /// The plan of a resend for `row`, or why it is refused: a wrong state, or 429
 /// `otp_resend_too_soon` inside the cooldown.
-fn resend_plan(row: &store::MigrationRow) -> Result<Plan, ApiError> {
+fn resend_plan(row: &store::MigrationRow, now: DateTime<Utc>) -> Result<Plan, ApiError> {
     let plan = plan_for(row, Command::Resend)?;
     if let Some(at) = row.otp_resend_available_at {
-        let wait = (at - Utc::now()).num_milliseconds();
+        let wait = (at - now).num_milliseconds();
         if wait > 0 {
             let secs = (wait as u64).div_ceil(1000);
             return Err(ApiError::new(
@@ -508,6 +508,19 @@ pub async fn fetch(
     }
 }
 
+/// Deletes `Idempotency-Key`s older than [`idempotency::KEEP_HOURS`] (a request with one is a
+/// new request anyway): the batch ticker's housekeeping. How many.
+pub async fn forget_old_idempotency_keys(state: &AppState) -> Result<u64, ApiError> {
+    let mut deleted = 0;
+    loop {
+        let n = idempotency::prune(&state.pool, 5_000).await?;
+        deleted += n;
+        if n < 5_000 {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// The client's code, through its page: the page's limits, then [`submit_code`] as the
 /// migration's partner. A submission the command would refuse anyway (the page is behind:
 /// a wrong state, the window closed) is refused first and costs the link's budget nothing.
@@ -530,7 +543,7 @@ pub async fn resend_from_page(
     method: OtpMethod,
     client: Option<std::net::IpAddr>,
 ) -> Result<store::MigrationRow, client_page::NotTaken> {
-    resend_plan(&o.row)?;
+    resend_plan(&o.row, Utc::now())?;
     let caller = client_page::take_submission(state, o, client).await?;
     Ok(resend(state, caller, o.row.id, Some(method), Source::ClientPage).await?)
 }
@@ -687,13 +700,14 @@ pub async fn resend(
     source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
-    let plan = resend_plan(&row)?;
+    let now = Utc::now();
+    let plan = resend_plan(&row, now)?;
     let method = method.unwrap_or_else(|| OtpMethod::parse(&row.otp_method).unwrap_or_default());
     let mut patch = plan_patch(state, &plan);
     patch.otp_method = Some(method.as_str().into());
     let mut guard = plan_guard(caller, &plan);
     // A code requested since the read (another resend) starts a new cooldown.
-    guard.resend_due = true;
+    guard.resend_due = Some(now);
     let data = json!({ "otp": "resend_requested", "method": method, "source": source.as_str() });
     let resent = apply_plan(
         state,
@@ -708,8 +722,8 @@ pub async fn resend(
     .await;
     match resent {
         Err(e) if e.code == "invalid_state" => {
-            let now = fetch(state, caller, id).await?;
-            resend_plan(&now)?;
+            let fresh = fetch(state, caller, id).await?;
+            resend_plan(&fresh, now)?;
             Err(e)
         }
         other => other,

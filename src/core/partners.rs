@@ -78,7 +78,8 @@ pub struct PartnerChange<'a> {
 /// `PATCH /v1/partners/{id}`: the admin changes any partner; a partner its own default
 /// `callback_url` and `signup_url` (its `name` is the admin's: 403; another partner: 404).
 /// A new default `callback_url` also applies to the partner's undelivered webhooks that go to
-/// the default, in the same transaction ([`crate::db::webhooks::follow_partner_default`]).
+/// the default: due at once, on a fresh schedule ([`crate::db::webhooks::follow_partner_default`];
+/// the dispatcher sends each where webhooks go when it is sent).
 pub async fn update(
     state: &AppState,
     caller: Caller,
@@ -109,7 +110,9 @@ pub async fn update(
         Err(e) => return Err(e.into()),
     };
     let followed = match change.callback_url {
-        Some(url) => crate::db::webhooks::follow_partner_default(&mut *tx, id, url).await?,
+        Some(_) => {
+            crate::db::webhooks::follow_partner_default(&mut *tx, id, state.clock.now()).await?
+        }
         None => 0,
     };
     tx.commit().await?;

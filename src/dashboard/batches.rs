@@ -18,7 +18,7 @@ use super::DashError;
 use super::session::{CsrfForm, Session};
 use super::views::{self, BatchList, BatchPage, UploadForm};
 use crate::api::Migration;
-use crate::api::batch::{BatchItem, ItemStatus};
+use crate::api::batch::{BatchCreated, BatchItem, ItemStatus};
 use crate::api::problem::{ApiError, FieldError};
 use crate::core::batches::{self as commands, Created};
 use crate::core::migrations::{Idempotency, Source};
@@ -285,6 +285,18 @@ pub async fn upload(
     let caller = Caller::Partner(partner);
     let created = match commands::create(&state, caller, idempotency, input).await {
         Ok(c) => c,
+        // The form was sent before with another file (a form kept by the browser's Back).
+        Err(e) if e.code == "idempotency_key_reused" => {
+            return refuse(
+                &state,
+                &session,
+                form,
+                "this form was already used to upload another file; it is shown again: choose the file and send it once more.".into(),
+                Vec::new(),
+                StatusCode::CONFLICT,
+            )
+            .await;
+        }
         Err(e) if e.status.is_client_error() => {
             let status = e.status;
             return refuse(
@@ -299,42 +311,38 @@ pub async fn upload(
         }
         Err(e) => return Err(e.into()),
     };
-    let out = match created {
-        Created::New(out) => out,
-        // This form was sent before: its batch.
-        Created::Replay { body, .. } => {
-            let id = body["batch"]["id"].as_str().unwrap_or_default();
-            let Ok(id) = Uuid::parse_str(id) else {
-                return refuse(
-                    &state,
-                    &session,
-                    form,
-                    "this form was sent before, and refused; check the file and send it again."
-                        .into(),
-                    Vec::new(),
-                    StatusCode::CONFLICT,
-                )
-                .await;
-            };
-            return Ok(
-                Redirect::to(&format!("/dashboard/batches/{id}?done=created_before"))
-                    .into_response(),
-            );
-        }
+    // Sent before (only created batches are stored for a key): its batch, as then.
+    let (out, again) = match created {
+        Created::New(out) => (*out, false),
+        Created::Replay { body, .. } => match serde_json::from_value::<BatchCreated>(body) {
+            Ok(out) => (out, true),
+            Err(e) => {
+                return Err(DashError::Internal(ApiError::internal(anyhow::anyhow!(
+                    "a stored batch upload does not read back: {e}"
+                ))));
+            }
+        },
     };
     let id = out.batch.id;
-    tracing::info!(batch.id = %id, by = %session.who, "dashboard batch upload");
+    tracing::info!(batch.id = %id, by = %session.who, replayed = again, "dashboard batch upload");
     let rejected: Vec<BatchItem> = out
         .items
         .into_iter()
         .filter(|i| i.status == ItemStatus::Rejected)
         .collect();
     if rejected.is_empty() {
-        return Ok(Redirect::to(&format!("/dashboard/batches/{id}?done=created")).into_response());
+        let done = if again { "created_before" } else { "created" };
+        return Ok(Redirect::to(&format!("/dashboard/batches/{id}?done={done}")).into_response());
     }
-    // Shown once, here: the rejected rows are not stored anywhere.
+    // Shown here, with the upload's answer: the batch stores only what it created (a repeat of
+    // the form shows its stored answer again).
     let notice = format!(
-        "Batch created with {}; {} not added (below).",
+        "{}Batch created with {}; {} not added (below).",
+        if again {
+            "This upload was sent twice (a double click or a reload); it was made once. "
+        } else {
+            ""
+        },
         views::count(
             usize::try_from(out.batch.total).unwrap_or_default(),
             "migration",

@@ -495,7 +495,8 @@ const ADMIT_BATCHES: i64 = 200;
 
 /// **Admission**: gives free slots of batches to their held migrations, oldest first, and wakes
 /// the workers when it released any. `only`: that batch alone (its create); else every batch
-/// with held migrations that is not paused. Returns how many migrations it released.
+/// with held migrations and a free slot that is not paused (at most [`ADMIT_BATCHES`] a round).
+/// Returns how many migrations it released.
 ///
 /// Must run in a transaction (`conn`), which the caller commits. Two statements, in this
 /// order, are what makes it exact with any number of replicas: the first locks the batch rows
@@ -529,7 +530,13 @@ pub async fn admit(conn: &mut PgConnection, only: Option<Uuid>) -> Result<u64, E
                               ORDER BY m.batch_id LIMIT 1)
                        FROM held WHERE held.batch_id IS NOT NULL)
                  SELECT b.id FROM batches b JOIN held ON held.batch_id = b.id
-                  WHERE b.paused_until IS NULL OR b.paused_until <= now()
+                  WHERE (b.paused_until IS NULL OR b.paused_until <= now())
+                    -- A full batch is passed over before the limit, so that however many
+                    -- batches are full, the others are reached (the count is repeated
+                    -- under the lock below).
+                    AND (SELECT count(*) FROM migrations c
+                          WHERE c.batch_id = b.id AND c.state IN {PACED_SQL}
+                            AND c.run_at < {HELD}) < b.max_in_flight
                   LIMIT $1
                   FOR UPDATE OF b SKIP LOCKED"
             ))

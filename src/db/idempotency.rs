@@ -4,6 +4,9 @@
 //! The key row is inserted at the start of the creating transaction, so a concurrent request with
 //! the same key blocks on the primary key until the first commits (then replays) or rolls back
 //! (then runs itself).
+//!
+//! A key is kept [`KEEP_HOURS`]: a request with a key older than that is a new request (the
+//! row is taken over), and [`prune`] deletes such rows.
 
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -20,6 +23,9 @@ pub enum Begin {
     Mismatch,
 }
 
+/// How long a key answers with its first response.
+pub const KEEP_HOURS: i32 = 24;
+
 #[tracing::instrument(level = "debug", skip_all, fields(partner.id = %partner_id))]
 pub async fn begin(
     conn: &mut PgConnection,
@@ -27,9 +33,13 @@ pub async fn begin(
     key: &str,
     request_hashes: &[Vec<u8>],
 ) -> Result<Begin, Error> {
+    // New, or older than KEEP_HOURS: taken over as new.
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (partner_id, key, request_hash) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (partner_id, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, status_code = NULL, response = NULL,
+                created_at = now()
+          WHERE idempotency_keys.created_at < now() - make_interval(hours => $4)",
     )
     .bind(partner_id)
     .bind(key)
@@ -39,6 +49,7 @@ pub async fn begin(
             .map(Vec::as_slice)
             .unwrap_or_default(),
     )
+    .bind(KEEP_HOURS)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -86,4 +97,18 @@ pub async fn finish(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Deletes keys older than [`KEEP_HOURS`] (at most `limit` a call); how many.
+pub async fn prune(ex: impl sqlx::PgExecutor<'_>, limit: i64) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE ctid IN (
+             SELECT ctid FROM idempotency_keys
+              WHERE created_at < now() - make_interval(hours => $1) LIMIT $2)",
+    )
+    .bind(KEEP_HOURS)
+    .bind(limit)
+    .execute(ex)
+    .await?
+    .rows_affected())
 }

@@ -622,8 +622,9 @@ pub struct Guard {
     /// No irreversible call may be in flight: no live lease on a row whose step's intent a
     /// cancel must not cut off ([`MemoKey::uncancellable_intent_of`]).
     pub no_call_in_flight: bool,
-    /// The resend cooldown must be over (`otp_resend_available_at` unset or past).
-    pub resend_due: bool,
+    /// The resend cooldown must be over at this time (`otp_resend_available_at` unset or not
+    /// after it): the time the command checked it by, so that both checks agree.
+    pub resend_due: Option<DateTime<Utc>>,
     /// The migration must never have completed (not a key rotation).
     pub never_completed: bool,
     /// The row's `failed_step` must be this (the step a retry read and resumes).
@@ -818,8 +819,10 @@ async fn update_once(
     if guard.api_key_live {
         q.push(" AND api_key_superseded_at IS NULL");
     }
-    if guard.resend_due {
-        q.push(" AND (otp_resend_available_at IS NULL OR otp_resend_available_at <= now())");
+    if let Some(at) = guard.resend_due {
+        q.push(" AND (otp_resend_available_at IS NULL OR otp_resend_available_at <= ")
+            .push_bind(at)
+            .push(")");
     }
     if guard.never_completed {
         q.push(" AND completed_at IS NULL");

@@ -58,8 +58,17 @@ pub struct AttemptRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// Where a delivery `d` goes now: its migration's or batch's own `callback_url`, else its
+/// partner's (`NULL`: nowhere). An SQL expression over the alias `d`.
+const TARGET_NOW: &str = "COALESCE(
+        (SELECT m.callback_url FROM migrations m WHERE m.id = d.migration_id),
+        (SELECT b.callback_url FROM batches b WHERE b.id = d.batch_id),
+        (SELECT p.callback_url FROM partners p WHERE p.id = d.partner_id))";
+
 /// Claims up to `limit` due deliveries, each the oldest pending one of its migration (or
-/// batch).
+/// batch), each to where its webhooks go now (`TARGET_NOW`: a partner's new default applies
+/// to what was not delivered yet, and no URL written before a change of it lingers). One
+/// that has nowhere to go now (its URL was removed) ends `failed` instead.
 pub async fn claim(
     ex: impl PgExecutor<'_>,
     now: DateTime<Utc>,
@@ -68,7 +77,7 @@ pub async fn claim(
 ) -> Result<Vec<DeliveryRow>, Error> {
     Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
         "WITH picked AS (
-             SELECT d.id FROM webhook_deliveries d
+             SELECT d.id, {TARGET_NOW} AS url FROM webhook_deliveries d
               WHERE d.status = 'pending'
                 AND d.next_attempt_at <= $1
                 AND (d.lease_token IS NULL OR d.lease_expires_at < $1)
@@ -84,13 +93,20 @@ pub async fn claim(
                        AND e.sequence < d.sequence))
               ORDER BY d.next_attempt_at, d.id
               LIMIT $3
-              FOR UPDATE SKIP LOCKED)
+              FOR UPDATE OF d SKIP LOCKED),
+         gone AS (
+             UPDATE webhook_deliveries w
+                SET status = 'failed', next_attempt_at = NULL,
+                    last_error = 'not sent: no callback URL any more (removed since it was written)'
+               FROM picked
+              WHERE w.id = picked.id AND picked.url IS NULL)
          UPDATE webhook_deliveries w
             SET lease_token = gen_random_uuid(),
                 lease_expires_at = $1 + make_interval(secs => $2),
-                attempts = w.attempts + 1
+                attempts = w.attempts + 1,
+                url = picked.url
            FROM picked
-          WHERE w.id = picked.id
+          WHERE w.id = picked.id AND picked.url IS NOT NULL
          RETURNING {}",
         super::qualified(DELIVERY_COLUMNS, "w")
     ))
@@ -290,14 +306,10 @@ pub async fn current_url(
     id: Uuid,
     partner: Option<Uuid>,
 ) -> Result<Option<Option<String>>, Error> {
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(m.callback_url, b.callback_url, p.callback_url)
-           FROM webhook_deliveries d
-           JOIN partners p ON p.id = d.partner_id
-           LEFT JOIN migrations m ON m.id = d.migration_id
-           LEFT JOIN batches b ON b.id = d.batch_id
-          WHERE d.id = $1 AND ($2::uuid IS NULL OR d.partner_id = $2)",
-    )
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT {TARGET_NOW} FROM webhook_deliveries d
+          WHERE d.id = $1 AND ($2::uuid IS NULL OR d.partner_id = $2)"
+    ))
     .bind(id)
     .bind(partner)
     .fetch_optional(ex)
@@ -331,45 +343,37 @@ pub async fn redeliver(
     .await?)
 }
 
-/// The partner's default callback URL changed to `url`: its undelivered webhooks that go to
-/// the default (those of migrations and batches without a `callback_url` of their own) follow
-/// it. With `None` (the default removed) nothing is left to send them to: they end `failed`,
-/// except one being sent right now, whose attempt decides. Returns how many changed.
+/// The partner's default callback URL changed (or was removed): its undelivered webhooks that
+/// go to the default (of migrations and batches without a `callback_url` of their own) are due
+/// now, on a fresh retry schedule, so that a consumer that moved is not waited for on the
+/// schedule of the old one (the claim sends them where webhooks go now, or, with no URL left,
+/// ends them `failed`). Wakes the dispatchers. Returns how many.
 pub async fn follow_partner_default(
     ex: impl PgExecutor<'_>,
     partner: Uuid,
-    url: Option<&str>,
+    now: DateTime<Utc>,
 ) -> Result<u64, Error> {
-    const GOES_TO_THE_DEFAULT: &str = "d.partner_id = $1 AND d.status = 'pending'
-        AND CASE WHEN d.migration_id IS NOT NULL
-                 THEN (SELECT m.callback_url IS NULL FROM migrations m WHERE m.id = d.migration_id)
-                 ELSE (SELECT b.callback_url IS NULL FROM batches b WHERE b.id = d.batch_id)
-            END";
-    let done = match url {
-        Some(url) => {
-            sqlx::query(&format!(
-                "UPDATE webhook_deliveries d SET url = $2
-                  WHERE {GOES_TO_THE_DEFAULT} AND d.url <> $2"
-            ))
-            .bind(partner)
-            .bind(url)
-            .execute(ex)
-            .await?
-        }
-        None => {
-            sqlx::query(&format!(
-                "UPDATE webhook_deliveries d
-                    SET status = 'failed', next_attempt_at = NULL,
-                        last_error = 'not sent: the partner''s callback_url was removed'
-                  WHERE {GOES_TO_THE_DEFAULT}
-                    AND (d.lease_token IS NULL OR d.lease_expires_at < now())"
-            ))
-            .bind(partner)
-            .execute(ex)
-            .await?
-        }
-    };
-    Ok(done.rows_affected())
+    let (moved, _notified): (i64, i64) = sqlx::query_as(
+        "WITH u AS (
+             UPDATE webhook_deliveries d
+                SET next_attempt_at = LEAST(d.next_attempt_at, $2), schedule_step = 0
+              WHERE d.partner_id = $1 AND d.status = 'pending'
+                AND CASE WHEN d.migration_id IS NOT NULL
+                         THEN (SELECT m.callback_url IS NULL FROM migrations m
+                                WHERE m.id = d.migration_id)
+                         ELSE (SELECT b.callback_url IS NULL FROM batches b
+                                WHERE b.id = d.batch_id)
+                    END
+             RETURNING 1),
+         n AS (SELECT pg_notify($3, '') FROM (SELECT 1 FROM u LIMIT 1) one)
+         SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
+    )
+    .bind(partner)
+    .bind(now)
+    .bind(WEBHOOKS_CHANNEL)
+    .fetch_one(ex)
+    .await?;
+    Ok(u64::try_from(moved).unwrap_or(0))
 }
 
 /// The partner's signing secrets: the current one and, during a rotation's overlap, the

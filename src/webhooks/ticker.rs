@@ -16,6 +16,9 @@ use crate::core::batches::{self, Ticked};
 /// progress interval.
 const MAX_PERIOD: Duration = Duration::from_secs(5);
 
+/// How often the ticker does the housekeeping that is nobody else's.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct BatchTicker {
     state: AppState,
@@ -33,12 +36,22 @@ impl BatchTicker {
         self.interval.clamp(Duration::from_millis(10), MAX_PERIOD)
     }
 
-    /// Looks at the open batches every [`Self::period`] until `shutdown`.
+    /// Looks at the open batches every [`Self::period`] until `shutdown`; every
+    /// [`HOUSEKEEPING_PERIOD`] also forgets `Idempotency-Key`s past their time.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(interval = ?self.interval, "batch ticker started");
+        let mut housekeeping = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.run_once().await {
                 warn!(error = %e.detail, code = e.code, "batch tick failed");
+            }
+            if housekeeping.elapsed() >= HOUSEKEEPING_PERIOD {
+                housekeeping = tokio::time::Instant::now();
+                match crate::core::migrations::forget_old_idempotency_keys(&self.state).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(deleted = n, "old idempotency keys deleted"),
+                    Err(e) => warn!(error = %e.detail, "deleting old idempotency keys failed"),
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,

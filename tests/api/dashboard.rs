@@ -1201,5 +1201,31 @@ async fn an_upload_sent_twice_creates_one_batch(pool: PgPool) {
     assert!(shown.contains("sent twice"), "{shown}");
 
     let (_, _, list) = d.get("/dashboard/batches").await;
-    assert_ne!(id_of(&list), upload_id, "each rendering is a new upload");
+    let second = id_of(&list);
+    assert_ne!(second, upload_id, "each rendering is a new upload");
+
+    // A form whose file has a busy number, sent twice: the repeat shows the rows not added
+    // again, from the stored answer.
+    let mixed = batch_csv(&["+14155550931", "+14155550933"]);
+    let fields = [("csrf", csrf.as_str()), ("upload_id", second.as_str())];
+    let (status, _, first_page) = d.upload(&fields, &mixed, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{first_page}");
+    let (status, _, again_page) = d.upload(&fields, &mixed, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{again_page}");
+    assert!(again_page.contains("sent twice"), "{again_page}");
+    assert!(
+        again_page.contains("migration_already_active") && again_page.contains("+14155550931"),
+        "{again_page}"
+    );
+    assert_eq!(count_rows(&app, "batches").await, 2);
+    assert_eq!(count_rows(&app, "migrations").await, 3);
+    // The same form with another file: said plainly, nothing created.
+    let other = batch_csv(&["+14155550934"]);
+    let (status, _, page) = d.upload(&fields, &other, &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(
+        page.contains("already used to upload another file"),
+        "{page}"
+    );
+    assert_eq!(count_rows(&app, "batches").await, 2);
 }

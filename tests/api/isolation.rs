@@ -131,7 +131,7 @@ const ROUTES: &[Route] = &[
     // Admin.
     route("GET", "/v1/partners", Admin, None, 200),
     route("POST", "/v1/partners", Admin, Some(PARTNER), 201),
-    route("GET", "/v1/partners/{id}", Admin, None, 200),
+    route("GET", "/v1/partners/{id}", OwnPartner, None, 200),
     route("PATCH", "/v1/partners/{id}", OwnPartner, Some(r#"{"signup_url": "https://hub.360dialog.com/dashboard/app/matrix/permissions"}"#), 200),
     route("GET", "/v1/partners/{id}/api_keys", Admin, None, 200),
     route("POST", "/v1/partners/{id}/api_keys", Admin, None, 201),

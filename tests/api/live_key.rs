@@ -518,3 +518,68 @@ async fn a_cancel_does_not_cut_off_the_key_generation_in_flight(pool: PgPool) {
         .await;
     assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
 }
+
+/// A batch that names numbers already migrated asks 360dialog about their keys (several at
+/// once): a number whose key still works is rejected with `number_already_migrated`, one whose
+/// key 360dialog refuses now is created again, and a new number is created.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_batch_rejects_only_the_numbers_whose_key_still_works(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let migrated = ["+14155550791", "+14155550792", "+14155550793"];
+    let mut ids = Vec::new();
+    for n in migrated {
+        let id = app.create(n).await;
+        app.complete(&id).await;
+        ids.push(id);
+    }
+    // The third number's key no longer works (rotated elsewhere, revoked at 360dialog).
+    let channel = app.migration(&ids[2]).await["channel_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .http
+        .post(format!(
+            "{}/api/v2/partners/testPA/channels/{channel}/api_keys",
+            app.sandbox_url
+        ))
+        .header("X-API-Key", "sandbox")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    let mut numbers: Vec<&str> = migrated.to_vec();
+    numbers.push("+14155550794");
+    let res = app
+        .post(
+            "/v1/batches",
+            json!({
+                "name": "Again",
+                "migrations": numbers.iter().map(|n| TestApp::create_body(n)).collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    let items = body["items"].as_array().unwrap();
+    let status: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["status"].as_str().unwrap(),
+                i["error"]["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("rejected", "number_already_migrated"),
+            ("rejected", "number_already_migrated"),
+            ("created", ""),
+            ("created", ""),
+        ],
+        "{body:#}"
+    );
+}
