@@ -643,7 +643,7 @@ pub struct CsvParams {
     )),
     params(
         CsvParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters): for 24 hours the same key and body answer the first response again. After that the key names a new request.", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
     ),
     responses(
         (status = 201, description = "Created: the batch and one entry per item, in the order sent. An `Idempotency-Key` replay answers the first response again, with `Idempotent-Replayed: true`.", body = BatchCreated,

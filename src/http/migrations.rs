@@ -379,7 +379,7 @@ impl JsonBody for NewMigrationRequest {
 #[utoipa::path(
     post, path = "/v1/migrations", tag = "migrations",
     request_body = CreateMigration,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters).", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (up to 255 characters): for 24 hours the same key and body answer the first response again. After that the key names a new request.", max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")),
     responses(
         (status = 201, description = "Created: the migration as `GET /v1/migrations/{id}` shows it (the same fields in the same order). An `Idempotency-Key` replay answers the first response again, with `Idempotent-Replayed: true`.", body = Migration,
             headers(

@@ -937,3 +937,47 @@ async fn a_retry_after_a_lapsed_verification_requests_a_new_code(pool: PgPool) {
         "a new code: {m:#}"
     );
 }
+
+/// An `Idempotency-Key` answers its first response for 24 hours; after that it names a new
+/// request, and the housekeeping deletes it.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_idempotency_key_is_kept_24_hours(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let send = |phone: &str| {
+        app.http
+            .post(app.url("/v1/migrations"))
+            .bearer_auth(&app.partner_key)
+            .header("idempotency-key", "kept-1")
+            .json(&TestApp::create_body(phone))
+            .send()
+    };
+    assert_eq!(
+        send("+14155550671").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let res = send("+14155550672").await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let res = send("+14155550672").await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.count_migrations().await, 2);
+
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let deleted = waba_migrator::core::migrations::forget_old_idempotency_keys(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+}
