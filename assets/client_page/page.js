@@ -29,7 +29,9 @@
   }
 
   function poll() {
-    if (leaving || document.hidden) return;
+    // Not while hidden, nor while the browser prerenders the page (the first poll counts as
+    // the client opening the link).
+    if (leaving || document.hidden || document.prerendering) return;
     window.fetch(statusUrl, {
       credentials: 'same-origin',
       cache: 'no-store',

@@ -130,9 +130,12 @@ pub async fn create(
                 // time: its key counts as unconfirmed, as when 360dialog does not answer).
                 drop(tx);
                 let deadline = tokio::time::Instant::now() + KEY_CHECKS_TIMEOUT;
-                let checks: Vec<_> = with_holder
-                    .iter()
-                    .cloned()
+                // In random order: numbers whose keys still work are checked on every
+                // upload; the budget must not always run out before the same ones.
+                let mut order = with_holder.clone();
+                rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+                let checks: Vec<_> = order
+                    .into_iter()
                     .map(|number| async move {
                         let left = deadline
                             .saturating_duration_since(tokio::time::Instant::now())
@@ -504,10 +507,12 @@ pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
         match cancel_member(state, partner, migration_id, single::Source::Batch).await {
             Ok(true) => cancelled += 1,
             Ok(false) => {}
-            // One migration's trouble does not hold the others up: it is tried next tick.
-            Err(e) => {
+            // One migration's refusal does not hold the others up: it is tried next tick.
+            Err(e) if e.status.is_client_error() => {
                 tracing::warn!(migration.id = %migration_id, error = %e.detail, "batch cancel: could not cancel");
             }
+            // The database or the service is in trouble: the next tick tries again.
+            Err(e) => return Err(e),
         }
     }
     if cancelled > 0 {

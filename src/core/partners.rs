@@ -96,6 +96,11 @@ pub async fn update(
         _ => {}
     }
     let mut tx = state.pool.begin().await?;
+    let before = match store::lock(&mut *tx, id).await {
+        Ok(p) => p,
+        Err(crate::db::Error::NotFound) => return Err(ApiError::not_found("partner")),
+        Err(e) => return Err(e.into()),
+    };
     let row = match store::update(
         &mut *tx,
         id,
@@ -109,17 +114,18 @@ pub async fn update(
         Err(crate::db::Error::NotFound) => return Err(ApiError::not_found("partner")),
         Err(e) => return Err(e.into()),
     };
-    let followed = match change.callback_url {
-        Some(_) => {
-            crate::db::webhooks::follow_partner_default(&mut *tx, id, state.clock.now()).await?
-        }
-        None => 0,
+    // Only a real change: a client that sends its settings again does not restart the
+    // retry schedule of what waits for a consumer that is down.
+    let followed = if row.callback_url != before.callback_url {
+        crate::db::webhooks::follow_partner_default(&mut *tx, id, state.clock.now()).await?
+    } else {
+        0
     };
     tx.commit().await?;
     tracing::info!(
         partner.id = %id,
         by = if caller == Caller::Admin { "admin" } else { "partner" },
-        callback_url_changed = change.callback_url.is_some(),
+        callback_url_changed = row.callback_url != before.callback_url,
         pending_webhooks_followed = followed,
         "partner updated"
     );

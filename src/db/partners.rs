@@ -78,6 +78,17 @@ pub async fn list(
 
 /// Sets the name, the default callback URL and/or the signup link (`Some(None)` clears a URL).
 #[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
+/// The partner, its row locked until the end of the caller's transaction.
+pub async fn lock(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error> {
+    sqlx::query_as::<_, PartnerRow>(&format!(
+        "SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(ex)
+    .await?
+    .ok_or(Error::NotFound)
+}
+
 pub async fn update(
     ex: impl PgExecutor<'_>,
     id: Uuid,

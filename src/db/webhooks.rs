@@ -67,9 +67,25 @@ const TARGET_NOW: &str = "COALESCE(
 
 /// Claims up to `limit` due deliveries, each the oldest pending one of its migration (or
 /// batch), each to where its webhooks go now (`TARGET_NOW`: a partner's new default applies
-/// to what was not delivered yet, and no URL written before a change of it lingers). One
-/// that has nowhere to go now (its URL was removed) ends `failed` instead.
+/// to what was not delivered yet, and no URL written before a change of it lingers). When one
+/// has nowhere to go now (its URL was removed), every pending delivery of its migration (or
+/// batch) ends `failed` instead (they all go where it goes), and the claim looks again.
 pub async fn claim(
+    pool: &sqlx::PgPool,
+    now: DateTime<Utc>,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, Error> {
+    loop {
+        let rows = claim_once(pool, now, lease, limit).await?;
+        // Only failed ones (a `failed` row leased by nobody) were picked: look again.
+        if rows.iter().any(|r| r.status == "pending") || rows.is_empty() {
+            return Ok(rows.into_iter().filter(|r| r.status == "pending").collect());
+        }
+    }
+}
+
+async fn claim_once(
     ex: impl PgExecutor<'_>,
     now: DateTime<Utc>,
     lease: std::time::Duration,
@@ -97,18 +113,27 @@ pub async fn claim(
          gone AS (
              UPDATE webhook_deliveries w
                 SET status = 'failed', next_attempt_at = NULL,
+                    lease_token = NULL, lease_expires_at = NULL,
                     last_error = 'not sent: no callback URL any more (removed since it was written)'
+               FROM picked JOIN webhook_deliveries p ON p.id = picked.id
+              WHERE picked.url IS NULL AND w.status = 'pending'
+                AND (w.migration_id = p.migration_id OR w.batch_id = p.batch_id)
+             RETURNING {gone}),
+         leased AS (
+             UPDATE webhook_deliveries w
+                SET lease_token = gen_random_uuid(),
+                    lease_expires_at = $1 + make_interval(secs => $2),
+                    attempts = w.attempts + 1,
+                    url = picked.url
                FROM picked
-              WHERE w.id = picked.id AND picked.url IS NULL)
-         UPDATE webhook_deliveries w
-            SET lease_token = gen_random_uuid(),
-                lease_expires_at = $1 + make_interval(secs => $2),
-                attempts = w.attempts + 1,
-                url = picked.url
-           FROM picked
-          WHERE w.id = picked.id AND picked.url IS NOT NULL
-         RETURNING {}",
-        super::qualified(DELIVERY_COLUMNS, "w")
+              WHERE w.id = picked.id AND picked.url IS NOT NULL
+             RETURNING {leased})
+         SELECT * FROM leased
+         UNION ALL
+         -- One failed row, so that the caller knows to look again.
+         (SELECT * FROM gone LIMIT 1)",
+        gone = super::qualified(DELIVERY_COLUMNS, "w"),
+        leased = super::qualified(DELIVERY_COLUMNS, "w"),
     ))
     .bind(now)
     .bind(lease.as_secs_f64())
@@ -347,7 +372,9 @@ pub async fn redeliver(
 /// go to the default (of migrations and batches without a `callback_url` of their own) are due
 /// now, on a fresh retry schedule, so that a consumer that moved is not waited for on the
 /// schedule of the old one (the claim sends them where webhooks go now, or, with no URL left,
-/// ends them `failed`). Wakes the dispatchers. Returns how many.
+/// ends them `failed`). An attempt in flight to the old URL loses its lease: its outcome is
+/// not recorded, and the delivery is sent again to the new one (same `webhook-id`). Wakes the
+/// dispatchers. Returns how many.
 pub async fn follow_partner_default(
     ex: impl PgExecutor<'_>,
     partner: Uuid,
@@ -356,7 +383,8 @@ pub async fn follow_partner_default(
     let (moved, _notified): (i64, i64) = sqlx::query_as(
         "WITH u AS (
              UPDATE webhook_deliveries d
-                SET next_attempt_at = LEAST(d.next_attempt_at, $2), schedule_step = 0
+                SET next_attempt_at = LEAST(d.next_attempt_at, $2), schedule_step = 0,
+                    lease_token = NULL, lease_expires_at = NULL
               WHERE d.partner_id = $1 AND d.status = 'pending'
                 AND CASE WHEN d.migration_id IS NOT NULL
                          THEN (SELECT m.callback_url IS NULL FROM migrations m

@@ -60,7 +60,8 @@ pub struct WebhookDelivery {
     /// `batch.progress` or `batch.completed`.
     pub event_type: String,
     pub url: String,
-    /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted).
+    /// `pending` (more attempts will be made), `succeeded` or `failed` (attempts exhausted, or
+    /// no callback URL left to send it to: see `last_error`).
     pub status: String,
     pub attempt_count: i32,
     /// When the next attempt is due (pending deliveries only).

@@ -70,6 +70,27 @@ async fn submit_code(url: &str, code: &str) -> reqwest::Response {
     post_form(&format!("{url}/otp"), &[("csrf", &csrf), ("code", code)]).await
 }
 
+/// `POST …/client_page/rotate` as the owner.
+async fn rotate_link(app: &TestApp, id: &str) -> reqwest::Response {
+    app.post(
+        &format!("/v1/migrations/{id}/client_page/rotate"),
+        json!({}),
+    )
+    .await
+}
+
+/// Moves the migration's end (and its completion, if any) an hour back: the linger is over.
+async fn ended_an_hour_ago(app: &TestApp, id: &str) {
+    sqlx::query(
+        "UPDATE migrations SET state_entered_at = now() - interval '1 hour',
+                completed_at = completed_at - interval '1 hour' WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn every_migration_has_a_link_stored_only_as_a_hash(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -165,12 +186,7 @@ async fn a_disabled_page_has_no_link_and_nothing_to_rotate(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(rows, 0);
-    let res = app
-        .post(
-            &format!("/v1/migrations/{id}/client_page/rotate"),
-            json!({}),
-        )
-        .await;
+    let res = rotate_link(&app, &id).await;
     crate::helpers::assert_problem(res, StatusCode::CONFLICT, "client_page_disabled").await;
 
     let mut bad = TestApp::create_body("+5511987651003");
@@ -353,12 +369,7 @@ async fn a_link_is_refused_after_completion_cancel_rotation_or_expiry(pool: PgPo
     // Rotated.
     let rotated = app.create("+5511987651009").await;
     let old = link(&app, &rotated).await;
-    let res = app
-        .post(
-            &format!("/v1/migrations/{rotated}/client_page/rotate"),
-            json!({}),
-        )
-        .await;
+    let res = rotate_link(&app, &rotated).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let new = body["client_page"]["url"].as_str().unwrap().to_owned();
@@ -597,15 +608,7 @@ async fn a_key_rotation_does_not_bring_a_finished_link_back(pool: PgPool) {
     let id = app.create(phone).await;
     let url = link(&app, &id).await;
     app.complete(&id).await;
-    // The linger is over, as if 15 minutes had passed.
-    sqlx::query(
-        "UPDATE migrations SET state_entered_at = now() - interval '1 hour',
-                completed_at = now() - interval '1 hour' WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    ended_an_hour_ago(&app, &id).await;
     assert_eq!(open(&url).await.0, StatusCode::NOT_FOUND);
 
     app.faults(json!([{ "endpoint": "api_keys", "phone_number": phone, "fault": "slow" }]))
@@ -622,12 +625,7 @@ async fn a_key_rotation_does_not_bring_a_finished_link_back(pool: PgPool) {
         .await;
     assert!(m["completed_at"].is_string(), "{m:#}");
     assert_eq!(open(&url).await.0, StatusCode::NOT_FOUND);
-    let res = app
-        .post(
-            &format!("/v1/migrations/{id}/client_page/rotate"),
-            json!({}),
-        )
-        .await;
+    let res = rotate_link(&app, &id).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "invalid_state", "{problem:#}");
@@ -642,32 +640,16 @@ async fn a_failed_migrations_link_is_replaced_only_while_it_shows_the_failure(po
     // Registered without the mobile 9: fails its precheck.
     let id = app.create("+5511987650012").await;
     app.wait_for(&id, "failed").await;
-    let res = app
-        .post(
-            &format!("/v1/migrations/{id}/client_page/rotate"),
-            json!({}),
-        )
-        .await;
+    let res = rotate_link(&app, &id).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let expires: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(body["client_page"]["expires_at"].clone()).unwrap();
     assert!(expires > chrono::Utc::now(), "{body:#}");
 
-    sqlx::query(
-        "UPDATE migrations SET state_entered_at = now() - interval '1 hour' WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    ended_an_hour_ago(&app, &id).await;
     let events = app.event_count(&id, None).await;
-    let res = app
-        .post(
-            &format!("/v1/migrations/{id}/client_page/rotate"),
-            json!({}),
-        )
-        .await;
+    let res = rotate_link(&app, &id).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "invalid_state", "{problem:#}");

@@ -759,10 +759,31 @@ async fn undelivered_webhooks_follow_the_partners_new_default_url(pool: PgPool) 
     app.dispatcher.run_until_idle().await.unwrap();
     assert_eq!(new.accepted().len(), want.len() + 1);
 
-    // The default removed: a pending webhook ends failed, and a redelivery has nowhere to go.
+    // The default removed: pending webhooks end failed (all of a migration's, in one go), and
+    // a redelivery has nowhere to go. A PATCH that sends the same URL again changes nothing.
     new.down.store(true, Ordering::SeqCst);
     cancel(&app, &id).await;
+    let other = app.create("+14155550522").await;
+    app.wait_for(&other, "awaiting_otp").await;
     app.dispatcher.run_until_idle().await.unwrap();
+    let due = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = due().await;
+    assert!(before.is_some());
+    assert_eq!(
+        patch(json!({ "callback_url": new.url }))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(due().await, before, "the same URL: the schedule stands");
     let tried = new.received().len();
     assert_eq!(
         patch(json!({ "callback_url": null }))
@@ -781,6 +802,12 @@ async fn undelivered_webhooks_follow_the_partners_new_default_url(pool: PgPool) 
     let last = log.last().unwrap();
     assert_eq!(last["event_type"], "migration.cancelled", "{last:#}");
     assert_eq!(last["status"], "failed", "{last:#}");
+    let others = deliveries(&app, &other).await;
+    assert!(others.len() >= 2, "{others:#?}");
+    assert!(
+        others.iter().all(|d| d["status"] == "failed"),
+        "{others:#?}"
+    );
     let res = app
         .post(
             &format!("/v1/webhook_deliveries/{first}/redeliver"),
