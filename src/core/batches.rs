@@ -502,6 +502,7 @@ async fn cancel_member(
 pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
     let left = store::unfinished_of_cancelled(&state.pool, 500).await?;
     let mut cancelled = 0;
+    let mut first_error = None;
     for (partner_id, migration_id) in left {
         let partner = Caller::Partner(partner_id);
         match cancel_member(state, partner, migration_id, single::Source::Batch).await {
@@ -511,14 +512,24 @@ pub async fn finish_cancels(state: &AppState) -> Result<usize, ApiError> {
             Err(e) if e.status.is_client_error() => {
                 tracing::warn!(migration.id = %migration_id, error = %e.detail, "batch cancel: could not cancel");
             }
-            // The database or the service is in trouble: the next tick tries again.
-            Err(e) => return Err(e),
+            // Nor does one's server error; two in a row say the database is in trouble: the
+            // round stops, and the next tick tries again.
+            Err(e) => {
+                if first_error.is_some() {
+                    return Err(e);
+                }
+                tracing::warn!(migration.id = %migration_id, error = %e.detail, "batch cancel: could not cancel");
+                first_error = Some(e);
+            }
         }
     }
     if cancelled > 0 {
         tracing::info!(cancelled, "batch cancels finished");
     }
-    Ok(cancelled)
+    match first_error {
+        Some(e) if cancelled == 0 => Err(e),
+        _ => Ok(cancelled),
+    }
 }
 
 /// What `retry_failed` did.

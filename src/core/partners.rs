@@ -117,7 +117,9 @@ pub async fn update(
     // Only a real change: a client that sends its settings again does not restart the
     // retry schedule of what waits for a consumer that is down.
     let followed = if row.callback_url != before.callback_url {
-        crate::db::webhooks::follow_partner_default(&mut *tx, id, state.clock.now()).await?
+        let now = state.clock.now();
+        let new_url = row.callback_url.is_some();
+        crate::db::webhooks::follow_partner_default(&mut *tx, id, now, new_url).await?
     } else {
         0
     };

@@ -76,12 +76,12 @@ pub async fn list(
     .await?)
 }
 
-/// Sets the name, the default callback URL and/or the signup link (`Some(None)` clears a URL).
-#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
-/// The partner, its row locked until the end of the caller's transaction.
+/// The partner, its row locked against other updates until the end of the caller's
+/// transaction (`FOR NO KEY UPDATE`: inserts of rows that reference the partner, which take
+/// `FOR KEY SHARE`, are not held up).
 pub async fn lock(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error> {
     sqlx::query_as::<_, PartnerRow>(&format!(
-        "SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1 FOR UPDATE"
+        "SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1 FOR NO KEY UPDATE"
     ))
     .bind(id)
     .fetch_optional(ex)
@@ -89,6 +89,8 @@ pub async fn lock(ex: impl PgExecutor<'_>, id: Uuid) -> Result<PartnerRow, Error
     .ok_or(Error::NotFound)
 }
 
+/// Sets the name, the default callback URL and/or the signup link (`Some(None)` clears a URL).
+#[tracing::instrument(level = "debug", skip_all, fields(partner.id = %id))]
 pub async fn update(
     ex: impl PgExecutor<'_>,
     id: Uuid,

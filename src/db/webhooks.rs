@@ -110,14 +110,22 @@ async fn claim_once(
               ORDER BY d.next_attempt_at, d.id
               LIMIT $3
               FOR UPDATE OF d SKIP LOCKED),
+         -- The pending deliveries of a picked one's migration (or batch) that has nowhere to
+         -- go: locked as the pick is (one another claim or a PATCH holds is left for later).
+         gone_rows AS (
+             SELECT w.id FROM picked
+               JOIN webhook_deliveries p ON p.id = picked.id
+               JOIN webhook_deliveries w
+                 ON w.migration_id = p.migration_id OR w.batch_id = p.batch_id
+              WHERE picked.url IS NULL AND w.status = 'pending'
+              FOR UPDATE OF w SKIP LOCKED),
          gone AS (
              UPDATE webhook_deliveries w
                 SET status = 'failed', next_attempt_at = NULL,
                     lease_token = NULL, lease_expires_at = NULL,
                     last_error = 'not sent: no callback URL any more (removed since it was written)'
-               FROM picked JOIN webhook_deliveries p ON p.id = picked.id
-              WHERE picked.url IS NULL AND w.status = 'pending'
-                AND (w.migration_id = p.migration_id OR w.batch_id = p.batch_id)
+               FROM gone_rows
+              WHERE w.id = gone_rows.id
              RETURNING {gone}),
          leased AS (
              UPDATE webhook_deliveries w
@@ -372,19 +380,25 @@ pub async fn redeliver(
 /// go to the default (of migrations and batches without a `callback_url` of their own) are due
 /// now, on a fresh retry schedule, so that a consumer that moved is not waited for on the
 /// schedule of the old one (the claim sends them where webhooks go now, or, with no URL left,
-/// ends them `failed`). An attempt in flight to the old URL loses its lease: its outcome is
-/// not recorded, and the delivery is sent again to the new one (same `webhook-id`). Wakes the
-/// dispatchers. Returns how many.
+/// ends them `failed`). With a `new_url`, an attempt in flight to the old one loses its lease:
+/// its outcome is not recorded nor counted, and the delivery is sent again to the new one (same
+/// `webhook-id`). Wakes the dispatchers. Returns how many.
 pub async fn follow_partner_default(
     ex: impl PgExecutor<'_>,
     partner: Uuid,
     now: DateTime<Utc>,
+    new_url: bool,
 ) -> Result<u64, Error> {
     let (moved, _notified): (i64, i64) = sqlx::query_as(
         "WITH u AS (
              UPDATE webhook_deliveries d
                 SET next_attempt_at = LEAST(d.next_attempt_at, $2), schedule_step = 0,
-                    lease_token = NULL, lease_expires_at = NULL
+                    -- Taken from an attempt in flight to the old URL (not when the URL was
+                    -- removed: that attempt may still succeed), which is then not counted.
+                    attempts = CASE WHEN $4 AND d.lease_token IS NOT NULL
+                                    THEN GREATEST(d.attempts - 1, 0) ELSE d.attempts END,
+                    lease_token = CASE WHEN $4 THEN NULL ELSE d.lease_token END,
+                    lease_expires_at = CASE WHEN $4 THEN NULL ELSE d.lease_expires_at END
               WHERE d.partner_id = $1 AND d.status = 'pending'
                 AND CASE WHEN d.migration_id IS NOT NULL
                          THEN (SELECT m.callback_url IS NULL FROM migrations m
@@ -399,6 +413,7 @@ pub async fn follow_partner_default(
     .bind(partner)
     .bind(now)
     .bind(WEBHOOKS_CHANNEL)
+    .bind(new_url)
     .fetch_one(ex)
     .await?;
     Ok(u64::try_from(moved).unwrap_or(0))
