@@ -484,8 +484,11 @@ async fn cancel_member(
             Err(e) if e.status == StatusCode::CONFLICT => e,
             Err(e) => return Err(e),
         };
-        let now = single::fetch(state, caller, id).await?;
-        if e.code == "call_in_flight" || now.state().is_terminal() || now.completed_at.is_some() {
+        let left_as_is = e.code == "call_in_flight" || {
+            let fresh = single::fetch(state, caller, id).await?;
+            fresh.state().is_terminal() || fresh.completed_at.is_some()
+        };
+        if left_as_is {
             tracing::info!(migration.id = %id, code = e.code, "batch cancel: migration not cancelled now");
             return Ok(false);
         }

@@ -818,11 +818,11 @@ pub async fn cancel(
         // If nothing says so, only the guard against a call in flight refused it (the
         // database's clock says the lease still runs).
         Err(e) if e.code == "invalid_state" => {
-            let now = fetch(state, caller, id).await?;
-            cancel_plan(&now)?;
-            let left = now.call_in_flight(Utc::now());
+            let fresh = fetch(state, caller, id).await?;
+            cancel_plan(&fresh)?;
+            let left = fresh.call_in_flight(Utc::now());
             Err(call_in_flight(
-                &now,
+                &fresh,
                 left.unwrap_or(chrono::Duration::seconds(1)),
             ))
         }
@@ -906,16 +906,16 @@ pub async fn retry(
     let data = json!({ "retry_of": failed_step, "source": source.as_str() });
     match apply_plan(state, caller, &row, command, &plan, patch, guard, data).await {
         Err(e) if e.code == "invalid_state" => {
-            let now = fetch(state, caller, id).await?;
-            if now.state() == MigrationState::Failed && now.failed_step != row.failed_step {
+            let fresh = fetch(state, caller, id).await?;
+            if fresh.state() == MigrationState::Failed && fresh.failed_step != row.failed_step {
                 return Err(ApiError::conflict(
                     "invalid_state",
                     format!(
                         "The migration failed again, at `{}`, since it was read; retry it again to resume there.",
-                        now.failed_step.as_deref().unwrap_or("prechecking")
+                        fresh.failed_step.as_deref().unwrap_or("prechecking")
                     ),
                 )
-                .with_extra(json!({ "state": now.state })));
+                .with_extra(json!({ "state": fresh.state })));
             }
             Err(e)
         }

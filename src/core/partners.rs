@@ -67,6 +67,15 @@ pub async fn create(state: &AppState, p: NewPartner<'_>) -> Result<CreatedPartne
     })
 }
 
+/// A partner's own record is open to it and to the admin; another partner's id is a 404 to a
+/// partner key (it learns nothing about other tenants).
+pub fn own_or_admin(caller: Caller, id: Uuid) -> Result<(), ApiError> {
+    match caller {
+        Caller::Partner(own) if own != id => Err(ApiError::not_found("partner")),
+        _ => Ok(()),
+    }
+}
+
 /// What `PATCH /v1/partners/{id}` changes: only the fields given (`Some(None)` removes a URL).
 #[derive(Debug, Default)]
 pub struct PartnerChange<'a> {
@@ -86,14 +95,11 @@ pub async fn update(
     id: Uuid,
     change: PartnerChange<'_>,
 ) -> Result<PartnerRow, ApiError> {
-    match caller {
-        Caller::Partner(own) if own != id => return Err(ApiError::not_found("partner")),
-        Caller::Partner(_) if change.name.is_some() => {
-            return Err(ApiError::forbidden(
-                "A partner's name is changed with the admin key (ADMIN_API_KEY); a partner key may change its own callback_url and signup_url.",
-            ));
-        }
-        _ => {}
+    own_or_admin(caller, id)?;
+    if matches!(caller, Caller::Partner(_)) && change.name.is_some() {
+        return Err(ApiError::forbidden(
+            "A partner's name is changed with the admin key (ADMIN_API_KEY); a partner key may change its own callback_url and signup_url.",
+        ));
     }
     let mut tx = state.pool.begin().await?;
     let before = match store::lock(&mut *tx, id).await {
@@ -116,7 +122,8 @@ pub async fn update(
     };
     // Only a real change: a client that sends its settings again does not restart the
     // retry schedule of what waits for a consumer that is down.
-    let followed = if row.callback_url != before.callback_url {
+    let url_changed = row.callback_url != before.callback_url;
+    let followed = if url_changed {
         let now = state.clock.now();
         let new_url = row.callback_url.is_some();
         crate::db::webhooks::follow_partner_default(&mut *tx, id, now, new_url).await?
@@ -127,7 +134,7 @@ pub async fn update(
     tracing::info!(
         partner.id = %id,
         by = if caller == Caller::Admin { "admin" } else { "partner" },
-        callback_url_changed = row.callback_url != before.callback_url,
+        callback_url_changed = url_changed,
         pending_webhooks_followed = followed,
         "partner updated"
     );

@@ -332,11 +332,7 @@ async fn visible_partner(
     caller: Caller,
     id: Uuid,
 ) -> Result<store::PartnerRow, ApiError> {
-    if let Caller::Partner(p) = caller
-        && p != id
-    {
-        return Err(ApiError::not_found("partner"));
-    }
+    partners::own_or_admin(caller, id)?;
     match store::get(&state.pool, id).await {
         Ok(p) => Ok(p),
         Err(db::Error::NotFound) => Err(ApiError::not_found("partner")),

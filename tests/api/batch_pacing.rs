@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use waba_migrator::sandbox::SandboxConfig;
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, batch_item_ids};
 
 /// The `run_at` of a held migration (`db::migrations::HELD`).
 const HELD: &str = "'9999-12-31 00:00:00+00'::timestamptz";
@@ -41,12 +41,7 @@ async fn create_batch(
         )
         .await;
     let created = json_of(res, StatusCode::CREATED).await;
-    let ids = created["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = batch_item_ids(&created);
     (created["batch"]["id"].as_str().unwrap().to_owned(), ids)
 }
 

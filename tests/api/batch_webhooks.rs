@@ -11,7 +11,7 @@ use standardwebhooks::Webhook;
 use waba_migrator::core::WebhookConfig;
 use waba_migrator::webhooks::BatchTicker;
 
-use crate::helpers::{ADMIN_KEY, Options, TestApp};
+use crate::helpers::{ADMIN_KEY, Options, TestApp, batch_item_ids};
 use crate::webhooks::{Consumer, Received};
 
 fn options(interval: Duration, background_worker: bool) -> Options {
@@ -46,12 +46,7 @@ async fn create_batch(
     let status = res.status();
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body:#}");
-    let ids = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = batch_item_ids(&body);
     (body["batch"]["id"].as_str().unwrap().to_owned(), ids)
 }
 
@@ -267,12 +262,7 @@ async fn a_batch_sends_progress_while_it_moves_and_one_completed_at_the_end(pool
 
     // Redelivery: the same body under the same webhook-id.
     let completed_id = log[2]["id"].as_str().unwrap();
-    let res = app
-        .post(
-            &format!("/v1/webhook_deliveries/{completed_id}/redeliver"),
-            json!({}),
-        )
-        .await;
+    let res = app.redeliver(completed_id).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let again = accepted(&consumer, 4).await;
     assert_eq!(webhook_id(&again[3]), completed_id);

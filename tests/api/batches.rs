@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use waba_migrator::core::settings::ManualClock;
 
 use crate::helpers::{
-    ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem,
+    ADMIN_KEY, BUSINESS, DEST_WABA, Options, SOURCE_WABA, TestApp, assert_problem, batch_item_ids,
 };
 
 async fn post_csv(app: &TestApp, query: &str, csv: String, key: Option<&str>) -> reqwest::Response {
@@ -526,12 +526,7 @@ async fn reads_report_retry_failed_and_cancel(pool: PgPool) {
         .await;
     let created = json_of(res, StatusCode::CREATED).await;
     let id = created["batch"]["id"].as_str().unwrap().to_owned();
-    let ids: Vec<String> = created["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = batch_item_ids(&created);
     let batch = wait_batch(&app, &id, |b| {
         b["counts_by_state"] == json!({ "awaiting_otp": 1, "failed": 2 })
     })
@@ -745,12 +740,7 @@ async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
         .await;
     let created = json_of(res, StatusCode::CREATED).await;
     let id = created["batch"]["id"].as_str().unwrap().to_owned();
-    let ids: Vec<String> = created["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = batch_item_ids(&created);
     // The last one failed (retryable) before the cancel.
     sqlx::query(
         r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',

@@ -514,6 +514,15 @@ impl TestApp {
     }
 
     /// The text of `GET /metrics`.
+    /// `POST /v1/webhook_deliveries/{id}/redeliver` as the app's partner.
+    pub async fn redeliver(&self, delivery_id: &str) -> Response {
+        self.post(
+            &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn metrics_text(&self) -> String {
         let res = self.http.get(self.url("/metrics")).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
@@ -626,6 +635,16 @@ impl TestApp {
 
 /// Whether an event of `GET …/events` is a transition (`migration.state_changed` or a type of
 /// its own such as `migration.completed`). Panics on a type the service does not declare.
+/// The `migration_id` of each item of a batch's 201 body, in the order sent.
+pub fn batch_item_ids(created: &Value) -> Vec<String> {
+    created["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["migration_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn is_transition(event: &Value) -> bool {
     let kind = event["type"].as_str().expect("a type");
     kind.parse::<waba_migrator::domain::EventType>()

@@ -350,12 +350,7 @@ async fn attempts_stop_after_the_schedule_and_redelivery_starts_over(pool: PgPoo
     // Back up; the partner asks for it again: same id, delivered.
     consumer.down.store(false, Ordering::SeqCst);
     let delivery_id = first["id"].as_str().unwrap().to_owned();
-    let res = app
-        .post(
-            &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
-            json!({}),
-        )
-        .await;
+    let res = app.redeliver(&delivery_id).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let queued: Value = res.json().await.unwrap();
     assert_eq!(queued["status"], "pending");
@@ -432,11 +427,7 @@ async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends(pool: PgPool)
         .as_str()
         .unwrap()
         .to_owned();
-    app.post(
-        &format!("/v1/webhook_deliveries/{delivery_id}/redeliver"),
-        json!({}),
-    )
-    .await;
+    app.redeliver(&delivery_id).await;
     app.dispatcher.run_until_idle().await.unwrap();
     let after = consumer.accepted().last().unwrap().clone();
     assert_eq!(after.id(), delivery_id);
@@ -749,12 +740,7 @@ async fn undelivered_webhooks_follow_the_partners_new_default_url(pool: PgPool) 
 
     // Redelivered: to where webhooks go now.
     let first = log[0]["id"].as_str().unwrap().to_owned();
-    let res = app
-        .post(
-            &format!("/v1/webhook_deliveries/{first}/redeliver"),
-            json!({}),
-        )
-        .await;
+    let res = app.redeliver(&first).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     app.dispatcher.run_until_idle().await.unwrap();
     assert_eq!(new.accepted().len(), want.len() + 1);
@@ -809,12 +795,7 @@ async fn undelivered_webhooks_follow_the_partners_new_default_url(pool: PgPool) 
         others.iter().all(|d| d["status"] == "failed"),
         "{others:#?}"
     );
-    let res = app
-        .post(
-            &format!("/v1/webhook_deliveries/{first}/redeliver"),
-            json!({}),
-        )
-        .await;
+    let res = app.redeliver(&first).await;
     assert_problem(res, StatusCode::CONFLICT, "no_callback_url").await;
 }
 
