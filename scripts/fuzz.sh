@@ -10,7 +10,9 @@
 #
 # * Python: a virtualenv in FUZZ_VENV (default $CARGO_TARGET_DIR/fuzz-venv, else target/fuzz-venv)
 #   with the pinned packages, made or updated as needed.
-# * Service: `cargo build` (the debug profile the tests use, so CI compiles once), then `serve` on a
+# * Service: `cargo build --all-targets` (the debug profile and the dependency features the tests
+#   build with, so after ./scripts/test.sh it compiles nothing; a plain `cargo build --bin` resolves
+#   features without the dev-dependencies and compiles some 70 crates again), then `serve` on a
 #   free 127.0.0.1 port in sandbox mode (no META_ACCESS_TOKEN: upstreams are the in-process
 #   simulator), with a random ADMIN_API_KEY and ENCRYPTION_KEY, against a fresh database
 #   `fuzz_<random>` on the server at DATABASE_URL (dropped afterwards). DATABASE_URL unset: a
@@ -114,8 +116,9 @@ fi
 say "$("$venv/bin/schemathesis" --version)"
 
 # --- The service binary ---------------------------------------------------------------------------
-say "cargo build ${cargo_flags[*]} --bin waba-migrator"
-cargo build "${cargo_flags[@]}" --bin waba-migrator
+# --all-targets, not --bin waba-migrator: the same feature resolution as the test build (see above).
+say "cargo build ${cargo_flags[*]} --all-targets"
+cargo build "${cargo_flags[@]}" --all-targets
 bin=$target_dir/debug/waba-migrator
 [[ -x $bin ]] || die "$bin was not built"
 
