@@ -192,6 +192,37 @@ async fn concurrent_admissions_release_only_free_slots(pool: PgPool) {
     }
 }
 
+/// An admission round looks at most at 200 batches; full ones are passed over before that
+/// limit, so a batch with a free slot is reached however many batches are full ahead of it
+/// (here 201, each with one migration waiting).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn admission_reaches_a_free_slot_behind_more_than_200_full_batches(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), Options::no_worker()).await;
+    let pair = |i: usize| {
+        vec![
+            format!("+1415555{:04}", 2000 + 2 * i),
+            format!("+1415555{:04}", 2001 + 2 * i),
+        ]
+    };
+    for i in 0..201 {
+        create_batch(&app, 1, &pair(i)).await;
+    }
+    // Created last: its id (a UUIDv7) comes after every full batch's.
+    let (last, ids) = create_batch(&app, 1, &pair(201)).await;
+    assert_eq!(slots(&pool, &last).await, (1, 1));
+    assert_eq!(
+        app.worker().admit().await.unwrap(),
+        0,
+        "every batch is full"
+    );
+    let res = app
+        .post(&format!("/v1/migrations/{}/cancel", ids[0]), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.worker().admit().await.unwrap(), 1);
+    assert_eq!(app.migration(&ids[1]).await["batch_slot"], "taken");
+}
+
 /// Meta throttles one migration of batch A (HTTP 400, Graph 80008, as Graph throttles): A admits nothing
 /// more until the pause ends, while batch B and a single migration go on.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

@@ -692,8 +692,8 @@ async fn resend_taps_inside_the_cooldown_cost_the_link_nothing(pool: PgPool) {
 
 /// A link preview (the messenger the link was sent with fetching it for a preview, an e-mail
 /// scanner) is not the client opening the page: no `migration.client_page_opened`. A browser's
-/// navigation is, and so is the page's script polling (a browser that does not say it
-/// navigates).
+/// navigation is, unless it is a prefetch or prerender (`Sec-Purpose`), and so is the page's
+/// script polling (a browser that does not say it navigates).
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn a_link_preview_is_not_an_opening(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -714,6 +714,23 @@ async fn a_link_preview_is_not_an_opening(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(opened(a.clone()).await, 0);
+    // A browser prefetching or prerendering the link (speculation rules, the address bar's
+    // guess): a navigation that says it is one.
+    for purpose in [
+        "prefetch",
+        "prefetch;prerender",
+        "prefetch;anonymous-client-ip",
+    ] {
+        let res = browser()
+            .get(&url)
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-purpose", purpose)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(opened(a.clone()).await, 0, "Sec-Purpose: {purpose}");
+    }
     assert!(app.migration(&a).await["client_page"]["opened_at"].is_null());
     // The page's script: the client has it open.
     let res = browser().get(format!("{url}/status")).send().await.unwrap();

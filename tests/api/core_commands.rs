@@ -245,3 +245,71 @@ async fn a_resend_read_before_another_one_does_not_skip_the_cooldown(pool: PgPoo
     assert_eq!(problem["code"], "otp_resend_too_soon", "{problem:#}");
     assert_eq!(app.migration(&id).await["state"], "awaiting_otp");
 }
+
+/// A retry read the migration failed at `registering`; meanwhile it was retried elsewhere and
+/// failed again, at `copying_templates`. Applied to that fresh row, the stale retry would
+/// resume the step that no longer failed: the `failed_step` guard refuses it, and the answer
+/// names the step it failed at now.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_retry_read_before_another_failure_does_not_resume_the_old_step(pool: PgPool) {
+    let app = parked_app(pool).await;
+    let id = app.create("+5511987654322").await;
+    let res = race_for(
+        &app,
+        &id,
+        "UPDATE migrations SET state = 'failed', failed_step = 'registering', \
+         error = '{\"code\": \"upstream_unavailable\", \"message\": \"x\"}' WHERE id = $1::uuid",
+        "retry",
+        json!(null),
+        "UPDATE migrations SET failed_step = 'copying_templates', \
+         version = version + 2 WHERE id = $1::uuid",
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("copying_templates")),
+        "{problem:#}"
+    );
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT state, failed_step FROM migrations WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(row, ("failed".into(), Some("copying_templates".into())));
+}
+
+/// A cancel read the migration generating its first API key, with no call in flight;
+/// meanwhile it completed and a key rotation began (`generating_api_key` again). Applied to
+/// that fresh row, the stale cancel would cancel the rotation of a migrated number: the
+/// `never_completed` guard refuses it, with the rotation's answer.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_cancel_read_before_completion_does_not_cancel_the_key_rotation(pool: PgPool) {
+    let app = parked_app(pool).await;
+    let id = app.create("+5511987654323").await;
+    let res = race_for(
+        &app,
+        &id,
+        "UPDATE migrations SET state = 'generating_api_key', step_memo = '{}' \
+         WHERE id = $1::uuid",
+        "cancel",
+        json!(null),
+        "UPDATE migrations SET completed_at = now(), version = version + 3 \
+         WHERE id = $1::uuid",
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("rotating its API key")),
+        "{problem:#}"
+    );
+    assert_eq!(app.migration(&id).await["state"], "generating_api_key");
+}

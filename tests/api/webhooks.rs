@@ -1036,3 +1036,102 @@ async fn audit_event_types_equal_the_webhook_types_of_the_same_changes(pool: PgP
         assert!(t.parse::<EventType>().is_ok(), "undeclared event type {t}");
     }
 }
+
+/// An attempt in flight when the partner's default URL changes: the PATCH takes its lease, so
+/// the webhook goes to the new URL at once, the old attempt's answer is not recorded over it,
+/// and the dropped attempt is not counted. When the URL is only removed, the attempt in flight
+/// keeps its lease: it may still succeed, and its answer is recorded.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_attempt_in_flight_loses_its_lease_to_a_new_default_url(pool: PgPool) {
+    use waba_migrator::db::webhooks as store;
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_worker: false,
+            background_dispatcher: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (old, new) = (Consumer::start().await, Consumer::start().await);
+    let patch = |url: Option<&str>| {
+        app.http
+            .patch(app.url(&format!("/v1/partners/{}", app.partner_id)))
+            .bearer_auth(&app.partner_key)
+            .json(&json!({ "callback_url": url }))
+            .send()
+    };
+    assert_eq!(
+        patch(Some(&old.url)).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let id = app.create("+14155550523").await;
+    // Its one webhook: `migration.cancelled` (creating a migration sends none).
+    cancel(&app, &id).await;
+    let claim = || async {
+        let mut rows = store::claim(&app.pool, chrono::Utc::now(), Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        rows.pop().unwrap()
+    };
+    let row = || async {
+        sqlx::query_as::<_, (Option<uuid::Uuid>, i32, bool)>(
+            "SELECT lease_token, attempts, next_attempt_at <= now() FROM webhook_deliveries
+              WHERE migration_id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let succeeded = chrono::Utc::now();
+    let answer = store::AttemptResult {
+        started_at: succeeded,
+        status_code: Some(200),
+        latency_ms: 5,
+        succeeded: true,
+        error: None,
+        next_attempt_at: None,
+    };
+
+    // In flight to the old URL; the default changes meanwhile.
+    let first = claim().await;
+    assert_eq!(first.url, old.url);
+    assert_eq!(first.attempts, 1);
+    assert_eq!(
+        patch(Some(&new.url)).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        row().await,
+        (None, 0, true),
+        "lease taken, attempt not counted"
+    );
+    let mut conn = app.pool.acquire().await.unwrap();
+    let recorded = store::record_attempt(&mut conn, &first, first.lease_token.unwrap(), &answer)
+        .await
+        .unwrap();
+    assert!(!recorded, "the old attempt's answer was recorded");
+
+    // The next claim sends it to the new URL; removing the URL leaves that attempt its lease.
+    let second = claim().await;
+    assert_eq!(
+        (second.url.as_str(), second.attempts),
+        (new.url.as_str(), 1)
+    );
+    assert_eq!(patch(None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(row().await, (second.lease_token, 1, true));
+    let recorded = store::record_attempt(&mut conn, &second, second.lease_token.unwrap(), &answer)
+        .await
+        .unwrap();
+    assert!(recorded, "the attempt to the removed URL lost its answer");
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["status"], "succeeded", "{log:#?}");
+    assert_eq!(
+        log[0]["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{log:#?}"
+    );
+}
