@@ -135,7 +135,7 @@ fn equal_jitter(base: Duration, cap: Duration, attempt: i32, jitter: f64) -> Dur
 
 /// `7 days`, `1 day 2 h`, `1 h 5 min`, `3 min`, `12 s`: a duration as people read it in an
 /// error message.
-fn spoken(d: Duration) -> String {
+pub fn spoken(d: Duration) -> String {
     let s = d.as_secs();
     let days = s / 86_400;
     if days > 0 {

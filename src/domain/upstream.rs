@@ -113,6 +113,71 @@ impl UpstreamError {
         Some((field, node_type))
     }
 
+    /// Whether its Graph code is one Meta documents as transient ([`TRANSIENT_GRAPH_CODES`]),
+    /// from Meta or passed through by 360dialog's Messaging API. Such an error is retried
+    /// whatever its text says (133008's and 133009's titles mention "two step verification").
+    pub fn has_transient_code(&self) -> bool {
+        self.service != Service::D360Partner
+            && TRANSIENT_GRAPH_CODES.iter().any(|c| self.has_code(*c))
+    }
+
+    /// Meta's "There was an error migrating this phone number. Please try again after some
+    /// time." (2388103), or 360dialog's wording of it, "Something went wrong when trying to
+    /// migrate your phone number. Please try again after some time.": try again later.
+    pub fn is_try_again_later(&self) -> bool {
+        if !self.has_code(2388103) {
+            return false;
+        }
+        let text = self.message.to_ascii_lowercase();
+        text.contains("error migrating")
+            || text.contains("something went wrong")
+            || text.contains("try again after some time")
+    }
+
+    /// Whether the text says two-step verification (two-factor authentication, 2FA) is in the
+    /// way: Meta writes "two-step", 360dialog "two-factor" or "2FA".
+    pub fn mentions_two_factor(&self) -> bool {
+        let text = self.message.to_ascii_lowercase();
+        ["two-step", "two step", "two-factor", "two factor"]
+            .iter()
+            .any(|w| text.contains(w))
+            || text
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| word == "2fa")
+    }
+
+    /// Whether the text says the number is already in the destination WABA: 360dialog's "The
+    /// phone number you are trying to migrate has already been moved to your destination
+    /// WhatsApp Account." (Meta's own answer is the code 2388012).
+    pub fn says_already_in_destination(&self) -> bool {
+        let text = self.message.to_ascii_lowercase();
+        text.contains("already been moved") || text.contains("already been migrated")
+    }
+
+    /// Meta's 133008 ("too many two-step verification PIN guesses"): how long it says to wait,
+    /// from its details ("… try again in 12 hours", "… after 30 minutes"), if it says.
+    pub fn pin_guesses_wait(&self) -> Option<Duration> {
+        if !self.has_code(133008) {
+            return None;
+        }
+        let text = self.message.to_ascii_lowercase();
+        let words: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        words.windows(2).find_map(|pair| {
+            let n: u64 = pair[0].parse().ok()?;
+            let unit = match pair[1] {
+                "second" | "seconds" | "sec" | "secs" | "s" => 1,
+                "minute" | "minutes" | "min" | "mins" | "m" => 60,
+                "hour" | "hours" | "hr" | "hrs" | "h" => 3600,
+                "day" | "days" | "d" => 86_400,
+                _ => return None,
+            };
+            Some(Duration::from_secs(n.checked_mul(unit)?))
+        })
+    }
+
     /// Whether the upstream is rate limiting us: HTTP 429, one of Graph's rate-limit codes
     /// (from Meta, or passed through by 360dialog's Messaging API), or 360dialog's "exceeded
     /// the endpoint rate limit".
@@ -200,15 +265,12 @@ fn classify_retryable(e: &UpstreamError) -> bool {
     }
     match e.service {
         Service::Meta => {
-            if TRANSIENT_GRAPH_CODES
-                .iter()
-                .any(|c| e.code == Some(*c) || e.subcode == Some(*c))
-            {
+            if e.has_transient_code() {
                 return true;
             }
-            // 2388103 is permanent except for the "error migrating" variant.
+            // 2388103 is permanent except for its "try again after some time" variant.
             if e.has_code(2388103) {
-                return e.message.to_ascii_lowercase().contains("error migrating");
+                return e.is_try_again_later();
             }
             if e.code.is_some() {
                 // Any other Graph error code needs a human or a configuration fix
@@ -223,10 +285,7 @@ fn classify_retryable(e: &UpstreamError) -> bool {
             // they mean on Graph. The Partner API's codes are its own.
             // Throttling (429, its "endpoint rate limit" 400) is retried like Meta's.
             e.is_throttling()
-                || (e.service == Service::D360Messaging
-                    && TRANSIENT_GRAPH_CODES
-                        .iter()
-                        .any(|c| e.code == Some(*c) || e.subcode == Some(*c)))
+                || (e.service == Service::D360Messaging && e.has_transient_code())
                 || matches!(e.http_status, Some(408) | Some(500..=599))
         }
     }
@@ -357,6 +416,10 @@ pub const REGISTER_WINDOW: Duration = Duration::from_secs(72 * 3600);
 /// five minutes (`meta-graph-api.md` §4.3), not after the usual seconds of backoff, which would
 /// spend register calls on an answer known in advance.
 pub const DELETION_PENDING_WAIT: Duration = Duration::from_secs(300);
+
+/// Meta's 133009 ("two-step verification PIN was entered too quickly"): slow down, a minute
+/// at least, not the usual seconds of backoff (each `register` counts in Meta's cap).
+pub const PIN_TOO_FAST_WAIT: Duration = Duration::from_secs(60);
 
 /// Of the times `calls` of a number's `register` calls, those still inside Meta's window at
 /// `now`, oldest first.

@@ -2,7 +2,12 @@
 
 use crate::clients::{self, Service, UpstreamError};
 use crate::db;
+use crate::domain::machine::spoken;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
+
+/// The longest wait after Meta's 133008 (too many PIN guesses) a step sits out by itself;
+/// past it the migration fails saying how long (the default `RetryPolicy::max_retry_after`).
+const PIN_GUESSES_WAITED_OUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why a step stopped without an outcome.
 #[derive(Debug)]
@@ -59,7 +64,9 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(133016) {
                 return Some(ErrorCode::RegisterLimitReached);
             }
-            if upstream.has_code(133005) {
+            // 133008: too many wrong PINs; the number's PIN is not the one sent (two-step
+            // verification is on), whatever the wait ([`outcome`] waits out a short one).
+            if upstream.has_code(133005) || upstream.has_code(133008) {
                 return Some(ErrorCode::PinMismatch);
             }
             // "Phone number re-verification needed": the verification no longer holds; a
@@ -73,13 +80,11 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(2388103) {
                 let unapproved =
                     text.contains("not approved") || text.contains("not been approved");
-                let code = if text.contains("error migrating") {
+                let code = if upstream.is_try_again_later() {
                     ErrorCode::UpstreamUnavailable
-                } else if text.contains("two-step")
-                    || text.contains("two step")
-                    || text.contains("two-factor")
-                    || text.contains("2fa")
-                {
+                } else if upstream.says_already_in_destination() {
+                    ErrorCode::AlreadyInDestination
+                } else if upstream.mentions_two_factor() {
                     ErrorCode::TwoFactorEnabled
                 } else if text.contains("added directly") {
                     ErrorCode::AddDirectlyNotMigration
@@ -115,7 +120,16 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(131031) {
                 return Some(ErrorCode::UpstreamRejected);
             }
-            if text.contains("two-step") || text.contains("two step") {
+            // A documented transient code is retried, whatever its text: 133009's title is
+            // "Two step verification PIN was entered too quickly".
+            if upstream.has_transient_code() {
+                return None;
+            }
+            // 360dialog's troubleshooting messages, under whatever code they come.
+            if upstream.says_already_in_destination() {
+                return Some(ErrorCode::AlreadyInDestination);
+            }
+            if upstream.mentions_two_factor() {
                 return Some(ErrorCode::TwoFactorEnabled);
             }
             None
@@ -160,13 +174,36 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
     // Meta's "There was an error migrating this phone number. Please try again after some
     // time.": try again later, with the long backoff, whatever `is_transient` says.
     if let clients::Error::Api { upstream: u, .. } = err
-        && u.has_code(2388103)
-        && code == Some(ErrorCode::UpstreamUnavailable)
+        && u.is_try_again_later()
     {
         return StepOutcome::TryLater {
             error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)
                 .with_upstream(Some(upstream)),
         };
+    }
+    // Too many wrong PINs (133008): wait as long as Meta says when that is short, for one
+    // more `register` call (each counts in Meta's cap); else fail, saying how long.
+    if upstream.has_code(133008) {
+        let wait = upstream.pin_guesses_wait();
+        if let Some(wait) = wait.filter(|w| *w <= PIN_GUESSES_WAITED_OUT) {
+            let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, step);
+            error.message = format!(
+                "Meta blocks two-step verification PIN attempts on this number for {} after too many wrong PINs (133008); trying again then.",
+                spoken(wait)
+            );
+            return StepOutcome::Transient {
+                error: error.with_upstream(Some(upstream)),
+                retry_after: Some(wait),
+            };
+        }
+        let mut error = MigrationError::new(ErrorCode::PinMismatch, step);
+        error.message = format!(
+            "Meta blocks two-step verification PIN attempts on this number{} after too many wrong PINs (133008).",
+            wait.map(|w| format!(" for {}", spoken(w)))
+                .unwrap_or_else(|| " for a while (up to about 12 h)".into())
+        );
+        error.remediation = "Wait that long; meanwhile have two-step verification disabled in WhatsApp Manager (or give the number's current PIN as `pin`), then retry.".into();
+        return StepOutcome::Failed(error.with_upstream(Some(upstream)));
     }
     let retryable = err.is_retryable();
     if retryable && code.is_none_or(|c| c == ErrorCode::UpstreamUnavailable) {
@@ -407,6 +444,101 @@ mod tests {
                 s
             )),
             ErrorCode::TwoFactorEnabled
+        );
+    }
+
+    /// Meta's PIN throttles: their titles say "two step verification", yet they are waits,
+    /// not two-step verification to turn off.
+    #[test]
+    fn pin_throttles_are_waits_not_two_step_verification() {
+        let s = MigrationState::Registering;
+        // 133009, too fast: retried (the register step waits a minute at least).
+        let too_fast = graph(
+            133009,
+            None,
+            "(#133009) Two step verification PIN was entered too quickly",
+        );
+        assert!(
+            matches!(outcome(&too_fast, s), StepOutcome::Transient { .. }),
+            "{:?}",
+            outcome(&too_fast, s)
+        );
+        // 133008 with a short wait in its details: retried after exactly that wait.
+        let short = graph(
+            133008,
+            None,
+            "(#133008) Too many two step verification PIN guesses for this phone number — Please try again in 30 minutes.",
+        );
+        match outcome(&short, s) {
+            StepOutcome::Transient { error, retry_after } => {
+                assert_eq!(retry_after, Some(std::time::Duration::from_secs(1800)));
+                assert_eq!(error.code, ErrorCode::UpstreamUnavailable);
+                assert!(error.message.contains("30 min"), "{}", error.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A long wait, or none said: fails as the PIN's problem, saying how long, not
+        // spending register calls on it.
+        for (text, says) in [
+            (
+                "(#133008) Too many two step verification PIN guesses for this phone number — Wait 12 hours before trying again.",
+                " for 12 h ",
+            ),
+            (
+                "(#133008) Too many two step verification PIN guesses for this phone number",
+                "up to about 12 h",
+            ),
+        ] {
+            match outcome(&graph(133008, None, text), s) {
+                StepOutcome::Failed(e) => {
+                    assert_eq!(e.code, ErrorCode::PinMismatch, "{text}");
+                    assert!(e.message.contains(says), "{}", e.message);
+                    assert!(e.retryable);
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    /// 360dialog's troubleshooting messages (its migration page) map to our codes under
+    /// whatever code they arrive.
+    #[test]
+    fn maps_360dialogs_troubleshooting_wording() {
+        let s = MigrationState::Initiating;
+        match outcome(
+            &graph(
+                100,
+                Some(2388103),
+                "Something went wrong when trying to migrate your phone number. Please try again after some time. If that does not work, please contact our support via the 360Dialog Client Hub.",
+            ),
+            s,
+        ) {
+            StepOutcome::TryLater { error } => {
+                assert_eq!(error.code, ErrorCode::UpstreamUnavailable);
+            }
+            other => panic!("{other:?}"),
+        }
+        let moved = "The phone number you are trying to migrate has already been moved to your destination WhatsApp Account. Please log in to the 360Dialog Client Hub to continue.";
+        for e in [graph(100, Some(2388103), moved), graph(100, None, moved)] {
+            let clients::Error::Api { upstream, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(code_for(upstream, s), Some(ErrorCode::AlreadyInDestination));
+        }
+        for text in [
+            "Two-factor authentication not yet disabled",
+            "2FA is enabled for this number",
+        ] {
+            assert_eq!(
+                failed_code(outcome(&graph(100, None, text), s)),
+                ErrorCode::TwoFactorEnabled,
+                "{text}"
+            );
+        }
+        // "2fa" inside a word or an id is not 2FA.
+        assert_eq!(
+            failed_code(outcome(&graph(100, None, "Invalid id a2fa9"), s)),
+            ErrorCode::UpstreamRejected
         );
     }
 

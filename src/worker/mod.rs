@@ -666,6 +666,15 @@ impl Worker {
                 if counts_attempt {
                     crate::metrics::step_retried(state);
                 }
+                // An irreversible call of this step ended without an answer that settles it
+                // (a timeout, a reset, a 5xx): the upstream may still be applying it. The retry,
+                // which reads the upstream state before calling again, waits as long as a call
+                // may take, so that it reads what that call did.
+                let delay = if unresolved {
+                    delay.max(self.deps.call_time)
+                } else {
+                    delay
+                };
                 if let Some(pause) = &mut throttled {
                     // As long as the migration itself waits before trying again.
                     *pause = Some(delay);

@@ -326,7 +326,9 @@ impl Table {
             d360: d360.clone(),
             cipher: self.cipher.clone(),
             config: worker_config(),
-            call_time: Duration::from_secs(5),
+            // The fakes answer at once; a retry after a call without a settling answer
+            // waits this long (as long as a call may take), so keep it short.
+            call_time: Duration::from_millis(50),
             fail_points: FailPoints::default(),
             sandbox_seeder: None,
         });

@@ -13,7 +13,7 @@ use crate::domain::values::E164;
 use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, StepOutcome};
 use crate::precheck;
 use crate::worker::Deps;
-use crate::worker::errors::{StepError, outcome};
+use crate::worker::errors::{StepError, code_for, outcome};
 
 pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Result<StepResult> {
     let state = MigrationState::Prechecking;
@@ -183,7 +183,10 @@ pub(super) async fn initiating(deps: &Deps, row: &store::MigrationRow) -> Result
         Ok(id) => Ok(StepResult::done().with(|p| p.phone_number_id = Some(id))),
         // Already in the destination (e.g. our earlier call was applied but its response
         // lost): look the number up instead of failing.
-        Err(e) if e.upstream().is_some_and(|u| u.has_code(2388012)) => {
+        Err(e)
+            if e.upstream()
+                .is_some_and(|u| code_for(u, state) == Some(ErrorCode::AlreadyInDestination)) =>
+        {
             match find_in_waba(deps, &row.destination_waba_id, &row.phone_number).await {
                 Ok(Some(id)) => Ok(StepResult::done()
                     .with(|p| p.phone_number_id = Some(id))

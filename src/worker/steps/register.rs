@@ -13,7 +13,7 @@ use crate::crypto::aad;
 use crate::db::migrations as store;
 use crate::domain::memo::{Intent, MemoEdits, MemoKey};
 use crate::domain::upstream::{
-    DELETION_PENDING_WAIT, REGISTER_CALLS_PER_72H, register_calls_in_window,
+    DELETION_PENDING_WAIT, PIN_TOO_FAST_WAIT, REGISTER_CALLS_PER_72H, register_calls_in_window,
     register_window_frees_at,
 };
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
@@ -150,9 +150,13 @@ pub(super) async fn registering(
         Err(e) => {
             let mut failed = outcome(&e, state);
             if let StepOutcome::Transient { retry_after, .. } = &mut failed
-                && e.upstream().is_some_and(|u| u.has_code(133015))
+                && let Some(u) = e.upstream()
             {
-                *retry_after = (*retry_after).max(Some(DELETION_PENDING_WAIT));
+                if u.has_code(133015) {
+                    *retry_after = (*retry_after).max(Some(DELETION_PENDING_WAIT));
+                } else if u.has_code(133009) {
+                    *retry_after = (*retry_after).max(Some(PIN_TOO_FAST_WAIT));
+                }
             }
             StepResult::new(failed)
         }
