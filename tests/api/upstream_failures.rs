@@ -47,6 +47,22 @@ async fn transient_failures_are_retried_until_completed(pool: PgPool) {
         register_retry["data"]["error"]["upstream"]["http_status"],
         500
     );
+    // A 5xx may be a gateway that gave up while Meta still applies the call: the retry (which
+    // reads the number's status first) waits as long as a call may take (2 s here), not the
+    // backoff's 50 ms.
+    for retry in retries.iter().filter(|e| e["to_state"] == "registering") {
+        let delay = retry["data"]["retry_in_seconds"].as_f64().unwrap();
+        assert!(delay >= 2.0, "{retry:#}");
+    }
+    // A throttled request_code was refused, not left unsettled: the backoff's delay.
+    let request_code_retry = retries
+        .iter()
+        .find(|e| e["to_state"] == "requesting_otp")
+        .unwrap();
+    let delay = request_code_retry["data"]["retry_in_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(delay < 2.0, "{request_code_retry:#}");
 
     let key = app.stored_key(&id).await;
     assert_eq!(app.key_status(&key).await, StatusCode::OK);
