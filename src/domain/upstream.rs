@@ -123,15 +123,14 @@ impl UpstreamError {
 
     /// Meta's "There was an error migrating this phone number. Please try again after some
     /// time." (2388103), or 360dialog's wording of it, "Something went wrong when trying to
-    /// migrate your phone number. Please try again after some time.": try again later.
+    /// migrate your phone number. Please try again after some time.": try again later (unless
+    /// its words also name a permanent variant: `worker::errors::code_for` decides).
     pub fn is_try_again_later(&self) -> bool {
         if !self.has_code(2388103) {
             return false;
         }
         let text = self.message.to_ascii_lowercase();
-        text.contains("error migrating")
-            || text.contains("something went wrong")
-            || text.contains("try again after some time")
+        text.contains("error migrating") || text.contains("try again after some time")
     }
 
     /// Whether the text says two-step verification (two-factor authentication, 2FA) is in the
@@ -141,9 +140,7 @@ impl UpstreamError {
         ["two-step", "two step", "two-factor", "two factor"]
             .iter()
             .any(|w| text.contains(w))
-            || text
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .any(|word| word == "2fa")
+            || words(&text).any(|word| word == "2fa")
     }
 
     /// Whether the text says the number is already in the destination WABA: 360dialog's "The
@@ -151,31 +148,45 @@ impl UpstreamError {
     /// WhatsApp Account." (Meta's own answer is the code 2388012).
     pub fn says_already_in_destination(&self) -> bool {
         let text = self.message.to_ascii_lowercase();
-        text.contains("already been moved") || text.contains("already been migrated")
+        text.contains("already been moved") && text.contains("destination")
     }
 
     /// Meta's 133008 ("too many two-step verification PIN guesses"): how long it says to wait,
-    /// from its details ("… try again in 12 hours", "… after 30 minutes"), if it says.
+    /// from its details ("… try again in 12 hours", "wait 30m"), if it says. A duration after
+    /// "in", "after", "wait" or "for" is the wait; else the longest one named (not "… in the
+    /// last 24 hours"'s shorter neighbours). A zero wait says nothing.
     pub fn pin_guesses_wait(&self) -> Option<Duration> {
         if !self.has_code(133008) {
             return None;
         }
         let text = self.message.to_ascii_lowercase();
-        let words: Vec<&str> = text
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .collect();
-        words.windows(2).find_map(|pair| {
-            let n: u64 = pair[0].parse().ok()?;
-            let unit = match pair[1] {
-                "second" | "seconds" | "sec" | "secs" | "s" => 1,
-                "minute" | "minutes" | "min" | "mins" | "m" => 60,
-                "hour" | "hours" | "hr" | "hrs" | "h" => 3600,
-                "day" | "days" | "d" => 86_400,
-                _ => return None,
+        let words: Vec<&str> = words(&text).collect();
+        let mut durations = Vec::new();
+        for (i, word) in words.iter().enumerate() {
+            // "12 hours" or "12h".
+            let digits = word.bytes().take_while(u8::is_ascii_digit).count();
+            let (number, unit) = match (digits, word.len()) {
+                (0, _) => continue,
+                (d, len) if d == len => (*word, words.get(i + 1).copied().unwrap_or("")),
+                (d, _) => word.split_at(d),
             };
-            Some(Duration::from_secs(n.checked_mul(unit)?))
-        })
+            let Some(secs) = duration_unit(unit)
+                .and_then(|unit| number.parse::<u64>().ok()?.checked_mul(unit))
+                .filter(|secs| *secs > 0)
+            else {
+                continue;
+            };
+            let said_as_wait = i
+                .checked_sub(1)
+                .and_then(|j| words.get(j))
+                .is_some_and(|w| matches!(*w, "in" | "after" | "wait" | "for"));
+            durations.push((said_as_wait, Duration::from_secs(secs)));
+        }
+        durations
+            .iter()
+            .find(|(said_as_wait, _)| *said_as_wait)
+            .or_else(|| durations.iter().max_by_key(|(_, d)| *d))
+            .map(|(_, d)| *d)
     }
 
     /// Whether the upstream is rate limiting us: HTTP 429, one of Graph's rate-limit codes
@@ -245,6 +256,23 @@ impl CallError {
             CallError::Decode { .. } => true,
         }
     }
+}
+
+/// The words of a lower-cased text: its runs of ASCII letters and digits.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+}
+
+/// Seconds in a unit of time as people write it ("hours", "h", "min"…).
+fn duration_unit(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "second" | "seconds" | "sec" | "secs" | "s" => 1,
+        "minute" | "minutes" | "min" | "mins" | "m" => 60,
+        "hour" | "hours" | "hr" | "hrs" | "h" => 3600,
+        "day" | "days" | "d" => 86_400,
+        _ => return None,
+    })
 }
 
 /// Graph error codes that are transient per Meta's documentation (`meta-graph-api.md` §4.3):
@@ -511,4 +539,51 @@ impl Channel {
 pub struct HealthStatus {
     /// Overall `health_status.can_send_message`: `AVAILABLE`, `LIMITED`, `BLOCKED`.
     pub can_send_message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin_guesses(text: &str) -> Option<u64> {
+        UpstreamError {
+            service: Service::Meta,
+            http_status: Some(400),
+            code: Some(133008),
+            subcode: None,
+            fbtrace_id: None,
+            message: text.into(),
+            is_transient: None,
+        }
+        .pin_guesses_wait()
+        .map(|d| d.as_secs())
+    }
+
+    #[test]
+    fn the_wait_of_too_many_pin_guesses_is_read_from_its_words() {
+        assert_eq!(pin_guesses("Please try again in 30 minutes."), Some(1800));
+        assert_eq!(
+            pin_guesses("Wait 12 hours before trying again"),
+            Some(43_200)
+        );
+        assert_eq!(pin_guesses("try again after 2h"), Some(7200));
+        // The duration said as the wait, not another one of the sentence.
+        assert_eq!(
+            pin_guesses("Too many guesses in the last 24 hours. Try again in 30 minutes"),
+            Some(1800)
+        );
+        // None said as the wait: the longest named.
+        assert_eq!(
+            pin_guesses("5 guesses within 1 hour; 12 hours block"),
+            Some(43_200)
+        );
+        // Nothing, or nothing usable.
+        assert_eq!(
+            pin_guesses("Too many PIN guesses for this phone number"),
+            None
+        );
+        assert_eq!(pin_guesses("try again in 0 minutes"), None);
+        assert_eq!(pin_guesses("try again in 99999999999999999999 hours"), None);
+        assert_eq!(pin_guesses("PIN 123456 guessed 3 times"), None);
+    }
 }

@@ -3,6 +3,7 @@
 use crate::clients::{self, Service, UpstreamError};
 use crate::db;
 use crate::domain::machine::spoken;
+use crate::domain::upstream::{DELETION_PENDING_WAIT, PIN_TOO_FAST_WAIT};
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 
 /// The longest wait after Meta's 133008 (too many PIN guesses) a step sits out by itself;
@@ -80,7 +81,7 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(2388103) {
                 let unapproved =
                     text.contains("not approved") || text.contains("not been approved");
-                let code = if upstream.is_try_again_later() {
+                let code = if text.contains("error migrating") {
                     ErrorCode::UpstreamUnavailable
                 } else if upstream.says_already_in_destination() {
                     ErrorCode::AlreadyInDestination
@@ -110,6 +111,10 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
                     ErrorCode::DestinationWabaNotApproved
                 } else if text.contains("not set up") || unapproved || text.contains("on behalf") {
                     ErrorCode::SourceWabaNotApproved
+                } else if upstream.is_try_again_later() {
+                    // 360dialog's "Something went wrong … Please try again after some time.",
+                    // after every permanent variant: their words may end the same way.
+                    ErrorCode::UpstreamUnavailable
                 } else {
                     ErrorCode::UpstreamRejected
                 };
@@ -126,7 +131,7 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
                 return None;
             }
             // 360dialog's troubleshooting messages, under whatever code they come.
-            if upstream.says_already_in_destination() {
+            if step == MigrationState::Initiating && upstream.says_already_in_destination() {
                 return Some(ErrorCode::AlreadyInDestination);
             }
             if upstream.mentions_two_factor() {
@@ -174,7 +179,8 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
     // Meta's "There was an error migrating this phone number. Please try again after some
     // time.": try again later, with the long backoff, whatever `is_transient` says.
     if let clients::Error::Api { upstream: u, .. } = err
-        && u.is_try_again_later()
+        && u.has_code(2388103)
+        && code == Some(ErrorCode::UpstreamUnavailable)
     {
         return StepOutcome::TryLater {
             error: MigrationError::new(ErrorCode::UpstreamUnavailable, step)
@@ -186,11 +192,14 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
     if upstream.has_code(133008) {
         let wait = upstream.pin_guesses_wait();
         if let Some(wait) = wait.filter(|w| *w <= PIN_GUESSES_WAITED_OUT) {
+            // Unless two-step verification is off by then, the next try can only meet 133005.
             let mut error = MigrationError::new(ErrorCode::UpstreamUnavailable, step);
             error.message = format!(
                 "Meta blocks two-step verification PIN attempts on this number for {} after too many wrong PINs (133008); trying again then.",
                 spoken(wait)
             );
+            error.actor = crate::domain::Actor::Client;
+            error.remediation = "Meanwhile have two-step verification disabled in WhatsApp Manager (or give the number's current PIN as `pin`).".into();
             return StepOutcome::Transient {
                 error: error.with_upstream(Some(upstream)),
                 retry_after: Some(wait),
@@ -217,8 +226,8 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
             );
         }
         return StepOutcome::Transient {
+            retry_after: err.retry_after().max(least_wait(&upstream)),
             error: error.with_upstream(Some(upstream)),
-            retry_after: err.retry_after(),
         };
     }
     let code = code.unwrap_or(if retryable {
@@ -250,6 +259,22 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
         );
     }
     StepOutcome::Failed(error)
+}
+
+/// The least wait before trying again after `upstream`, where Meta's code says the usual
+/// seconds of backoff would only spend calls (each `register` counts in Meta's cap): 133015,
+/// a deletion still pending, about 5 minutes; 133009, a PIN entered too quickly, a minute.
+fn least_wait(upstream: &UpstreamError) -> Option<std::time::Duration> {
+    if upstream.service != Service::Meta {
+        return None;
+    }
+    if upstream.has_code(133015) {
+        Some(DELETION_PENDING_WAIT)
+    } else if upstream.has_code(133009) {
+        Some(PIN_TOO_FAST_WAIT)
+    } else {
+        None
+    }
 }
 
 fn service_name(s: Service) -> &'static str {
@@ -498,6 +523,46 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    /// Where Meta's code says the usual seconds of backoff would only spend register calls,
+    /// the retry waits longer: 133015 about 5 minutes, 133009 a minute.
+    #[test]
+    fn some_transient_codes_wait_longer_than_the_backoff() {
+        let s = MigrationState::Registering;
+        for (code, wait) in [(133015, 300), (133009, 60)] {
+            match outcome(&graph(code, None, "(#x) wait"), s) {
+                StepOutcome::Transient { retry_after, .. } => {
+                    assert_eq!(retry_after, Some(std::time::Duration::from_secs(wait)));
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+    }
+
+    /// A permanent 2388103 variant whose words end with "try again after some time" stays
+    /// permanent: only the "error migrating" variant, or one naming nothing else, is tried
+    /// again later.
+    #[test]
+    fn a_permanent_variant_asking_to_try_again_later_stays_permanent() {
+        let s = MigrationState::Initiating;
+        assert_eq!(
+            failed_code(outcome(
+                &graph(
+                    100,
+                    Some(2388103),
+                    "Cannot migrate: the destination does not have a payment account. Please try again after some time."
+                ),
+                s
+            )),
+            ErrorCode::DestinationNoPaymentMethod
+        );
+        // "already been migrated" (a template's, say) is not the number's.
+        let template = graph(100, None, "This template has already been migrated");
+        let clients::Error::Api { upstream, .. } = &template else {
+            unreachable!()
+        };
+        assert_eq!(code_for(upstream, MigrationState::CopyingTemplates), None);
     }
 
     /// 360dialog's troubleshooting messages (its migration page) map to our codes under

@@ -13,8 +13,7 @@ use crate::crypto::aad;
 use crate::db::migrations as store;
 use crate::domain::memo::{Intent, MemoEdits, MemoKey};
 use crate::domain::upstream::{
-    DELETION_PENDING_WAIT, PIN_TOO_FAST_WAIT, REGISTER_CALLS_PER_72H, register_calls_in_window,
-    register_window_frees_at,
+    REGISTER_CALLS_PER_72H, register_calls_in_window, register_window_frees_at,
 };
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
 use crate::precheck;
@@ -147,19 +146,8 @@ pub(super) async fn registering(
     );
     let step = match result {
         Ok(()) => registered(deps, row, &pnid).await,
-        Err(e) => {
-            let mut failed = outcome(&e, state);
-            if let StepOutcome::Transient { retry_after, .. } = &mut failed
-                && let Some(u) = e.upstream()
-            {
-                if u.has_code(133015) {
-                    *retry_after = (*retry_after).max(Some(DELETION_PENDING_WAIT));
-                } else if u.has_code(133009) {
-                    *retry_after = (*retry_after).max(Some(PIN_TOO_FAST_WAIT));
-                }
-            }
-            StepResult::new(failed)
-        }
+        // (133015's and 133009's least waits are `outcome`'s.)
+        Err(e) => StepResult::new(outcome(&e, state)),
     };
     // The intent's time is the call's, so a later claim does not count the call twice.
     let mut step = if never_sent {
