@@ -3,6 +3,8 @@
 # Release image of waba-migrator.
 #   docker build -t waba-migrator .
 #   docker run --rm -p 8080:8080 -e DATABASE_URL=... -e ENCRYPTION_KEY=... waba-migrator
+#   docker run --rm -e DATABASE_URL=... -e ENCRYPTION_KEY=... -e META_ACCESS_TOKEN=... \
+#     waba-migrator worker     # workers only; /healthz, /readyz and /metrics on :8080
 #
 # cargo-chef builds the dependencies in their own layer (planner -> cook -> build), so a change
 # to our sources only rebuilds our crate. The runtime image is distroless (glibc, CA certificates,
@@ -35,7 +37,8 @@ COPY --from=builder /usr/local/bin/waba-migrator /usr/local/bin/waba-migrator
 USER nonroot
 EXPOSE 8080
 ENV BIND_ADDR=0.0.0.0:8080
-# distroless has no curl: the binary checks its own health endpoint.
+# distroless has no curl: the binary checks its own health endpoint (`serve` and `worker` both
+# serve /healthz on BIND_ADDR).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/waba-migrator", "healthcheck", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/waba-migrator"]

@@ -46,6 +46,23 @@ pub fn pages() -> axum::Router<AppState> {
     crate::dashboard::routes().merge(crate::client_page::routes())
 }
 
+/// What a process serves on its HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// The API, its documents, the dashboard and the client page (`serve`).
+    Api,
+    /// `/healthz`, `/readyz` and `/metrics` only (`worker`): health checks and scrapes of the
+    /// metrics its workers record.
+    Operations,
+}
+
+/// The HTTP server of a process: its listener, its limits and what it serves.
+pub struct Listener {
+    pub listener: TcpListener,
+    pub config: ServeConfig,
+    pub endpoints: Endpoints,
+}
+
 /// The service: API state plus (optionally) a worker.
 pub struct App {
     pub state: AppState,
@@ -127,35 +144,38 @@ impl App {
         })
     }
 
-    /// Serves the API on `listener` (if given) and runs the worker until `stop`. On SIGTERM the
-    /// API drains for `config.drain` first (on another stop it does not); it returns once its
-    /// connections are closed, at most `config.shutdown_timeout` after that. The worker stops
-    /// claiming at once and its in-flight steps finish or release their leases.
-    pub async fn run(
-        self,
-        listener: Option<(TcpListener, ServeConfig)>,
-        stop: Stop,
-    ) -> anyhow::Result<()> {
+    /// Serves `http` (the API, or the operations endpoints alone) and runs the worker until
+    /// `stop`. On SIGTERM the server drains for `config.drain` first (`/readyz` answers 503; on
+    /// another stop it does not drain); it returns once its connections are closed, at most
+    /// `config.shutdown_timeout` after that. The worker stops claiming at once and its in-flight
+    /// steps finish or release their leases.
+    pub async fn run(self, http: Listener, stop: Stop) -> anyhow::Result<()> {
         let shutdown = stop.token().clone();
         let mut tasks = tokio::task::JoinSet::new();
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        if let Some((listener, config)) = listener {
-            let router = crate::http::router(self.state.clone(), pages());
-            let stop = stop.clone();
-            let drain = config.drain;
-            let signalled = async move {
-                stop.token().cancelled().await;
-                if stop.by_sigterm() {
-                    drain
-                } else {
-                    std::time::Duration::ZERO
-                }
-            };
-            tasks.spawn(async move {
-                crate::http::server::serve(listener, router, config, signalled).await;
-                Ok(())
-            });
-        }
+        let Listener {
+            listener,
+            config,
+            endpoints,
+        } = http;
+        let router = match endpoints {
+            Endpoints::Api => crate::http::router(self.state.clone(), pages()),
+            Endpoints::Operations => crate::http::operations_router(self.state.clone()),
+        };
+        let signal = stop.clone();
+        let drain = config.drain;
+        let signalled = async move {
+            signal.token().cancelled().await;
+            if signal.by_sigterm() {
+                drain
+            } else {
+                std::time::Duration::ZERO
+            }
+        };
+        tasks.spawn(async move {
+            crate::http::server::serve(listener, router, config, signalled).await;
+            Ok(())
+        });
         if let Some(worker) = self.worker {
             let stop = shutdown.clone();
             tasks.spawn(async move { worker.run(stop).await });

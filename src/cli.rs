@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use url::Url;
 
-use crate::app::{App, Settings};
+use crate::app::{App, Endpoints, Listener, Settings};
 use crate::config::{
-    ApiArgs, Cli, Command, ConnectionArgs, DbArgs, RunArgs, SandboxArgs, SandboxFaultArgs,
+    ApiArgs, Cli, Command, ConnectionArgs, DbArgs, ListenArgs, RunArgs, SandboxArgs,
+    SandboxFaultArgs,
 };
 use crate::core::auth::AuthConfig;
 use crate::core::settings::{OtpPolicy, SystemClock, WebhookConfig};
@@ -28,8 +29,8 @@ use crate::{db, shutdown};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(Some(args.api), args.run).await,
-        Command::Worker(args) => serve(None, args).await,
+        Command::Serve(args) => serve(Role::Api(args.api), args.run).await,
+        Command::Worker(args) => serve(Role::Worker(args.listen), args.run).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Reencrypt(args) => reencrypt(args).await,
         Command::Sandbox(args) => sandbox(args).await,
@@ -67,9 +68,7 @@ async fn migrate(args: DbArgs) -> anyhow::Result<()> {
     };
     let (pool, embedded) = database(&args, true).await?;
     pool.close().await;
-    if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
-        pg.stop().await?;
-    }
+    stop_if_started(embedded).await?;
     info!("schema is current");
     Ok(())
 }
@@ -101,9 +100,7 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
         None
     };
     pool.close().await;
-    if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
-        pg.stop().await?;
-    }
+    stop_if_started(embedded).await?;
     let report = report.context("re-encryption failed (safe to run again)")?;
     print!("{report}");
     match replaced {
@@ -129,7 +126,10 @@ async fn reencrypt(args: crate::config::ReencryptArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The database: `DATABASE_URL`, or a private PostgreSQL under `DATA_DIR`.
+/// The database: `DATABASE_URL` (its schema applied if `run_migrations`, else checked), or a
+/// private PostgreSQL under `DATA_DIR` (always migrated). The embedded server is returned so
+/// the caller stops it ([`stop_if_started`]); if this fails after starting it, it is stopped
+/// here.
 async fn database(
     args: &DbArgs,
     run_migrations: bool,
@@ -139,10 +139,14 @@ async fn database(
             let pool = db::connect(url.expose_secret(), args.database_max_connections)
                 .await
                 .context("cannot connect to DATABASE_URL")?;
-            if run_migrations {
-                db::migrate(&pool)
-                    .await
-                    .context("schema migration failed")?;
+            let ready = if run_migrations {
+                db::migrate(&pool).await.context("schema migration failed")
+            } else {
+                ensure_schema(&pool).await
+            };
+            if let Err(e) = ready {
+                pool.close().await;
+                return Err(e);
             }
             Ok((pool, None))
         }
@@ -155,14 +159,55 @@ async fn database(
             let pg = EmbeddedPostgres::start(&dir, None)
                 .await
                 .context("could not start the embedded PostgreSQL")?;
-            let pool = db::connect(pg.database_url(), args.database_max_connections)
-                .await
-                .context("cannot connect to the embedded PostgreSQL")?;
-            db::migrate(&pool)
-                .await
-                .context("schema migration failed")?;
-            Ok((pool, Some(pg)))
+            let pool = async {
+                let pool = db::connect(pg.database_url(), args.database_max_connections)
+                    .await
+                    .context("cannot connect to the embedded PostgreSQL")?;
+                if let Err(e) = db::migrate(&pool).await {
+                    pool.close().await;
+                    return Err(anyhow::Error::from(e).context("schema migration failed"));
+                }
+                Ok(pool)
+            }
+            .await;
+            match pool {
+                Ok(pool) => Ok((pool, Some(pg))),
+                Err(e) => {
+                    if let Err(stop) = stop_if_started(Some(pg)).await {
+                        warn!(error = %stop, "could not stop the embedded PostgreSQL");
+                    }
+                    Err(e)
+                }
+            }
         }
+    }
+}
+
+/// Stops the embedded PostgreSQL if this process started it. One it reused (already running
+/// on DATA_DIR, started by e.g. a running `serve`) belongs to the process that started it.
+async fn stop_if_started(embedded: Option<EmbeddedPostgres>) -> anyhow::Result<()> {
+    match embedded {
+        Some(pg) if !pg.reused() => pg.stop().await,
+        _ => Ok(()),
+    }
+}
+
+/// A database whose schema is not this version's (none at all, or older) stops the process
+/// here, with one line saying how to apply it, rather than at its first query.
+async fn ensure_schema(pool: &PgPool) -> anyhow::Result<()> {
+    const APPLY: &str = "run `waba-migrator migrate` (same DATABASE_URL) first, or start `serve` or `worker` with RUN_MIGRATIONS=true";
+    match db::schema_current(pool).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            anyhow::bail!(
+                "the database's schema is older than this version of waba-migrator: {APPLY}"
+            )
+        }
+        // No `_sqlx_migrations` table: the schema was never applied.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+            anyhow::bail!("the database has no waba-migrator schema: {APPLY}")
+        }
+        Err(e) => Err(anyhow::Error::from(e).context("cannot read the database's schema version")),
     }
 }
 
@@ -378,26 +423,78 @@ async fn start_sandbox(
     Ok((sb, addr))
 }
 
-/// `serve` (with `api`) or `worker` (without).
-async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
-    if let Some(api) = &api {
-        api.validate().map_err(anyhow::Error::msg)?;
+/// What a `serve` or `worker` process serves besides its workers.
+enum Role {
+    /// `serve`: the API (and the workers unless `--no-workers`).
+    Api(ApiArgs),
+    /// `worker`: the workers, and the operations endpoints alone.
+    Worker(ListenArgs),
+}
+
+impl Role {
+    fn api(&self) -> Option<&ApiArgs> {
+        match self {
+            Role::Api(api) => Some(api),
+            Role::Worker(_) => None,
+        }
     }
+
+    fn listen(&self) -> &ListenArgs {
+        match self {
+            Role::Api(api) => &api.listen,
+            Role::Worker(listen) => listen,
+        }
+    }
+
+    fn runs_workers(&self) -> bool {
+        self.api().is_none_or(|a| !a.no_workers)
+    }
+}
+
+/// Why sandbox mode does not split the API and the workers: each process would run its own
+/// in-process sandbox, neither knowing what the other's did.
+const SANDBOX_SPLIT: &str = "sandbox mode runs the API and the workers in one process (`waba-migrator serve`, without --no-workers); to split them, run `waba-migrator sandbox` and point META_GRAPH_URL, D360_HUB_URL (its /api/v2) and D360_WABA_URL at it, with META_ACCESS_TOKEN set to any value and SANDBOX_SEED_NUMBERS=true";
+
+/// `serve` or `worker`: the database, then the service on it until a signal; the embedded
+/// PostgreSQL, if this process started it, is stopped on every way out.
+async fn serve(role: Role, run: RunArgs) -> anyhow::Result<()> {
+    match &role {
+        Role::Api(api) => api.validate(),
+        Role::Worker(listen) => listen.validate(),
+    }
+    .map_err(anyhow::Error::msg)?;
     run.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !run.sandbox_mode() || (role.api().is_some() && role.runs_workers()),
+        SANDBOX_SPLIT
+    );
     let stop = shutdown::on_signals();
     // The key first: a bad one is reported before anything connects or starts.
     let cipher = encryption_key(&run, run.db.database_url.is_none())?;
     let (pool, embedded) = database(&run.db, run.run_migrations).await?;
-    if let Some(column) = crate::crypto_rotation::first_unopenable(&pool, &cipher).await? {
-        pool.close().await;
-        if let Some(pg) = embedded.filter(|pg| !pg.reused()) {
-            pg.stop().await?;
-        }
+    let result = serve_on(&pool, cipher, role, run, stop).await;
+    pool.close().await;
+    if let Err(e) = stop_if_started(embedded).await {
+        warn!(error = %e, "could not stop the embedded PostgreSQL");
+    }
+    result
+}
+
+/// The service on `pool` until `stop` (or until it fails to start).
+async fn serve_on(
+    pool: &PgPool,
+    cipher: Cipher,
+    role: Role,
+    run: RunArgs,
+    stop: shutdown::Stop,
+) -> anyhow::Result<()> {
+    if let Some(column) = crate::crypto_rotation::first_unopenable(pool, &cipher).await? {
         anyhow::bail!(
             "ENCRYPTION_KEY does not open the secrets stored in this database ({column}): start with the key they were sealed with (during a rotation, the new one with ENCRYPTION_KEY_OLD set to the old one; with the embedded database and no ENCRYPTION_KEY, the key is DATA_DIR/encryption.key)"
         );
     }
-    let cipher = crate::crypto_rotation::with_kept_fingerprint_key(&pool, cipher).await?;
+    let cipher = crate::crypto_rotation::with_kept_fingerprint_key(pool, cipher).await?;
+    let api = role.api();
 
     let up = &run.upstreams;
     let mut upstreams = Upstreams {
@@ -417,7 +514,7 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         .then(|| SandboxSeeder::Remote(reqwest::Client::new(), up.meta_graph_url.clone()));
     let mut sandbox_addr = None;
     if sandbox_mode {
-        let (sb, addr) = start_sandbox(&run, &pool, stop.token()).await?;
+        let (sb, addr) = start_sandbox(&run, pool, stop.token()).await?;
         seeder = Some(SandboxSeeder::InProcess(sb));
         upstreams.meta_graph_url = Url::parse(&format!("http://{addr}"))?;
         upstreams.d360_hub_url = Url::parse(&format!("http://{addr}/api/v2"))?;
@@ -428,15 +525,14 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             "SANDBOX MODE: META_ACCESS_TOKEN is not set, so every upstream call goes to the built-in simulator at http://{addr} (control API: http://{addr}/_sandbox). Nothing real is migrated."
         );
         sandbox_addr = Some(addr);
-    } else if api.as_ref().is_some_and(|a| a.admin_api_key.is_none()) {
+    } else if api.is_some_and(|a| a.admin_api_key.is_none()) {
         anyhow::bail!("ADMIN_API_KEY is required outside sandbox mode (META_ACCESS_TOKEN is set)");
     }
 
     // Sandbox mode without ADMIN_API_KEY: an admin key for this run, shown in the banner.
-    let dev_admin_key = (sandbox_mode && api.as_ref().is_some_and(|a| a.admin_api_key.is_none()))
+    let dev_admin_key = (sandbox_mode && api.is_some_and(|a| a.admin_api_key.is_none()))
         .then(|| crypto::generate_api_key().0);
     let admin_api_key = api
-        .as_ref()
         .and_then(|a| a.admin_api_key.clone())
         .or_else(|| dev_admin_key.clone());
 
@@ -447,52 +543,52 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
             admin_api_key,
             cipher,
             worker: worker_config(&run),
-            run_workers: api.as_ref().is_none_or(|a| !a.no_workers),
+            run_workers: role.runs_workers(),
             sandbox_seeder: seeder,
             webhooks: webhook_config(&run),
             clock: Arc::new(SystemClock),
-            rate_limit: api
-                .as_ref()
-                .map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
-            precheck_rate_per_minute: api.as_ref().map_or(0, |a| a.precheck_rate_per_minute),
+            rate_limit: api.map(|a| (a.rate_limit_per_second, a.rate_limit_burst)),
+            precheck_rate_per_minute: api.map_or(0, |a| a.precheck_rate_per_minute),
             auth: api
-                .as_ref()
                 .map(|a| AuthConfig {
                     failure_limit: Some((a.auth_failures_per_minute, a.auth_failure_burst)),
                     trusted_proxies: a.trusted_proxies.clone(),
                 })
                 .unwrap_or_default(),
             dashboard: api
-                .as_ref()
                 .map(|a| crate::core::DashboardConfig {
                     stuck_after: Duration::from_secs(a.dashboard_stuck_minutes.saturating_mul(60)),
                     secure_cookie: a.dashboard_secure_cookie,
                 })
                 .unwrap_or_default(),
-            client_page: api.as_ref().map(|a| a.client_page()).unwrap_or_default(),
+            client_page: api.map(|a| a.client_page()).unwrap_or_default(),
         },
     )?;
 
-    let listener = match &api {
-        Some(api) => {
-            let l = TcpListener::bind(api.bind_addr)
-                .await
-                .with_context(|| format!("cannot listen on BIND_ADDR {}", api.bind_addr))?;
-            let config = serve_config(&api.connections);
-            info!(
-                addr = %l.local_addr()?,
-                max_connections = config.max_connections,
-                header_read_timeout_seconds = config.header_read_timeout.as_secs_f64(),
-                idle_timeout_seconds = config.idle_timeout.as_secs_f64(),
-                "API listening"
-            );
-            Some((l, config))
-        }
-        None => None,
+    let listen = role.listen();
+    let listener = TcpListener::bind(listen.bind_addr)
+        .await
+        .with_context(|| format!("cannot listen on BIND_ADDR {}", listen.bind_addr))?;
+    let config = serve_config(&listen.connections);
+    let endpoints = if api.is_some() {
+        Endpoints::Api
+    } else {
+        Endpoints::Operations
     };
+    info!(
+        addr = %listener.local_addr()?,
+        max_connections = config.max_connections,
+        header_read_timeout_seconds = config.header_read_timeout.as_secs_f64(),
+        idle_timeout_seconds = config.idle_timeout.as_secs_f64(),
+        "{}",
+        match endpoints {
+            Endpoints::Api => "API listening",
+            Endpoints::Operations => "operations endpoints listening",
+        }
+    );
 
-    if let (Some((listener, _)), Some(admin_key)) = (&listener, &dev_admin_key) {
-        let partner_key = development_partner_key(&app, &pool).await?;
+    if let Some(admin_key) = &dev_admin_key {
+        let partner_key = development_partner_key(&app, pool).await?;
         let banner = dev_banner(
             listener.local_addr()?,
             sandbox_addr,
@@ -514,14 +610,15 @@ async fn serve(api: Option<ApiArgs>, run: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let result = app.run(listener, stop).await;
-    pool.close().await;
-    if let Some(pg) = embedded
-        && let Err(e) = pg.stop().await
-    {
-        warn!(error = %e, "could not stop the embedded PostgreSQL");
-    }
-    result
+    app.run(
+        Listener {
+            listener,
+            config,
+            endpoints,
+        },
+        stop,
+    )
+    .await
 }
 
 /// A new key of the development partner (created at the first start).

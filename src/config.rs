@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::SecretString;
 use url::Url;
 
@@ -32,8 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API and (unless --no-workers) the background workers.
     Serve(ServeArgs),
-    /// Run only the background workers (scale them separately from the API).
-    Worker(RunArgs),
+    /// Run only the background workers (scale them separately from the API); serves only
+    /// /healthz, /readyz and /metrics, on BIND_ADDR.
+    Worker(WorkerProcessArgs),
     /// Apply the database schema migrations and exit (to the embedded database under DATA_DIR
     /// when DATABASE_URL is unset).
     Migrate(DbArgs),
@@ -48,6 +49,36 @@ pub enum Command {
         /// e.g. http://127.0.0.1:8080/healthz
         url: String,
     },
+}
+
+impl Cli {
+    /// The command line and the environment, where a variable that is set but empty
+    /// (`META_ACCESS_TOKEN=` in an env file or `docker --env-file`) counts as unset: the setting
+    /// takes its default, or none (no META_ACCESS_TOKEN: sandbox mode). Exits on a bad value,
+    /// as `Cli::parse` does.
+    pub fn from_env_and_args() -> Self {
+        let matches = empty_env_as_unset(Self::command()).get_matches();
+        Self::from_arg_matches(&matches)
+            .map_err(|e| e.format(&mut Self::command()))
+            .unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// `cmd` (and its subcommands) without the environment variable of each argument whose variable
+/// is set but empty: clap would take `""` as the value (an empty `Bearer ` token, an empty key).
+fn empty_env_as_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|v| v.is_empty());
+        if empty {
+            arg.env(None::<&'static str>)
+        } else {
+            arg
+        }
+    })
+    .mut_subcommands(empty_env_as_unset)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,13 +104,33 @@ pub struct ServeArgs {
     pub run: RunArgs,
 }
 
+/// `worker`: the background workers, and the operations endpoints (`/healthz`, `/readyz`,
+/// `/metrics`) on BIND_ADDR.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerProcessArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where a process serves HTTP, and how it bounds its connections and its shutdown: the API
+/// (`serve`), or the operations endpoints alone (`worker`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP server")]
+pub struct ListenArgs {
+    /// Address the HTTP server listens on: the API (`serve`), or only /healthz, /readyz and
+    /// /metrics (`worker`; port 0 takes a free port, logged).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
 /// Settings of the HTTP API only (`serve`; not `worker`).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP API")]
 pub struct ApiArgs {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
-    pub bind_addr: SocketAddr,
     /// Do not run background workers in this process (API only).
     #[arg(long, env = "NO_WORKERS", default_value_t = false)]
     pub no_workers: bool,
@@ -130,7 +181,7 @@ pub struct ApiArgs {
     #[arg(long, env = "CLIENT_PAGE_LINGER_SECONDS", default_value_t = 900)]
     pub client_page_linger_seconds: u64,
     #[command(flatten)]
-    pub connections: ConnectionArgs,
+    pub listen: ListenArgs,
 }
 
 /// `PUBLIC_BASE_URL`: an absolute http(s) URL without query or fragment.
@@ -153,7 +204,7 @@ impl ApiArgs {
             .as_deref()
             .and_then(|u| url::Url::parse(u).ok())
             .unwrap_or_else(|| {
-                let mut addr = self.bind_addr;
+                let mut addr = self.listen.bind_addr;
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
@@ -167,7 +218,7 @@ impl ApiArgs {
     }
 }
 
-/// How the HTTP API bounds its connections and its shutdown (`serve` only).
+/// How the HTTP server bounds its connections and its shutdown.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP connections and shutdown")]
 pub struct ConnectionArgs {
@@ -515,6 +566,21 @@ impl ApiArgs {
         if self.dashboard_stuck_minutes == 0 {
             return Err("DASHBOARD_STUCK_MINUTES must be at least 1".into());
         }
+        self.listen.validate()
+    }
+}
+
+impl WorkerProcessArgs {
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen.validate()?;
+        self.run.validate()
+    }
+}
+
+impl ListenArgs {
+    /// Checks ranges; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
         self.connections.validate()
     }
 }
@@ -672,13 +738,18 @@ mod tests {
     }
 
     const API_ONLY: &[&str] = &[
-        "--bind-addr",
         "--no-workers",
         "--admin-api-key",
         "--rate-limit-per-second",
         "--rate-limit-burst",
         "--dashboard-stuck-minutes",
         "--dashboard-secure-cookie",
+        "--public-base-url",
+    ];
+
+    /// The HTTP server's settings: the API's (`serve`), or the operations endpoints' (`worker`).
+    const HTTP_SERVER: &[&str] = &[
+        "--bind-addr",
         "--http-header-read-timeout-seconds",
         "--http-idle-timeout-seconds",
         "--http-max-connections",
@@ -700,7 +771,10 @@ mod tests {
             "--worker-concurrency",
             "--meta-access-token",
             "--webhook-concurrency",
-        ] {
+        ]
+        .iter()
+        .chain(HTTP_SERVER)
+        {
             assert!(
                 worker.contains(&flag.to_string()),
                 "worker --help lacks {flag}: {worker:?}"
@@ -709,6 +783,7 @@ mod tests {
         let serve = flags("serve");
         for flag in API_ONLY
             .iter()
+            .chain(HTTP_SERVER)
             .chain(&["--worker-concurrency", "--sandbox-bind"])
         {
             assert!(
@@ -747,7 +822,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["waba-migrator", "worker"].iter().chain(args)).expect("parses");
         match cli.command {
-            Command::Worker(run) => run,
+            Command::Worker(worker) => worker.run,
             other => panic!("not worker: {other:?}"),
         }
     }

@@ -26,8 +26,9 @@
 //! impl (stopping needs async process work). If the process dies without calling `stop`, the
 //! server keeps running and the next `start` on the same data directory reuses it; if the server
 //! itself was killed, the next `start` recovers from the stale `postmaster.pid`.
-//! `stop` stops the server even when `start` reused an already running one, so two processes
-//! should not share one embedded data directory.
+//! `stop` stops the server even when `start` reused an already running one: a process that
+//! shares a data directory with another (a `worker` beside a running `serve`) calls it only when
+//! [`EmbeddedPostgres::reused`] is false, i.e. for a server it started itself.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

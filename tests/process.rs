@@ -1120,3 +1120,503 @@ async fn sigint_skips_the_drain() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A process's stdout (its JSON log lines), read as they come.
+struct LogLines {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LogLines {
+    fn read(stdout: tokio::process::ChildStdout) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { lines }
+    }
+
+    /// The first log line whose `message` is `message`, waiting up to `within` for it.
+    async fn wait_for(&self, message: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["message"] == message);
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{message}` log line within {within:?}:\n{}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+/// `waba-migrator <args>` with only `env` (and `PATH`, and `PG_BIN` when the tests have one),
+/// stdout piped, stderr inherited, killed if the test drops it.
+fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> (tokio::process::Child, LogLines) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(std::env::var("PG_BIN").ok().map(|v| ("PG_BIN", v)))
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = LogLines::read(child.stdout.take().unwrap());
+    (child, logs)
+}
+
+async fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+}
+
+async fn sigterm_and_wait(child: &mut tokio::process::Child, what: &str) {
+    sigterm(child).await;
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} exits after SIGTERM"))
+        .unwrap();
+    assert!(exit.success(), "{what}: {exit:?}");
+}
+
+async fn wait_ready(base: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{base}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{what} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `data_dir` of the embedded PostgreSQL a process's log lines say it used (under
+/// `/var/tmp` when run as root and `postgres` cannot reach the one asked for).
+fn embedded_data_dir(stdout: &str) -> std::path::PathBuf {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "embedded PostgreSQL is ready")
+        .and_then(|l| l["data_dir"].as_str().map(std::path::PathBuf::from))
+        .unwrap_or_else(|| panic!("no `embedded PostgreSQL is ready` line:\n{stdout}"))
+}
+
+/// A start that fails after the embedded PostgreSQL was started (here: BIND_ADDR is taken)
+/// names the setting and leaves no PostgreSQL running behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_stops_the_embedded_postgres_it_started() {
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = run_embedded(
+        "serve",
+        &data_dir,
+        &[
+            ("BIND_ADDR", taken_addr.as_str()),
+            ("SANDBOX_BIND", "127.0.0.1:0"),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("BIND_ADDR"), "{stderr}");
+
+    let pg_dir = embedded_data_dir(&stdout);
+    let pid_file = pg_dir.join("postmaster.pid");
+    let left_running = pid_file.exists();
+    if left_running {
+        // Stop what the failed start left behind (fast shutdown), so the test leaves nothing.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+        let _ = Command::new("kill").args(["-INT", &pid]).status().await;
+    }
+    assert!(
+        !left_running,
+        "the embedded PostgreSQL under {} is still running after the failed start",
+        pg_dir.display()
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// A `worker` sharing a running `serve`'s DATA_DIR (no DATABASE_URL) uses the embedded
+/// PostgreSQL `serve` started, and leaves it running when it stops: `serve` stays ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_leaves_the_embedded_postgres_of_a_running_serve_running() {
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let serve = EmbeddedServe::start(&data_dir).await;
+
+    let data = data_dir.to_string_lossy().into_owned();
+    let hub = format!("{}/api/v2", serve.sandbox);
+    let (mut worker, logs) = spawn_with(
+        &["worker"],
+        &[
+            ("DATA_DIR", data.as_str()),
+            ("BIND_ADDR", "127.0.0.1:0"),
+            // Not sandbox mode (which runs only in `serve`): the running serve's sandbox.
+            ("META_ACCESS_TOKEN", "any-token"),
+            ("META_GRAPH_URL", serve.sandbox.as_str()),
+            ("D360_HUB_URL", hub.as_str()),
+            ("D360_WABA_URL", serve.sandbox.as_str()),
+            ("UPSTREAM_TIMEOUT_SECONDS", "5"),
+            ("SHUTDOWN_GRACE_SECONDS", "6"),
+            ("SHUTDOWN_DRAIN_SECONDS", "0"),
+        ],
+    );
+    logs.wait_for("worker started", Duration::from_secs(120))
+        .await;
+    sigterm_and_wait(&mut worker, "the worker").await;
+
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("{}/readyz", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "serve lost its database when the worker stopped: {}\n{}",
+        ready.text().await.unwrap_or_default(),
+        logs.all()
+    );
+    let partners = http
+        .get(format!("{}/v1/partners", serve.base))
+        .bearer_auth(&serve.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partners.status(), StatusCode::OK);
+    serve.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The environment both processes of a split deployment share: one database, the standalone
+/// sandbox at `sandbox` as the upstreams (any token), numbers announced to it.
+fn split_env<'a>(database_url: &'a str, sandbox: &'a str, hub: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("DATABASE_URL", database_url),
+        ("ENCRYPTION_KEY", KEY),
+        ("META_ACCESS_TOKEN", "split-token"),
+        ("META_GRAPH_URL", sandbox),
+        ("D360_HUB_URL", hub),
+        ("D360_WABA_URL", sandbox),
+        ("SANDBOX_SEED_NUMBERS", "true"),
+        ("CHANNEL_POLL_MS", "50"),
+        ("UPSTREAM_TIMEOUT_SECONDS", "5"),
+        ("SHUTDOWN_GRACE_SECONDS", "6"),
+        ("SHUTDOWN_DRAIN_SECONDS", "0"),
+    ]
+}
+
+/// `serve --no-workers` and a `worker` (on its own BIND_ADDR, port 0: the log says which) on one
+/// database and a standalone sandbox: a migration made through the API completes, and the
+/// worker, which ran its steps, serves `/healthz`, `/readyz` and `/metrics` with them (the
+/// image's health check passes), but not the API; on SIGTERM its `/readyz` drains as `serve`'s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serves_health_and_the_metrics_of_its_steps() {
+    let (database_url, _name) = fresh_database().await;
+    let sandbox_port = free_port();
+    let sandbox = format!("http://127.0.0.1:{sandbox_port}");
+    let hub = format!("{sandbox}/api/v2");
+    let sandbox_bind = format!("127.0.0.1:{sandbox_port}");
+    let (_sandbox_child, _sandbox_logs) = spawn_with(
+        &["sandbox", "--bind", &sandbox_bind],
+        &[("SANDBOX_CHANNEL_DELAY_MS", "50")],
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{sandbox}/_sandbox/counters"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the sandbox did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let api_port = free_port();
+    let api = format!("http://127.0.0.1:{api_port}");
+    let api_bind = format!("127.0.0.1:{api_port}");
+    let mut env = split_env(&database_url, &sandbox, &hub);
+    env.extend([
+        ("RUN_MIGRATIONS", "true"),
+        ("BIND_ADDR", api_bind.as_str()),
+        ("ADMIN_API_KEY", ADMIN_KEY),
+    ]);
+    let (mut api_child, _api_logs) = spawn_with(&["serve", "--no-workers"], &env);
+    wait_ready(&api, "serve --no-workers").await;
+
+    let mut env = split_env(&database_url, &sandbox, &hub);
+    env.extend([
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("SHUTDOWN_DRAIN_SECONDS", "3"),
+    ]);
+    let (mut worker, logs) = spawn_with(&["worker"], &env);
+    let listening = logs
+        .wait_for("operations endpoints listening", Duration::from_secs(60))
+        .await;
+    let addr = listening["addr"]
+        .as_str()
+        .expect("the address it listens on");
+    assert!(!addr.ends_with(":0"), "{listening}");
+    let ops = format!("http://{addr}");
+    wait_ready(&ops, "the worker").await;
+
+    let res = http
+        .post(format!("{api}/v1/partners"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "Split", "d360_partner_id": "splitPA", "d360_api_key": "split-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = res.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = http
+        .post(format!("{api}/v1/migrations"))
+        .bearer_auth(&key)
+        .json(&json!({
+            "phone_number": "+14155558803",
+            "source_waba_id": "200000000000001",
+            "destination_waba_id": "300000000000001",
+            "meta_business_id": "100000000000000",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wait_for = |state: &'static str| {
+        let (http, url, key) = (
+            http.clone(),
+            format!("{api}/v1/migrations/{id}"),
+            key.clone(),
+        );
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let m: Value = http
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if m["state"] == state {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "never reached {state}: {m}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for("awaiting_otp").await;
+    let res = http
+        .post(format!("{api}/v1/migrations/{id}/otp"))
+        .bearer_auth(&key)
+        .json(&json!({"code": "123456"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    wait_for("completed").await;
+
+    // The worker's metrics: the steps it ran.
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let steps: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("waba_step_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(steps >= 1.0, "no step in the worker's /metrics:\n{metrics}");
+    // The image's HEALTHCHECK against the worker.
+    let health = Command::new(BIN)
+        .args(["healthcheck", &format!("{ops}/healthz")])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    // Only the operations endpoints.
+    let res = http
+        .get(format!("{ops}/v1/migrations"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // SIGTERM: not ready while it drains, as `serve`.
+    sigterm(&worker).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let res = http.get(format!("{ops}/readyz")).send().await.unwrap();
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(res.json::<Value>().await.unwrap()["status"], "draining");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never answered 503");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker exits after its drain")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    sigterm_and_wait(&mut api_child, "serve --no-workers").await;
+}
+
+/// Sandbox mode (no META_ACCESS_TOKEN) runs the API and the workers in one process: `worker`
+/// and `serve --no-workers` refuse to start, with one line saying how to split them.
+#[tokio::test]
+async fn sandbox_mode_refuses_to_split_the_api_and_the_workers() {
+    let unreachable = "postgres://waba:hunter2pw@127.0.0.1:1/waba";
+    for args in [&["worker"][..], &["serve", "--no-workers"]] {
+        let started = Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(BIN)
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("DATABASE_URL", unreachable)
+                .env("ENCRYPTION_KEY", KEY)
+                .env("ADMIN_API_KEY", ADMIN_KEY)
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("refused at once")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        for named in [
+            "sandbox mode runs the API and the workers in one process",
+            "waba-migrator sandbox",
+            "META_ACCESS_TOKEN",
+            "SANDBOX_SEED_NUMBERS=true",
+        ] {
+            assert!(
+                lines[0].contains(named),
+                "{args:?} does not name {named}: {stderr}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?}");
+    }
+}
+
+/// An empty variable (`META_ACCESS_TOKEN=` in an env file) counts as unset: `serve` runs in
+/// sandbox mode, with a development admin key, instead of sending `Bearer ` to Meta.
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_settings_count_as_unset() {
+    let sandbox_bind = format!("127.0.0.1:{}", free_port());
+    let served = Served::start(
+        &[
+            ("META_ACCESS_TOKEN", ""),
+            ("ADMIN_API_KEY", ""),
+            ("ENCRYPTION_KEY_OLD", ""),
+            ("HTTP_MAX_CONNECTIONS", ""),
+            ("SANDBOX_SEED", ""),
+            ("SANDBOX_BIND", &sandbox_bind),
+            ("SHUTDOWN_DRAIN_SECONDS", "0"),
+        ],
+        None,
+    )
+    .await;
+    let scenarios = reqwest::get(format!("http://{sandbox_bind}/_sandbox/scenarios"))
+        .await
+        .expect("the in-process sandbox of sandbox mode answers");
+    assert_eq!(scenarios.status(), StatusCode::OK);
+    served.sigterm().await;
+    let Served {
+        mut child, stdout, ..
+    } = served;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let logs = stdout.await.unwrap();
+    assert!(logs.contains("SANDBOX MODE"), "{logs}");
+}
+
+/// `serve` on a database without the schema (RUN_MIGRATIONS is off by default with
+/// DATABASE_URL) stops with one line saying how to apply it.
+#[tokio::test]
+async fn serve_on_a_database_without_the_schema_names_migrate() {
+    let (database_url, _name) = fresh_database().await;
+    let (status, stderr) = serve_with(&[
+        ("DATABASE_URL", &database_url),
+        ("ENCRYPTION_KEY", KEY),
+        ("ADMIN_API_KEY", ADMIN_KEY),
+    ])
+    .await;
+    assert!(!status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for named in ["waba-migrator migrate", "RUN_MIGRATIONS=true"] {
+        assert!(lines[0].contains(named), "does not name {named}: {stderr}");
+    }
+    assert!(!lines[0].contains("does not exist"), "{stderr}");
+}

@@ -197,9 +197,21 @@ fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
 /// the OpenAPI document) are served beside the API behind the same middleware.
 pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let (router, _) = api_router().split_for_parts();
-    let app = router
-        .merge(docs::routes())
-        .merge(pages)
+    with_middleware(router.merge(docs::routes()).merge(pages), state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` alone, with the same handlers and middleware as in
+/// [`router`]: what a `worker` serves.
+pub fn operations_router(state: AppState) -> Router {
+    let (router, _) = health::router().split_for_parts();
+    with_middleware(router, state)
+}
+
+/// `routes` with the fallback (404 `route_not_found`) and every layer the API has: panics
+/// answered, requests counted and timed, the body limit, the request timeout, the access log,
+/// framework errors as problems and the request id.
+fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+    let app = routes
         .fallback(not_found)
         .with_state(state)
         .layer(catch_panics())
