@@ -145,8 +145,9 @@ impl App {
     }
 
     /// Serves `http` (the API, or the operations endpoints alone) and runs the worker until
-    /// `stop`. On SIGTERM the server drains for `config.drain` first (`/readyz` answers 503; on
-    /// another stop it does not drain); it returns once its connections are closed, at most
+    /// `stop`. On SIGTERM the API drains for `config.drain` first (`/readyz` answers 503; on
+    /// another stop, or serving the operations endpoints alone, it does not drain); it returns
+    /// once its connections are closed, at most
     /// `config.shutdown_timeout` after that. The worker stops claiming at once and its in-flight
     /// steps finish or release their leases.
     pub async fn run(self, http: Listener, stop: Stop) -> anyhow::Result<()> {
@@ -163,7 +164,12 @@ impl App {
             Endpoints::Operations => crate::http::operations_router(self.state.clone()),
         };
         let signal = stop.clone();
-        let drain = config.drain;
+        // A worker's endpoints are behind no load balancer that would need to see it go: it
+        // does not wait before it stops answering.
+        let drain = match endpoints {
+            Endpoints::Api => config.drain,
+            Endpoints::Operations => std::time::Duration::ZERO,
+        };
         let signalled = async move {
             signal.token().cancelled().await;
             if signal.by_sigterm() {

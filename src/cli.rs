@@ -195,7 +195,7 @@ async fn stop_if_started(embedded: Option<EmbeddedPostgres>) -> anyhow::Result<(
 /// A database whose schema is not this version's (none at all, or older) stops the process
 /// here, with one line saying how to apply it, rather than at its first query.
 async fn ensure_schema(pool: &PgPool) -> anyhow::Result<()> {
-    const APPLY: &str = "run `waba-migrator migrate` (same DATABASE_URL) first, or start `serve` or `worker` with RUN_MIGRATIONS=true";
+    const APPLY: &str = "run `waba-migrator migrate` (same DATABASE_URL) first (`serve` and `worker` also apply it when started with RUN_MIGRATIONS=true)";
     match db::schema_current(pool).await {
         Ok(true) => Ok(()),
         Ok(false) => {
@@ -566,9 +566,13 @@ async fn serve_on(
     )?;
 
     let listen = role.listen();
-    let listener = TcpListener::bind(listen.bind_addr)
-        .await
-        .with_context(|| format!("cannot listen on BIND_ADDR {}", listen.bind_addr))?;
+    let listener = TcpListener::bind(listen.bind_addr).await.with_context(|| match &role {
+        Role::Api(_) => format!("cannot listen on BIND_ADDR {}", listen.bind_addr),
+        Role::Worker(_) => format!(
+            "cannot listen on BIND_ADDR {} (a worker serves /healthz, /readyz and /metrics there: give each process on a host its own, e.g. BIND_ADDR=127.0.0.1:8081)",
+            listen.bind_addr
+        ),
+    })?;
     let config = serve_config(&listen.connections);
     let endpoints = if api.is_some() {
         Endpoints::Api

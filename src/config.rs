@@ -53,9 +53,9 @@ pub enum Command {
 
 impl Cli {
     /// The command line and the environment, where a variable that is set but empty
-    /// (`META_ACCESS_TOKEN=` in an env file or `docker --env-file`) counts as unset: the setting
-    /// takes its default, or none (no META_ACCESS_TOKEN: sandbox mode). Exits on a bad value,
-    /// as `Cli::parse` does.
+    /// (`HTTP_MAX_CONNECTIONS=` in an env file or `docker --env-file`) counts as unset: the
+    /// setting takes its default, or none. Except [`EMPTY_IS_AN_ERROR`]'s: unset, they switch
+    /// the service to its development mode. Exits on a bad value, as `Cli::parse` does.
     pub fn from_env_and_args() -> Self {
         let matches = empty_env_as_unset(Self::command()).get_matches();
         Self::from_arg_matches(&matches)
@@ -64,12 +64,21 @@ impl Cli {
     }
 }
 
+/// Variables whose absence switches to development mode: `DATABASE_URL` (the embedded
+/// PostgreSQL) and `META_ACCESS_TOKEN` (the sandbox). Set but empty (a secret that was not
+/// filled in) is refused at start-up (`DbArgs::validate`, `RunArgs::validate`), rather than
+/// taken for unset: a production replica must never migrate into a private database or
+/// against the simulator.
+const EMPTY_IS_AN_ERROR: &[&str] = &["DATABASE_URL", "META_ACCESS_TOKEN"];
+
 /// `cmd` (and its subcommands) without the environment variable of each argument whose variable
-/// is set but empty: clap would take `""` as the value (an empty `Bearer ` token, an empty key).
+/// is set but empty (except [`EMPTY_IS_AN_ERROR`]'s): clap would take `""` as the value (an
+/// empty key, an unparsable number).
 fn empty_env_as_unset(cmd: clap::Command) -> clap::Command {
     cmd.mut_args(|arg| {
         let empty = arg
             .get_env()
+            .filter(|name| !EMPTY_IS_AN_ERROR.iter().any(|e| name == e))
             .and_then(std::env::var_os)
             .is_some_and(|v| v.is_empty());
         if empty {
@@ -519,6 +528,9 @@ impl DbArgs {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.database_url {
             use secrecy::ExposeSecret;
+            if url.expose_secret().is_empty() {
+                return Err("DATABASE_URL is set but empty: set it to the PostgreSQL URL, or unset it for the embedded PostgreSQL under DATA_DIR (development only)".into());
+            }
             url.expose_secret()
                 .parse::<sqlx::postgres::PgConnectOptions>()
                 .map_err(|e| {
@@ -622,6 +634,12 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), String> {
         self.db.validate()?;
         let (w, h, u) = (&self.worker, &self.webhooks, &self.upstreams);
+        if u.meta_access_token.as_ref().is_some_and(|t| {
+            use secrecy::ExposeSecret;
+            t.expose_secret().is_empty()
+        }) {
+            return Err("META_ACCESS_TOKEN is set but empty: set it to the system user's token, or unset it for sandbox mode (development only)".into());
+        }
         if !(0.0..=1.0).contains(&self.sandbox.faults.sandbox_fault_rate) {
             return Err("SANDBOX_FAULT_RATE must be between 0 and 1".into());
         }

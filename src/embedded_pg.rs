@@ -126,15 +126,15 @@ impl EmbeddedPostgres {
             "using embedded PostgreSQL"
         );
 
-        let reused = pg.is_running(&data_dir).await?;
         let mut server = Self {
             pg,
             data_dir,
             tcp_port: port,
             url: String::new(),
-            reused,
+            reused: false,
         };
-        let endpoint = server.start_or_reuse().await?;
+        let (endpoint, reused) = server.start_or_reuse().await?;
+        server.reused = reused;
         if let (Some(wanted), Some(actual)) = (port, endpoint.tcp_port()) {
             if wanted != actual {
                 tracing::warn!(
@@ -181,9 +181,8 @@ impl EmbeddedPostgres {
         self.tcp_port
     }
 
-    /// Whether the server was already running on the data directory when [`start`](Self::start)
-    /// was called (started by another process, e.g. a running `serve`): then only that process
-    /// should stop it.
+    /// Whether another process started the server (e.g. a running `serve`, or one that started
+    /// it at the same moment as this one): then only that process should stop it.
     pub fn reused(&self) -> bool {
         self.reused
     }
@@ -219,8 +218,9 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// Reuse the server running on the data directory, or initialise and start one.
-    async fn start_or_reuse(&self) -> Result<Endpoint> {
+    /// Reuse the server running on the data directory, or initialise and start one; says
+    /// whether it was reused (another process started it, perhaps at the same moment).
+    async fn start_or_reuse(&self) -> Result<(Endpoint, bool)> {
         let pid_file = self.data_dir.join("postmaster.pid");
         remove_lock_files_of_defunct_server(&pid_file)?;
         if self.pg.is_running(&self.data_dir).await? {
@@ -232,7 +232,7 @@ impl EmbeddedPostgres {
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
                 match read_pid_file(&pid_file) {
-                    Some(pid) if pid.status == "ready" => return pid.endpoint(),
+                    Some(pid) if pid.status == "ready" => return Ok((pid.endpoint()?, true)),
                     None if !self.pg.is_running(&self.data_dir).await? => break,
                     _ if Instant::now() > deadline => bail!(
                         "an embedded PostgreSQL server is running on {} but did not become ready \
@@ -253,15 +253,16 @@ impl EmbeddedPostgres {
             self.initdb().await?;
         }
         self.write_config()?;
-        self.pg_ctl_start().await?;
-        read_pid_file(&pid_file)
+        let started = self.pg_ctl_start().await?;
+        let endpoint = read_pid_file(&pid_file)
             .ok_or_else(|| {
                 anyhow!(
                     "embedded PostgreSQL started but {} is missing or incomplete",
                     pid_file.display()
                 )
             })?
-            .endpoint()
+            .endpoint()?;
+        Ok((endpoint, !started))
     }
 
     async fn initdb(&self) -> Result<()> {
@@ -369,7 +370,8 @@ impl EmbeddedPostgres {
         Ok(dir)
     }
 
-    async fn pg_ctl_start(&self) -> Result<()> {
+    /// Starts the server: `true`, or `false` when another process started it meanwhile.
+    async fn pg_ctl_start(&self) -> Result<bool> {
         let log_file = self.data_dir.join(LOG_FILE);
         rotate_log(&log_file);
         const ATTEMPTS: u32 = 5;
@@ -392,12 +394,12 @@ impl EmbeddedPostgres {
                 )
                 .await?;
             if output.status.success() {
-                return Ok(());
+                return Ok(true);
             }
             let log = log_tail(&self.data_dir, log_offset);
             if self.pg.is_running(&self.data_dir).await? {
-                // Someone else started it concurrently; use that one.
-                return Ok(());
+                // Someone else started it concurrently; use that one (and leave it to them).
+                return Ok(false);
             }
             // After a crash, processes of the old server may still hold its shared memory for a
             // moment; the server refuses to start until they are gone.
