@@ -505,30 +505,42 @@ impl EmbeddedServe {
         (self.stdout.await.unwrap(), self.stderr.await.unwrap())
     }
 
-    async fn migration(&self, http: &reqwest::Client, id: &str) -> Value {
-        http.get(format!("{}/v1/migrations/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
     async fn wait_for_state(&self, http: &reqwest::Client, id: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = self.migration(http, id).await;
-            if m["state"] == state {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "migration never reached {state}: {m}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_state(http, &self.base, &self.key, id, state).await
+    }
+}
+
+/// Migration `id` as `GET /v1/migrations/{id}` at `base` shows it to `key`.
+async fn migration(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
+    http.get(format!("{base}/v1/migrations/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls migration `id` until it is in `state` (30 s at most); answers it then.
+async fn wait_for_state(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+    state: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = migration(http, base, key, id).await;
+        if m["state"] == state {
+            return m;
         }
+        assert!(
+            Instant::now() < deadline,
+            "migration never reached {state}: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -1418,12 +1430,7 @@ async fn a_worker_serves_health_and_the_metrics_of_its_steps() {
     let res = http
         .post(format!("{api}/v1/migrations"))
         .bearer_auth(&key)
-        .json(&json!({
-            "phone_number": "+14155558803",
-            "source_waba_id": "200000000000001",
-            "destination_waba_id": "300000000000001",
-            "meta_business_id": "100000000000000",
-        }))
+        .json(&readme_body("+14155558803"))
         .send()
         .await
         .unwrap();
@@ -1432,33 +1439,7 @@ async fn a_worker_serves_health_and_the_metrics_of_its_steps() {
         .as_str()
         .unwrap()
         .to_owned();
-    let wait_for = |state: &'static str| {
-        let (http, url, key) = (
-            http.clone(),
-            format!("{api}/v1/migrations/{id}"),
-            key.clone(),
-        );
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let m: Value = http
-                    .get(&url)
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if m["state"] == state {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "never reached {state}: {m}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    wait_for("awaiting_otp").await;
+    wait_for_state(&http, &api, &key, &id, "awaiting_otp").await;
     let res = http
         .post(format!("{api}/v1/migrations/{id}/otp"))
         .bearer_auth(&key)
@@ -1467,7 +1448,7 @@ async fn a_worker_serves_health_and_the_metrics_of_its_steps() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    wait_for("completed").await;
+    wait_for_state(&http, &api, &key, &id, "completed").await;
 
     // The worker's metrics: the steps it ran.
     let metrics = http

@@ -246,6 +246,19 @@ async fn a_resend_read_before_another_one_does_not_skip_the_cooldown(pool: PgPoo
     assert_eq!(app.migration(&id).await["state"], "awaiting_otp");
 }
 
+/// The command was refused with 409 `invalid_state`, its `detail` saying `words`.
+async fn assert_invalid_state_saying(res: reqwest::Response, words: &str) {
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(words)),
+        "{problem:#}"
+    );
+}
+
 /// A retry read the migration failed at `registering`; meanwhile it was retried elsewhere and
 /// failed again, at `copying_templates`. Applied to that fresh row, the stale retry would
 /// resume the step that no longer failed: the `failed_step` guard refuses it, and the answer
@@ -265,15 +278,7 @@ async fn a_retry_read_before_another_failure_does_not_resume_the_old_step(pool: 
          version = version + 2 WHERE id = $1::uuid",
     )
     .await;
-    assert_eq!(res.status(), StatusCode::CONFLICT);
-    let problem: Value = res.json().await.unwrap();
-    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("copying_templates")),
-        "{problem:#}"
-    );
+    assert_invalid_state_saying(res, "copying_templates").await;
     let row: (String, Option<String>) =
         sqlx::query_as("SELECT state, failed_step FROM migrations WHERE id = $1::uuid")
             .bind(&id)
@@ -302,14 +307,6 @@ async fn a_cancel_read_before_completion_does_not_cancel_the_key_rotation(pool: 
          WHERE id = $1::uuid",
     )
     .await;
-    assert_eq!(res.status(), StatusCode::CONFLICT);
-    let problem: Value = res.json().await.unwrap();
-    assert_eq!(problem["code"], "invalid_state", "{problem:#}");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("rotating its API key")),
-        "{problem:#}"
-    );
+    assert_invalid_state_saying(res, "rotating its API key").await;
     assert_eq!(app.migration(&id).await["state"], "generating_api_key");
 }
