@@ -267,6 +267,43 @@ async fn spawn_replica(w: &Env, r: &mut Replica) {
     r.starts += 1;
 }
 
+/// Starts `r` (not started before) and waits until it is ready. `free_port` releases the port
+/// it picked, so another process may take it before the replica binds it: the replica then
+/// exits at once, and gets another port (its base URL is not handed out yet). Without that
+/// check, the other process (another test's service) would answer in its place.
+async fn start_replica(http: &reqwest::Client, env: &Env, r: &mut Replica) {
+    for _ in 0..5 {
+        spawn_replica(env, r).await;
+        if bound(r).await {
+            wait_healthy(http, &r.base()).await;
+            return;
+        }
+        r.port = free_port();
+    }
+    panic!("the replica could not bind a port: see {}", r.log.display());
+}
+
+/// Whether the replica's latest start bound its port (its log has one `API listening` line
+/// per start that did), or `false` once it exited without.
+async fn bound(r: &mut Replica) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let listening = std::fs::read_to_string(&r.log)
+            .unwrap_or_default()
+            .matches("\"API listening\"")
+            .count();
+        if listening >= r.starts {
+            return true;
+        }
+        let child = r.child.as_mut().expect("started");
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica never said it listens: see {}", r.log.display());
+}
+
 async fn wait_healthy(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -469,13 +506,10 @@ async fn run(cfg: Config) {
     let mut replicas = Vec::new();
     for i in 0..cfg.replicas {
         let mut r = Replica::new(dir.join(format!("replica-{i}.log")));
-        spawn_replica(&env, &mut r).await;
+        start_replica(&http, &env, &mut r).await;
         replicas.push(r);
     }
     let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
-    for b in &bases {
-        wait_healthy(&http, b).await;
-    }
 
     // A partner whose webhook consumer refuses 10 % of deliveries.
     let secret = Arc::new(std::sync::OnceLock::new());
@@ -1164,8 +1198,7 @@ async fn sigterm_handover() {
     let db = sqlx::PgPool::connect(&database_url).await.unwrap();
 
     let mut a = Replica::new(dir.join("a.log"));
-    spawn_replica(&env, &mut a).await;
-    wait_healthy(&http, &a.base()).await;
+    start_replica(&http, &env, &mut a).await;
     let res = http
         .post(format!("{}/v1/partners", a.base()))
         .bearer_auth(ADMIN_KEY)
@@ -1198,8 +1231,7 @@ async fn sigterm_handover() {
 
     // Replica B is up and idle; A holds the migration's lease.
     let mut b = Replica::new(dir.join("b.log"));
-    spawn_replica(&env, &mut b).await;
-    wait_healthy(&http, &b.base()).await;
+    start_replica(&http, &env, &mut b).await;
     let a_pid = a.child.as_ref().unwrap().id().unwrap();
     let b_owner = format!("local:{}:", b.child.as_ref().unwrap().id().unwrap());
     let owner = || async {
@@ -1312,10 +1344,7 @@ async fn sigterm_slow_register() {
         Replica::new(dir.join("b.log")),
     ];
     for r in replicas.iter_mut() {
-        spawn_replica(&env, r).await;
-    }
-    for r in &replicas {
-        wait_healthy(&http, &r.base()).await;
+        start_replica(&http, &env, r).await;
     }
     let base = replicas[0].base();
     let res = http
