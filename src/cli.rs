@@ -136,18 +136,7 @@ async fn database(
 ) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
     match &args.database_url {
         Some(url) => {
-            let pool = db::connect(url.expose_secret(), args.database_max_connections)
-                .await
-                .context("cannot connect to DATABASE_URL")?;
-            let ready = if run_migrations {
-                db::migrate(&pool).await.context("schema migration failed")
-            } else {
-                ensure_schema(&pool).await
-            };
-            if let Err(e) = ready {
-                pool.close().await;
-                return Err(e);
-            }
+            let pool = open(url.expose_secret(), "DATABASE_URL", args, run_migrations).await?;
             Ok((pool, None))
         }
         None => {
@@ -159,18 +148,7 @@ async fn database(
             let pg = EmbeddedPostgres::start(&dir, None)
                 .await
                 .context("could not start the embedded PostgreSQL")?;
-            let pool = async {
-                let pool = db::connect(pg.database_url(), args.database_max_connections)
-                    .await
-                    .context("cannot connect to the embedded PostgreSQL")?;
-                if let Err(e) = db::migrate(&pool).await {
-                    pool.close().await;
-                    return Err(anyhow::Error::from(e).context("schema migration failed"));
-                }
-                Ok(pool)
-            }
-            .await;
-            match pool {
+            match open(pg.database_url(), "the embedded PostgreSQL", args, true).await {
                 Ok(pool) => Ok((pool, Some(pg))),
                 Err(e) => {
                     if let Err(stop) = stop_if_started(Some(pg)).await {
@@ -179,6 +157,31 @@ async fn database(
                     Err(e)
                 }
             }
+        }
+    }
+}
+
+/// A pool on `url` (`what` names it in errors) whose schema is applied if `run_migrations`,
+/// else checked ([`ensure_schema`]); on failure the pool is closed.
+async fn open(
+    url: &str,
+    what: &str,
+    args: &DbArgs,
+    run_migrations: bool,
+) -> anyhow::Result<PgPool> {
+    let pool = db::connect(url, args.database_max_connections)
+        .await
+        .with_context(|| format!("cannot connect to {what}"))?;
+    let ready = if run_migrations {
+        db::migrate(&pool).await.context("schema migration failed")
+    } else {
+        ensure_schema(&pool).await
+    };
+    match ready {
+        Ok(()) => Ok(pool),
+        Err(e) => {
+            pool.close().await;
+            Err(e)
         }
     }
 }

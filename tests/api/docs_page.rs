@@ -12,14 +12,6 @@ use url::Url;
 
 use crate::helpers::{Options, TestApp};
 
-fn quiet() -> Options {
-    Options {
-        background_worker: false,
-        background_dispatcher: false,
-        ..Options::default()
-    }
-}
-
 /// Every URL an HTML page or a stylesheet makes the browser load or offer.
 fn references(body: &str) -> Vec<String> {
     let attrs = Regex::new(r#"(?i)\b(?:src|href|spec-url|srcset|poster|data|action)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))"#)
@@ -78,7 +70,7 @@ fn assert_csp_is_self_only(csp: &str) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn docs_page_renders_offline_from_the_service_alone(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, quiet()).await;
+    let app = TestApp::spawn_with(pool, Options::manual()).await;
     let page_url = Url::parse(&format!("{}/docs", app.base)).unwrap();
 
     let res = app.http.get(page_url.clone()).send().await.unwrap();
@@ -181,7 +173,7 @@ async fn docs_page_renders_offline_from_the_service_alone(pool: PgPool) {
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn docs_slash_redirects_and_unknown_assets_are_404(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, quiet()).await;
+    let app = TestApp::spawn_with(pool, Options::manual()).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

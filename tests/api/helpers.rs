@@ -136,6 +136,16 @@ impl Options {
         }
     }
 
+    /// Neither a background worker nor a background webhook dispatcher: the test drives both
+    /// (`worker().run_until_idle()`, `dispatcher.run_until_idle()`) or claims by hand.
+    pub fn manual() -> Self {
+        Self {
+            background_worker: false,
+            background_dispatcher: false,
+            ..Self::default()
+        }
+    }
+
     /// Failed authentications limited to `burst` per client address at once, then one a
     /// minute: nothing recovers during a test. No trusted proxy.
     pub fn auth_failures_limited(burst: u32) -> Self {

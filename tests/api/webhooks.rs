@@ -843,15 +843,7 @@ async fn a_default_url_set_while_a_step_runs_still_gets_its_event(pool: PgPool) 
     use waba_migrator::db::migrations as store;
     use waba_migrator::domain::MigrationState;
 
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            background_dispatcher: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::manual()).await;
     let id = app.create("+14155550509").await;
     let mut claimed = store::claim(&app.pool, "test", Duration::from_secs(30), 10)
         .await
@@ -1044,15 +1036,7 @@ async fn audit_event_types_equal_the_webhook_types_of_the_same_changes(pool: PgP
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn an_attempt_in_flight_loses_its_lease_to_a_new_default_url(pool: PgPool) {
     use waba_migrator::db::webhooks as store;
-    let app = TestApp::spawn_with(
-        pool,
-        Options {
-            background_worker: false,
-            background_dispatcher: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, Options::manual()).await;
     let (old, new) = (Consumer::start().await, Consumer::start().await);
     let patch = |url: Option<&str>| {
         app.http
