@@ -1,10 +1,12 @@
 //! The subcommands behind `main`.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -475,12 +477,16 @@ async fn serve(role: Role, run: RunArgs) -> anyhow::Result<()> {
     // The key first: a bad one is reported before anything connects or starts.
     let cipher = encryption_key(&run, run.db.database_url.is_none())?;
     let (pool, embedded) = database(&run.db, run.run_migrations).await?;
-    let result = serve_on(&pool, cipher, role, run, stop).await;
+    // A panic on this task (not one in a spawned task, which tokio catches) stops the embedded
+    // PostgreSQL too, then goes on unwinding.
+    let result = AssertUnwindSafe(serve_on(&pool, cipher, role, run, stop))
+        .catch_unwind()
+        .await;
     pool.close().await;
     if let Err(e) = stop_if_started(embedded).await {
         warn!(error = %e, "could not stop the embedded PostgreSQL");
     }
-    result
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// The service on `pool` until `stop` (or until it fails to start).

@@ -23,7 +23,9 @@
 //!
 //! The server is a detached daemon (started with `pg_ctl`), not a child of this process.
 //! **Callers must call [`EmbeddedPostgres::stop`]** on shutdown; there is deliberately no `Drop`
-//! impl (stopping needs async process work). If the process dies without calling `stop`, the
+//! impl (stopping needs async process work). A `start` that fails after starting the server
+//! (it never became ready, refused our connection, or the database could not be created) stops
+//! it before returning the error. If the process dies without calling `stop`, the
 //! server keeps running and the next `start` on the same data directory reuses it; if the server
 //! itself was killed, the next `start` recovers from the stale `postmaster.pid`.
 //! `stop` stops the server even when `start` reused an already running one: a process that
@@ -135,6 +137,26 @@ impl EmbeddedPostgres {
         };
         let (endpoint, reused) = server.start_or_reuse().await?;
         server.reused = reused;
+        match server.connect_and_create_database(port, endpoint).await {
+            Ok(()) => Ok(server),
+            // A server this call started is not left running behind an error.
+            Err(error) if !server.reused => {
+                if let Err(stop_error) = server.stop_server().await {
+                    tracing::warn!(error = %format!("{stop_error:#}"), "could not stop the embedded PostgreSQL it started");
+                }
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The rest of [`start`](Self::start) once a server runs: its endpoint, readiness and the
+    /// application database.
+    async fn connect_and_create_database(
+        &mut self,
+        port: Option<u16>,
+        endpoint: Endpoint,
+    ) -> Result<()> {
         if let (Some(wanted), Some(actual)) = (port, endpoint.tcp_port()) {
             if wanted != actual {
                 tracing::warn!(
@@ -150,19 +172,19 @@ impl EmbeddedPostgres {
                  (stop it to apply the new port)"
             );
         }
-        server.tcp_port = endpoint.tcp_port();
-        server.url = endpoint.url(DATABASE)?;
+        self.tcp_port = endpoint.tcp_port();
+        self.url = endpoint.url(DATABASE)?;
 
         let admin_url = endpoint.url("postgres")?;
-        let mut conn = wait_until_accepting(&admin_url, &server.data_dir).await?;
+        let mut conn = wait_until_accepting(&admin_url, &self.data_dir).await?;
         ensure_database(&mut conn, DATABASE).await?;
         conn.close().await.ok();
         tracing::info!(
-            data_dir = %server.data_dir.display(),
-            tcp_port = ?server.tcp_port,
+            data_dir = %self.data_dir.display(),
+            tcp_port = ?self.tcp_port,
             "embedded PostgreSQL is ready"
         );
-        Ok(server)
+        Ok(())
     }
 
     /// `postgres://` URL of the `waba_migrator` database, usable by sqlx. The host is the
@@ -190,6 +212,10 @@ impl EmbeddedPostgres {
     /// Stop the server with a fast shutdown (`pg_ctl stop -m fast`): open sessions are
     /// disconnected, in-flight transactions are rolled back. Succeeds if it is already stopped.
     pub async fn stop(self) -> Result<()> {
+        self.stop_server().await
+    }
+
+    async fn stop_server(&self) -> Result<()> {
         tracing::info!(data_dir = %self.data_dir.display(), "stopping embedded PostgreSQL");
         let output = self
             .pg
@@ -260,9 +286,17 @@ impl EmbeddedPostgres {
                     "embedded PostgreSQL started but {} is missing or incomplete",
                     pid_file.display()
                 )
-            })?
-            .endpoint()?;
-        Ok((endpoint, !started))
+            })
+            .and_then(|pid| pid.endpoint());
+        match endpoint {
+            Ok(endpoint) => Ok((endpoint, !started)),
+            Err(error) => {
+                if started && let Err(stop_error) = self.stop_server().await {
+                    tracing::warn!(error = %format!("{stop_error:#}"), "could not stop the embedded PostgreSQL it started");
+                }
+                Err(error)
+            }
+        }
     }
 
     async fn initdb(&self) -> Result<()> {
@@ -665,6 +699,17 @@ async fn wait_until_accepting(url: &str, data_dir: &Path) -> Result<PgConnection
     loop {
         match PgConnection::connect_with(&options).await {
             Ok(conn) => return Ok(conn),
+            // Refused by pg_hba.conf or a password check: waiting does not change the answer.
+            Err(sqlx::Error::Database(error))
+                if error.code().is_some_and(|code| code.starts_with("28")) =>
+            {
+                return Err(anyhow!(
+                    "the embedded PostgreSQL server on {} refuses our connection at {url}: {} \
+                     (check pg_hba.conf in the data directory)",
+                    data_dir.display(),
+                    error.message(),
+                ));
+            }
             Err(error) if Instant::now() > deadline => {
                 return Err(anyhow::Error::new(error).context(format!(
                     "the embedded PostgreSQL server on {} does not accept connections at {url} \
@@ -1122,6 +1167,42 @@ mod tests {
 
     fn pg_is_up(data_dir: &Path) -> bool {
         data_dir.join("postmaster.pid").exists()
+    }
+
+    #[tokio::test]
+    async fn a_start_that_fails_after_starting_the_server_stops_it() {
+        let tmp = TempDir::new("refused");
+        let data = tmp.0.join("data");
+        let pg = EmbeddedPostgres::start(&data, None).await.expect("start");
+        let data_dir = pg.data_dir().to_owned();
+        pg.stop().await.expect("stop");
+
+        // The server starts, then refuses every connection: `start` fails at once (waiting
+        // would not change the answer) and leaves no server running behind its error.
+        let hba = data_dir.join("pg_hba.conf");
+        let original = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, "local all all reject\nhost all all all reject\n").unwrap();
+        let began = Instant::now();
+        let error = EmbeddedPostgres::start(&data, None)
+            .await
+            .expect_err("a server refusing connections");
+        let message = format!("{error:#}");
+        assert!(message.contains("refuses our connection"), "{message}");
+        assert!(message.contains("pg_hba.conf"), "{message}");
+        assert!(
+            began.elapsed() < READY_TIMEOUT / 2,
+            "failed fast: {:?}",
+            began.elapsed()
+        );
+        assert!(!pg_is_up(&data_dir), "the server it started was stopped");
+
+        // Put right, the next start works.
+        std::fs::write(&hba, original).unwrap();
+        let pg = EmbeddedPostgres::start(&data, None)
+            .await
+            .expect("start again");
+        assert_eq!(select_one(pg.database_url()).await.0, 1);
+        pg.stop().await.expect("stop");
     }
 
     #[tokio::test]
