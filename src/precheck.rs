@@ -342,7 +342,7 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
         .filter(|t| !present.contains(&key(t)))
         .count();
     let already = eligible.len() - to_copy;
-    let verified = input.destination.business_verification_status.as_deref() == Some("verified");
+    let verified = is_verified(&input.destination);
     let limit = crate::domain::upstream::template_limit(verified);
     let used = input.destination_templates.len();
     let fits = to_copy.min(limit.saturating_sub(used));
@@ -375,7 +375,7 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
                 "Delete templates the destination WABA no longer needs before the migration, or re-create the {} that do not fit after it.{raise}",
                 to_copy - fits
             ),
-            Actor::Client,
+            ErrorCode::TemplateLimitReached.describe().2,
             Some(ErrorCode::TemplateLimitReached),
         );
     } else {
@@ -394,6 +394,85 @@ fn templates_check(b: &mut Builder, input: &PrecheckInput) {
     }
 }
 
+/// Whether a WABA's business is verified (Graph answers lower case; Meta's OpenAPI description
+/// has upper case).
+fn is_verified(w: &Waba) -> bool {
+    w.business_verification_status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("verified"))
+}
+
+/// The business a WABA represents: the client an On-Behalf-Of WABA is for (its owner is then
+/// the partner), else its owner. Meta requires source and destination to represent the same
+/// business.
+fn represented_business(w: &Waba) -> Option<&str> {
+    w.on_behalf_of_business_info
+        .as_ref()
+        .or(w.owner_business_info.as_ref())
+        .map(|b| b.id.as_str())
+}
+
+/// `same_business`: the destination (and, while the number is still to move, the source)
+/// represents the business the request names.
+fn same_business_check(
+    b: &mut Builder,
+    input: &PrecheckInput,
+    meta_business_id: &str,
+    source_ahead: bool,
+) {
+    const ID: &str = "same_business";
+    if let Some(f) = input.unread("waba.owner_business_info") {
+        return b.unreadable(ID, f);
+    }
+    let dst = represented_business(&input.destination);
+    let src = represented_business(&input.source);
+    if dst.is_none() || (source_ahead && src.is_none()) {
+        return b.push(
+            ID,
+            CheckStatus::Warn,
+            "The Meta Graph API did not return which business owns the source or destination WABA, so whether they represent the same business could not be checked.",
+            "Check that the system user of META_ACCESS_TOKEN can read both WABAs, and that both belong to (or message on behalf of) the given Meta business.",
+            Actor::Partner,
+            None,
+        );
+    }
+    let given = Some(meta_business_id);
+    if !source_ahead {
+        if dst == given {
+            b.pass(
+                ID,
+                "The destination WABA represents the given Meta business.",
+            );
+        } else {
+            b.code(
+                ID,
+                CheckStatus::Fail,
+                ErrorCode::BusinessMismatch,
+                format!(
+                    "The destination WABA represents business {}, not {meta_business_id}.",
+                    dst.unwrap_or_default()
+                ),
+            );
+        }
+    } else if src == given && dst == given {
+        b.pass(
+            ID,
+            "Source and destination WABAs represent the same business as given.",
+        );
+    } else {
+        b.code(
+            ID,
+            CheckStatus::Fail,
+            ErrorCode::BusinessMismatch,
+            format!(
+                "The source WABA represents business {}, the destination {}, and the request names {meta_business_id}; all three must be the same.",
+                src.unwrap_or_default(),
+                dst.unwrap_or_default()
+            ),
+        );
+    }
+}
+
 /// Evaluates every check. Pure.
 pub fn evaluate(
     flow: Flow,
@@ -405,12 +484,18 @@ pub fn evaluate(
     let mut b = Builder(Vec::new());
     let src = &input.source;
     let dst = &input.destination;
+    let in_dst = find(&input.destination_numbers, phone.as_str());
+    let on_src = find(&input.source_numbers, phone.as_str());
+    // Embedded Signup moves the number itself; until it has (the number is not in the
+    // destination yet), what it requires of the source is checked as for the OTP flow
+    // (MIG-ES: the existing WABA approved, the same business, two-step verification off).
+    let source_ahead = flow == Flow::Otp || in_dst.is_none();
 
     match src.business_verification_status.as_deref() {
         _ if let Some(f) = input.unread("waba.business_verification_status") => {
             b.unreadable("business_verified", f);
         }
-        Some("verified") => b.pass(
+        _ if is_verified(src) => b.pass(
             "business_verified",
             "The client's business portfolio is verified.",
         ),
@@ -431,7 +516,7 @@ pub fn evaluate(
             .is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
     };
     let review_unread = input.unread("waba.account_review_status");
-    if flow == Flow::Otp {
+    if source_ahead {
         if let Some(f) = review_unread {
             b.unreadable("source_waba_approved", f);
         } else if approved(src) {
@@ -467,44 +552,7 @@ pub fn evaluate(
         );
     }
 
-    let src_owner = src.owner_business_info.as_ref().map(|o| o.id.as_str());
-    let dst_owner = dst.owner_business_info.as_ref().map(|o| o.id.as_str());
-    if let Some(f) = input.unread("waba.owner_business_info") {
-        b.unreadable("same_business", f);
-    } else if flow == Flow::EmbeddedSignup {
-        if dst_owner == Some(meta_business_id) {
-            b.pass(
-                "same_business",
-                "The destination WABA belongs to the given Meta business.",
-            );
-        } else {
-            b.code(
-                "same_business",
-                Fail,
-                ErrorCode::BusinessMismatch,
-                format!(
-                    "The destination WABA belongs to business {}, not {meta_business_id}.",
-                    dst_owner.unwrap_or("unknown")
-                ),
-            );
-        }
-    } else if src_owner.is_some() && src_owner == dst_owner && src_owner == Some(meta_business_id) {
-        b.pass(
-            "same_business",
-            "Source and destination WABAs belong to the same business as given.",
-        );
-    } else {
-        b.code(
-            "same_business",
-            Fail,
-            ErrorCode::BusinessMismatch,
-            format!(
-                "The source WABA belongs to business {}, the destination to {}, and the request names {meta_business_id}; all three must be the same.",
-                src_owner.unwrap_or("unknown"),
-                dst_owner.unwrap_or("unknown")
-            ),
-        );
-    }
+    same_business_check(&mut b, input, meta_business_id, source_ahead);
 
     if let Some(f) = input.unread("waba.primary_funding_id") {
         b.unreadable("destination_payment_method", f);
@@ -540,8 +588,6 @@ pub fn evaluate(
         );
     }
 
-    let in_dst = find(&input.destination_numbers, phone.as_str());
-    let on_src = find(&input.source_numbers, phone.as_str());
     let node = on_src.or(in_dst);
 
     match (on_src, in_dst, flow) {
@@ -553,15 +599,7 @@ pub fn evaluate(
             "number_on_source",
             format!("{phone} is already on the destination WABA."),
         ),
-        (None, None, Flow::EmbeddedSignup) => b.push(
-            "number_on_source",
-            Warn,
-            format!("{phone} is not listed on either WABA yet."),
-            "If Embedded Signup just finished, wait a few minutes; otherwise check the number.",
-            Actor::Partner,
-            None,
-        ),
-        (None, None, Flow::Otp) => {
+        (None, None, flow) => {
             let alternate = brazil_alternate_form(phone.as_str())
                 .filter(|alt| find(&input.source_numbers, alt).is_some());
             match alternate {
@@ -573,6 +611,14 @@ pub fn evaluate(
                         "{phone} is not on the source WABA, but {alt} is: the number is registered {} the mobile 9. Create the migration with {alt}.",
                         if alt.len() > phone.as_str().len() { "with" } else { "without" }
                     ),
+                ),
+                None if flow == Flow::EmbeddedSignup => b.push(
+                    "number_on_source",
+                    Warn,
+                    format!("{phone} is not listed on either WABA yet."),
+                    "If Embedded Signup just finished, wait a few minutes; otherwise check the number.",
+                    Actor::Partner,
+                    None,
                 ),
                 None => b.code(
                     "number_on_source",
@@ -588,12 +634,21 @@ pub fn evaluate(
         let name_ok = n
             .name_status
             .as_deref()
-            .is_none_or(|s| s.eq_ignore_ascii_case("APPROVED"));
+            .is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"));
         let change_pending = n.new_name_status.as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("PENDING_REVIEW") || s.eq_ignore_ascii_case("PENDING")
         });
         if let Some(f) = input.unread("phone_number.name_status") {
             b.unreadable("display_name_approved", f);
+        } else if n.name_status.is_none() {
+            b.push(
+                "display_name_approved",
+                Warn,
+                "The Meta Graph API did not return the display name's status (`name_status`) for this number, so its approval could not be checked.",
+                "Check in WhatsApp Manager that the display name is approved and no name change is pending; otherwise the migration fails with display_name_not_approved.",
+                Actor::Partner,
+                None,
+            );
         } else if !name_ok {
             b.code(
                 "display_name_approved",
@@ -687,7 +742,7 @@ pub fn evaluate(
         ),
     }
 
-    if flow == Flow::Otp {
+    if source_ahead {
         b.push(
             "two_factor_disabled",
             Warn,
@@ -883,7 +938,7 @@ mod tests {
             "3 of 4 source templates are eligible (APPROVED with GREEN or UNKNOWN quality); 1 already in the destination; 1 of the 2 to copy fit the destination's template limit (5999 of 6000 used)."
         );
         assert_eq!(c.code, Some(ErrorCode::TemplateLimitReached));
-        assert_eq!(c.actor, Actor::Client);
+        assert_eq!(c.actor, Actor::Partner);
         assert!(c.remediation.contains("re-create the 1 that do not fit"));
         assert_eq!(r.status, CheckStatus::Warn);
         assert!(r.failure().is_none());
@@ -936,6 +991,101 @@ mod tests {
         // Also when the request names another business.
         let r = evaluate(Flow::Otp, &phone(), "555", &input());
         assert_eq!(r.failure().unwrap().code, Some(ErrorCode::BusinessMismatch));
+    }
+
+    #[test]
+    fn embedded_signup_checks_the_source_until_the_number_has_moved() {
+        let mut i = input();
+        i.source.account_review_status = Some("PENDING".into());
+        i.source.owner_business_info = Some(BusinessInfo {
+            id: "901".into(),
+            name: None,
+        });
+        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let failed: Vec<_> = r
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.code.unwrap())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ErrorCode::SourceWabaNotApproved,
+                ErrorCode::BusinessMismatch
+            ]
+        );
+        assert_eq!(check(&r, "two_factor_disabled").status, CheckStatus::Warn);
+
+        // Only the other Brazilian form is on the source: the signup would never show a
+        // channel for the number as given.
+        let mut i = input();
+        i.source_numbers = vec![number("11", "+55 11 8765-4321")];
+        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let f = r.failure().unwrap();
+        assert_eq!(f.code, Some(ErrorCode::BrazilNinthDigitMismatch));
+        assert!(f.message.contains("+551187654321"), "{}", f.message);
+
+        // Once the number is in the destination, the signup is done: the source is not
+        // judged again, and two-step verification no longer matters.
+        let mut i = input();
+        i.source.account_review_status = Some("PENDING".into());
+        i.source.owner_business_info = Some(BusinessInfo {
+            id: "901".into(),
+            name: None,
+        });
+        i.destination_numbers = vec![number("22", "+5511987654321")];
+        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        assert!(r.failure().is_none(), "{r:#?}");
+        assert!(r.checks.iter().all(|c| c.id != "source_waba_approved"));
+        assert!(r.checks.iter().all(|c| c.id != "two_factor_disabled"));
+        assert_eq!(check(&r, "same_business").status, CheckStatus::Pass);
+    }
+
+    #[test]
+    fn an_on_behalf_of_waba_represents_its_client() {
+        // The partner (business 360) owns the destination on behalf of the client (900); the
+        // old provider (500) owns the source the same way.
+        let mut i = input();
+        i.destination = waba("2", "360");
+        i.destination.on_behalf_of_business_info = Some(BusinessInfo {
+            id: "900".into(),
+            name: None,
+        });
+        i.source = waba("1", "500");
+        i.source.on_behalf_of_business_info = Some(BusinessInfo {
+            id: "900".into(),
+            name: None,
+        });
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert_eq!(check(&r, "same_business").status, CheckStatus::Pass);
+        // On behalf of another client: a mismatch naming the represented businesses.
+        i.destination.on_behalf_of_business_info = Some(BusinessInfo {
+            id: "901".into(),
+            name: None,
+        });
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let c = check(&r, "same_business");
+        assert_eq!(c.code, Some(ErrorCode::BusinessMismatch));
+        assert!(c.message.contains("901"), "{}", c.message);
+    }
+
+    #[test]
+    fn fields_graph_left_out_warn_instead_of_deciding() {
+        let mut i = input();
+        i.source_numbers[0].name_status = None;
+        i.source.owner_business_info = None;
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert!(r.failure().is_none(), "{r:#?}");
+        for id in ["display_name_approved", "same_business"] {
+            assert_eq!(check(&r, id).status, CheckStatus::Warn, "{id}");
+            assert_eq!(check(&r, id).code, None, "{id}");
+        }
+        // Meta's OpenAPI description spells the verification status in upper case.
+        let mut i = input();
+        i.source.business_verification_status = Some("VERIFIED".into());
+        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        assert_eq!(check(&r, "business_verified").status, CheckStatus::Pass);
     }
 
     #[test]
@@ -993,7 +1143,8 @@ mod tests {
     fn a_later_destination_report_replaces_only_the_destination_checks() {
         // The first report: before the signup, the number on the source only.
         let before = evaluate(Flow::EmbeddedSignup, &phone(), "900", &input());
-        assert_eq!(before.status, CheckStatus::Pass, "{before:#?}");
+        assert_eq!(before.status, CheckStatus::Warn, "{before:#?}");
+        assert_eq!(before.failure(), None);
         // After it: the number moved to a new WABA of another business, without a payment
         // method; the source no longer lists it, and its node there has a name under review.
         let mut i = input();
