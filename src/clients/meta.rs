@@ -424,8 +424,14 @@ impl MetaApi for MetaClient {
                 let page: Page<PhoneNumber> = decode(&response.body, "phone_numbers")?;
                 Ok(Some(page.data))
             }
-            // "Invalid parameter": this Graph does not filter on the display number.
-            Err(e) if e.upstream().is_some_and(|u| u.has_code(100)) => Ok(None),
+            // "Invalid parameter": this Graph does not filter on the display number. Not
+            // 100/33: the WABA itself cannot be read, which a full listing would only repeat.
+            Err(e)
+                if e.upstream()
+                    .is_some_and(|u| u.code == Some(100) && u.subcode != Some(33)) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -1005,6 +1011,30 @@ mod tests {
         let c = client(&server);
         assert!(c.list_templates("1001").await.is_err());
         assert!(c.unavailable_fields().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waba_graph_cannot_load_is_an_error_not_a_refused_filter() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v23.0/1001/phone_numbers"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+                "message": "Unsupported get request. Object with ID '1001' does not exist, cannot be loaded due to missing permissions, or does not support this operation. Please read the Graph API documentation at https://developers.facebook.com/docs/graph-api",
+                "type": "GraphMethodException",
+                "code": 100,
+                "error_subcode": 33,
+                "fbtrace_id": "AbCdEf"
+            }})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        // Not "this Graph does not filter" (Ok(None), then a full listing that fails the same).
+        let err = c
+            .find_phone_numbers("1001", "+16315555555")
+            .await
+            .unwrap_err();
+        assert_eq!(api(&err).subcode, Some(33));
     }
 
     #[tokio::test]

@@ -47,6 +47,9 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.code == Some(10) || upstream.code.is_some_and(|c| (200..300).contains(&c)) {
                 return Some(ErrorCode::UpstreamAuth);
             }
+            if cannot_load_object(upstream, step) {
+                return Some(ErrorCode::UpstreamAuth);
+            }
             if upstream.has_code(2388012) {
                 return Some(ErrorCode::AlreadyInDestination);
             }
@@ -155,6 +158,20 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
     }
 }
 
+/// Graph's 100/33 ("Object with ID … does not exist, cannot be loaded due to missing
+/// permissions, or does not support this operation") on the precheck's reads: a WABA id that is
+/// wrong, or not shared with the token's system user (a source WABA shared with the old
+/// provider only, commonly). Elsewhere 33 may mean a deleted number.
+fn cannot_load_object(upstream: &UpstreamError, step: MigrationState) -> bool {
+    upstream.service == Service::Meta
+        && upstream.code == Some(100)
+        && upstream.subcode == Some(33)
+        && matches!(
+            step,
+            MigrationState::Prechecking | MigrationState::AwaitingSignup
+        )
+}
+
 /// Turns a client error into a step outcome: transient errors are retried with backoff, the
 /// rest fail the migration with the most precise code we know.
 pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
@@ -235,6 +252,7 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
     } else {
         ErrorCode::UpstreamRejected
     });
+    let unreadable = cannot_load_object(&upstream, step);
     let mut error = MigrationError::new(code, step).with_upstream(Some(upstream));
     if code == ErrorCode::OtpExpired && error.upstream.as_ref().is_some_and(|u| u.has_code(133006))
     {
@@ -248,6 +266,13 @@ pub fn outcome(err: &clients::Error, step: MigrationState) -> StepOutcome {
             "The client has not accepted the \"Messaging For\" request on the destination WhatsApp Business Account.".into();
         error.remediation = "The client accepts the partner's Messaging For request in Meta Business Suite (Business settings → Requests), then retry.".into();
         error.actor = crate::domain::Actor::Client;
+    }
+    if unreadable && let Some(u) = &error.upstream {
+        error.message = format!(
+            "The Meta Graph API cannot read an object the precheck needs: it does not exist, or the system user of META_ACCESS_TOKEN has no access to it ({}).",
+            u.message
+        );
+        error.remediation = "Check the WABA ids of the migration; if they are right, have the client share both WhatsApp Business Accounts with the partner's app (or the system user given access to them), then retry.".into();
     }
     if code == ErrorCode::UpstreamRejected
         && let Some(u) = &error.upstream
@@ -474,6 +499,30 @@ mod tests {
 
     /// Meta's PIN throttles: their titles say "two step verification", yet they are waits,
     /// not two-step verification to turn off.
+    #[test]
+    fn an_object_graph_cannot_load_is_a_permission_problem_only_in_the_precheck() {
+        let cannot_load = graph(
+            100,
+            Some(33),
+            "Unsupported get request. Object with ID '1001' does not exist, cannot be loaded due to missing permissions, or does not support this operation",
+        );
+        for step in [MigrationState::Prechecking, MigrationState::AwaitingSignup] {
+            match outcome(&cannot_load, step) {
+                StepOutcome::Failed(e) => {
+                    assert_eq!(e.code, ErrorCode::UpstreamAuth);
+                    assert!(e.message.contains("'1001'"), "{}", e.message);
+                    assert!(e.remediation.contains("share"), "{}", e.remediation);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // On a number's own calls, 33 may mean the number was deleted: not our credentials.
+        assert_eq!(
+            failed_code(outcome(&cannot_load, MigrationState::Registering)),
+            ErrorCode::UpstreamRejected
+        );
+    }
+
     #[test]
     fn pin_throttles_are_waits_not_two_step_verification() {
         let s = MigrationState::Registering;

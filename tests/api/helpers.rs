@@ -68,6 +68,9 @@ pub struct Options {
     pub dashboard: DashboardConfig,
     /// The client page's settings (its `public_base_url` is set to the test server's).
     pub client_page: ClientPageConfig,
+    /// Whether a create seeds the sandbox with its number and WABAs (as sandbox mode does);
+    /// without it, the sandbox only knows what Graph would find anyway.
+    pub seed_sandbox: bool,
 }
 
 impl Default for Options {
@@ -122,6 +125,7 @@ impl Default for Options {
             cipher: None,
             dashboard: DashboardConfig::default(),
             client_page: ClientPageConfig::default(),
+            seed_sandbox: true,
         }
     }
 }
@@ -221,7 +225,9 @@ impl TestApp {
                 .unwrap_or_else(|| Cipher::from_base64(&Cipher::generate_key()).unwrap()),
             worker: opts.worker.clone(),
             run_workers: true,
-            sandbox_seeder: Some(SandboxSeeder::InProcess(sandbox.clone())),
+            sandbox_seeder: opts
+                .seed_sandbox
+                .then(|| SandboxSeeder::InProcess(sandbox.clone())),
             webhooks: opts.webhooks.clone(),
             clock: opts.clock.clone(),
             rate_limit: opts.rate_limit,

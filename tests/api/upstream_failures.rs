@@ -125,6 +125,44 @@ async fn a_permanent_upstream_error_fails_with_the_right_code_and_trace(pool: Pg
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_waba_graph_cannot_load_fails_the_precheck_naming_it(pool: PgPool) {
+    // Not seeded, the sandbox answers 100/33 "Object with ID … does not exist, cannot be loaded
+    // due to missing permissions" for an unknown id of this form, as Graph does for a WABA not
+    // shared with the token's system user.
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            seed_sandbox: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let unreadable = "1090000000000077";
+    let phone = "+14155550733";
+    let mut body = TestApp::create_body(phone);
+    body["source_waba_id"] = json!(unreadable);
+    let id = app.create_with(body).await;
+    let m = app.wait_for(&id, "failed").await;
+    let e = &m["error"];
+    assert_eq!(e["code"], "upstream_auth", "{m:#}");
+    assert_eq!(e["step"], "prechecking");
+    assert_eq!(e["upstream"]["code"], 100);
+    assert_eq!(e["upstream"]["subcode"], 33);
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot read an object the precheck needs"),
+        "{message}"
+    );
+    assert!(message.contains(unreadable), "{message}");
+    assert!(
+        e["remediation"].as_str().unwrap().contains("share"),
+        "{e:#}"
+    );
+    // Permanent: the number's listing was not tried again without the filter.
+    assert_eq!(app.received(phone, "start_migration"), 0);
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn precheck_failures_stop_before_anything_changes_upstream(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     // Scenario 0003: display name not approved.
