@@ -499,9 +499,10 @@ pub async fn record_opened(state: &AppState, o: &Opened) -> Result<(), ApiError>
         return Ok(());
     }
     let mut tx = state.pool.begin().await?;
+    // The event's sequence number follows the row's version: hold the row still. Taken before
+    // the page's row, in the order `rotate` takes them, so the two never deadlock.
+    migrations::lock(&mut tx, o.row.id).await?;
     if store::mark_opened(&mut *tx, o.row.id, o.page.generation).await? {
-        // The event's sequence number follows the row's version: hold the row still.
-        migrations::lock(&mut tx, o.row.id).await?;
         let row = migrations::get(&mut *tx, o.row.id, None).await?;
         super::transition::apply(
             &mut tx,

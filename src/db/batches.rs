@@ -99,8 +99,13 @@ pub async fn insert_migrations(
     rows: &[(NewMigration, Option<String>)],
 ) -> Result<Vec<MigrationRow>, Error> {
     let mut out = Vec::with_capacity(rows.len());
+    // In the order of the numbers, whatever the items' order: two batches listing the same
+    // numbers in different orders then wait on each other's first common number in the
+    // one-active-migration index, instead of each holding one the other needs (a deadlock).
+    let mut sorted: Vec<&(NewMigration, Option<String>)> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.0.phone_number.cmp(&b.0.phone_number));
     // Chunks keep each statement's arrays (and its RETURNING) moderate.
-    for chunk in rows.chunks(1000) {
+    for chunk in sorted.chunks(1000) {
         let col = |f: &dyn Fn(&NewMigration) -> String| -> Vec<String> {
             chunk.iter().map(|(m, _)| f(m)).collect()
         };
@@ -130,7 +135,7 @@ pub async fn insert_migrations(
                      AS u(id, partner_id, flow, phone_number, source, destination, business,
                         channel_id, otp_method, otp_language, attempts, pin_enc, metadata,
                         callback_url, reference)
-                 ORDER BY u.id
+                 ORDER BY u.phone_number
                  ON CONFLICT DO NOTHING
                  RETURNING {COLUMNS}),
              e AS (
@@ -159,6 +164,7 @@ pub async fn insert_migrations(
         .await?;
         out.extend(inserted);
     }
+    out.sort_by_key(|row| row.id);
     Ok(out)
 }
 

@@ -129,6 +129,84 @@ async fn json_batch_creates_items_and_reports_busy_numbers_per_item(pool: PgPool
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn batches_taking_the_same_numbers_in_another_order_do_not_deadlock(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let (x, y) = ("+14155551101", "+14155551102");
+    // Another writer (standing for a concurrent batch) takes x, and then y, in one
+    // transaction: two migrations of other numbers renumbered, uncommitted.
+    let first = app.create("+14155551103").await;
+    let second = app.create("+14155551104").await;
+    let mut other = app.pool.begin().await.unwrap();
+    // This side is the one PostgreSQL would abort if the two deadlocked.
+    sqlx::query("SET LOCAL deadlock_timeout = '50ms'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let renumber = "UPDATE migrations SET phone_number = $2 WHERE id = $1::uuid";
+    sqlx::query(renumber)
+        .bind(&first)
+        .bind(x)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    // The batch lists y before x.
+    let batch = {
+        let app_base = app.base.clone();
+        let key = app.partner_key.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{app_base}/v1/batches"))
+                .bearer_auth(key)
+                .json(&json!({ "name": "reversed", "migrations": [TestApp::create_body(y), TestApp::create_body(x)] }))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Until the batch waits on x.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        if batch.is_finished() || Instant::now() > deadline {
+            let res = batch.await.unwrap();
+            panic!(
+                "the batch never waited: {} {}",
+                res.status(),
+                res.text().await.unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(renumber)
+        .bind(&second)
+        .bind(y)
+        .execute(&mut *other)
+        .await
+        .expect("not aborted as a deadlock: the batch holds no number the other writer needs");
+    other.commit().await.unwrap();
+
+    let res = batch.await.unwrap();
+    assert!(!res.status().is_server_error(), "{}", res.status());
+    let body: Value = res.json().await.unwrap();
+    for item in body["items"].as_array().unwrap() {
+        assert_eq!(
+            item["error"]["code"], "migration_already_active",
+            "{body:#}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn an_invalid_item_is_reported_by_pointer_and_nothing_is_created(pool: PgPool) {
     let app = TestApp::spawn_with(pool, Options::no_worker()).await;
     let mut items: Vec<Value> = (0..20)

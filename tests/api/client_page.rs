@@ -266,6 +266,66 @@ async fn the_page_opens_once_with_safe_headers_and_a_webhook(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_first_opening_during_a_rotation_waits_for_it_instead_of_deadlocking(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = app.create("+5511987651005").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let url = link(&app, &id).await;
+
+    // What a rotation does, in its order: the migration's row, then the page's. Between the
+    // two, the client opens the link for the first time.
+    let mut rotation = app.pool.begin().await.unwrap();
+    // This side is the one PostgreSQL would abort if the two deadlocked.
+    sqlx::query("SET LOCAL deadlock_timeout = '50ms'")
+        .execute(&mut *rotation)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM migrations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *rotation)
+        .await
+        .unwrap();
+    let opening = tokio::spawn(async move { open(&url).await.0 });
+    // Until the opening waits on a lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the opening never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(
+        "UPDATE client_pages SET generation = generation + 1, opened_at = NULL
+          WHERE migration_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&mut *rotation)
+    .await
+    .expect("the rotation is not aborted as a deadlock");
+    rotation.commit().await.unwrap();
+
+    assert_eq!(opening.await.unwrap(), StatusCode::OK);
+    // The opening was of the link the rotation replaced: not recorded as the new one's.
+    assert_eq!(
+        app.event_count(&id, Some("migration.client_page_opened"))
+            .await,
+        0
+    );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn codes_from_the_page_are_recorded_with_their_source(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let id = app.create("+5511987651005").await;
