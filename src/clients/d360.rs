@@ -593,7 +593,7 @@ fn api_error(service: Service, response: &RawResponse, secrets: &[&str]) -> Erro
             code: None,
             subcode: None,
             fbtrace_id: None,
-            message: http::scrub(&http::text_message(status, &response.body), secrets),
+            message: http::text_message(status, &response.body, secrets),
             is_transient: None,
         });
     Error::Api {
@@ -665,7 +665,7 @@ fn error_body(
         code,
         subcode: None,
         fbtrace_id: None,
-        message: http::scrub(&http::truncate(&message, http::MAX_MESSAGE_CHARS), secrets),
+        message: http::message(&message, secrets),
         is_transient: None,
     })
 }

@@ -283,9 +283,15 @@ pub(super) fn scrub(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// Short description of a non-JSON (or empty) error body.
-pub(super) fn text_message(status: StatusCode, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+/// An upstream's error text as shown to users: `secrets` removed, then cut to
+/// [`MAX_MESSAGE_CHARS`] (in this order, so that no part of a secret is left at the cut).
+pub(super) fn message(text: &str, secrets: &[&str]) -> String {
+    truncate(&scrub(text, secrets), MAX_MESSAGE_CHARS)
+}
+
+/// Short description of a non-JSON (or empty) error body, `secrets` removed.
+pub(super) fn text_message(status: StatusCode, body: &[u8], secrets: &[&str]) -> String {
+    let text = scrub(&String::from_utf8_lossy(body), secrets);
     let text = truncate(&text, 200);
     let reason = status.canonical_reason().unwrap_or("");
     match (text.is_empty(), reason.is_empty()) {
@@ -420,13 +426,24 @@ mod tests {
             "bad token [redacted] x"
         );
         assert_eq!(
-            text_message(StatusCode::INTERNAL_SERVER_ERROR, b""),
+            text_message(StatusCode::INTERNAL_SERVER_ERROR, b"", &[]),
             "HTTP 500 Internal Server Error"
         );
         assert_eq!(
-            text_message(StatusCode::BAD_GATEWAY, b"<h1>Bad</h1>"),
+            text_message(StatusCode::BAD_GATEWAY, b"<h1>Bad</h1>", &[]),
             "HTTP 502: <h1>Bad</h1>"
         );
+        // A secret where the text is cut leaves no part of itself behind.
+        let secret = "sk_live_0123456789abcdef";
+        for at in [MAX_MESSAGE_CHARS - 10, 195] {
+            let text = format!("{} {secret} and more", "x".repeat(at));
+            for shown in [
+                message(&text, &[secret]),
+                text_message(StatusCode::BAD_GATEWAY, text.as_bytes(), &[secret]),
+            ] {
+                assert!(!shown.contains(&secret[..6]), "{shown}");
+            }
+        }
     }
 }
 

@@ -689,7 +689,7 @@ fn api_error(response: &RawResponse, secrets: &[&str]) -> Error {
             code: None,
             subcode: None,
             fbtrace_id: None,
-            message: http::scrub(&http::truncate(text, http::MAX_MESSAGE_CHARS), secrets),
+            message: http::message(text, secrets),
             is_transient: None,
         },
         _ => UpstreamError {
@@ -698,7 +698,7 @@ fn api_error(response: &RawResponse, secrets: &[&str]) -> Error {
             code: None,
             subcode: None,
             fbtrace_id: None,
-            message: http::scrub(&http::text_message(status, &response.body), secrets),
+            message: http::text_message(status, &response.body, secrets),
             is_transient: None,
         },
     };
@@ -755,7 +755,7 @@ pub(super) fn graph_error_object(
         code: err.get("code").and_then(http::value_as_i64),
         subcode: err.get("error_subcode").and_then(http::value_as_i64),
         fbtrace_id: http::str_field(err, "fbtrace_id").map(str::to_owned),
-        message: http::scrub(&http::truncate(&message, http::MAX_MESSAGE_CHARS), secrets),
+        message: http::message(&message, secrets),
         is_transient,
     }
 }

@@ -197,7 +197,19 @@ fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
 /// the OpenAPI document) are served beside the API behind the same middleware.
 pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let (router, _) = api_router().split_for_parts();
+    let router = router.layer(middleware::map_response(no_store));
     with_middleware(router.merge(docs::routes()).merge(pages), state)
+}
+
+/// The API's answers are for one caller and some carry secrets shown once (a partner's key
+/// and webhook secret, a client-page link, a 360dialog key): no cache keeps them, unless a
+/// handler says otherwise.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `/healthz`, `/readyz` and `/metrics` alone, with the same handlers and middleware as in

@@ -470,7 +470,7 @@ impl Worker {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".into());
                     span.in_scope(|| error!(panic = %msg, "step panicked"));
-                    steps::StepResult::internal_error(state, &msg)
+                    steps::StepResult::internal_error(state)
                 }
             };
             if lease.token_lost() {

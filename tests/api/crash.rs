@@ -523,3 +523,30 @@ async fn a_claim_arms_an_absent_intent_and_keeps_one_that_is_there(pool: PgPool)
         assert_eq!(stored, expected, "{state}");
     }
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_panicking_step_is_retried_and_its_text_stays_out_of_the_events(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, manual()).await;
+    let phone = "+14155550411";
+    let id = app.create(phone).await;
+    app.fail_points.arm("panic_in_step", 1);
+    let worker = app.worker().clone();
+    drive_until(&app, &worker, &id, "awaiting_otp").await;
+
+    let events = app.events(&id).await;
+    let retry = events
+        .iter()
+        .find(|e| e["type"] == "migration.step_retry_scheduled")
+        .expect("the panic scheduled a retry");
+    assert!(
+        retry["data"]["internal"]
+            .as_str()
+            .is_some_and(|t| t.contains("panicked")),
+        "{retry:#}"
+    );
+    let all = Value::Array(events).to_string();
+    assert!(
+        !all.contains("EAAG-secret-token") && !all.contains("upstream body"),
+        "the panic's text is in the events: {all}"
+    );
+}

@@ -26,6 +26,8 @@ async fn admin_manages_partners_and_keys(pool: PgPool) {
         )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
+    // Shown once, and kept by no cache.
+    assert_eq!(res.headers()["cache-control"], "no-store");
     let created: Value = res.json().await.unwrap();
     let pid = created["partner"]["id"].as_str().unwrap().to_owned();
     assert!(
@@ -53,6 +55,7 @@ async fn admin_manages_partners_and_keys(pool: PgPool) {
     );
     let own = app.get_as(&key1, &format!("/v1/partners/{pid}")).await;
     assert_eq!(own.status(), StatusCode::OK);
+    assert_eq!(own.headers()["cache-control"], "no-store");
     let own: Value = own.json().await.unwrap();
     assert_eq!(own["id"], json!(pid));
     assert!(own.get("d360_api_key").is_none(), "{own:#}");
