@@ -47,6 +47,7 @@ pub static ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
         "webhook_secret_previous_enc",
         aad::webhook_secret,
     ),
+    EncryptedColumn::new("partners", "webhook_secret_older_enc", aad::webhook_secret),
     EncryptedColumn::new("migrations", "pin_enc", aad::pin),
     EncryptedColumn::new("migrations", "otp_code_enc", aad::otp_code),
     EncryptedColumn::new("migrations", "api_key_enc", aad::api_key),

@@ -426,12 +426,15 @@ pub struct SecretsRow {
     pub webhook_secret_enc: Vec<u8>,
     pub webhook_secret_previous_enc: Option<Vec<u8>>,
     pub webhook_secret_previous_expires_at: Option<DateTime<Utc>>,
+    pub webhook_secret_older_enc: Option<Vec<u8>>,
+    pub webhook_secret_older_expires_at: Option<DateTime<Utc>>,
 }
 
 pub async fn secrets(ex: impl PgExecutor<'_>, partner_id: Uuid) -> Result<SecretsRow, Error> {
     Ok(sqlx::query_as::<_, SecretsRow>(
         "SELECT webhook_secret_enc, webhook_secret_previous_enc,
-                webhook_secret_previous_expires_at
+                webhook_secret_previous_expires_at, webhook_secret_older_enc,
+                webhook_secret_older_expires_at
            FROM partners WHERE id = $1",
     )
     .bind(partner_id)
@@ -439,16 +442,23 @@ pub async fn secrets(ex: impl PgExecutor<'_>, partner_id: Uuid) -> Result<Secret
     .await?)
 }
 
-/// Replaces the signing secret; the old one keeps signing until `previous_expires_at`.
+/// Replaces the signing secret; the old one keeps signing until `previous_expires_at`. A
+/// previous secret still in its overlap at `now` keeps signing until that overlap's end (the
+/// one before it, if any, stops: at most three secrets sign).
 pub async fn rotate_secret(
     ex: impl PgExecutor<'_>,
     partner_id: Uuid,
     new_secret_enc: &[u8],
+    now: DateTime<Utc>,
     previous_expires_at: DateTime<Utc>,
 ) -> Result<(), Error> {
     let r = sqlx::query(
         "UPDATE partners
-            SET webhook_secret_previous_enc = webhook_secret_enc,
+            SET webhook_secret_older_enc = CASE WHEN webhook_secret_previous_expires_at > $4
+                                                THEN webhook_secret_previous_enc END,
+                webhook_secret_older_expires_at = CASE WHEN webhook_secret_previous_expires_at > $4
+                                                       THEN webhook_secret_previous_expires_at END,
+                webhook_secret_previous_enc = webhook_secret_enc,
                 webhook_secret_previous_expires_at = $3,
                 webhook_secret_enc = $2
           WHERE id = $1",
@@ -456,6 +466,7 @@ pub async fn rotate_secret(
     .bind(partner_id)
     .bind(new_secret_enc)
     .bind(previous_expires_at)
+    .bind(now)
     .execute(ex)
     .await?;
     if r.rows_affected() == 0 {

@@ -514,7 +514,8 @@ async fn revoke_api_key(
 }
 
 /// Rotate the partner's webhook signing secret; returns the new one (shown once). The previous
-/// secret keeps signing, as a second signature, for `WEBHOOK_SECRET_OVERLAP_SECONDS`.
+/// secret keeps signing, as a second signature, for `WEBHOOK_SECRET_OVERLAP_SECONDS`; rotated
+/// again within that time, the secret before it keeps signing too until its own overlap ends.
 #[utoipa::path(
     post, path = "/v1/partners/{id}/webhook_secret/rotate", tag = "partners",
     params(("id" = Uuid, Path, description = "Partner id")),
@@ -536,13 +537,15 @@ async fn rotate_webhook_secret(
     let overlap = chrono::Duration::from_std(state.webhooks.secret_overlap)
         .unwrap_or_else(|_| chrono::Duration::days(1));
     // PostgreSQL keeps microseconds: answer what is stored, like every other timestamp.
-    let previous_secret_expires_at = (state.clock.now() + overlap).trunc_subsecs(6);
+    let now = state.clock.now();
+    let previous_secret_expires_at = (now + overlap).trunc_subsecs(6);
     db::webhooks::rotate_secret(
         &state.pool,
         id,
         &state
             .cipher
             .seal(secret.expose_secret(), &aad::webhook_secret(id)),
+        now,
         previous_secret_expires_at,
     )
     .await?;

@@ -296,7 +296,7 @@ impl Dispatcher {
         }
     }
 
-    /// The partner's current key and, during a rotation's overlap, the previous one.
+    /// The partner's current key and, during a rotation's overlap, the earlier ones.
     async fn signing_keys(&self, partner_id: uuid::Uuid) -> Result<Vec<SigningKey>, String> {
         let row = store::secrets(&self.inner.pool, partner_id)
             .await
@@ -311,12 +311,22 @@ impl Dispatcher {
             SigningKey::from_secret(&secret).ok_or_else(|| "the signing secret is malformed".into())
         };
         let mut keys = vec![open(&row.webhook_secret_enc)?];
-        if let (Some(prev), Some(until)) = (
-            row.webhook_secret_previous_enc.as_deref(),
-            row.webhook_secret_previous_expires_at,
-        ) && until > self.inner.clock.now()
-        {
-            keys.push(open(prev)?);
+        let now = self.inner.clock.now();
+        for (earlier, until) in [
+            (
+                row.webhook_secret_previous_enc.as_deref(),
+                row.webhook_secret_previous_expires_at,
+            ),
+            (
+                row.webhook_secret_older_enc.as_deref(),
+                row.webhook_secret_older_expires_at,
+            ),
+        ] {
+            if let (Some(earlier), Some(until)) = (earlier, until)
+                && until > now
+            {
+                keys.push(open(earlier)?);
+            }
         }
         Ok(keys)
     }

@@ -452,6 +452,67 @@ async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_second_rotation_inside_the_overlap_keeps_the_first_secret_signing(pool: PgPool) {
+    let (app, clock) = spawn_with_manual_clock(pool, Options::default()).await;
+    let consumer = Consumer::start().await;
+    let rotate = || async {
+        let res = app
+            .post_as(
+                ADMIN_KEY,
+                &format!("/v1/partners/{}/webhook_secret/rotate", app.partner_id),
+                json!({}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["webhook_secret"].as_str().unwrap().to_owned()
+    };
+    // The consumer verifies with the original secret; the first rotation's answer was lost
+    // and the call retried an hour later.
+    let original = app.webhook_secret.clone();
+    let lost = rotate().await;
+    clock.advance(Duration::from_secs(3600));
+    let latest = rotate().await;
+
+    let id = create_with_callback(&app, "+14155550505", &consumer.url).await;
+    cancel(&app, &id).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let during = consumer.accepted();
+    assert!(!during.is_empty());
+    for r in &during {
+        let sigs = r.headers["webhook-signature"].to_str().unwrap();
+        assert_eq!(sigs.split(' ').count(), 3, "{sigs}");
+        for secret in [&original, &lost, &latest] {
+            Webhook::new(secret)
+                .unwrap()
+                .verify(&r.body, &r.headers)
+                .unwrap();
+        }
+    }
+
+    // The original's overlap ends a day after the first rotation, the lost one's a day after
+    // the second.
+    clock.advance(Duration::from_secs(23 * 3600 + 60));
+    let delivery_id = deliveries(&app, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.redeliver(&delivery_id).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let after = consumer.accepted().last().unwrap().clone();
+    assert_eq!(after.id(), delivery_id);
+    let verifies = |secret: &str| {
+        Webhook::new(secret)
+            .unwrap()
+            .verify(&after.body, &after.headers)
+            .is_ok()
+    };
+    assert!(!verifies(&original));
+    assert!(verifies(&lost));
+    assert!(verifies(&latest));
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn callbacks_to_private_addresses_are_refused(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool,
