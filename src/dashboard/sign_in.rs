@@ -95,11 +95,15 @@ pub async fn login(
     let id = random_token();
     let csrf = random_token();
     let expires = Utc::now() + chrono::Duration::hours(SESSION_HOURS);
+    let key_mark = match partner_id {
+        Some(_) => hash.to_vec(),
+        None => super::session::admin_key_marks(&state.cipher, &hash)[0].to_vec(),
+    };
     db::dashboard::create_session(
         &state.pool,
         &crypto::hash_api_key(&id),
         partner_id,
-        &hash,
+        &key_mark,
         &csrf,
         expires,
     )

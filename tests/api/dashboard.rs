@@ -1229,3 +1229,25 @@ async fn an_upload_sent_twice_creates_one_batch(pool: PgPool) {
     );
     assert_eq!(count_rows(&app, "batches").await, 2);
 }
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_admin_session_keeps_no_hash_to_test_admin_key_guesses_against(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut d = Dash::new(&app);
+    d.sign_in(ADMIN_KEY).await;
+    let (status, _, body) = d.get("/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("Admin"), "{body}");
+
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT key_hash FROM dashboard_sessions WHERE partner_id IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_ne!(
+        stored,
+        waba_migrator::crypto::hash_api_key(ADMIN_KEY).to_vec(),
+        "an unsalted hash of an operator-chosen key"
+    );
+    assert_eq!(stored.len(), 32);
+}
