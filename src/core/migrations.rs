@@ -888,11 +888,15 @@ pub async fn retry(
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
-    let failed_code = row
+    let read_code = row
         .error
         .as_ref()
         .and_then(|e| e.get("code"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok());
+        .and_then(|c| c.as_str())
+        .map(str::to_owned);
+    let failed_code = read_code
+        .as_deref()
+        .and_then(|c| serde_json::from_value(json!(c)).ok());
     let command = Command::Retry {
         failed_step,
         failed_code,
@@ -900,14 +904,23 @@ pub async fn retry(
     let plan = plan_for(&row, command)?;
     let patch = plan_patch(state, &plan);
     let mut guard = plan_guard(caller, &plan);
-    // It resumes the step it read: a migration that failed again elsewhere since is not
-    // resumed at the old step.
+    // It resumes the step it read, as planned from the failure it read: a migration that
+    // failed again elsewhere since (another step, or another reason) is not resumed by the
+    // old plan.
     guard.failed_step = Some(row.failed_step.clone());
+    guard.failed_code = Some(read_code.clone());
     let data = json!({ "retry_of": failed_step, "source": source.as_str() });
     match apply_plan(state, caller, &row, command, &plan, patch, guard, data).await {
         Err(e) if e.code == "invalid_state" => {
             let fresh = fetch(state, caller, id).await?;
-            if fresh.state() == MigrationState::Failed && fresh.failed_step != row.failed_step {
+            let fresh_code = fresh
+                .error
+                .as_ref()
+                .and_then(|e| e.get("code"))
+                .and_then(|c| c.as_str());
+            if fresh.state() == MigrationState::Failed
+                && (fresh.failed_step != row.failed_step || fresh_code != read_code.as_deref())
+            {
                 return Err(ApiError::conflict(
                     "invalid_state",
                     format!(

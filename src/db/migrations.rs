@@ -629,6 +629,9 @@ pub struct Guard {
     pub never_completed: bool,
     /// The row's `failed_step` must be this (the step a retry read and resumes).
     pub failed_step: Option<Option<String>>,
+    /// The row's `error.code` must be this (what a retry's plan was made from: e.g. an expired
+    /// code resumes at `requesting_otp`, not at the step that failed).
+    pub failed_code: Option<Option<String>>,
 }
 
 /// Applies `patch` to `row` if `guard` holds; appends `event` (with the bumped version as its
@@ -830,6 +833,10 @@ async fn update_once(
     if let Some(step) = &guard.failed_step {
         q.push(" AND failed_step IS NOT DISTINCT FROM ")
             .push_bind(step.clone());
+    }
+    if let Some(code) = &guard.failed_code {
+        q.push(" AND error->>'code' IS NOT DISTINCT FROM ")
+            .push_bind(code.clone());
     }
     if guard.no_call_in_flight {
         q.push(" AND NOT (lease_token IS NOT NULL AND lease_expires_at > now() AND CASE state");

@@ -288,6 +288,34 @@ async fn a_retry_read_before_another_failure_does_not_resume_the_old_step(pool: 
     assert_eq!(row, ("failed".into(), Some("copying_templates".into())));
 }
 
+/// The same at the same step for another reason: a retry planned from `upstream_unavailable`
+/// at `registering` would register again, where an expired code (failed meanwhile) needs a
+/// new one first: the `failed_code` guard refuses it.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_retry_read_before_a_failure_for_another_reason_does_not_apply_its_plan(pool: PgPool) {
+    let app = parked_app(pool).await;
+    let id = app.create("+5511987654324").await;
+    let res = race_for(
+        &app,
+        &id,
+        "UPDATE migrations SET state = 'failed', failed_step = 'registering', \
+         error = '{\"code\": \"upstream_unavailable\", \"message\": \"x\"}' WHERE id = $1::uuid",
+        "retry",
+        json!(null),
+        "UPDATE migrations SET error = '{\"code\": \"otp_expired\", \"message\": \"y\"}', \
+         version = version + 2 WHERE id = $1::uuid",
+    )
+    .await;
+    assert_invalid_state_saying(res, "failed again, at `registering`").await;
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT state, error->>'code' FROM migrations WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(row, ("failed".into(), Some("otp_expired".into())));
+}
+
 /// A cancel read the migration generating its first API key, with no call in flight;
 /// meanwhile it completed and a key rotation began (`generating_api_key` again). Applied to
 /// that fresh row, the stale cancel would cancel the rotation of a migrated number: the
