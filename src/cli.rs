@@ -567,7 +567,7 @@ async fn serve_on(
             dashboard: api
                 .map(|a| crate::core::DashboardConfig {
                     stuck_after: Duration::from_secs(a.dashboard_stuck_minutes.saturating_mul(60)),
-                    secure_cookie: a.dashboard_secure_cookie,
+                    secure_cookie: a.dashboard_secure_cookie(),
                 })
                 .unwrap_or_default(),
             client_page: api.map(|a| a.client_page()).unwrap_or_default(),

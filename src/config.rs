@@ -174,7 +174,7 @@ pub struct ApiArgs {
     #[arg(long, env = "DASHBOARD_STUCK_MINUTES", default_value_t = 30)]
     pub dashboard_stuck_minutes: u64,
     /// Dashboard: mark the session cookie `Secure` (turn on when users reach the service over
-    /// https, e.g. behind a TLS-terminating proxy).
+    /// https, e.g. behind a TLS-terminating proxy; on anyway when PUBLIC_BASE_URL is https).
     #[arg(long, env = "DASHBOARD_SECURE_COOKIE", default_value_t = false)]
     pub dashboard_secure_cookie: bool,
     /// The service's address as end clients reach it (scheme, host, optional port and path
@@ -207,6 +207,13 @@ fn parse_public_base_url(s: &str) -> Result<String, String> {
 
 impl ApiArgs {
     /// The client page's settings: [`Self::public_base_url`], or one made from the bind address.
+    /// Whether the dashboard's session cookie is `Secure`: when asked, or when the service is
+    /// reached over https (`PUBLIC_BASE_URL`), where a cookie sent over plain http would be a
+    /// mistake.
+    pub fn dashboard_secure_cookie(&self) -> bool {
+        self.dashboard_secure_cookie || self.client_page().public_base_url.scheme() == "https"
+    }
+
     pub fn client_page(&self) -> crate::core::ClientPageConfig {
         let base = self
             .public_base_url
@@ -937,6 +944,22 @@ mod tests {
             let err = serve(&[arg]).unwrap_err();
             assert!(err.starts_with(named), "{arg}: {err}");
         }
+    }
+
+    #[test]
+    fn an_https_public_address_makes_the_dashboard_cookie_secure() {
+        let secure = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["waba-migrator", "serve"].iter().chain(args)).expect("parses");
+            match cli.command {
+                Command::Serve(serve) => serve.api.dashboard_secure_cookie(),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        assert!(!secure(&[]));
+        assert!(!secure(&["--public-base-url=http://10.0.0.5:8080"]));
+        assert!(secure(&["--public-base-url=https://migrate.example.com"]));
+        assert!(secure(&["--dashboard-secure-cookie"]));
     }
 
     #[test]

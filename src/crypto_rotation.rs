@@ -159,14 +159,18 @@ impl fmt::Display for Report {
     }
 }
 
-/// The first column of [`ENCRYPTED_COLUMNS`] whose oldest value no key of `cipher` opens, if
-/// any: a service started with the wrong key (say, the old one after a rotation) would
+/// The first column of [`ENCRYPTED_COLUMNS`] whose oldest or newest value no key of `cipher`
+/// opens, if any: a service started with the wrong key (say, the old one after a rotation, or
+/// the new one alone after an interrupted `reencrypt`, which re-seals in id order) would
 /// otherwise run and fail every read of a secret.
 pub async fn first_unopenable(pool: &PgPool, cipher: &Cipher) -> Result<Option<String>, db::Error> {
     for col in ENCRYPTED_COLUMNS {
         let oldest = db::encrypted::batch(pool, col.table, col.column, None, 1).await?;
-        if let Some((id, sealed)) = oldest.first()
-            && cipher.open_reporting_key(sealed, &(col.aad)(*id)).is_err()
+        let newest = db::encrypted::newest(pool, col.table, col.column).await?;
+        if oldest
+            .iter()
+            .chain(newest.iter())
+            .any(|(id, sealed)| cipher.open_reporting_key(sealed, &(col.aad)(*id)).is_err())
         {
             return Ok(Some(col.name()));
         }

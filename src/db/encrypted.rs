@@ -29,6 +29,20 @@ pub async fn batch(
     .await?)
 }
 
+/// The row of `table` with the highest id and a non-null `column`, if any.
+#[tracing::instrument(level = "debug", skip_all, fields(table, column))]
+pub async fn newest(
+    ex: impl PgExecutor<'_>,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<(Uuid, Vec<u8>)>, Error> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1"
+    ))
+    .fetch_optional(ex)
+    .await?)
+}
+
 /// Replaces `column` of row `id` with `new` only if it still holds `old`, so a concurrent write
 /// (a new code, a rotated webhook secret, a cleared value) wins. Returns whether it replaced.
 #[tracing::instrument(level = "debug", skip_all, fields(table, column, id = %id))]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use waba_migrator::crypto::Cipher;
 use waba_migrator::crypto::aad;
 use waba_migrator::crypto_rotation::{
-    ENCRYPTED_COLUMNS, reencrypt, reencrypt_columns, replace_fingerprint_key,
+    ENCRYPTED_COLUMNS, first_unopenable, reencrypt, reencrypt_columns, replace_fingerprint_key,
     with_kept_fingerprint_key,
 };
 use waba_migrator::db;
@@ -298,6 +298,13 @@ async fn reencrypt_reseals_every_listed_column_and_reports_strangers(pool: PgPoo
             plain(&col.name())
         );
     }
+    // The startup check samples each column's oldest and newest value: the newest PIN (under
+    // an unrelated key, as a row a cut-short re-encryption left under the old one would be)
+    // stops a service holding B alone.
+    assert_eq!(
+        first_unopenable(&pool, &only_b).await.unwrap().as_deref(),
+        Some("migrations.pin_enc")
+    );
 
     // Idempotent: nothing left to re-seal, the stranger is still reported.
     let again = reencrypt_columns(&pool, &rotating, ENCRYPTED_COLUMNS, 1)
