@@ -477,12 +477,22 @@ async fn serve(role: Role, run: RunArgs) -> anyhow::Result<()> {
     // The key first: a bad one is reported before anything connects or starts.
     let cipher = encryption_key(&run, run.db.database_url.is_none())?;
     let (pool, embedded) = database(&run.db, run.run_migrations).await?;
-    // A panic on this task (not one in a spawned task, which tokio catches) stops the embedded
-    // PostgreSQL too, then goes on unwinding.
+    // A panic on this task (not one in a spawned task, which tokio catches) stops the service's
+    // background tasks (they hold pool connections), then the embedded PostgreSQL, then goes
+    // on unwinding.
+    let stopping = stop.clone();
     let result = AssertUnwindSafe(serve_on(&pool, cipher, role, run, stop))
         .catch_unwind()
         .await;
-    pool.close().await;
+    if result.is_err() {
+        stopping.cancel();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), pool.close())
+        .await
+        .is_err()
+    {
+        warn!("database connections still in use 10 s after stopping; closing anyway");
+    }
     if let Err(e) = stop_if_started(embedded).await {
         warn!(error = %e, "could not stop the embedded PostgreSQL");
     }

@@ -426,7 +426,27 @@ fn same_business_check(
     }
     let dst = represented_business(&input.destination);
     let src = represented_business(&input.source);
-    if dst.is_none() || (source_ahead && src.is_none()) {
+    let sides: &[Option<&str>] = if source_ahead { &[src, dst] } else { &[dst] };
+    let differs = sides
+        .iter()
+        .any(|side| side.is_some_and(|b| b != meta_business_id));
+    let named = |side: Option<&str>| side.unwrap_or("unknown").to_owned();
+    if differs {
+        let message = if source_ahead {
+            format!(
+                "The source WABA represents business {}, the destination {}, and the request names {meta_business_id}; all three must be the same.",
+                named(src),
+                named(dst)
+            )
+        } else {
+            format!(
+                "The destination WABA represents business {}, not {meta_business_id}.",
+                named(dst)
+            )
+        };
+        return b.code(ID, CheckStatus::Fail, ErrorCode::BusinessMismatch, message);
+    }
+    if sides.iter().any(Option::is_none) {
         return b.push(
             ID,
             CheckStatus::Warn,
@@ -436,41 +456,27 @@ fn same_business_check(
             None,
         );
     }
-    let given = Some(meta_business_id);
-    if !source_ahead {
-        if dst == given {
-            b.pass(
-                ID,
-                "The destination WABA represents the given Meta business.",
-            );
-        } else {
-            b.code(
-                ID,
-                CheckStatus::Fail,
-                ErrorCode::BusinessMismatch,
-                format!(
-                    "The destination WABA represents business {}, not {meta_business_id}.",
-                    dst.unwrap_or_default()
-                ),
-            );
-        }
-    } else if src == given && dst == given {
+    if source_ahead {
         b.pass(
             ID,
             "Source and destination WABAs represent the same business as given.",
         );
     } else {
-        b.code(
+        b.pass(
             ID,
-            CheckStatus::Fail,
-            ErrorCode::BusinessMismatch,
-            format!(
-                "The source WABA represents business {}, the destination {}, and the request names {meta_business_id}; all three must be the same.",
-                src.unwrap_or_default(),
-                dst.unwrap_or_default()
-            ),
+            "The destination WABA represents the given Meta business.",
         );
     }
+}
+
+/// Whether an Embedded Signup is known to be done when the checks are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signup {
+    /// Not known to be done (the OTP flow, or a first precheck).
+    NotKnownDone,
+    /// Done: 360dialog lists the channel (`awaiting_signup`'s second look). The source is not
+    /// judged again, even while Graph does not list the number in its new WABA yet.
+    Done,
 }
 
 /// Evaluates every check. Pure.
@@ -479,6 +485,7 @@ pub fn evaluate(
     phone: &E164,
     meta_business_id: &str,
     input: &PrecheckInput,
+    signup: Signup,
 ) -> PrecheckReport {
     use CheckStatus::*;
     let mut b = Builder(Vec::new());
@@ -489,7 +496,7 @@ pub fn evaluate(
     // Embedded Signup moves the number itself; until it has (the number is not in the
     // destination yet), what it requires of the source is checked as for the OTP flow
     // (MIG-ES: the existing WABA approved, the same business, two-step verification off).
-    let source_ahead = flow == Flow::Otp || in_dst.is_none();
+    let source_ahead = flow == Flow::Otp || (in_dst.is_none() && signup == Signup::NotKnownDone);
 
     match src.business_verification_status.as_deref() {
         _ if let Some(f) = input.unread("waba.business_verification_status") => {
@@ -849,7 +856,7 @@ mod tests {
             "phone_number.is_on_biz_app".into(),
             "phone_number.new_name_status".into(),
         ];
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert!(r.failure().is_none(), "{r:#?}");
         for (id, field) in [
             ("destination_payment_method", "primary_funding_id"),
@@ -866,13 +873,13 @@ mod tests {
         assert_eq!(check(&r, "business_verified").status, CheckStatus::Pass);
         let mut declined = i.clone();
         declined.source_numbers[0].name_status = Some("DECLINED".into());
-        let r = evaluate(Flow::Otp, &phone(), "900", &declined);
+        let r = evaluate(Flow::Otp, &phone(), "900", &declined, Signup::NotKnownDone);
         assert_eq!(
             check(&r, "display_name_approved").code,
             Some(ErrorCode::DisplayNameNotApproved)
         );
         i.unavailable_fields.clear();
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert_eq!(
             check(&r, "destination_payment_method").code,
             Some(ErrorCode::DestinationNoPaymentMethod)
@@ -881,7 +888,7 @@ mod tests {
 
     #[test]
     fn happy_input_passes_with_warnings_only() {
-        let r = evaluate(Flow::Otp, &phone(), "900", &input());
+        let r = evaluate(Flow::Otp, &phone(), "900", &input(), Signup::NotKnownDone);
         assert_eq!(r.status, CheckStatus::Warn, "{r:#?}");
         assert!(r.failure().is_none());
         assert_eq!(check(&r, "two_factor_disabled").status, CheckStatus::Warn);
@@ -925,12 +932,12 @@ mod tests {
             .collect();
         let eligible_check = |i: &PrecheckInput| {
             check(
-                &evaluate(Flow::Otp, &phone(), "900", i),
+                &evaluate(Flow::Otp, &phone(), "900", i, Signup::NotKnownDone),
                 "templates_eligible",
             )
             .clone()
         };
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         let c = check(&r, "templates_eligible");
         assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
         assert_eq!(
@@ -986,10 +993,10 @@ mod tests {
             id: "901".into(),
             name: None,
         });
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert_eq!(r.failure().unwrap().code, Some(ErrorCode::BusinessMismatch));
         // Also when the request names another business.
-        let r = evaluate(Flow::Otp, &phone(), "555", &input());
+        let r = evaluate(Flow::Otp, &phone(), "555", &input(), Signup::NotKnownDone);
         assert_eq!(r.failure().unwrap().code, Some(ErrorCode::BusinessMismatch));
     }
 
@@ -1001,7 +1008,13 @@ mod tests {
             id: "901".into(),
             name: None,
         });
-        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let r = evaluate(
+            Flow::EmbeddedSignup,
+            &phone(),
+            "900",
+            &i,
+            Signup::NotKnownDone,
+        );
         let failed: Vec<_> = r
             .checks
             .iter()
@@ -1021,7 +1034,13 @@ mod tests {
         // channel for the number as given.
         let mut i = input();
         i.source_numbers = vec![number("11", "+55 11 8765-4321")];
-        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let r = evaluate(
+            Flow::EmbeddedSignup,
+            &phone(),
+            "900",
+            &i,
+            Signup::NotKnownDone,
+        );
         let f = r.failure().unwrap();
         assert_eq!(f.code, Some(ErrorCode::BrazilNinthDigitMismatch));
         assert!(f.message.contains("+551187654321"), "{}", f.message);
@@ -1035,11 +1054,32 @@ mod tests {
             name: None,
         });
         i.destination_numbers = vec![number("22", "+5511987654321")];
-        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let r = evaluate(
+            Flow::EmbeddedSignup,
+            &phone(),
+            "900",
+            &i,
+            Signup::NotKnownDone,
+        );
         assert!(r.failure().is_none(), "{r:#?}");
         assert!(r.checks.iter().all(|c| c.id != "source_waba_approved"));
         assert!(r.checks.iter().all(|c| c.id != "two_factor_disabled"));
         assert_eq!(check(&r, "same_business").status, CheckStatus::Pass);
+
+        // Once 360dialog lists the signup's channel, the source is not judged again, even
+        // while Graph does not list the number in its new WABA yet.
+        let mut i = input();
+        i.source.owner_business_info = Some(BusinessInfo {
+            id: "901".into(),
+            name: None,
+        });
+        let r = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i, Signup::Done);
+        assert_eq!(
+            check(&r, "same_business").status,
+            CheckStatus::Pass,
+            "{r:#?}"
+        );
+        assert!(r.checks.iter().all(|c| c.id != "source_waba_approved"));
     }
 
     #[test]
@@ -1057,14 +1097,14 @@ mod tests {
             id: "900".into(),
             name: None,
         });
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert_eq!(check(&r, "same_business").status, CheckStatus::Pass);
         // On behalf of another client: a mismatch naming the represented businesses.
         i.destination.on_behalf_of_business_info = Some(BusinessInfo {
             id: "901".into(),
             name: None,
         });
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         let c = check(&r, "same_business");
         assert_eq!(c.code, Some(ErrorCode::BusinessMismatch));
         assert!(c.message.contains("901"), "{}", c.message);
@@ -1075,16 +1115,28 @@ mod tests {
         let mut i = input();
         i.source_numbers[0].name_status = None;
         i.source.owner_business_info = None;
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert!(r.failure().is_none(), "{r:#?}");
         for id in ["display_name_approved", "same_business"] {
             assert_eq!(check(&r, id).status, CheckStatus::Warn, "{id}");
             assert_eq!(check(&r, id).code, None, "{id}");
         }
+        // One side unknown, the other known to be another business: a mismatch still.
+        let mut i = input();
+        i.source.owner_business_info = None;
+        i.destination = waba("2", "999");
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
+        let c = check(&r, "same_business");
+        assert_eq!(c.code, Some(ErrorCode::BusinessMismatch), "{c:#?}");
+        assert!(
+            c.message.contains("unknown") && c.message.contains("999"),
+            "{}",
+            c.message
+        );
         // Meta's OpenAPI description spells the verification status in upper case.
         let mut i = input();
         i.source.business_verification_status = Some("VERIFIED".into());
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert_eq!(check(&r, "business_verified").status, CheckStatus::Pass);
     }
 
@@ -1092,7 +1144,7 @@ mod tests {
     fn brazil_ninth_digit_names_the_registered_form() {
         let mut i = input();
         i.source_numbers = vec![number("11", "+55 11 8765-4321")];
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         let f = r.failure().unwrap();
         assert_eq!(f.code, Some(ErrorCode::BrazilNinthDigitMismatch));
         assert!(f.message.contains("+551187654321"), "{}", f.message);
@@ -1105,7 +1157,7 @@ mod tests {
         i.source_numbers.clear();
         i.destination.primary_funding_id = None;
         i.destination_apps.clear();
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         let failed: Vec<_> = r
             .checks
             .iter()
@@ -1129,7 +1181,7 @@ mod tests {
         n.code_verification_status = Some("VERIFIED".into());
         n.status = Some("CONNECTED".into());
         i.destination_numbers = vec![n];
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         assert!(r.failure().is_none());
         assert_eq!(
             check(&r, "not_in_destination").code,
@@ -1142,7 +1194,13 @@ mod tests {
     #[test]
     fn a_later_destination_report_replaces_only_the_destination_checks() {
         // The first report: before the signup, the number on the source only.
-        let before = evaluate(Flow::EmbeddedSignup, &phone(), "900", &input());
+        let before = evaluate(
+            Flow::EmbeddedSignup,
+            &phone(),
+            "900",
+            &input(),
+            Signup::NotKnownDone,
+        );
         assert_eq!(before.status, CheckStatus::Warn, "{before:#?}");
         assert_eq!(before.failure(), None);
         // After it: the number moved to a new WABA of another business, without a payment
@@ -1154,7 +1212,13 @@ mod tests {
         moved.name_status = Some("PENDING_REVIEW".into());
         i.destination_numbers = vec![moved];
         i.source_numbers = vec![];
-        let fresh = evaluate(Flow::EmbeddedSignup, &phone(), "900", &i);
+        let fresh = evaluate(
+            Flow::EmbeddedSignup,
+            &phone(),
+            "900",
+            &i,
+            Signup::NotKnownDone,
+        );
         assert_eq!(
             check(&fresh, "display_name_approved").status,
             CheckStatus::Fail
@@ -1187,7 +1251,7 @@ mod tests {
         i.source_numbers[0].name_status = Some("PENDING_REVIEW".into());
         i.source_numbers[0].account_mode = Some("SANDBOX".into());
         i.source_numbers[0].is_on_biz_app = Some(true);
-        let r = evaluate(Flow::Otp, &phone(), "900", &i);
+        let r = evaluate(Flow::Otp, &phone(), "900", &i, Signup::NotKnownDone);
         for (id, code) in [
             ("display_name_approved", ErrorCode::DisplayNameNotApproved),
             ("not_whatsapp_issued", ErrorCode::WhatsappIssuedNumber),
@@ -1334,7 +1398,7 @@ mod gather_tests {
         );
         let phone = E164::parse(PHONE).unwrap();
         let input = gather(&meta, &phone, SOURCE, DEST).await.unwrap();
-        let report = evaluate(Flow::Otp, &phone, BUSINESS, &input);
+        let report = evaluate(Flow::Otp, &phone, BUSINESS, &input, Signup::NotKnownDone);
         let reads: Vec<Request> = server
             .received_requests()
             .await

@@ -435,15 +435,15 @@ mod tests {
         );
         // A secret where the text is cut leaves no part of itself behind.
         let secret = "sk_live_0123456789abcdef";
-        for at in [MAX_MESSAGE_CHARS - 10, 195] {
-            let text = format!("{} {secret} and more", "x".repeat(at));
-            for shown in [
-                message(&text, &[secret]),
-                text_message(StatusCode::BAD_GATEWAY, text.as_bytes(), &[secret]),
-            ] {
-                assert!(!shown.contains(&secret[..6]), "{shown}");
-            }
-        }
+        let cut_inside = |max: usize| format!("{} {secret} and more", "x".repeat(max - 8));
+        let shown = message(&cut_inside(MAX_MESSAGE_CHARS), &[secret]);
+        assert!(!shown.contains("sk_"), "{shown}");
+        let shown = text_message(
+            StatusCode::BAD_GATEWAY,
+            cut_inside(200).as_bytes(),
+            &[secret],
+        );
+        assert!(!shown.contains("sk_"), "{shown}");
     }
 }
 

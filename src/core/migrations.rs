@@ -21,7 +21,7 @@ use crate::db::{self, events::NewEvent, idempotency, migrations as store};
 use crate::domain::commands::{self, Command, CreateOver, Found, Plan, create_over};
 use crate::domain::pacing;
 use crate::domain::values::E164;
-use crate::domain::{EventType, Flow, MigrationState, OtpMethod};
+use crate::domain::{ErrorCode, EventType, Flow, MigrationState, OtpMethod};
 use crate::precheck::{self, PrecheckReport};
 
 /// Where a code or a resend request came from, recorded as `source` in its event's data.
@@ -444,9 +444,15 @@ pub async fn dry_run_precheck(
     )
     .await
     .map_err(|e| {
+        // The code a migration's precheck would fail (or wait) with.
+        let code = match e.upstream() {
+            Some(u) if u.refuses_our_token() || u.cannot_load_object() => ErrorCode::UpstreamAuth,
+            _ if e.is_retryable() => ErrorCode::UpstreamUnavailable,
+            _ => ErrorCode::UpstreamRejected,
+        };
         let mut err = ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "upstream_error",
+            code.as_str(),
             format!("Reading the WhatsApp accounts failed: {e}"),
         );
         if let Some(u) = e.upstream() {
@@ -459,6 +465,7 @@ pub async fn dry_run_precheck(
         v.phone,
         v.meta_business_id,
         &input,
+        precheck::Signup::NotKnownDone,
     ))
 }
 

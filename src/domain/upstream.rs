@@ -113,6 +113,23 @@ impl UpstreamError {
         Some((field, node_type))
     }
 
+    /// Whether Graph refused our token or its permissions (`meta-graph-api.md` §4.2: 0 and 190
+    /// a bad or expired token, 102 a session, 10 and 200–299 a missing permission).
+    pub fn refuses_our_token(&self) -> bool {
+        self.service == Service::Meta
+            && (self.has_code(190)
+                || matches!(self.code, Some(0 | 10 | 102))
+                || self.code.is_some_and(|c| (200..300).contains(&c)))
+    }
+
+    /// Graph's 100/33, "Object with ID … does not exist, cannot be loaded due to missing
+    /// permissions, or does not support this operation": on a read of a WABA, an id that is
+    /// wrong or not shared with the token's system user (on a number's own calls, 33 may mean
+    /// the number was deleted).
+    pub fn cannot_load_object(&self) -> bool {
+        self.service == Service::Meta && self.code == Some(100) && self.subcode == Some(33)
+    }
+
     /// Whether its Graph code is one Meta documents as transient ([`TRANSIENT_GRAPH_CODES`]),
     /// from Meta or passed through by 360dialog's Messaging API. Such an error is retried
     /// whatever its text says (133008's and 133009's titles mention "two step verification").

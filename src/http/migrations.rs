@@ -1035,7 +1035,7 @@ impl JsonBody for PrecheckBody {
     request_body = PrecheckRequest,
     responses(
         (status = 200, description = "The report (its `status` says pass, warn or fail)", body = PrecheckReport),
-        (status = 502, description = "An upstream API failed (`upstream_error`, with `upstream`)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "An upstream API failed, with `upstream` and the code a migration's precheck would have: `upstream_auth` (our token refused, or a WABA it cannot read), `upstream_unavailable` (transient) or `upstream_rejected`", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),

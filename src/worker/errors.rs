@@ -41,13 +41,7 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
     let text = upstream.message.to_ascii_lowercase();
     match upstream.service {
         Service::Meta => {
-            if upstream.has_code(190) || upstream.code == Some(0) || upstream.code == Some(102) {
-                return Some(ErrorCode::UpstreamAuth);
-            }
-            if upstream.code == Some(10) || upstream.code.is_some_and(|c| (200..300).contains(&c)) {
-                return Some(ErrorCode::UpstreamAuth);
-            }
-            if cannot_load_object(upstream, step) {
+            if upstream.refuses_our_token() || cannot_load_object(upstream, step) {
                 return Some(ErrorCode::UpstreamAuth);
             }
             if upstream.has_code(2388012) {
@@ -158,14 +152,10 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
     }
 }
 
-/// Graph's 100/33 ("Object with ID … does not exist, cannot be loaded due to missing
-/// permissions, or does not support this operation") on the precheck's reads: a WABA id that is
-/// wrong, or not shared with the token's system user (a source WABA shared with the old
-/// provider only, commonly). Elsewhere 33 may mean a deleted number.
+/// [`UpstreamError::cannot_load_object`] on the precheck's reads (a source WABA shared with the
+/// old provider only, commonly).
 fn cannot_load_object(upstream: &UpstreamError, step: MigrationState) -> bool {
-    upstream.service == Service::Meta
-        && upstream.code == Some(100)
-        && upstream.subcode == Some(33)
+    upstream.cannot_load_object()
         && matches!(
             step,
             MigrationState::Prechecking | MigrationState::AwaitingSignup

@@ -70,10 +70,6 @@ async fn footprint(app: &TestApp, id: &str) -> (DateTime<Utc>, i64) {
     (updated_at, app.event_count(id, None).await)
 }
 
-/// Created without a channel id, the migration prechecks and waits for the client's signup
-/// (on the client, with a deadline); when the client finishes it (the sandbox's
-/// `complete_signup`), it finds the channel by the number and completes with that channel and
-/// a verified key.
 /// The precheck passed but for its reminder that two-step verification must be off, which the
 /// signup needs as much as the OTP flow does.
 fn only_two_step_verification_warns(m: &Value) {
@@ -88,6 +84,10 @@ fn only_two_step_verification_warns(m: &Value) {
     assert_eq!(not_passed, ["two_factor_disabled"], "{m:#}");
 }
 
+/// Created without a channel id, the migration prechecks and waits for the client's signup
+/// (on the client, with a deadline); when the client finishes it (the sandbox's
+/// `complete_signup`), it finds the channel by the number and completes with that channel and
+/// a verified key.
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn without_a_channel_id_it_waits_for_the_signup_then_completes(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

@@ -160,6 +160,15 @@ async fn a_waba_graph_cannot_load_fails_the_precheck_naming_it(pool: PgPool) {
     );
     // Permanent: the number's listing was not tried again without the filter.
     assert_eq!(app.received(phone, "start_migration"), 0);
+
+    // The dry run answers with the code the migration failed with.
+    let mut body = TestApp::create_body("+14155550734");
+    body["source_waba_id"] = json!(unreadable);
+    let res = app.post("/v1/prechecks", body).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "upstream_auth", "{problem:#}");
+    assert_eq!(problem["upstream"]["subcode"], 33, "{problem:#}");
 }
 
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]

@@ -11,7 +11,7 @@ use crate::clients;
 use crate::db::migrations as store;
 use crate::domain::values::E164;
 use crate::domain::{ErrorCode, Flow, MigrationError, MigrationState, StepOutcome};
-use crate::precheck;
+use crate::precheck::{self, Signup};
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, code_for, outcome};
 
@@ -74,7 +74,7 @@ pub(super) async fn prechecking(deps: &Deps, row: &store::MigrationRow) -> Resul
         seed(waba).await;
     }
     let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
-    let report = match checks(deps, row, &phone, destination).await {
+    let report = match checks(deps, row, &phone, destination, Signup::NotKnownDone).await {
         Ok(r) => r,
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
@@ -124,6 +124,7 @@ pub(super) async fn checks(
     row: &store::MigrationRow,
     phone: &E164,
     destination: &str,
+    signup: precheck::Signup,
 ) -> std::result::Result<precheck::PrecheckReport, clients::Error> {
     let input =
         precheck::gather(deps.meta.as_ref(), phone, &row.source_waba_id, destination).await?;
@@ -132,6 +133,7 @@ pub(super) async fn checks(
         phone,
         &row.meta_business_id,
         &input,
+        signup,
     ))
 }
 

@@ -14,11 +14,12 @@ use super::{
     Result, StepResult, adopt, channel_of, foreign_channel, foreign_waba, partner_credentials,
     signup_waba,
 };
+use crate::clients::UpstreamError;
 use crate::db::migrations as store;
 use crate::domain::memo::MemoKey;
 use crate::domain::values::E164;
 use crate::domain::{ErrorCode, MigrationError, MigrationState, StepOutcome};
-use crate::precheck::PrecheckReport;
+use crate::precheck::{PrecheckReport, Signup};
 use crate::worker::Deps;
 use crate::worker::errors::{StepError, outcome};
 
@@ -69,8 +70,26 @@ pub(super) async fn awaiting_signup(deps: &Deps, row: &store::MigrationRow) -> R
     let destination = new_waba.as_deref().unwrap_or(&row.destination_waba_id);
     let phone = E164::parse(&row.phone_number)
         .map_err(|_| StepError::Corrupt("the stored phone number is not valid E.164"))?;
-    let fresh = match checks(deps, row, &phone, destination).await {
+    let fresh = match checks(deps, row, &phone, destination, Signup::Done).await {
         Ok(r) => r,
+        // A WABA the signup just made that Graph cannot read yet (100/33): 360dialog shares
+        // it after the signup. Waited for like a WABA not set up yet, failing at the deadline.
+        Err(e)
+            if new_waba.is_some()
+                && e.upstream().is_some_and(UpstreamError::cannot_load_object) =>
+        {
+            let mut reason = MigrationError::new(ErrorCode::UpstreamAuth, state)
+                .with_upstream(e.upstream().cloned());
+            reason.message = format!(
+                "The Meta Graph API cannot read WhatsApp Business Account {destination}, which the client's Embedded Signup put the number in (channel {}), yet: 360dialog shares a WABA the signup made after the signup.",
+                channel.id
+            );
+            reason.remediation = "Nothing while it waits; if it fails, check in 360dialog's hub that the channel's WABA is shared with the partner's app (or the system user of META_ACCESS_TOKEN), then retry.".into();
+            return Ok(StepResult::new(StepOutcome::NotYet {
+                after: setup_poll(deps.config.setup_poll),
+                waiting_for: Some(reason),
+            }));
+        }
         Err(e) => return Ok(StepResult::new(outcome(&e, state))),
     };
     let first = row
