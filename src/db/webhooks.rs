@@ -193,6 +193,33 @@ pub async fn record_attempt(
     if updated.rows_affected() == 0 {
         return Ok(false);
     }
+    // The deliveries queued behind this one (its migration's or batch's later events) are not
+    // sent before it. While it waits for a retry, they wait as long: otherwise, due since they
+    // were written, they stay at the front of the due index, and every claim of every replica
+    // steps over all of them (thousands while a partner's endpoint is down). Once it is done,
+    // they are due again (a redelivery may have sent it before its planned retry). Rows another
+    // transaction holds are left as they are. A delivery done at its first attempt never made
+    // any wait: nothing to do (the common case costs no statement).
+    let (when, behind) = match status {
+        "pending" => (r.next_attempt_at, "next_attempt_at < $4"),
+        _ if d.attempts <= 1 => (None, ""),
+        _ => (Some(r.started_at), "next_attempt_at > $4"),
+    };
+    if when.is_some() {
+        sqlx::query(&format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = $4
+          WHERE id IN (SELECT id FROM webhook_deliveries
+                        WHERE (migration_id = $1 OR batch_id = $2)
+                          AND status = 'pending' AND sequence > $3 AND {behind}
+                        FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(d.migration_id)
+        .bind(d.batch_id)
+        .bind(d.sequence)
+        .bind(when)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO webhook_delivery_attempts
              (delivery_id, attempt, url, started_at, status_code, latency_ms, outcome, error,

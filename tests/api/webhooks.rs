@@ -251,6 +251,21 @@ async fn a_consumer_down_for_an_hour_gets_every_event_in_order(pool: PgPool) {
     let step = Duration::from_secs(60);
     for minute in 0..=180 {
         if minute == 60 {
+            // The events behind the first wait as long as it does, off the front of the due
+            // index that every claim walks.
+            let ahead_of_the_first: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_deliveries d
+                  WHERE d.migration_id = $1::uuid AND d.status = 'pending'
+                    AND d.next_attempt_at < (
+                        SELECT h.next_attempt_at FROM webhook_deliveries h
+                         WHERE h.migration_id = $1::uuid AND h.status = 'pending'
+                         ORDER BY h.sequence LIMIT 1)",
+            )
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            assert_eq!(ahead_of_the_first, 0);
             consumer.down.store(false, Ordering::SeqCst);
         }
         app.dispatcher.run_until_idle().await.unwrap();
