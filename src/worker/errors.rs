@@ -47,6 +47,15 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.has_code(2388012) {
                 return Some(ErrorCode::AlreadyInDestination);
             }
+            // 2388091 also comes as "... Please wait 1 hour" after repeated code requests (seen
+            // in third-party code, meta-graph-api.md): a throttle, not an ineligible number.
+            if upstream.has_code(2388091)
+                && ["wait", "hour", "too many"]
+                    .iter()
+                    .any(|w| text.contains(w))
+            {
+                return Some(ErrorCode::OtpRateLimited);
+            }
             if upstream.has_code(2388091) || upstream.has_code(2388093) {
                 return Some(ErrorCode::OtpNotEligible);
             }
@@ -489,6 +498,29 @@ mod tests {
 
     /// Meta's PIN throttles: their titles say "two step verification", yet they are waits,
     /// not two-step verification to turn off.
+    #[test]
+    fn a_code_request_throttled_under_2388091_is_rate_limited_not_ineligible() {
+        let s = MigrationState::RequestingOtp;
+        let throttled = graph(
+            100,
+            Some(2388091),
+            "You have requested a code too many times. Please wait 1 hour before trying again.",
+        );
+        assert_eq!(
+            failed_code(outcome(&throttled, s)),
+            ErrorCode::OtpRateLimited
+        );
+        let ineligible = graph(
+            100,
+            Some(2388091),
+            "Phone number is not eligible to receive the verification code because it is not in the process of being migrated.",
+        );
+        assert_eq!(
+            failed_code(outcome(&ineligible, s)),
+            ErrorCode::OtpNotEligible
+        );
+    }
+
     #[test]
     fn an_object_graph_cannot_load_is_a_permission_problem_only_in_the_precheck() {
         let cannot_load = graph(
