@@ -215,23 +215,32 @@ pub struct Counts {
 }
 
 pub async fn counts(ex: &mut PgConnection, batch_id: Uuid) -> Result<Counts, Error> {
-    let by_state: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state, count(*) FROM migrations WHERE batch_id = $1 GROUP BY state ORDER BY state",
-    )
+    // A migration waiting for a slot (held) counts as `queued`, whatever step it resumes at
+    // (README, "Pacing"); one that completed counts as `completed` during a later rotation of
+    // its key, which does not re-open the batch.
+    let by_state: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT CASE WHEN completed_at IS NOT NULL THEN 'completed'
+                     WHEN state IN {PACED_SQL} AND run_at = {HELD} THEN 'queued'
+                     ELSE state END,
+                count(*)
+           FROM migrations WHERE batch_id = $1 GROUP BY 1 ORDER BY 1"
+    ))
     .bind(batch_id)
     .fetch_all(&mut *ex)
     .await?;
     let by_error: Vec<(String, i64)> = sqlx::query_as(
         "SELECT error->>'code', count(*) FROM migrations
-          WHERE batch_id = $1 AND state = 'failed' AND error->>'code' IS NOT NULL
+          WHERE batch_id = $1 AND state = 'failed' AND completed_at IS NULL
+            AND error->>'code' IS NOT NULL
           GROUP BY 1 ORDER BY 1",
     )
     .bind(batch_id)
     .fetch_all(&mut *ex)
     .await?;
     let last_finished_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT max(updated_at) FROM migrations
-          WHERE batch_id = $1 AND state IN ('completed', 'failed', 'cancelled')",
+        "SELECT max(COALESCE(completed_at, updated_at)) FROM migrations
+          WHERE batch_id = $1
+            AND (state IN ('completed', 'failed', 'cancelled') OR completed_at IS NOT NULL)",
     )
     .bind(batch_id)
     .fetch_one(&mut *ex)
@@ -328,7 +337,10 @@ pub async fn migrations(
         q.push(" AND state = ").push_bind(s.clone());
     }
     if let Some(c) = &f.error_code {
-        q.push(" AND error->>'code' = ").push_bind(c.clone());
+        // Failed ones only, as `counts_by_error_code` counts them (a migration back in
+        // `awaiting_otp` after a wrong code keeps `otp_invalid` in `error`).
+        q.push(" AND state = 'failed' AND error->>'code' = ")
+            .push_bind(c.clone());
     }
     if let Some(id) = f.after_id {
         q.push(" AND id > ").push_bind(id);

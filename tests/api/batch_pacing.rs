@@ -333,6 +333,18 @@ async fn retry_and_resend_wait_for_a_slot(pool: PgPool) {
         (&json!("requesting_otp"), &json!("waiting"))
     );
     assert_eq!(slots(&pool, &batch).await, (0, 2));
+    // The batch counts the two waiting for a slot as queued (README, "Pacing").
+    let view: Value = app
+        .get(&format!("/v1/batches/{batch}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        view["counts_by_state"],
+        json!({ "queued": 2, "awaiting_otp": 1 }),
+        "{view:#}"
+    );
 
     // One slot: the retried one (created first) goes first, the resend waits.
     assert_eq!(app.worker().admit().await.unwrap(), 1);
@@ -369,4 +381,54 @@ async fn cancel_cancels_held_migrations(pool: PgPool) {
         app.event_count(&ids[5], Some("migration.cancelled")).await,
         1
     );
+}
+
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_key_rotation_does_not_make_a_finished_batch_look_active(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), Options::no_worker()).await;
+    let (batch, ids) = create_batch(&app, 1, &["+14155559921".to_owned()]).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.submit_otp(&ids[0], "123456").await;
+    app.worker().run_until_idle().await.unwrap();
+    assert_eq!(app.migration(&ids[0]).await["state"], "completed");
+    let path = format!("/v1/batches/{batch}");
+    let before: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(before["state"], "finished", "{before:#}");
+    // Nothing left to cancel: a cancel answers the batch as it is, still finished.
+    let res = app
+        .post(&format!("/v1/batches/{batch}/cancel"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cancelled: Value = res.json().await.unwrap();
+    assert_eq!(cancelled["state"], "finished", "{cancelled:#}");
+
+    // The rotation starts (no worker runs it here; its request waits for the new key): the
+    // migration is generating a key again.
+    let rotating = {
+        let (url, key) = (
+            app.url(&format!("/v1/migrations/{}/api_key/rotate", ids[0])),
+            app.partner_key.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({}))
+                .send()
+                .await;
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.migration(&ids[0]).await["state"] != "generating_api_key" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(during["state"], "finished", "{during:#}");
+    assert_eq!(during["counts_by_state"], json!({ "completed": 1 }));
+    assert_eq!(during["finished_at"], before["finished_at"]);
+    rotating.abort();
 }

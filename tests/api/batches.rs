@@ -650,6 +650,32 @@ async fn reads_report_retry_failed_and_cancel(pool: PgPool) {
     let page = json_of(res, StatusCode::OK).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
     assert_eq!(page["data"][0]["id"], json!(ids[2]));
+    // A wrong code leaves `otp_invalid` in `error` of a migration that awaits a code again:
+    // not a failed one, as counts_by_error_code agrees.
+    let res = app
+        .get(&format!("/v1/batches/{id}/migrations?state=awaiting_otp"))
+        .await;
+    let waiting = json_of(res, StatusCode::OK).await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.submit_otp(&waiting, "111111").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.migration(&waiting).await;
+        if m["state"] == "awaiting_otp" && m["error"]["code"] == "otp_invalid" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = app
+        .get(&format!(
+            "/v1/batches/{id}/migrations?error_code=otp_invalid"
+        ))
+        .await;
+    let page = json_of(res, StatusCode::OK).await;
+    assert_eq!(page["data"], json!([]), "{page:#}");
     let res = app
         .get(&format!("/v1/batches/{id}/migrations?limit=2"))
         .await;
