@@ -451,10 +451,19 @@ impl<'a> SpreadsheetRows<'a> {
 fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     // Excel's "CSV UTF-8" starts with a byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // Excel saves "CSV" with semicolons where the decimal separator is a comma (Brazil, most of
+    // Europe): a header line with semicolons and no comma is read that way.
+    let header_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let delimiter = if header_line.contains(';') && !header_line.contains(',') {
+        b';'
+    } else {
+        b','
+    };
     // Untrimmed, so that a record's position is where the reader started on it (see `rows`);
     // each record is trimmed after.
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
+        .delimiter(delimiter)
         .from_reader(text.as_bytes());
     let header = reader
         .headers()
@@ -484,12 +493,20 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     let mut objects = Vec::new();
     // The spreadsheet row of each object.
     let mut row_of = Vec::new();
-    for (i, record) in reader.records().enumerate() {
+    for record in reader.records() {
         let row = rows.next(match &record {
             Ok(r) => r.position(),
             Err(e) => e.position(),
         });
-        if i >= MAX_ITEMS {
+        // A row of empty cells (`,,,,`, which spreadsheets write after the data) is no
+        // number, like an empty line.
+        if record
+            .as_ref()
+            .is_ok_and(|r| r.iter().all(|cell| cell.trim().is_empty()))
+        {
+            continue;
+        }
+        if row_of.len() >= MAX_ITEMS {
             return Err(ApiError::validation(vec![csv_error(
                 row,
                 None,
@@ -1113,5 +1130,30 @@ mod tests {
                 assert_eq!(rows, want, "{end:?} {prefix:?} {before}: {:?}", e.errors);
             }
         }
+    }
+
+    /// What Excel writes in a locale whose decimal separator is a comma (Brazil): semicolons,
+    /// and rows of empty cells after the data.
+    #[test]
+    fn csv_with_semicolons_and_rows_of_empty_cells_is_read() {
+        let row = ROW.replace(',', ";");
+        let text = format!(
+            "phone_number;source_waba_id;destination_waba_id;meta_business_id;otp_method\r\n\
+             +5511987650001;{row};sms\r\n;;;;\r\n+5511987650002;{row};fax\r\n;;;;\r\n"
+        );
+        let Err(e) = read_csv(&text, false) else {
+            panic!("accepted")
+        };
+        let got: Vec<(String, Option<u64>)> = e
+            .errors
+            .iter()
+            .map(|e| (e.pointer.clone(), e.row))
+            .collect();
+        // The empty row 3 is skipped but counted: the second number is row 4.
+        assert_eq!(got, [("/rows/4/otp_method".to_owned(), Some(4))]);
+        let ok = read_csv(&text.replace("fax", "voice"), false)
+            .unwrap_or_else(|e| panic!("{:?}", e.errors));
+        assert_eq!(ok.items.len(), 2);
+        assert!(ok.errors.is_empty());
     }
 }
