@@ -576,6 +576,15 @@ pub async fn retry_failed(
     .await?;
     let (mut retried, mut skipped) = (0, 0);
     for m in &failed {
+        // A cancel of the batch meanwhile: retry no more (those retried already are cancelled
+        // by the batch ticker, their events saying they were the batch's retries).
+        if store::get(&state.pool, row.id, None)
+            .await?
+            .cancelled_at
+            .is_some()
+        {
+            break;
+        }
         let retryable = m
             .error
             .clone()
@@ -585,7 +594,7 @@ pub async fn retry_failed(
             skipped += 1;
             continue;
         }
-        match single::retry(state, caller, m.id, source).await {
+        match single::retry_as(state, caller, m.id, source, true).await {
             Ok(_) => retried += 1,
             Err(e) if e.status == StatusCode::CONFLICT => {
                 tracing::info!(migration.id = %m.id, code = e.code, "batch retry: migration not retried");

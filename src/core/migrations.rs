@@ -889,6 +889,19 @@ pub async fn retry(
     id: Uuid,
     source: Source,
 ) -> Result<store::MigrationRow, ApiError> {
+    retry_as(state, caller, id, source, false).await
+}
+
+/// [`retry`]; `of_batch`: one of a batch's `retry_failed`, said in the event's data
+/// (`"batch_retry": true`), so that a cancel of the batch that overtook it still cancels it
+/// (`db::batches::unfinished_of_cancelled`).
+pub async fn retry_as(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+    source: Source,
+    of_batch: bool,
+) -> Result<store::MigrationRow, ApiError> {
     let row = fetch(state, caller, id).await?;
     let failed_step = row
         .failed_step
@@ -916,7 +929,10 @@ pub async fn retry(
     // old plan.
     guard.failed_step = Some(row.failed_step.clone());
     guard.failed_code = Some(read_code.clone());
-    let data = json!({ "retry_of": failed_step, "source": source.as_str() });
+    let mut data = json!({ "retry_of": failed_step, "source": source.as_str() });
+    if of_batch {
+        data["batch_retry"] = json!(true);
+    }
     match apply_plan(state, caller, &row, command, &plan, patch, guard, data).await {
         Err(e) if e.code == "invalid_state" => {
             let fresh = fetch(state, caller, id).await?;

@@ -292,8 +292,9 @@ pub async fn set_cancelled(ex: impl PgExecutor<'_>, id: Uuid) -> Result<(), Erro
 
 /// The migrations a batch cancel left (`crate::core::batches::finish_cancels`), as
 /// `(partner_id, migration_id)`, at most `limit`: of a cancelled, unfinished batch, not
-/// terminal, never completed (not rotating a key), and not retried since the batch was
-/// cancelled (no `retry_of` event after its `cancelled_at`).
+/// terminal, never completed (not rotating a key), and not retried on its own since the batch
+/// was cancelled (no `retry_of` event after its `cancelled_at` but those of the batch's own
+/// `retry_failed`, which the cancel overtook).
 pub async fn unfinished_of_cancelled(
     ex: impl PgExecutor<'_>,
     limit: i64,
@@ -304,7 +305,7 @@ pub async fn unfinished_of_cancelled(
             AND m.state NOT IN ('completed', 'failed', 'cancelled') AND m.completed_at IS NULL
             AND NOT EXISTS (SELECT 1 FROM migration_events e
                              WHERE e.migration_id = m.id AND e.created_at >= b.cancelled_at
-                               AND e.data ? 'retry_of')
+                               AND e.data ? 'retry_of' AND NOT e.data ? 'batch_retry')
           ORDER BY m.id LIMIT $1",
     )
     .bind(limit)

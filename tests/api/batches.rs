@@ -884,3 +884,63 @@ async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
         .await;
     assert_problem(res, StatusCode::CONFLICT, "invalid_state").await;
 }
+
+/// A `retry_failed` the batch's cancel overtook (it read the batch before the cancel, and
+/// retried a migration after the cancel had listed the batch's members): the batch ticker
+/// cancels that migration too, its retry event saying it was the batch's.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_batch_retry_overtaken_by_the_batch_cancel_is_cancelled_too(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        Options {
+            background_batch_ticker: false,
+            ..Options::no_worker()
+        },
+    )
+    .await;
+    let res = app
+        .post(
+            "/v1/batches",
+            json!({
+                "name": "Overtaken",
+                "migrations": [TestApp::create_body("+14155551311"),
+                               TestApp::create_body("+14155551312")],
+            }),
+        )
+        .await;
+    let created = json_of(res, StatusCode::CREATED).await;
+    let id = created["batch"]["id"].as_str().unwrap().to_owned();
+    let member = batch_item_ids(&created)[0].clone();
+    sqlx::query(
+        r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',
+                  error = '{"code": "upstream_unavailable", "message": "m", "remediation": "r",
+                            "actor": "none", "step": "prechecking", "retryable": true}'
+            WHERE id = $1::uuid"#,
+    )
+    .bind(&member)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The cancel: it cancels the other one, and finds this one failed (terminal).
+    let res = app
+        .post(&format!("/v1/batches/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(json_of(res, StatusCode::OK).await["state"], "cancelled");
+    // Then the overtaken retry_failed's retry of it lands.
+    let partner = uuid::Uuid::parse_str(&app.partner_id).unwrap();
+    waba_migrator::core::migrations::retry_as(
+        &app.state,
+        waba_migrator::core::Caller::Partner(partner),
+        uuid::Uuid::parse_str(&member).unwrap(),
+        waba_migrator::core::migrations::Source::Api,
+        true,
+    )
+    .await
+    .unwrap();
+    let retry = app.event_into(&member, "prechecking").await;
+    assert_eq!(retry["data"]["batch_retry"], true, "{retry:#}");
+
+    let ticked = app.batch_ticker.run_once().await.unwrap();
+    assert_eq!(ticked.cancelled, 1, "{ticked:?}");
+    assert_eq!(app.migration(&member).await["state"], "cancelled");
+}
