@@ -326,7 +326,7 @@ async fn support_uploads_a_batch_watches_its_progress_reads_the_report_and_cance
     let report = res.text().await.unwrap();
     assert_eq!(
         report.lines().next().unwrap(),
-        "reference,phone_number,migration_id,state,error_code,actor,remediation,\
+        "\u{feff}reference,phone_number,migration_id,state,error_code,actor,remediation,\
          templates_migrated,templates_failed,templates_skipped,api_key_ready"
     );
     assert_eq!(report.lines().count(), 4, "{report}");

@@ -798,8 +798,8 @@ fn report_row(row: &crate::db::migrations::MigrationRow) -> Vec<String> {
 }
 
 /// A batch's report (`GET /v1/batches/{id}/report.csv`, and the dashboard's download): the
-/// batch as `caller` may see it (else 404) and the CSV, a header row of [`REPORT_COLUMNS`]
-/// and one row per migration in the order sent.
+/// batch as `caller` may see it (else 404) and the CSV (UTF-8 with a byte order mark), a
+/// header row of [`REPORT_COLUMNS`] and one row per migration in the order sent.
 pub async fn report(
     state: &AppState,
     caller: Caller,
@@ -807,7 +807,9 @@ pub async fn report(
 ) -> Result<(store::BatchRow, Vec<u8>), ApiError> {
     let batch = fetch(state, caller, id).await?;
     let rows = store::migrations(&state.pool, batch.id, &store::MigrationFilter::default()).await?;
-    let mut w = csv::Writer::from_writer(Vec::new());
+    // A byte order mark first: Excel reads a CSV without one in the machine's legacy code page
+    // (a reference "São Paulo" would show as "SÃ£o Paulo"); CSV readers skip it.
+    let mut w = csv::Writer::from_writer("\u{feff}".as_bytes().to_vec());
     let write = |w: &mut csv::Writer<Vec<u8>>, r: &[String]| {
         w.write_record(r)
             .map_err(|e| ApiError::internal(anyhow::Error::from(e)))

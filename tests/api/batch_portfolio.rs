@@ -214,6 +214,8 @@ async fn a_300_number_batch_is_paced_counted_reported_and_retried(pool: PgPool) 
     let res = app.get(&format!("/v1/batches/{batch}/report.csv")).await;
     assert_eq!(res.status(), StatusCode::OK);
     let text = res.text().await.unwrap();
+    // UTF-8 with a byte order mark, for Excel.
+    let text = text.strip_prefix('\u{feff}').expect("a byte order mark");
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), TOTAL);

@@ -859,7 +859,7 @@ async fn batch_pages_render_for_the_owner_and_are_not_found_for_another_partner(
         .unwrap();
     assert_eq!(mine, api);
     assert!(
-        mine.starts_with("reference,phone_number,migration_id,state,"),
+        mine.starts_with("\u{feff}reference,phone_number,migration_id,state,"),
         "{mine}"
     );
 
