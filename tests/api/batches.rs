@@ -164,27 +164,13 @@ async fn batches_taking_the_same_numbers_in_another_order_do_not_deadlock(pool: 
         })
     };
     // Until the batch waits on x.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        if batch.is_finished() || Instant::now() > deadline {
-            let res = batch.await.unwrap();
-            panic!(
-                "the batch never waited: {} {}",
-                res.status(),
-                res.text().await.unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !app.until_a_lock_is_waited_for(|| batch.is_finished()).await {
+        let res = batch.await.unwrap();
+        panic!(
+            "the batch never waited: {} {}",
+            res.status(),
+            res.text().await.unwrap()
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query(renumber)
@@ -818,6 +804,20 @@ async fn another_partners_batch_is_not_found(pool: PgPool) {
     assert_eq!(batch_of(&app, &id).await["state"], "active");
 }
 
+/// Marks a migration failed at `prechecking` with a retryable error.
+async fn fail_retryably(app: &TestApp, id: &str) {
+    sqlx::query(
+        r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',
+                  error = '{"code": "upstream_unavailable", "message": "m", "remediation": "r",
+                            "actor": "none", "step": "prechecking", "retryable": true}'
+            WHERE id = $1::uuid"#,
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
 /// A batch cancel writes the batch's `cancelled_at` first; if the request is cut short (a
 /// restart, an error) the migrations it did not reach would run on, and those that never
 /// started (held for a slot, which admission no longer releases) stay active forever: the
@@ -848,16 +848,7 @@ async fn a_batch_cancel_cut_short_is_finished_in_the_background(pool: PgPool) {
     let id = created["batch"]["id"].as_str().unwrap().to_owned();
     let ids = batch_item_ids(&created);
     // The last one failed (retryable) before the cancel.
-    sqlx::query(
-        r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',
-                  error = '{"code": "upstream_unavailable", "message": "m", "remediation": "r",
-                            "actor": "none", "step": "prechecking", "retryable": true}'
-            WHERE id = $1::uuid"#,
-    )
-    .bind(&ids[4])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_retryably(&app, &ids[4]).await;
     // The cancel's first write, and nothing after it.
     sqlx::query("UPDATE batches SET cancelled_at = now() WHERE id = $1::uuid")
         .bind(&id)
@@ -913,16 +904,7 @@ async fn a_batch_retry_overtaken_by_the_batch_cancel_is_cancelled_too(pool: PgPo
     let created = json_of(res, StatusCode::CREATED).await;
     let id = created["batch"]["id"].as_str().unwrap().to_owned();
     let member = batch_item_ids(&created)[0].clone();
-    sqlx::query(
-        r#"UPDATE migrations SET state = 'failed', failed_step = 'prechecking',
-                  error = '{"code": "upstream_unavailable", "message": "m", "remediation": "r",
-                            "actor": "none", "step": "prechecking", "retryable": true}'
-            WHERE id = $1::uuid"#,
-    )
-    .bind(&member)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_retryably(&app, &member).await;
     // The cancel: it cancels the other one, and finds this one failed (terminal).
     let res = app
         .post(&format!("/v1/batches/{id}/cancel"), json!({}))

@@ -287,24 +287,11 @@ async fn a_first_opening_during_a_rotation_waits_for_it_instead_of_deadlocking(p
         .unwrap();
     let opening = tokio::spawn(async move { open(&url).await.0 });
     // Until the opening waits on a lock.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the opening never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        app.until_a_lock_is_waited_for(|| opening.is_finished())
+            .await,
+        "the opening never waited"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query(
         "UPDATE client_pages SET generation = generation + 1, opened_at = NULL

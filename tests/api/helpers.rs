@@ -468,6 +468,26 @@ impl TestApp {
 
     /// The whole audit trail, oldest first (every page).
     /// Stored audit events of the migration (of type `kind`, when given).
+    /// Waits until some session of this test's database waits on a lock (another request
+    /// blocked behind a transaction the test holds); false after 10 s or once `gave_up` says so.
+    pub async fn until_a_lock_is_waited_for(&self, gave_up: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && !gave_up() {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     pub async fn event_count(&self, id: &str, kind: Option<&str>) -> i64 {
         sqlx::query_scalar(
             "SELECT count(*) FROM migration_events
