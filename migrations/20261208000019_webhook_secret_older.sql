@@ -2,10 +2,6 @@
 -- until its own end: a consumer that never saw the first rotation's answer (lost, and the call
 -- retried) still verifies. Sealed like webhook_secret_enc (same associated data: rotation
 -- moves the ciphertexts between the columns in SQL).
--- Adding nullable columns is instant, but needs a moment of ACCESS EXCLUSIVE on partners: wait
--- at most 5 s for it (behind a long transaction, the migration fails and can be run again)
--- rather than queue every API key lookup behind it.
-SET LOCAL lock_timeout = '5s';
 ALTER TABLE partners
     ADD COLUMN webhook_secret_older_enc        bytea,
     ADD COLUMN webhook_secret_older_expires_at timestamptz;

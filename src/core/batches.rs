@@ -446,7 +446,7 @@ pub async fn get(state: &AppState, caller: Caller, id: Uuid) -> Result<Batch, Ap
 }
 
 /// Cancels every migration of the batch that has not finished, each through the single
-/// cancel command (`POST /v1/batches/{id}/cancel`); a finished batch is answered as it is. A migration that finished meanwhile, or
+/// cancel command (`POST /v1/batches/{id}/cancel`). A migration that finished meanwhile, or
 /// is rotating its key, is left as it is. The batch's `cancelled_at` is written first, and
 /// [`finish_cancels`] (the batch ticker) cancels within seconds what this request did not:
 /// a migration whose worker is registering it or generating its key right now (409
@@ -459,12 +459,6 @@ pub async fn cancel(
     source: single::Source,
 ) -> Result<Batch, ApiError> {
     let row = fetch(state, caller, id).await?;
-    // A finished batch (its batch.completed said `finished`) has nothing to cancel: it stays
-    // finished, and its failed migrations can still be retried.
-    let before = view(state, row.clone()).await?;
-    if before.state == BatchState::Finished {
-        return Ok(before);
-    }
     store::set_cancelled(&state.pool, row.id).await?;
     let open = store::migrations(&state.pool, row.id, &store::MigrationFilter::default()).await?;
     for m in open.iter().filter(|m| !m.state().is_terminal()) {

@@ -216,12 +216,9 @@ pub struct Counts {
 
 pub async fn counts(ex: &mut PgConnection, batch_id: Uuid) -> Result<Counts, Error> {
     // A migration waiting for a slot (held) counts as `queued`, whatever step it resumes at
-    // (README, "Pacing"); one that completed counts as `completed` during a later rotation of
-    // its key, which does not re-open the batch.
+    // (README, "Pacing").
     let by_state: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT CASE WHEN completed_at IS NOT NULL THEN 'completed'
-                     WHEN state IN {PACED_SQL} AND run_at = {HELD} THEN 'queued'
-                     ELSE state END,
+        "SELECT CASE WHEN state IN {PACED_SQL} AND run_at = {HELD} THEN 'queued' ELSE state END,
                 count(*)
            FROM migrations WHERE batch_id = $1 GROUP BY 1 ORDER BY 1"
     ))
@@ -230,17 +227,15 @@ pub async fn counts(ex: &mut PgConnection, batch_id: Uuid) -> Result<Counts, Err
     .await?;
     let by_error: Vec<(String, i64)> = sqlx::query_as(
         "SELECT error->>'code', count(*) FROM migrations
-          WHERE batch_id = $1 AND state = 'failed' AND completed_at IS NULL
-            AND error->>'code' IS NOT NULL
+          WHERE batch_id = $1 AND state = 'failed' AND error->>'code' IS NOT NULL
           GROUP BY 1 ORDER BY 1",
     )
     .bind(batch_id)
     .fetch_all(&mut *ex)
     .await?;
     let last_finished_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT max(COALESCE(completed_at, updated_at)) FROM migrations
-          WHERE batch_id = $1
-            AND (state IN ('completed', 'failed', 'cancelled') OR completed_at IS NOT NULL)",
+        "SELECT max(updated_at) FROM migrations
+          WHERE batch_id = $1 AND state IN ('completed', 'failed', 'cancelled')",
     )
     .bind(batch_id)
     .fetch_one(&mut *ex)

@@ -211,7 +211,7 @@ pub async fn record_attempt(
           WHERE id IN (SELECT id FROM webhook_deliveries
                         WHERE (migration_id = $1 OR batch_id = $2)
                           AND status = 'pending' AND sequence > $3 AND {behind}
-                        FOR UPDATE SKIP LOCKED)"
+                        FOR NO KEY UPDATE SKIP LOCKED)"
         ))
         .bind(d.migration_id)
         .bind(d.batch_id)

@@ -453,7 +453,10 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Excel saves "CSV" with semicolons where the decimal separator is a comma (Brazil, most of
     // Europe): a header line with semicolons and no comma is read that way.
-    let header_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let header_line = text
+        .split(['\r', '\n'])
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let delimiter = if header_line.contains(';') && !header_line.contains(',') {
         b';'
     } else {
@@ -643,7 +646,7 @@ pub struct CsvParams {
 /// max_in_flight, callback_url}`) or as `text/csv` (a header row of the create body's field
 /// names and `reference`, one number per row; `name`, `max_in_flight` and `callback_url` as
 /// query parameters; an empty cell is an absent field; `metadata` is a JSON object in its
-/// cell). Every item is checked first, by the rules of `POST /v1/migrations`, and each number
+/// cell; Excel's semicolon-separated files and rows of empty cells are read). Every item is checked first, by the rules of `POST /v1/migrations`, and each number
 /// may appear once: any problem answers 422 `validation_failed` with one `errors[]` entry per
 /// problem (JSON: pointer `/migrations/17/phone_number`; CSV: pointer
 /// `/rows/4321/phone_number` with `row` (as a spreadsheet numbers it, the header is row 1) and

@@ -50,7 +50,7 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             // 2388091 also comes as "... Please wait 1 hour" after repeated code requests (seen
             // in third-party code, meta-graph-api.md): a throttle, not an ineligible number.
             if upstream.has_code(2388091)
-                && ["wait", "hour", "too many"]
+                && ["please wait", "wait 1 hour", "wait an hour", "too many"]
                     .iter()
                     .any(|w| text.contains(w))
             {

@@ -330,6 +330,37 @@ async fn a_consumer_down_for_an_hour_gets_every_event_in_order(pool: PgPool) {
     }
 }
 
+/// The events behind a failing delivery wait for its retry; when it is redelivered (and
+/// succeeds) before that time, they are due at once, not at the retry time they waited for.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn the_events_behind_a_redelivered_webhook_follow_it_at_once(pool: PgPool) {
+    let (app, _clock) = spawn_with_manual_clock(pool, Options::default()).await;
+    let consumer = Consumer::start().await;
+    consumer.down.store(true, Ordering::SeqCst);
+    let id = create_with_callback(&app, "+14155550506", &consumer.url).await;
+    app.complete(&id).await;
+    let expected = transitions(&app, &id).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    assert!(consumer.accepted().is_empty());
+
+    // Back up; the first event is sent again by hand, before its retry time (the clock
+    // stands still).
+    consumer.down.store(false, Ordering::SeqCst);
+    let first = deliveries(&app, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.redeliver(&first).await;
+    app.dispatcher.run_until_idle().await.unwrap();
+    let sequences: Vec<i64> = consumer
+        .accepted()
+        .iter()
+        .map(|r| r.json()["sequence"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = expected.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, want, "every event, in order, without waiting");
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn attempts_stop_after_the_schedule_and_redelivery_starts_over(pool: PgPool) {
     let (app, clock) = spawn_with_manual_clock(
