@@ -448,24 +448,51 @@ impl<'a> SpreadsheetRows<'a> {
     }
 }
 
+/// `text` after a first line `sep=<c>` (a one-byte ASCII separator), and that separator; else
+/// `text` as it is.
+fn separator_line(text: &str) -> (&str, Option<u8>) {
+    let end = text.find(['\r', '\n']).unwrap_or(text.len());
+    let named = text[..end]
+        .trim()
+        .strip_prefix("sep=")
+        .filter(|c| c.len() == 1 && c.is_ascii())
+        .map(|c| c.as_bytes()[0]);
+    match named {
+        Some(sep) => {
+            let rest = &text[end..];
+            let rest = rest
+                .strip_prefix("\r\n")
+                .or_else(|| rest.strip_prefix('\n'))
+                .or_else(|| rest.strip_prefix('\r'))
+                .unwrap_or(rest);
+            (rest, Some(sep))
+        }
+        None => (text, None),
+    }
+}
+
 fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
     // Excel's "CSV UTF-8" starts with a byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // Excel saves "CSV" with semicolons where the decimal separator is a comma (Brazil, most of
-    // Europe): a header line with semicolons and no comma is read that way.
+    // A first line `sep=;` names the separator (Excel honours it and does not show it as a
+    // row); else Excel's "CSV" with semicolons, where the decimal separator is a comma (Brazil,
+    // most of Europe), is told by a header line with semicolons and no comma.
+    let (text, named) = separator_line(text);
     let header_line = text
         .split(['\r', '\n'])
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
-    let delimiter = if header_line.contains(';') && !header_line.contains(',') {
+    let delimiter = named.unwrap_or(if header_line.contains(';') && !header_line.contains(',') {
         b';'
     } else {
         b','
-    };
+    });
     // Untrimmed, so that a record's position is where the reader started on it (see `rows`);
-    // each record is trimmed after.
+    // each record is trimmed after. Flexible, so that a row of empty cells wider or narrower
+    // than the header is skipped like the others; a row of another width with something in it
+    // is reported below.
     let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
+        .flexible(true)
         .delimiter(delimiter)
         .from_reader(text.as_bytes());
     let header = reader
@@ -518,6 +545,19 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
         }
         row_of.push(row);
         let record = match record {
+            Ok(r) if r.len() != headers.len() => {
+                problems.push(csv_error(
+                    row,
+                    None,
+                    format!(
+                        "not a CSV row: {} cells, where the header has {}",
+                        r.len(),
+                        headers.len()
+                    ),
+                ));
+                objects.push((Err(FieldError::default()), None));
+                continue;
+            }
             Ok(mut r) => {
                 r.trim();
                 r
@@ -1158,5 +1198,29 @@ mod tests {
             .unwrap_or_else(|e| panic!("{:?}", e.errors));
         assert_eq!(ok.items.len(), 2);
         assert!(ok.errors.is_empty());
+
+        // A first line naming the separator (not a row), and rows of empty cells wider or
+        // narrower than the header.
+        let text = format!(
+            "sep=;\r\nphone_number;source_waba_id;destination_waba_id;meta_business_id\r\n\
+             +5511987650001;{row}\r\n;;;;;;\r\n;;\r\n+5511987650002;{row};extra\r\n"
+        );
+        let Err(e) = read_csv(&text, false) else {
+            panic!("accepted")
+        };
+        let got: Vec<(String, Option<u64>)> = e
+            .errors
+            .iter()
+            .map(|e| (e.pointer.clone(), e.row))
+            .collect();
+        assert_eq!(got, [("/rows/5".to_owned(), Some(5))], "{:?}", e.errors);
+        assert!(
+            e.errors[0]
+                .message
+                .contains("5 cells, where the header has 4")
+        );
+        let ok = read_csv(&text.replace(";extra", ""), false)
+            .unwrap_or_else(|e| panic!("{:?}", e.errors));
+        assert_eq!(ok.items.len(), 2);
     }
 }
