@@ -882,6 +882,11 @@ fn call_in_flight(row: &store::MigrationRow, left: chrono::Duration) -> ApiError
     .with_extra(json!({ "state": row.state }))
 }
 
+/// The stored `error.code` of a migration, if any.
+fn error_code(row: &store::MigrationRow) -> Option<&str> {
+    row.error.as_ref()?.get("code")?.as_str()
+}
+
 /// Resumes a failed migration from its failed step (`POST …/retry`, the dashboard's "retry").
 pub async fn retry(
     state: &AppState,
@@ -908,12 +913,7 @@ pub async fn retry_as(
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MigrationState::Prechecking);
-    let read_code = row
-        .error
-        .as_ref()
-        .and_then(|e| e.get("code"))
-        .and_then(|c| c.as_str())
-        .map(str::to_owned);
+    let read_code = error_code(&row).map(str::to_owned);
     let failed_code = read_code
         .as_deref()
         .and_then(|c| serde_json::from_value(json!(c)).ok());
@@ -936,13 +936,9 @@ pub async fn retry_as(
     match apply_plan(state, caller, &row, command, &plan, patch, guard, data).await {
         Err(e) if e.code == "invalid_state" => {
             let fresh = fetch(state, caller, id).await?;
-            let fresh_code = fresh
-                .error
-                .as_ref()
-                .and_then(|e| e.get("code"))
-                .and_then(|c| c.as_str());
             if fresh.state() == MigrationState::Failed
-                && (fresh.failed_step != row.failed_step || fresh_code != read_code.as_deref())
+                && (fresh.failed_step != row.failed_step
+                    || error_code(&fresh) != read_code.as_deref())
             {
                 return Err(ApiError::conflict(
                     "invalid_state",
