@@ -81,8 +81,12 @@ pub enum ItemStatus {
 /// One item of the batch create answer, in the order sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchItem {
-    /// The item's position in `migrations` (0-based; CSV: the data row, 0 for spreadsheet row 2).
+    /// The item's position in `migrations` (0-based; CSV: among the rows with a number).
     pub index: usize,
+    /// A CSV upload: the spreadsheet row the number is on (the header is row 1; empty lines
+    /// count as rows, as a spreadsheet shows them). Absent for JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
     pub reference: Option<String>,
     pub phone_number: String,
     pub status: ItemStatus,

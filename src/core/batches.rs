@@ -34,6 +34,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: i32 = 20;
 /// One checked item of a batch create.
 pub struct NewItem {
     pub reference: Option<String>,
+    /// A CSV upload: the spreadsheet row the number is on (the header is row 1).
+    pub row: Option<u64>,
     pub input: NewMigrationInput,
 }
 
@@ -72,9 +74,27 @@ fn item_error(e: &ApiError) -> Value {
     v
 }
 
+/// 409 `batch_all_rejected`: every number of the batch is busy or already migrated. `items`
+/// lists them as a created batch's answer would (each with its `error`).
+fn all_rejected(items: Vec<BatchItem>) -> ApiError {
+    ApiError::conflict(
+        "batch_all_rejected",
+        format!(
+            "{} busy or already migrated, so no batch was created; `items` says why for each.",
+            if items.len() == 1 {
+                "Its one number is".to_owned()
+            } else {
+                format!("All {} numbers are", items.len())
+            }
+        ),
+    )
+    .with_extra(json!({ "items": items }))
+}
+
 /// Creates a batch and its migrations in one transaction (`POST /v1/batches`). Items whose
 /// number is busy (an active migration) or already migrated (a completed migration holding a
-/// key 360dialog may still accept) are rejected one by one; the rest are created.
+/// key 360dialog may still accept) are rejected one by one; the rest are created. When that
+/// leaves none, nothing is created (409 `batch_all_rejected`).
 pub async fn create(
     state: &AppState,
     caller: Caller,
@@ -207,6 +227,7 @@ pub async fn create(
         if let Some(e) = rejected {
             items.push(BatchItem {
                 index,
+                row: item.row,
                 reference: item.reference,
                 phone_number: phone,
                 status: ItemStatus::Rejected,
@@ -246,6 +267,7 @@ pub async fn create(
         ));
         items.push(BatchItem {
             index,
+            row: item.row,
             reference: item.reference,
             phone_number: phone,
             status: ItemStatus::Created,
@@ -282,6 +304,12 @@ pub async fn create(
             }
         }
         store::set_total(&mut *tx, batch_id, rows.len() as i32).await?;
+    }
+    if rows.is_empty() {
+        // Nothing to move: no batch either (it would report `finished` at once and send
+        // `batch.completed` for nothing). The transaction rolls back, the key with it.
+        drop(tx);
+        return Err(all_rejected(items));
     }
     // The first `max_in_flight` start now (in this transaction, so at commit); the rest wait
     // for a slot (the workers' admission).

@@ -169,6 +169,33 @@ async fn refuse(
     render_list(state, session, "", form, Some(alert), problems, status).await
 }
 
+/// The numbers of a `batch_all_rejected` answer, one problem per row: why each is busy.
+fn busy_rows(e: &ApiError) -> Vec<FieldError> {
+    let items = e
+        .extra
+        .as_ref()
+        .and_then(|x| serde_json::from_value::<Vec<BatchItem>>(x["items"].clone()).ok())
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .map(|i| {
+            let row = i.row.unwrap_or(i.index as u64 + 2);
+            let why = i.error.unwrap_or_default();
+            FieldError {
+                pointer: format!("/rows/{row}/phone_number"),
+                message: format!(
+                    "{}: {} ({})",
+                    i.phone_number,
+                    why["detail"].as_str().unwrap_or("busy"),
+                    why["code"].as_str().unwrap_or("")
+                ),
+                row: Some(row),
+                column: Some("phone_number".into()),
+            }
+        })
+        .collect()
+}
+
 /// `POST /dashboard/batches` (multipart): checks the CSV exactly as `POST /v1/batches` does
 /// (the API's reader) and creates the batch through the same command. Any problem re-renders
 /// the list with one line per problem (row, column, message) and creates nothing; success
@@ -299,15 +326,21 @@ pub async fn upload(
         }
         Err(e) if e.status.is_client_error() => {
             let status = e.status;
-            return refuse(
-                &state,
-                &session,
-                form,
-                e.detail.clone(),
-                e.errors.clone(),
-                status,
-            )
-            .await;
+            let (alert, problems) = if e.code == "batch_all_rejected" {
+                let rows = busy_rows(&e);
+                let alert = format!(
+                    "{} busy or already migrated (below).",
+                    if rows.len() == 1 {
+                        "its one number is".to_owned()
+                    } else {
+                        format!("all {} numbers in it are", rows.len())
+                    }
+                );
+                (alert, rows)
+            } else {
+                (e.detail.clone(), e.errors.clone())
+            };
+            return refuse(&state, &session, form, alert, problems, status).await;
         }
         Err(e) => return Err(e.into()),
     };

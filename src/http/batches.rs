@@ -212,6 +212,7 @@ fn read_items(objects: Vec<RawItem>, allow_private: bool, name: impl Fn(usize) -
         out.sent.push(sent);
         out.items.push(NewItem {
             reference,
+            row: None,
             input: checked.0,
         });
     }
@@ -624,6 +625,10 @@ fn read_csv(text: &str, allow_private: bool) -> Result<Items, ApiError> {
         problems.sort_by_key(|e| e.row);
         return Err(ApiError::validation(problems));
     }
+    // No problem: one item per object, in order.
+    for (item, row) in items.items.iter_mut().zip(&row_of) {
+        item.row = Some(*row as u64);
+    }
     Ok(items)
 }
 
@@ -693,8 +698,10 @@ pub struct CsvParams {
 /// `column`), and nothing is created. Otherwise the batch and all its migrations are created in
 /// one transaction; a number that has an active migration, or a completed one whose API key
 /// 360dialog may still accept, is reported in its item (`status` `rejected` with the `error`
-/// the single create's 409 would give) and the others are created. Honours `Idempotency-Key`
-/// like `POST /v1/migrations` (the CSV text is part of the fingerprint).
+/// the single create's 409 would give) and the others are created; when that leaves none,
+/// nothing is created: 409 `batch_all_rejected` with those `items`. A CSV upload's items say
+/// their spreadsheet `row`. Honours `Idempotency-Key` like `POST /v1/migrations` (the CSV text
+/// is part of the fingerprint).
 #[utoipa::path(
     post, path = "/v1/batches", tag = "batches",
     request_body(content(
@@ -712,6 +719,7 @@ pub struct CsvParams {
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
         (status = 403, description = "The admin key: batches belong to a partner (refused before the body is read)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`batch_all_rejected`: every number is busy or already migrated, so nothing was created; `items` lists them as a created batch's answer would, each with its `error`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor `text/csv`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items or fields (`validation_failed`, nothing created), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),

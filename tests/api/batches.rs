@@ -128,6 +128,76 @@ async fn json_batch_creates_items_and_reports_busy_numbers_per_item(pool: PgPool
     assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
 }
 
+/// A batch none of whose numbers can move is not made: 409 with each number's reason, and
+/// nothing written (not even its `Idempotency-Key`, so the same request works once they are free).
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_batch_whose_every_number_is_busy_is_not_created(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, Options::no_worker()).await;
+    let busy = app.create("+14155551011").await;
+    let other = app.create("+14155551012").await;
+    // An empty line between the numbers: a spreadsheet shows the second on row 4.
+    let csv = format!(
+        "phone_number,source_waba_id,destination_waba_id,meta_business_id,reference\n\
+         +14155551011,{SOURCE_WABA},{DEST_WABA},{BUSINESS},first\n\
+         \n\
+         +14155551012,{SOURCE_WABA},{DEST_WABA},{BUSINESS},second\n"
+    );
+    let res = post_csv(&app, "?name=all-busy", csv.clone(), Some("all-busy-1")).await;
+    let body = assert_problem(res, StatusCode::CONFLICT, "batch_all_rejected").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("All 2 numbers are busy"),
+        "{body:#}"
+    );
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{body:#}");
+    for (item, (row, id, reference)) in items
+        .iter()
+        .zip([(2, &busy, "first"), (4, &other, "second")])
+    {
+        assert_eq!(item["status"], "rejected", "{body:#}");
+        assert_eq!(item["row"], row, "{body:#}");
+        assert_eq!(item["reference"], reference);
+        assert_eq!(item["error"]["code"], "migration_already_active");
+        assert_eq!(item["error"]["migration_id"], id.as_str());
+    }
+    assert_eq!(count(&app, "batches").await, 0);
+    assert_eq!(count(&app, "idempotency_keys").await, 0);
+    assert_eq!(app.count_migrations().await, 2);
+
+    // JSON: the same answer, without rows.
+    let res = app
+        .post(
+            "/v1/batches",
+            json!({ "name": "j", "migrations": [TestApp::create_body("+14155551012")] }),
+        )
+        .await;
+    let body = assert_problem(res, StatusCode::CONFLICT, "batch_all_rejected").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Its one number is busy")
+    );
+    assert!(body["items"][0].get("row").is_none(), "{body:#}");
+    assert_eq!(body["items"][0]["index"], 0);
+
+    // One of them free again: the same request with the same key creates the batch.
+    let res = app
+        .post(&format!("/v1/migrations/{busy}/cancel"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = post_csv(&app, "?name=all-busy", csv, Some("all-busy-1")).await;
+    let body = json_of(res, StatusCode::CREATED).await;
+    assert_eq!(body["batch"]["total"], 1);
+    assert_eq!(body["items"][0]["status"], "created");
+    assert_eq!(body["items"][0]["row"], 2);
+    assert_eq!(body["items"][1]["status"], "rejected");
+    assert_eq!(body["items"][1]["row"], 4);
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn batches_taking_the_same_numbers_in_another_order_do_not_deadlock(pool: PgPool) {
     let app = TestApp::spawn_with(pool, Options::no_worker()).await;

@@ -1028,19 +1028,23 @@ async fn a_csv_upload_is_checked_like_the_api_and_creates_nothing_when_a_row_is_
     assert_eq!(status, StatusCode::OK);
     assert!(shown.contains("Batch created") && shown.contains("+14155550923"));
 
-    // The same numbers again: valid rows, but busy; the batch is created without them and the
-    // page says which and why, once.
+    // The same numbers again: valid rows, but all busy: no batch, and the form says which
+    // rows and why.
     let (status, _, shown) = d.upload(&[("csrf", &csrf)], &good, &[]).await;
-    assert_eq!(status, StatusCode::CREATED, "{shown}");
-    assert!(shown.contains("2 numbers not added") && shown.contains("migration_already_active"));
+    assert_eq!(status, StatusCode::CONFLICT, "{shown}");
     assert!(
-        shown.contains("Batch created with 0 migrations; 2 rows were not added"),
+        shown.contains("all 2 numbers in it are busy or already migrated"),
         "{shown}"
     );
-    assert!(
-        !shown.contains("refreshes itself"),
-        "this page does not: {shown}"
-    );
+    for (row, number) in [(2, "+14155550923"), (3, "+14155550924")] {
+        assert!(
+            shown.contains(&format!("<td class=\"num\">{row}</td>"))
+                && shown.contains(&format!("{number}: ")),
+            "row {row}: {shown}"
+        );
+    }
+    assert!(shown.contains("(migration_already_active)"), "{shown}");
+    assert_eq!(count_rows(&app, "batches").await, 1);
 
     // The admin picks the partner.
     let mut admin = Dash::new(&app);
