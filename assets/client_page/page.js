@@ -5,6 +5,7 @@
 //    {"version": "..."}); when the version differs from `data-version`, load the page again
 //    (`data-page-url`: a GET, also when this page answered a POST). Not while a code is being
 //    typed. A 404 (the link stopped being valid) loads the page too, which then says so.
+//    A finished page (Done) has no `data-status-url`: nothing to poll.
 // 2. Countdowns: an element with `data-available-at="<RFC 3339>"` holds a `.countdown` that
 //    counts down to it ("0:45"), then the element says `data-ready` ("Available now").
 (function () {

@@ -21,7 +21,7 @@ use crate::core::AppState;
 use crate::core::auth::ClientIp;
 use crate::core::client_page::{self as core, NotTaken, Opened, Refused};
 use crate::core::migrations as commands;
-use crate::domain::OtpMethod;
+use crate::domain::{OtpMethod, values};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -100,14 +100,35 @@ fn html(status: StatusCode, markup: maud::Markup) -> Response {
         .into_response()
 }
 
+/// Where the neutral page's language links go.
+enum Home<'a> {
+    /// The URL opened (a GET of the page).
+    Here,
+    /// The link's page: this answers a form sent to `…/otp` or `…/resend`, which a GET
+    /// would not show.
+    Page { token: &'a str },
+}
+
 /// The one answer to a link that gives nothing: 404 (or 429 for an address that keeps
 /// trying), in the browser's language, naming nothing.
-fn refused(r: Refused, query_lang: Option<&str>, headers: &HeaderMap) -> Response {
+fn refused(
+    state: &AppState,
+    r: Refused,
+    query_lang: Option<&str>,
+    headers: &HeaderMap,
+    home: Home<'_>,
+) -> Response {
     let lang = language(query_lang, headers, "en_US");
+    let root = state.client_page.root();
+    let home = match home {
+        Home::Page { token } if core::well_formed(token) => format!("{root}/c/{token}"),
+        _ => String::new(),
+    };
+    let page = || view::link_invalid(lang, root, &home);
     match r {
-        Refused::Invalid => html(StatusCode::NOT_FOUND, view::link_invalid(lang)),
+        Refused::Invalid => html(StatusCode::NOT_FOUND, page()),
         Refused::Throttled(wait) => {
-            let mut res = html(StatusCode::TOO_MANY_REQUESTS, view::link_invalid(lang));
+            let mut res = html(StatusCode::TOO_MANY_REQUESTS, page());
             res.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after(wait.as_secs_f64()));
             res
@@ -141,7 +162,7 @@ fn render(
         }),
         n => n,
     };
-    let model = view::model_from_row(
+    let mut model = view::model_from_row(
         &o.row,
         &o.partner_name,
         o.signup_url.as_deref(),
@@ -151,6 +172,7 @@ fn render(
         notice,
         now,
     );
+    model.root = state.client_page.root().to_owned();
     html(status, view::page(&model))
 }
 
@@ -163,7 +185,7 @@ async fn page(
 ) -> Response {
     let o = match core::open(&state, &token, client).await {
         Ok(o) => o,
-        Err(r) => return refused(r, q.lang.as_deref(), &headers),
+        Err(r) => return refused(&state, r, q.lang.as_deref(), &headers, Home::Here),
     };
     // A link preview (the messenger the link was sent with, an e-mail scanner) fetches the
     // page too: only a browser's navigation, or the page's script (`status`), is the client.
@@ -274,7 +296,9 @@ async fn acting<F: PageForm>(
     let query_lang = q.lang.as_deref();
     let o = match core::open(state, token, client).await {
         Ok(o) => o,
-        Err(r) => return Err(refused(r, query_lang, headers)),
+        Err(r) => {
+            return Err(refused(state, r, query_lang, headers, Home::Page { token }));
+        }
     };
     let lang = language(query_lang, headers, &o.row.otp_language);
     if !o.can_act {
@@ -339,8 +363,13 @@ fn same_origin(headers: &HeaderMap, public: &url::Url) -> bool {
 }
 
 /// Where the page goes after a form was taken (post/redirect/get), in the page's language.
-fn back(token: &str, notice: &str, lang: Lang) -> Response {
-    Redirect::to(&format!("/c/{token}?notice={notice}&lang={}", lang.code())).into_response()
+fn back(state: &AppState, token: &str, notice: &str, lang: Lang) -> Response {
+    let root = state.client_page.root();
+    Redirect::to(&format!(
+        "{root}/c/{token}?notice={notice}&lang={}",
+        lang.code()
+    ))
+    .into_response()
 }
 
 /// The page's answer to a submission that was not taken.
@@ -390,7 +419,13 @@ fn refusal(state: &AppState, o: &Opened, token: &str, lang: Lang, e: ApiError) -
             }
             res
         }
-        "not_found" => refused(Refused::Invalid, None, &HeaderMap::new()),
+        "not_found" => refused(
+            state,
+            Refused::Invalid,
+            Some(lang.code()),
+            &HeaderMap::new(),
+            Home::Page { token },
+        ),
         _ if e.status.is_client_error() => {
             // The migration moved on (a wrong state, the code window closed): show what to
             // do now, from a fresh read.
@@ -419,8 +454,8 @@ async fn submit_code(
         Ok(v) => v,
         Err(res) => return res,
     };
-    let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    // As pasted: `123-456` as WhatsApp's message shows it, spaces anywhere.
+    let Ok(code) = values::parse_verification_code(&form.code) else {
         return render(
             &state,
             &o,
@@ -429,9 +464,9 @@ async fn submit_code(
             Some(Notice::InvalidCode),
             StatusCode::UNPROCESSABLE_ENTITY,
         );
-    }
+    };
     match commands::submit_code_from_page(&state, &o, &code, client).await {
-        Ok(_) => back(&token, "received", lang),
+        Ok(_) => back(&state, &token, "received", lang),
         Err(e) => {
             let o = reread(&state, o).await;
             not_taken(&state, &o, &token, lang, e)
@@ -462,7 +497,7 @@ async fn resend(
         );
     };
     match commands::resend_from_page(&state, &o, method, client).await {
-        Ok(_) => back(&token, &format!("sent_{}", method.as_str()), lang),
+        Ok(_) => back(&state, &token, &format!("sent_{}", method.as_str()), lang),
         Err(e) => {
             let o = reread(&state, o).await;
             not_taken(&state, &o, &token, lang, e)

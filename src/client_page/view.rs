@@ -34,6 +34,10 @@ const COUNTDOWN_MAX_SECS: i64 = 15 * 60;
 #[derive(Debug, Clone)]
 pub struct PageModel {
     pub lang: Lang,
+    /// What every path of the page starts with
+    /// ([`crate::core::client_page::ClientPageConfig::root`]; [`model_from_row`] leaves it
+    /// empty, for the caller to set).
+    pub root: String,
     /// The capability token, for the form actions (`POST /c/{token}/otp`, `…/resend`).
     pub token: String,
     /// The hidden input `csrf` of every form.
@@ -394,6 +398,7 @@ pub fn model_from_row(
         .filter(|w| w.actor == Actor::Client && phase == Phase::Finishing);
     let mut model = PageModel {
         lang,
+        root: String::new(),
         token: token.to_owned(),
         csrf: csrf.to_owned(),
         partner_name: partner_name.to_owned(),
@@ -479,7 +484,7 @@ fn availability(lang: Lang, at: Option<DateTime<Utc>>, now: DateTime<Utc>, id: &
 }
 
 /// `<head>`; `refresh_to`: where a browser without JavaScript goes every few seconds.
-fn head(title: &str, refresh_to: Option<&str>) -> Markup {
+fn head(root: &str, title: &str, refresh_to: Option<&str>) -> Markup {
     html! {
         head {
             meta charset="utf-8";
@@ -488,13 +493,13 @@ fn head(title: &str, refresh_to: Option<&str>) -> Markup {
             meta name="robots" content="noindex, nofollow";
             meta name="color-scheme" content="light dark";
             title { (title) }
-            link rel="stylesheet" href=(CSS_PATH);
+            link rel="stylesheet" href=(format!("{root}{CSS_PATH}"));
             @if let Some(url) = refresh_to {
                 noscript {
                     meta http-equiv="refresh" content=(format!("{NOSCRIPT_REFRESH_SECS}; url={url}"));
                 }
             }
-            script src=(JS_PATH) defer {}
+            script src=(format!("{root}{JS_PATH}")) defer {}
         }
     }
 }
@@ -520,15 +525,18 @@ fn language_switcher(lang: Lang, base: &str) -> Markup {
 /// The client's page.
 pub fn page(m: &PageModel) -> Markup {
     let lang = m.lang;
-    let base = format!("/c/{}", m.token);
+    let base = format!("{}/c/{}", m.root, m.token);
     let page_url = format!("{base}?lang={}", lang.code());
     let title = lang.t("page-title");
     let refresh = m.phase.moves_by_itself().then_some(page_url.as_str());
     html! {
         (DOCTYPE)
         html lang=(lang.code()) {
-            (head(&title, refresh))
-            body data-version=(m.version) data-status-url=(format!("{base}/status"))
+            (head(&m.root, &title, refresh))
+            // Done is the end for the client: no polling, which would find the link gone
+            // once `CLIENT_PAGE_LINGER_SECONDS` passed and load "this link is no longer valid".
+            body data-version=(m.version)
+                data-status-url=[(m.phase != Phase::Done).then(|| format!("{base}/status"))]
                 data-page-url=(page_url) {
                 header.top {
                     p.partner { (m.partner_name) }
@@ -559,8 +567,9 @@ pub fn page(m: &PageModel) -> Markup {
 }
 
 /// The neutral page of an unknown, used, rotated or expired link: nothing about any
-/// migration, partner or number.
-pub fn link_invalid(lang: Lang) -> Markup {
+/// migration, partner or number. `root` as [`PageModel::root`]; `home`: where its language
+/// links go (the link's page, also when this answers a form sent to it; empty: this URL).
+pub fn link_invalid(lang: Lang, root: &str, home: &str) -> Markup {
     let title = lang.t("invalid-title");
     html! {
         (DOCTYPE)
@@ -572,14 +581,14 @@ pub fn link_invalid(lang: Lang) -> Markup {
                 meta name="robots" content="noindex, nofollow";
                 meta name="color-scheme" content="light dark";
                 title { (title) }
-                link rel="stylesheet" href=(CSS_PATH);
+                link rel="stylesheet" href=(format!("{root}{CSS_PATH}"));
             }
             body {
                 main.invalid {
                     h1 { (title) }
                     p { (lang.t("invalid-body")) }
                 }
-                footer { (language_switcher(lang, "")) }
+                footer { (language_switcher(lang, home)) }
             }
         }
     }
@@ -786,7 +795,7 @@ fn progress(m: &PageModel) -> Markup {
 
 fn enter_code(m: &PageModel) -> Markup {
     let lang = m.lang;
-    let base = format!("/c/{}", m.token);
+    let base = format!("{}/c/{}", m.root, m.token);
     let q = format!("?lang={}", lang.code());
     let otp = m.otp.clone().unwrap_or(OtpModel {
         method: OtpMethod::Sms,
@@ -813,7 +822,7 @@ fn enter_code(m: &PageModel) -> Markup {
             label for="code" { (lang.t("code-label")) }
             p.hint #code-hint { (lang.t("code-hint")) }
             input #code name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
-                pattern="[0-9]{6}" maxlength="6" required
+                pattern="[0-9]{3}(-| )?[0-9]{3}" maxlength="7" required
                 aria-describedby="code-hint code-attempts";
             p #code-attempts {
                 (lang.t_args("attempts-left", &[("count", i64::from(otp.attempts_left).into())]))
@@ -867,6 +876,7 @@ mod tests {
         };
         let mut m = PageModel {
             lang,
+            root: String::new(),
             token: "tok_ZZZ".into(),
             csrf: "csrf_YYY".into(),
             partner_name: "Zebra Partners".into(),
@@ -1015,7 +1025,7 @@ mod tests {
             item.state = CheckState::ToDo;
         }
         out.push(page(&m).into_string());
-        out.push(link_invalid(lang).into_string());
+        out.push(link_invalid(lang, "", "").into_string());
         out
     }
 
@@ -1114,7 +1124,7 @@ mod tests {
     #[test]
     fn link_invalid_leaks_nothing() {
         for lang in Lang::ALL {
-            let html = link_invalid(lang).into_string();
+            let html = link_invalid(lang, "", "").into_string();
             let m = model(lang, Phase::EnterCode);
             for secret in [
                 m.token.as_str(),
@@ -1134,9 +1144,42 @@ mod tests {
             assert!(html.contains("href=\"?lang=es\""));
         }
         assert!(
-            link_invalid(Lang::PtBr)
+            link_invalid(Lang::PtBr, "", "")
                 .into_string()
                 .contains("não é mais válido")
+        );
+    }
+
+    /// Behind a proxy that serves the service under a path (`PUBLIC_BASE_URL`
+    /// `https://example.com/migrate`), every path of the page starts with it.
+    #[test]
+    fn every_path_starts_with_the_public_root() {
+        let mut pages = Vec::new();
+        for phase in Phase::ALL {
+            let mut m = model(Lang::En, phase);
+            m.root = "/migrate".into();
+            pages.push(page(&m).into_string());
+        }
+        pages.push(link_invalid(Lang::En, "/migrate", "/migrate/c/tok_ZZZ").into_string());
+        let attr =
+            regex::Regex::new(r#"(?:href|src|action|data-[a-z-]+-url|url)=["']?([^"' >;]+)"#)
+                .unwrap();
+        for html in &pages {
+            let paths: Vec<&str> = attr
+                .captures_iter(html)
+                .map(|c| c.get(1).unwrap().as_str())
+                .filter(|p| p.starts_with('/'))
+                .collect();
+            assert!(paths.len() >= 2, "{html}");
+            for p in paths {
+                assert!(p.starts_with("/migrate/c/"), "{p} in {html}");
+            }
+        }
+        assert!(
+            pages
+                .last()
+                .unwrap()
+                .contains("href=\"/migrate/c/tok_ZZZ?lang=es\"")
         );
     }
 
@@ -1159,8 +1202,8 @@ mod tests {
         for attr in [
             "inputmode=\"numeric\"",
             "autocomplete=\"one-time-code\"",
-            "pattern=\"[0-9]{6}\"",
-            "maxlength=\"6\"",
+            "pattern=\"[0-9]{3}(-| )?[0-9]{3}\"",
+            "maxlength=\"7\"",
             "<label for=\"code\">",
             "action=\"/c/tok_ZZZ/otp?lang=en\"",
             "action=\"/c/tok_ZZZ/resend?lang=en\"",
@@ -1218,6 +1261,14 @@ mod tests {
         );
         let done = page(&model(Lang::En, Phase::Done)).into_string();
         assert_eq!(done.matches("aria-current=\"step\"").count(), 1, "{done}");
+        assert!(
+            !done.contains("data-status-url"),
+            "nothing left to poll: {done}"
+        );
+        assert!(
+            html.contains("data-status-url=\"/c/tok_ZZZ/status\""),
+            "{html}"
+        );
     }
 
     #[test]

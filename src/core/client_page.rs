@@ -70,6 +70,15 @@ pub struct ClientPageConfig {
     pub linger: Duration,
 }
 
+impl ClientPageConfig {
+    /// The path `PUBLIC_BASE_URL` puts before the page's own (`/migrate` of
+    /// `https://example.com/migrate`; empty without one): the page's links, forms and redirects
+    /// start with it, so that they work behind a proxy that serves the service under it.
+    pub fn root(&self) -> &str {
+        self.public_base_url.path().trim_end_matches('/')
+    }
+}
+
 impl Default for ClientPageConfig {
     fn default() -> Self {
         Self {
@@ -166,7 +175,7 @@ fn current_token(cipher: &Cipher, page: &ClientPageRow) -> String {
 }
 
 /// A token can only be what [`tokens`] writes: base64url, 32 characters.
-fn well_formed(token: &str) -> bool {
+pub fn well_formed(token: &str) -> bool {
     token.len() == 32
         && token
             .bytes()

@@ -202,6 +202,18 @@ pub fn parse_six_digits(s: &str) -> Result<String, String> {
     }
 }
 
+/// A verification code as a person copies it: its 6 digits, which WhatsApp's message shows as
+/// `123-456`; spaces and hyphens among them are dropped (Graph's `verify_code` takes the
+/// 6 digits only).
+pub fn parse_verification_code(s: &str) -> Result<String, String> {
+    let digits: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    parse_six_digits(&digits)
+        .map_err(|_| "must be the 6 digits of the code (123456 or 123-456)".into())
+}
+
 /// A Graph `language` of `request_code`: `xx_YY`.
 pub fn parse_language(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
@@ -382,6 +394,12 @@ mod tests {
         assert!(parse_six_digits("123456").is_ok());
         assert!(parse_six_digits("12345").is_err());
         assert!(parse_six_digits("12345a").is_err());
+        for ok in ["123456", "123-456", "123 456", " 12 34 56 "] {
+            assert_eq!(parse_verification_code(ok).unwrap(), "123456", "{ok}");
+        }
+        for bad in ["123-45", "1234-567", "123_456", "12३-456", "123.456", ""] {
+            assert!(parse_verification_code(bad).is_err(), "{bad}");
+        }
         assert!(parse_language("en_US").is_ok());
         assert!(parse_language("en").is_err());
         assert!(parse_language("EN_us").is_err());

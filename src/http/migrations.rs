@@ -386,7 +386,7 @@ impl JsonBody for NewMigrationRequest {
                 ("Location" = String, description = "The migration's URL: `/v1/migrations/{id}`."),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same `Idempotency-Key`."),
             )),
-        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id` when the caller may see it: another partner learns only that the number is busy), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id`): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The number has an active migration (`migration_already_active`, with `migration_id` when the caller may see it: another partner learns only that the number is busy), or a completed migration of the number holds an API key 360dialog still accepts (`number_already_migrated`, with `migration_id` when the caller may see it): migrating it again would revoke that key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The admin key: migrations belong to a partner (refused before the body is read)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
@@ -747,15 +747,16 @@ async fn list_events(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitOtp {
-    /// The 6-digit code the client received.
-    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
+    /// The 6-digit code the client received; as WhatsApp's message shows it (`123-456`, or
+    /// with a space) it is read as its 6 digits.
+    #[schema(example = "123456", pattern = "^[0-9]{3}[ -]?[0-9]{3}$")]
     pub code: String,
 }
 
 impl JsonBody for SubmitOtp {
     fn read(f: &mut Fields) -> Option<Self> {
         let code = f.required::<String>("code")?;
-        let code = f.check("code", values::parse_six_digits(code.trim()))?;
+        let code = f.check("code", values::parse_verification_code(&code))?;
         Some(Self { code })
     }
 }
@@ -771,7 +772,7 @@ impl JsonBody for SubmitOtp {
     responses(
         (status = 202, description = "Accepted for verification", body = Migration),
         (status = 409, description = "Not awaiting a code (`invalid_state`) or the code expired (`otp_expired`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not 6 digits", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not 6 digits (`123456`, `123-456` or `123 456`)", body = Problem, content_type = "application/problem+json"),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -811,7 +812,8 @@ impl JsonBody for ResendOtp {
     responses(
         (status = 202, description = "A new code will be requested", body = Migration),
         (status = 409, description = "Not awaiting a code", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Inside the resend cooldown (`otp_resend_too_soon`); see `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Inside the resend cooldown (`otp_resend_too_soon`), or too many requests with this key (`rate_limited`) or invalid keys from this address (`too_many_auth_failures`); retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),
@@ -835,7 +837,8 @@ async fn resend_otp(
     params(("id" = Uuid, Path, description = "Migration id")),
     responses(
         (status = 200, description = "Cancelled", body = Migration),
-        (status = 409, description = "Already completed, failed or cancelled (`invalid_state`); or a worker is registering the number or generating its API key right now (`call_in_flight`): cancel again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already completed, failed or cancelled (`invalid_state`); or a worker is registering the number or generating its API key right now (`call_in_flight`): cancel again after `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "With `call_in_flight`: seconds until the call in flight has its answer or its time runs out."))),
         (status = "4XX", description = "Client error", body = Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "Server error", body = Problem, content_type = "application/problem+json"),
     ),

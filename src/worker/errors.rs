@@ -143,7 +143,7 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             if upstream.mentions_two_factor() {
                 return Some(ErrorCode::TwoFactorEnabled);
             }
-            None
+            troubleshooting_message(&text)
         }
         Service::D360Partner => match upstream.http_status {
             Some(403) if step == MigrationState::GeneratingApiKey => {
@@ -158,6 +158,22 @@ pub fn code_for(upstream: &UpstreamError, step: MigrationState) -> Option<ErrorC
             Some(401) => Some(ErrorCode::ApiKeyRejected),
             _ => None,
         },
+    }
+}
+
+/// The permanent ones of the 360dialog page's troubleshooting messages, by words no other
+/// answer uses, for when they come without 2388103 (whose branch reads them more loosely).
+/// "Something went wrong … try again after some time" is left to the code and status it
+/// comes with: it names no cause to fail on.
+fn troubleshooting_message(text: &str) -> Option<ErrorCode> {
+    if text.contains("eligible to be added directly") {
+        Some(ErrorCode::AddDirectlyNotMigration)
+    } else if text.contains("register name should be present") {
+        Some(ErrorCode::DisplayNameNotApproved)
+    } else if text.contains("need to represent the same business") {
+        Some(ErrorCode::BusinessMismatch)
+    } else {
+        None
     }
 }
 
@@ -434,6 +450,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The 360dialog page's permanent messages as it words them, under a code other than
+    /// 2388103 (a plain 100, or a subcode Meta has not documented).
+    #[test]
+    fn troubleshooting_messages_are_read_under_any_code() {
+        let s = MigrationState::Initiating;
+        let cases = [
+            (
+                "This phone number is eligible to be added directly, and does not need to be migrated. Please go to the 360Dialog Client Hub and add it as a new number",
+                ErrorCode::AddDirectlyNotMigration,
+            ),
+            (
+                "Register Name should be present and approved",
+                ErrorCode::DisplayNameNotApproved,
+            ),
+            (
+                "The source and destination WhatsApp Business Accounts need to represent the same business. Please use the same Business ID as before when submitting the number for migration.",
+                ErrorCode::BusinessMismatch,
+            ),
+            (
+                "The phone number you are trying to migrate has already been moved to your destination WhatsApp Account. Please log in to the 360Dialog Client Hub to continue.",
+                ErrorCode::AlreadyInDestination,
+            ),
+            (
+                "Two-factor authentication not yet disabled",
+                ErrorCode::TwoFactorEnabled,
+            ),
+        ];
+        for subcode in [None, Some(2388999)] {
+            for (text, code) in cases {
+                assert_eq!(
+                    failed_code(outcome(&graph(100, subcode, text), s)),
+                    code,
+                    "{subcode:?} {text}"
+                );
+            }
+        }
+        // Other texts under 100 stay rejected, "same business" alone included.
+        assert_eq!(
+            failed_code(outcome(
+                &graph(100, None, "(#100) Not the same business as the app"),
+                s
+            )),
+            ErrorCode::UpstreamRejected
+        );
     }
 
     #[test]

@@ -312,6 +312,58 @@ async fn a_first_opening_during_a_rotation_waits_for_it_instead_of_deadlocking(p
     );
 }
 
+/// `PUBLIC_BASE_URL` with a path (a proxy serving the service under `/migrate`, passing on
+/// `/c/…`): the page's forms, assets, redirects and language links go through it. A code
+/// pasted as WhatsApp's message shows it (`123-456`) is taken.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn behind_a_proxy_under_a_path_the_page_links_there(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.client_page.public_base_url = url::Url::parse("http://proxy.invalid/migrate").unwrap();
+    let app = TestApp::spawn_with(pool, opts).await;
+    let id = app.create("+5511987651015").await;
+    app.wait_for(&id, "awaiting_otp").await;
+    let public = link(&app, &id).await;
+    let token = token_of(&public);
+    assert_eq!(public, app.url(&format!("/migrate/c/{token}")));
+    // What the proxy passes on.
+    let url = app.url(&format!("/c/{token}"));
+    let (status, _, html) = open(&url).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for path in [
+        format!("action=\"/migrate/c/{token}/otp?lang="),
+        format!("action=\"/migrate/c/{token}/resend?lang="),
+        format!("data-status-url=\"/migrate/c/{token}/status\""),
+        format!("href=\"/migrate/c/{token}?lang=es\""),
+        "src=\"/migrate/c/assets/page.js\"".to_owned(),
+        "href=\"/migrate/c/assets/page.css\"".to_owned(),
+    ] {
+        assert!(html.contains(&path), "{path}: {html}");
+    }
+    let res = submit_code(&url, "123-456").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("/migrate/c/{token}?notice=received")),
+        "{location}"
+    );
+    app.wait_for(&id, "completed").await;
+
+    // A form sent to a link that is no longer valid: the neutral page's language links go to
+    // the link's page (a GET of `…/otp` would be refused), under the path.
+    let gone = "A".repeat(32);
+    let res = post_form(&app.url(&format!("/c/{gone}/otp")), &[("code", "123456")]).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains(&format!("href=\"/migrate/c/{gone}?lang=es\"")),
+        "{html}"
+    );
+    assert!(
+        html.contains("href=\"/migrate/c/assets/page.css\""),
+        "{html}"
+    );
+}
+
 #[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
 async fn codes_from_the_page_are_recorded_with_their_source(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

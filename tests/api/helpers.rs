@@ -66,7 +66,8 @@ pub struct Options {
     pub cipher: Option<Cipher>,
     /// The support dashboard's settings.
     pub dashboard: DashboardConfig,
-    /// The client page's settings (its `public_base_url` is set to the test server's).
+    /// The client page's settings (its `public_base_url` is set to the test server's, with
+    /// this one's path).
     pub client_page: ClientPageConfig,
     /// Whether a create seeds the sandbox with its number and WABAs (as sandbox mode does);
     /// without it, the sandbox only knows what Graph would find anyway.
@@ -235,7 +236,12 @@ impl TestApp {
             auth: opts.auth.clone(),
             dashboard: opts.dashboard.clone(),
             client_page: ClientPageConfig {
-                public_base_url: Url::parse(&base).unwrap(),
+                // The test server's address, with the path the options name (a proxy's).
+                public_base_url: {
+                    let mut url = Url::parse(&base).unwrap();
+                    url.set_path(opts.client_page.public_base_url.path());
+                    url
+                },
                 ..opts.client_page.clone()
             },
         };

@@ -25,7 +25,17 @@ async fn happy_path_reaches_completed_and_delivers_a_working_key(pool: PgPool) {
     assert!(m["phone_number_id"].is_string());
     assert_eq!(m["precheck"]["status"], "warn", "{m:#}");
 
-    let res = app.submit_otp(&id, "123456").await;
+    // Not the code's digits: refused, nothing taken.
+    for bad in ["12345", "123_456", "1234567"] {
+        assert_problem(
+            app.submit_otp(&id, bad).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    // As WhatsApp's message shows it: the 6 digits are verified.
+    let res = app.submit_otp(&id, "123-456").await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
 
     let m = app.wait_for(&id, "completed").await;
