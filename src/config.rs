@@ -636,10 +636,22 @@ impl ConnectionArgs {
     }
 }
 
+/// Pool connections a running process keeps for itself: one LISTENs for job wake-ups, one for
+/// webhook wake-ups (sqlx's listener holds its pooled connection).
+pub const LISTENING_CONNECTIONS: u32 = 2;
+
 impl RunArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         self.db.validate()?;
+        if self.db.database_max_connections < LISTENING_CONNECTIONS + 2 {
+            // With fewer, the listeners take every connection, or leave one that a single
+            // request or step holds while heartbeats wait for it: nothing moves.
+            return Err(format!(
+                "DATABASE_MAX_CONNECTIONS must be at least {} for `serve` and `worker`: {LISTENING_CONNECTIONS} of them listen for wake-ups",
+                LISTENING_CONNECTIONS + 2
+            ));
+        }
         let (w, h, u) = (&self.worker, &self.webhooks, &self.upstreams);
         if u.meta_access_token.as_ref().is_some_and(|t| {
             use secrecy::ExposeSecret;
@@ -925,6 +937,18 @@ mod tests {
         };
         assert_eq!(serve(&[]), Ok(()));
         assert_eq!(serve(&["--shutdown-drain-seconds=0"]), Ok(()));
+        // The listeners' connections leave too few to work with.
+        let run = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["waba-migrator", "serve"].iter().chain(args)).expect("parses");
+            match cli.command {
+                Command::Serve(serve) => serve.run.validate(),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        let err = run(&["--database-max-connections=3"]).unwrap_err();
+        assert!(err.starts_with("DATABASE_MAX_CONNECTIONS must be at least 4"), "{err}");
+        assert_eq!(run(&["--database-max-connections=4"]), Ok(()));
         for (arg, named) in [
             (
                 "--http-header-read-timeout-seconds=0",
