@@ -947,7 +947,10 @@ mod tests {
             }
         };
         let err = run(&["--database-max-connections=3"]).unwrap_err();
-        assert!(err.starts_with("DATABASE_MAX_CONNECTIONS must be at least 4"), "{err}");
+        assert!(
+            err.starts_with("DATABASE_MAX_CONNECTIONS must be at least 4"),
+            "{err}"
+        );
         assert_eq!(run(&["--database-max-connections=4"]), Ok(()));
         for (arg, named) in [
             (

@@ -73,7 +73,7 @@ attempts-left = { $count ->
     [one] 1 attempt left.
    *[other] { $count } attempts left.
 }
-code-expires = The code can be used until { $time }.
+code-expires = Enter the code before { $time }.
 resend-heading = No code?
 resend-switch = { $method ->
     [voice] Call me instead

@@ -71,7 +71,7 @@ attempts-left = { $count ->
     [one] Le queda 1 intento.
    *[other] Le quedan { $count } intentos.
 }
-code-expires = El código vale hasta las { $time }.
+code-expires = Introduzca el código antes de las { $time }.
 resend-heading = ¿No le llegó el código?
 resend-switch = { $method ->
     [voice] Prefiero una llamada

@@ -71,7 +71,7 @@ attempts-left = { $count ->
     [one] Resta 1 tentativa.
    *[other] Restam { $count } tentativas.
 }
-code-expires = O código vale até { $time }.
+code-expires = Digite o código antes de { $time }.
 resend-heading = Não recebeu o código?
 resend-switch = { $method ->
     [voice] Prefiro receber uma ligação

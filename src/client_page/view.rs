@@ -698,12 +698,26 @@ fn phase_body(m: &PageModel) -> Markup {
         },
         Phase::Failed => {
             let partner = [("partner", Arg::from(&m.partner_name))];
+            // The error names the first thing that failed; a precheck may have found more
+            // for the client to fix (the error being the partner's, say).
+            let said = m.error.as_ref().and_then(|e| checklist_kind_of(&e.code));
+            let also: Vec<&ChecklistItem> = m
+                .checklist
+                .iter()
+                .filter(|i| i.state == CheckState::ToDo && Some(i.kind) != said)
+                .collect();
+            let fix = m.error.as_ref().map(|e| fix_text(m, e));
+            let nothing = lang.t("failed-nothing-for-you");
             html! {
                 h2 #now-title { (lang.t("failed-title")) }
                 h3 { (lang.t("failed-you-heading")) }
-                @match &m.error {
-                    Some(e) => { p { (fix_text(m, e)) } }
-                    None => { p { (lang.t("failed-nothing-for-you")) } }
+                @match fix {
+                    Some(f) if f != nothing => { p { (f) } }
+                    _ if also.is_empty() => { p { (nothing) } }
+                    _ => {}
+                }
+                @if !also.is_empty() {
+                    ul.checklist { @for item in also { (checklist_item(m, item)) } }
                 }
                 h3 { (lang.t("failed-next-heading")) }
                 p { (lang.t_args("failed-partner-will", &partner)) }
@@ -734,28 +748,44 @@ fn fix_text(m: &PageModel, e: &ErrorModel) -> String {
         .t_args(id, &[("partner", Arg::from(&m.partner_name))])
 }
 
+/// The checklist item an error code is about, if any (its fix text says the same).
+fn checklist_kind_of(code: &str) -> Option<ChecklistKind> {
+    match code {
+        "two_factor_enabled" | "pin_mismatch" => Some(ChecklistKind::TwoStepOff),
+        "display_name_not_approved" => Some(ChecklistKind::DisplayNameApproved),
+        "number_on_business_app" => Some(ChecklistKind::NotOnBusinessApp),
+        "business_not_verified" => Some(ChecklistKind::BusinessVerified),
+        _ => None,
+    }
+}
+
 fn checklist(m: &PageModel) -> Markup {
     let lang = m.lang;
     html! {
         h3 { (lang.t("checklist-heading")) }
         ul.checklist {
-            @for item in &m.checklist {
-                @let (title, how) = item.kind.messages();
-                @let (class, symbol, word) = match item.state {
-                    CheckState::Done => ("done", "✓", "check-done"),
-                    CheckState::ToDo => ("todo", "✗", "check-todo"),
-                    CheckState::Unknown => ("unknown", "?", "check-unknown"),
-                };
-                li class=(class) {
-                    p.item {
-                        span.badge { span aria-hidden="true" { (symbol) " " } (lang.t(word)) }
-                        " "
-                        strong { (lang.t(title)) }
-                    }
-                    @if item.state != CheckState::Done {
-                        p.how { (lang.t_args(how, &[("partner", (&m.partner_name).into())])) }
-                    }
-                }
+            @for item in &m.checklist { (checklist_item(m, item)) }
+        }
+    }
+}
+
+fn checklist_item(m: &PageModel, item: &ChecklistItem) -> Markup {
+    let lang = m.lang;
+    let (title, how) = item.kind.messages();
+    let (class, symbol, word) = match item.state {
+        CheckState::Done => ("done", "✓", "check-done"),
+        CheckState::ToDo => ("todo", "✗", "check-todo"),
+        CheckState::Unknown => ("unknown", "?", "check-unknown"),
+    };
+    html! {
+        li class=(class) {
+            p.item {
+                span.badge { span aria-hidden="true" { (symbol) " " } (lang.t(word)) }
+                " "
+                strong { (lang.t(title)) }
+            }
+            @if item.state != CheckState::Done {
+                p.how { (lang.t_args(how, &[("partner", (&m.partner_name).into())])) }
             }
         }
     }
@@ -1150,6 +1180,45 @@ mod tests {
         );
     }
 
+    /// A precheck that failed on the partner's side first (the error) and on the client's too:
+    /// the client's part is on the page, not "nothing to do".
+    #[test]
+    fn a_failed_precheck_lists_what_the_client_must_fix_too() {
+        let mut m = model(Lang::En, Phase::Failed);
+        m.error = Some(ErrorModel {
+            code: "destination_no_payment_method".into(),
+            actor: Actor::Partner,
+        });
+        let html = page(&m).into_string();
+        assert!(!html.contains("You do not need to do anything"), "{html}");
+        let (title, _) = ChecklistKind::DisplayNameApproved.messages();
+        assert!(html.contains(&Lang::En.t(title)), "{html}");
+        // The error says it already: not twice.
+        m.error = Some(ErrorModel {
+            code: "display_name_not_approved".into(),
+            actor: Actor::Client,
+        });
+        let html = page(&m).into_string();
+        assert!(!html.contains(&Lang::En.t(title)), "{html}");
+        assert!(
+            html.contains("Your display name is not approved yet"),
+            "{html}"
+        );
+        // Nothing left to fix: as before.
+        m.checklist
+            .iter_mut()
+            .for_each(|i| i.state = CheckState::Done);
+        m.error = Some(ErrorModel {
+            code: "destination_no_payment_method".into(),
+            actor: Actor::Partner,
+        });
+        assert!(
+            page(&m)
+                .into_string()
+                .contains("You do not need to do anything")
+        );
+    }
+
     /// Behind a proxy that serves the service under a path (`PUBLIC_BASE_URL`
     /// `https://example.com/migrate`), every path of the page starts with it.
     #[test]
@@ -1359,6 +1428,12 @@ mod tests {
             code: "upstream_unavailable".into(),
             actor: Actor::Meta,
         });
+        // (Nothing left on the client's checklist either.)
+        for item in &mut m.checklist {
+            if item.state == CheckState::ToDo {
+                item.state = CheckState::Unknown;
+            }
+        }
         let html = page(&m).into_string();
         assert!(html.contains("You do not need to do anything for now."));
         assert!(!html.contains("upstream"));

@@ -330,7 +330,11 @@ pub async fn migrations(
     ));
     q.push_bind(batch_id);
     if let Some(s) = &f.state {
-        q.push(" AND state = ").push_bind(s.clone());
+        // As `counts` counts them: a migration waiting for a slot is `queued`.
+        q.push(format!(
+            " AND CASE WHEN state IN {PACED_SQL} AND run_at = {HELD} THEN 'queued' ELSE state END = "
+        ))
+        .push_bind(s.clone());
     }
     if let Some(c) = &f.error_code {
         // Failed ones only, as `counts_by_error_code` counts them (a migration back in

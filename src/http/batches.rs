@@ -906,7 +906,8 @@ async fn get_batch(
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BatchMigrationsQuery {
-    /// Only migrations in this state.
+    /// Only migrations in this state, as `counts_by_state` counts them: `queued` includes
+    /// those waiting for a slot, whatever step they resume at.
     pub state: Option<MigrationState>,
     /// Only failed migrations with this `error.code`.
     #[param(example = "otp_invalid", pattern = "^[a-z0-9_]{1,64}$")]

@@ -345,6 +345,33 @@ async fn retry_and_resend_wait_for_a_slot(pool: PgPool) {
         json!({ "queued": 2, "awaiting_otp": 1 }),
         "{view:#}"
     );
+    // And its list filters them as it counts them.
+    let listed = |state: &'static str| {
+        let app = &app;
+        let batch = &batch;
+        async move {
+            let page: Value = app
+                .get(&format!("/v1/batches/{batch}/migrations?state={state}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let mut ids: Vec<String> = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut waiting = vec![ids[0].clone(), ids[2].clone()];
+    waiting.sort();
+    assert_eq!(listed("queued").await, waiting);
+    assert!(listed("requesting_otp").await.is_empty());
+    assert!(listed("initiating").await.is_empty());
+    assert_eq!(listed("awaiting_otp").await, [ids[1].clone()]);
 
     // One slot: the retried one (created first) goes first, the resend waits.
     assert_eq!(app.worker().admit().await.unwrap(), 1);
