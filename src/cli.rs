@@ -469,6 +469,9 @@ async fn serve(role: Role, run: RunArgs) -> anyhow::Result<()> {
     }
     .map_err(anyhow::Error::msg)?;
     run.validate().map_err(anyhow::Error::msg)?;
+    if role.runs_workers() {
+        run.validate_with_workers().map_err(anyhow::Error::msg)?;
+    }
     anyhow::ensure!(
         !run.sandbox_mode() || (role.api().is_some() && role.runs_workers()),
         SANDBOX_SPLIT

@@ -202,6 +202,10 @@ fn parse_public_base_url(s: &str) -> Result<String, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not have a query or a fragment".into());
     }
+    // It is written into every client page link.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a user name or password".into());
+    }
     Ok(url.into())
 }
 
@@ -557,6 +561,9 @@ impl ServeArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         self.api.validate()?;
+        if !self.api.no_workers {
+            self.run.validate_with_workers()?;
+        }
         self.run.validate()
     }
 }
@@ -593,6 +600,7 @@ impl WorkerProcessArgs {
     /// Checks ranges and combinations; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         self.listen.validate()?;
+        self.run.validate_with_workers()?;
         self.run.validate()
     }
 }
@@ -641,17 +649,22 @@ impl ConnectionArgs {
 pub const LISTENING_CONNECTIONS: u32 = 2;
 
 impl RunArgs {
-    /// Checks ranges and combinations; the message names the setting.
-    pub fn validate(&self) -> Result<(), String> {
-        self.db.validate()?;
+    /// A process that runs the workers: its pool must leave connections besides the
+    /// listeners'. With fewer, they take every connection, or leave one that a single request
+    /// or step holds while heartbeats wait for it: nothing moves.
+    pub fn validate_with_workers(&self) -> Result<(), String> {
         if self.db.database_max_connections < LISTENING_CONNECTIONS + 2 {
-            // With fewer, the listeners take every connection, or leave one that a single
-            // request or step holds while heartbeats wait for it: nothing moves.
             return Err(format!(
-                "DATABASE_MAX_CONNECTIONS must be at least {} for `serve` and `worker`: {LISTENING_CONNECTIONS} of them listen for wake-ups",
+                "DATABASE_MAX_CONNECTIONS must be at least {} where the workers run: {LISTENING_CONNECTIONS} of them listen for wake-ups",
                 LISTENING_CONNECTIONS + 2
             ));
         }
+        Ok(())
+    }
+
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.db.validate()?;
         let (w, h, u) = (&self.worker, &self.webhooks, &self.upstreams);
         if u.meta_access_token.as_ref().is_some_and(|t| {
             use secrecy::ExposeSecret;
@@ -938,20 +951,28 @@ mod tests {
         assert_eq!(serve(&[]), Ok(()));
         assert_eq!(serve(&["--shutdown-drain-seconds=0"]), Ok(()));
         // The listeners' connections leave too few to work with.
-        let run = |args: &[&str]| {
+        let run = |cmd: &str, args: &[&str]| {
             let cli =
-                Cli::try_parse_from(["waba-migrator", "serve"].iter().chain(args)).expect("parses");
+                Cli::try_parse_from(["waba-migrator", cmd].iter().chain(args)).expect("parses");
             match cli.command {
-                Command::Serve(serve) => serve.run.validate(),
-                other => panic!("not serve: {other:?}"),
+                Command::Serve(serve) => serve.validate(),
+                Command::Worker(worker) => worker.validate(),
+                other => panic!("not serve nor worker: {other:?}"),
             }
         };
-        let err = run(&["--database-max-connections=3"]).unwrap_err();
-        assert!(
-            err.starts_with("DATABASE_MAX_CONNECTIONS must be at least 4"),
-            "{err}"
+        for cmd in ["serve", "worker"] {
+            let err = run(cmd, &["--database-max-connections=3"]).unwrap_err();
+            assert!(
+                err.starts_with("DATABASE_MAX_CONNECTIONS must be at least 4"),
+                "{err}"
+            );
+            assert_eq!(run(cmd, &["--database-max-connections=4"]), Ok(()));
+        }
+        // An API-only replica listens for nothing.
+        assert_eq!(
+            run("serve", &["--no-workers", "--database-max-connections=2"]),
+            Ok(())
         );
-        assert_eq!(run(&["--database-max-connections=4"]), Ok(()));
         for (arg, named) in [
             (
                 "--http-header-read-timeout-seconds=0",

@@ -72,6 +72,15 @@ async fn a_bad_setting_exits_with_one_line_naming_it() {
             vec![("ADMIN_API_KEY", "letmein-admin")],
             Some("letmein-admin"),
         ),
+        (
+            "DATABASE_MAX_CONNECTIONS",
+            vec![
+                ("DATABASE_URL", unreachable),
+                ("ENCRYPTION_KEY", KEY),
+                ("DATABASE_MAX_CONNECTIONS", "3"),
+            ],
+            None,
+        ),
     ] {
         let started = Instant::now();
         let (status, stderr) = serve_with(&env).await;
@@ -117,6 +126,8 @@ async fn a_bad_setting_exits_with_one_line_naming_it() {
         ("BIND_ADDR", "nowhere"),
         ("WEBHOOK_RETRY_SCHEDULE", "5,soon"),
         ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.local"),
+        // Written into every client page link.
+        ("PUBLIC_BASE_URL", "https://user:pw@migrate.example.com"),
     ] {
         let (status, stderr) = serve_with(&[(setting, value)]).await;
         assert_eq!(status.code(), Some(2), "{setting}: {stderr}");

@@ -86,6 +86,7 @@ pub struct BatchItem {
     /// A CSV upload: the spreadsheet row the number is on (the header is row 1; empty lines
     /// count as rows, as a spreadsheet shows them). Absent for JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2)]
     pub row: Option<u64>,
     pub reference: Option<String>,
     pub phone_number: String,

@@ -121,10 +121,14 @@ fn refused(
     let lang = language(query_lang, headers, "en_US");
     let root = state.client_page.root();
     let home = match home {
-        Home::Page { token } if core::well_formed(token) => format!("{root}/c/{token}"),
-        _ => String::new(),
+        // Percent-encoded: a malformed token must not make another path.
+        Home::Page { token } => format!(
+            "{root}/c/{}",
+            url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+        ),
+        Home::Here => String::new(),
     };
-    let page = || view::link_invalid(lang, root, &home);
+    let page = || view::link_invalid(lang, &root, &home);
     match r {
         Refused::Invalid => html(StatusCode::NOT_FOUND, page()),
         Refused::Throttled(wait) => {
@@ -172,7 +176,7 @@ fn render(
         notice,
         now,
     );
-    model.root = state.client_page.root().to_owned();
+    model.root = state.client_page.root();
     html(status, view::page(&model))
 }
 
@@ -454,8 +458,8 @@ async fn submit_code(
         Ok(v) => v,
         Err(res) => return res,
     };
-    // As pasted: `123-456` as WhatsApp's message shows it, spaces anywhere.
-    let Ok(code) = values::parse_verification_code(&form.code) else {
+    // As pasted: `123-456` as WhatsApp's message shows it, spaces around it.
+    let Ok(code) = values::parse_verification_code(form.code.trim()) else {
         return render(
             &state,
             &o,

@@ -852,7 +852,7 @@ fn enter_code(m: &PageModel) -> Markup {
             label for="code" { (lang.t("code-label")) }
             p.hint #code-hint { (lang.t("code-hint")) }
             input #code name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
-                pattern="[0-9]{3}(-| )?[0-9]{3}" maxlength="7" required
+                pattern="\\s*[0-9]{3}(-| )?[0-9]{3}\\s*" maxlength="16" required
                 aria-describedby="code-hint code-attempts";
             p #code-attempts {
                 (lang.t_args("attempts-left", &[("count", i64::from(otp.attempts_left).into())]))
@@ -1271,8 +1271,8 @@ mod tests {
         for attr in [
             "inputmode=\"numeric\"",
             "autocomplete=\"one-time-code\"",
-            "pattern=\"[0-9]{3}(-| )?[0-9]{3}\"",
-            "maxlength=\"7\"",
+            "pattern=\"\\s*[0-9]{3}(-| )?[0-9]{3}\\s*\"",
+            "maxlength=\"16\"",
             "<label for=\"code\">",
             "action=\"/c/tok_ZZZ/otp?lang=en\"",
             "action=\"/c/tok_ZZZ/resend?lang=en\"",

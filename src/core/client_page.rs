@@ -74,8 +74,13 @@ impl ClientPageConfig {
     /// The path `PUBLIC_BASE_URL` puts before the page's own (`/migrate` of
     /// `https://example.com/migrate`; empty without one): the page's links, forms and redirects
     /// start with it, so that they work behind a proxy that serves the service under it.
-    pub fn root(&self) -> &str {
-        self.public_base_url.path().trim_end_matches('/')
+    /// One leading slash, whatever the setting has (`//migrate` would make the page's
+    /// links protocol-relative: to host `migrate`, with the token).
+    pub fn root(&self) -> String {
+        match self.public_base_url.path().trim_matches('/') {
+            "" => String::new(),
+            path => format!("/{path}"),
+        }
     }
 }
 
@@ -175,7 +180,7 @@ fn current_token(cipher: &Cipher, page: &ClientPageRow) -> String {
 }
 
 /// A token can only be what [`tokens`] writes: base64url, 32 characters.
-pub fn well_formed(token: &str) -> bool {
+fn well_formed(token: &str) -> bool {
     token.len() == 32
         && token
             .bytes()
@@ -608,4 +613,28 @@ pub fn csrf_valid(state: &AppState, o: &Opened, presented: &str, now: DateTime<U
         csrf_mac(state, &o.page.token_hash, issued).as_bytes(),
         mac.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientPageConfig;
+
+    #[test]
+    fn root_is_the_public_path_with_one_leading_slash() {
+        let root = |url: &str| {
+            ClientPageConfig {
+                public_base_url: url::Url::parse(url).unwrap(),
+                ..Default::default()
+            }
+            .root()
+        };
+        assert_eq!(root("https://example.com"), "");
+        assert_eq!(root("https://example.com/"), "");
+        assert_eq!(root("https://example.com/migrate"), "/migrate");
+        assert_eq!(root("https://example.com/migrate/"), "/migrate");
+        assert_eq!(root("https://example.com/a/b"), "/a/b");
+        // Not `//migrate`: a protocol-relative path to host `migrate`.
+        assert_eq!(root("https://example.com//migrate"), "/migrate");
+        assert_eq!(root("https://example.com/m%C3%A9"), "/m%C3%A9");
+    }
 }

@@ -202,14 +202,17 @@ pub fn parse_six_digits(s: &str) -> Result<String, String> {
     }
 }
 
-/// A verification code as a person copies it: its 6 digits, which WhatsApp's message shows as
-/// `123-456`; spaces and hyphens among them are dropped (Graph's `verify_code` takes the
-/// 6 digits only).
+/// A verification code as a person copies it: its 6 digits, or the two halves WhatsApp's
+/// message shows (`123-456`) with a hyphen or a space between them (`^[0-9]{3}[ -]?[0-9]{3}$`).
+/// Graph's `verify_code` takes the 6 digits only.
 pub fn parse_verification_code(s: &str) -> Result<String, String> {
-    let digits: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
+    let b = s.as_bytes();
+    // Byte 3 is ASCII, so 3 and 4 are character boundaries.
+    let digits = if b.len() == 7 && matches!(b[3], b'-' | b' ') {
+        format!("{}{}", &s[..3], &s[4..])
+    } else {
+        s.to_owned()
+    };
     parse_six_digits(&digits)
         .map_err(|_| "must be the 6 digits of the code (123456 or 123-456)".into())
 }
@@ -394,10 +397,22 @@ mod tests {
         assert!(parse_six_digits("123456").is_ok());
         assert!(parse_six_digits("12345").is_err());
         assert!(parse_six_digits("12345a").is_err());
-        for ok in ["123456", "123-456", "123 456", " 12 34 56 "] {
+        for ok in ["123456", "123-456", "123 456"] {
             assert_eq!(parse_verification_code(ok).unwrap(), "123456", "{ok}");
         }
-        for bad in ["123-45", "1234-567", "123_456", "12३-456", "123.456", ""] {
+        for bad in [
+            "123-45",
+            "1234-567",
+            "123_456",
+            "12३-456",
+            "123.456",
+            "12 34 56",
+            "1-2-3-4-5-6",
+            "123--456",
+            "-123456",
+            " 123456",
+            "",
+        ] {
             assert!(parse_verification_code(bad).is_err(), "{bad}");
         }
         assert!(parse_language("en_US").is_ok());

@@ -92,7 +92,7 @@ pub fn batch_list(session: &Session, d: &BatchList) -> Html<String> {
             }
             @if !d.problems.is_empty() {
                 table #upload-errors {
-                    caption { (d.problems.len()) " problems; fix them in the file and upload it again" }
+                    caption { (d.problems.len()) " problems; nothing was created" }
                     thead { tr {
                         th.num scope="col" { "Row" }
                         th scope="col" { "Column" }
