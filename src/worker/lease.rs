@@ -57,6 +57,10 @@ struct State {
     calls: usize,
     /// An irreversible call of the current step ended without an answer that settles it.
     unresolved: bool,
+    /// One of this lease's irreversible calls did, whatever was recorded since: handed back
+    /// at once (past the grace period), another replica could read the number before the
+    /// upstream applied the call late, and call again.
+    unsettled: bool,
     /// The current step started an irreversible call.
     called: bool,
     /// Set by the shutdown path past the grace period: no call may start any more.
@@ -87,6 +91,7 @@ impl StepLease {
                 lost: false,
                 calls: 0,
                 unresolved: false,
+                unsettled: false,
                 called: false,
                 sealed: false,
             }),
@@ -198,11 +203,13 @@ impl StepLease {
         self.state().calls
     }
 
-    /// Past the grace period: no call may start any more. Returns whether one is in flight.
+    /// Past the grace period: no call may start any more. Returns whether the lease must be
+    /// left to expire rather than handed back: a call is in flight, or one ended unsettled
+    /// (its step may still be recording the retry, or have just recorded it).
     pub fn seal(&self) -> bool {
         let mut s = self.state();
         s.sealed = true;
-        s.calls > 0
+        s.calls > 0 || s.unsettled
     }
 
     /// Whether the current step started an irreversible call.
@@ -252,6 +259,7 @@ impl IrreversibleCall<'_> {
         let mut s = self.lease.state();
         s.calls -= 1;
         s.unresolved |= unresolved;
+        s.unsettled |= unresolved;
         self.finished = true;
     }
 }

@@ -331,9 +331,10 @@ impl Worker {
         })
         .await;
         // Steps still running past the grace period are aborted. One whose irreversible call is
-        // in flight keeps its lease: the upstream may apply the call after we hang up, and no
-        // other replica may read the number before it could have. Its lease expires on its own
-        // (LEASE_SECONDS after the last heartbeat). Sealing first means none starts one now.
+        // in flight, or ended without a settling answer, keeps its lease: the upstream may apply
+        // the call after we hang up, and no other replica may read the number before it could
+        // have. Its lease expires on its own (LEASE_SECONDS after the last heartbeat). Sealing
+        // first means none starts one now.
         let mut calls_in_flight = HashSet::new();
         if drained.is_err() {
             for (id, lease) in self.in_flight.lock().expect("in-flight lock").iter() {
@@ -358,7 +359,7 @@ impl Worker {
                 warn!(
                     migration.id = %id,
                     lease_s = cfg.lease.as_secs_f64(),
-                    "an irreversible upstream call was still in flight after the grace period: lease left to expire"
+                    "an irreversible upstream call was in flight or unsettled after the grace period: lease left to expire"
                 );
                 continue;
             }
@@ -545,6 +546,10 @@ impl Worker {
         mut step: steps::StepResult,
         stopping: bool,
     ) -> Result<Option<(store::MigrationRow, bool)>, db::Error> {
+        // Tests: a step result slow to record (a database under load) when the grace ends.
+        if self.deps.fail_points.hit("record_slowly") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         let calls = lease.step_calls();
         let unresolved = calls.unresolved;
         let saved = step.row.take();

@@ -153,6 +153,58 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
     );
 }
 
+/// Past the grace period, a step whose `register` ended unanswered (Meta applies it late) and
+/// that is still recording its retry is aborted with its lease kept, as with a call in flight:
+/// handed back at once, another worker would read the number before Meta applied the call and
+/// register it again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn an_unanswered_register_still_recording_past_the_grace_period_keeps_its_lease(
+    pool: PgPool,
+) {
+    let mut opts = Options::no_worker();
+    opts.worker.lease = Duration::from_secs(4);
+    opts.worker.shutdown_grace = Duration::from_millis(1500);
+    opts.sandbox.hang_for = Duration::from_secs(3);
+    opts.upstream_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550605";
+    let id = app.create(phone).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(
+        serde_json::json!([{ "endpoint": "register", "phone_number": phone, "fault": "slow" }]),
+    )
+    .await;
+    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+
+    let (stop_a, handle) = run_until_register_sent(&app, phone).await;
+    let sent_at = Instant::now();
+    // The unanswered register's retry (the next result recorded, 1 s from now) is recorded
+    // past the grace period.
+    app.fail_points.arm("record_slowly", 1);
+    stop_a.cancel();
+    handle.await.unwrap().unwrap();
+    assert_eq!(app.applied(phone, "register"), 0, "still held by Meta");
+    assert!(
+        lease_owner(&app, &id).await.is_some(),
+        "the lease of a step whose register ended unanswered must not be released"
+    );
+
+    let b = app.another_worker();
+    let stop_b = app.shutdown.clone();
+    tokio::spawn(async move { b.run(stop_b).await });
+    app.wait_for(&id, "completed").await;
+    assert!(sent_at.elapsed() >= Duration::from_secs(3));
+    assert_eq!(
+        (
+            app.received(phone, "register"),
+            app.applied(phone, "register")
+        ),
+        (1, 1),
+        "register exactly once"
+    );
+}
+
 /// A stopping worker whose `register` ended unanswered (a timeout: Meta may still apply it)
 /// records the retry and keeps its lease. The retry's delay holds past the lease's expiry: the
 /// migration is taken over when both have passed, not as soon as the lease expired.
