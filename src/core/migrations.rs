@@ -922,7 +922,11 @@ pub async fn retry_as(
         failed_code,
     };
     let plan = plan_for(&row, command)?;
-    let patch = plan_patch(state, &plan);
+    let mut patch = plan_patch(state, &plan);
+    if matches!(patch.run_at, Some(store::RunAt::Now)) {
+        // Not before the `run_at` a failure after an unsettled irreversible call set.
+        patch.run_at = Some(store::RunAt::NotBefore);
+    }
     let mut guard = plan_guard(caller, &plan);
     // It resumes the step it read, as planned from the failure it read: a migration that
     // failed again elsewhere since (another step, or another reason) is not resumed by the

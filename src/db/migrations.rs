@@ -446,6 +446,10 @@ pub async fn heartbeat(
 #[derive(Debug, Clone, Copy)]
 pub enum RunAt {
     Now,
+    /// Now, or the row's own `run_at` if later: a retry of a failed migration whose last
+    /// irreversible call ended unsettled, which the worker failed with `run_at` one call time
+    /// ahead (the upstream may still apply that call; the step reads the number first).
+    NotBefore,
     After(Duration),
     At(DateTime<Utc>),
     /// Not until its batch admits it ([`HELD`]; see `batches::admit`).
@@ -774,6 +778,9 @@ async fn update_once(
     match patch.run_at {
         Some(RunAt::Now) => {
             set.push("run_at = now()");
+        }
+        Some(RunAt::NotBefore) => {
+            set.push("run_at = GREATEST(run_at, now())");
         }
         Some(RunAt::After(d)) => {
             set.push("run_at = now() + make_interval(secs => ")

@@ -760,7 +760,13 @@ impl Worker {
                 patch.attempt = Some(0);
                 patch.failed_step = Some(Some(state.as_str().into()));
                 patch.error = Some(Some(json!(error)));
-                patch.run_at = Some(store::RunAt::Now);
+                // After a call that ended unsettled the upstream may still apply it: a retry
+                // (`RunAt::NotBefore`) waits one call time, as the worker's own retries do.
+                patch.run_at = Some(if unresolved {
+                    store::RunAt::After(self.deps.call_time)
+                } else {
+                    store::RunAt::Now
+                });
                 if let Some(obj) = event_data.as_object_mut() {
                     obj.insert("error".into(), json!(error));
                 }

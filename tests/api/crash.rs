@@ -550,3 +550,40 @@ async fn a_panicking_step_is_retried_and_its_text_stays_out_of_the_events(pool: 
         "the panic's text is in the events: {all}"
     );
 }
+
+/// A migration failed on its last attempt by a `register` that went unanswered (Meta applies it
+/// late), and retried by the partner at once: the retry waits one call time after the failure,
+/// reads the number registered and does not register it again.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_retry_right_after_an_unanswered_last_register_does_not_register_again(pool: PgPool) {
+    let mut opts = Options::default();
+    opts.worker.retry.max_attempts = 1;
+    // Meta holds the call 3 s and applies it; we stop waiting after 2 s.
+    opts.upstream_timeout = Duration::from_secs(2);
+    opts.sandbox.hang_for = Duration::from_secs(3);
+    let app = TestApp::spawn_with(pool, opts).await;
+    let phone = "+14155550611";
+    let id = app.create(phone).await;
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(serde_json::json!([
+        { "endpoint": "register", "phone_number": phone, "fault": "slow", "times": 1 },
+    ]))
+    .await;
+    app.submit_otp(&id, "123456").await;
+    let m = app.wait_for(&id, "failed").await;
+    assert_eq!(m["error"]["step"], "registering", "{m:#}");
+    assert_eq!(app.applied(phone, "register"), 0, "still held by Meta");
+    let r = app
+        .post(&format!("/v1/migrations/{id}/retry"), serde_json::json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.wait_for(&id, "completed").await;
+    assert_eq!(
+        (
+            app.received(phone, "register"),
+            app.applied(phone, "register")
+        ),
+        (1, 1),
+        "register exactly once"
+    );
+}
