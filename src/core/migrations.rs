@@ -1166,17 +1166,19 @@ pub enum Rotation {
     Pending(Box<store::MigrationRow>),
 }
 
-/// Replaces the key of a completed migration (`POST …/api_key/rotate`) and waits up to `wait`
-/// for the worker to generate and verify it. The new key is generated exactly once, by the
-/// worker's key step (its intent recorded before the call), whoever waits for it.
+/// Replaces the key of a completed migration (`POST …/api_key/rotate`) and waits for the
+/// worker to generate and verify it, at most `wait` from the call (the checks of the number's
+/// other key holders included, which 360dialog may take seconds to answer: the request must
+/// end within its timeout). The new key is generated exactly once, by the worker's key step
+/// (its intent recorded before the call), whoever waits for it.
 pub async fn rotate_api_key(
     state: &AppState,
     caller: Caller,
     id: Uuid,
     wait: std::time::Duration,
 ) -> Result<Rotation, ApiError> {
-    let requested = request_rotation(state, caller, id).await?;
     let deadline = tokio::time::Instant::now() + wait;
+    let requested = request_rotation(state, caller, id).await?;
     let mut row = requested;
     loop {
         match row.state() {

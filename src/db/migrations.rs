@@ -448,7 +448,8 @@ pub enum RunAt {
     Now,
     /// Now, or the row's own `run_at` if later: a retry of a failed migration whose last
     /// irreversible call ended unsettled, which the worker failed with `run_at` one call time
-    /// ahead (the upstream may still apply that call; the step reads the number first).
+    /// ahead (the upstream may still apply that call; the step reads the number first). Only
+    /// the worker fails a migration, always writing `run_at`.
     NotBefore,
     After(Duration),
     At(DateTime<Utc>),

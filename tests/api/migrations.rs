@@ -919,9 +919,11 @@ async fn a_retry_after_a_lapsed_verification_requests_a_new_code(pool: PgPool) {
     let id = app.create(phone).await;
     app.worker().run_until_idle().await.unwrap();
     app.wait_for(&id, "awaiting_otp").await;
-    // As the register step leaves a 133006: failed in registering with otp_expired.
+    // As the register step leaves a 133006: failed in registering with otp_expired (due now,
+    // as the worker's failures are).
     sqlx::query(
-        "UPDATE migrations SET state = 'failed', failed_step = 'registering', error = $2
+        "UPDATE migrations SET state = 'failed', failed_step = 'registering', error = $2,
+                run_at = now()
           WHERE id = $1::uuid",
     )
     .bind(&id)
