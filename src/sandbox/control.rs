@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::Inner;
 use super::faults::FaultsRequest;
 use super::state::{ChannelRec, NumberSeed};
+use super::{Inner, SignupWaba};
 use super::{SCENARIOS, Sandbox, scenarios};
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -183,6 +183,20 @@ pub(crate) async fn finish_setup(
     }
 }
 
+/// `POST /_sandbox/wabas/{waba_id}/share`: a WABA the signup made is shared with the
+/// partner's app (`complete_signup` with `"shared": false`) → `{"waba_id", "shared": true}`.
+pub(crate) async fn share_waba(
+    State(sandbox): State<Sandbox>,
+    Path(waba_id): Path<String>,
+) -> Response {
+    let result = sandbox.lock().world.share(&waba_id);
+    sandbox.flush().await;
+    match result {
+        Ok(()) => Json(json!({ "waba_id": waba_id, "shared": true })).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
 /// `POST /_sandbox/numbers` `{"phone_number","source_waba_id","destination_waba_id"?,"business_id"?}`.
 pub(crate) async fn add_number(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
     let seed: NumberSeed = match parse_json(&body) {
@@ -236,6 +250,10 @@ struct CompleteSignupRequest {
     /// subscribed app) until `POST /_sandbox/wabas/{waba_id}/set_up`. Default `true`.
     #[serde(default = "yes")]
     set_up: bool,
+    /// `false`: a WABA the signup creates is not shared with the partner's app yet (Graph
+    /// answers its reads 100/33) until `POST /_sandbox/wabas/{waba_id}/share`. Default `true`.
+    #[serde(default = "yes")]
+    shared: bool,
 }
 
 fn yes() -> bool {
@@ -264,7 +282,10 @@ pub(crate) async fn complete_signup(
         request.destination_waba_id.as_deref(),
         request.channel_id.as_deref(),
         request.business_id.as_deref(),
-        request.set_up,
+        SignupWaba {
+            set_up: request.set_up,
+            shared: request.shared,
+        },
     ) {
         Ok(channel_id) => {
             sandbox.flush().await;
@@ -281,8 +302,9 @@ pub(crate) async fn index() -> Json<Value> {
         "control": {
             "GET /_sandbox/scenarios": "the failure-scenario numbers (last four digits 00xx) and the error code each leads to",
             "POST /_sandbox/numbers/{e164}/resolve": "a scenario number behaves as a happy-path number from now on (two-step verification turned off, display name approved, permission granted, ...): retry its migration",
-    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?, \"channel_id\"?, \"business_id\"?, \"set_up\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA (or the one named) and a running channel with API-key permission appears there (an embedded_signup migration waiting in awaiting_signup continues); \"set_up\": false leaves a WABA the signup creates without a payment method and a subscribed app until POST /_sandbox/wabas/{waba_id}/set_up",
+    "POST /_sandbox/numbers/{e164}/complete_signup": "{\"destination_waba_id\"?, \"channel_id\"?, \"business_id\"?, \"set_up\"?, \"shared\"?} the client finished 360dialog's Embedded Signup: the number is registered in its destination WABA (or the one named) and a running channel with API-key permission appears there (an embedded_signup migration waiting in awaiting_signup continues); \"set_up\": false leaves a WABA the signup creates without a payment method and a subscribed app until POST /_sandbox/wabas/{waba_id}/set_up",
     "POST /_sandbox/wabas/{waba_id}/set_up": "360dialog finished setting up a WABA the signup made (complete_signup with \"set_up\": false)",
+    "POST /_sandbox/wabas/{waba_id}/share": "a WABA the signup made is shared with the partner's app: Graph reads it (complete_signup with \"shared\": false answers 100/33 until then)",
             "POST /_sandbox/channels/{channel_id}/permission": "{\"granted\": true} lets the partner generate the channel's API key (scenario 0020)",
             "GET /_sandbox/channels/{channel_id}": "a 360dialog channel: status, permission, keys issued",
             "POST /_sandbox/numbers": "{\"phone_number\", \"source_waba_id\", \"destination_waba_id\"?, \"business_id\"?} registers a number on a source WABA (the service does this itself)",

@@ -304,7 +304,9 @@ fn phone_target(world: &World, id: &str, refusal: Option<Reply>) -> Target {
 
 fn waba_target(world: &World, id: &str, refusal: Option<Reply>) -> Target {
     let numbers = world.waba_numbers(id);
-    let refusal = refusal.or_else(|| world.denies_waba(id).then(expired_token));
+    let refusal = refusal
+        .or_else(|| world.denies_waba(id).then(expired_token))
+        .or_else(|| world.unshared(id).then(|| no_such_object(id).reply()));
     Target { numbers, refusal }
 }
 

@@ -71,7 +71,9 @@
 //!
 //! **A WABA being set up.** `complete_signup` with `"set_up": false` makes a WABA the signup
 //! creates look as 360dialog leaves it right after the signup: no payment method and no
-//! subscribed app, until `POST /_sandbox/wabas/{waba_id}/set_up`.
+//! subscribed app, until `POST /_sandbox/wabas/{waba_id}/set_up`. With `"shared": false` the
+//! WABA is not shared with the partner's app yet: Graph answers its reads with 100/33 until
+//! `POST /_sandbox/wabas/{waba_id}/share`.
 //!
 //! **Many templates.** `POST /_sandbox/wabas/{waba_id}/templates` `{"count": 1200}` (1..=10000)
 //! or [`Sandbox::set_templates`] replaces the WABA's templates (creating the WABA if unknown)
@@ -181,7 +183,7 @@ use axum::routing::{get, post};
 
 pub use faults::{FaultKind, ParseFaultKindError};
 pub use scenarios::SCENARIOS;
-pub use state::NumberSeed;
+pub use state::{NumberSeed, SignupWaba};
 
 use faults::{ConnHandle, FaultState, KillableListener};
 use state::{Counters, World};
@@ -364,6 +366,7 @@ impl Sandbox {
                 "/_sandbox/wabas/{waba_id}/set_up",
                 post(control::finish_setup),
             )
+            .route("/_sandbox/wabas/{waba_id}/share", post(control::share_waba))
             .route("/_sandbox/scenarios", get(control::scenarios))
             .fallback(not_found)
             .layer(axum::middleware::from_fn(exchange::detached))
@@ -446,7 +449,7 @@ impl Sandbox {
         destination_waba_id: Option<&str>,
         channel_id: Option<&str>,
         business_id: Option<&str>,
-        set_up: bool,
+        new_waba: SignupWaba,
     ) -> Result<String, String> {
         let number = scenarios::normalize_e164(phone_e164)
             .ok_or_else(|| format!("not an E.164 phone number: {phone_e164:?}"))?;
@@ -455,7 +458,7 @@ impl Sandbox {
             destination_waba_id,
             channel_id,
             business_id,
-            set_up,
+            new_waba,
             &self.shared.config,
         )
     }

@@ -89,6 +89,29 @@ pub(crate) struct WabaRec {
     /// method and no subscribed app until `POST /_sandbox/wabas/{waba_id}/set_up`.
     #[serde(default)]
     pub setting_up: bool,
+    /// Made by an Embedded Signup and not yet shared with the partner's app: Graph reads of it
+    /// answer 100/33 ("does not exist, cannot be loaded due to missing permissions") until
+    /// `POST /_sandbox/wabas/{waba_id}/share`.
+    #[serde(default)]
+    pub unshared: bool,
+}
+
+/// How a WABA an Embedded Signup creates starts out (`complete_signup`).
+#[derive(Debug, Clone, Copy)]
+pub struct SignupWaba {
+    /// 360dialog set it up (payment method, subscribed app); else until `…/set_up`.
+    pub set_up: bool,
+    /// Shared with the partner's app (Graph reads it); else until `…/share`.
+    pub shared: bool,
+}
+
+impl Default for SignupWaba {
+    fn default() -> Self {
+        Self {
+            set_up: true,
+            shared: true,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,6 +233,7 @@ impl World {
             current_source: None,
             current_dest: None,
             setting_up: false,
+            unshared: false,
         })
     }
 
@@ -393,7 +417,7 @@ impl World {
         destination: Option<&str>,
         channel_id: Option<&str>,
         business_id: Option<&str>,
-        set_up: bool,
+        new_waba: SignupWaba,
         config: &SandboxConfig,
     ) -> Result<String, String> {
         if let Some(dest) = destination {
@@ -452,7 +476,8 @@ impl World {
         let waba = self.ensure_waba(&dest, owner.as_deref());
         // Only a WABA the signup creates can still be being set up.
         if new {
-            waba.setting_up = !set_up;
+            waba.setting_up = !new_waba.set_up;
+            waba.unshared = !new_waba.shared;
         }
         waba.dest_numbers.insert(e164.to_owned());
         waba.current_dest = Some(e164.to_owned());
@@ -550,6 +575,22 @@ impl World {
             .ok_or_else(|| format!("the sandbox does not know the WABA {waba_id}"))?;
         waba.setting_up = false;
         Ok(())
+    }
+
+    /// `POST /_sandbox/wabas/{waba_id}/share`: the WABA a signup made is shared with the
+    /// partner's app (Graph reads it). `Err` for an unknown WABA.
+    pub(crate) fn share(&mut self, waba_id: &str) -> Result<(), String> {
+        let waba = self
+            .wabas
+            .get_mut(waba_id)
+            .ok_or_else(|| format!("the sandbox does not know the WABA {waba_id}"))?;
+        waba.unshared = false;
+        Ok(())
+    }
+
+    /// A WABA a signup made that Graph does not show the partner yet.
+    pub(crate) fn unshared(&self, waba_id: &str) -> bool {
+        self.wabas.get(waba_id).is_some_and(|w| w.unshared)
     }
 
     /// Graph JSON of a phone number.

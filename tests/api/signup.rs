@@ -762,6 +762,54 @@ async fn a_new_waba_is_taken_once_it_is_set_up(pool: PgPool) {
     );
 }
 
+/// 360dialog shares a WABA the signup made with the partner's app after the signup: until then
+/// Graph answers its reads 100/33 ("cannot be loaded due to missing permissions"; the
+/// sandbox's `"shared": false`). The migration waits in `awaiting_signup` saying so
+/// (`upstream_auth`, actor partner), copies nothing, and completes once the WABA is shared.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_waba_graph_cannot_read_yet_is_waited_for(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let phone = "+14155552319";
+    let id = app.create_with(signup_body(phone)).await;
+    app.wait_for(&id, "awaiting_signup").await;
+    let (status, made) = app
+        .complete_signup(
+            phone,
+            Some(json!({
+                "destination_waba_id": NEW_WABA,
+                "channel_id": "esUnshared01CH",
+                "shared": false,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made:#}");
+    let m = app
+        .wait_until(&id, |m| m["waiting_for"]["code"] != "signup_not_completed")
+        .await;
+    assert_eq!(m["state"], "awaiting_signup", "{m:#}");
+    let w = &m["waiting_for"];
+    assert_eq!(w["code"], "upstream_auth", "{m:#}");
+    assert!(w["message"].as_str().unwrap().contains(NEW_WABA), "{w:#}");
+    assert_eq!(w["actor"], "partner", "{w:#}");
+    assert_eq!(m["channel_id"], Value::Null, "{m:#}");
+    assert_eq!(app.received(phone, "migrate_message_templates"), 0);
+
+    let res = app
+        .http
+        .post(format!(
+            "{}/_sandbox/wabas/{NEW_WABA}/share",
+            app.sandbox_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = app.wait_for(&id, "completed").await;
+    assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
+    assert_eq!(m["channel_id"], "esUnshared01CH");
+    assert_eq!(app.waiting_reasons(&id).await, [json!("upstream_auth")]);
+}
+
 /// The client's signup put the number in a WABA of another business than the one the
 /// migration names (`business_id` of the sandbox's `complete_signup`): the templates cannot be
 /// copied there, so the migration fails in `awaiting_signup` with `business_mismatch` at once.
