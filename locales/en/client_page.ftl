@@ -66,7 +66,7 @@ code-sent = { $method ->
 }
 code-sent-at = Sent at { $time }.
 code-label = 6-digit code
-code-hint = Numbers only, no spaces.
+code-hint = The 6 digits as the message shows them: 123456 or 123-456.
 code-submit = Confirm the code
 attempts-left = { $count ->
     [0] No attempts left.

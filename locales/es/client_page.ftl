@@ -64,7 +64,7 @@ code-sent = { $method ->
 }
 code-sent-at = Enviado a las { $time }.
 code-label = Código de 6 dígitos
-code-hint = Solo números, sin espacios.
+code-hint = Los 6 dígitos, como los muestra el mensaje: 123456 o 123-456.
 code-submit = Confirmar el código
 attempts-left = { $count ->
     [0] No le quedan intentos.

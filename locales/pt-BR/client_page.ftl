@@ -64,7 +64,7 @@ code-sent = { $method ->
 }
 code-sent-at = Enviado às { $time }.
 code-label = Código de 6 dígitos
-code-hint = Só números, sem espaços.
+code-hint = Os 6 dígitos, como a mensagem mostra: 123456 ou 123-456.
 code-submit = Confirmar o código
 attempts-left = { $count ->
     [0] Não restam tentativas.
