@@ -298,7 +298,14 @@ fn phone_target(world: &World, id: &str, refusal: Option<Reply>) -> Target {
         .map(|p| vec![p.e164.clone()])
         .unwrap_or_default();
     let denied = numbers.iter().any(|n| world.denies_number(n));
-    let refusal = refusal.or_else(|| denied.then(expired_token));
+    // A number of a WABA not shared with the partner's app is not shown either.
+    let unshared = world
+        .phones
+        .get(id)
+        .is_some_and(|p| world.unshared(&p.waba_id));
+    let refusal = refusal
+        .or_else(|| denied.then(expired_token))
+        .or_else(|| unshared.then(|| no_such_object(id).reply()));
     Target { numbers, refusal }
 }
 
@@ -672,7 +679,9 @@ pub(crate) async fn post_edge(
                         let numbers: Vec<String> = number.into_iter().collect();
                         let denied =
                             numbers.iter().any(|n| w.denies_number(n)) || w.denies_waba(&id);
-                        let refusal = refusal.or_else(|| denied.then(expired_token));
+                        let refusal = refusal
+                            .or_else(|| denied.then(expired_token))
+                            .or_else(|| w.unshared(&id).then(|| no_such_object(&id).reply()));
                         Target { numbers, refusal }
                     },
                     |w, config| to_reply(w.start_migration(&id, &params, config)),
@@ -691,7 +700,9 @@ pub(crate) async fn post_edge(
                             .get(&id)
                             .map(|waba| waba.dest_numbers.iter().cloned().collect())
                             .unwrap_or_default();
-                        let refusal = refusal.or_else(|| w.denies_waba(&id).then(expired_token));
+                        let refusal = refusal
+                            .or_else(|| w.denies_waba(&id).then(expired_token))
+                            .or_else(|| w.unshared(&id).then(|| no_such_object(&id).reply()));
                         Target { numbers, refusal }
                     },
                     |w, _| to_reply(w.migrate_templates(&id, &params)),

@@ -89,9 +89,9 @@ pub(crate) struct WabaRec {
     /// method and no subscribed app until `POST /_sandbox/wabas/{waba_id}/set_up`.
     #[serde(default)]
     pub setting_up: bool,
-    /// Made by an Embedded Signup and not yet shared with the partner's app: Graph reads of it
-    /// answer 100/33 ("does not exist, cannot be loaded due to missing permissions") until
-    /// `POST /_sandbox/wabas/{waba_id}/share`.
+    /// Made by an Embedded Signup and not yet shared with the partner's app: Graph answers
+    /// calls on it and its numbers 100/33 ("does not exist, cannot be loaded due to missing
+    /// permissions") until `POST /_sandbox/wabas/{waba_id}/share`.
     #[serde(default)]
     pub unshared: bool,
 }

@@ -17,7 +17,9 @@
 //!   replica may read the number before it could have.
 //! * A call that ended without an answer that settles it (timeout, reset, 5xx, a 2xx we could
 //!   not read: [`clients::Error::maybe_applied`]) leaves the lease *unresolved*: a stopping
-//!   worker records the retry but keeps the lease instead of handing the migration over at once.
+//!   worker records the retry but keeps the lease instead of handing the migration over at once;
+//!   past the grace period such a lease is left to expire too, whether its step recorded yet or
+//!   not ([`StepLease::seal`]).
 //! * The heartbeat ([`spawn_heartbeat`]) is owned by the step: dropping its handle (the step
 //!   ended, or its task was aborted) aborts it.
 
@@ -271,6 +273,7 @@ impl Drop for IrreversibleCall<'_> {
             let mut s = self.lease.state();
             s.calls -= 1;
             s.unresolved = true;
+            s.unsettled = true;
         }
     }
 }
@@ -442,5 +445,25 @@ mod tests {
         assert!(lease.seal());
         call.finish(&Ok::<(), clients::Error>(()));
         assert!(!lease.seal());
+    }
+
+    /// A call that ended without a settling answer keeps the lease from being handed back for
+    /// the lease's whole life, its step's result recorded or not.
+    #[test]
+    fn seal_reports_a_call_that_ended_unsettled() {
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        let call = lease.irreversible("register").unwrap();
+        let timed_out: Result<(), clients::Error> = Err(clients::Error::Transport {
+            service: crate::domain::upstream::Service::Meta,
+            message: "timed out".into(),
+            maybe_applied: true,
+        });
+        call.finish(&timed_out);
+        lease.next_step();
+        assert!(lease.seal());
+        let (lease, _) = new_lease(Duration::from_secs(60));
+        drop(lease.irreversible("register").unwrap());
+        lease.next_step();
+        assert!(lease.seal(), "dropped mid-call");
     }
 }
