@@ -625,16 +625,26 @@ impl TestApp {
 
     /// `POST /_sandbox/wabas/{id}/set_up`: 360dialog finished setting up a WABA the signup made.
     pub async fn set_up_waba(&self, waba_id: &str) {
+        self.waba_control(waba_id, "set_up").await;
+    }
+
+    /// `POST /_sandbox/wabas/{id}/share`: a WABA the signup made is shared with the partner's
+    /// app (Graph reads it).
+    pub async fn share_waba(&self, waba_id: &str) {
+        self.waba_control(waba_id, "share").await;
+    }
+
+    async fn waba_control(&self, waba_id: &str, action: &str) {
         let res = self
             .http
             .post(format!(
-                "{}/_sandbox/wabas/{waba_id}/set_up",
+                "{}/_sandbox/wabas/{waba_id}/{action}",
                 self.sandbox_url
             ))
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.status(), StatusCode::OK, "{action} {waba_id}");
     }
 
     /// The `waiting_for` codes of the migration's `migration.waiting_for_changed` events,

@@ -794,16 +794,7 @@ async fn a_new_waba_graph_cannot_read_yet_is_waited_for(pool: PgPool) {
     assert_eq!(m["channel_id"], Value::Null, "{m:#}");
     assert_eq!(app.received(phone, "migrate_message_templates"), 0);
 
-    let res = app
-        .http
-        .post(format!(
-            "{}/_sandbox/wabas/{NEW_WABA}/share",
-            app.sandbox_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    app.share_waba(NEW_WABA).await;
     let m = app.wait_for(&id, "completed").await;
     assert_eq!(m["destination_waba_id"], NEW_WABA, "{m:#}");
     assert_eq!(m["channel_id"], "esUnshared01CH");
