@@ -92,6 +92,11 @@ available-at = Available at { $time }
 checking-title = Checking your code…
 checking-lead = This usually takes a few seconds.
 
+## A new code being requested (requesting_otp again: a resend, a call instead, a retry)
+
+sending-title = Sending you a new code…
+sending-lead = This usually takes a few seconds. Then type the new code here; an earlier code no longer works.
+
 ## Embedded Signup (awaiting_signup)
 
 signup-title = Connect your number to 360dialog

@@ -90,6 +90,11 @@ available-at = Disponible a las { $time }
 checking-title = Comprobando su código…
 checking-lead = Normalmente tarda unos segundos.
 
+## Un código nuevo en camino (requesting_otp otra vez: reenvío, llamada, reintento)
+
+sending-title = Enviándole un código nuevo…
+sending-lead = Normalmente tarda unos segundos. Luego escriba aquí el código nuevo; un código anterior ya no sirve.
+
 ## Embedded Signup (awaiting_signup)
 
 signup-title = Conecte su número a 360dialog

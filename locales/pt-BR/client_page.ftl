@@ -90,6 +90,11 @@ available-at = Disponível às { $time }
 checking-title = Verificando o seu código…
 checking-lead = Isso costuma levar poucos segundos.
 
+## Um código novo a caminho (requesting_otp de novo: reenvio, ligação, nova tentativa)
+
+sending-title = Enviando um código novo…
+sending-lead = Normalmente leva alguns segundos. Depois digite aqui o código novo; um código anterior não vale mais.
+
 ## Embedded Signup (awaiting_signup)
 
 signup-title = Conecte o seu número à 360dialog

@@ -644,6 +644,13 @@ fn phase_body(m: &PageModel) -> Markup {
     let lang = m.lang;
     let live = html! { p.live { span.spinner aria-hidden="true" {} (lang.t("live-updates")) } };
     match m.phase {
+        // Asked for a code before (a resend, a call instead, a retry): a new one is on its way,
+        // not the checks of the start.
+        Phase::Preparing if m.otp.as_ref().is_some_and(|o| o.requested_at.is_some()) => html! {
+            h2 #now-title { (lang.t("sending-title")) }
+            p { (lang.t("sending-lead")) }
+            (live)
+        },
         Phase::Preparing => html! {
             h2 #now-title { (lang.t("preparing-title")) }
             p { (lang.t("preparing-lead")) }
@@ -958,6 +965,13 @@ mod tests {
             m.checklist
                 .retain(|c| c.kind != ChecklistKind::CanReceiveCode);
         }
+        if phase == Phase::Preparing {
+            // No code asked for yet, as before `awaiting_otp`.
+            if let Some(otp) = m.otp.as_mut() {
+                otp.requested_at = None;
+                otp.resend_available_at = None;
+            }
+        }
         m.version = version_of(&m);
         m
     }
@@ -1054,6 +1068,9 @@ mod tests {
         for item in &mut m.checklist {
             item.state = CheckState::ToDo;
         }
+        out.push(page(&m).into_string());
+        // A new code on its way (a code was asked for before).
+        m.otp.as_mut().unwrap().requested_at = Some(t(-5));
         out.push(page(&m).into_string());
         out.push(link_invalid(lang, "", "").into_string());
         out
@@ -1178,6 +1195,28 @@ mod tests {
                 .into_string()
                 .contains("não é mais válido")
         );
+    }
+
+    /// Back in `requesting_otp` after a code was sent (the client asked for another): the page
+    /// says a new code is on its way, not that the number is being checked.
+    #[test]
+    fn a_new_code_on_its_way_is_not_the_start_again() {
+        for lang in Lang::ALL {
+            let mut m = model(lang, Phase::Preparing);
+            let first = page(&m).into_string();
+            assert!(first.contains(&lang.t("preparing-title")), "{first}");
+            m.otp = Some(OtpModel {
+                method: OtpMethod::Voice,
+                requested_at: Some(t(-30)),
+                resend_available_at: Some(t(30)),
+                attempts_left: 3,
+                expires_at: None,
+            });
+            let again = page(&m).into_string();
+            assert!(again.contains(&lang.t("sending-title")), "{again}");
+            assert!(!again.contains(&lang.t("preparing-title")), "{again}");
+            assert!(!again.contains(&lang.t("checklist-heading")), "{again}");
+        }
     }
 
     /// A precheck that failed on the partner's side first (the error) and on the client's too:

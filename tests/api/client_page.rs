@@ -789,6 +789,34 @@ async fn resend_taps_inside_the_cooldown_cost_the_link_nothing(pool: PgPool) {
     app.wait_for(&id, "completed").await;
 }
 
+/// After "Call me instead" the migration asks Meta for a new code (`requesting_otp` again): the
+/// page says a new code is on its way, not that the number is being checked from the start.
+#[sqlx::test(migrator = "waba_migrator::db::MIGRATOR")]
+async fn a_new_code_on_its_way_is_shown_as_such(pool: PgPool) {
+    let mut opts = Options::no_worker();
+    opts.worker.otp.resend_cooldown = Duration::ZERO;
+    let app = TestApp::spawn_with(pool, opts).await;
+    let id = app.create("+5511987651032").await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    let url = link(&app, &id).await;
+    let (_, _, html) = open(&url).await;
+    let res = post_form(
+        &format!("{url}/resend"),
+        &[("csrf", csrf_in(&html).as_str()), ("method", "voice")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.migration(&id).await["state"], "requesting_otp");
+    let (status, _, html) = open(&url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Sending you a new code"), "{html}");
+    assert!(!html.contains("We are checking your number"), "{html}");
+    app.worker().run_until_idle().await.unwrap();
+    let (_, _, html) = open(&url).await;
+    assert!(html.contains(r#"name="code""#), "{html}");
+}
+
 /// A link preview (the messenger the link was sent with fetching it for a preview, an e-mail
 /// scanner) is not the client opening the page: no `migration.client_page_opened`. A browser's
 /// navigation is, unless it is a prefetch or prerender (`Sec-Purpose`), and so is the page's
