@@ -124,6 +124,7 @@ step-status-current = in progress
 step-status-pending = not started
 done-title = Your number has moved
 done-lead = { $number } now works through 360dialog for { $partner }. Your display name, quality rating and approved message templates came along. You do not need to do anything else and can close this page.
+done-lead-partial = { $number } now works through 360dialog for { $partner }. Your display name and quality rating came along; some of your message templates could not be copied, and { $partner } will take care of them. You do not need to do anything else and can close this page.
 waiting-on-you = We need one thing from you
 
 ## Failed

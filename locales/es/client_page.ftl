@@ -122,6 +122,7 @@ step-status-current = en curso
 step-status-pending = aún no empezó
 done-title = Su número ya se trasladó
 done-lead = { $number } ya funciona a través de 360dialog para { $partner }. Su nombre visible, su calificación de calidad y sus plantillas aprobadas se conservaron. No necesita hacer nada más y puede cerrar esta página.
+done-lead-partial = { $number } ya funciona a través de 360dialog para { $partner }. Su nombre visible y su calificación de calidad se conservaron; algunas de sus plantillas no se pudieron copiar, y { $partner } se ocupará de ellas. No necesita hacer nada más y puede cerrar esta página.
 waiting-on-you = Necesitamos algo de usted
 
 ## Error

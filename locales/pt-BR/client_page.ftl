@@ -122,6 +122,7 @@ step-status-current = em andamento
 step-status-pending = ainda não começou
 done-title = O seu número foi transferido
 done-lead = { $number } agora funciona pela 360dialog, por { $partner }. O nome de exibição, a classificação de qualidade e os modelos de mensagem aprovados vieram junto. Você não precisa fazer mais nada e pode fechar esta página.
+done-lead-partial = { $number } agora funciona pela 360dialog, por { $partner }. O nome de exibição e a classificação de qualidade vieram junto; alguns dos seus modelos de mensagem não puderam ser copiados, e { $partner } vai cuidar deles. Você não precisa fazer mais nada e pode fechar esta página.
 waiting-on-you = Precisamos de uma coisa sua
 
 ## Falha

@@ -63,6 +63,9 @@ pub struct PageModel {
     pub waiting_for: Option<ErrorModel>,
     /// The result of the POST that rendered this page.
     pub notice: Option<Notice>,
+    /// Some approved templates were not copied (`templates.status` `partial`): the Done page
+    /// does not say they all came along.
+    pub templates_partial: bool,
     pub now: DateTime<Utc>,
     /// Opaque; changes whenever what the page shows changes (`data-version` on `<body>`, and
     /// what the status endpoint answers, see [`page_version`]).
@@ -413,6 +416,11 @@ pub fn model_from_row(
         error,
         waiting_for,
         notice,
+        templates_partial: row
+            .templates
+            .as_ref()
+            .and_then(|v| v.get("status"))
+            .is_some_and(|s| s == "partial"),
         now,
         version: String::new(),
     };
@@ -697,7 +705,7 @@ fn phase_body(m: &PageModel) -> Markup {
         },
         Phase::Done => html! {
             h2 #now-title { span.ok aria-hidden="true" { "✓ " } (lang.t("done-title")) }
-            p { (lang.t_args("done-lead", &[
+            p { (lang.t_args(if m.templates_partial { "done-lead-partial" } else { "done-lead" }, &[
                 ("number", (&m.number_masked).into()),
                 ("partner", (&m.partner_name).into()),
             ])) }
@@ -958,6 +966,7 @@ mod tests {
             }),
             waiting_for: None,
             notice: None,
+            templates_partial: false,
             now: t(0),
             version: "v1".into(),
         };
@@ -1071,6 +1080,9 @@ mod tests {
         out.push(page(&m).into_string());
         // A new code on its way (a code was asked for before).
         m.otp.as_mut().unwrap().requested_at = Some(t(-5));
+        out.push(page(&m).into_string());
+        let mut m = model(lang, Phase::Done);
+        m.templates_partial = true;
         out.push(page(&m).into_string());
         out.push(link_invalid(lang, "", "").into_string());
         out
@@ -1195,6 +1207,21 @@ mod tests {
                 .into_string()
                 .contains("não é mais válido")
         );
+    }
+
+    /// Not every approved template was copied: the Done page does not say they all came along.
+    #[test]
+    fn done_says_when_templates_were_left_behind() {
+        let mut m = model(Lang::En, Phase::Done);
+        let all = page(&m).into_string();
+        assert!(
+            all.contains("approved message templates came along"),
+            "{all}"
+        );
+        m.templates_partial = true;
+        let some = page(&m).into_string();
+        assert!(!some.contains("templates came along"), "{some}");
+        assert!(some.contains("will take care of"), "{some}");
     }
 
     /// Back in `requesting_otp` after a code was sent (the client asked for another): the page
