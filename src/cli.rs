@@ -31,8 +31,14 @@ use crate::{db, shutdown};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(Role::Api(args.api), args.run).await,
-        Command::Worker(args) => serve(Role::Worker(args.listen), args.run).await,
+        Command::Serve(args) => {
+            args.validate().map_err(anyhow::Error::msg)?;
+            serve(Role::Api(args.api), args.run).await
+        }
+        Command::Worker(args) => {
+            args.validate().map_err(anyhow::Error::msg)?;
+            serve(Role::Worker(args.listen), args.run).await
+        }
         Command::Migrate(args) => migrate(args).await,
         Command::Reencrypt(args) => reencrypt(args).await,
         Command::Sandbox(args) => sandbox(args).await,
@@ -460,18 +466,10 @@ impl Role {
 /// in-process sandbox, neither knowing what the other's did.
 const SANDBOX_SPLIT: &str = "sandbox mode runs the API and the workers in one process (`waba-migrator serve`, without --no-workers); to split them, run `waba-migrator sandbox` and point META_GRAPH_URL, D360_HUB_URL (its /api/v2) and D360_WABA_URL at it, with META_ACCESS_TOKEN set to any value and SANDBOX_SEED_NUMBERS=true";
 
-/// `serve` or `worker`: the database, then the service on it until a signal; the embedded
-/// PostgreSQL, if this process started it, is stopped on every way out.
+/// `serve` or `worker` (its settings checked by `ServeArgs::validate` or
+/// `WorkerProcessArgs::validate`): the database, then the service on it until a signal; the
+/// embedded PostgreSQL, if this process started it, is stopped on every way out.
 async fn serve(role: Role, run: RunArgs) -> anyhow::Result<()> {
-    match &role {
-        Role::Api(api) => api.validate(),
-        Role::Worker(listen) => listen.validate(),
-    }
-    .map_err(anyhow::Error::msg)?;
-    run.validate().map_err(anyhow::Error::msg)?;
-    if role.runs_workers() {
-        run.validate_with_workers().map_err(anyhow::Error::msg)?;
-    }
     anyhow::ensure!(
         !run.sandbox_mode() || (role.api().is_some() && role.runs_workers()),
         SANDBOX_SPLIT

@@ -652,7 +652,7 @@ impl RunArgs {
     /// A process that runs the workers: its pool must leave connections besides the
     /// listeners'. With fewer, they take every connection, or leave one that a single request
     /// or step holds while heartbeats wait for it: nothing moves.
-    pub fn validate_with_workers(&self) -> Result<(), String> {
+    fn validate_with_workers(&self) -> Result<(), String> {
         if self.db.database_max_connections < LISTENING_CONNECTIONS + 2 {
             return Err(format!(
                 "DATABASE_MAX_CONNECTIONS must be at least {} where the workers run: {LISTENING_CONNECTIONS} of them listen for wake-ups",

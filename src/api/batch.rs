@@ -104,6 +104,14 @@ pub struct BatchItem {
     pub client_page: Option<Option<ClientPage>>,
 }
 
+impl BatchItem {
+    /// The spreadsheet row the item is on: `row`, or, in an answer stored before items said
+    /// it, the index after the header (row 1).
+    pub fn spreadsheet_row(&self) -> u64 {
+        self.row.unwrap_or(self.index as u64 + 2)
+    }
+}
+
 /// The answer of `POST /v1/batches`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchCreated {

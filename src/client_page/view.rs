@@ -721,15 +721,18 @@ fn phase_body(m: &PageModel) -> Markup {
                 .iter()
                 .filter(|i| i.state == CheckState::ToDo && Some(i.kind) != said)
                 .collect();
-            let fix = m.error.as_ref().map(|e| fix_text(m, e));
-            let nothing = lang.t("failed-nothing-for-you");
+            let fix = m
+                .error
+                .as_ref()
+                .map(fix_id)
+                .filter(|id| *id != NOTHING_FOR_YOU);
             html! {
                 h2 #now-title { (lang.t("failed-title")) }
                 h3 { (lang.t("failed-you-heading")) }
                 @match fix {
-                    Some(f) if f != nothing => { p { (f) } }
-                    _ if also.is_empty() => { p { (nothing) } }
-                    _ => {}
+                    Some(id) => { p { (lang.t_args(id, &partner)) } }
+                    None if also.is_empty() => { p { (lang.t(NOTHING_FOR_YOU)) } }
+                    None => {}
                 }
                 @if !also.is_empty() {
                     ul.checklist { @for item in also { (checklist_item(m, item)) } }
@@ -741,10 +744,19 @@ fn phase_body(m: &PageModel) -> Markup {
     }
 }
 
+/// The message that the client has nothing to do about an error.
+const NOTHING_FOR_YOU: &str = "failed-nothing-for-you";
+
 /// What the client must do about `e`, in plain words: a specific instruction for the codes
 /// the client can act on, else a generic one by actor.
 fn fix_text(m: &PageModel, e: &ErrorModel) -> String {
-    let id = match e.code.as_str() {
+    m.lang
+        .t_args(fix_id(e), &[("partner", Arg::from(&m.partner_name))])
+}
+
+/// The message id of [`fix_text`].
+fn fix_id(e: &ErrorModel) -> &'static str {
+    match e.code.as_str() {
         "two_factor_enabled" => "fix-two-factor",
         "pin_mismatch" => "fix-pin",
         "display_name_not_approved" => "fix-display-name",
@@ -757,10 +769,8 @@ fn fix_text(m: &PageModel, e: &ErrorModel) -> String {
         "api_key_permission_missing" => "fix-api-key-permission",
         "signup_not_completed" => "fix-signup-not-completed",
         _ if e.actor == Actor::Client => "failed-generic-client",
-        _ => "failed-nothing-for-you",
-    };
-    m.lang
-        .t_args(id, &[("partner", Arg::from(&m.partner_name))])
+        _ => NOTHING_FOR_YOU,
+    }
 }
 
 /// The checklist item an error code is about, if any (its fix text says the same).
@@ -1083,6 +1093,14 @@ mod tests {
         out.push(page(&m).into_string());
         let mut m = model(lang, Phase::Done);
         m.templates_partial = true;
+        out.push(page(&m).into_string());
+        // Failed with nothing for the client to do.
+        let mut m = model(lang, Phase::Failed);
+        m.error = Some(ErrorModel {
+            code: "upstream_unavailable".into(),
+            actor: Actor::Meta,
+        });
+        m.checklist.clear();
         out.push(page(&m).into_string());
         out.push(link_invalid(lang, "", "").into_string());
         out

@@ -179,7 +179,7 @@ fn busy_rows(e: &ApiError) -> Vec<FieldError> {
     items
         .into_iter()
         .map(|i| {
-            let row = i.row.unwrap_or(i.index as u64 + 2);
+            let row = i.spreadsheet_row();
             let why = i.error.unwrap_or_default();
             FieldError {
                 pointer: format!("/rows/{row}/phone_number"),

@@ -577,12 +577,5 @@ async fn a_retry_right_after_an_unanswered_last_register_does_not_register_again
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     app.wait_for(&id, "completed").await;
-    assert_eq!(
-        (
-            app.received(phone, "register"),
-            app.applied(phone, "register")
-        ),
-        (1, 1),
-        "register exactly once"
-    );
+    app.assert_registered_once(phone);
 }

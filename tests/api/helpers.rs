@@ -547,6 +547,18 @@ impl TestApp {
     }
 
     /// How many times the sandbox applied `endpoint` for `phone`.
+    /// Meta received `register` for `phone` once and applied it once.
+    pub fn assert_registered_once(&self, phone: &str) {
+        assert_eq!(
+            (
+                self.received(phone, "register"),
+                self.applied(phone, "register")
+            ),
+            (1, 1),
+            "register exactly once"
+        );
+    }
+
     pub fn applied(&self, phone: &str, endpoint: &str) -> u64 {
         self.sandbox.count(phone, endpoint).1
     }

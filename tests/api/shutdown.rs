@@ -53,6 +53,20 @@ async fn run_until_register_sent(app: &TestApp, phone: &str) -> (CancellationTok
     (stop_a, handle)
 }
 
+/// A migration of `phone` whose code was submitted, with Meta holding its `register` for
+/// `hang_for` and applying it then (a `slow` fault); returns its id.
+async fn code_submitted_with_register_held(app: &TestApp, phone: &str) -> String {
+    let id = app.create(phone).await;
+    app.worker().run_until_idle().await.unwrap();
+    app.wait_for(&id, "awaiting_otp").await;
+    app.faults(
+        serde_json::json!([{ "endpoint": "register", "phone_number": phone, "fault": "slow" }]),
+    )
+    .await;
+    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+    id
+}
+
 async fn stop_mid_step_then_resume(app: &TestApp) {
     let id = app.create("+14155550601").await;
     let (stop_a, handle) = spawn_worker(app);
@@ -106,14 +120,7 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
     opts.upstream_timeout = Duration::from_secs(10);
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155550602";
-    let id = app.create(phone).await;
-    app.worker().run_until_idle().await.unwrap();
-    app.wait_for(&id, "awaiting_otp").await;
-    app.faults(
-        serde_json::json!([{ "endpoint": "register", "phone_number": phone, "fault": "slow" }]),
-    )
-    .await;
-    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+    let id = code_submitted_with_register_held(&app, phone).await;
 
     let (stop_a, handle) = run_until_register_sent(&app, phone).await;
     let sent_at = Instant::now();
@@ -143,14 +150,7 @@ async fn a_register_in_flight_past_the_grace_period_keeps_its_lease(pool: PgPool
         sent_at.elapsed()
     );
     app.wait_for(&id, "completed").await;
-    assert_eq!(
-        (
-            app.received(phone, "register"),
-            app.applied(phone, "register")
-        ),
-        (1, 1),
-        "register exactly once"
-    );
+    app.assert_registered_once(phone);
 }
 
 /// Past the grace period, a step whose `register` ended unanswered (Meta applies it late) and
@@ -168,14 +168,7 @@ async fn an_unanswered_register_still_recording_past_the_grace_period_keeps_its_
     opts.upstream_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(pool, opts).await;
     let phone = "+14155550605";
-    let id = app.create(phone).await;
-    app.worker().run_until_idle().await.unwrap();
-    app.wait_for(&id, "awaiting_otp").await;
-    app.faults(
-        serde_json::json!([{ "endpoint": "register", "phone_number": phone, "fault": "slow" }]),
-    )
-    .await;
-    assert_eq!(app.submit_otp(&id, "123456").await.status(), 202);
+    let id = code_submitted_with_register_held(&app, phone).await;
 
     let (stop_a, handle) = run_until_register_sent(&app, phone).await;
     let sent_at = Instant::now();
@@ -195,14 +188,7 @@ async fn an_unanswered_register_still_recording_past_the_grace_period_keeps_its_
     tokio::spawn(async move { b.run(stop_b).await });
     app.wait_for(&id, "completed").await;
     assert!(sent_at.elapsed() >= Duration::from_secs(3));
-    assert_eq!(
-        (
-            app.received(phone, "register"),
-            app.applied(phone, "register")
-        ),
-        (1, 1),
-        "register exactly once"
-    );
+    app.assert_registered_once(phone);
 }
 
 /// A stopping worker whose `register` ended unanswered (a timeout: Meta may still apply it)

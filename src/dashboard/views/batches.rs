@@ -244,7 +244,7 @@ pub fn batch_page(session: &Session, d: &BatchPage) -> Html<String> {
                     tbody {
                         @for i in &d.rejected {
                             tr {
-                                td.num { (i.row.unwrap_or(i.index as u64 + 2)) }
+                                td.num { (i.spreadsheet_row()) }
                                 td { (i.reference.as_deref().unwrap_or("")) }
                                 td { (i.phone_number) }
                                 td {
